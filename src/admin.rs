@@ -1,0 +1,97 @@
+//! The admin listener: `/metrics` (Prometheus text), `/healthz` (the process
+//! is up) and `/readyz` (ready for traffic: not draining, outbox writable),
+//! plus `/usage`, the usage table of the running sidecar (what
+//! `tollgate usage` shows while the proxy holds the store) and `/events`, the
+//! latest usage events as JSON (`?limit=N`, default 100, oldest first).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::meter::outbox::Outbox;
+use crate::metrics::Metrics;
+use crate::proxy::lifecycle::InFlight;
+use crate::usage_report::{GroupBy, UsageReport};
+
+/// The admin HTTP app.
+pub struct Admin {
+    pub metrics: Metrics,
+    pub outbox: Outbox,
+    pub in_flight: InFlight,
+}
+
+fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        let query = req.uri.query().unwrap_or("").to_string();
+        match path.as_str() {
+            "/metrics" => respond(200, "text/plain; version=0.0.4", self.metrics.render()),
+            "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),
+            "/readyz" => {
+                if self.in_flight.draining() {
+                    respond(503, "text/plain", b"draining\n".to_vec())
+                } else if !self.outbox.healthy() {
+                    respond(503, "text/plain", b"outbox not writable\n".to_vec())
+                } else {
+                    respond(200, "text/plain", b"ready\n".to_vec())
+                }
+            }
+            "/usage" => {
+                let by = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("by="))
+                    .unwrap_or("account,model,day");
+                let group = match GroupBy::parse(by) {
+                    Ok(g) => g,
+                    Err(e) => return respond(400, "text/plain", format!("{e}\n").into_bytes()),
+                };
+                let outbox = self.outbox.clone();
+                // Reading the whole ledger is disk work: keep it off the async threads.
+                let table = tokio::task::spawn_blocking(move || {
+                    UsageReport::from_events(outbox.events(), &group).map(|r| r.render())
+                })
+                .await;
+                match table {
+                    Ok(Ok(text)) => respond(200, "text/plain; charset=utf-8", text.into_bytes()),
+                    Ok(Err(e)) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
+                    Err(e) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
+                }
+            }
+            "/events" => {
+                let limit = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("limit="))
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(100);
+                let outbox = self.outbox.clone();
+                let events = tokio::task::spawn_blocking(move || outbox.latest(limit)).await;
+                match events {
+                    Ok(Ok(events)) => match serde_json::to_vec(&events) {
+                        Ok(body) => respond(200, "application/json", body),
+                        Err(e) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
+                    },
+                    Ok(Err(e)) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
+                    Err(e) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
+                }
+            }
+            _ => respond(404, "text/plain", b"not found\n".to_vec()),
+        }
+    }
+}
+
+/// Shared handle type for the admin app.
+pub type AdminApp = Arc<Admin>;

@@ -1,0 +1,14 @@
+//! tollgate: an LLM cost-control sidecar.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library: it loads the
+//! [`config::Config`], builds the services and hands them to pingora.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod config;
+pub mod meter;
+pub mod metrics;
+pub mod provider;
+pub mod proxy;
+pub mod secret;
+pub mod usage_report;

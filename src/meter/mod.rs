@@ -1,0 +1,9 @@
+//! Metering: token usage, prices and money, usage events and the outbox.
+
+pub mod event;
+pub mod money;
+pub mod outbox;
+pub mod prices;
+pub mod recorder;
+pub mod tap;
+pub mod usage;

@@ -1,0 +1,34 @@
+//! Token usage of one call, normalised across dialects.
+
+use serde::{Deserialize, Serialize};
+
+/// Token counts of one call, in Anthropic's terms for every dialect:
+/// `input_tokens` counts only *uncached* input, so the total input is
+/// `input_tokens + cache_creation_input_tokens + cache_read_input_tokens`.
+/// For OpenAI-compatible usage, `input_tokens = prompt_tokens - cached_tokens`,
+/// `cache_read_input_tokens = cached_tokens` and
+/// `cache_creation_input_tokens = cache_write_tokens` (OpenRouter).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Uncached input tokens.
+    pub input_tokens: u64,
+    /// Output tokens, thinking / reasoning tokens included.
+    pub output_tokens: u64,
+    /// All cache-write tokens (5 m + 1 h, or an unsplit total).
+    pub cache_creation_input_tokens: u64,
+    /// Of the cache writes, those with the 1-hour TTL (Anthropic's
+    /// `cache_creation.ephemeral_1h_input_tokens`); the rest bill at the 5 m rate.
+    pub cache_creation_1h_input_tokens: u64,
+    /// Cache-read tokens.
+    pub cache_read_input_tokens: u64,
+    /// The cost the provider itself reported (OpenRouter `usage.cost`), in
+    /// nano-USD; preferred over the price table when present.
+    pub reported_cost_nusd: Option<u64>,
+}
+
+impl Usage {
+    /// Input tokens of every kind.
+    pub fn total_input(&self) -> u64 {
+        self.input_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
+    }
+}

@@ -1,0 +1,173 @@
+//! Every metric tollgate exports, declared in one place and registered once
+//! on a [`prometheus::Registry`] that `main` creates and hands down (no
+//! globals). Names: `tollgate_` prefix, `_total` for counters, units in the
+//! name.
+
+use prometheus::{
+    CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry,
+};
+
+use crate::meter::outbox::OutboxMetrics;
+
+/// Buckets for whole-request and upstream latencies (seconds): LLM calls run
+/// from milliseconds (errors, cache hits) to minutes (long generations).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+/// Buckets for tollgate's own added latency (seconds): microseconds matter.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
+
+/// The metrics registry and every metric in it.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by provider, route (sync|stream|passthrough) and status.
+    pub requests: IntCounterVec,
+    /// Tokens by provider and kind (input|output|cache_write|cache_read).
+    pub tokens: IntCounterVec,
+    /// Metered cost in USD by provider (the ledger keeps exact nano-USD).
+    pub cost_usd: CounterVec,
+    /// Upstream response time, request sent → last byte, by provider.
+    pub upstream_seconds: HistogramVec,
+    /// Upstream time to first byte (response headers), by provider.
+    pub upstream_ttfb_seconds: HistogramVec,
+    /// Time tollgate itself adds to a request (everything but waiting on the upstream).
+    pub added_seconds: Histogram,
+    /// Requests for a model missing from the price table, by model.
+    pub unpriced: IntCounterVec,
+    /// Responses tollgate made itself, by error kind.
+    pub proxy_errors: IntCounterVec,
+    /// Requests in flight right now.
+    pub in_flight: IntGauge,
+    /// Outbox gauges and counters.
+    pub outbox: OutboxMetrics,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_requests_total",
+                "Requests handled, by provider, route and final status.",
+            ),
+            &["provider", "route", "status"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "tollgate_tokens_total",
+                "Tokens metered, by provider and kind (input, output, cache_write, cache_read).",
+            ),
+            &["provider", "kind"],
+        )?;
+        let cost_usd = CounterVec::new(
+            Opts::new(
+                "tollgate_cost_usd_total",
+                "Metered cost in USD, by provider (the usage ledger keeps exact nano-USD).",
+            ),
+            &["provider"],
+        )?;
+        let upstream_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_upstream_duration_seconds",
+                "Upstream response time from request sent to last byte, by provider.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider"],
+        )?;
+        let upstream_ttfb_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_upstream_ttfb_seconds",
+                "Upstream time to first response byte (headers), by provider.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["provider"],
+        )?;
+        let added_seconds = Histogram::with_opts(
+            HistogramOpts::new("tollgate_added_latency_seconds", "Latency tollgate adds to a request: its own stages, excluding time spent waiting on the upstream.")
+                .buckets(OVERHEAD_BUCKETS.to_vec()),
+        )?;
+        let unpriced = IntCounterVec::new(
+            Opts::new("tollgate_unpriced_requests_total", "Requests for a model missing from the price table (priced by the fallback), by model."),
+            &["model"],
+        )?;
+        let proxy_errors = IntCounterVec::new(
+            Opts::new(
+                "tollgate_proxy_errors_total",
+                "Error responses tollgate made itself, by kind (x-tollgate-error).",
+            ),
+            &["kind"],
+        )?;
+        let in_flight = IntGauge::new(
+            "tollgate_requests_in_flight",
+            "Requests being handled right now.",
+        )?;
+        let outbox = OutboxMetrics {
+            depth: IntGauge::new(
+                "tollgate_outbox_events",
+                "Usage events held in the local outbox.",
+            )?,
+            errors: IntCounter::new(
+                "tollgate_outbox_errors_total",
+                "Failed outbox writes or flushes.",
+            )?,
+            flush_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_outbox_flush_seconds",
+                    "Time of one outbox group commit (batch write + fsync).",
+                )
+                .buckets(OVERHEAD_BUCKETS.to_vec()),
+            )?,
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_outbox_batch_events",
+                    "Usage events per outbox group commit.",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,
+                ]),
+            )?,
+        };
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
+        registry.register(Box::new(cost_usd.clone()))?;
+        registry.register(Box::new(upstream_seconds.clone()))?;
+        registry.register(Box::new(upstream_ttfb_seconds.clone()))?;
+        registry.register(Box::new(added_seconds.clone()))?;
+        registry.register(Box::new(unpriced.clone()))?;
+        registry.register(Box::new(proxy_errors.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(outbox.depth.clone()))?;
+        registry.register(Box::new(outbox.errors.clone()))?;
+        registry.register(Box::new(outbox.flush_seconds.clone()))?;
+        registry.register(Box::new(outbox.batch_size.clone()))?;
+        Ok(Metrics {
+            registry,
+            requests,
+            tokens,
+            cost_usd,
+            upstream_seconds,
+            upstream_ttfb_seconds,
+            added_seconds,
+            unpriced,
+            proxy_errors,
+            in_flight,
+            outbox,
+        })
+    }
+
+    /// The registry in Prometheus text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = String::with_capacity(8 * 1024);
+        if let Err(e) =
+            prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)
+        {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out.into_bytes()
+    }
+}

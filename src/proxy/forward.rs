@@ -1,0 +1,252 @@
+//! Forward: build the upstream request (client credentials and `x-tollgate-*`
+//! stripped, the provider key injected), connect through pingora's pooled
+//! connector (rustls, h2 or HTTP/1.1), send the body and wait for the
+//! response header within the first-byte timeout.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pingora::connectors::http::Connector;
+use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::ALPN;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::ErrorType;
+
+use super::error::ProxyError;
+use super::headers;
+use super::ingress::Route;
+use crate::config::{Provider, Timeouts};
+use crate::provider::Dialect;
+
+/// How long a resolved upstream address is reused.
+const DNS_TTL: Duration = Duration::from_secs(30);
+/// How long an idle pooled upstream connection is kept.
+const POOL_IDLE: Duration = Duration::from_secs(60);
+
+/// The upstream side shared by all requests: connection pool and resolver.
+pub struct Upstreams {
+    connector: Connector,
+    timeouts: Timeouts,
+    peers: RwLock<HashMap<String, (HttpPeer, Instant)>>,
+}
+
+/// An upstream call whose response header has arrived.
+pub struct UpstreamCall {
+    pub session: HttpSession,
+    pub peer: HttpPeer,
+    /// When the request was sent.
+    pub sent_at: Instant,
+    /// Time from sending the request to the response header.
+    pub ttfb: Duration,
+}
+
+impl Upstreams {
+    pub fn new(timeouts: Timeouts) -> Upstreams {
+        Upstreams {
+            connector: Connector::new(None),
+            timeouts,
+            peers: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The idle timeout between two chunks of a response.
+    pub fn idle_timeout(&self) -> Duration {
+        self.timeouts.idle
+    }
+
+    /// A peer for the provider, resolving its host asynchronously
+    /// (`HttpPeer::new("host:port")` would block on DNS) and caching it briefly.
+    async fn peer(&self, provider: &Provider) -> Result<HttpPeer, ProxyError> {
+        if let Ok(peers) = self.peers.read() {
+            if let Some((peer, at)) = peers.get(&provider.name) {
+                if at.elapsed() < DNS_TTL {
+                    return Ok(peer.clone());
+                }
+            }
+        }
+        let up = &provider.upstream;
+        let addr = match up.host.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, up.port),
+            Err(_) => tokio::net::lookup_host((up.host.as_str(), up.port))
+                .await
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .ok_or_else(|| ProxyError::UpstreamUnreachable {
+                    provider: provider.name.clone(),
+                    detail: format!("cannot resolve {}", up.host),
+                })?,
+        };
+        let mut peer = HttpPeer::new(addr, up.tls, up.host.clone());
+        peer.options.connection_timeout = Some(self.timeouts.connect);
+        peer.options.total_connection_timeout = Some(self.timeouts.connect * 2);
+        peer.options.idle_timeout = Some(POOL_IDLE);
+        if up.tls {
+            peer.options.alpn = ALPN::H2H1;
+        }
+        if let Ok(mut peers) = self.peers.write() {
+            peers.insert(provider.name.clone(), (peer.clone(), Instant::now()));
+        }
+        Ok(peer)
+    }
+
+    /// Sends the request and waits for the response header. A pooled
+    /// connection that turns out dead is retried once on a fresh one.
+    pub async fn send(
+        &self,
+        provider: &Provider,
+        request: RequestHeader,
+        body: &Bytes,
+    ) -> Result<UpstreamCall, ProxyError> {
+        let peer = self.peer(provider).await?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (mut session, reused) = self
+                .connector
+                .get_http_session(&peer)
+                .await
+                .map_err(|e| connect_error(provider, &e))?;
+            let sent_at = Instant::now();
+            match self.exchange(&mut session, &request, body).await {
+                Ok(()) => {
+                    return Ok(UpstreamCall {
+                        session,
+                        peer,
+                        sent_at,
+                        ttfb: sent_at.elapsed(),
+                    })
+                }
+                Err(Failure::Timeout) => {
+                    session.shutdown().await;
+                    return Err(ProxyError::UpstreamTimeout {
+                        provider: provider.name.clone(),
+                        phase: "the first response byte",
+                    });
+                }
+                Err(Failure::Io(e)) => {
+                    session.shutdown().await;
+                    if reused && attempt < 2 {
+                        tracing::debug!(provider = %provider.name, error = %e, "pooled upstream connection was dead, retrying on a new one");
+                        continue;
+                    }
+                    return Err(ProxyError::UpstreamUnreachable {
+                        provider: provider.name.clone(),
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        session: &mut HttpSession,
+        request: &RequestHeader,
+        body: &Bytes,
+    ) -> Result<(), Failure> {
+        session
+            .write_request_header(Box::new(request.clone()))
+            .await
+            .map_err(Failure::Io)?;
+        if !body.is_empty() {
+            session
+                .write_request_body(body.clone(), true)
+                .await
+                .map_err(Failure::Io)?;
+        }
+        session.finish_request_body().await.map_err(Failure::Io)?;
+        match tokio::time::timeout(self.timeouts.first_byte, session.read_response_header()).await {
+            Ok(result) => result.map_err(Failure::Io),
+            Err(_) => Err(Failure::Timeout),
+        }
+    }
+
+    /// Returns a finished session to the pool.
+    pub async fn release(&self, call: UpstreamCall) {
+        let UpstreamCall { session, peer, .. } = call;
+        self.connector
+            .release_http_session(session, &peer, Some(POOL_IDLE))
+            .await;
+    }
+}
+
+enum Failure {
+    Io(Box<pingora::Error>),
+    Timeout,
+}
+
+fn connect_error(provider: &Provider, e: &pingora::Error) -> ProxyError {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout => {
+            ProxyError::UpstreamTimeout {
+                provider: provider.name.clone(),
+                phase: "the connection",
+            }
+        }
+        _ => ProxyError::UpstreamUnreachable {
+            provider: provider.name.clone(),
+            detail: e.to_string(),
+        },
+    }
+}
+
+/// The upstream request: the client's headers minus hop-by-hop, encoding
+/// negotiation, `x-tollgate-*` and (when tollgate holds a key for this
+/// provider) the client's credentials; plus the provider key.
+pub fn build_request(
+    route: &Route,
+    client: &RequestHeader,
+    body_len: usize,
+) -> Result<RequestHeader, ProxyError> {
+    let provider = &route.provider;
+    let internal = |e: Box<pingora::Error>| ProxyError::Internal(e.to_string());
+    let mut req = RequestHeader::build_no_case(
+        client.method.clone(),
+        route.upstream_path.as_bytes(),
+        Some(client.headers.len() + 2),
+    )
+    .map_err(internal)?;
+    let inject = provider.api_key.is_some();
+    for (name, value) in client.headers.iter() {
+        let n = name.as_str();
+        if headers::HOP_BY_HOP.contains(&n)
+            || n.starts_with(headers::TOLLGATE_PREFIX)
+            // The tap must see plain bytes.
+            || n == "accept-encoding"
+            || (inject && (n == headers::X_API_KEY || n == "authorization"))
+        {
+            continue;
+        }
+        req.append_header(name.clone(), value.clone())
+            .map_err(internal)?;
+    }
+    req.insert_header(http::header::HOST, provider.upstream.authority())
+        .map_err(internal)?;
+    if body_len > 0 || client.method == http::Method::POST {
+        req.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())
+            .map_err(internal)?;
+    }
+    if let Some(key) = &provider.api_key {
+        let mut value = match provider.dialect {
+            Dialect::Anthropic => http::HeaderValue::from_str(key.expose()),
+            Dialect::OpenAi => http::HeaderValue::from_str(&format!("Bearer {}", key.expose())),
+        }
+        .map_err(|_| {
+            ProxyError::Internal(format!(
+                "the key for provider {} is not a valid header value",
+                provider.name
+            ))
+        })?;
+        value.set_sensitive(true);
+        let name = match provider.dialect {
+            Dialect::Anthropic => headers::X_API_KEY,
+            Dialect::OpenAi => "authorization",
+        };
+        req.insert_header(name, value).map_err(internal)?;
+    }
+    Ok(req)
+}

@@ -1,0 +1,54 @@
+//! Header names tollgate reads or writes, in one place.
+
+/// Receipt: tollgate's id for the request (also the usage event id).
+pub const REQUEST_ID: &str = "x-tollgate-request-id";
+/// Receipt: the configured provider that served the request.
+pub const PROVIDER: &str = "x-tollgate-provider";
+/// Receipt: the model that answered.
+pub const MODEL: &str = "x-tollgate-model";
+/// Receipt: the metered cost in USD (non-streaming responses only).
+pub const COST_USD: &str = "x-tollgate-cost-usd";
+/// Receipt: what the cache did (`hit|miss|bypass|refresh|coalesced`).
+pub const CACHE: &str = "x-tollgate-cache";
+/// Marks a response tollgate made itself; the value is the error kind.
+pub const ERROR: &str = "x-tollgate-error";
+/// Every client-sent header with this prefix is dropped at ingress.
+pub const TOLLGATE_PREFIX: &str = "x-tollgate-";
+
+/// Anthropic's key header.
+pub const X_API_KEY: &str = "x-api-key";
+/// Sent by every Anthropic SDK; marks an unprefixed request as Anthropic.
+pub const ANTHROPIC_VERSION: &str = "anthropic-version";
+/// Anthropic's request id.
+pub const ANTHROPIC_REQUEST_ID: &str = "request-id";
+/// OpenAI's (and OpenRouter's) request id.
+pub const OPENAI_REQUEST_ID: &str = "x-request-id";
+/// Read by both SDKs before retrying.
+pub const X_SHOULD_RETRY: &str = "x-should-retry";
+/// Recorded in the usage event when the client sends one.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Hop-by-hop and framing headers never copied between the two sides.
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "host",
+];
+
+/// A response header with this status (500 if the status is not valid).
+pub fn response_header(status: http::StatusCode, capacity: usize) -> pingora::http::ResponseHeader {
+    pingora::http::ResponseHeader::build_no_case(status, Some(capacity)).unwrap_or_else(|_| {
+        let (parts, ()) = http::Response::new(()).into_parts();
+        let mut header = pingora::http::ResponseHeader::from(parts);
+        let _ = header.set_status(http::StatusCode::INTERNAL_SERVER_ERROR);
+        header
+    })
+}

@@ -1,0 +1,354 @@
+//! Ingress (base-URL mode): which provider and endpoint a request is for,
+//! the bounded body read, and the one parse of the body into the
+//! [`RequestModel`] that every later stage reads.
+//!
+//! Paths: `/{provider}/v1/...` picks a configured provider by name; an
+//! unprefixed `/v1/messages…` (or any request carrying `anthropic-version`)
+//! goes to the default Anthropic provider, any other unprefixed `/v1/...` to
+//! the default OpenAI-compatible one.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+use serde::Deserialize;
+
+use super::error::ProxyError;
+use super::headers;
+use crate::config::{Config, Provider};
+use crate::provider::Dialect;
+
+/// The endpoint a request is for; only the metered ones get a parsed body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Anthropic `POST /v1/messages`.
+    Messages,
+    /// Anthropic `POST /v1/messages/count_tokens` (free; parsed, not billed).
+    CountTokens,
+    /// OpenAI `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// Anything else of the provider's API: forwarded as is, unmetered.
+    Passthrough,
+}
+
+/// Where a request goes.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub provider: Arc<Provider>,
+    pub endpoint: Endpoint,
+    /// Path and query to send upstream (the provider's base path included).
+    pub upstream_path: String,
+}
+
+impl Route {
+    pub fn dialect(&self) -> Dialect {
+        self.provider.dialect
+    }
+}
+
+/// The providers by name, shared by every request.
+pub struct Routes {
+    providers: Vec<Arc<Provider>>,
+    default_anthropic: Option<Arc<Provider>>,
+    default_openai: Option<Arc<Provider>>,
+}
+
+impl Routes {
+    pub fn new(config: &Config) -> Routes {
+        let providers: Vec<Arc<Provider>> =
+            config.providers.iter().cloned().map(Arc::new).collect();
+        let default_for = |d: Dialect| {
+            let name = config.default_provider(d).map(|p| p.name.clone());
+            providers
+                .iter()
+                .find(|p| Some(&p.name) == name.as_ref())
+                .cloned()
+        };
+        Routes {
+            default_anthropic: default_for(Dialect::Anthropic),
+            default_openai: default_for(Dialect::OpenAi),
+            providers,
+        }
+    }
+
+    /// Resolves the route of a request, or `UnknownRoute`.
+    pub fn resolve(&self, req: &RequestHeader) -> Result<Route, ProxyError> {
+        let path = req.uri.path();
+        let unknown = || ProxyError::UnknownRoute {
+            method: req.method.to_string(),
+            path: path.to_string(),
+            dialect: guess_dialect(req),
+        };
+        let (provider, rest) = match self.prefixed(path) {
+            Some(found) => found,
+            None => {
+                let anthropic = path.starts_with("/v1/messages")
+                    || path == "/v1/complete"
+                    || req.headers.contains_key(headers::ANTHROPIC_VERSION);
+                let provider = if anthropic {
+                    self.default_anthropic.as_ref()
+                } else if path.starts_with("/v1/") {
+                    self.default_openai.as_ref()
+                } else {
+                    None
+                };
+                (provider.ok_or_else(unknown)?.clone(), path)
+            }
+        };
+        let post = req.method == http::Method::POST;
+        // Relative to the API root: "/v1/messages" for "/anthropic/v1/messages".
+        let endpoint = match (provider.dialect, post, rest) {
+            (Dialect::Anthropic, true, "/v1/messages") => Endpoint::Messages,
+            (Dialect::Anthropic, true, "/v1/messages/count_tokens") => Endpoint::CountTokens,
+            (Dialect::OpenAi, true, "/v1/chat/completions" | "/chat/completions") => {
+                Endpoint::ChatCompletions
+            }
+            _ => Endpoint::Passthrough,
+        };
+        let upstream_path = upstream_path(&provider.upstream.base_path, rest, req.uri.query());
+        Ok(Route {
+            provider,
+            endpoint,
+            upstream_path,
+        })
+    }
+
+    /// `/{name}/rest` for a configured provider name.
+    fn prefixed<'p>(&self, path: &'p str) -> Option<(Arc<Provider>, &'p str)> {
+        let trimmed = path.strip_prefix('/')?;
+        let (first, _) = trimmed.split_once('/')?;
+        let provider = self.providers.iter().find(|p| p.name == first)?;
+        Some((provider.clone(), &path[1 + first.len()..]))
+    }
+}
+
+/// The dialect a request most likely speaks, for errors before routing.
+pub fn guess_dialect(req: &RequestHeader) -> Dialect {
+    if req.headers.contains_key(headers::ANTHROPIC_VERSION)
+        || req.headers.contains_key(headers::X_API_KEY)
+        || req.uri.path().contains("/messages")
+    {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    }
+}
+
+/// base path + request path, minus the `/v1` an OpenAI-style base already has.
+fn upstream_path(base_path: &str, rest: &str, query: Option<&str>) -> String {
+    let rest = match rest.strip_prefix("/v1") {
+        Some(tail) if base_path.ends_with("/v1") && (tail.is_empty() || tail.starts_with('/')) => {
+            tail
+        }
+        _ => rest,
+    };
+    let mut out =
+        String::with_capacity(base_path.len() + rest.len() + 1 + query.map_or(0, str::len));
+    out.push_str(base_path);
+    out.push_str(rest);
+    if out.is_empty() {
+        out.push('/');
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes.
+pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ProxyError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ProxyError::TooLarge { limit });
+    }
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    loop {
+        let chunk = session
+            .read_request_body()
+            .await
+            .map_err(|e| ProxyError::ClientRead(e.to_string()))?;
+        let Some(chunk) = chunk else { break };
+        let total = first.as_ref().map_or(0, Bytes::len) + buf.len() + chunk.len();
+        if total > limit {
+            return Err(ProxyError::TooLarge { limit });
+        }
+        // Most bodies arrive in one chunk: keep it without copying.
+        match first.take() {
+            None if buf.is_empty() => first = Some(chunk),
+            None => buf.extend_from_slice(&chunk),
+            Some(prev) => {
+                buf.reserve(declared.map_or(prev.len() + chunk.len(), |n| n as usize));
+                buf.extend_from_slice(&prev);
+                buf.extend_from_slice(&chunk);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+/// The parsed request: what later stages need, plus the body to send.
+#[derive(Clone, Debug)]
+pub struct RequestModel {
+    /// The body to forward (rewritten only to add `stream_options.include_usage`).
+    pub body: Bytes,
+    /// The requested model; empty for passthrough requests.
+    pub model: String,
+    /// `"stream": true` in the body (SDKs send `Accept: application/json` even for streams).
+    pub stream: bool,
+    /// `max_tokens` (or OpenAI `max_completion_tokens`), when given.
+    pub max_tokens: Option<u64>,
+    /// OpenAI stream whose usage chunk tollgate asked for although the client
+    /// did not: the meter removes it from what the client receives.
+    pub strip_usage_chunk: bool,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// Parses the body of a metered endpoint (one parse; the rest of the body is
+/// validated but not materialised).
+pub fn parse(route: &Route, body: Bytes) -> Result<RequestModel, ProxyError> {
+    if route.endpoint == Endpoint::Passthrough {
+        return Ok(RequestModel {
+            body,
+            model: String::new(),
+            stream: false,
+            max_tokens: None,
+            strip_usage_chunk: false,
+        });
+    }
+    let head: Head<'_> =
+        serde_json::from_slice(&body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
+    let model = head.model.map(|m| m.into_owned()).unwrap_or_default();
+    let stream = head.stream.unwrap_or(false);
+    let max_tokens = head.max_tokens.or(head.max_completion_tokens);
+    let wants_usage = head
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let had_stream_options = head.stream_options.is_some();
+    let mut model_out = RequestModel {
+        body,
+        model,
+        stream,
+        max_tokens,
+        strip_usage_chunk: false,
+    };
+    if route.endpoint == Endpoint::ChatCompletions && stream && !wants_usage {
+        model_out.body = with_include_usage(&model_out.body, had_stream_options)?;
+        model_out.strip_usage_chunk = true;
+    }
+    Ok(model_out)
+}
+
+/// The body with `stream_options.include_usage = true`. Without an existing
+/// `stream_options` the field is spliced in after the opening brace, leaving
+/// every other byte as the client sent it.
+fn with_include_usage(body: &[u8], had_stream_options: bool) -> Result<Bytes, ProxyError> {
+    if !had_stream_options {
+        if let Some(open) = body.iter().position(|b| *b == b'{') {
+            const FIELD: &[u8] = br#""stream_options":{"include_usage":true}"#;
+            let rest = &body[open + 1..];
+            let empty = rest.iter().all(|b| b.is_ascii_whitespace() || *b == b'}');
+            let mut out = BytesMut::with_capacity(body.len() + FIELD.len() + 1);
+            out.extend_from_slice(&body[..=open]);
+            out.extend_from_slice(FIELD);
+            if !empty {
+                out.extend_from_slice(b",");
+            }
+            out.extend_from_slice(rest);
+            return Ok(out.freeze());
+        }
+    }
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
+    if let Some(obj) = value.as_object_mut() {
+        let options = obj
+            .entry("stream_options")
+            .or_insert_with(|| serde_json::json!({}));
+        if !options.is_object() {
+            *options = serde_json::json!({});
+        }
+        if let Some(o) = options.as_object_mut() {
+            o.insert("include_usage".into(), serde_json::Value::Bool(true));
+        }
+    }
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|e| ProxyError::Internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_paths() {
+        assert_eq!(
+            upstream_path("", "/v1/messages", Some("beta=true")),
+            "/v1/messages?beta=true"
+        );
+        assert_eq!(
+            upstream_path("/v1", "/v1/chat/completions", None),
+            "/v1/chat/completions"
+        );
+        assert_eq!(
+            upstream_path("/api/v1", "/v1/chat/completions", None),
+            "/api/v1/chat/completions"
+        );
+        assert_eq!(
+            upstream_path("/api/v1", "/chat/completions", None),
+            "/api/v1/chat/completions"
+        );
+        assert_eq!(upstream_path("/v1", "/v1/models", None), "/v1/models");
+        assert_eq!(upstream_path("/v1", "/v1beta/x", None), "/v1/v1beta/x");
+    }
+
+    #[test]
+    fn include_usage_splice_keeps_the_rest() {
+        let body = br#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
+        let out = with_include_usage(body, false).unwrap();
+        assert_eq!(
+            &out[..],
+            br#"{"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true,"messages":[]}"#
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        let out = with_include_usage(
+            br#"{"stream_options":{"include_usage":false},"stream":true}"#,
+            true,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        let out = with_include_usage(b"{}", false).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+    }
+}

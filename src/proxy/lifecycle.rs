@@ -1,0 +1,118 @@
+//! Start and stop: in-flight tracking and the SIGTERM drain.
+//!
+//! On SIGTERM tollgate reports not-ready (`/readyz` 503), keeps serving until
+//! the requests in flight have finished or `shutdown_grace` has passed, and
+//! only then lets pingora close its listeners and stop. SIGINT stops at once.
+//! Either way every request's usage event reaches the outbox (a request cut
+//! short records itself when dropped) and `main` flushes the outbox last.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
+use prometheus::IntGauge;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Counts requests in flight and whether the sidecar is draining.
+#[derive(Clone)]
+pub struct InFlight {
+    inner: Arc<InFlightInner>,
+}
+
+struct InFlightInner {
+    count: AtomicUsize,
+    draining: AtomicBool,
+    gauge: IntGauge,
+}
+
+/// Held by a request while it is in flight.
+pub struct InFlightGuard {
+    inner: Arc<InFlightInner>,
+}
+
+impl InFlight {
+    pub fn new(gauge: IntGauge) -> InFlight {
+        InFlight {
+            inner: Arc::new(InFlightInner {
+                count: AtomicUsize::new(0),
+                draining: AtomicBool::new(false),
+                gauge,
+            }),
+        }
+    }
+
+    /// Marks a request as in flight until the guard drops.
+    pub fn enter(&self) -> InFlightGuard {
+        self.inner.count.fetch_add(1, Ordering::SeqCst);
+        self.inner.gauge.inc();
+        InFlightGuard {
+            inner: self.inner.clone(),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.inner.count.load(Ordering::SeqCst)
+    }
+
+    pub fn draining(&self) -> bool {
+        self.inner.draining.load(Ordering::SeqCst)
+    }
+
+    fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.inner.count.fetch_sub(1, Ordering::SeqCst);
+        self.inner.gauge.dec();
+    }
+}
+
+/// The shutdown signal handler given to pingora's `Server::run`.
+pub struct Shutdown {
+    pub in_flight: InFlight,
+    pub grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Shutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; waiting forever");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping now");
+                ShutdownSignal::FastShutdown
+            }
+            _ = term.recv() => {
+                self.in_flight.start_draining();
+                let deadline = Instant::now() + self.grace;
+                tracing::info!(in_flight = self.in_flight.count(), grace = ?self.grace, "SIGTERM: draining");
+                loop {
+                    if self.in_flight.count() == 0 {
+                        tracing::info!("drained");
+                        break;
+                    }
+                    if Instant::now() >= deadline {
+                        tracing::warn!(in_flight = self.in_flight.count(), "grace period over; cutting the remaining requests");
+                        break;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                        _ = int.recv() => return ShutdownSignal::FastShutdown,
+                    }
+                }
+                ShutdownSignal::GracefulTerminate
+            }
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! Meter (the tap): relays the upstream response to the client as it
+//! arrives, collects usage on the way, prices it and makes the usage event
+//! durable before the response's last event reaches the client.
+//!
+//! - Streams (SSE) pass chunk by chunk; nothing is buffered but an
+//!   incomplete trailing event when a usage chunk must be cut out.
+//! - Non-streaming JSON is read whole (it must be: its cost goes in a
+//!   header), then priced, recorded and sent with `content-length`.
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+
+use super::error::error_event;
+use super::forward::UpstreamCall;
+use super::ingress::{Endpoint, RequestModel, Route};
+use super::{headers, receipt, Draft, RequestCtx, State};
+use crate::meter::event::Status;
+use crate::meter::recorder::UpstreamTimes;
+use crate::meter::tap::{usage_from_json, StreamTap};
+use crate::meter::usage::Usage;
+use crate::provider::Dialect;
+
+/// Why reading the next upstream chunk failed.
+enum ReadFailure {
+    Idle,
+    Io(String),
+    ClientGone,
+}
+
+/// Relays the response of `call` to the client and records the request.
+pub async fn relay(
+    state: &State,
+    session: &mut Session,
+    route: &Route,
+    request: &RequestModel,
+    call: UpstreamCall,
+    ctx: &mut RequestCtx,
+    pre_upstream: Duration,
+) {
+    let Some(mut draft) = ctx.draft.take() else {
+        return;
+    };
+    draft.event.ttfb_us = call.ttfb.as_micros() as u64;
+    let Some(upstream_header) = call.session.response_header().cloned() else {
+        return;
+    };
+    let status = upstream_header.status.as_u16();
+    draft.event.http_status = status;
+    let id_header = match route.dialect() {
+        Dialect::Anthropic => headers::ANTHROPIC_REQUEST_ID,
+        Dialect::OpenAi => headers::OPENAI_REQUEST_ID,
+    };
+    draft.event.upstream_request_id = upstream_header
+        .headers
+        .get(id_header)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let is_sse = upstream_header
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+    let relay = Relay {
+        state,
+        session,
+        call,
+        draft,
+        pre_upstream,
+        client_open: true,
+    };
+    if is_sse {
+        relay.stream(route, request, upstream_header).await;
+    } else {
+        relay.buffered(route, upstream_header).await;
+    }
+}
+
+struct Relay<'a> {
+    state: &'a State,
+    session: &'a mut Session,
+    call: UpstreamCall,
+    draft: Draft,
+    pre_upstream: Duration,
+    /// False once the client's close has been seen (stop watching for it).
+    client_open: bool,
+}
+
+impl Relay<'_> {
+    /// The next upstream chunk, the idle timeout, or the client going away.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ReadFailure> {
+        let idle = self.state.upstreams.idle_timeout();
+        let read = tokio::time::timeout(idle, self.call.session.read_response_body());
+        if !self.client_open {
+            return match read.await {
+                Ok(Ok(chunk)) => Ok(chunk),
+                Ok(Err(e)) => Err(ReadFailure::Io(e.to_string())),
+                Err(_) => Err(ReadFailure::Idle),
+            };
+        }
+        tokio::select! {
+            r = read => match r {
+                Ok(Ok(chunk)) => Ok(chunk),
+                Ok(Err(e)) => Err(ReadFailure::Io(e.to_string())),
+                Err(_) => Err(ReadFailure::Idle),
+            },
+            r = self.session.read_body_or_idle(true) => match r {
+                Err(_) => Err(ReadFailure::ClientGone),
+                // Unexpected bytes from the client; keep relaying.
+                Ok(_) => { self.client_open = false; Box::pin(self.next_chunk_no_watch()).await }
+            },
+        }
+    }
+
+    async fn next_chunk_no_watch(&mut self) -> Result<Option<Bytes>, ReadFailure> {
+        let idle = self.state.upstreams.idle_timeout();
+        match tokio::time::timeout(idle, self.call.session.read_response_body()).await {
+            Ok(Ok(chunk)) => Ok(chunk),
+            Ok(Err(e)) => Err(ReadFailure::Io(e.to_string())),
+            Err(_) => Err(ReadFailure::Idle),
+        }
+    }
+
+    /// The client's response header: the provider's, minus framing, plus receipts.
+    fn client_header(
+        &self,
+        upstream: &ResponseHeader,
+        cost: Option<u64>,
+        len: Option<usize>,
+    ) -> ResponseHeader {
+        let mut header = headers::response_header(upstream.status, upstream.headers.len() + 6);
+        for (name, value) in upstream.headers.iter() {
+            let n = name.as_str();
+            if headers::HOP_BY_HOP.contains(&n) || n.starts_with(headers::TOLLGATE_PREFIX) {
+                continue;
+            }
+            let _ = header.append_header(name.clone(), value.clone());
+        }
+        if let Some(len) = len {
+            let _ = header.insert_header(http::header::CONTENT_LENGTH, len.to_string());
+        }
+        receipt::add_headers(&mut header, &self.draft.event, cost);
+        header
+    }
+
+    /// Applies usage and prices it into the draft.
+    fn apply_usage(&mut self, usage: &Usage, model: Option<&str>) {
+        let e = &mut self.draft.event;
+        if let Some(model) = model.filter(|m| !m.is_empty()) {
+            model.clone_into(&mut e.model);
+        }
+        e.input_tokens = usage.input_tokens;
+        e.output_tokens = usage.output_tokens;
+        e.cache_creation_input_tokens = usage.cache_creation_input_tokens;
+        e.cache_creation_1h_input_tokens = usage.cache_creation_1h_input_tokens;
+        e.cache_read_input_tokens = usage.cache_read_input_tokens;
+        let cost = self.state.recorder.price(&e.model, usage);
+        e.cost_nusd = cost.nusd;
+        e.priced = cost.priced;
+    }
+
+    /// Makes the event durable (the caller then sends the last bytes).
+    async fn record(&mut self) {
+        let times = UpstreamTimes {
+            total: self.call.sent_at.elapsed(),
+            ttfb: self.call.ttfb,
+        };
+        self.draft.record(Some(times)).await;
+    }
+
+    async fn buffered(mut self, route: &Route, upstream: ResponseHeader) {
+        let mut body = BytesMut::new();
+        let mut failure = None;
+        loop {
+            match self.next_chunk().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => break,
+                Err(f) => {
+                    failure = Some(f);
+                    break;
+                }
+            }
+        }
+        let body = body.freeze();
+        let after_upstream = std::time::Instant::now();
+        let ok = upstream.status.is_success();
+        match failure {
+            None => {
+                if route.endpoint != Endpoint::Passthrough && ok {
+                    match usage_from_json(route.dialect(), &body) {
+                        Some(summary) => self.apply_usage(&summary.usage, summary.model.as_deref()),
+                        None => self.draft.event.usage_incomplete = true,
+                    }
+                }
+                if !ok {
+                    self.draft.event.status = Status::ProviderError;
+                    self.draft.event.error = provider_error_type(&body);
+                }
+            }
+            Some(f) => self.fail_midway(f),
+        }
+        let client_gone = self.draft.event.status == Status::ClientAborted;
+        self.record().await;
+        if client_gone {
+            self.call.session.shutdown().await;
+            return;
+        }
+        if self.draft.event.status == Status::UpstreamAborted {
+            // A partial JSON body is useless to the client: say what happened.
+            self.call.session.shutdown().await;
+            let err = super::error::ProxyError::UpstreamProtocol {
+                provider: self.draft.event.provider.clone(),
+                detail: self.draft.event.error.clone().unwrap_or_default(),
+            };
+            let (header, body) = err.response(self.draft.dialect, &self.draft.event.event_id);
+            if self
+                .session
+                .write_response_header(Box::new(header), false)
+                .await
+                .is_ok()
+            {
+                let _ = self.session.write_response_body(Some(body), true).await;
+            }
+            return;
+        }
+        let cost = (route.endpoint != Endpoint::Passthrough).then_some(self.draft.event.cost_nusd);
+        let header = self.client_header(&upstream, cost, Some(body.len()));
+        let written = match self
+            .session
+            .write_response_header(Box::new(header), false)
+            .await
+        {
+            Ok(()) => self
+                .session
+                .write_response_body(Some(body), true)
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        self.state
+            .metrics
+            .added_seconds
+            .observe((self.pre_upstream + after_upstream.elapsed()).as_secs_f64());
+        if !written {
+            tracing::debug!(request_id = %self.draft.event.event_id, "client went away before the response was written");
+        }
+        if self.call.session.response_done() {
+            self.state.upstreams.release(self.call).await;
+        }
+    }
+
+    /// Marks the draft for a relay that stopped before the upstream's end.
+    fn fail_midway(&mut self, failure: ReadFailure) {
+        let e = &mut self.draft.event;
+        match failure {
+            ReadFailure::ClientGone => {
+                e.status = Status::ClientAborted;
+                e.usage_incomplete = true;
+            }
+            ReadFailure::Idle => {
+                e.status = Status::UpstreamAborted;
+                e.error = Some("upstream_idle_timeout".into());
+                e.usage_incomplete = true;
+            }
+            ReadFailure::Io(detail) => {
+                tracing::warn!(request_id = %e.event_id, provider = %e.provider, error = %detail, "upstream response cut");
+                e.status = Status::UpstreamAborted;
+                e.error = Some("upstream_cut".into());
+                e.usage_incomplete = true;
+            }
+        }
+    }
+
+    async fn stream(mut self, route: &Route, request: &RequestModel, upstream: ResponseHeader) {
+        let metered = route.endpoint != Endpoint::Passthrough && upstream.status.is_success();
+        let header = self.client_header(&upstream, None, None);
+        if self
+            .session
+            .write_response_header(Box::new(header), false)
+            .await
+            .is_err()
+        {
+            self.draft.event.status = Status::ClientAborted;
+            self.record().await;
+            self.call.session.shutdown().await;
+            return;
+        }
+        self.state
+            .metrics
+            .added_seconds
+            .observe(self.pre_upstream.as_secs_f64());
+        let mut tap = StreamTap::new(route.dialect(), metered && request.strip_usage_chunk);
+        let mut recorded = false;
+        let mut failure = None;
+        loop {
+            let chunk = match self.next_chunk().await {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => break,
+                Err(f) => {
+                    failure = Some(f);
+                    break;
+                }
+            };
+            let out = if metered { tap.feed(chunk) } else { chunk };
+            if metered && !recorded && tap.complete() {
+                // The last event is in this chunk: durable first, then send it.
+                self.finish_stream(&tap);
+                self.record().await;
+                recorded = true;
+            }
+            if !out.is_empty()
+                && self
+                    .session
+                    .write_response_body(Some(out), false)
+                    .await
+                    .is_err()
+            {
+                failure = Some(ReadFailure::ClientGone);
+                break;
+            }
+        }
+        let upstream_done = failure.is_none();
+        if upstream_done && metered {
+            let rest = tap.finish();
+            if !rest.is_empty()
+                && self
+                    .session
+                    .write_response_body(Some(rest), false)
+                    .await
+                    .is_err()
+            {
+                failure = Some(ReadFailure::ClientGone);
+            }
+        }
+        if !recorded {
+            if metered {
+                self.finish_stream(&tap);
+            }
+            if !upstream.status.is_success() {
+                self.draft.event.status = Status::ProviderError;
+            }
+            if let Some(f) = failure {
+                self.fail_midway(f);
+            } else if metered && !tap.complete() && tap.error().is_none() {
+                // The upstream closed the body cleanly but before its final event.
+                self.fail_midway(ReadFailure::Io(
+                    "stream ended before its final event".into(),
+                ));
+            }
+            self.record().await;
+        } else if let Some(ReadFailure::ClientGone) = failure {
+            // Recorded as complete; only the last write failed. The ledger keeps the truth (the call was paid for).
+            tracing::debug!(request_id = %self.draft.event.event_id, "client went away after the last event");
+        }
+        let status = self.draft.event.status;
+        if status == Status::ClientAborted {
+            // Cancels the upstream generation.
+            self.call.session.shutdown().await;
+            return;
+        }
+        let mut tail = BytesMut::new();
+        if status == Status::UpstreamAborted {
+            let message = match self.draft.event.error.as_deref() {
+                Some("upstream_idle_timeout") => {
+                    "upstream stream stalled past the idle timeout (tollgate)"
+                }
+                _ => "upstream stream ended before its final event (tollgate)",
+            };
+            let error_type = match self.draft.dialect {
+                Dialect::Anthropic => "api_error",
+                Dialect::OpenAi => "server_error",
+            };
+            tail.extend_from_slice(&error_event(self.draft.dialect, error_type, message));
+        }
+        if self.state.stream_receipt && metered {
+            tail.extend_from_slice(&receipt::stream_comment(&self.draft.event));
+        }
+        let _ = self
+            .session
+            .write_response_body(Some(tail.freeze()), true)
+            .await;
+        if status == Status::UpstreamAborted {
+            self.call.session.shutdown().await;
+        } else if self.call.session.response_done() {
+            self.state.upstreams.release(self.call).await;
+        }
+    }
+
+    /// Takes the stream's usage, model and error into the draft.
+    fn finish_stream(&mut self, tap: &StreamTap) {
+        let usage = tap.usage();
+        let model = tap.model().map(str::to_string);
+        self.apply_usage(&usage, model.as_deref());
+        if let Some(err) = tap.error() {
+            self.draft.event.status = Status::ProviderError;
+            self.draft.event.error = Some(err.to_string());
+        } else if !tap.complete() {
+            self.draft.event.usage_incomplete = true;
+        }
+    }
+}
+
+/// The provider's `error.type` from an error body (both dialects nest it under `error`).
+fn provider_error_type(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let err = v.get("error")?;
+    err.get("type")
+        .and_then(|t| t.as_str())
+        .map(str::to_string)
+        .or_else(|| err.get("code").map(|c| c.to_string()))
+}

@@ -1,0 +1,292 @@
+//! The sidecar's data plane on pingora.
+//!
+//! Stages and the pingora hook each runs in:
+//!
+//! ```text
+//! request_filter ─┬─ ingress   route, bounded body read, one parse → RequestModel
+//!                 ├─ identify  account / workload (sidecar defaults for now)
+//!                 ├─ forward   strip client credentials, inject the key, send (pooled, rustls)
+//!                 └─ meter     relay the response chunk by chunk through the tap,
+//!                              price it, make its usage event durable, receipts
+//! (returns Ok(true): pingora's own upstream phases are not used; see below)
+//! ```
+//!
+//! Why everything happens in `request_filter`: the route, the key and later
+//! the cache and budget all depend on the parsed body, and pingora only
+//! re-sends a body read this early when it fits its 64 KiB retry buffer. So
+//! the request is forwarded with pingora's pooled connector directly and the
+//! response streamed back from here (DESIGN.md, "Pingora notes").
+
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod ingress;
+pub mod lifecycle;
+pub mod meter;
+pub mod receipt;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::Config;
+use crate::meter::event::{CacheOutcome, RouteKind, Status, UsageEvent};
+use crate::meter::recorder::{Recorder, UpstreamTimes};
+use crate::metrics::Metrics;
+use crate::provider::Dialect;
+use error::{Level, ProxyError};
+use lifecycle::{InFlight, InFlightGuard};
+
+/// Everything the request path shares.
+pub struct State {
+    pub sidecar_id: String,
+    pub default_account: String,
+    pub max_body_bytes: usize,
+    pub stream_receipt: bool,
+    pub routes: ingress::Routes,
+    pub upstreams: forward::Upstreams,
+    pub recorder: Arc<Recorder>,
+    pub metrics: Metrics,
+    pub in_flight: InFlight,
+}
+
+impl State {
+    pub fn new(
+        config: &Config,
+        recorder: Arc<Recorder>,
+        metrics: Metrics,
+        in_flight: InFlight,
+    ) -> State {
+        State {
+            sidecar_id: config.sidecar_id.clone(),
+            default_account: config.default_account.clone(),
+            max_body_bytes: config.max_body_bytes,
+            stream_receipt: config.stream_receipt,
+            routes: ingress::Routes::new(config),
+            upstreams: forward::Upstreams::new(config.timeouts.clone()),
+            recorder,
+            metrics,
+            in_flight,
+        }
+    }
+}
+
+/// The pingora proxy app; its hooks only dispatch to the stages.
+pub struct Tollgate {
+    state: Arc<State>,
+}
+
+impl Tollgate {
+    pub fn new(state: Arc<State>) -> Tollgate {
+        Tollgate { state }
+    }
+}
+
+/// Per-request state carried from stage to stage.
+pub struct RequestCtx {
+    /// The usage event being built.
+    pub draft: Option<Draft>,
+    _in_flight: Option<InFlightGuard>,
+}
+
+/// A usage event in the making. Recorded exactly once: by the meter, by the
+/// error path, or, when the request is dropped half-way (client gone,
+/// shutdown), by `Drop`, so no request ever goes unrecorded.
+pub struct Draft {
+    pub event: UsageEvent,
+    pub started: Instant,
+    pub dialect: Dialect,
+    recorder: Arc<Recorder>,
+    recorded: bool,
+}
+
+impl Draft {
+    /// Records the event and waits until it is durable.
+    pub async fn record(&mut self, times: Option<UpstreamTimes>) {
+        self.event.latency_us = self.started.elapsed().as_micros() as u64;
+        self.recorded = true;
+        if let Err(e) = self.recorder.record(self.event.clone(), times).await {
+            tracing::error!(request_id = %self.event.event_id, error = %e, "usage event not durable");
+        }
+    }
+}
+
+impl Drop for Draft {
+    fn drop(&mut self) {
+        if self.recorded {
+            return;
+        }
+        if self.event.status == Status::Ok {
+            self.event.status = Status::ClientAborted;
+            self.event.usage_incomplete = true;
+        }
+        self.event.latency_us = self.started.elapsed().as_micros() as u64;
+        self.recorder.record_detached(self.event.clone());
+    }
+}
+
+impl Tollgate {
+    fn draft(&self, id: uuid::Uuid, started: Instant, dialect: Dialect) -> Draft {
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        Draft {
+            event: UsageEvent {
+                event_id: id.to_string(),
+                ts,
+                sidecar_id: self.state.sidecar_id.clone(),
+                account: self.state.default_account.clone(),
+                workload: String::new(),
+                tags: Vec::new(),
+                provider: String::new(),
+                model: String::new(),
+                route: RouteKind::Sync,
+                cache: CacheOutcome::Bypass,
+                input_tokens: 0,
+                output_tokens: 0,
+                cache_creation_input_tokens: 0,
+                cache_creation_1h_input_tokens: 0,
+                cache_read_input_tokens: 0,
+                cost_nusd: 0,
+                saved_nusd: 0,
+                status: Status::Ok,
+                http_status: 0,
+                error: None,
+                priced: true,
+                usage_incomplete: false,
+                latency_us: 0,
+                ttfb_us: 0,
+                upstream_request_id: None,
+                idempotency_key: None,
+            },
+            started,
+            dialect,
+            recorder: self.state.recorder.clone(),
+            recorded: false,
+        }
+    }
+
+    async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
+        let state = &self.state;
+        // ingress
+        let route = state.routes.resolve(session.req_header())?;
+        if let Some(draft) = ctx.draft.as_mut() {
+            draft.dialect = route.dialect();
+            draft.event.provider.clone_from(&route.provider.name);
+            draft.event.idempotency_key = session
+                .req_header()
+                .headers
+                .get(headers::IDEMPOTENCY_KEY)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+        }
+        let body = ingress::read_body(session, state.max_body_bytes).await?;
+        let request = ingress::parse(&route, body)?;
+        if let Some(draft) = ctx.draft.as_mut() {
+            draft.event.model.clone_from(&request.model);
+            draft.event.route = if request.stream {
+                RouteKind::Stream
+            } else {
+                RouteKind::Sync
+            };
+        }
+        // forward
+        let upstream_req =
+            forward::build_request(&route, session.req_header(), request.body.len())?;
+        let pre_upstream = ctx
+            .draft
+            .as_ref()
+            .map(|d| d.started.elapsed())
+            .unwrap_or_default();
+        let call = state
+            .upstreams
+            .send(&route.provider, upstream_req, &request.body)
+            .await?;
+        // meter
+        meter::relay(state, session, &route, &request, call, ctx, pre_upstream).await;
+        Ok(())
+    }
+
+    async fn fail(&self, session: &mut Session, ctx: &mut RequestCtx, err: ProxyError) {
+        let Some(mut draft) = ctx.draft.take() else {
+            return;
+        };
+        let dialect = match &err {
+            ProxyError::UnknownRoute { dialect, .. } => *dialect,
+            _ => draft.dialect,
+        };
+        match err.level() {
+            Level::Debug => {
+                tracing::debug!(request_id = %draft.event.event_id, error = %err, "request refused")
+            }
+            Level::Warn => {
+                tracing::warn!(request_id = %draft.event.event_id, error = %err, "request failed")
+            }
+            Level::Error => {
+                tracing::error!(request_id = %draft.event.event_id, error = %err, "request failed")
+            }
+        }
+        draft.event.status = Status::ProxyError;
+        draft.event.error = Some(err.kind().to_string());
+        let client_gone = matches!(err, ProxyError::ClientRead(_));
+        if !client_gone {
+            draft.event.http_status = err.status();
+        }
+        draft.record(None).await;
+        if client_gone {
+            return;
+        }
+        let (header, body) = err.response(dialect, &draft.event.event_id);
+        if session
+            .write_response_header(Box::new(header), false)
+            .await
+            .is_ok()
+        {
+            let _ = session.write_response_body(Some(body), true).await;
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Tollgate {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            draft: None,
+            _in_flight: None,
+        }
+    }
+
+    /// Runs the whole pipeline and always answers the request itself (`Ok(true)`).
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let started = Instant::now();
+        ctx._in_flight = Some(self.state.in_flight.enter());
+        let dialect = ingress::guess_dialect(session.req_header());
+        ctx.draft = Some(self.draft(uuid::Uuid::now_v7(), started, dialect));
+        if let Err(err) = self.handle(session, ctx).await {
+            self.fail(session, ctx, err).await;
+        }
+        Ok(true)
+    }
+
+    /// Never reached: `request_filter` answers every request.
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        Err(pingora::Error::explain(
+            pingora::ErrorType::InternalError,
+            "tollgate forwards from request_filter",
+        ))
+    }
+}

@@ -1,0 +1,60 @@
+//! Receipts: what tollgate tells the client about a call. Headers on every
+//! response; for streams (whose cost is unknown when the headers leave) one
+//! SSE comment line after the provider's last event, which SDKs ignore.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use serde::Serialize;
+
+use super::headers;
+use crate::meter::event::UsageEvent;
+use crate::meter::money::format_usd;
+
+/// Adds the receipt headers; `cost` only when it is known (non-streaming).
+pub fn add_headers(header: &mut ResponseHeader, event: &UsageEvent, cost: Option<u64>) {
+    let _ = header.insert_header(headers::REQUEST_ID, event.event_id.as_str());
+    if !event.provider.is_empty() {
+        let _ = header.insert_header(headers::PROVIDER, event.provider.as_str());
+    }
+    if !event.model.is_empty() {
+        if let Ok(value) = http::HeaderValue::from_str(&event.model) {
+            let _ = header.insert_header(headers::MODEL, value);
+        }
+    }
+    let _ = header.insert_header(headers::CACHE, event.cache.as_str());
+    if let Some(nusd) = cost {
+        let _ = header.insert_header(headers::COST_USD, format_usd(nusd));
+    }
+}
+
+#[derive(Serialize)]
+struct StreamReceipt<'a> {
+    request_id: &'a str,
+    provider: &'a str,
+    model: &'a str,
+    cache: &'a str,
+    status: &'a str,
+    cost_usd: String,
+    input_tokens: u64,
+    output_tokens: u64,
+    cache_creation_input_tokens: u64,
+    cache_read_input_tokens: u64,
+}
+
+/// The `: tollgate {json}` comment line that ends a stream.
+pub fn stream_comment(event: &UsageEvent) -> Bytes {
+    let receipt = StreamReceipt {
+        request_id: &event.event_id,
+        provider: &event.provider,
+        model: &event.model,
+        cache: event.cache.as_str(),
+        status: event.status.as_str(),
+        cost_usd: format_usd(event.cost_nusd),
+        input_tokens: event.input_tokens,
+        output_tokens: event.output_tokens,
+        cache_creation_input_tokens: event.cache_creation_input_tokens,
+        cache_read_input_tokens: event.cache_read_input_tokens,
+    };
+    let json = serde_json::to_string(&receipt).unwrap_or_default();
+    Bytes::from(format!(": tollgate {json}\n\n"))
+}

@@ -1,0 +1,1357 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Exercises the fake provider (`tests/support/fake_provider.rs`) directly,
+//! checking the wire formats it promises (see providers.md §1–§3, §8, §9, §11).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use support::fake_provider::{
+    FakeProvider, FakeUsage, Recorded, DEFAULT_ANTHROPIC_MODEL, RESPONSE_CAP,
+};
+
+const WAIT: Duration = Duration::from_secs(5);
+const SSE: &str = "text/event-stream; charset=utf-8";
+
+// ---------------------------------------------------------------------------
+// helpers
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+async fn post(
+    fake: &FakeProvider,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<String>,
+) -> reqwest::Response {
+    let mut request = client()
+        .post(format!("{}{path}", fake.base_url()))
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(body.into());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+async fn get(fake: &FakeProvider, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = client().get(format!("{}{path}", fake.base_url()));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+fn anthropic_request(stream: bool) -> String {
+    json!({
+        "model": "claude-haiku-4-5-20251001",
+        "max_tokens": 256,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Hi"}],
+    })
+    .to_string()
+}
+
+fn openai_request(stream: bool, include_usage: bool) -> String {
+    let mut body = json!({
+        "model": "gpt-4o-mini",
+        "stream": stream,
+        "messages": [{"role": "user", "content": "Hi"}],
+    });
+    if include_usage {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    body.to_string()
+}
+
+const ANTHROPIC: &[(&str, &str)] = &[
+    ("x-api-key", "sk-ant-test"),
+    ("anthropic-version", "2023-06-01"),
+];
+const OPENAI: &[(&str, &str)] = &[("authorization", "Bearer sk-test")];
+
+fn with<'a>(base: &[(&'a str, &'a str)], extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    base.iter().chain(extra).copied().collect()
+}
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    response.headers().get(name).map(|v| v.to_str().unwrap())
+}
+
+async fn json_body(response: reqwest::Response) -> Value {
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+}
+
+/// Reads the body chunk by chunk; returns the chunks and whether the body
+/// ended with a transport error (an aborted stream).
+async fn read_chunks(response: reqwest::Response) -> (Vec<(Instant, Bytes)>, bool) {
+    let mut stream = response.bytes_stream();
+    let mut chunks = Vec::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(chunk) => chunks.push((Instant::now(), chunk)),
+            Err(_) => return (chunks, true),
+        }
+    }
+    (chunks, false)
+}
+
+fn concat(chunks: &[(Instant, Bytes)]) -> String {
+    let bytes: Vec<u8> = chunks.iter().flat_map(|(_, c)| c.iter().copied()).collect();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// Strictly parses an Anthropic SSE body: every event is exactly
+/// `event: NAME\ndata: JSON\n\n` with NAME == JSON `type`; comment blocks
+/// (`: …`) are skipped. With `complete`, the body must end with a blank line.
+fn anthropic_events(body: &str, complete: bool) -> Vec<(String, Value)> {
+    let blocks: Vec<&str> = if complete {
+        assert!(
+            body.ends_with("\n\n"),
+            "body must end with a blank line: {body:?}"
+        );
+        body[..body.len() - 2].split("\n\n").collect()
+    } else {
+        // A cut body: only the events terminated by a blank line count.
+        let end = body.rfind("\n\n").expect("at least one event");
+        body[..end].split("\n\n").collect()
+    };
+    let mut events = Vec::new();
+    for block in blocks {
+        if block.starts_with(':') {
+            assert!(block.lines().all(|l| l.starts_with(':')), "{block:?}");
+            continue;
+        }
+        let lines: Vec<&str> = block.split('\n').collect();
+        assert_eq!(lines.len(), 2, "event must be two lines: {block:?}");
+        let name = lines[0].strip_prefix("event: ").expect("event: line");
+        let data = lines[1].strip_prefix("data: ").expect("data: line");
+        let value: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(value["type"], name, "event name must equal JSON type");
+        events.push((name.to_owned(), value));
+    }
+    events
+}
+
+fn names(events: &[(String, Value)]) -> Vec<&str> {
+    events.iter().map(|(n, _)| n.as_str()).collect()
+}
+
+/// A parsed OpenAI-style SSE body.
+#[derive(Debug, Default)]
+struct OpenAiStream {
+    chunks: Vec<Value>,
+    comments: Vec<String>,
+    done: bool,
+}
+
+/// Strictly parses a data-only OpenAI SSE body: each event is one
+/// `data: …` line then a blank line; `[DONE]` is last.
+fn openai_events(body: &str) -> OpenAiStream {
+    assert!(
+        body.ends_with("\n\n"),
+        "body must end with a blank line: {body:?}"
+    );
+    let mut out = OpenAiStream::default();
+    for block in body[..body.len() - 2].split("\n\n") {
+        if block.starts_with(':') {
+            out.comments.push(block.to_owned());
+            continue;
+        }
+        assert!(!out.done, "nothing may follow [DONE]");
+        assert!(!block.contains('\n'), "one data line per event: {block:?}");
+        let data = block.strip_prefix("data: ").expect("data-only events");
+        if data == "[DONE]" {
+            out.done = true;
+        } else {
+            out.chunks.push(serde_json::from_str(data).unwrap());
+        }
+    }
+    out
+}
+
+fn text_of(events: &[(String, Value)], index: u64) -> String {
+    events
+        .iter()
+        .filter(|(n, v)| n == "content_block_delta" && v["index"] == index)
+        .filter_map(|(_, v)| v["delta"]["text"].as_str())
+        .collect()
+}
+
+fn openai_text(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+async fn only(fake: &FakeProvider) -> Recorded {
+    let recorded = fake.wait_for(1, WAIT).await;
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    recorded.into_iter().next().unwrap()
+}
+
+fn usage(input: u64, output: u64) -> FakeUsage {
+    FakeUsage {
+        input_tokens: input,
+        output_tokens: output,
+        ..FakeUsage::default()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// text
+
+#[tokio::test]
+async fn text_anthropic_json() {
+    let fake = FakeProvider::start().await;
+    let response = post(
+        &fake,
+        "/v1/messages?beta=true",
+        ANTHROPIC,
+        anthropic_request(false),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "content-type"), Some("application/json"));
+    let request_id = header(&response, "request-id").unwrap().to_owned();
+    assert!(request_id.starts_with("req_"), "{request_id}");
+    let raw = response.bytes().await.unwrap();
+    let body: Value = serde_json::from_slice(&raw).unwrap();
+
+    assert!(body["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(body["type"], "message");
+    assert_eq!(body["role"], "assistant");
+    assert_eq!(body["model"], "claude-haiku-4-5-20251001");
+    assert_eq!(
+        body["content"],
+        json!([{"type": "text", "text": "Hello there!", "citations": null}])
+    );
+    assert_eq!(body["stop_reason"], "end_turn");
+    assert_eq!(body["stop_sequence"], Value::Null);
+    let u = &body["usage"];
+    assert_eq!(u["input_tokens"], 11);
+    assert_eq!(u["output_tokens"], 6);
+    assert_eq!(u["cache_creation_input_tokens"], 0);
+    assert_eq!(u["cache_read_input_tokens"], 0);
+    assert_eq!(
+        u["cache_creation"],
+        json!({"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0})
+    );
+    assert_eq!(u["service_tier"], "standard");
+
+    let rec = only(&fake).await;
+    assert_eq!(rec.method, "POST");
+    assert_eq!(rec.path, "/v1/messages?beta=true");
+    assert_eq!(rec.header("X-Api-Key"), Some("sk-ant-test"));
+    assert_eq!(rec.header("anthropic-version"), Some("2023-06-01"));
+    assert!(rec.headers.iter().all(|(n, _)| *n == n.to_lowercase()));
+    assert_eq!(rec.json()["model"], "claude-haiku-4-5-20251001");
+    assert_eq!(rec.scenario, "text");
+    assert_eq!(rec.status, 200);
+    assert_eq!(rec.usage, Some(usage(11, 6)));
+    assert_eq!(rec.reported_cost, None);
+    assert_eq!(rec.response, raw.to_vec());
+    assert!(rec.completed && !rec.client_gone);
+
+    // Bearer auth (anthropic 2.x) works too, without a model the default is
+    // echoed, and request ids are unique.
+    let response = post(
+        &fake,
+        "/v1/messages",
+        &[
+            ("authorization", "Bearer sk-ant-x"),
+            ("anthropic-version", "2026-10-21"),
+        ],
+        json!({"max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}]}).to_string(),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_ne!(header(&response, "request-id").unwrap(), request_id);
+    assert_eq!(json_body(response).await["model"], DEFAULT_ANTHROPIC_MODEL);
+}
+
+#[tokio::test]
+async fn text_anthropic_stream() {
+    let fake = FakeProvider::start().await;
+    let response = post(&fake, "/v1/messages", ANTHROPIC, anthropic_request(true)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "content-type"), Some(SSE));
+    assert!(header(&response, "request-id").unwrap().starts_with("req_"));
+    let (chunks, aborted) = read_chunks(response).await;
+    assert!(!aborted);
+    let body = concat(&chunks);
+    let events = anthropic_events(&body, true);
+    assert_eq!(
+        names(&events),
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop",
+        ]
+    );
+    assert!(body.contains("event: ping\ndata: {\"type\": \"ping\"}\n\n"));
+    let start = &events[0].1["message"];
+    assert_eq!(start["content"], json!([]));
+    assert_eq!(start["model"], "claude-haiku-4-5-20251001");
+    assert_eq!(start["stop_reason"], Value::Null);
+    assert_eq!(start["usage"]["input_tokens"], 11);
+    assert_eq!(start["usage"]["output_tokens"], 1);
+    assert_eq!(
+        events[1].1["content_block"],
+        json!({"type": "text", "text": ""})
+    );
+    assert_eq!(text_of(&events, 0), "Hello there!");
+    let delta = &events[6].1;
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+    assert_eq!(delta["usage"]["output_tokens"], 6);
+    assert_eq!(delta["usage"]["input_tokens"], 11);
+
+    let rec = only(&fake).await;
+    assert_eq!(rec.usage, Some(usage(11, 6)));
+    assert_eq!(rec.response, body.as_bytes());
+    assert_eq!(rec.response_bytes, body.len() as u64);
+    assert!(rec.completed && !rec.client_gone);
+}
+
+#[tokio::test]
+async fn text_openai_json_and_streams() {
+    let fake = FakeProvider::start().await;
+
+    let response = post(
+        &fake,
+        "/v1/chat/completions",
+        OPENAI,
+        openai_request(false, false),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "content-type"), Some("application/json"));
+    assert!(header(&response, "x-request-id").is_some());
+    let body = json_body(response).await;
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "gpt-4o-mini");
+    assert_eq!(body["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello there!");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["prompt_tokens"], 11);
+    assert_eq!(body["usage"]["completion_tokens"], 6);
+    assert_eq!(body["usage"]["total_tokens"], 17);
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+
+    // Stream without include_usage: no usage chunk at all.
+    let response = post(
+        &fake,
+        "/v1/chat/completions",
+        OPENAI,
+        openai_request(true, false),
+    )
+    .await;
+    assert_eq!(header(&response, "content-type"), Some(SSE));
+    let stream = openai_events(&response.text().await.unwrap());
+    assert!(stream.done && stream.comments.is_empty());
+    let chunks = &stream.chunks;
+    assert!(chunks.len() >= 4, "role, 2 content, finish: {chunks:?}");
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(chunks.iter().all(|c| c.get("usage").is_none()));
+    assert_eq!(openai_text(chunks), "Hello there!");
+    assert!(chunks[1..chunks.len() - 1]
+        .iter()
+        .all(|c| c["choices"][0]["finish_reason"].is_null()));
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "stop"
+    );
+
+    // With include_usage: the last chunk before [DONE] has choices [] and usage.
+    let response = post(
+        &fake,
+        "/v1/chat/completions",
+        OPENAI,
+        openai_request(true, true),
+    )
+    .await;
+    let stream = openai_events(&response.text().await.unwrap());
+    assert!(stream.done);
+    let (last, rest) = stream.chunks.split_last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["prompt_tokens"], 11);
+    assert_eq!(last["usage"]["completion_tokens"], 6);
+    assert_eq!(last["usage"]["total_tokens"], 17);
+    assert!(rest.iter().all(|c| c["usage"].is_null()));
+    assert_eq!(rest.last().unwrap()["choices"][0]["finish_reason"], "stop");
+
+    let recorded = fake.wait_for(3, WAIT).await;
+    assert_eq!(recorded.len(), 3);
+    assert_eq!(recorded[0].usage, Some(usage(11, 6)));
+    assert_eq!(recorded[1].usage, None, "no usage was streamed");
+    assert_eq!(recorded[2].usage, Some(usage(11, 6)));
+    assert!(recorded
+        .iter()
+        .all(|r| r.completed && r.path == "/v1/chat/completions"));
+    assert_eq!(recorded[0].header("authorization"), Some("Bearer sk-test"));
+}
+
+// ---------------------------------------------------------------------------
+// tool_use
+
+#[tokio::test]
+async fn tool_use_both_dialects() {
+    let fake = FakeProvider::start().await;
+    let scenario = [("x-fake-scenario", "tool_use")];
+
+    // Anthropic stream.
+    let response = post(
+        &fake,
+        "/v1/messages",
+        &with(ANTHROPIC, &scenario),
+        anthropic_request(true),
+    )
+    .await;
+    let events = anthropic_events(&response.text().await.unwrap(), true);
+    let starts: Vec<&Value> = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_start")
+        .map(|(_, v)| &v["content_block"])
+        .collect();
+    assert_eq!(starts.len(), 2);
+    assert_eq!(starts[0]["type"], "text");
+    assert_eq!(starts[1]["type"], "tool_use");
+    assert_eq!(starts[1]["name"], "get_weather");
+    assert_eq!(starts[1]["input"], json!({}));
+    assert!(starts[1]["id"].as_str().unwrap().starts_with("toolu_"));
+    let fragments: Vec<&str> = events
+        .iter()
+        .filter(|(_, v)| v["delta"]["type"] == "input_json_delta")
+        .map(|(_, v)| {
+            assert_eq!(v["index"], 1);
+            v["delta"]["partial_json"].as_str().unwrap()
+        })
+        .collect();
+    assert!(fragments.len() >= 3, "{fragments:?}");
+    assert_eq!(fragments[0], "");
+    let input: Value = serde_json::from_str(&fragments.concat()).unwrap();
+    assert_eq!(input, json!({"location": "Paris"}));
+    assert!(!text_of(&events, 0).is_empty());
+    let (name, delta) = &events[events.len() - 2];
+    assert_eq!(name, "message_delta");
+    assert_eq!(delta["delta"]["stop_reason"], "tool_use");
+    assert_eq!(names(&events).last(), Some(&"message_stop"));
+
+    // Anthropic JSON.
+    let response = post(
+        &fake,
+        "/v1/messages",
+        &with(ANTHROPIC, &scenario),
+        anthropic_request(false),
+    )
+    .await;
+    let body = json_body(response).await;
+    assert_eq!(body["stop_reason"], "tool_use");
+    assert_eq!(body["content"][0]["type"], "text");
+    let tool = &body["content"][1];
+    assert_eq!(tool["type"], "tool_use");
+    assert_eq!(tool["name"], "get_weather");
+    assert_eq!(tool["input"], json!({"location": "Paris"}));
+
+    // OpenAI stream.
+    let response = post(
+        &fake,
+        "/v1/chat/completions",
+        &with(OPENAI, &scenario),
+        openai_request(true, true),
+    )
+    .await;
+    let stream = openai_events(&response.text().await.unwrap());
+    assert!(stream.done);
+    let calls: Vec<&Value> = stream
+        .chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+        .collect();
+    assert!(calls.len() >= 3, "{calls:?}");
+    assert!(calls[0]["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(calls[0]["type"], "function");
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    assert_eq!(calls[0]["function"]["arguments"], "");
+    assert!(calls[1..]
+        .iter()
+        .all(|c| c.get("id").is_none() && c["index"] == 0));
+    let arguments: String = calls
+        .iter()
+        .map(|c| c["function"]["arguments"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&arguments).unwrap(),
+        json!({"location": "Paris"})
+    );
+    let finish = &stream.chunks[stream.chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "tool_calls");
+
+    // OpenAI JSON.
+    let response = post(
+        &fake,
+        "/v1/chat/completions",
+        &with(OPENAI, &scenario),
+        openai_request(false, false),
+    )
+    .await;
+    let body = json_body(response).await;
+    let choice = &body["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    let call = &choice["message"]["tool_calls"][0];
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "get_weather");
+    let arguments = call["function"]["arguments"].as_str().unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(arguments).unwrap(),
+        json!({"location": "Paris"})
+    );
+
+    let recorded = fake.wait_for(4, WAIT).await;
+    assert!(recorded
+        .iter()
+        .all(|r| r.scenario == "tool_use" && r.completed));
+    assert!(recorded
+        .iter()
+        .all(|r| r.usage.is_some_and(|u| u.output_tokens > 0)));
+}
+
+// ---------------------------------------------------------------------------
+// thinking
+
+#[tokio::test]
+async fn thinking_both_dialects() {
+    let fake = FakeProvider::start().await;
+    let scenario = [("x-fake-scenario", "thinking")];
+
+    let response = post(
+        &fake,
+        "/v1/messages",
+        &with(ANTHROPIC, &scenario),
+        anthropic_request(true),
+    )
+    .await;
+    let events = anthropic_events(&response.text().await.unwrap(), true);
+    assert_eq!(
+        events[1].1["content_block"],
+        json!({"type": "thinking", "thinking": "", "signature": ""})
+    );
+    let block0: Vec<&Value> = events
+        .iter()
+        .filter(|(_, v)| v["index"] == 0)
+        .map(|(_, v)| v)
+        .collect();
+    let kinds: Vec<&str> = block0
+        .iter()
+        .map(|v| {
+            v["delta"]["type"]
+                .as_str()
+                .unwrap_or(v["type"].as_str().unwrap())
+        })
+        .collect();
+    // thinking_delta(s), then signature_delta just before content_block_stop.
+    assert_eq!(kinds.first(), Some(&"content_block_start"));
+    assert_eq!(
+        &kinds[kinds.len() - 2..],
+        ["signature_delta", "content_block_stop"]
+    );
+    assert!(kinds[1..kinds.len() - 2]
+        .iter()
+        .all(|k| *k == "thinking_delta"));
+    assert!(kinds.len() >= 5);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .count(),
+        2
+    );
+    assert_eq!(text_of(&events, 1), "Hello there!");
+    let (_, delta) = &events[events.len() - 2];
+    assert_eq!(
+        delta["usage"]["output_tokens_details"]["thinking_tokens"],
+        3
+    );
+
+    let response = post(
+        &fake,
+        "/v1/messages",
+        &with(ANTHROPIC, &scenario),
+        anthropic_request(false),
+    )
+    .await;
+    let body = json_body(response).await;
+    let thinking = &body["content"][0];
+    assert_eq!(thinking["type"], "thinking");
+    assert!(!thinking["thinking"].as_str().unwrap().is_empty());
+    assert!(!thinking["signature"].as_str().unwrap().is_empty());
+    assert_eq!(body["content"][1]["text"], "Hello there!");
+    assert_eq!(body["usage"]["output_tokens_details"]["thinking_tokens"], 3);
+
+    let response = post(
+        &fake,
+        "/v1/chat/completions",
+        &with(OPENAI, &scenario),
+        openai_request(false, false),
+    )
+    .await;
+    let body = json_body(response).await;
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello there!");
+    assert_eq!(
+        body["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        3
+    );
+
+    let recorded = fake.wait_for(3, WAIT).await;
+    assert!(recorded.iter().all(|r| r.completed && r.usage.is_some()));
+}
+
+// ---------------------------------------------------------------------------
+// openrouter
+
+#[tokio::test]
+async fn openrouter_flavour() {
+    let fake = FakeProvider::start().await;
+    let scenario = [("x-fake-scenario", "openrouter")];
+
+    // Stream without stream_options: usage is still sent (OpenRouter always does).
+    let response = post(
+        &fake,
+        "/api/v1/chat/completions",
+        &with(OPENAI, &scenario),
+        openai_request(true, false),
+    )
+    .await;
+    assert_eq!(header(&response, "content-type"), Some(SSE));
+    let stream = openai_events(&response.text().await.unwrap());
+    assert!(stream.done);
+    assert!(stream
+        .comments
+        .iter()
+        .any(|c| c == ": OPENROUTER PROCESSING"));
+    assert!(stream
+        .chunks
+        .iter()
+        .all(|c| c["id"].as_str().unwrap().starts_with("gen-")));
+    assert!(stream.chunks.iter().all(|c| c["provider"] == "Anthropic"));
+    assert_eq!(openai_text(&stream.chunks), "Hello there!");
+    let last = stream.chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    let u = &last["usage"];
+    assert_eq!(u["is_byok"], false);
+    let cost = u["cost"].as_f64().unwrap();
+    assert!(cost > 0.0);
+    assert_eq!(cost, (11.0 * 3.0 + 6.0 * 15.0) / 1e6);
+
+    let response = post(
+        &fake,
+        "/v1/chat/completions",
+        &with(OPENAI, &scenario),
+        openai_request(false, false),
+    )
+    .await;
+    let body = json_body(response).await;
+    assert!(body["id"].as_str().unwrap().starts_with("gen-"));
+    assert_eq!(body["provider"], "Anthropic");
+    assert_eq!(body["usage"]["cost"].as_f64(), Some(cost));
+    assert_eq!(body["usage"]["is_byok"], false);
+
+    // The Anthropic skin carries the same extras.
+    let response = post(
+        &fake,
+        "/v1/messages",
+        &with(ANTHROPIC, &scenario),
+        anthropic_request(false),
+    )
+    .await;
+    let body = json_body(response).await;
+    assert_eq!(body["provider"], "Anthropic");
+    assert_eq!(body["usage"]["cost"].as_f64(), Some(cost));
+
+    let recorded = fake.wait_for(3, WAIT).await;
+    assert_eq!(recorded[0].path, "/api/v1/chat/completions");
+    for rec in &recorded {
+        assert_eq!(rec.usage, Some(usage(11, 6)));
+        assert_eq!(rec.reported_cost, Some(cost));
+        assert!(rec.completed);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// errors
+
+#[tokio::test]
+async fn error_scenarios() {
+    let fake = FakeProvider::start().await;
+    let cases = [
+        (
+            "error-400",
+            400,
+            "invalid_request_error",
+            "invalid_request_error",
+        ),
+        (
+            "error-401",
+            401,
+            "authentication_error",
+            "invalid_request_error",
+        ),
+        ("error-429", 429, "rate_limit_error", "requests"),
+        ("error-500", 500, "api_error", "server_error"),
+        ("error-529", 529, "overloaded_error", "server_error"),
+    ];
+    for (scenario, status, anthropic_type, openai_type) in cases {
+        let retryable = status == 429 || status == 529;
+
+        let response = post(
+            &fake,
+            "/v1/messages",
+            &with(ANTHROPIC, &[("x-fake-scenario", scenario)]),
+            anthropic_request(true),
+        )
+        .await;
+        assert_eq!(response.status(), status, "{scenario}");
+        assert_eq!(header(&response, "content-type"), Some("application/json"));
+        assert_eq!(
+            header(&response, "retry-after"),
+            retryable.then_some("1"),
+            "{scenario}"
+        );
+        assert_eq!(header(&response, "x-should-retry"), None);
+        let request_id = header(&response, "request-id").unwrap().to_owned();
+        let body = json_body(response).await;
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], anthropic_type, "{scenario}");
+        assert!(body["error"]["message"].is_string());
+        assert_eq!(body["request_id"], request_id.as_str());
+
+        let response = post(
+            &fake,
+            "/v1/chat/completions",
+            &with(OPENAI, &[("x-fake-scenario", scenario)]),
+            openai_request(false, false),
+        )
+        .await;
+        assert_eq!(response.status(), status, "{scenario}");
+        assert_eq!(
+            header(&response, "retry-after"),
+            retryable.then_some("1"),
+            "{scenario}"
+        );
+        assert!(header(&response, "x-request-id").is_some());
+        let body = json_body(response).await;
+        let error = body["error"].as_object().unwrap();
+        assert_eq!(error["type"], openai_type, "{scenario}");
+        assert!(error["message"].is_string());
+        assert!(error["param"].is_null());
+        assert!(error.contains_key("code"));
+    }
+
+    // retry-after from the header; x-should-retry only on request.
+    let headers = with(
+        ANTHROPIC,
+        &[
+            ("x-fake-scenario", "error-529"),
+            ("x-fake-retry-after", "7"),
+            ("x-fake-no-retry", "1"),
+        ],
+    );
+    let response = post(&fake, "/v1/messages", &headers, anthropic_request(false)).await;
+    assert_eq!(response.status(), 529);
+    assert_eq!(header(&response, "retry-after"), Some("7"));
+    assert_eq!(header(&response, "x-should-retry"), Some("false"));
+    let response = post(
+        &fake,
+        "/v1/messages",
+        &with(
+            ANTHROPIC,
+            &[("x-fake-scenario", "error-400"), ("x-fake-no-retry", "1")],
+        ),
+        anthropic_request(false),
+    )
+    .await;
+    assert_eq!(header(&response, "x-should-retry"), Some("false"));
+    assert_eq!(header(&response, "retry-after"), None);
+
+    let recorded = fake.wait_for(12, WAIT).await;
+    assert_eq!(recorded.len(), 12);
+    assert!(recorded
+        .iter()
+        .all(|r| r.usage.is_none() && r.completed && r.status >= 400));
+    assert_eq!(recorded[2].scenario, "error-401");
+    assert_eq!(recorded[2].status, 401);
+}
+
+// ---------------------------------------------------------------------------
+// midstream-error
+
+#[tokio::test]
+async fn midstream_error_both_dialects() {
+    let fake = FakeProvider::start().await;
+    let scenario = [
+        ("x-fake-scenario", "midstream-error"),
+        ("x-fake-usage", "input=40,cache_read=2"),
+    ];
+
+    let response = post(
+        &fake,
+        "/v1/messages",
+        &with(ANTHROPIC, &scenario),
+        anthropic_request(true),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let (chunks, aborted) = read_chunks(response).await;
+    assert!(!aborted, "the body ends cleanly");
+    let body = concat(&chunks);
+    let events = anthropic_events(&body, true);
+    assert_eq!(
+        names(&events),
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "error"
+        ]
+    );
+    assert!(body.ends_with(
+        "event: error\ndata: {\"type\": \"error\", \"error\": {\"type\": \"overloaded_error\", \"message\": \"Overloaded\"}}\n\n"
+    ));
+    assert_eq!(events[0].1["message"]["usage"]["input_tokens"], 40);
+
+    let response = post(
+        &fake,
+        "/v1/chat/completions",
+        &with(OPENAI, &scenario),
+        openai_request(true, true),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(body.ends_with("\n\n"));
+    let chunks: Vec<Value> = body[..body.len() - 2]
+        .split("\n\n")
+        .map(|b| serde_json::from_str(b.strip_prefix("data: ").unwrap()).unwrap())
+        .collect();
+    assert!(chunks.len() >= 2);
+    assert!(chunks[..chunks.len() - 1]
+        .iter()
+        .all(|c| c.get("error").is_none()));
+    let error = &chunks.last().unwrap()["error"];
+    assert!(error["message"].is_string());
+    assert!(!body.contains("[DONE]"));
+
+    let recorded = fake.wait_for(2, WAIT).await;
+    let expected = FakeUsage {
+        input_tokens: 40,
+        output_tokens: 1,
+        cache_read_input_tokens: 2,
+        ..FakeUsage::default()
+    };
+    assert_eq!(recorded[0].usage, Some(expected), "message_start usage");
+    assert_eq!(recorded[1].usage, None, "no usage chunk was sent");
+    assert!(recorded.iter().all(|r| r.completed && !r.client_gone));
+}
+
+// ---------------------------------------------------------------------------
+// slow
+
+#[tokio::test]
+async fn slow_stream_paces_events_one_per_chunk() {
+    let fake = FakeProvider::start().await;
+    let headers = with(
+        ANTHROPIC,
+        &[("x-fake-scenario", "slow"), ("x-fake-delay-ms", "80")],
+    );
+    let started = Instant::now();
+    let response = post(&fake, "/v1/messages", &headers, anthropic_request(true)).await;
+    let (chunks, aborted) = read_chunks(response).await;
+    assert!(!aborted);
+    let elapsed = started.elapsed();
+    let events = anthropic_events(&concat(&chunks), true);
+    let deltas = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .count();
+    assert_eq!(deltas, 5);
+    assert!(!text_of(&events, 0).is_empty());
+    // Each event arrived as its own chunk (the 80 ms pauses keep the
+    // client's reads apart), and the pauses add up.
+    assert_eq!(chunks.len(), events.len());
+    for (_, chunk) in &chunks {
+        assert_eq!(
+            anthropic_events(std::str::from_utf8(chunk).unwrap(), true).len(),
+            1
+        );
+    }
+    let expected = Duration::from_millis(80 * (events.len() as u64 - 1));
+    assert!(elapsed >= expected, "{elapsed:?} < {expected:?}");
+    let spread = chunks.last().unwrap().0 - chunks[0].0;
+    assert!(
+        spread >= expected / 2,
+        "events must be spread out: {spread:?}"
+    );
+
+    let response = post(
+        &fake,
+        "/v1/chat/completions",
+        &with(
+            OPENAI,
+            &[("x-fake-scenario", "slow"), ("x-fake-delay-ms", "10")],
+        ),
+        openai_request(true, false),
+    )
+    .await;
+    let stream = openai_events(&response.text().await.unwrap());
+    let content = stream
+        .chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|s| !s.is_empty())
+        })
+        .count();
+    assert_eq!(content, 5);
+    assert!(stream.done);
+
+    let recorded = fake.wait_for(2, WAIT).await;
+    assert_eq!(recorded[0].usage, Some(usage(11, 9)));
+    assert!(recorded.iter().all(|r| r.completed));
+}
+
+#[tokio::test]
+async fn client_gone_mid_stream_is_recorded() {
+    let fake = FakeProvider::start().await;
+    let headers = with(
+        ANTHROPIC,
+        &[("x-fake-scenario", "slow"), ("x-fake-delay-ms", "100")],
+    );
+    let response = post(&fake, "/v1/messages", &headers, anthropic_request(true)).await;
+    let mut stream = response.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"event: message_start\n"));
+    drop(stream);
+
+    let rec = only(&fake).await;
+    assert!(rec.client_gone, "{rec:?}");
+    assert!(!rec.completed);
+}
+
+// ---------------------------------------------------------------------------
+// cut
+
+#[tokio::test]
+async fn cut_stream_aborts_without_finishing() {
+    let fake = FakeProvider::start().await;
+    let scenario = [("x-fake-scenario", "cut")];
+
+    let response = post(
+        &fake,
+        "/v1/messages",
+        &with(ANTHROPIC, &scenario),
+        anthropic_request(true),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let (chunks, aborted) = read_chunks(response).await;
+    assert!(aborted, "the body must end with a transport error");
+    let anthropic_body = concat(&chunks);
+    let events = anthropic_events(&anthropic_body, false);
+    assert_eq!(
+        names(&events),
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta"
+        ]
+    );
+    assert!(!anthropic_body.contains("message_stop"));
+
+    let response = post(
+        &fake,
+        "/v1/chat/completions",
+        &with(OPENAI, &scenario),
+        openai_request(true, true),
+    )
+    .await;
+    let (chunks, aborted) = read_chunks(response).await;
+    assert!(aborted);
+    let body = concat(&chunks);
+    let stream = openai_events(&body);
+    assert_eq!(stream.chunks.len(), 3, "role + two content chunks");
+    assert!(!stream.done);
+
+    let recorded = fake.wait_for(2, WAIT).await;
+    assert_eq!(recorded.len(), 2);
+    for rec in &recorded {
+        assert!(!rec.completed && !rec.client_gone, "{rec:?}");
+    }
+    assert_eq!(recorded[0].usage, Some(usage(11, 1)), "message_start usage");
+    assert_eq!(recorded[0].response, anthropic_body.as_bytes());
+    assert_eq!(recorded[1].response, body.as_bytes());
+    assert_eq!(recorded[1].usage, None);
+}
+
+// ---------------------------------------------------------------------------
+// big
+
+#[tokio::test]
+async fn big_stream_has_the_requested_size() {
+    const TARGET: u64 = 5_000_000;
+    let fake = FakeProvider::start().await;
+    let headers = with(
+        ANTHROPIC,
+        &[("x-fake-scenario", "big"), ("x-fake-big-bytes", "5000000")],
+    );
+    let response = post(&fake, "/v1/messages", &headers, anthropic_request(true)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "content-type"), Some(SSE));
+
+    let mut stream = response.bytes_stream();
+    let mut total = 0_u64;
+    let mut head = Vec::new();
+    let mut tail: Vec<u8> = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        total += chunk.len() as u64;
+        if head.len() < 4096 {
+            head.extend_from_slice(&chunk[..chunk.len().min(4096)]);
+        }
+        tail.extend_from_slice(&chunk);
+        if tail.len() > 64 * 1024 {
+            tail.drain(..tail.len() - 32 * 1024);
+        }
+    }
+    assert!(total.abs_diff(TARGET) < 2048, "total {total}");
+
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("event: message_start\n"));
+    assert!(head.contains("event: content_block_start\n"));
+    let tail = String::from_utf8(tail).unwrap();
+    let from = tail.rfind("event: content_block_stop\n").unwrap();
+    let events = anthropic_events(&tail[from..], true);
+    assert_eq!(
+        names(&events),
+        ["content_block_stop", "message_delta", "message_stop"]
+    );
+    let output = events[1].1["usage"]["output_tokens"].as_u64().unwrap();
+
+    let rec = only(&fake).await;
+    assert!(rec.completed);
+    assert_eq!(rec.usage.unwrap().output_tokens, output);
+    assert_eq!(rec.response.len(), RESPONSE_CAP);
+    assert_eq!(rec.response_bytes, total);
+    // Every delta carries the same text: the count matches the body size.
+    let delta_len = total / output;
+    assert!(delta_len > 500 && delta_len < 2000, "{delta_len}");
+
+    // The OpenAI dialect, smaller.
+    fake.clear();
+    let headers = with(
+        OPENAI,
+        &[("x-fake-scenario", "big"), ("x-fake-big-bytes", "300000")],
+    );
+    let response = post(
+        &fake,
+        "/v1/chat/completions",
+        &headers,
+        openai_request(true, true),
+    )
+    .await;
+    let body = response.text().await.unwrap();
+    assert!(
+        (body.len() as u64).abs_diff(300_000) < 2048,
+        "{}",
+        body.len()
+    );
+    let stream = openai_events(&body);
+    assert!(stream.done);
+    let last = stream.chunks.last().unwrap();
+    assert_eq!(
+        last["usage"]["completion_tokens"].as_u64().unwrap() as usize,
+        stream.chunks.len() - 3
+    );
+}
+
+// ---------------------------------------------------------------------------
+// hang
+
+#[tokio::test]
+async fn hang_delays_headers_then_answers() {
+    let fake = FakeProvider::start().await;
+    let headers = with(
+        ANTHROPIC,
+        &[("x-fake-scenario", "hang"), ("x-fake-delay-ms", "300")],
+    );
+    let started = Instant::now();
+    let response = post(&fake, "/v1/messages", &headers, anthropic_request(true)).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "content-type"), Some("application/json"));
+    let body = json_body(response).await;
+    assert_eq!(body["content"][0]["text"], "Hello there!");
+    let rec = only(&fake).await;
+    assert!(rec.completed && !rec.client_gone);
+    assert_eq!(rec.usage, Some(usage(11, 6)));
+}
+
+#[tokio::test]
+async fn hang_records_client_gone() {
+    let fake = FakeProvider::start().await;
+    let result = client()
+        .post(format!("{}/v1/messages", fake.base_url()))
+        .header("x-fake-scenario", "hang")
+        .header("x-fake-delay-ms", "10000")
+        .header("content-type", "application/json")
+        .body(anthropic_request(false))
+        .timeout(Duration::from_millis(200))
+        .send()
+        .await;
+    assert!(result.is_err(), "the client gives up first");
+
+    let started = Instant::now();
+    let rec = only(&fake).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "noticed before the delay ended"
+    );
+    assert!(rec.client_gone && !rec.completed, "{rec:?}");
+    assert_eq!(rec.usage, None);
+}
+
+// ---------------------------------------------------------------------------
+// x-fake-usage
+
+#[tokio::test]
+async fn usage_header_sets_reported_usage() {
+    let fake = FakeProvider::start().await;
+    let spec = [(
+        "x-fake-usage",
+        "input=100,output=20,cache_write=10,cache_write_1h=4,cache_read=30",
+    )];
+    let expected = FakeUsage {
+        input_tokens: 100,
+        output_tokens: 20,
+        cache_creation_input_tokens: 10,
+        cache_creation_1h_input_tokens: 4,
+        cache_read_input_tokens: 30,
+    };
+
+    let response = post(
+        &fake,
+        "/v1/messages",
+        &with(ANTHROPIC, &spec),
+        anthropic_request(false),
+    )
+    .await;
+    let u = json_body(response).await["usage"].clone();
+    assert_eq!(u["input_tokens"], 100);
+    assert_eq!(u["output_tokens"], 20);
+    assert_eq!(u["cache_creation_input_tokens"], 10);
+    assert_eq!(u["cache_read_input_tokens"], 30);
+    assert_eq!(
+        u["cache_creation"],
+        json!({"ephemeral_5m_input_tokens": 6, "ephemeral_1h_input_tokens": 4})
+    );
+
+    let response = post(
+        &fake,
+        "/v1/messages",
+        &with(ANTHROPIC, &spec),
+        anthropic_request(true),
+    )
+    .await;
+    let events = anthropic_events(&response.text().await.unwrap(), true);
+    let start = &events[0].1["message"]["usage"];
+    assert_eq!(start["input_tokens"], 100);
+    assert_eq!(start["cache_creation_input_tokens"], 10);
+    assert_eq!(start["cache_read_input_tokens"], 30);
+    assert_eq!(start["cache_creation"]["ephemeral_1h_input_tokens"], 4);
+    assert_eq!(start["output_tokens"], 1);
+    let last = &events[events.len() - 2].1["usage"];
+    assert_eq!(last["output_tokens"], 20);
+    assert_eq!(last["input_tokens"], 100);
+    assert_eq!(last["cache_creation_input_tokens"], 10);
+    assert_eq!(last["cache_read_input_tokens"], 30);
+
+    let response = post(
+        &fake,
+        "/v1/chat/completions",
+        &with(OPENAI, &spec),
+        openai_request(false, false),
+    )
+    .await;
+    let u = json_body(response).await["usage"].clone();
+    assert_eq!(u["prompt_tokens"], 130);
+    assert_eq!(u["completion_tokens"], 20);
+    assert_eq!(u["total_tokens"], 150);
+    assert_eq!(u["prompt_tokens_details"]["cached_tokens"], 30);
+    assert!(u["prompt_tokens_details"]
+        .get("cache_write_tokens")
+        .is_none());
+
+    let headers = with(OPENAI, &[spec[0], ("x-fake-scenario", "openrouter")]);
+    let response = post(
+        &fake,
+        "/v1/chat/completions",
+        &headers,
+        openai_request(false, false),
+    )
+    .await;
+    let u = json_body(response).await["usage"].clone();
+    assert_eq!(u["prompt_tokens_details"]["cache_write_tokens"], 10);
+    assert_eq!(u["cost"].as_f64(), Some((130.0 * 3.0 + 20.0 * 15.0) / 1e6));
+
+    // A partial spec keeps the defaults for the rest.
+    let response = post(
+        &fake,
+        "/v1/messages",
+        &with(ANTHROPIC, &[("x-fake-usage", "output=3")]),
+        anthropic_request(false),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+
+    // A bad spec is a 400 so typos do not go unnoticed.
+    let response = post(
+        &fake,
+        "/v1/messages",
+        &with(ANTHROPIC, &[("x-fake-usage", "inptu=1")]),
+        anthropic_request(false),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+
+    let recorded = fake.wait_for(6, WAIT).await;
+    assert!(recorded[..4].iter().all(|r| r.usage == Some(expected)));
+    assert_eq!(recorded[3].reported_cost, Some(expected.openrouter_cost()));
+    assert_eq!(recorded[4].usage, Some(usage(11, 3)));
+    assert_eq!(recorded[5].usage, None);
+}
+
+// ---------------------------------------------------------------------------
+// malformed requests, other endpoints, control endpoints
+
+#[tokio::test]
+async fn malformed_json_and_unknown_scenario_are_400() {
+    let fake = FakeProvider::start().await;
+
+    let response = post(&fake, "/v1/messages", ANTHROPIC, "{not json").await;
+    assert_eq!(response.status(), 400);
+    let body = json_body(response).await;
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+
+    let response = post(&fake, "/v1/chat/completions", OPENAI, "[1, 2").await;
+    assert_eq!(response.status(), 400);
+    let body = json_body(response).await;
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(body["error"]["param"].is_null());
+
+    let response = post(
+        &fake,
+        "/v1/messages",
+        &with(ANTHROPIC, &[("x-fake-scenario", "nope")]),
+        anthropic_request(false),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+
+    let recorded = fake.wait_for(3, WAIT).await;
+    assert_eq!(recorded[0].body, b"{not json");
+    assert_eq!(recorded[0].json(), Value::Null);
+    assert_eq!(recorded[2].scenario, "nope");
+    assert!(recorded
+        .iter()
+        .all(|r| r.usage.is_none() && r.status == 400));
+}
+
+#[tokio::test]
+async fn count_tokens_models_and_control_endpoints() {
+    let fake = FakeProvider::start().await;
+
+    let response = post(
+        &fake,
+        "/v1/messages/count_tokens?beta=true",
+        ANTHROPIC,
+        anthropic_request(false),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(header(&response, "request-id").is_some());
+    assert_eq!(json_body(response).await, json!({"input_tokens": 11}));
+
+    let response = get(&fake, "/v1/models", ANTHROPIC).await;
+    let body = json_body(response).await;
+    assert_eq!(body["data"][0]["type"], "model");
+    assert_eq!(body["has_more"], false);
+
+    let response = get(&fake, "/v1/models", OPENAI).await;
+    let body = json_body(response).await;
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["data"][0]["object"], "model");
+
+    let recorded = fake.wait_for(3, WAIT).await;
+    assert_eq!(recorded.len(), 3);
+    assert!(recorded.iter().all(|r| r.usage.is_none() && r.completed));
+    assert_eq!(recorded[0].path, "/v1/messages/count_tokens?beta=true");
+
+    // GET /_fake/requests lists what arrived (and is not itself recorded).
+    let list = json_body(get(&fake, "/_fake/requests", &[]).await).await;
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert_eq!(list[0]["path"], "/v1/messages/count_tokens?beta=true");
+    assert_eq!(list[0]["body"]["model"], "claude-haiku-4-5-20251001");
+    assert_eq!(list[0]["completed"], true);
+    assert_eq!(list[1]["method"], "GET");
+
+    let response = client()
+        .post(format!("{}/_fake/clear", fake.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(fake.requests().is_empty());
+
+    post(&fake, "/v1/messages", ANTHROPIC, anthropic_request(false)).await;
+    assert_eq!(fake.wait_for(1, WAIT).await.len(), 1);
+    fake.clear();
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn default_scenario_applies_without_header() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fake = FakeProvider::start_on(listener, Some("tool_use".to_owned())).await;
+    assert_eq!(fake.base_url(), format!("http://{}", fake.addr));
+
+    let body =
+        json_body(post(&fake, "/v1/messages", ANTHROPIC, anthropic_request(false)).await).await;
+    assert_eq!(body["stop_reason"], "tool_use");
+    let headers = with(ANTHROPIC, &[("x-fake-scenario", "text")]);
+    let body =
+        json_body(post(&fake, "/v1/messages", &headers, anthropic_request(false)).await).await;
+    assert_eq!(body["stop_reason"], "end_turn");
+
+    let recorded = fake.wait_for(2, WAIT).await;
+    assert_eq!(recorded[0].scenario, "tool_use");
+    assert_eq!(recorded[1].scenario, "text");
+}

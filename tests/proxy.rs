@@ -1,0 +1,735 @@
+//! The data plane end to end: the real `tollgate` binary on ephemeral ports
+//! in front of the in-repo fake provider, driven over HTTP.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use support::fake_provider::FakeProvider;
+use support::tollgate::{Builder, Tollgate};
+
+const ANTHROPIC_KEY: &str = "sk-ant-injected-SECRET-7f3a9c";
+const OPENAI_KEY: &str = "sk-openai-injected-SECRET-51d2e8";
+const OPENROUTER_KEY: &str = "sk-or-v1-injected-SECRET-aa11";
+const CLIENT_KEY: &str = "sk-client-own-key-SHOULD-NOT-PASS";
+
+fn with_keys(b: Builder) -> Builder {
+    b.env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        .env("OPENAI_API_KEY", OPENAI_KEY)
+        .env("OPENROUTER_API_KEY", OPENROUTER_KEY)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().http1_only().build().unwrap()
+}
+
+fn messages_body(stream: bool) -> Value {
+    json!({"model": "claude-sonnet-4-5", "max_tokens": 256, "stream": stream,
+           "messages": [{"role": "user", "content": "Hello"}]})
+}
+
+fn chat_body(stream: bool) -> Value {
+    json!({"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": "Hello"}]})
+}
+
+/// Asserts that no configured key ever reached the log.
+fn assert_no_keys_in_log(t: &Tollgate) {
+    let log = t.log();
+    for key in [ANTHROPIC_KEY, OPENAI_KEY, OPENROUTER_KEY, CLIENT_KEY] {
+        assert!(!log.contains(key), "key {key} leaked into the log");
+        assert!(
+            !log.contains(&key[key.len() - 10..]),
+            "part of key {key} leaked into the log"
+        );
+    }
+}
+
+fn header<'a>(r: &'a reqwest::Response, name: &str) -> &'a str {
+    r.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// The cost of claude-sonnet-4-5 usage, computed by hand from providers.md
+/// §7 ($ per MTok: input 3, 5m write 3.75, 1h write 6, read 0.30, output 15).
+fn sonnet_45_nusd(input: u64, w5: u64, w1h: u64, read: u64, output: u64) -> u64 {
+    // In nano-USD per token: 3000, 3750, 6000, 300, 15000.
+    input * 3000 + w5 * 3750 + w1h * 6000 + read * 300 + output * 15000
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_non_stream_is_metered_with_receipts_and_key_injection() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let resp = client()
+        .post(format!("{}/v1/messages?beta=true", t.url()))
+        .header("x-api-key", CLIENT_KEY)
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
+        .header("anthropic-version", "2023-06-01")
+        .header("x-tollgate-cost-usd", "0.00")
+        .header(
+            "x-fake-usage",
+            "input=1000,output=500,cache_write=200,cache_write_1h=50,cache_read=300",
+        )
+        .json(&messages_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let expected = sonnet_45_nusd(1000, 150, 50, 300, 500);
+    assert_eq!(expected, 11_452_500);
+    assert_eq!(header(&resp, "x-tollgate-cost-usd"), "0.0114525");
+    assert_eq!(header(&resp, "x-tollgate-provider"), "anthropic");
+    assert_eq!(header(&resp, "x-tollgate-cache"), "bypass");
+    assert!(header(&resp, "x-tollgate-model").starts_with("claude-sonnet-4-5"));
+    let request_id = header(&resp, "x-tollgate-request-id").to_string();
+    assert!(header(&resp, "request-id").starts_with("req_"));
+    let body = resp.bytes().await.unwrap();
+
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 1);
+    let r = &seen[0];
+    assert_eq!(r.path, "/v1/messages?beta=true");
+    assert_eq!(r.header("x-api-key"), Some(ANTHROPIC_KEY));
+    assert_eq!(
+        r.header("authorization"),
+        None,
+        "the client's bearer token must not pass"
+    );
+    assert!(r.headers.iter().all(|(n, _)| !n.starts_with("x-tollgate-")));
+    assert!(r.headers.iter().all(|(_, v)| !v.contains(CLIENT_KEY)));
+    assert_eq!(r.header("anthropic-version"), Some("2023-06-01"));
+    // Passthrough fidelity: exactly the provider's bytes.
+    assert_eq!(&body[..], &r.response[..]);
+
+    let events = t.wait_events(1).await;
+    let e = &events[0];
+    assert_eq!(e["event_id"], request_id.as_str());
+    assert_eq!(e["status"], "ok");
+    assert_eq!(e["route"], "sync");
+    assert_eq!(e["provider"], "anthropic");
+    assert_eq!(e["input_tokens"], 1000);
+    assert_eq!(e["output_tokens"], 500);
+    assert_eq!(e["cache_creation_input_tokens"], 200);
+    assert_eq!(e["cache_creation_1h_input_tokens"], 50);
+    assert_eq!(e["cache_read_input_tokens"], 300);
+    assert_eq!(e["cost_nusd"], expected);
+    assert_eq!(e["http_status"], 200);
+    assert!(e["upstream_request_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("req_"));
+    assert!(!serde_json::to_string(&events).unwrap().contains("SECRET"));
+    let metrics = t.metrics().await;
+    assert!(
+        metrics.contains(
+            "tollgate_requests_total{provider=\"anthropic\",route=\"sync\",status=\"ok\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tollgate_tokens_total{kind=\"output\",provider=\"anthropic\"} 500"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("SECRET"));
+    assert_no_keys_in_log(&t);
+}
+
+/// Reads an SSE response whole, returning (bytes, time of first chunk).
+async fn read_stream(resp: reqwest::Response) -> (Vec<u8>, Duration) {
+    let start = Instant::now();
+    let mut first = None;
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        first.get_or_insert_with(|| start.elapsed());
+        out.extend_from_slice(&chunk);
+    }
+    (out, first.unwrap_or_default())
+}
+
+/// Splits off the trailing `: tollgate {...}` receipt comment.
+fn split_receipt(bytes: &[u8]) -> (&[u8], Value) {
+    let text = std::str::from_utf8(bytes).unwrap();
+    let at = text.rfind(": tollgate ").expect("stream receipt comment");
+    let json_line = text[at + ": tollgate ".len()..].trim_end();
+    assert!(text.ends_with("\n\n"));
+    (&bytes[..at], serde_json::from_str(json_line).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_stream_passes_bytes_through_and_meters() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    for scenario in ["text", "tool_use", "thinking"] {
+        fake.clear();
+        let resp = client()
+            .post(format!("{}/v1/messages", t.url()))
+            .header("authorization", format!("Bearer {CLIENT_KEY}"))
+            .header("anthropic-version", "2023-06-01")
+            .header("accept", "application/json")
+            .header("x-fake-scenario", scenario)
+            .header(
+                "x-fake-usage",
+                "input=40,output=12,cache_write=8,cache_read=4",
+            )
+            .json(&messages_body(true))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(header(&resp, "content-type").starts_with("text/event-stream"));
+        assert_eq!(
+            header(&resp, "x-tollgate-cost-usd"),
+            "",
+            "a stream's cost is in its receipt, not a header"
+        );
+        assert_eq!(header(&resp, "x-tollgate-provider"), "anthropic");
+        let request_id = header(&resp, "x-tollgate-request-id").to_string();
+        let (bytes, _) = read_stream(resp).await;
+        let r = &fake.requests()[0];
+        let (provider_part, receipt) = split_receipt(&bytes);
+        assert_eq!(
+            provider_part,
+            &r.response[..],
+            "scenario {scenario}: client bytes differ from the provider's"
+        );
+        assert_eq!(r.header("x-api-key"), Some(ANTHROPIC_KEY));
+        assert_eq!(r.header("authorization"), None);
+        let cost = sonnet_45_nusd(40, 8, 0, 4, 12);
+        assert_eq!(receipt["request_id"], request_id.as_str());
+        assert_eq!(receipt["output_tokens"], 12);
+        assert_eq!(receipt["status"], "ok");
+        let events = t.events().await;
+        let e = events
+            .iter()
+            .find(|e| e["event_id"] == request_id.as_str())
+            .expect("event");
+        assert_eq!(e["route"], "stream");
+        assert_eq!(e["status"], "ok");
+        assert_eq!(e["input_tokens"], 40);
+        assert_eq!(e["output_tokens"], 12);
+        assert_eq!(e["cache_creation_input_tokens"], 8);
+        assert_eq!(e["cache_read_input_tokens"], 4);
+        assert_eq!(e["cost_nusd"], cost);
+    }
+    assert_no_keys_in_log(&t);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_stream_gets_usage_without_showing_it_to_the_client() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    // The client did not ask for usage: tollgate asks, meters, and cuts the chunk out.
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", t.url()))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-fake-usage", "input=30,output=7,cache_read=10")
+        .json(&chat_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (bytes, _) = read_stream(resp).await;
+    let r = fake.requests().pop().unwrap();
+    assert_eq!(r.json()["stream_options"]["include_usage"], true);
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {OPENAI_KEY}").as_str())
+    );
+    let (client_part, receipt) = split_receipt(&bytes);
+    let upstream = String::from_utf8(r.response.clone()).unwrap();
+    let usage_event = upstream
+        .split_inclusive("\n\n")
+        .find(|e| e.contains("\"usage\"") && e.contains("\"choices\":[]"))
+        .expect("the fake sent a usage chunk");
+    assert_eq!(
+        std::str::from_utf8(client_part).unwrap(),
+        upstream.replace(usage_event, "")
+    );
+    assert!(std::str::from_utf8(client_part)
+        .unwrap()
+        .ends_with("data: [DONE]\n\n"));
+    assert_eq!(receipt["output_tokens"], 7);
+    // The fake's prompt_tokens = 30 uncached + 10 cached.
+    // gpt-4o: $2.50 input, $1.25 cached, $10 output per MTok.
+    let expected = 30 * 2500 + 10 * 1250 + 7 * 10_000;
+    let e = t.wait_events(1).await.pop().unwrap();
+    assert_eq!(e["input_tokens"], 30);
+    assert_eq!(e["cache_read_input_tokens"], 10);
+    assert_eq!(e["output_tokens"], 7);
+    assert_eq!(e["cost_nusd"], expected);
+
+    // The client asked for usage itself: it gets every byte.
+    fake.clear();
+    let mut body = chat_body(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", t.url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let (bytes, _) = read_stream(resp).await;
+    let r = fake.requests().pop().unwrap();
+    let (client_part, _) = split_receipt(&bytes);
+    assert_eq!(client_part, &r.response[..]);
+    assert_no_keys_in_log(&t);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_and_openrouter_non_stream() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let resp = client()
+        .post(format!("{}/v1/chat/completions", t.url()))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-fake-usage", "input=100,output=50")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-tollgate-provider"), "openai");
+    // gpt-4o: 100 × 2500 + 50 × 10000 nano-USD.
+    assert_eq!(header(&resp, "x-tollgate-cost-usd"), "0.00075");
+    let body = resp.bytes().await.unwrap();
+    let r = fake.requests().pop().unwrap();
+    assert_eq!(&body[..], &r.response[..]);
+    assert_eq!(r.path, "/v1/chat/completions");
+
+    // OpenRouter by prefix: its reported usage.cost wins over the table.
+    fake.clear();
+    let resp = client()
+        .post(format!("{}/openrouter/v1/chat/completions", t.url()))
+        .bearer_auth(CLIENT_KEY)
+        .header("x-fake-scenario", "openrouter")
+        .header("x-fake-usage", "input=100,output=50")
+        .json(&json!({"model": "anthropic/claude-sonnet-4.5", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-tollgate-provider"), "openrouter");
+    let r = fake.requests().pop().unwrap();
+    assert_eq!(r.path, "/api/v1/chat/completions");
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {OPENROUTER_KEY}").as_str())
+    );
+    let reported = r.reported_cost.unwrap();
+    let expected_nusd = (reported * 1e9).round() as u64;
+    let events = t.wait_events(2).await;
+    assert_eq!(events[1]["cost_nusd"], expected_nusd);
+    assert_no_keys_in_log(&t);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_configured_key_the_clients_own_passes() {
+    let fake = FakeProvider::start().await;
+    let t = Builder::new(&fake.base_url()).start();
+    let resp = client()
+        .post(format!("{}/v1/messages", t.url()))
+        .header("x-api-key", CLIENT_KEY)
+        .header("anthropic-version", "2023-06-01")
+        .json(&messages_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(fake.requests()[0].header("x-api-key"), Some(CLIENT_KEY));
+    assert_no_keys_in_log(&t);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unmetered_paths_and_count_tokens_are_forwarded() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let c = client();
+    let models = c
+        .get(format!("{}/v1/models", t.url()))
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    let body = models.bytes().await.unwrap();
+    let r = fake.requests().pop().unwrap();
+    assert_eq!(r.path, "/v1/models");
+    assert_eq!(r.header("x-api-key"), Some(ANTHROPIC_KEY));
+    assert_eq!(&body[..], &r.response[..]);
+    let openai_models = c
+        .get(format!("{}/v1/models", t.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(openai_models.status(), 200);
+    assert_eq!(
+        fake.requests().pop().unwrap().header("authorization"),
+        Some(format!("Bearer {OPENAI_KEY}").as_str())
+    );
+
+    let count = c
+        .post(format!("{}/v1/messages/count_tokens", t.url()))
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "Hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(count.status(), 200);
+    let v: Value = count.json().await.unwrap();
+    assert!(v["input_tokens"].as_u64().unwrap() > 0);
+    let events = t.wait_events(3).await;
+    assert!(events.iter().all(|e| e["cost_nusd"] == 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_errors_use_the_provider_shape() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url()).top("max_body_bytes = 1024")).start();
+    let c = client();
+    // Bad JSON, Anthropic shape.
+    let r = c
+        .post(format!("{}/v1/messages", t.url()))
+        .header("anthropic-version", "2023-06-01")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(header(&r, "x-tollgate-error"), "bad_request");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    // Bad JSON, OpenAI shape.
+    let r = c
+        .post(format!("{}/v1/chat/completions", t.url()))
+        .body("[1,")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert_eq!(v["error"]["code"], "bad_request");
+    // Too large.
+    let big = json!({"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "x".repeat(5000)}]});
+    let r = c
+        .post(format!("{}/v1/messages", t.url()))
+        .header("anthropic-version", "2023-06-01")
+        .json(&big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(header(&r, "x-tollgate-error"), "body_too_large");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "request_too_large");
+    // Unknown route.
+    let r = c.get(format!("{}/nope", t.url())).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(header(&r, "x-tollgate-error"), "unknown_route");
+    // Provider errors pass through unchanged and are recorded.
+    let r = c
+        .post(format!("{}/v1/messages", t.url()))
+        .header("anthropic-version", "2023-06-01")
+        .header("x-fake-scenario", "error-429")
+        .header("x-fake-retry-after", "7")
+        .json(&messages_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(header(&r, "retry-after"), "7");
+    assert_eq!(header(&r, "x-tollgate-error"), "");
+    let body = r.bytes().await.unwrap();
+    assert_eq!(&body[..], &fake.requests().pop().unwrap().response[..]);
+    let events = t.wait_events(5).await;
+    let statuses: Vec<&str> = events
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "proxy_error",
+            "proxy_error",
+            "proxy_error",
+            "proxy_error",
+            "provider_error"
+        ]
+    );
+    assert_eq!(events[4]["error"], "rate_limit_error");
+    assert_eq!(events[4]["http_status"], 429);
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "refused requests never reach the provider"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_upstream_is_502_and_a_slow_one_504() {
+    let dead_port = support::tollgate::free_port();
+    let fake = FakeProvider::start().await;
+    let t = Builder::new(&format!("http://127.0.0.1:{dead_port}"))
+        .config(&format!(
+            "[providers.slow]\ndialect = \"anthropic\"\nbase_url = \"{}\"\n\n[timeouts]\nconnect = \"1s\"\nfirst_byte = \"500ms\"\n",
+            fake.base_url()
+        ))
+        .start();
+    let c = client();
+    let r = c
+        .post(format!("{}/v1/messages", t.url()))
+        .header("anthropic-version", "2023-06-01")
+        .json(&messages_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(header(&r, "x-tollgate-error"), "upstream_unreachable");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "api_error");
+
+    let started = Instant::now();
+    let r = c
+        .post(format!("{}/slow/v1/messages", t.url()))
+        .header("anthropic-version", "2023-06-01")
+        .header("x-fake-scenario", "hang")
+        .header("x-fake-delay-ms", "10000")
+        .json(&messages_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(header(&r, "x-tollgate-error"), "upstream_timeout");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "timeout_error");
+    let events = t.wait_events(2).await;
+    assert_eq!(events[0]["error"], "upstream_unreachable");
+    assert_eq!(events[1]["error"], "upstream_timeout");
+    assert_eq!(events[1]["provider"], "slow");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_abort_cancels_upstream_and_is_recorded() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let resp = client()
+        .post(format!("{}/v1/messages", t.url()))
+        .header("anthropic-version", "2023-06-01")
+        .header("x-fake-scenario", "slow")
+        .header("x-fake-delay-ms", "300")
+        .header("x-fake-usage", "input=25,output=9")
+        .json(&messages_body(true))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.is_empty());
+    drop(stream);
+    let seen = fake.wait_for(1, Duration::from_secs(10)).await;
+    assert!(seen[0].client_gone, "the upstream call was not cancelled");
+    assert!(!seen[0].completed);
+    let e = t.wait_events(1).await.pop().unwrap();
+    assert_eq!(e["status"], "client_aborted");
+    assert_eq!(
+        e["input_tokens"], 25,
+        "tokens seen so far (message_start) are kept"
+    );
+    assert_eq!(e["usage_incomplete"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_cut_ends_the_stream_promptly_with_an_error_event() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    for (path, body) in [
+        ("/v1/messages", messages_body(true)),
+        ("/v1/chat/completions", chat_body(true)),
+    ] {
+        let started = Instant::now();
+        let resp = client()
+            .post(format!("{}{path}", t.url()))
+            .header("x-fake-scenario", "cut")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let (bytes, _) = read_stream(resp).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.contains("upstream stream ended before its final event"),
+            "{text}"
+        );
+    }
+    let events = t.wait_events(2).await;
+    for e in &events {
+        assert_eq!(e["status"], "upstream_aborted");
+        assert_eq!(e["usage_incomplete"], true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_stream_is_not_buffered() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url()).log_level("info")).start();
+    // Warm up so allocator and pools are in their steady state.
+    client()
+        .post(format!("{}/v1/messages", t.url()))
+        .json(&messages_body(false))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let rss_before = t.rss_kib();
+    let resp = client()
+        .post(format!("{}/v1/messages", t.url()))
+        .header("x-fake-scenario", "big")
+        .header("x-fake-big-bytes", "104857600")
+        .json(&messages_body(true))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    let mut total = 0u64;
+    let mut peak = rss_before;
+    let mut tail = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        total += chunk.len() as u64;
+        if total % (8 << 20) < chunk.len() as u64 {
+            peak = peak.max(t.rss_kib());
+        }
+        tail.extend_from_slice(&chunk);
+        if tail.len() > 4096 {
+            tail.drain(..tail.len() - 4096);
+        }
+    }
+    peak = peak.max(t.rss_kib());
+    assert!(total >= 100_000_000, "got {total} bytes");
+    let growth_kib = peak.saturating_sub(rss_before);
+    println!(
+        "rss before {rss_before} KiB, peak {peak} KiB, growth {growth_kib} KiB over {total} bytes"
+    );
+    assert!(growth_kib < 20 * 1024, "RSS grew by {growth_kib} KiB");
+    assert!(String::from_utf8_lossy(&tail).contains("event: message_stop"));
+    let e = t.wait_events(2).await.pop().unwrap();
+    assert_eq!(e["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_a_restart_and_sigterm_drains() {
+    let fake = FakeProvider::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut t = with_keys(Builder::new(&fake.base_url()).data_dir(data.path())).start();
+    for _ in 0..3 {
+        client()
+            .post(format!("{}/v1/messages", t.url()))
+            .json(&messages_body(false))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+    }
+    // A slow stream in flight when SIGTERM arrives finishes.
+    let url = t.url();
+    let in_flight = tokio::spawn(async move {
+        let resp = client()
+            .post(format!("{url}/v1/messages"))
+            .header("x-fake-scenario", "slow")
+            .header("x-fake-delay-ms", "200")
+            .json(&messages_body(true))
+            .send()
+            .await
+            .unwrap();
+        read_stream(resp).await.0
+    });
+    fake.wait_for(4, Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    t.signal(15);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = reqwest::get(format!("{}/readyz", t.admin_url()))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "draining sidecar is not ready");
+    let streamed = String::from_utf8(in_flight.await.unwrap()).unwrap();
+    assert!(
+        streamed.contains("event: message_stop"),
+        "the in-flight stream was cut: {streamed}"
+    );
+    let status = t.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status}");
+
+    let t2 = with_keys(Builder::new(&fake.base_url()).data_dir(data.path())).start();
+    let events = t2.events().await;
+    assert_eq!(events.len(), 4);
+    assert!(events.iter().all(|e| e["status"] == "ok"));
+    assert_eq!(events[3]["route"], "stream");
+    drop(t2);
+    // `tollgate usage` on the stopped sidecar's store.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["usage", "--by", "account,model", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.contains("default"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("TOTAL") && l.split_whitespace().nth(1) == Some("4")),
+        "{table}"
+    );
+}
+
+#[test]
+fn check_config_reports_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "listen = \"nope\"\nmax_body_bytes = 0\nbogus = 1\n[providers.anthropic]\nbase_url = \"ftp://x\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["proxy", "--check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    for key in [
+        "listen",
+        "max_body_bytes",
+        "bogus",
+        "providers.anthropic.base_url",
+    ] {
+        assert!(err.contains(key), "{key} missing from:\n{err}");
+    }
+    let ok = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["proxy", "--check-config"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+}

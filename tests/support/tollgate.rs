@@ -1,0 +1,259 @@
+//! Starts the real `tollgate` binary on ephemeral ports with a temp config
+//! and data dir, and stops it (SIGTERM, then kill) on drop.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound and released; a tiny race is acceptable in tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Builds a tollgate process.
+pub struct Builder {
+    top: String,
+    config: String,
+    env: Vec<(String, String)>,
+    data_dir: Option<PathBuf>,
+    log_level: String,
+}
+
+/// A running tollgate.
+pub struct Tollgate {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Builder {
+    /// Both dialects' default providers pointed at `fake` (an `http://host:port` base).
+    pub fn new(fake: &str) -> Builder {
+        Builder {
+            top: String::new(),
+            config: format!(
+                "[providers.anthropic]\nbase_url = \"{fake}\"\n\n[providers.openai]\nbase_url = \"{fake}/v1\"\n\n[providers.openrouter]\nbase_url = \"{fake}/api/v1\"\n\n"
+            ),
+            env: Vec::new(),
+            data_dir: None,
+            log_level: "debug".into(),
+        }
+    }
+
+    /// Adds top-level keys (they must precede every table).
+    pub fn top(mut self, toml: &str) -> Builder {
+        self.top.push_str(toml);
+        self.top.push('\n');
+        self
+    }
+
+    /// Appends TOML (tables) to the config file.
+    pub fn config(mut self, toml: &str) -> Builder {
+        self.config.push_str(toml);
+        self.config.push('\n');
+        self
+    }
+
+    /// Sets an environment variable for the process.
+    pub fn env(mut self, key: &str, value: &str) -> Builder {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Uses this data dir (to restart on the same store).
+    pub fn data_dir(mut self, dir: &Path) -> Builder {
+        self.data_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    pub fn log_level(mut self, level: &str) -> Builder {
+        self.log_level = level.into();
+        self
+    }
+
+    /// Starts the binary and waits until both listeners accept.
+    pub fn start(self) -> Tollgate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let admin_port = free_port();
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("data"));
+        let config_path = dir.path().join("tollgate.toml");
+        let config = format!(
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndata_dir = \"{}\"\nshutdown_grace = \"5s\"\nthreads = 2\n{}\n{}",
+            data_dir.display(),
+            self.top,
+            self.config
+        );
+        std::fs::write(&config_path, config).expect("write config");
+        let log_path = dir.path().join("tollgate.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.arg("proxy")
+            .arg("--config")
+            .arg(&config_path)
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("OPENAI_API_KEY")
+            .env_remove("OPENROUTER_API_KEY")
+            .env("TOLLGATE_LOG", &self.log_level)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn tollgate");
+        let mut t = Tollgate {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            data_dir,
+            log_path,
+            _dir: dir,
+        };
+        t.wait_ready();
+        t
+    }
+}
+
+impl Tollgate {
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if TcpStream::connect(self.addr).is_ok() && TcpStream::connect(self.admin).is_ok() {
+                return;
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("tollgate exited early ({status}):\n{}", self.log());
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tollgate did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` (the Anthropic base URL).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin)
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Resident set size in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Sends a signal (libc name, e.g. libc::SIGTERM).
+    pub fn signal(&self, sig: i32) {
+        let pid = self.pid() as i32;
+        let rc = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(rc.success());
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(15);
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "tollgate did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Latest usage events (admin `/events`).
+    pub async fn events(&self) -> Vec<serde_json::Value> {
+        let url = format!("{}/events?limit=100000", self.admin_url());
+        reqwest::get(url)
+            .await
+            .expect("events")
+            .json()
+            .await
+            .expect("events json")
+    }
+
+    /// Waits until at least `n` events are recorded, returns them all.
+    pub async fn wait_events(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.events().await;
+            if events.len() >= n {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} events, have {}: {events:?}",
+                events.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin_url()))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+}
+
+impl Drop for Tollgate {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
