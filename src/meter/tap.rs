@@ -518,7 +518,12 @@ impl OpenAiUsage {
         let cached = details.and_then(|d| d.cached_tokens).unwrap_or(0);
         let written = details.and_then(|d| d.cache_write_tokens).unwrap_or(0);
         Usage {
-            input_tokens: self.prompt_tokens.unwrap_or(0).saturating_sub(cached),
+            // `prompt_tokens` counts cache reads and (OpenRouter) cache writes too.
+            input_tokens: self
+                .prompt_tokens
+                .unwrap_or(0)
+                .saturating_sub(cached)
+                .saturating_sub(written),
             output_tokens: self.completion_tokens.unwrap_or(0),
             cache_creation_input_tokens: written,
             cache_creation_1h_input_tokens: 0,
@@ -1111,7 +1116,7 @@ mod tests {
     fn openrouter_expected() -> Usage {
         Usage {
             reported_cost_nusd: Some(950_000_000),
-            ..usage(194, 2, 100, 0, 0)
+            ..usage(94, 2, 100, 0, 0)
         }
     }
 
