@@ -1053,7 +1053,12 @@ fn anthropic_cache_creation(u: &FakeUsage) -> Value {
 /// OpenAI `usage` (§8; OpenRouter additions §9.2 in that flavour).
 fn openai_usage(call: &Call, u: &FakeUsage, reasoning_tokens: u64) -> Value {
     // OpenRouter counts cache writes inside prompt_tokens (§9.2: 194 + 2 = 196).
-    let prompt = u.prompt_tokens() + if call.openrouter { u.cache_creation_input_tokens } else { 0 };
+    let prompt = u.prompt_tokens()
+        + if call.openrouter {
+            u.cache_creation_input_tokens
+        } else {
+            0
+        };
     let mut usage = json!({
         "prompt_tokens": prompt,
         "completion_tokens": u.output_tokens,
