@@ -733,3 +733,95 @@ fn check_config_reports_every_problem_and_exits_64() {
         String::from_utf8_lossy(&ok.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_ends_at_the_idle_timeout() {
+    let fake = FakeProvider::start().await;
+    let t =
+        with_keys(Builder::new(&fake.base_url()).config("[timeouts]\nidle = \"300ms\"\n")).start();
+    let started = Instant::now();
+    let resp = client()
+        .post(format!("{}/v1/messages", t.url()))
+        .header("x-fake-scenario", "slow")
+        .header("x-fake-delay-ms", "3000")
+        .json(&messages_body(true))
+        .send()
+        .await
+        .unwrap();
+    let (bytes, _) = read_stream(resp).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "took {:?}",
+        started.elapsed()
+    );
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(
+        text.contains("event: error") && text.contains("idle timeout"),
+        "{text}"
+    );
+    let e = t.wait_events(1).await.pop().unwrap();
+    assert_eq!(e["status"], "upstream_aborted");
+    assert_eq!(e["error"], "upstream_idle_timeout");
+    assert_eq!(e["input_tokens"], 11, "message_start usage is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mid_stream_provider_error_is_passed_and_recorded() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let resp = client()
+        .post(format!("{}/v1/messages", t.url()))
+        .header("x-fake-scenario", "midstream-error")
+        .header("x-fake-usage", "input=50,output=3")
+        .json(&messages_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let (bytes, _) = read_stream(resp).await;
+    let r = fake.requests().pop().unwrap();
+    let (provider_part, receipt) = split_receipt(&bytes);
+    assert_eq!(provider_part, &r.response[..]);
+    assert_eq!(receipt["status"], "provider_error");
+    let e = t.wait_events(1).await.pop().unwrap();
+    assert_eq!(e["status"], "provider_error");
+    assert_eq!(e["error"], "overloaded_error");
+    assert_eq!(e["input_tokens"], 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_models_use_the_fallback_price_and_are_counted() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url()).config(
+        "[price_fallback]\ninput = \"1.00\"\noutput = \"2.00\"\n\n[prices.\"my-finetune\"]\ninput = \"0.50\"\noutput = \"1.50\"\n",
+    ))
+    .start();
+    for model in ["mystery-model-9", "mystery-model-9", "my-finetune"] {
+        let body = json!({"model": model, "max_tokens": 10, "messages": [{"role": "user", "content": "x"}]});
+        let r = client()
+            .post(format!("{}/v1/messages", t.url()))
+            .header("x-fake-usage", "input=1000,output=100")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.bytes().await.unwrap();
+    }
+    let events = t.wait_events(3).await;
+    // Fallback: 1000 × $1/M + 100 × $2/M; override: 1000 × $0.50/M + 100 × $1.50/M.
+    assert_eq!(events[0]["cost_nusd"], 1_000_000 + 200_000);
+    assert_eq!(events[0]["priced"], false);
+    assert_eq!(events[2]["cost_nusd"], 500_000 + 150_000);
+    assert_eq!(events[2]["priced"], true);
+    let metrics = t.metrics().await;
+    assert!(
+        metrics.contains("tollgate_unpriced_requests_total{model=\"mystery-model-9\"} 2"),
+        "{metrics}"
+    );
+    assert_eq!(
+        t.log().matches("not in the price table").count(),
+        1,
+        "warned once per model"
+    );
+}
