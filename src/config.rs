@@ -192,6 +192,9 @@ pub struct Upstream {
     pub port: u16,
     /// `""`, `"/v1"`, `"/api/v1"`…: no trailing slash.
     pub base_path: String,
+    /// A PEM CA bundle trusted for this upstream instead of the system
+    /// roots (a private CA, a test server); `None` = system roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Upstream {
@@ -310,6 +313,8 @@ pub const KEYS: &[(&str, &str, &str, &str)] = &[
      "Environment variable holding the key to inject; unset or empty = pass the client's own credential through. Built in: ANTHROPIC_API_KEY, OPENAI_API_KEY, OPENROUTER_API_KEY."),
     ("providers.<name>.api_key_file", "path", "-",
      "File holding the key to inject (read at start, trimmed). Setting it replaces a lower layer's api_key_env; one layer may set only one of the two."),
+    ("providers.<name>.ca_file", "path", "-",
+     "PEM CA bundle trusted for this upstream instead of the system roots (a private CA, a test server)."),
     ("providers.<name>.default", "bool", "false",
      "Serve unprefixed paths of this dialect. When no provider of a dialect sets it: the only provider of that dialect, else the one named after the dialect (anthropic, openai)."),
     ("providers.<name>.enabled", "bool", "true",
@@ -495,6 +500,7 @@ pub struct RawProvider {
     pub base_url: Option<String>,
     pub api_key_env: Option<String>,
     pub api_key_file: Option<String>,
+    pub ca_file: Option<String>,
     pub default: Option<bool>,
     pub enabled: Option<bool>,
 }
@@ -1079,13 +1085,39 @@ fn provider(
         },
     };
     let api_key = api_key(rp, env, &key, problems);
+    let ca_file = rp
+        .ca_file
+        .as_deref()
+        .filter(|f| !f.is_empty())
+        .and_then(|path| {
+            let mut store = pingora::tls::RootCertStore::empty();
+            match pingora::tls::load_ca_file_into_store(path, &mut store) {
+                Ok(()) if !store.is_empty() => Some(PathBuf::from(path)),
+                Ok(()) => {
+                    problems.push(Problem::new(
+                        key("ca_file"),
+                        format!("no certificate in {path:?}"),
+                    ));
+                    None
+                }
+                Err(e) => {
+                    problems.push(Problem::new(
+                        key("ca_file"),
+                        format!("cannot load {path:?}: {e}"),
+                    ));
+                    None
+                }
+            }
+        });
     if problems.len() != before {
         return None;
     }
+    let mut upstream = upstream?;
+    upstream.ca_file = ca_file;
     Some(Provider {
         name: name.to_owned(),
         dialect: dialect?,
-        upstream: upstream?,
+        upstream,
         api_key,
         default: false,
     })
@@ -1248,6 +1280,7 @@ fn parse_base_url(url: &str) -> Result<Upstream, String> {
         host: host.to_ascii_lowercase(),
         port,
         base_path: path.trim_end_matches('/').to_owned(),
+        ca_file: None,
     })
 }
 
@@ -1337,7 +1370,8 @@ mod tests {
                 tls: true,
                 host: "api.anthropic.com".into(),
                 port: 443,
-                base_path: String::new()
+                base_path: String::new(),
+                ca_file: None,
             }
         );
         assert_eq!(a.api_key, None);
@@ -1416,7 +1450,8 @@ mod tests {
                 tls: false,
                 host: "127.0.0.1".into(),
                 port: 9999,
-                base_path: String::new()
+                base_path: String::new(),
+                ca_file: None,
             }
         );
         assert_eq!(a.upstream.authority(), "127.0.0.1:9999");
@@ -1692,6 +1727,33 @@ name = "b"
         );
         assert_eq!(got.len(), 1);
         assert!(got[0].ends_with("is empty"), "{got:?}");
+    }
+
+    #[test]
+    fn ca_file_problems() {
+        let got = problems(
+            "[providers.anthropic]\nca_file = \"/no/such/ca.pem\"\n",
+            &[],
+        );
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].starts_with("providers.anthropic.ca_file: cannot load"),
+            "{got:?}"
+        );
+        let not_pem = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(not_pem.path(), "hello").unwrap();
+        let got = problems(
+            &format!(
+                "[providers.anthropic]\nca_file = {:?}\n",
+                not_pem.path().display().to_string()
+            ),
+            &[],
+        );
+        assert_eq!(got.len(), 1);
+        assert!(
+            got[0].starts_with("providers.anthropic.ca_file: no certificate"),
+            "{got:?}"
+        );
     }
 
     #[test]
@@ -1994,6 +2056,7 @@ enabled = true
 dialect = "anthropic"
 base_url = "http://h"
 api_key_file = ""
+ca_file = ""
 [prices.m]
 input = "1"
 output = "1"

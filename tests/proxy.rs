@@ -825,3 +825,55 @@ async fn unknown_models_use_the_fallback_price_and_are_counted() {
         "warned once per model"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_upstream_speaks_h2_with_a_private_ca() {
+    let (fake, ca_pem) = FakeProvider::start_tls().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let t = with_keys(Builder::new("http://127.0.0.1:9").config(&format!(
+        "[providers.secure]\ndialect = \"anthropic\"\nbase_url = \"https://localhost:{}\"\napi_key_env = \"ANTHROPIC_API_KEY\"\nca_file = {:?}\n",
+        fake.addr.port(),
+        ca.display().to_string()
+    )))
+    .start();
+    for stream in [false, true, false] {
+        let resp = client()
+            .post(format!("{}/secure/v1/messages", t.url()))
+            .header("x-fake-usage", "input=10,output=5")
+            .json(&messages_body(stream))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+    }
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 3);
+    assert!(
+        seen.iter().all(|r| r.version == "HTTP/2.0"),
+        "{:?}",
+        seen.iter().map(|r| &r.version).collect::<Vec<_>>()
+    );
+    assert_eq!(seen[0].header("x-api-key"), Some(ANTHROPIC_KEY));
+    let events = t.wait_events(3).await;
+    assert!(
+        events
+            .iter()
+            .all(|e| e["status"] == "ok" && e["output_tokens"] == 5),
+        "{events:?}"
+    );
+
+    // A server whose certificate is not trusted is never sent the request.
+    let (untrusted, _) = FakeProvider::start_tls().await;
+    let t2 = Builder::new(&format!("https://localhost:{}", untrusted.addr.port())).start();
+    let resp = client()
+        .post(format!("{}/v1/messages", t2.url()))
+        .json(&messages_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(untrusted.requests().len(), 0);
+}

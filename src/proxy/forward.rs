@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
+use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
 use pingora::protocols::ALPN;
@@ -26,10 +27,15 @@ use crate::provider::Dialect;
 const DNS_TTL: Duration = Duration::from_secs(30);
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(60);
+/// Idle upstream connections kept per connector.
+const DEFAULT_POOL_SIZE: usize = 128;
 
 /// The upstream side shared by all requests: connection pool and resolver.
 pub struct Upstreams {
     connector: Connector,
+    /// Providers with their own CA bundle get their own connector (pingora
+    /// loads a connector's roots once, when it is built).
+    private_ca: HashMap<String, Connector>,
     timeouts: Timeouts,
     peers: RwLock<HashMap<String, (HttpPeer, Instant)>>,
 }
@@ -38,6 +44,8 @@ pub struct Upstreams {
 pub struct UpstreamCall {
     pub session: HttpSession,
     pub peer: HttpPeer,
+    /// The provider's name (which pool the session returns to).
+    pub provider: String,
     /// When the request was sent.
     pub sent_at: Instant,
     /// Time from sending the request to the response header.
@@ -45,9 +53,19 @@ pub struct UpstreamCall {
 }
 
 impl Upstreams {
-    pub fn new(timeouts: Timeouts) -> Upstreams {
+    pub fn new(timeouts: Timeouts, providers: &[Provider]) -> Upstreams {
+        let private_ca = providers
+            .iter()
+            .filter_map(|p| {
+                let ca = p.upstream.ca_file.as_ref()?;
+                let mut options = ConnectorOptions::new(DEFAULT_POOL_SIZE);
+                options.ca_file = Some(ca.to_string_lossy().into_owned());
+                Some((p.name.clone(), Connector::new(Some(options))))
+            })
+            .collect();
         Upstreams {
             connector: Connector::new(None),
+            private_ca,
             timeouts,
             peers: RwLock::new(HashMap::new()),
         }
@@ -102,11 +120,11 @@ impl Upstreams {
         body: &Bytes,
     ) -> Result<UpstreamCall, ProxyError> {
         let peer = self.peer(provider).await?;
+        let connector = self.connector_for(&provider.name);
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (mut session, reused) = self
-                .connector
+            let (mut session, reused) = connector
                 .get_http_session(&peer)
                 .await
                 .map_err(|e| connect_error(provider, &e))?;
@@ -116,6 +134,7 @@ impl Upstreams {
                     return Ok(UpstreamCall {
                         session,
                         peer,
+                        provider: provider.name.clone(),
                         sent_at,
                         ttfb: sent_at.elapsed(),
                     })
@@ -165,10 +184,19 @@ impl Upstreams {
         }
     }
 
+    fn connector_for(&self, provider: &str) -> &Connector {
+        self.private_ca.get(provider).unwrap_or(&self.connector)
+    }
+
     /// Returns a finished session to the pool.
     pub async fn release(&self, call: UpstreamCall) {
-        let UpstreamCall { session, peer, .. } = call;
-        self.connector
+        let UpstreamCall {
+            session,
+            peer,
+            provider,
+            ..
+        } = call;
+        self.connector_for(&provider)
             .release_http_session(session, &peer, Some(POOL_IDLE))
             .await;
     }

@@ -66,7 +66,7 @@ impl State {
             max_body_bytes: config.max_body_bytes,
             stream_receipt: config.stream_receipt,
             routes: ingress::Routes::new(config),
-            upstreams: forward::Upstreams::new(config.timeouts.clone()),
+            upstreams: forward::Upstreams::new(config.timeouts.clone(), &config.providers),
             recorder,
             metrics,
             in_flight,

@@ -113,6 +113,8 @@ pub struct Recorded {
     /// Lower-case header names, in the order received.
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// The HTTP version the request arrived with (`HTTP/1.1`, `HTTP/2.0`).
+    pub version: String,
     /// The scenario that was applied (header, else default, else `text`).
     pub scenario: String,
     /// HTTP status of the response (0 while the response is not built yet,
@@ -268,6 +270,72 @@ impl FakeProvider {
             shared,
             server,
         }
+    }
+
+    /// Serves over TLS (h2 and HTTP/1.1 by ALPN) with a fresh self-signed
+    /// certificate for `localhost` and `127.0.0.1`; returns the fake and the
+    /// certificate's PEM (the CA to trust). Base URL: `https://localhost:PORT`.
+    ///
+    /// # Panics
+    /// When the certificate or the listener cannot be set up (test setup).
+    #[allow(clippy::expect_used)]
+    pub async fn start_tls() -> (FakeProvider, String) {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("fake provider: bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("fake provider: address");
+        let cert = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ])
+        .expect("self-signed certificate");
+        let cert_pem = cert.cert.pem();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let mut tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .expect("tls config");
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let (changes, _) = watch::channel(0_u64);
+        let shared = Arc::new(Shared {
+            default_scenario: None,
+            entries: Mutex::new(Vec::new()),
+            changes,
+            next_id: AtomicU64::new(0),
+        });
+        let app = Router::new()
+            .fallback(handle)
+            .with_state(Arc::clone(&shared));
+        let server = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                });
+            }
+        });
+        (
+            FakeProvider {
+                addr,
+                shared,
+                server,
+            },
+            cert_pem,
+        )
     }
 
     /// `http://127.0.0.1:PORT`: the Anthropic base URL.
@@ -660,6 +728,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             })
             .collect(),
         body: body.to_vec(),
+        version: format!("{:?}", parts.version),
         scenario: scenario.clone(),
         status: 0,
         usage: None,
