@@ -877,3 +877,30 @@ async fn tls_upstream_speaks_h2_with_a_private_ca() {
     assert_eq!(resp.status(), 502);
     assert_eq!(untrusted.requests().len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_receipt_can_be_turned_off_and_probes_answer() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url()).top("stream_receipt = false")).start();
+    for probe in ["healthz", "readyz"] {
+        let r = reqwest::get(format!("{}/{probe}", t.admin_url()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{probe}");
+    }
+    let resp = client()
+        .post(format!("{}/v1/messages", t.url()))
+        .json(&messages_body(true))
+        .send()
+        .await
+        .unwrap();
+    assert!(!header(&resp, "x-tollgate-request-id").is_empty());
+    let (bytes, _) = read_stream(resp).await;
+    assert_eq!(
+        bytes,
+        fake.requests()[0].response,
+        "exactly the provider's bytes"
+    );
+    let e = t.wait_events(1).await.pop().unwrap();
+    assert_eq!(e["status"], "ok");
+}
