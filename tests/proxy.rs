@@ -904,3 +904,24 @@ async fn stream_receipt_can_be_turned_off_and_probes_answer() {
     let e = t.wait_events(1).await.pop().unwrap();
     assert_eq!(e["status"], "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_non_stream_answer_is_piped_not_lost() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url()).top("max_body_bytes = 300")).start();
+    let resp = client()
+        .post(format!("{}/v1/messages", t.url()))
+        .json(&messages_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-tollgate-cost-usd"), "");
+    let body = resp.bytes().await.unwrap();
+    let r = fake.requests().pop().unwrap();
+    assert!(r.response.len() > 300);
+    assert_eq!(&body[..], &r.response[..]);
+    let e = t.wait_events(1).await.pop().unwrap();
+    assert_eq!(e["usage_incomplete"], true);
+    assert_eq!(e["error"], "response_too_large_to_meter");
+}

@@ -71,8 +71,9 @@ pub async fn relay(
         pre_upstream,
         client_open: true,
     };
-    if is_sse {
-        relay.stream(route, request, upstream_header).await;
+    // Unmetered paths (model lists, batch results…) are piped, never buffered.
+    if is_sse || route.endpoint == Endpoint::Passthrough {
+        relay.stream(route, request, upstream_header, is_sse).await;
     } else {
         relay.buffered(route, upstream_header).await;
     }
@@ -175,7 +176,12 @@ impl Relay<'_> {
         let mut failure = None;
         loop {
             match self.next_chunk().await {
-                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(Some(chunk)) => {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > self.state.max_body_bytes {
+                        return self.oversized(upstream, body.freeze()).await;
+                    }
+                }
                 Ok(None) => break,
                 Err(f) => {
                     failure = Some(f);
@@ -251,6 +257,80 @@ impl Relay<'_> {
         }
     }
 
+    /// A non-streaming answer larger than `max_body_bytes`: stop buffering,
+    /// send what arrived and pipe the rest. Its usage cannot be read, so the
+    /// event says so (`usage_incomplete`) and no cost header is sent.
+    async fn oversized(mut self, upstream: ResponseHeader, head: Bytes) {
+        tracing::warn!(request_id = %self.draft.event.event_id, limit = self.state.max_body_bytes, "non-streaming response too large to meter; piping it unmetered");
+        self.draft.event.usage_incomplete = true;
+        self.draft.event.error = Some("response_too_large_to_meter".into());
+        if !upstream.status.is_success() {
+            self.draft.event.status = Status::ProviderError;
+        }
+        let header = self.client_header(&upstream, None, None);
+        let mut failure = None;
+        if self
+            .session
+            .write_response_header(Box::new(header), false)
+            .await
+            .is_err()
+            || self
+                .session
+                .write_response_body(Some(head), false)
+                .await
+                .is_err()
+        {
+            failure = Some(ReadFailure::ClientGone);
+        }
+        if failure.is_none() {
+            failure = self.pipe_rest().await;
+        }
+        if let Some(f) = failure {
+            self.fail_midway(f);
+        }
+        self.record().await;
+        self.end_piped().await;
+    }
+
+    /// Copies the rest of the upstream body to the client as it comes.
+    async fn pipe_rest(&mut self) -> Option<ReadFailure> {
+        loop {
+            match self.next_chunk().await {
+                Ok(Some(chunk)) => {
+                    if self
+                        .session
+                        .write_response_body(Some(chunk), false)
+                        .await
+                        .is_err()
+                    {
+                        return Some(ReadFailure::ClientGone);
+                    }
+                }
+                Ok(None) => return None,
+                Err(f) => return Some(f),
+            }
+        }
+    }
+
+    /// Ends a piped (non-SSE) body: cleanly when complete; an upstream cut
+    /// is passed on as a cut (closing the connection) since a truncated JSON
+    /// body cannot carry an error event.
+    async fn end_piped(mut self) {
+        match self.draft.event.status {
+            Status::ClientAborted => self.call.session.shutdown().await,
+            Status::UpstreamAborted => {
+                self.call.session.shutdown().await;
+                self.session.as_downstream_mut().shutdown().await;
+            }
+            _ => {
+                let _ = self.session.write_response_body(None, true).await;
+                if self.call.session.response_done() {
+                    self.state.upstreams.release(self.call).await;
+                }
+            }
+        }
+    }
+
     /// Marks the draft for a relay that stopped before the upstream's end.
     fn fail_midway(&mut self, failure: ReadFailure) {
         let e = &mut self.draft.event;
@@ -273,9 +353,26 @@ impl Relay<'_> {
         }
     }
 
-    async fn stream(mut self, route: &Route, request: &RequestModel, upstream: ResponseHeader) {
-        let metered = route.endpoint != Endpoint::Passthrough && upstream.status.is_success();
-        let header = self.client_header(&upstream, None, None);
+    async fn stream(
+        mut self,
+        route: &Route,
+        request: &RequestModel,
+        upstream: ResponseHeader,
+        sse: bool,
+    ) {
+        let metered =
+            sse && route.endpoint != Endpoint::Passthrough && upstream.status.is_success();
+        // A piped non-SSE body keeps the provider's framing when it had one.
+        let length = if sse {
+            None
+        } else {
+            upstream
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok())
+        };
+        let header = self.client_header(&upstream, None, length);
         if self
             .session
             .write_response_header(Box::new(header), false)
@@ -353,6 +450,9 @@ impl Relay<'_> {
         } else if let Some(ReadFailure::ClientGone) = failure {
             // Recorded as complete; only the last write failed. The ledger keeps the truth (the call was paid for).
             tracing::debug!(request_id = %self.draft.event.event_id, "client went away after the last event");
+        }
+        if !sse {
+            return self.end_piped().await;
         }
         let status = self.draft.event.status;
         if status == Status::ClientAborted {
