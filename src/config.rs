@@ -164,6 +164,10 @@ pub struct Timeouts {
 pub struct OutboxConfig {
     /// How long unshipped events are kept.
     pub retention: Duration,
+    /// Wait for each event's flush before a response's last byte (durable).
+    /// `false` trades that guarantee for latency: events are still group
+    /// committed within a few milliseconds, but a crash can lose the last ones.
+    pub sync: bool,
 }
 
 /// One upstream provider.
@@ -303,6 +307,8 @@ pub const KEYS: &[(&str, &str, &str, &str)] = &[
      "How long to wait for the upstream's response headers."),
     ("timeouts.idle", "duration", DEFAULT_IDLE,
      "Longest gap between two chunks of an upstream response."),
+    ("outbox.sync", "bool", "true",
+     "Make each usage event durable (flushed) before the response's last byte reaches the client. false: events are group-committed in the background (lower latency; a crash can lose the newest events)."),
     ("outbox.retention", "duration", DEFAULT_RETENTION,
      "How long usage events that were not shipped are kept."),
     ("providers.<name>.dialect", "dialect", "-",
@@ -490,6 +496,7 @@ pub struct RawTimeouts {
 #[serde(deny_unknown_fields)]
 pub struct RawOutbox {
     pub retention: Option<String>,
+    pub sync: Option<bool>,
 }
 
 /// `[providers.<name>]`
@@ -880,6 +887,7 @@ fn validate(
         },
         outbox: OutboxConfig {
             retention: retention?,
+            sync: o.sync.unwrap_or(true),
         },
         providers,
         prices,
@@ -2046,6 +2054,7 @@ first_byte = "1s"
 idle = "1s"
 [outbox]
 retention = "1s"
+sync = true
 [providers.p]
 dialect = "openai"
 base_url = "http://h"

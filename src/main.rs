@@ -173,6 +173,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         config.prices.clone(),
         outbox.clone(),
         metrics.clone(),
+        config.outbox.sync,
     ));
     let in_flight = InFlight::new(metrics.in_flight.clone());
     let state = Arc::new(State::new(

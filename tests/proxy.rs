@@ -925,3 +925,28 @@ async fn an_oversized_non_stream_answer_is_piped_not_lost() {
     assert_eq!(e["usage_incomplete"], true);
     assert_eq!(e["error"], "response_too_large_to_meter");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_outbox_still_records_every_event() {
+    let fake = FakeProvider::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut t = with_keys(
+        Builder::new(&fake.base_url())
+            .data_dir(data.path())
+            .config("[outbox]\nsync = false\n"),
+    )
+    .start();
+    for stream in [false, true] {
+        let r = client()
+            .post(format!("{}/v1/messages", t.url()))
+            .json(&messages_body(stream))
+            .send()
+            .await
+            .unwrap();
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(t.wait_events(2).await.len(), 2);
+    assert!(t.stop().success());
+    let t2 = with_keys(Builder::new(&fake.base_url()).data_dir(data.path())).start();
+    assert_eq!(t2.events().await.len(), 2, "flushed at shutdown");
+}

@@ -14,6 +14,8 @@ use crate::metrics::Metrics;
 /// Prices, records and counts usage.
 pub struct Recorder {
     prices: PriceTable,
+    /// `outbox.sync`: wait for durability in [`Recorder::record`].
+    sync: bool,
     outbox: Outbox,
     metrics: Metrics,
     /// Models already warned about as unpriced (warn once per model).
@@ -28,9 +30,10 @@ pub struct UpstreamTimes {
 }
 
 impl Recorder {
-    pub fn new(prices: PriceTable, outbox: Outbox, metrics: Metrics) -> Recorder {
+    pub fn new(prices: PriceTable, outbox: Outbox, metrics: Metrics, sync: bool) -> Recorder {
         Recorder {
             prices,
+            sync,
             outbox,
             metrics,
             warned: Mutex::new(HashSet::new()),
@@ -63,14 +66,19 @@ impl Recorder {
         cost
     }
 
-    /// Records an event and returns once it is durable.
+    /// Records an event and returns once it is durable (with `outbox.sync`;
+    /// otherwise once it is queued for the next group commit).
     pub async fn record(
         &self,
         event: UsageEvent,
         times: Option<UpstreamTimes>,
     ) -> Result<(), OutboxError> {
         self.count(&event, times);
-        self.outbox.append(event).await
+        if self.sync {
+            self.outbox.append(event).await
+        } else {
+            self.outbox.append_detached(event)
+        }
     }
 
     /// Records an event without waiting for durability (drop paths).
