@@ -251,16 +251,7 @@ impl FakeProvider {
         let addr = listener
             .local_addr()
             .expect("fake provider: listener address");
-        let (changes, _) = watch::channel(0_u64);
-        let shared = Arc::new(Shared {
-            default_scenario,
-            entries: Mutex::new(Vec::new()),
-            changes,
-            next_id: AtomicU64::new(0),
-        });
-        let app = Router::new()
-            .fallback(handle)
-            .with_state(Arc::clone(&shared));
+        let (shared, app) = app(default_scenario);
         let server = tokio::spawn(async move {
             // Only returns on an accept-loop failure; nothing to report then.
             let _ = axum::serve(listener, app).await;
@@ -301,16 +292,7 @@ impl FakeProvider {
         .expect("tls config");
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let (changes, _) = watch::channel(0_u64);
-        let shared = Arc::new(Shared {
-            default_scenario: None,
-            entries: Mutex::new(Vec::new()),
-            changes,
-            next_id: AtomicU64::new(0),
-        });
-        let app = Router::new()
-            .fallback(handle)
-            .with_state(Arc::clone(&shared));
+        let (shared, app) = app(None);
         let server = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
@@ -697,6 +679,21 @@ impl Reply {
         }
         response
     }
+}
+
+/// The recorder state and the router serving it.
+fn app(default_scenario: Option<String>) -> (Arc<Shared>, Router) {
+    let (changes, _) = watch::channel(0_u64);
+    let shared = Arc::new(Shared {
+        default_scenario,
+        entries: Mutex::new(Vec::new()),
+        changes,
+        next_id: AtomicU64::new(0),
+    });
+    let router = Router::new()
+        .fallback(handle)
+        .with_state(Arc::clone(&shared));
+    (shared, router)
 }
 
 /// The single axum handler: control endpoints, recording, dispatch.
