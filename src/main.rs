@@ -155,6 +155,11 @@ fn proxy(args: ProxyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_proxy(config: Config) -> anyhow::Result<()> {
+    // pingora retries a busy address for 30 s and then stops only that
+    // service: fail fast and clearly instead.
+    for addr in std::iter::once(config.listen).chain(config.admin_listen) {
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    }
     let metrics = Metrics::new().context("registering metrics")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;

@@ -950,3 +950,21 @@ async fn async_outbox_still_records_every_event() {
     let t2 = with_keys(Builder::new(&fake.base_url()).data_dir(data.path())).start();
     assert_eq!(t2.events().await.len(), 2, "flushed at shutdown");
 }
+
+#[test]
+fn a_busy_port_fails_fast_with_a_clear_error() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["proxy", "--admin-listen", "", "--listen"])
+        .arg(addr.to_string())
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+}
