@@ -968,3 +968,102 @@ fn a_busy_port_fails_fast_with_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
 }
+
+/// A small tmpfs, unmounted on drop (the test needs root, as CI has).
+struct TinyFs(tempfile::TempDir);
+
+impl TinyFs {
+    fn mount(size: &str) -> TinyFs {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(status.success(), "mounting a tmpfs needs root");
+        TinyFs(dir)
+    }
+
+    /// Fills the file system to the last byte.
+    fn fill(&self) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.0.path().join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let mut byte = [0u8; 1];
+        while f.write_all(&byte[..]).is_ok() {
+            byte[0] = 1;
+        }
+        let _ = f.sync_all();
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_keeps_serving_and_logs_the_events() {
+    let fake = FakeProvider::start().await;
+    let fs = TinyFs::mount("16m");
+    let t = with_keys(Builder::new(&fake.base_url()).data_dir(&fs.0.path().join("data"))).start();
+    fs.fill();
+    // sled writes into a segment it already holds until that is full.
+    let mut sent = 0;
+    loop {
+        let batch: Vec<_> = (0..25)
+            .map(|_| {
+                let url = format!("{}/v1/messages", t.url());
+                tokio::spawn(async move {
+                    let r = client()
+                        .post(url)
+                        .json(&messages_body(false))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200, "a full disk does not stop the traffic");
+                    r.bytes().await.unwrap();
+                })
+            })
+            .collect();
+        for task in batch {
+            task.await.unwrap();
+        }
+        sent += 25;
+        let ready = reqwest::get(format!("{}/readyz", t.admin_url()))
+            .await
+            .unwrap();
+        if ready.status() == 503 {
+            break;
+        }
+        assert!(sent < 20_000, "the outbox never failed on a full disk");
+    }
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = client()
+            .post(format!("{}/v1/messages", t.url()))
+            .json(&messages_body(false))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "a full disk does not stop the traffic");
+        ids.push(header(&r, "x-tollgate-request-id").to_string());
+        r.bytes().await.unwrap();
+    }
+    assert!(t.metrics().await.contains("tollgate_outbox_errors_total"));
+    let log = t.log();
+    for id in &ids {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("usage event not written") && l.contains(id.as_str())),
+            "event {id} is neither in the outbox nor in the log"
+        );
+    }
+    assert_no_keys_in_log(&t);
+    drop(t);
+}

@@ -245,6 +245,7 @@ impl Writer {
         let started = Instant::now();
         let mut sled_batch = sled::Batch::default();
         let mut acks = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
         let mut encode_error = None;
         let size = batch.len();
         for Cmd::Append(event, ack) in batch.drain(..) {
@@ -255,6 +256,7 @@ impl Writer {
             if let Some(ack) = ack {
                 acks.push(ack);
             }
+            events.push(event);
         }
         let result = self
             .tree
@@ -278,6 +280,12 @@ impl Writer {
                 self.healthy.store(false, Ordering::Relaxed);
                 self.metrics.errors.inc();
                 tracing::error!(error = %e, events = size, "writing usage events to the outbox failed");
+                // The store is unusable (full disk, I/O error): the log keeps
+                // each event (they hold no secrets) so the ledger can be rebuilt.
+                for event in &events {
+                    let json = serde_json::to_string(event).unwrap_or_default();
+                    tracing::error!(target: "tollgate::unwritten_event", event = %json, "usage event not written to the outbox");
+                }
             }
         }
         for ack in acks {
