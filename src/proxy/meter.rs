@@ -194,7 +194,12 @@ impl Relay<'_> {
         let ok = upstream.status.is_success();
         match failure {
             None => {
-                if route.endpoint != Endpoint::Passthrough && ok {
+                // count_tokens is free: nothing to meter, and nothing unknown.
+                if matches!(
+                    route.endpoint,
+                    Endpoint::Messages | Endpoint::ChatCompletions
+                ) && ok
+                {
                     match usage_from_json(route.dialect(), &body) {
                         Some(summary) => self.apply_usage(&summary.usage, summary.model.as_deref()),
                         None => self.draft.event.usage_incomplete = true,

@@ -1,0 +1,1100 @@
+//! Real client SDKs through the real `tollgate` binary, in base-URL mode, in
+//! front of the in-repo fake provider: the official `anthropic` (a current
+//! 2.x that sends `Authorization: Bearer`, and a legacy 0.x that sends
+//! `x-api-key`) and `openai` Python SDKs, and `curl`.
+//!
+//! Each SDK set lives in its own virtual environment under
+//! `<target dir>/sdk-venv/<name>`, created on first use from the pinned
+//! `tests/sdk/requirements-<name>.txt` (so a fresh machine needs only
+//! `python3` with `venv`, and PyPI). The Python scripts in `tests/sdk/` take a
+//! plan of calls on stdin, make them with the SDK, and print what the SDK
+//! observed as JSON; the tests compare that with what the fake provider saw
+//! and with the usage events tollgate recorded.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::fs::OpenOptions;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::fake_provider::{FakeProvider, Recorded};
+use support::tollgate::{Builder, Tollgate};
+use tokio::io::AsyncWriteExt;
+
+/// Keys tollgate injects (set in the tollgate process's environment).
+const ANTHROPIC_KEY: &str = "sk-ant-injected-SDKTEST-4b9e1d";
+const OPENAI_KEY: &str = "sk-openai-injected-SDKTEST-c07f3a";
+const OPENROUTER_KEY: &str = "sk-or-v1-injected-SDKTEST-82d6";
+/// The key the client application (the SDK) holds; it must never reach the provider.
+const CLIENT_KEY: &str = "sk-client-app-key-SDKTEST-never-upstream";
+
+/// How long one SDK script may run.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(180);
+
+// ---------------------------------------------------------------------------
+// Virtual environments
+
+/// `<target dir>/sdk-venv`: beside the build output, so `cargo clean` resets it.
+pub fn venv_root() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target dir")
+        .join("sdk-venv")
+}
+
+/// FNV-1a over some byte strings (a stable content hash, no extra crate).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for byte in part.iter().chain([0xff_u8].iter()) {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// Runs a set-up command, panicking with its output when it fails.
+fn run_setup(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Python interpreter of the virtual environment `name` (one of
+/// `tests/sdk/requirements-<name>.txt`), created on first use.
+///
+/// Idempotent and safe when several tests or processes ask at once: an
+/// exclusive lock on `<root>/<name>.lock` guards "create the venv unless its
+/// marker holds the hash of the requirements (and of the Python version)".
+/// (`File::lock`, stable since Rust 1.89.)
+pub fn sdk_venv(name: &str) -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let requirements_path = manifest.join(format!("tests/sdk/requirements-{name}.txt"));
+    let requirements = std::fs::read(&requirements_path)
+        .unwrap_or_else(|e| panic!("{}: {e}", requirements_path.display()));
+    let python_version = match Command::new("python3").arg("--version").output() {
+        Ok(out) if out.status.success() => out.stdout,
+        Ok(out) => panic!(
+            "`python3 --version` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) if e.kind() == ErrorKind::NotFound => panic!(
+            "python3 is not installed: the SDK tests need python3 with the venv module \
+             (Debian: apt-get install python3 python3-venv; .ci/run installs them)"
+        ),
+        Err(e) => panic!("cannot run python3: {e}"),
+    };
+    let stamp = format!(
+        "{:016x}",
+        fnv1a(&[requirements.as_slice(), python_version.as_slice()])
+    );
+
+    let root = venv_root();
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = root.join(name);
+    let python = dir.join("bin").join("python");
+    let marker = dir.join(".tollgate-requirements-hash");
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join(format!("{name}.lock")))
+        .unwrap();
+    // Held until `lock` is dropped at the end of this function.
+    lock.lock().expect("lock the venv");
+    if python.exists() && std::fs::read_to_string(&marker).ok().as_deref() == Some(&stamp) {
+        return python;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    run_setup(
+        Command::new("python3").arg("-m").arg("venv").arg(&dir),
+        &format!("python3 -m venv {}", dir.display()),
+    );
+    run_setup(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-input",
+                "-r",
+            ])
+            .arg(&requirements_path),
+        &format!("pip install -r {}", requirements_path.display()),
+    );
+    std::fs::write(&marker, &stamp).unwrap();
+    python
+}
+
+/// [`sdk_venv`] off the async runtime (pip may take a while).
+pub async fn sdk_python(name: &'static str) -> PathBuf {
+    tokio::task::spawn_blocking(move || sdk_venv(name))
+        .await
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Running the scripts
+
+/// What one script run printed: `{"sdk", "version", "results": [...]}`.
+pub struct SdkRun {
+    pub sdk: String,
+    pub version: String,
+    pub results: Vec<Value>,
+}
+
+impl SdkRun {
+    /// The result of the call named `name`.
+    pub fn get(&self, name: &str) -> &Value {
+        self.results
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no result named {name}"))
+    }
+
+    /// The result of a call that must have succeeded.
+    pub fn ok(&self, name: &str) -> &Value {
+        let r = self.get(name);
+        assert_eq!(
+            r["ok"], true,
+            "{} {}: call {name} failed: {r:#}",
+            self.sdk, self.version
+        );
+        r
+    }
+}
+
+/// Runs `tests/sdk/<script>` with `python`, the plan on stdin, a clean
+/// environment plus `env`; returns what it printed.
+pub async fn run_script(python: &Path, script: &str, env: &[(&str, &str)], plan: &Value) -> SdkRun {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(script);
+    let home = tempfile::tempdir().unwrap();
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(&script)
+        // Nothing from the developer's environment (proxies, real keys, SDK profiles).
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", home.path())
+        .env("LANG", "C.UTF-8")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(plan.to_string().as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(SCRIPT_TIMEOUT, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("{} did not finish in {SCRIPT_TIMEOUT:?}", script.display()))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\nstdout: {stdout}\nstderr: {stderr}",
+        script.display(),
+        out.status
+    );
+    let v: Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("script output is not JSON ({e}): {stdout}\n{stderr}"));
+    SdkRun {
+        sdk: v["sdk"].as_str().unwrap_or_default().to_string(),
+        version: v["version"].as_str().unwrap_or_default().to_string(),
+        results: v["results"].as_array().cloned().unwrap_or_default(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Shared checks
+
+fn with_keys(b: Builder) -> Builder {
+    b.env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        .env("OPENAI_API_KEY", OPENAI_KEY)
+        .env("OPENROUTER_API_KEY", OPENROUTER_KEY)
+}
+
+/// No key (injected or the client's), nor its tail, in tollgate's debug log.
+pub fn assert_no_keys_in_log(t: &Tollgate) {
+    let log = t.log();
+    assert!(!log.is_empty(), "the debug log is empty");
+    for key in [ANTHROPIC_KEY, OPENAI_KEY, OPENROUTER_KEY, CLIENT_KEY] {
+        assert!(!log.contains(key), "key {key} leaked into the log");
+        assert!(
+            !log.contains(&key[key.len() - 10..]),
+            "part of key {key} leaked into the log"
+        );
+    }
+}
+
+/// The requests the fake saw for the call named `name` (header `x-test-call`).
+fn seen_for<'a>(seen: &'a [Recorded], name: &str) -> Vec<&'a Recorded> {
+    seen.iter()
+        .filter(|r| r.header("x-test-call") == Some(name))
+        .collect()
+}
+
+/// Exactly one request for `name`.
+fn one_seen<'a>(seen: &'a [Recorded], name: &str) -> &'a Recorded {
+    let found = seen_for(seen, name);
+    assert_eq!(found.len(), 1, "requests for {name}: {found:?}");
+    found[0]
+}
+
+/// Neither the client's key nor tollgate's own headers went upstream.
+fn assert_clean_upstream(r: &Recorded) {
+    for (name, value) in &r.headers {
+        assert!(
+            !value.contains(CLIENT_KEY),
+            "{} {}: the client's key reached the provider in {name}",
+            r.method,
+            r.path
+        );
+        assert!(!name.starts_with("x-tollgate-"), "{name} went upstream");
+    }
+    assert!(!String::from_utf8_lossy(&r.body).contains(CLIENT_KEY));
+}
+
+/// A response header the SDK saw (`""` when absent).
+fn hdr<'a>(result: &'a Value, name: &str) -> &'a str {
+    result["headers"][name].as_str().unwrap_or("")
+}
+
+/// The usage event with this id (from `x-tollgate-request-id`).
+fn event<'a>(events: &'a [Value], id: &str) -> &'a Value {
+    assert!(!id.is_empty(), "no x-tollgate-request-id");
+    events
+        .iter()
+        .find(|e| e["event_id"] == id)
+        .unwrap_or_else(|| panic!("no event {id} in {events:#?}"))
+}
+
+/// The cost of claude-sonnet-4-5 usage, by hand from providers.md §7:
+/// nano-USD per token input 3000, 5m write 3750, 1h write 6000, read 300,
+/// output 15000.
+fn sonnet_45_nusd(input: u64, w5: u64, w1h: u64, read: u64, output: u64) -> u64 {
+    input * 3000 + w5 * 3750 + w1h * 6000 + read * 300 + output * 15000
+}
+
+/// gpt-4o: $2.50 input, $1.25 cached input, $10 output per MTok, in nano-USD
+/// per token; `uncached` excludes the cached part of prompt_tokens.
+fn gpt_4o_nusd(uncached: u64, cached: u64, output: u64) -> u64 {
+    uncached * 2500 + cached * 1250 + output * 10_000
+}
+
+/// Token counts of an event against (input, 5m+1h write, 1h write, read, output).
+fn assert_event_tokens(e: &Value, t: (u64, u64, u64, u64, u64), cost: u64) {
+    assert_eq!(e["input_tokens"], t.0, "{e:#}");
+    assert_eq!(e["cache_creation_input_tokens"], t.1, "{e:#}");
+    assert_eq!(e["cache_creation_1h_input_tokens"], t.2, "{e:#}");
+    assert_eq!(e["cache_read_input_tokens"], t.3, "{e:#}");
+    assert_eq!(e["output_tokens"], t.4, "{e:#}");
+    assert_eq!(e["cost_nusd"], cost, "{e:#}");
+}
+
+/// The SDK's Anthropic `usage` equals what the fake reported.
+fn assert_sdk_usage_is_reported(usage: &Value, r: &Recorded, what: &str) {
+    let u = r.usage.expect("the fake reported usage");
+    assert_eq!(usage["input_tokens"], u.input_tokens, "{what}: {usage}");
+    assert_eq!(usage["output_tokens"], u.output_tokens, "{what}: {usage}");
+    assert_eq!(
+        usage["cache_creation_input_tokens"], u.cache_creation_input_tokens,
+        "{what}: {usage}"
+    );
+    assert_eq!(
+        usage["cache_read_input_tokens"], u.cache_read_input_tokens,
+        "{what}: {usage}"
+    );
+}
+
+/// An upstream that refuses connections (the discard port, closed here).
+const DEAD_UPSTREAM: &str = "http://127.0.0.1:9";
+
+/// A call failed with tollgate's own error: `status`, header
+/// `x-tollgate-error: kind`, the dialect's error `type`, and the SDK raised
+/// the exception class the plan named (`raises`).
+fn assert_tollgate_error(res: &Value, status: u16, kind: &str, error_type: &str) {
+    assert_eq!(res["ok"], false, "{res:#}");
+    assert_eq!(res["status_code"], status, "{res:#}");
+    assert_eq!(
+        res["raised_expected"], true,
+        "the SDK raised {} instead: {res:#}",
+        res["exception"]
+    );
+    assert_eq!(hdr(res, "x-tollgate-error"), kind, "{res:#}");
+    // Anthropic SDKs keep the whole envelope as `body`, OpenAI's its `error` object.
+    let body = &res["body"];
+    let error = if body["error"].is_object() {
+        &body["error"]
+    } else {
+        body
+    };
+    assert_eq!(error["type"], error_type, "{res:#}");
+    assert!(!hdr(res, "x-tollgate-request-id").is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// Anthropic
+
+struct AnthropicSdk {
+    venv: &'static str,
+    /// The header the SDK puts `ANTHROPIC_API_KEY` in, and its value.
+    auth_header: &'static str,
+    auth_value: String,
+    /// The `anthropic-version` the SDK sends.
+    version_header: &'static str,
+    /// The path `client.beta.messages.create` posts to: 0.x adds `?beta=true`,
+    /// 2.x does not (it keeps the qualifier for batches only).
+    beta_path: &'static str,
+}
+
+async fn anthropic_sdk_end_to_end(sdk: AnthropicSdk) {
+    let python = sdk_python(sdk.venv).await;
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    // No provider key: the client's credential passes, showing which header the SDK uses.
+    let bare = Builder::new(&fake.base_url()).start();
+    // tollgate's own errors: a small body limit and an upstream that refuses connections.
+    let broken = with_keys(Builder::new(DEAD_UPSTREAM).top("max_body_bytes = 1500")).start();
+    let plan = json!([
+        {"name": "create", "op": "create",
+         "usage": "input=1000,output=500,cache_write=200,cache_write_1h=50,cache_read=300"},
+        {"name": "create_stream", "op": "create_stream",
+         "usage": "input=40,output=12,cache_write=8,cache_read=4"},
+        {"name": "stream_tool_use", "op": "stream_helper", "scenario": "tool_use",
+         "usage": "input=120,output=30,cache_write=60,cache_write_1h=20,cache_read=500"},
+        {"name": "stream_thinking", "op": "stream_helper", "scenario": "thinking",
+         "usage": "input=64,output=48,cache_read=16"},
+        {"name": "count_tokens", "op": "count_tokens", "usage": "input=21,cache_read=4"},
+        {"name": "beta_create", "op": "beta_create", "usage": "input=10,output=5",
+         "betas": ["token-efficient-tools-2025-02-19", "interleaved-thinking-2025-05-14"]},
+        {"name": "rate_limited", "op": "create", "scenario": "error-429",
+         "retry_after": 1, "max_retries": 1},
+        {"name": "bad_request", "op": "create", "scenario": "error-400"},
+        {"name": "midstream_error", "op": "create_stream", "scenario": "midstream-error",
+         "usage": "input=50,output=3"},
+        {"name": "models", "op": "models"},
+        {"name": "passthrough", "op": "create", "base_url": bare.url()},
+        {"name": "too_large", "op": "create", "prompt": "x".repeat(4000),
+         "base_url": broken.url(), "raises": "RequestTooLargeError"},
+        {"name": "unreachable", "op": "create", "base_url": broken.url(),
+         "raises": "InternalServerError"},
+    ]);
+    let url = t.url();
+    let run = run_script(
+        &python,
+        "anthropic_calls.py",
+        &[
+            ("ANTHROPIC_API_KEY", CLIENT_KEY),
+            ("ANTHROPIC_BASE_URL", &url),
+        ],
+        &plan,
+    )
+    .await;
+    let who = format!("{} {}", run.sdk, run.version);
+    println!(
+        "{who}: {:?}",
+        run.results
+            .iter()
+            .map(|r| (&r["name"], &r["seconds"]))
+            .collect::<Vec<_>>()
+    );
+    let seen = fake.requests();
+    let events = t.wait_events(10).await;
+
+    // Credentials: which header this SDK uses (on the instance without a key)...
+    let r = one_seen(&seen, "passthrough");
+    run.ok("passthrough");
+    assert_eq!(
+        r.header(sdk.auth_header),
+        Some(sdk.auth_value.as_str()),
+        "{who} should send its key in {}: {:?}",
+        sdk.auth_header,
+        r.headers
+    );
+    let other = if sdk.auth_header == "x-api-key" {
+        "authorization"
+    } else {
+        "x-api-key"
+    };
+    assert_eq!(r.header(other), None, "{who} also sent {other}");
+    // ...and that with a key configured only tollgate's reaches the provider.
+    for r in seen
+        .iter()
+        .filter(|r| r.header("x-test-call") != Some("passthrough"))
+    {
+        assert_eq!(
+            r.header("x-api-key"),
+            Some(ANTHROPIC_KEY),
+            "{who} {}",
+            r.path
+        );
+        assert_eq!(r.header("authorization"), None, "{who} {}", r.path);
+        assert_eq!(r.header("anthropic-version"), Some(sdk.version_header));
+        assert_clean_upstream(r);
+    }
+
+    // messages.create, non-stream.
+    let res = run.ok("create");
+    let r = one_seen(&seen, "create");
+    assert_eq!(r.path, "/v1/messages");
+    let msg = &res["message"];
+    assert_eq!(msg["content"][0]["type"], "text");
+    assert_eq!(msg["content"][0]["text"], "Hello there!");
+    assert_eq!(msg["stop_reason"], "end_turn");
+    assert_sdk_usage_is_reported(&msg["usage"], r, "create");
+    let cost = sonnet_45_nusd(1000, 150, 50, 300, 500);
+    assert_eq!(cost, 11_452_500);
+    assert_eq!(hdr(res, "x-tollgate-cost-usd"), "0.0114525", "{who}");
+    assert_eq!(hdr(res, "x-tollgate-provider"), "anthropic");
+    assert!(hdr(res, "x-tollgate-model").starts_with("claude-sonnet-4-5"));
+    assert!(!hdr(res, "x-tollgate-cache").is_empty());
+    assert!(hdr(res, "request-id").starts_with("req_"));
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["status"], "ok");
+    assert_eq!(e["route"], "sync");
+    assert_event_tokens(e, (1000, 200, 50, 300, 500), cost);
+
+    // messages.create(stream=True), iterated.
+    let res = run.ok("create_stream");
+    let r = one_seen(&seen, "create_stream");
+    assert_eq!(r.json()["stream"], true);
+    let kinds: Vec<&str> = res["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"message_start"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"message_stop"), "{kinds:?}");
+    assert_eq!(res["text"], "Hello there!");
+    assert_eq!(res["stop_reason"], "end_turn");
+    assert_sdk_usage_is_reported(&res["usage"], r, "create_stream");
+    assert_eq!(
+        hdr(res, "x-tollgate-cost-usd"),
+        "",
+        "a stream's cost is in its receipt"
+    );
+    assert_eq!(hdr(res, "x-tollgate-provider"), "anthropic");
+    assert!(hdr(res, "content-type").starts_with("text/event-stream"));
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["status"], "ok");
+    assert_eq!(e["route"], "stream");
+    assert_event_tokens(e, (40, 8, 0, 4, 12), sonnet_45_nusd(40, 8, 0, 4, 12));
+
+    // messages.stream(...) + get_final_message(): tool use.
+    let res = run.ok("stream_tool_use");
+    let r = one_seen(&seen, "stream_tool_use");
+    let msg = &res["message"];
+    assert_eq!(msg["stop_reason"], "tool_use", "{msg:#}");
+    let content = msg["content"].as_array().unwrap();
+    assert_eq!(content.len(), 2, "{msg:#}");
+    assert_eq!(content[0]["type"], "text");
+    assert_eq!(content[0]["text"], "Let me check the weather.");
+    assert_eq!(content[1]["type"], "tool_use");
+    assert_eq!(content[1]["name"], "get_weather");
+    assert!(content[1]["id"].as_str().unwrap().starts_with("toolu_"));
+    assert_eq!(content[1]["input"], json!({"location": "Paris"}));
+    assert_eq!(res["text"], "Let me check the weather.");
+    assert_sdk_usage_is_reported(&msg["usage"], r, "stream_tool_use");
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["status"], "ok");
+    assert_event_tokens(
+        e,
+        (120, 60, 20, 500, 30),
+        sonnet_45_nusd(120, 40, 20, 500, 30),
+    );
+
+    // messages.stream(...) + get_final_message(): extended thinking.
+    let res = run.ok("stream_thinking");
+    let r = one_seen(&seen, "stream_thinking");
+    assert_eq!(r.json()["thinking"]["type"], "enabled");
+    let msg = &res["message"];
+    assert_eq!(msg["stop_reason"], "end_turn");
+    let content = msg["content"].as_array().unwrap();
+    assert_eq!(content.len(), 2, "{msg:#}");
+    assert_eq!(content[0]["type"], "thinking");
+    assert_eq!(
+        content[0]["thinking"],
+        "The user greets me. A short, friendly answer fits."
+    );
+    assert!(!content[0]["signature"].as_str().unwrap().is_empty());
+    assert_eq!(content[1]["type"], "text");
+    assert_eq!(content[1]["text"], "Hello there!");
+    assert_sdk_usage_is_reported(&msg["usage"], r, "stream_thinking");
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_event_tokens(e, (64, 0, 0, 16, 48), sonnet_45_nusd(64, 0, 0, 16, 48));
+
+    // count_tokens: forwarded, answered, never billed.
+    let res = run.ok("count_tokens");
+    let r = one_seen(&seen, "count_tokens");
+    assert_eq!(r.path, "/v1/messages/count_tokens");
+    assert_eq!(res["message"]["input_tokens"], 25);
+    assert_eq!(hdr(res, "x-tollgate-provider"), "anthropic");
+    let count_event = event(&events, hdr(res, "x-tollgate-request-id")).clone();
+    assert_eq!(count_event["status"], "ok");
+    assert_eq!(count_event["cost_nusd"], 0, "count_tokens is free");
+    assert_eq!(count_event["output_tokens"], 0);
+
+    // client.beta.messages.create: the query (`?beta=true`, legacy SDK) and
+    // the `anthropic-beta` header are kept upstream.
+    let res = run.ok("beta_create");
+    let r = one_seen(&seen, "beta_create");
+    assert_eq!(r.path, sdk.beta_path, "{who}");
+    assert_eq!(
+        r.header("anthropic-beta"),
+        Some("token-efficient-tools-2025-02-19,interleaved-thinking-2025-05-14")
+    );
+    assert_eq!(res["message"]["content"][0]["text"], "Hello there!");
+    assert_eq!(hdr(res, "x-tollgate-cost-usd"), "0.000105");
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_event_tokens(e, (10, 0, 0, 0, 5), sonnet_45_nusd(10, 0, 0, 0, 5));
+
+    // A provider 429: retried once after retry-after, then RateLimitError.
+    let res = run.get("rate_limited");
+    assert_eq!(res["ok"], false, "{res:#}");
+    assert_eq!(res["exception"], "RateLimitError", "{res:#}");
+    assert_eq!(res["status_code"], 429);
+    assert_eq!(res["body"]["error"]["type"], "rate_limit_error");
+    let tries = seen_for(&seen, "rate_limited");
+    assert_eq!(tries.len(), 2, "one try and one retry: {tries:?}");
+    assert_eq!(tries[1].header("x-stainless-retry-count"), Some("1"));
+    assert!(
+        res["seconds"].as_f64().unwrap() >= 0.9,
+        "the SDK waited retry-after (1 s) before retrying: {res:#}"
+    );
+    assert_eq!(hdr(res, "retry-after"), "1");
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["status"], "provider_error");
+    assert_eq!(e["http_status"], 429);
+    assert_eq!(e["cost_nusd"], 0);
+
+    // A provider 400: BadRequestError with the provider's message.
+    let res = run.get("bad_request");
+    assert_eq!(res["exception"], "BadRequestError", "{res:#}");
+    assert_eq!(res["status_code"], 400);
+    assert!(
+        res["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("fake provider: forced bad request"),
+        "{res:#}"
+    );
+    assert_eq!(res["body"]["error"]["type"], "invalid_request_error");
+    assert_eq!(
+        seen_for(&seen, "bad_request").len(),
+        1,
+        "a 400 is not retried"
+    );
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["status"], "provider_error");
+    assert_eq!(e["http_status"], 400);
+
+    // An `error` event mid-stream (HTTP 200): the SDK raises, tollgate records it.
+    let res = run.get("midstream_error");
+    assert_eq!(res["ok"], false, "{res:#}");
+    assert!(
+        res["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("Overloaded"),
+        "{res:#}"
+    );
+    assert_eq!(seen_for(&seen, "midstream_error").len(), 1, "not retried");
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["status"], "provider_error");
+    assert_eq!(e["error"], "overloaded_error");
+
+    // An unmetered path (GET /v1/models) is forwarded with the key injected.
+    let res = run.ok("models");
+    let r = one_seen(&seen, "models");
+    assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/v1/models"));
+    assert!(
+        res["ids"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("claude-sonnet-4-5-20250929")),
+        "{res:#}"
+    );
+
+    // tollgate's own errors reach the SDK as its usual exceptions.
+    assert_tollgate_error(
+        run.get("too_large"),
+        413,
+        "body_too_large",
+        "request_too_large",
+    );
+    assert_tollgate_error(
+        run.get("unreachable"),
+        502,
+        "upstream_unreachable",
+        "api_error",
+    );
+    let broken_events = broken.wait_events(2).await;
+    for (name, kind) in [
+        ("too_large", "body_too_large"),
+        ("unreachable", "upstream_unreachable"),
+    ] {
+        let e = event(&broken_events, hdr(run.get(name), "x-tollgate-request-id"));
+        assert_eq!(e["status"], "proxy_error", "{e:#}");
+        assert_eq!(e["error"], kind, "{e:#}");
+        assert_eq!(e["cost_nusd"], 0);
+    }
+
+    assert!(!serde_json::to_string(&events).unwrap().contains("SDKTEST"));
+    assert_no_keys_in_log(&t);
+    assert_no_keys_in_log(&bare);
+    assert_no_keys_in_log(&broken);
+
+    // Last, so that it cannot hide the checks above: a count_tokens answer
+    // has no usage object by design (`{"input_tokens": N}`); the call is free
+    // and tollgate says so (`x-tollgate-cost-usd: 0.00`), so its usage is
+    // complete, not unknown.
+    assert_eq!(
+        count_event["usage_incomplete"], false,
+        "{who}: the count_tokens event is flagged usage_incomplete although \
+         the call is free and fully known (and its cost header says 0.00): {count_event:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_current_sdk_end_to_end() {
+    anthropic_sdk_end_to_end(AnthropicSdk {
+        venv: "anthropic-current",
+        auth_header: "authorization",
+        auth_value: format!("Bearer {CLIENT_KEY}"),
+        version_header: "2026-10-21",
+        beta_path: "/v1/messages",
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_legacy_sdk_end_to_end() {
+    anthropic_sdk_end_to_end(AnthropicSdk {
+        venv: "anthropic-legacy",
+        auth_header: "x-api-key",
+        auth_value: CLIENT_KEY.to_string(),
+        version_header: "2023-06-01",
+        beta_path: "/v1/messages?beta=true",
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// OpenAI and OpenRouter
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_end_to_end() {
+    let python = sdk_python("openai").await;
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let broken = with_keys(Builder::new(DEAD_UPSTREAM).top("max_body_bytes = 1500")).start();
+    let broken_base = format!("{}/v1", broken.url());
+    let openrouter = format!("{}/openrouter/v1", t.url());
+    let or_model = "anthropic/claude-sonnet-4.5";
+    let plan = json!([
+        {"name": "create", "op": "create", "usage": "input=100,output=50,cache_read=20"},
+        {"name": "stream_no_usage", "op": "create_stream", "usage": "input=30,output=7,cache_read=10"},
+        {"name": "stream_usage", "op": "create_stream", "include_usage": true,
+         "usage": "input=30,output=7,cache_read=10"},
+        {"name": "stream_usage_false", "op": "create_stream", "include_usage": false,
+         "usage": "input=30,output=7,cache_read=10"},
+        {"name": "stream_tool_calls", "op": "stream_helper", "scenario": "tool_use",
+         "usage": "input=50,output=20"},
+        {"name": "openrouter", "op": "create", "scenario": "openrouter", "model": or_model,
+         "base_url": openrouter, "usage": "input=100,output=50"},
+        {"name": "openrouter_stream", "op": "create_stream", "scenario": "openrouter",
+         "model": or_model, "base_url": openrouter, "usage": "input=80,output=9"},
+        {"name": "rate_limited", "op": "create", "scenario": "error-429",
+         "retry_after": 1, "max_retries": 1},
+        {"name": "bad_request", "op": "create", "scenario": "error-400"},
+        {"name": "models", "op": "models"},
+        {"name": "unknown_route", "op": "create", "base_url": format!("{}/nosuch/v1", t.url()),
+         "raises": "NotFoundError"},
+        {"name": "too_large", "op": "create", "prompt": "x".repeat(4000),
+         "base_url": broken_base, "raises": "APIStatusError"},
+        {"name": "unreachable", "op": "create", "base_url": broken_base,
+         "raises": "InternalServerError"},
+    ]);
+    let base = format!("{}/v1", t.url());
+    let run = run_script(
+        &python,
+        "openai_calls.py",
+        &[("OPENAI_API_KEY", CLIENT_KEY), ("OPENAI_BASE_URL", &base)],
+        &plan,
+    )
+    .await;
+    let who = format!("{} {}", run.sdk, run.version);
+    println!(
+        "{who}: {:?}",
+        run.results
+            .iter()
+            .map(|r| (&r["name"], &r["seconds"]))
+            .collect::<Vec<_>>()
+    );
+    let seen = fake.requests();
+    let events = t.wait_events(10).await;
+
+    for r in &seen {
+        let expected = if r.scenario == "openrouter" {
+            assert_eq!(r.path, "/api/v1/chat/completions");
+            format!("Bearer {OPENROUTER_KEY}")
+        } else {
+            if r.method == "POST" {
+                assert_eq!(r.path, "/v1/chat/completions");
+            }
+            format!("Bearer {OPENAI_KEY}")
+        };
+        assert_eq!(r.header("authorization"), Some(expected.as_str()), "{who}");
+        assert_eq!(r.header("x-api-key"), None);
+        assert_clean_upstream(r);
+    }
+
+    // Non-stream.
+    let res = run.ok("create");
+    let c = &res["completion"];
+    assert_eq!(c["choices"][0]["message"]["content"], "Hello there!");
+    assert_eq!(c["choices"][0]["finish_reason"], "stop");
+    assert_eq!(c["usage"]["prompt_tokens"], 120);
+    assert_eq!(c["usage"]["prompt_tokens_details"]["cached_tokens"], 20);
+    assert_eq!(c["usage"]["completion_tokens"], 50);
+    let cost = gpt_4o_nusd(100, 20, 50);
+    assert_eq!(cost, 775_000);
+    assert_eq!(hdr(res, "x-tollgate-cost-usd"), "0.000775", "{who}");
+    assert_eq!(hdr(res, "x-tollgate-provider"), "openai");
+    assert!(hdr(res, "x-tollgate-model").starts_with("gpt-4o"));
+    assert!(hdr(res, "x-request-id").starts_with("req_"));
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["status"], "ok");
+    assert_eq!(e["route"], "sync");
+    assert_event_tokens(e, (100, 0, 0, 20, 50), cost);
+
+    // Stream without stream_options: tollgate asks for usage upstream but the
+    // SDK must not see the usage chunk: every chunk has choices.
+    let res = run.ok("stream_no_usage");
+    let r = one_seen(&seen, "stream_no_usage");
+    assert_eq!(r.json()["stream_options"]["include_usage"], true);
+    let chunks = res["chunks"].as_array().unwrap();
+    assert!(chunks.len() >= 3);
+    for chunk in chunks {
+        assert!(
+            !chunk["choices"].as_array().unwrap().is_empty(),
+            "{who}: a chunk without choices reached the SDK: {chunk}"
+        );
+        assert!(
+            chunk["usage"].is_null(),
+            "{who}: usage reached the SDK: {chunk}"
+        );
+    }
+    assert_eq!(res["text"], "Hello there!");
+    assert_eq!(res["finish_reason"], "stop");
+    assert_eq!(hdr(res, "x-tollgate-cost-usd"), "");
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["route"], "stream");
+    assert_event_tokens(e, (30, 0, 0, 10, 7), gpt_4o_nusd(30, 10, 7));
+
+    // Stream with include_usage: the last chunk carries the usage.
+    let res = run.ok("stream_usage");
+    let chunks = res["chunks"].as_array().unwrap();
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]), "{last}");
+    assert_eq!(last["usage"]["prompt_tokens"], 40);
+    assert_eq!(last["usage"]["completion_tokens"], 7);
+    assert_eq!(last["usage"]["prompt_tokens_details"]["cached_tokens"], 10);
+    for chunk in &chunks[..chunks.len() - 1] {
+        assert!(!chunk["choices"].as_array().unwrap().is_empty(), "{chunk}");
+    }
+    assert_eq!(res["text"], "Hello there!");
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_event_tokens(e, (30, 0, 0, 10, 7), gpt_4o_nusd(30, 10, 7));
+
+    // Tool calls through chat.completions.stream(...) / get_final_completion().
+    let res = run.ok("stream_tool_calls");
+    let c = &res["completion"];
+    let choice = &c["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{c:#}");
+    assert_eq!(choice["message"]["content"], "Let me check the weather.");
+    let call = &choice["message"]["tool_calls"][0];
+    assert!(call["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(call["function"]["name"], "get_weather");
+    let args: Value =
+        serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(args, json!({"location": "Paris"}));
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["status"], "ok");
+    assert_event_tokens(e, (50, 0, 0, 0, 20), gpt_4o_nusd(50, 0, 20));
+
+    // OpenRouter by prefix: its own key, its reported cost.
+    let res = run.ok("openrouter");
+    let r = one_seen(&seen, "openrouter");
+    assert_eq!(
+        res["completion"]["choices"][0]["message"]["content"],
+        "Hello there!"
+    );
+    assert_eq!(hdr(res, "x-tollgate-provider"), "openrouter");
+    let reported = r.reported_cost.unwrap();
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["cost_nusd"], (reported * 1e9).round() as u64, "{e:#}");
+    assert_eq!(e["output_tokens"], 50);
+    let res = run.ok("openrouter_stream");
+    let r = one_seen(&seen, "openrouter_stream");
+    assert_eq!(res["text"], "Hello there!");
+    assert_eq!(hdr(res, "x-tollgate-provider"), "openrouter");
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["status"], "ok");
+    assert_eq!(e["output_tokens"], 9);
+    assert_eq!(
+        e["cost_nusd"],
+        (r.reported_cost.unwrap() * 1e9).round() as u64,
+        "{e:#}"
+    );
+
+    // A provider 429: retried once after retry-after, then RateLimitError.
+    let res = run.get("rate_limited");
+    assert_eq!(res["exception"], "RateLimitError", "{res:#}");
+    assert_eq!(res["status_code"], 429);
+    let tries = seen_for(&seen, "rate_limited");
+    assert_eq!(tries.len(), 2, "one try and one retry: {tries:?}");
+    assert_eq!(tries[1].header("x-stainless-retry-count"), Some("1"));
+    assert!(res["seconds"].as_f64().unwrap() >= 0.9, "{res:#}");
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["status"], "provider_error");
+    assert_eq!(e["http_status"], 429);
+
+    // A provider 400: BadRequestError with the provider's message.
+    let res = run.get("bad_request");
+    assert_eq!(res["exception"], "BadRequestError", "{res:#}");
+    assert_eq!(res["status_code"], 400);
+    assert!(
+        res["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("fake provider: forced bad request"),
+        "{res:#}"
+    );
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["status"], "provider_error");
+    assert_eq!(e["http_status"], 400);
+
+    // stream_options.include_usage = false, said explicitly: the same as unset.
+    let res = run.ok("stream_usage_false");
+    let r = one_seen(&seen, "stream_usage_false");
+    assert_eq!(r.json()["stream_options"]["include_usage"], true);
+    for chunk in res["chunks"].as_array().unwrap() {
+        assert!(
+            !chunk["choices"].as_array().unwrap().is_empty() && chunk["usage"].is_null(),
+            "{who}: the usage chunk reached an SDK that declined it: {chunk}"
+        );
+    }
+    let e = event(&events, hdr(res, "x-tollgate-request-id"));
+    assert_event_tokens(e, (30, 0, 0, 10, 7), gpt_4o_nusd(30, 10, 7));
+
+    // An unmetered path (GET /v1/models) is forwarded with the key injected.
+    let res = run.ok("models");
+    let r = one_seen(&seen, "models");
+    assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", "/v1/models"));
+    assert!(
+        res["ids"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("gpt-4o-2024-08-06")),
+        "{res:#}"
+    );
+
+    // tollgate's own errors reach the SDK as its usual exceptions.
+    let res = run.get("unknown_route");
+    assert_tollgate_error(res, 404, "unknown_route", "invalid_request_error");
+    assert!(
+        res["error_message"]
+            .as_str()
+            .unwrap()
+            .contains("no route for POST /nosuch/v1/chat/completions"),
+        "{res:#}"
+    );
+    assert_tollgate_error(
+        run.get("too_large"),
+        413,
+        "body_too_large",
+        "invalid_request_error",
+    );
+    assert_tollgate_error(
+        run.get("unreachable"),
+        502,
+        "upstream_unreachable",
+        "server_error",
+    );
+    let broken_events = broken.wait_events(2).await;
+    for (name, kind) in [
+        ("too_large", "body_too_large"),
+        ("unreachable", "upstream_unreachable"),
+    ] {
+        let e = event(&broken_events, hdr(run.get(name), "x-tollgate-request-id"));
+        assert_eq!(e["status"], "proxy_error", "{e:#}");
+        assert_eq!(e["error"], kind, "{e:#}");
+        assert_eq!(e["cost_nusd"], 0);
+    }
+
+    assert!(!serde_json::to_string(&events).unwrap().contains("SDKTEST"));
+    assert_no_keys_in_log(&t);
+    assert_no_keys_in_log(&broken);
+}
+
+// ---------------------------------------------------------------------------
+// curl
+
+/// `curl -sS -N` POST of `body` with `headers`; returns (status line + headers, body bytes).
+async fn curl(url: &str, headers: &[(&str, &str)], body: &Value) -> (String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let head = dir.path().join("headers");
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args(["-sS", "-N", "--http1.1", "-X", "POST", "-D"])
+        .arg(&head)
+        .args(["-H", "content-type: application/json", "--data-binary"])
+        .arg(body.to_string())
+        .arg(url)
+        .kill_on_drop(true);
+    for (k, v) in headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    let out = match tokio::time::timeout(SCRIPT_TIMEOUT, cmd.output())
+        .await
+        .unwrap()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            panic!("curl is not installed (Debian: apt-get install curl; .ci/run installs it)")
+        }
+        Err(e) => panic!("curl: {e}"),
+    };
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = std::fs::read_to_string(head).unwrap();
+    (head.to_ascii_lowercase(), out.stdout)
+}
+
+/// Splits off the trailing `: tollgate {...}` receipt comment.
+fn split_receipt(bytes: &[u8]) -> (&[u8], Value) {
+    let text = std::str::from_utf8(bytes).unwrap();
+    let at = text.rfind(": tollgate ").expect("stream receipt comment");
+    assert!(text.ends_with("\n\n"), "{text}");
+    let json_line = text[at + ": tollgate ".len()..].trim_end();
+    (&bytes[..at], serde_json::from_str(json_line).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_gets_the_providers_bytes_and_the_receipt() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let anthropic = [
+        ("x-api-key", CLIENT_KEY),
+        ("anthropic-version", "2023-06-01"),
+        (
+            "x-fake-usage",
+            "input=40,output=12,cache_write=8,cache_read=4",
+        ),
+    ];
+    let messages = |stream: bool| {
+        json!({"model": "claude-sonnet-4-5", "max_tokens": 256, "stream": stream,
+               "messages": [{"role": "user", "content": "Hello"}]})
+    };
+    let cost = sonnet_45_nusd(40, 8, 0, 4, 12);
+
+    // Non-stream: exactly the provider's bytes, the cost in a header.
+    let (head, body) = curl(
+        &format!("{}/v1/messages", t.url()),
+        &anthropic,
+        &messages(false),
+    )
+    .await;
+    let r = fake.requests().pop().unwrap();
+    assert_eq!(body, r.response, "curl's bytes differ from the provider's");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("x-tollgate-cost-usd: 0.0003312\r\n"),
+        "{head}"
+    );
+    assert_eq!(r.header("x-api-key"), Some(ANTHROPIC_KEY));
+    assert_clean_upstream(&r);
+
+    // Stream: the provider's bytes, then the receipt comment.
+    fake.clear();
+    let (head, body) = curl(
+        &format!("{}/v1/messages", t.url()),
+        &anthropic,
+        &messages(true),
+    )
+    .await;
+    let r = fake.requests().pop().unwrap();
+    let (provider_part, receipt) = split_receipt(&body);
+    assert_eq!(provider_part, &r.response[..]);
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(!head.contains("x-tollgate-cost-usd"), "{head}");
+    assert_eq!(receipt["status"], "ok");
+    assert_eq!(receipt["provider"], "anthropic");
+    assert_eq!(receipt["input_tokens"], 40);
+    assert_eq!(receipt["output_tokens"], 12);
+    assert_eq!(receipt["cost_usd"], "0.0003312");
+    let id = receipt["request_id"].as_str().unwrap();
+    assert!(
+        head.contains(&format!("x-tollgate-request-id: {id}\r\n")),
+        "{head}"
+    );
+    let events = t.wait_events(2).await;
+    assert_eq!(event(&events, id)["cost_nusd"], cost);
+    assert_clean_upstream(&r);
+
+    // OpenAI stream that asked for usage itself: every provider byte, then the receipt.
+    fake.clear();
+    let mut chat = json!({"model": "gpt-4o", "stream": true,
+                          "messages": [{"role": "user", "content": "Hello"}]});
+    chat["stream_options"] = json!({"include_usage": true});
+    let auth = format!("Bearer {CLIENT_KEY}");
+    let (_, body) = curl(
+        &format!("{}/v1/chat/completions", t.url()),
+        &[
+            ("authorization", &auth),
+            ("x-fake-usage", "input=30,output=7"),
+        ],
+        &chat,
+    )
+    .await;
+    let r = fake.requests().pop().unwrap();
+    let (provider_part, receipt) = split_receipt(&body);
+    assert_eq!(provider_part, &r.response[..]);
+    assert!(std::str::from_utf8(provider_part)
+        .unwrap()
+        .ends_with("data: [DONE]\n\n"));
+    assert_eq!(receipt["output_tokens"], 7);
+    assert_eq!(
+        r.header("authorization"),
+        Some(format!("Bearer {OPENAI_KEY}").as_str())
+    );
+    assert_clean_upstream(&r);
+    assert_no_keys_in_log(&t);
+}
