@@ -184,6 +184,8 @@ async fn anthropic_stream_passes_bytes_through_and_meters() {
             .unwrap();
         assert_eq!(resp.status(), 200);
         assert!(header(&resp, "content-type").starts_with("text/event-stream"));
+        // Chunked, so the client keeps its connection (not close-delimited).
+        assert_eq!(header(&resp, "transfer-encoding"), "chunked");
         assert_eq!(
             header(&resp, "x-tollgate-cost-usd"),
             "",

@@ -173,7 +173,7 @@ impl Outbox {
         Ok(events)
     }
 
-    /// Number of stored events.
+    /// Number of stored events (walks the whole tree: not for the request path).
     pub fn len(&self) -> usize {
         self.inner.tree.len()
     }
@@ -271,11 +271,12 @@ impl Writer {
             .flush_seconds
             .observe(started.elapsed().as_secs_f64());
         self.metrics.batch_size.observe(size as f64);
-        self.metrics
-            .depth
-            .set(i64::try_from(self.tree.len()).unwrap_or(i64::MAX));
         match &result {
-            Ok(()) => self.healthy.store(true, Ordering::Relaxed),
+            Ok(()) => {
+                // Counted, not measured: sled's `len()` walks the whole tree.
+                self.metrics.depth.add(events.len() as i64);
+                self.healthy.store(true, Ordering::Relaxed)
+            }
             Err(e) => {
                 self.healthy.store(false, Ordering::Relaxed);
                 self.metrics.errors.inc();
@@ -317,9 +318,7 @@ impl Writer {
         }
         if removed > 0 {
             tracing::info!(removed, "pruned usage events past the outbox retention");
-            self.metrics
-                .depth
-                .set(i64::try_from(self.tree.len()).unwrap_or(i64::MAX));
+            self.metrics.depth.sub(removed as i64);
         }
     }
 }

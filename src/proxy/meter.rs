@@ -139,8 +139,15 @@ impl Relay<'_> {
             }
             let _ = header.append_header(name.clone(), value.clone());
         }
-        if let Some(len) = len {
-            let _ = header.insert_header(http::header::CONTENT_LENGTH, len.to_string());
+        match len {
+            Some(len) => {
+                let _ = header.insert_header(http::header::CONTENT_LENGTH, len.to_string());
+            }
+            // Without it pingora's HTTP/1.1 writer falls back to close-delimited
+            // bodies, costing the client its keep-alive connection (h2 drops it).
+            None => {
+                let _ = header.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+            }
         }
         receipt::add_headers(&mut header, &self.draft.event, cost);
         header
