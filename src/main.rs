@@ -23,6 +23,8 @@ use tollgate::usage_report::{GroupBy, UsageReport};
 
 /// Exit status for a bad configuration (EX_CONFIG is 78; the contract says 64, EX_USAGE).
 const EXIT_BAD_CONFIG: u8 = 64;
+/// Page cache of the embedded store.
+const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 
 #[derive(Parser)]
 #[command(
@@ -165,6 +167,8 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let db = sled::Config::new()
         .path(&config.data_dir)
+        // sled's default page cache is 1 GiB: far more than a sidecar should hold.
+        .cache_capacity(SLED_CACHE_BYTES)
         .open()
         .with_context(|| {
             format!(

@@ -25,6 +25,9 @@ pub const TREE: &str = "outbox";
 const MAX_BATCH: usize = 4096;
 /// How often the writer prunes events older than the retention.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// How long events nobody waits on (`outbox.sync = false`, dropped
+/// requests) are gathered before they are written.
+const DETACHED_WINDOW: Duration = Duration::from_millis(5);
 
 /// Failures of the outbox.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +61,15 @@ type Ack = oneshot::Sender<Result<(), String>>;
 
 enum Cmd {
     Append(Box<UsageEvent>, Option<Ack>),
+}
+
+impl Cmd {
+    /// A request is waiting for this event to be durable.
+    fn waited_on(&self) -> bool {
+        match self {
+            Cmd::Append(_, ack) => ack.is_some(),
+        }
+    }
 }
 
 /// Handle to the outbox; cheap to clone.
@@ -234,6 +246,19 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // Nobody waits on these events: gather more for a while, so a
+            // quiet sidecar does not pay a store write per request.
+            let window_end = Instant::now() + DETACHED_WINDOW;
+            while batch.len() < MAX_BATCH && !batch.iter().any(Cmd::waited_on) {
+                let left = window_end.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                match rx.recv_timeout(left) {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
             self.commit(&mut batch);
         }
         if let Err(e) = self.db.flush() {
@@ -258,10 +283,19 @@ impl Writer {
             }
             events.push(event);
         }
+        // An explicit flush (fsync) only when a request waits for it; other
+        // events reach the disk with sled's own periodic flush or at close.
+        let flush = !acks.is_empty();
         let result = self
             .tree
             .apply_batch(sled_batch)
-            .and_then(|()| self.db.flush().map(|_| ()))
+            .and_then(|()| {
+                if flush {
+                    self.db.flush().map(|_| ())
+                } else {
+                    Ok(())
+                }
+            })
             .map_err(|e| e.to_string());
         let result = match (result, encode_error) {
             (Err(e), _) | (Ok(()), Some(e)) => Err(e),

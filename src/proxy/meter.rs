@@ -396,12 +396,11 @@ impl Relay<'_> {
             self.call.session.shutdown().await;
             return;
         }
-        self.state
-            .metrics
-            .added_seconds
-            .observe(self.pre_upstream.as_secs_f64());
         let mut tap = StreamTap::new(route.dialect(), metered && request.strip_usage_chunk);
         let mut recorded = false;
+        // Time the client waits on tollgate: before the upstream, and for the
+        // usage event to be durable before the last event goes out.
+        let mut record_wait = Duration::ZERO;
         let mut failure = None;
         loop {
             let chunk = match self.next_chunk().await {
@@ -416,7 +415,9 @@ impl Relay<'_> {
             if metered && !recorded && tap.complete() {
                 // The last event is in this chunk: durable first, then send it.
                 self.finish_stream(&tap);
+                let waited = std::time::Instant::now();
                 self.record().await;
+                record_wait = waited.elapsed();
                 recorded = true;
             }
             if !out.is_empty()
@@ -463,6 +464,10 @@ impl Relay<'_> {
             // Recorded as complete; only the last write failed. The ledger keeps the truth (the call was paid for).
             tracing::debug!(request_id = %self.draft.event.event_id, "client went away after the last event");
         }
+        self.state
+            .metrics
+            .added_seconds
+            .observe((self.pre_upstream + record_wait).as_secs_f64());
         if !sse {
             return self.end_piped().await;
         }
