@@ -23,6 +23,15 @@ use crate::meter::tap::{usage_from_json, StreamTap};
 use crate::meter::usage::Usage;
 use crate::provider::Dialect;
 
+/// A read's outcome; the idle timeout is pingora's per-read timeout,
+/// set once per response (cheaper than a tokio timer per chunk).
+fn classify(read: pingora::Result<Option<Bytes>>) -> Result<Option<Bytes>, ReadFailure> {
+    read.map_err(|e| match e.etype() {
+        pingora::ErrorType::ReadTimedout => ReadFailure::Idle,
+        _ => ReadFailure::Io(e.to_string()),
+    })
+}
+
 /// Why reading the next upstream chunk failed.
 enum ReadFailure {
     Idle,
@@ -36,7 +45,7 @@ pub async fn relay(
     session: &mut Session,
     route: &Route,
     request: &RequestModel,
-    call: UpstreamCall,
+    mut call: UpstreamCall,
     ctx: &mut RequestCtx,
     pre_upstream: Duration,
 ) {
@@ -44,6 +53,8 @@ pub async fn relay(
         return;
     };
     draft.event.ttfb_us = call.ttfb.as_micros() as u64;
+    call.session
+        .set_read_timeout(Some(state.upstreams.idle_timeout()));
     let Some(upstream_header) = call.session.response_header().cloned() else {
         return;
     };
@@ -92,36 +103,17 @@ struct Relay<'a> {
 impl Relay<'_> {
     /// The next upstream chunk, the idle timeout, or the client going away.
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, ReadFailure> {
-        let idle = self.state.upstreams.idle_timeout();
-        let read = tokio::time::timeout(idle, self.call.session.read_response_body());
-        if !self.client_open {
-            return match read.await {
-                Ok(Ok(chunk)) => Ok(chunk),
-                Ok(Err(e)) => Err(ReadFailure::Io(e.to_string())),
-                Err(_) => Err(ReadFailure::Idle),
-            };
+        if self.client_open {
+            tokio::select! {
+                r = self.call.session.read_response_body() => return classify(r),
+                r = self.session.read_body_or_idle(true) => match r {
+                    Err(_) => return Err(ReadFailure::ClientGone),
+                    // Unexpected bytes from the client: stop watching, keep relaying.
+                    Ok(_) => self.client_open = false,
+                },
+            }
         }
-        tokio::select! {
-            r = read => match r {
-                Ok(Ok(chunk)) => Ok(chunk),
-                Ok(Err(e)) => Err(ReadFailure::Io(e.to_string())),
-                Err(_) => Err(ReadFailure::Idle),
-            },
-            r = self.session.read_body_or_idle(true) => match r {
-                Err(_) => Err(ReadFailure::ClientGone),
-                // Unexpected bytes from the client; keep relaying.
-                Ok(_) => { self.client_open = false; Box::pin(self.next_chunk_no_watch()).await }
-            },
-        }
-    }
-
-    async fn next_chunk_no_watch(&mut self) -> Result<Option<Bytes>, ReadFailure> {
-        let idle = self.state.upstreams.idle_timeout();
-        match tokio::time::timeout(idle, self.call.session.read_response_body()).await {
-            Ok(Ok(chunk)) => Ok(chunk),
-            Ok(Err(e)) => Err(ReadFailure::Io(e.to_string())),
-            Err(_) => Err(ReadFailure::Idle),
-        }
+        classify(self.call.session.read_response_body().await)
     }
 
     /// The client's response header: the provider's, minus framing, plus receipts.
