@@ -130,6 +130,10 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Account of requests that name none.
     pub default_account: String,
+    /// Workload of requests that name none ("" = none).
+    pub default_workload: String,
+    /// Tags of requests that carry none, sorted by key.
+    pub default_tags: Vec<(String, String)>,
     /// This sidecar's id in usage events.
     pub sidecar_id: String,
     /// Whether streams end with a `: tollgate {json}` receipt comment line.
@@ -292,7 +296,11 @@ pub const KEYS: &[(&str, &str, &str, &str)] = &[
     ("max_body_bytes", "size", "33554432",
      "Largest request body read: bytes as an integer, or a size string (\"32MiB\", \"64KiB\", \"1GB\"). Must be above 0."),
     ("default_account", "string", DEFAULT_ACCOUNT,
-     "Account recorded in every usage event (per-request identity headers arrive with identity and budgets)."),
+     "Account of requests without an x-tollgate-account header."),
+    ("default_workload", "string", "\"\"",
+     "Workload of requests without an x-tollgate-workload header (\"\" = none)."),
+    ("default_tags", "string", "\"\"",
+     "Tags of requests without an x-tollgate-tags header, e.g. \"team=search,env=prod\"."),
     ("sidecar_id", "string", "$HOSTNAME, else tollgate",
      "This sidecar's id in usage events."),
     ("stream_receipt", "bool", "true",
@@ -463,6 +471,8 @@ pub struct RawConfig {
     pub data_dir: Option<String>,
     pub max_body_bytes: Option<RawSize>,
     pub default_account: Option<String>,
+    pub default_workload: Option<String>,
+    pub default_tags: Option<String>,
     pub sidecar_id: Option<String>,
     pub stream_receipt: Option<bool>,
     pub threads: Option<i64>,
@@ -820,6 +830,26 @@ fn validate(
             .unwrap_or_else(|| DEFAULT_ACCOUNT.into()),
         problems,
     );
+    let default_account = default_account.and_then(|a| {
+        crate::proxy::identify::check_name("value", &a)
+            .map_err(|e| problems.push(Problem::new("default_account", e.0)))
+            .ok()?;
+        Some(a)
+    });
+    let default_workload = raw.default_workload.unwrap_or_default();
+    if !default_workload.is_empty() {
+        if let Err(e) = crate::proxy::identify::check_name("value", &default_workload) {
+            problems.push(Problem::new("default_workload", e.0));
+        }
+    }
+    let default_tags =
+        match crate::proxy::identify::parse_tags("value", &raw.default_tags.unwrap_or_default()) {
+            Ok(tags) => tags,
+            Err(e) => {
+                problems.push(Problem::new("default_tags", e.0));
+                Vec::new()
+            }
+        };
     let sidecar_id = raw.sidecar_id.unwrap_or_else(|| {
         env.get("HOSTNAME")
             .filter(|h| !h.is_empty())
@@ -876,6 +906,8 @@ fn validate(
         data_dir: data_dir?,
         max_body_bytes: max_body_bytes?,
         default_account: default_account?,
+        default_workload,
+        default_tags,
         sidecar_id: sidecar_id?,
         stream_receipt: raw.stream_receipt.unwrap_or(true),
         threads: threads?,
@@ -2044,6 +2076,8 @@ admin_listen = ""
 data_dir = "d"
 max_body_bytes = 1
 default_account = "a"
+default_workload = "w"
+default_tags = "k=v"
 sidecar_id = "s"
 stream_receipt = true
 threads = 1

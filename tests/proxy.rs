@@ -1069,3 +1069,76 @@ async fn a_full_disk_keeps_serving_and_logs_the_events() {
     assert_no_keys_in_log(&t);
     drop(t);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_scope_the_ledger_and_never_reach_the_provider() {
+    let fake = FakeProvider::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut t = with_keys(Builder::new(&fake.base_url()).data_dir(data.path()).top(
+        "default_account = \"shared\"\ndefault_workload = \"web\"\ndefault_tags = \"env=prod\"",
+    ))
+    .start();
+    let c = client();
+    let r = c
+        .post(format!("{}/v1/messages", t.url()))
+        .header("x-tollgate-account", "acme")
+        .header("x-tollgate-workload", "summaries")
+        .header("x-tollgate-tags", "team=search, feature=digest")
+        .json(&messages_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.bytes().await.unwrap();
+    let r = c
+        .post(format!("{}/v1/messages", t.url()))
+        .json(&messages_body(true))
+        .send()
+        .await
+        .unwrap();
+    read_stream(r).await;
+    let bad = c
+        .post(format!("{}/v1/messages", t.url()))
+        .header("x-tollgate-account", "not valid!")
+        .json(&messages_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(header(&bad, "x-tollgate-error"), "bad_identity");
+    let v: Value = bad.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+
+    for r in fake.requests() {
+        assert!(
+            r.headers.iter().all(|(n, _)| !n.starts_with("x-tollgate")),
+            "{:?}",
+            r.headers
+        );
+    }
+    assert_eq!(
+        fake.requests().len(),
+        2,
+        "a bad identity never reaches the provider"
+    );
+    let events = t.wait_events(3).await;
+    assert_eq!(events[0]["account"], "acme");
+    assert_eq!(events[0]["workload"], "summaries");
+    assert_eq!(
+        events[0]["tags"],
+        json!([["feature", "digest"], ["team", "search"]])
+    );
+    assert_eq!(events[1]["account"], "shared");
+    assert_eq!(events[1]["workload"], "web");
+    assert_eq!(events[1]["tags"], json!([["env", "prod"]]));
+    assert_eq!(events[2]["status"], "proxy_error");
+    assert!(t.stop().success());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["usage", "--by", "account", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    let table = String::from_utf8(out.stdout).unwrap();
+    assert!(table.lines().any(|l| l.starts_with("acme ")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("shared ")), "{table}");
+}

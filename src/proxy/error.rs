@@ -13,6 +13,8 @@ use crate::provider::Dialect;
 pub enum ProxyError {
     #[error("request body is not valid JSON: {0}")]
     BadJson(String),
+    #[error("bad identity header: {0}")]
+    BadIdentity(String),
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
     #[error("no route for {method} {path}")]
@@ -49,6 +51,7 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::BadJson(_) => "bad_request",
+            ProxyError::BadIdentity(_) => "bad_identity",
             ProxyError::TooLarge { .. } => "body_too_large",
             ProxyError::UnknownRoute { .. } => "unknown_route",
             ProxyError::ClientRead(_) => "client_read",
@@ -63,6 +66,7 @@ impl ProxyError {
     pub fn status(&self) -> u16 {
         match self {
             ProxyError::BadJson(_) => 400,
+            ProxyError::BadIdentity(_) => 400,
             ProxyError::TooLarge { .. } => 413,
             ProxyError::UnknownRoute { .. } => 404,
             ProxyError::ClientRead(_) => 400,
@@ -77,6 +81,7 @@ impl ProxyError {
     pub fn error_type(&self, dialect: Dialect) -> &'static str {
         match (self, dialect) {
             (ProxyError::BadJson(_), _) => "invalid_request_error",
+            (ProxyError::BadIdentity(_), _) => "invalid_request_error",
             (ProxyError::TooLarge { .. }, Dialect::Anthropic) => "request_too_large",
             (ProxyError::TooLarge { .. }, Dialect::OpenAi) => "invalid_request_error",
             (ProxyError::UnknownRoute { .. }, Dialect::Anthropic) => "not_found_error",
@@ -97,6 +102,7 @@ impl ProxyError {
     pub fn level(&self) -> Level {
         match self {
             ProxyError::BadJson(_)
+            | ProxyError::BadIdentity(_)
             | ProxyError::TooLarge { .. }
             | ProxyError::UnknownRoute { .. }
             | ProxyError::ClientRead(_) => Level::Debug,

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! request_filter ─┬─ ingress   route, bounded body read, one parse → RequestModel
-//!                 ├─ identify  account / workload (sidecar defaults for now)
+//!                 ├─ identify  account / workload / tags: x-tollgate-* headers, else defaults
 //!                 ├─ forward   strip client credentials, inject the key, send (pooled, rustls)
 //!                 └─ meter     relay the response chunk by chunk through the tap,
 //!                              price it, make its usage event durable, receipts
@@ -20,6 +20,7 @@
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod identify;
 pub mod ingress;
 pub mod lifecycle;
 pub mod meter;
@@ -43,7 +44,8 @@ use lifecycle::{InFlight, InFlightGuard};
 /// Everything the request path shares.
 pub struct State {
     pub sidecar_id: String,
-    pub default_account: String,
+    /// Identity of requests that carry no identity headers.
+    pub default_identity: identify::Identity,
     pub max_body_bytes: usize,
     pub stream_receipt: bool,
     pub routes: ingress::Routes,
@@ -62,7 +64,11 @@ impl State {
     ) -> State {
         State {
             sidecar_id: config.sidecar_id.clone(),
-            default_account: config.default_account.clone(),
+            default_identity: identify::Identity {
+                account: config.default_account.clone(),
+                workload: config.default_workload.clone(),
+                tags: config.default_tags.clone(),
+            },
             max_body_bytes: config.max_body_bytes,
             stream_receipt: config.stream_receipt,
             routes: ingress::Routes::new(config),
@@ -139,9 +145,9 @@ impl Tollgate {
                 event_id: id.to_string(),
                 ts,
                 sidecar_id: self.state.sidecar_id.clone(),
-                account: self.state.default_account.clone(),
-                workload: String::new(),
-                tags: Vec::new(),
+                account: self.state.default_identity.account.clone(),
+                workload: self.state.default_identity.workload.clone(),
+                tags: self.state.default_identity.tags.clone(),
                 provider: String::new(),
                 model: String::new(),
                 route: RouteKind::Sync,
@@ -183,6 +189,13 @@ impl Tollgate {
                 .get(headers::IDEMPOTENCY_KEY)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+        }
+        // identify
+        let identity = identify::identify(session.req_header(), &state.default_identity)?;
+        if let Some(draft) = ctx.draft.as_mut() {
+            draft.event.account = identity.account;
+            draft.event.workload = identity.workload;
+            draft.event.tags = identity.tags;
         }
         let body = ingress::read_body(session, state.max_body_bytes).await?;
         let request = ingress::parse(&route, body)?;

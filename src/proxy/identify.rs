@@ -1,0 +1,163 @@
+//! Identify: which account, workload and tags a request belongs to, from
+//! `x-tollgate-account`, `x-tollgate-workload` and
+//! `x-tollgate-tags: team=search,feature=summaries`, else the sidecar's
+//! defaults (which an injected sidecar fills from the pod). The headers are
+//! tollgate's own: forward never sends any `x-tollgate-*` header upstream.
+
+use pingora::http::RequestHeader;
+
+use super::error::ProxyError;
+
+/// Header naming the account.
+pub const ACCOUNT: &str = "x-tollgate-account";
+/// Header naming the workload.
+pub const WORKLOAD: &str = "x-tollgate-workload";
+/// Header carrying `key=value` tags, comma-separated.
+pub const TAGS: &str = "x-tollgate-tags";
+
+/// Longest account, workload, tag key or tag value.
+const MAX_NAME: usize = 128;
+/// Most tags on one request.
+const MAX_TAGS: usize = 32;
+
+/// Who a request is for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub account: String,
+    pub workload: String,
+    pub tags: Vec<(String, String)>,
+}
+
+/// A bad identity value; the message names the header or key.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct BadIdentity(pub String);
+
+/// The request's identity, header by header falling back to `defaults`.
+pub fn identify(req: &RequestHeader, defaults: &Identity) -> Result<Identity, ProxyError> {
+    let header = |name: &str| -> Result<Option<&str>, ProxyError> {
+        match req.headers.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .to_str()
+                .map(|s| Some(s.trim()))
+                .map_err(|_| ProxyError::BadIdentity(format!("{name}: not visible ASCII"))),
+        }
+    };
+    let bad = |e: BadIdentity| ProxyError::BadIdentity(e.0);
+    let account = match header(ACCOUNT)? {
+        Some(a) => check_name(ACCOUNT, a).map_err(bad)?.to_string(),
+        None => defaults.account.clone(),
+    };
+    let workload = match header(WORKLOAD)? {
+        Some("") => String::new(),
+        Some(w) => check_name(WORKLOAD, w).map_err(bad)?.to_string(),
+        None => defaults.workload.clone(),
+    };
+    let tags = match header(TAGS)? {
+        Some(t) => parse_tags(TAGS, t).map_err(bad)?,
+        None => defaults.tags.clone(),
+    };
+    Ok(Identity {
+        account,
+        workload,
+        tags,
+    })
+}
+
+/// Checks an account / workload / tag name: 1–128 of `A-Z a-z 0-9 . _ - : / @`.
+pub fn check_name<'a>(what: &str, name: &'a str) -> Result<&'a str, BadIdentity> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:/@".contains(&b));
+    if ok {
+        Ok(name)
+    } else {
+        Err(BadIdentity(format!(
+            "{what}: {name:?} is not a valid name (1-{MAX_NAME} of A-Z a-z 0-9 . _ - : / @)"
+        )))
+    }
+}
+
+/// Parses `team=search,feature=summaries` (sorted by key; a key once).
+pub fn parse_tags(what: &str, s: &str) -> Result<Vec<(String, String)>, BadIdentity> {
+    let mut tags = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            return Err(BadIdentity(format!("{what}: {part:?} is not key=value")));
+        };
+        let (k, v) = (k.trim(), v.trim());
+        check_name(what, k)?;
+        check_name(what, v)?;
+        if tags.iter().any(|(key, _): &(String, String)| key == k) {
+            return Err(BadIdentity(format!("{what}: tag {k:?} given twice")));
+        }
+        tags.push((k.to_string(), v.to_string()));
+    }
+    if tags.len() > MAX_TAGS {
+        return Err(BadIdentity(format!("{what}: more than {MAX_TAGS} tags")));
+    }
+    tags.sort();
+    Ok(tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(headers: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("POST", b"/v1/messages", None).unwrap();
+        for (k, v) in headers {
+            r.insert_header(k.to_string(), v.to_string()).unwrap();
+        }
+        r
+    }
+
+    fn defaults() -> Identity {
+        Identity {
+            account: "default".into(),
+            workload: "web".into(),
+            tags: vec![("env".into(), "prod".into())],
+        }
+    }
+
+    #[test]
+    fn headers_win_over_defaults() {
+        let id = identify(
+            &req(&[
+                (ACCOUNT, "acme"),
+                (WORKLOAD, "batch-jobs"),
+                (TAGS, "team=search, feature=summaries"),
+            ]),
+            &defaults(),
+        )
+        .unwrap();
+        assert_eq!(id.account, "acme");
+        assert_eq!(id.workload, "batch-jobs");
+        assert_eq!(
+            id.tags,
+            vec![
+                ("feature".into(), "summaries".into()),
+                ("team".into(), "search".into())
+            ]
+        );
+        assert_eq!(identify(&req(&[]), &defaults()).unwrap(), defaults());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for (h, v) in [
+            (ACCOUNT, ""),
+            (ACCOUNT, "has space"),
+            (ACCOUNT, &"x".repeat(129)),
+            (TAGS, "novalue"),
+            (TAGS, "a=1,a=2"),
+            (TAGS, "k=v v"),
+        ] {
+            let err = identify(&req(&[(h, v)]), &defaults()).unwrap_err();
+            assert!(matches!(err, ProxyError::BadIdentity(_)), "{h}: {v}");
+        }
+    }
+}
