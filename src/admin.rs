@@ -2,7 +2,8 @@
 //! is up) and `/readyz` (ready for traffic: not draining, outbox writable),
 //! plus `/usage`, the usage table of the running sidecar (what
 //! `tollgate usage` shows while the proxy holds the store) and `/events`, the
-//! latest usage events as JSON (`?limit=N`, default 100, oldest first).
+//! latest usage events as JSON (`?limit=N`, default 100, oldest first), and
+//! `/budgets`, each budget's period, spent, reserved and remaining as JSON.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
+use crate::budget::Ledger;
 use crate::meter::outbox::Outbox;
 use crate::metrics::Metrics;
 use crate::proxy::lifecycle::InFlight;
@@ -21,6 +23,7 @@ pub struct Admin {
     pub metrics: Metrics,
     pub outbox: Outbox,
     pub in_flight: InFlight,
+    pub ledger: Arc<Ledger>,
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -41,6 +44,10 @@ impl ServeHttp for Admin {
         match path.as_str() {
             "/metrics" => respond(200, "text/plain; version=0.0.4", self.metrics.render()),
             "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),
+            "/budgets" => match serde_json::to_vec(&self.ledger.status()) {
+                Ok(body) => respond(200, "application/json", body),
+                Err(e) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
+            },
             "/readyz" => {
                 if self.in_flight.draining() {
                     respond(503, "text/plain", b"draining\n".to_vec())

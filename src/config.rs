@@ -26,8 +26,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::{Table, Value};
 
+use crate::budget::{Budget, OnInsufficient, Period};
+use crate::keys::{AcceptMode, GatewayKey, KeyRing};
+use crate::limit::{Rule, RuleScope};
 use crate::meter::prices::{self, PriceTable, RawPrice};
 use crate::provider::Dialect;
+use crate::scope::Scope;
 use crate::secret::Secret;
 
 // === problems ===
@@ -150,6 +154,14 @@ pub struct Config {
     pub providers: Vec<Provider>,
     /// Built-in prices with the config's overrides and fallback.
     pub prices: PriceTable,
+    /// Gateway keys (empty: requests need none).
+    pub gateway_keys: KeyRing,
+    /// Rate limits, gateway keys' own included.
+    pub rate_limits: Vec<Rule>,
+    /// Budgets, in config order.
+    pub budgets: Vec<Budget>,
+    /// Output bound of requests without `max_tokens` when a budget applies.
+    pub budget_default_max_tokens: u64,
 }
 
 /// Upstream timeouts.
@@ -357,6 +369,40 @@ pub const KEYS: &[(&str, &str, &str, &str)] = &[
      "Price of models not in the table, USD per million cache-read tokens."),
     ("price_fallback.batch_multiplier", "decimal", "0.5",
      "Batch multiplier of models not in the table."),
+    ("gateway_keys_mode", "string", "live",
+     "Which gateway keys this sidecar accepts: live (tg_live_…), test (tg_test_…) or any. A key of the other kind gets a 401."),
+    ("gateway_keys[].account", "string", "-",
+     "[[gateway_keys]]: when any are configured, every request must present one (x-api-key or Authorization: Bearer). The account its requests belong to (an x-tollgate-account naming another is refused)."),
+    ("gateway_keys[].sha256", "string", "-",
+     "Hex SHA-256 of the key, as printed by `tollgate keys new`; the key itself is never configured."),
+    ("gateway_keys[].name", "string", "first 12 hex digits of sha256",
+     "Names the key in logs, metrics and its rate limit."),
+    ("gateway_keys[].rpm", "integer", "-",
+     "Requests per minute allowed with this key."),
+    ("gateway_keys[].tpm", "integer", "-",
+     "Tokens (input + output) per minute allowed with this key."),
+    ("rate_limits[].scope", "scope", "-",
+     "[[rate_limits]]: all, account:NAME, account:* (each account its own bucket), workload:NAME, workload:* or tag:KEY=VALUE."),
+    ("rate_limits[].rpm", "integer", "-",
+     "Requests per minute (token bucket, refilled continuously). Over → 429 with retry-after and x-ratelimit-* headers."),
+    ("rate_limits[].tpm", "integer", "-",
+     "Tokens per minute; a request is charged its estimate (body bytes / 4 + max_tokens) and corrected to the real count."),
+    ("budgets[].name", "string", "-",
+     "[[budgets]]: unique name; the budget's spend is stored under it, so renaming starts from zero."),
+    ("budgets[].scope", "scope", "-",
+     "all, account:NAME, workload:NAME or tag:KEY=VALUE."),
+    ("budgets[].period", "string", "-",
+     "request (a ceiling on each request's worst case), day or month (UTC calendar periods)."),
+    ("budgets[].limit_usd", "decimal USD", "-",
+     "The ceiling, e.g. \"100.00\". The worst case of every request is reserved against it before forwarding, so it is never overshot."),
+    ("budgets[].soft_thresholds", "list of fractions", "[]",
+     "Fractions of the limit (e.g. [0.5, 0.8]) that fire an alert once per period when spend crosses them."),
+    ("budgets[].alert_webhook", "url", "\"\"",
+     "http(s) URL that receives each alert as a JSON POST (budget, scope, period, period_key, spent_usd, limit_usd, threshold), retried with backoff."),
+    ("budgets[].on_insufficient", "string", "deny",
+     "deny: refuse a request whose worst case does not fit (402 budget_exceeded). clamp: forward it with max_tokens lowered to what remains."),
+    ("budget_default_max_tokens", "integer", "4096",
+     "Output bound of a request that sets no max_tokens while a budget applies to it: reserved, and sent upstream as its max_tokens."),
 ];
 
 /// The TOML shape a key's type takes.
@@ -367,6 +413,8 @@ enum Kind {
     Bool,
     /// An integer or a string.
     Size,
+    /// An array of numbers.
+    Fractions,
 }
 
 impl Kind {
@@ -380,7 +428,9 @@ impl Kind {
             | "url"
             | "dialect"
             | "decimal USD"
-            | "decimal" => Some(Kind::Str),
+            | "decimal"
+            | "scope" => Some(Kind::Str),
+            "list of fractions" => Some(Kind::Fractions),
             "integer" => Some(Kind::Int),
             "bool" => Some(Kind::Bool),
             "size" => Some(Kind::Size),
@@ -395,7 +445,8 @@ impl Kind {
                 | (Kind::Int, Value::Integer(_))
                 | (Kind::Bool, Value::Boolean(_))
                 | (Kind::Size, Value::Integer(_) | Value::String(_))
-        )
+        ) || matches!((self, v), (Kind::Fractions, Value::Array(a))
+            if a.iter().all(|x| matches!(x, Value::Float(_) | Value::Integer(_))))
     }
 
     fn expected(self) -> &'static str {
@@ -404,6 +455,7 @@ impl Kind {
             Kind::Int => "an integer",
             Kind::Bool => "true or false",
             Kind::Size => "an integer or a size string such as \"32MiB\"",
+            Kind::Fractions => "an array of numbers such as [0.5, 0.8]",
         }
     }
 }
@@ -419,7 +471,19 @@ fn pattern_matches(pattern: &str, path: &[String], prefix_only: bool) -> bool {
         && segs
             .iter()
             .zip(path)
-            .all(|(p, s)| p.starts_with('<') || *p == s.as_str())
+            .all(|(p, s)| p.starts_with('<') || *p == s.as_str() || element_of(p, s))
+}
+
+/// Whether path segment `s` (`budgets[2]`) is an element of the array
+/// pattern segment `p` (`budgets[]`).
+fn element_of(p: &str, s: &str) -> bool {
+    match (p.strip_suffix("[]"), s.strip_suffix(']')) {
+        (Some(name), Some(rest)) => rest
+            .strip_prefix(name)
+            .and_then(|r| r.strip_prefix('['))
+            .is_some_and(|idx| !idx.is_empty() && idx.bytes().all(|b| b.is_ascii_digit())),
+        _ => false,
+    }
 }
 
 /// The kind of the leaf key at `path`, if it is one.
@@ -434,6 +498,23 @@ fn is_known_table(path: &[String]) -> bool {
     KEYS.iter().any(|(k, ..)| pattern_matches(k, path, true))
 }
 
+/// Whether `path` is an array of tables (`budgets` for `budgets[].name`).
+fn is_known_array(path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let array = format!("{last}[]");
+    KEYS.iter().any(|(k, ..)| {
+        let segs: Vec<&str> = k.split('.').collect();
+        segs.len() > path.len()
+            && segs[parents.len()] == array
+            && segs
+                .iter()
+                .zip(parents)
+                .all(|(p, s)| p.starts_with('<') || *p == s.as_str() || element_of(p, s))
+    })
+}
+
 /// Renders a key path as TOML would write it: bare segments as they are,
 /// others quoted; a `prices` model id is always quoted (`prices."gpt-4o"`).
 fn render_key<S: AsRef<str>>(path: &[S]) -> String {
@@ -446,7 +527,7 @@ fn render_key<S: AsRef<str>>(path: &[S]) -> String {
         let bare = !seg.is_empty()
             && seg
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                .all(|b| b.is_ascii_alphanumeric() || b"_-[]".contains(&b));
         let model = i == 1 && path[0].as_ref() == "prices";
         if bare && !model {
             out.push_str(seg);
@@ -482,6 +563,44 @@ pub struct RawConfig {
     pub providers: Option<BTreeMap<String, RawProvider>>,
     pub prices: Option<BTreeMap<String, RawPrice>>,
     pub price_fallback: Option<RawPrice>,
+    pub gateway_keys_mode: Option<String>,
+    pub gateway_keys: Option<Vec<RawGatewayKey>>,
+    pub rate_limits: Option<Vec<RawRateLimit>>,
+    pub budgets: Option<Vec<RawBudget>>,
+    pub budget_default_max_tokens: Option<i64>,
+}
+
+/// `[[gateway_keys]]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGatewayKey {
+    pub account: Option<String>,
+    pub sha256: Option<String>,
+    pub name: Option<String>,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+}
+
+/// `[[rate_limits]]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRateLimit {
+    pub scope: Option<String>,
+    pub rpm: Option<i64>,
+    pub tpm: Option<i64>,
+}
+
+/// `[[budgets]]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBudget {
+    pub name: Option<String>,
+    pub scope: Option<String>,
+    pub period: Option<String>,
+    pub limit_usd: Option<String>,
+    pub soft_thresholds: Option<Vec<Value>>,
+    pub alert_webhook: Option<String>,
+    pub on_insufficient: Option<String>,
 }
 
 /// A size: bytes, or a string with a unit.
@@ -610,6 +729,12 @@ fn origin_of<'a>(origins: &'a Origins, key: &str) -> Option<&'a str> {
             key == k.as_str() || (key.starts_with(k.as_str()) && key[k.len()..].starts_with('.'))
         })
         .max_by_key(|(k, _)| k.len())
+        .or_else(|| {
+            // A table that only the environment filled in.
+            origins
+                .iter()
+                .find(|(k, _)| k.starts_with(key) && k[key.len()..].starts_with('.'))
+        })
         .map(|(_, v)| v.as_str())
 }
 
@@ -775,6 +900,36 @@ fn check_tree(table: &mut Table, path: &mut Vec<String>, problems: &mut Vec<Prob
                 }
                 ok
             }
+            (None, Some(v)) if is_known_array(path) => match v {
+                Value::Array(items) => {
+                    let name = path.pop().unwrap_or_default();
+                    for (i, item) in items.iter_mut().enumerate() {
+                        path.push(format!("{name}[{i}]"));
+                        match item {
+                            Value::Table(t) => check_tree(t, path, problems),
+                            other => problems.push(Problem::new(
+                                render_key(path),
+                                format!("expected a table, found {}", other.type_str()),
+                            )),
+                        }
+                        path.pop();
+                    }
+                    path.push(name);
+                    let ok = items.iter().all(Value::is_table);
+                    ok
+                }
+                other => {
+                    problems.push(Problem::new(
+                        render_key(path),
+                        format!(
+                            "expected an array of tables ([[{}]] in the config file), found {}",
+                            render_key(path),
+                            other.type_str()
+                        ),
+                    ));
+                    false
+                }
+            },
             (None, Some(v)) if is_known_table(path) => match v {
                 Value::Table(t) => {
                     check_tree(t, path, problems);
@@ -897,6 +1052,25 @@ fn validate(
     );
     let providers = providers(raw.providers.unwrap_or_default(), env, problems);
     let prices = price_table(raw.prices.unwrap_or_default(), raw.price_fallback, problems);
+    let (gateway_keys, key_rules) = gateway_keys(
+        raw.gateway_keys_mode.as_deref(),
+        raw.gateway_keys.unwrap_or_default(),
+        problems,
+    );
+    let mut rate_limits = rate_limits(raw.rate_limits.unwrap_or_default(), problems);
+    rate_limits.extend(key_rules);
+    let budgets = budgets(raw.budgets.unwrap_or_default(), problems);
+    let budget_default_max_tokens = match raw.budget_default_max_tokens {
+        None => Some(4096),
+        Some(n) if n > 0 => Some(n as u64),
+        Some(n) => {
+            problems.push(Problem::new(
+                "budget_default_max_tokens",
+                format!("must be at least 1, not {n}"),
+            ));
+            None
+        }
+    };
     if problems.len() != before {
         return None;
     }
@@ -923,7 +1097,281 @@ fn validate(
         },
         providers,
         prices,
+        gateway_keys,
+        rate_limits,
+        budgets,
+        budget_default_max_tokens: budget_default_max_tokens?,
     })
+}
+
+// --- cost controls ---
+
+/// A per-minute figure: `None` when unset; a problem unless at least 1.
+fn per_minute(key: String, v: Option<i64>, problems: &mut Vec<Problem>) -> Option<u64> {
+    match v {
+        None => None,
+        Some(n) if n >= 1 => Some(n as u64),
+        Some(n) => {
+            problems.push(Problem::new(key, format!("must be at least 1, not {n}")));
+            None
+        }
+    }
+}
+
+fn gateway_keys(
+    mode: Option<&str>,
+    raw: Vec<RawGatewayKey>,
+    problems: &mut Vec<Problem>,
+) -> (KeyRing, Vec<Rule>) {
+    let accept = match mode {
+        None => AcceptMode::Live,
+        Some(m) => AcceptMode::parse(m).unwrap_or_else(|| {
+            problems.push(Problem::new(
+                "gateway_keys_mode",
+                format!("{m:?} is not live, test or any"),
+            ));
+            AcceptMode::Live
+        }),
+    };
+    let mut keys: Vec<GatewayKey> = Vec::new();
+    let mut rules = Vec::new();
+    for (i, k) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("gateway_keys[{i}].{field}");
+        let account = match k.account {
+            Some(a) => match crate::proxy::identify::check_name("value", &a) {
+                Ok(_) => Some(a),
+                Err(e) => {
+                    problems.push(Problem::new(key("account"), e.0));
+                    None
+                }
+            },
+            None => {
+                problems.push(Problem::new(key("account"), "required"));
+                None
+            }
+        };
+        let sha256 = match k.sha256.as_deref().map(crate::keys::parse_sha256_hex) {
+            Some(Some(h)) => Some(h),
+            Some(None) => {
+                problems.push(Problem::new(
+                    key("sha256"),
+                    "must be 64 hex digits (the SHA-256 printed by `tollgate keys new`), not a key",
+                ));
+                None
+            }
+            None => {
+                problems.push(Problem::new(key("sha256"), "required"));
+                None
+            }
+        };
+        let rpm = per_minute(key("rpm"), k.rpm, problems);
+        let tpm = per_minute(key("tpm"), k.tpm, problems);
+        let (Some(account), Some(sha256)) = (account, sha256) else {
+            continue;
+        };
+        let name = k
+            .name
+            .unwrap_or_else(|| crate::keys::to_hex(&sha256)[..12].to_string());
+        if let Err(e) = crate::proxy::identify::check_name("value", &name) {
+            problems.push(Problem::new(key("name"), e.0));
+            continue;
+        }
+        if keys.iter().any(|g| g.sha256 == sha256) {
+            problems.push(Problem::new(
+                key("sha256"),
+                "the same key is configured twice",
+            ));
+            continue;
+        }
+        if keys.iter().any(|g| g.name == name) {
+            problems.push(Problem::new(
+                key("name"),
+                format!("{name:?} names another key too"),
+            ));
+            continue;
+        }
+        if rpm.is_some() || tpm.is_some() {
+            rules.push(Rule {
+                scope: RuleScope::Key(name.clone()),
+                rpm,
+                tpm,
+            });
+        }
+        keys.push(GatewayKey {
+            name,
+            account,
+            sha256,
+            rpm,
+            tpm,
+        });
+    }
+    (KeyRing::new(keys, accept), rules)
+}
+
+fn rate_limits(raw: Vec<RawRateLimit>, problems: &mut Vec<Problem>) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for (i, r) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("rate_limits[{i}].{field}");
+        let scope = match r.scope.as_deref().map(|s| Scope::parse(s, true)) {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                problems.push(Problem::new(key("scope"), e));
+                None
+            }
+            None => {
+                problems.push(Problem::new(key("scope"), "required"));
+                None
+            }
+        };
+        let rpm = per_minute(key("rpm"), r.rpm, problems);
+        let tpm = per_minute(key("tpm"), r.tpm, problems);
+        if r.rpm.is_none() && r.tpm.is_none() {
+            problems.push(Problem::new(
+                format!("rate_limits[{i}]"),
+                "sets neither rpm nor tpm",
+            ));
+        }
+        if let Some(scope) = scope {
+            rules.push(Rule {
+                scope: RuleScope::Scope(scope),
+                rpm,
+                tpm,
+            });
+        }
+    }
+    rules
+}
+
+fn budgets(raw: Vec<RawBudget>, problems: &mut Vec<Problem>) -> Vec<Budget> {
+    let mut out: Vec<Budget> = Vec::new();
+    for (i, b) in raw.into_iter().enumerate() {
+        let key = |field: &str| format!("budgets[{i}].{field}");
+        let before = problems.len();
+        let name = match b.name {
+            Some(n) => match crate::proxy::identify::check_name("value", &n) {
+                Ok(_) if out.iter().any(|o| o.name == n) => {
+                    problems.push(Problem::new(
+                        key("name"),
+                        format!("{n:?} names another budget too"),
+                    ));
+                    None
+                }
+                Ok(_) => Some(n),
+                Err(e) => {
+                    problems.push(Problem::new(key("name"), e.0));
+                    None
+                }
+            },
+            None => {
+                problems.push(Problem::new(key("name"), "required"));
+                None
+            }
+        };
+        let scope = match b.scope.as_deref().map(|s| Scope::parse(s, false)) {
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                problems.push(Problem::new(key("scope"), e));
+                None
+            }
+            None => {
+                problems.push(Problem::new(key("scope"), "required"));
+                None
+            }
+        };
+        let period = match b.period.as_deref() {
+            Some(p) => Period::parse(p).or_else(|| {
+                problems.push(Problem::new(
+                    key("period"),
+                    format!("{p:?} is not request, day or month"),
+                ));
+                None
+            }),
+            None => {
+                problems.push(Problem::new(key("period"), "required"));
+                None
+            }
+        };
+        let limit_nusd = match b.limit_usd.as_deref() {
+            Some(l) => match crate::meter::money::parse_usd(l) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    problems.push(Problem::new(key("limit_usd"), e.to_string()));
+                    None
+                }
+            },
+            None => {
+                problems.push(Problem::new(key("limit_usd"), "required"));
+                None
+            }
+        };
+        let mut thresholds = Vec::new();
+        for v in b.soft_thresholds.unwrap_or_default() {
+            let t = match v {
+                Value::Float(f) => f,
+                Value::Integer(n) => n as f64,
+                _ => f64::NAN,
+            };
+            if !(t > 0.0 && t <= 1.0) {
+                problems.push(Problem::new(
+                    key("soft_thresholds"),
+                    format!("{v} is not a fraction above 0 and at most 1"),
+                ));
+            } else {
+                thresholds.push(t);
+            }
+        }
+        thresholds.sort_by(f64::total_cmp);
+        thresholds.dedup();
+        if thresholds.len() > 64 {
+            problems.push(Problem::new(
+                key("soft_thresholds"),
+                "at most 64 thresholds",
+            ));
+        }
+        let alert_webhook = match b.alert_webhook.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(u) => match reqwest::Url::parse(u) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {
+                    Some(u.to_string())
+                }
+                _ => {
+                    problems.push(Problem::new(
+                        key("alert_webhook"),
+                        format!("{u:?} is not an http(s) URL"),
+                    ));
+                    None
+                }
+            },
+        };
+        let on_insufficient = match b.on_insufficient.as_deref() {
+            None | Some("deny") => OnInsufficient::Deny,
+            Some("clamp") => OnInsufficient::Clamp,
+            Some(o) => {
+                problems.push(Problem::new(
+                    key("on_insufficient"),
+                    format!("{o:?} is not deny or clamp"),
+                ));
+                OnInsufficient::Deny
+            }
+        };
+        if problems.len() != before {
+            continue;
+        }
+        if let (Some(name), Some(scope), Some(period), Some(limit_nusd)) =
+            (name, scope, period, limit_nusd)
+        {
+            out.push(Budget {
+                name,
+                scope,
+                period,
+                limit_nusd,
+                soft_thresholds: thresholds,
+                alert_webhook,
+                on_insufficient,
+            });
+        }
+    }
+    out
 }
 
 fn socket_addr(key: &str, s: &str, problems: &mut Vec<Problem>) -> Option<SocketAddr> {
@@ -1592,12 +2040,6 @@ tunnel_policy = "allow"
 hosts = ["api.anthropic.com"]
 [cache]
 mode = "all"
-[[gateway_keys]]
-account = "a"
-[[rate_limits]]
-scope = "all"
-[[budgets]]
-name = "b"
 "#;
         let got = problems(file, &[]);
         for key in [
@@ -1606,16 +2048,83 @@ name = "b"
             "tunnel_policy",
             "providers.anthropic.hosts",
             "cache",
-            "gateway_keys",
-            "rate_limits",
-            "budgets",
         ] {
             assert!(
                 got.contains(&format!("{key}: unknown key")),
                 "{key} in {got:?}"
             );
         }
-        assert_eq!(got.len(), 8);
+        assert_eq!(got.len(), 5);
+    }
+
+    #[test]
+    fn cost_controls_validate_and_report_by_element() {
+        let c = ok(
+            r#"
+[[gateway_keys]]
+account = "acme"
+sha256 = "BA7816BF8F01CFEA414140DE5DAE2223B00361A396177A9CB410FF61F20015AD"
+rpm = 5
+[[budgets]]
+name = "acme-day"
+scope = "account:acme"
+period = "day"
+limit_usd = "2.5"
+soft_thresholds = [0.8, 0.5]
+"#,
+            &[],
+        );
+        assert!(c.gateway_keys.enabled());
+        assert_eq!(c.rate_limits.len(), 1, "the key's own rpm is a rule");
+        assert_eq!(c.rate_limits[0].label(), "key:ba7816bf8f01");
+        assert_eq!(c.budgets[0].limit_nusd, 2_500_000_000);
+        assert_eq!(c.budgets[0].soft_thresholds, vec![0.5, 0.8]);
+        assert_eq!(c.budget_default_max_tokens, 4096);
+        let got = problems(
+            r#"
+gateway_keys_mode = "prod"
+[[gateway_keys]]
+account = "acme"
+sha256 = "tg_live_abc"
+[[rate_limits]]
+scope = "team:x"
+rpm = 0
+[[budgets]]
+name = "b"
+scope = "account:*"
+period = "week"
+limit_usd = "-1"
+soft_thresholds = [1.5]
+alert_webhook = "ftp://x"
+on_insufficient = "maybe"
+[[budgets]]
+nmae = "typo"
+"#,
+            &[],
+        );
+        assert_eq!(
+            got,
+            [
+                "budgets[1].nmae: unknown key",
+                "gateway_keys_mode: \"prod\" is not live, test or any",
+                "gateway_keys[0].sha256: must be 64 hex digits (the SHA-256 printed by `tollgate keys new`), not a key",
+                "rate_limits[0].scope: \"team:x\" is not a scope (expected all, account:NAME, account:*, workload:NAME, workload:* or tag:KEY=VALUE)",
+                "rate_limits[0].rpm: must be at least 1, not 0",
+                "budgets[0].scope: account: \"*\" is not a valid name (1-128 of A-Z a-z 0-9 . _ - : / @)",
+                "budgets[0].period: \"week\" is not request, day or month",
+                "budgets[0].limit_usd: negative amount: \"-1\"",
+                "budgets[0].soft_thresholds: 1.5 is not a fraction above 0 and at most 1",
+                "budgets[0].alert_webhook: \"ftp://x\" is not an http(s) URL",
+                "budgets[0].on_insufficient: \"maybe\" is not deny or clamp",
+                "budgets[1].name: required",
+                "budgets[1].scope: required",
+                "budgets[1].period: required",
+                "budgets[1].limit_usd: required",
+            ]
+        );
+        // Arrays of tables come from the file only.
+        let got = problems("", &[("TOLLGATE_BUDGETS__NAME", "x")]);
+        assert_eq!(got, ["budgets (from env TOLLGATE_BUDGETS__NAME): expected an array of tables ([[budgets]] in the config file), found table"]);
     }
 
     #[test]
@@ -2082,6 +2591,26 @@ sidecar_id = "s"
 stream_receipt = true
 threads = 1
 shutdown_grace = "1s"
+gateway_keys_mode = "any"
+budget_default_max_tokens = 100
+[[gateway_keys]]
+account = "a"
+sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+name = "k"
+rpm = 1
+tpm = 1
+[[rate_limits]]
+scope = "account:*"
+rpm = 1
+tpm = 1
+[[budgets]]
+name = "b"
+scope = "tag:team=search"
+period = "day"
+limit_usd = "1.50"
+soft_thresholds = [0.5, 1]
+alert_webhook = "https://hooks.example.com/x?y=1"
+on_insufficient = "clamp"
 [timeouts]
 connect = "1s"
 first_byte = "1s"
@@ -2125,6 +2654,15 @@ batch_multiplier = "1"
                 path.push(k.clone());
                 match v {
                     Value::Table(inner) => leaves(inner, path, out),
+                    Value::Array(items) if items.iter().all(Value::is_table) => {
+                        let name = path.pop().unwrap();
+                        for (i, item) in items.iter().enumerate() {
+                            path.push(format!("{name}[{i}]"));
+                            leaves(item.as_table().unwrap(), path, out);
+                            path.pop();
+                        }
+                        path.push(name);
+                    }
                     _ => {
                         let (key, ..) = KEYS
                             .iter()

@@ -5,10 +5,14 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod budget;
 pub mod config;
+pub mod keys;
+pub mod limit;
 pub mod meter;
 pub mod metrics;
 pub mod provider;
 pub mod proxy;
+pub mod scope;
 pub mod secret;
 pub mod usage_report;

@@ -13,7 +13,10 @@ use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 
 use tollgate::admin::Admin;
+use tollgate::budget::alerts::{AlertService, AlertSink};
+use tollgate::budget::{self, Ledger, SystemClock};
 use tollgate::config::{self, Config, Flags, Sources};
+use tollgate::keys::{self as gateway_keys, KeyMode};
 use tollgate::meter::outbox::{self, Outbox};
 use tollgate::meter::recorder::Recorder;
 use tollgate::metrics::Metrics;
@@ -59,6 +62,54 @@ enum Command {
     ///   tollgate usage --by provider,status --data-dir /var/lib/tollgate
     #[command(verbatim_doc_comment)]
     Usage(UsageArgs),
+    /// Gateway keys: mint a key an app uses instead of the provider key.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Budgets: what each has spent, reserved and left this period.
+    #[command(subcommand)]
+    Budget(BudgetCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new gateway key (once; it is not stored) and the
+    /// `[[gateway_keys]]` entry, holding only its SHA-256, for the config.
+    ///
+    /// Examples:
+    ///   tollgate keys new --account acme
+    ///   tollgate keys new --account acme --name ci --test
+    #[command(verbatim_doc_comment)]
+    New {
+        /// The account the key's requests belong to.
+        #[arg(long)]
+        account: String,
+        /// Names the key in logs, metrics and rate limits (default: a prefix of its hash).
+        #[arg(long)]
+        name: Option<String>,
+        /// A tg_test_ key (accepted by sidecars with gateway_keys_mode = "test" or "any").
+        #[arg(long)]
+        test: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BudgetCommand {
+    /// Print each budget's period, limit, spent, reserved and remaining.
+    ///
+    /// Reads the data directory directly when no proxy holds it (nothing is
+    /// reserved then), else asks the running proxy's admin listener.
+    ///
+    /// Examples:
+    ///   tollgate budget status --config tollgate.toml
+    ///   tollgate budget status --config tollgate.toml --json
+    #[command(verbatim_doc_comment)]
+    Status {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -98,9 +149,17 @@ struct UsageArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    // One TLS crypto provider for the whole process (reqwest has none built in).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
         Command::Proxy(args) => proxy(args),
         Command::Usage(args) => usage(args),
+        Command::Keys(KeysCommand::New {
+            account,
+            name,
+            test,
+        }) => keys_new(&account, name.as_deref(), test),
+        Command::Budget(BudgetCommand::Status { config, json }) => budget_status(&config, json),
     };
     match result {
         Ok(code) => code,
@@ -176,8 +235,26 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
                 config.data_dir.display()
             )
         })?;
-    let outbox = Outbox::open(&db, config.outbox.retention, metrics.outbox.clone())
-        .context("opening the usage outbox")?;
+    let (alert_sink, alert_rx) = AlertSink::channel();
+    let ledger = Arc::new(Ledger::new(
+        config.budgets.clone(),
+        Some(
+            db.open_tree(budget::TREE)
+                .context("opening the budget store")?,
+        ),
+        Arc::new(SystemClock),
+        alert_sink,
+        metrics.ledger(&config.budgets),
+    ));
+    // Budget spend is written ahead of every outbox flush: durable with the events.
+    let hook_ledger = ledger.clone();
+    let outbox = Outbox::open(
+        &db,
+        config.outbox.retention,
+        metrics.outbox.clone(),
+        Some(Arc::new(move || hook_ledger.persist())),
+    )
+    .context("opening the usage outbox")?;
     let recorder = Arc::new(Recorder::new(
         config.prices.clone(),
         outbox.clone(),
@@ -188,6 +265,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     let state = Arc::new(State::new(
         &config,
         recorder,
+        ledger.clone(),
         metrics.clone(),
         in_flight.clone(),
     ));
@@ -210,11 +288,17 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);
 
+    server.add_service(pingora::services::background::background_service(
+        "budget alerts",
+        AlertService::new(alert_rx, metrics.budget_alert_failures.clone()),
+    ));
+
     if let Some(addr) = config.admin_listen {
         let admin = Admin {
             metrics: metrics.clone(),
             outbox: outbox.clone(),
             in_flight: in_flight.clone(),
+            ledger: ledger.clone(),
         };
         let mut service = Service::new("tollgate admin".to_string(), admin);
         service.threads = Some(1);
@@ -237,6 +321,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         }),
     });
     outbox.close();
+    ledger.persist().context("writing budget state")?;
     db.flush().context("final flush of the store")?;
     tracing::info!("tollgate stopped");
     Ok(())
@@ -281,12 +366,72 @@ fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn keys_new(account: &str, name: Option<&str>, test: bool) -> anyhow::Result<ExitCode> {
+    tollgate::proxy::identify::check_name("--account", account)
+        .map_err(|e| anyhow::anyhow!(e.0))?;
+    let mode = if test { KeyMode::Test } else { KeyMode::Live };
+    let key = gateway_keys::generate(mode)
+        .map_err(|e| anyhow::anyhow!("reading the system's random source: {e}"))?;
+    let hash = gateway_keys::to_hex(&gateway_keys::sha256(&key));
+    let name = name.map_or_else(|| hash[..12].to_string(), str::to_string);
+    tollgate::proxy::identify::check_name("--name", &name).map_err(|e| anyhow::anyhow!(e.0))?;
+    println!("{key}");
+    println!();
+    println!("# Give the key above to the app (e.g. ANTHROPIC_API_KEY); it is shown only once.");
+    println!("# Add this to the sidecar's config:");
+    print!("{}", gateway_keys::config_entry(&key, account, &name));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn budget_status(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let config = match load_config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tollgate: invalid configuration:\n{e}");
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
+    let statuses: Vec<budget::Status> = match sled::Config::new().path(&config.data_dir).open() {
+        Ok(db) => {
+            let tree = db.open_tree(budget::TREE)?;
+            budget::status_offline(
+                &config.budgets,
+                &tree,
+                time::OffsetDateTime::now_utc().unix_timestamp(),
+            )
+        }
+        Err(sled::Error::Io(e))
+            if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
+        {
+            let admin = config
+                .admin_listen
+                .context("the store is in use by a running proxy and its admin listener is off")?;
+            let text = fetch_admin(admin, "/budgets")?;
+            serde_json::from_str(&text).context("reading the running proxy's /budgets")?
+        }
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("opening the store in {}", config.data_dir.display()))
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&statuses)?);
+    } else {
+        print!("{}", budget::render_status(&statuses));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn fetch_admin_usage(admin: std::net::SocketAddr, by: &str) -> anyhow::Result<String> {
+    fetch_admin(admin, &format!("/usage?by={by}"))
+}
+
+fn fetch_admin(admin: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let url = format!("http://{admin}/usage?by={by}");
+        let url = format!("http://{admin}{path}");
         let response = reqwest::get(&url)
             .await
             .with_context(|| format!("asking the running proxy at {url}"))?;

@@ -4,9 +4,11 @@
 //! name.
 
 use prometheus::{
-    CounterVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry,
+    CounterVec, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry,
 };
+
+use crate::budget::{Budget, BudgetGauges, LedgerMetrics};
 
 use crate::meter::outbox::OutboxMetrics;
 
@@ -44,6 +46,23 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     /// Outbox gauges and counters.
     pub outbox: OutboxMetrics,
+    /// Budget remaining in the current period, USD, by budget.
+    pub budget_remaining_usd: GaugeVec,
+    /// Budget reserved by requests in flight, USD, by budget.
+    pub budget_reserved_usd: GaugeVec,
+    /// Budget spent in the current period, USD, by budget.
+    pub budget_spent_usd: GaugeVec,
+    /// Requests refused or cut by a budget, by budget and reason
+    /// (denied, stream_input, clamped counts lowered max_tokens).
+    pub budget_denials: IntCounterVec,
+    /// Soft-threshold alerts fired, by budget.
+    pub budget_alerts: IntCounterVec,
+    /// Alert webhook deliveries that gave up.
+    pub budget_alert_failures: IntCounter,
+    /// Requests refused by a rate limit, by rule and kind (requests|tokens).
+    pub rate_limited: IntCounterVec,
+    /// Requests refused for their gateway key, by reason (missing|invalid|wrong_mode|account).
+    pub key_rejections: IntCounterVec,
 }
 
 impl Metrics {
@@ -132,6 +151,61 @@ impl Metrics {
                 ]),
             )?,
         };
+        let budget_remaining_usd = GaugeVec::new(
+            Opts::new(
+                "tollgate_budget_remaining_usd",
+                "What a budget can still reserve in its current period, USD.",
+            ),
+            &["budget"],
+        )?;
+        let budget_reserved_usd = GaugeVec::new(
+            Opts::new(
+                "tollgate_budget_reserved_usd",
+                "Worst cases reserved against a budget by requests in flight, USD.",
+            ),
+            &["budget"],
+        )?;
+        let budget_spent_usd = GaugeVec::new(
+            Opts::new(
+                "tollgate_budget_spent_usd",
+                "Settled spend of a budget in its current period, USD.",
+            ),
+            &["budget"],
+        )?;
+        let budget_denials = IntCounterVec::new(
+            Opts::new("tollgate_budget_denials_total", "Requests a budget refused (denied), cut at message_start (stream_input) or clamped, by budget and reason."),
+            &["budget", "reason"],
+        )?;
+        let budget_alerts = IntCounterVec::new(
+            Opts::new(
+                "tollgate_budget_alerts_total",
+                "Soft-threshold alerts fired, by budget.",
+            ),
+            &["budget"],
+        )?;
+        let budget_alert_failures = IntCounter::new(
+            "tollgate_budget_alert_failures_total",
+            "Alert webhook deliveries that failed every retry.",
+        )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "tollgate_rate_limited_total",
+                "Requests refused by a rate limit (429), by rule and kind (requests, tokens).",
+            ),
+            &["rule", "kind"],
+        )?;
+        let key_rejections = IntCounterVec::new(
+            Opts::new("tollgate_gateway_key_rejections_total", "Requests refused for their gateway key, by reason (missing, invalid, wrong_mode, account)."),
+            &["reason"],
+        )?;
+        registry.register(Box::new(budget_remaining_usd.clone()))?;
+        registry.register(Box::new(budget_reserved_usd.clone()))?;
+        registry.register(Box::new(budget_spent_usd.clone()))?;
+        registry.register(Box::new(budget_denials.clone()))?;
+        registry.register(Box::new(budget_alerts.clone()))?;
+        registry.register(Box::new(budget_alert_failures.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(key_rejections.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(cost_usd.clone()))?;
@@ -157,7 +231,33 @@ impl Metrics {
             proxy_errors,
             in_flight,
             outbox,
+            budget_remaining_usd,
+            budget_reserved_usd,
+            budget_spent_usd,
+            budget_denials,
+            budget_alerts,
+            budget_alert_failures,
+            rate_limited,
+            key_rejections,
         })
+    }
+
+    /// Per-budget metric handles for the ledger, resolved once.
+    pub fn ledger(&self, budgets: &[Budget]) -> LedgerMetrics {
+        LedgerMetrics {
+            gauges: budgets
+                .iter()
+                .map(|b| BudgetGauges {
+                    remaining_usd: self.budget_remaining_usd.with_label_values(&[&b.name]),
+                    reserved_usd: self.budget_reserved_usd.with_label_values(&[&b.name]),
+                    spent_usd: self.budget_spent_usd.with_label_values(&[&b.name]),
+                })
+                .collect(),
+            alerts: budgets
+                .iter()
+                .map(|b| self.budget_alerts.with_label_values(&[&b.name]))
+                .collect(),
+        }
     }
 
     /// The registry in Prometheus text exposition format.

@@ -167,31 +167,38 @@ impl UsageReport {
         last.extend(numbers(&total));
         lines.push(last);
         let cols = lines[0].len();
-        let widths: Vec<usize> = (0..cols)
-            .map(|c| {
-                lines
-                    .iter()
-                    .map(|l| l.get(c).map_or(0, |s| s.len()))
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let mut out = String::new();
-        for line in &lines {
-            let mut row = String::new();
-            for (c, cell) in line.iter().enumerate() {
-                let numeric = c >= cols - 6;
-                if numeric {
-                    let _ = write!(row, "{cell:>w$}  ", w = widths[c]);
-                } else {
-                    let _ = write!(row, "{cell:<w$}  ", w = widths[c]);
-                }
-            }
-            out.push_str(row.trim_end());
-            out.push('\n');
-        }
-        out
+        render_table(&lines, cols - 6)
     }
+}
+
+/// A fixed-width text table: columns from `numeric_from` on are
+/// right-aligned, the others left-aligned.
+pub fn render_table(lines: &[Vec<String>], numeric_from: usize) -> String {
+    let cols = lines.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l.get(c).map_or(0, |s| s.len()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for line in lines {
+        let mut row = String::new();
+        for (c, cell) in line.iter().enumerate() {
+            let w = widths.get(c).copied().unwrap_or(0);
+            if c >= numeric_from {
+                let _ = write!(row, "{cell:>w$}  ");
+            } else {
+                let _ = write!(row, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(row.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 fn numbers(t: &Totals) -> Vec<String> {

@@ -59,6 +59,10 @@ pub struct OutboxMetrics {
 
 type Ack = oneshot::Sender<Result<(), String>>;
 
+/// Writes other state that must be durable with the events (budget spend);
+/// the writer calls it before each batch is applied and flushed.
+pub type StateHook = Arc<dyn Fn() -> Result<(), sled::Error> + Send + Sync>;
+
 enum Cmd {
     Append(Box<UsageEvent>, Option<Ack>),
 }
@@ -91,6 +95,7 @@ impl Outbox {
         db: &sled::Db,
         retention: Duration,
         metrics: OutboxMetrics,
+        hook: Option<StateHook>,
     ) -> Result<Outbox, OutboxError> {
         let tree = db.open_tree(TREE)?;
         metrics
@@ -104,6 +109,7 @@ impl Outbox {
             retention,
             metrics,
             healthy: healthy.clone(),
+            hook,
         };
         let handle = std::thread::Builder::new()
             .name("tollgate-outbox".into())
@@ -223,6 +229,7 @@ struct Writer {
     retention: Duration,
     metrics: OutboxMetrics,
     healthy: Arc<AtomicBool>,
+    hook: Option<StateHook>,
 }
 
 impl Writer {
@@ -261,6 +268,9 @@ impl Writer {
             }
             self.commit(&mut batch);
         }
+        if let Some(Err(e)) = self.hook.as_ref().map(|h| h()) {
+            tracing::error!(error = %e, "final write of budget state failed");
+        }
         if let Err(e) = self.db.flush() {
             tracing::error!(error = %e, "final outbox flush failed");
         }
@@ -286,9 +296,12 @@ impl Writer {
         // An explicit flush (fsync) only when a request waits for it; other
         // events reach the disk with sled's own periodic flush or at close.
         let flush = !acks.is_empty();
-        let result = self
-            .tree
-            .apply_batch(sled_batch)
+        let state = match &self.hook {
+            Some(hook) => hook(),
+            None => Ok(()),
+        };
+        let result = state
+            .and_then(|()| self.tree.apply_batch(sled_batch))
             .and_then(|()| {
                 if flush {
                     self.db.flush().map(|_| ())
@@ -411,7 +424,7 @@ mod tests {
             .as_micros() as i64;
         {
             let db = sled::open(dir.path()).unwrap();
-            let outbox = Outbox::open(&db, Duration::from_secs(3600), metrics()).unwrap();
+            let outbox = Outbox::open(&db, Duration::from_secs(3600), metrics(), None).unwrap();
             let mut tasks = Vec::new();
             for _ in 0..100 {
                 let o = outbox.clone();
@@ -449,7 +462,7 @@ mod tests {
         .to_string();
         tree.insert(event_key(&old), rmp_serde::to_vec_named(&old).unwrap())
             .unwrap();
-        let outbox = Outbox::open(&db, Duration::from_secs(3600), metrics()).unwrap();
+        let outbox = Outbox::open(&db, Duration::from_secs(3600), metrics(), None).unwrap();
         outbox.append(event(now)).await.unwrap();
         assert_eq!(outbox.len(), 1, "the old event is pruned at start");
         outbox.close();

@@ -40,6 +40,11 @@ impl Recorder {
         }
     }
 
+    /// The price table.
+    pub fn prices(&self) -> &PriceTable {
+        &self.prices
+    }
+
     /// The outbox events go to.
     pub fn outbox(&self) -> &Outbox {
         &self.outbox

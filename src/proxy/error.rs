@@ -26,7 +26,12 @@ pub enum ProxyError {
     #[error("reading the request body failed: {0}")]
     ClientRead(String),
     #[error("upstream {provider} is unreachable: {detail}")]
-    UpstreamUnreachable { provider: String, detail: String },
+    UpstreamUnreachable {
+        provider: String,
+        detail: String,
+        /// Whether the request may have reached the provider (then it may bill it).
+        sent: bool,
+    },
     #[error("upstream {provider} timed out waiting for {phase}")]
     UpstreamTimeout {
         provider: String,
@@ -36,6 +41,14 @@ pub enum ProxyError {
     UpstreamProtocol { provider: String, detail: String },
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("{0}")]
+    Unauthorized(#[from] crate::keys::KeyError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("rate limit {} exceeded ({} per minute); retry after {:.1} s", .0.rule, .0.kind.as_str(), .0.retry_after.as_secs_f64())]
+    RateLimited(crate::limit::RateLimited),
+    #[error("{0}")]
+    BudgetExceeded(crate::budget::Denied),
 }
 
 /// How loudly an error is logged.
@@ -59,6 +72,10 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
             ProxyError::Internal(_) => "internal",
+            ProxyError::Unauthorized(_) => "unauthorized",
+            ProxyError::Forbidden(_) => "forbidden",
+            ProxyError::RateLimited(_) => "rate_limited",
+            ProxyError::BudgetExceeded(_) => "budget_exceeded",
         }
     }
 
@@ -74,6 +91,10 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => 504,
             ProxyError::UpstreamProtocol { .. } => 502,
             ProxyError::Internal(_) => 500,
+            ProxyError::Unauthorized(_) => 401,
+            ProxyError::Forbidden(_) => 403,
+            ProxyError::RateLimited(_) => 429,
+            ProxyError::BudgetExceeded(_) => 402,
         }
     }
 
@@ -95,6 +116,13 @@ impl ProxyError {
             (ProxyError::UpstreamProtocol { .. }, Dialect::OpenAi) => "server_error",
             (ProxyError::Internal(_), Dialect::Anthropic) => "api_error",
             (ProxyError::Internal(_), Dialect::OpenAi) => "server_error",
+            (ProxyError::Unauthorized(_), Dialect::Anthropic) => "authentication_error",
+            (ProxyError::Unauthorized(_), Dialect::OpenAi) => "invalid_request_error",
+            (ProxyError::Forbidden(_), Dialect::Anthropic) => "permission_error",
+            (ProxyError::Forbidden(_), Dialect::OpenAi) => "invalid_request_error",
+            (ProxyError::RateLimited(_), Dialect::Anthropic) => "rate_limit_error",
+            (ProxyError::RateLimited(r), Dialect::OpenAi) => r.kind.as_str(),
+            (ProxyError::BudgetExceeded(_), _) => "budget_exceeded",
         }
     }
 
@@ -105,7 +133,11 @@ impl ProxyError {
             | ProxyError::BadIdentity(_)
             | ProxyError::TooLarge { .. }
             | ProxyError::UnknownRoute { .. }
-            | ProxyError::ClientRead(_) => Level::Debug,
+            | ProxyError::ClientRead(_)
+            | ProxyError::Unauthorized(_)
+            | ProxyError::Forbidden(_)
+            | ProxyError::RateLimited(_)
+            | ProxyError::BudgetExceeded(_) => Level::Debug,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::UpstreamProtocol { .. } => Level::Warn,
@@ -116,10 +148,15 @@ impl ProxyError {
     /// The response for this error: status, headers and a body in the
     /// dialect's error shape.
     pub fn response(&self, dialect: Dialect, request_id: &str) -> (ResponseHeader, Bytes) {
+        let code = match self {
+            ProxyError::Unauthorized(_) => "invalid_api_key",
+            ProxyError::RateLimited(_) => "rate_limit_exceeded",
+            _ => self.kind(),
+        };
         let body = error_body(
             dialect,
             self.error_type(dialect),
-            self.kind(),
+            code,
             &self.to_string(),
             request_id,
         );
@@ -130,7 +167,44 @@ impl ProxyError {
         let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
         let _ = header.insert_header(headers::ERROR, self.kind());
         let _ = header.insert_header(headers::REQUEST_ID, request_id);
+        match self {
+            // SDKs retry a 429 on their own, after `retry-after`.
+            ProxyError::RateLimited(r) => rate_limit_headers(&mut header, r),
+            // Spending more will not make the budget fit: never retry.
+            ProxyError::BudgetExceeded(_)
+            | ProxyError::Unauthorized(_)
+            | ProxyError::Forbidden(_) => {
+                let _ = header.insert_header(headers::X_SHOULD_RETRY, "false");
+            }
+            _ => {}
+        }
         (header, body)
+    }
+}
+
+/// `retry-after` (whole seconds, rounded up), `retry-after-ms`, and the
+/// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` figures of the
+/// rule that refused.
+fn rate_limit_headers(header: &mut ResponseHeader, r: &crate::limit::RateLimited) {
+    let secs = r.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+    let _ = header.insert_header(http::header::RETRY_AFTER, secs.to_string());
+    let _ = header.insert_header(
+        "retry-after-ms",
+        r.retry_after.as_millis().max(1).to_string(),
+    );
+    let _ = header.insert_header(headers::X_SHOULD_RETRY, "true");
+    for (kind, fig) in [("requests", r.requests), ("tokens", r.tokens)] {
+        if let Some(f) = fig {
+            let _ = header.insert_header(format!("x-ratelimit-limit-{kind}"), f.limit.to_string());
+            let _ = header.insert_header(
+                format!("x-ratelimit-remaining-{kind}"),
+                f.remaining.to_string(),
+            );
+            let _ = header.insert_header(
+                format!("x-ratelimit-reset-{kind}"),
+                format!("{:.3}s", f.reset.as_secs_f64()),
+            );
+        }
     }
 }
 

@@ -96,6 +96,7 @@ impl Upstreams {
                 .ok_or_else(|| ProxyError::UpstreamUnreachable {
                     provider: provider.name.clone(),
                     detail: format!("cannot resolve {}", up.host),
+                    sent: false,
                 })?,
         };
         let mut peer = HttpPeer::new(addr, up.tls, up.host.clone());
@@ -155,6 +156,8 @@ impl Upstreams {
                     return Err(ProxyError::UpstreamUnreachable {
                         provider: provider.name.clone(),
                         detail: e.to_string(),
+                        // The request may have reached the provider.
+                        sent: true,
                     });
                 }
             }
@@ -218,6 +221,7 @@ fn connect_error(provider: &Provider, e: &pingora::Error) -> ProxyError {
         _ => ProxyError::UpstreamUnreachable {
             provider: provider.name.clone(),
             detail: e.to_string(),
+            sent: false,
         },
     }
 }

@@ -10,6 +10,8 @@ pub const MODEL: &str = "x-tollgate-model";
 pub const COST_USD: &str = "x-tollgate-cost-usd";
 /// Receipt: what the cache did (`hit|miss|bypass|refresh|coalesced`).
 pub const CACHE: &str = "x-tollgate-cache";
+/// Receipt: the `max_tokens` a budget lowered the request to (`clamp`).
+pub const CLAMPED_MAX_TOKENS: &str = "x-tollgate-clamped-max-tokens";
 /// Marks a response tollgate made itself; the value is the error kind.
 pub const ERROR: &str = "x-tollgate-error";
 /// Every client-sent header with this prefix is dropped at ingress.

@@ -3,10 +3,15 @@
 //! `x-tollgate-tags: team=search,feature=summaries`, else the sidecar's
 //! defaults (which an injected sidecar fills from the pod). The headers are
 //! tollgate's own: forward never sends any `x-tollgate-*` header upstream.
+//!
+//! With gateway keys configured, the request must carry one where its SDK
+//! sends a key (`x-api-key`, else `Authorization: Bearer`); the key decides
+//! the account, and a header naming another account is refused.
 
 use pingora::http::RequestHeader;
 
 use super::error::ProxyError;
+use crate::keys::KeyRing;
 
 /// Header naming the account.
 pub const ACCOUNT: &str = "x-tollgate-account";
@@ -26,6 +31,8 @@ pub struct Identity {
     pub account: String,
     pub workload: String,
     pub tags: Vec<(String, String)>,
+    /// The gateway key's name, when the request presented one.
+    pub key: Option<String>,
 }
 
 /// A bad identity value; the message names the header or key.
@@ -33,8 +40,44 @@ pub struct Identity {
 #[error("{0}")]
 pub struct BadIdentity(pub String);
 
-/// The request's identity, header by header falling back to `defaults`.
-pub fn identify(req: &RequestHeader, defaults: &Identity) -> Result<Identity, ProxyError> {
+/// The key a request presents: `x-api-key`, else `Authorization: Bearer`.
+fn presented_key(req: &RequestHeader) -> Option<&str> {
+    if let Some(v) = req.headers.get(super::headers::X_API_KEY) {
+        return v.to_str().ok();
+    }
+    let auth = req
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = auth.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
+}
+
+/// The request's identity: its gateway key's account when keys are
+/// configured, then header by header, falling back to `defaults`.
+pub fn identify(
+    req: &RequestHeader,
+    defaults: &Identity,
+    keys: &KeyRing,
+) -> Result<Identity, ProxyError> {
+    if !keys.enabled() {
+        return identify_headers(req, defaults);
+    }
+    let key = keys.verify(presented_key(req))?;
+    let mut id = identify_headers(req, defaults)?;
+    if req.headers.contains_key(ACCOUNT) && id.account != key.account {
+        return Err(ProxyError::Forbidden(format!(
+            "this gateway key belongs to account {:?}, not {:?}",
+            key.account, id.account
+        )));
+    }
+    id.account.clone_from(&key.account);
+    id.key = Some(key.name.clone());
+    Ok(id)
+}
+
+fn identify_headers(req: &RequestHeader, defaults: &Identity) -> Result<Identity, ProxyError> {
     let header = |name: &str| -> Result<Option<&str>, ProxyError> {
         match req.headers.get(name) {
             None => Ok(None),
@@ -62,6 +105,7 @@ pub fn identify(req: &RequestHeader, defaults: &Identity) -> Result<Identity, Pr
         account,
         workload,
         tags,
+        key: None,
     })
 }
 
@@ -115,11 +159,55 @@ mod tests {
         r
     }
 
+    fn no_keys() -> KeyRing {
+        KeyRing::new(Vec::new(), crate::keys::AcceptMode::Live)
+    }
+
+    #[test]
+    fn gateway_key_decides_the_account() {
+        use crate::keys::{generate, sha256, GatewayKey, KeyMode};
+        let key = generate(KeyMode::Live).unwrap();
+        let ring = KeyRing::new(
+            vec![GatewayKey {
+                name: "ci".into(),
+                account: "acme".into(),
+                sha256: sha256(&key),
+                rpm: None,
+                tpm: None,
+            }],
+            crate::keys::AcceptMode::Live,
+        );
+        let bearer = format!("Bearer {key}");
+        let id = identify(&req(&[("authorization", &bearer)]), &defaults(), &ring).unwrap();
+        assert_eq!(
+            (id.account.as_str(), id.key.as_deref()),
+            ("acme", Some("ci"))
+        );
+        let id = identify(
+            &req(&[("x-api-key", &key), (ACCOUNT, "acme")]),
+            &defaults(),
+            &ring,
+        )
+        .unwrap();
+        assert_eq!(id.account, "acme");
+        let err = identify(
+            &req(&[("x-api-key", &key), (ACCOUNT, "evil")]),
+            &defaults(),
+            &ring,
+        );
+        assert!(matches!(err, Err(ProxyError::Forbidden(_))));
+        let err = identify(&req(&[]), &defaults(), &ring);
+        assert!(matches!(err, Err(ProxyError::Unauthorized(_))));
+        let err = identify(&req(&[("x-api-key", "sk-ant-x")]), &defaults(), &ring);
+        assert!(matches!(err, Err(ProxyError::Unauthorized(_))));
+    }
+
     fn defaults() -> Identity {
         Identity {
             account: "default".into(),
             workload: "web".into(),
             tags: vec![("env".into(), "prod".into())],
+            key: None,
         }
     }
 
@@ -132,6 +220,7 @@ mod tests {
                 (TAGS, "team=search, feature=summaries"),
             ]),
             &defaults(),
+            &no_keys(),
         )
         .unwrap();
         assert_eq!(id.account, "acme");
@@ -143,7 +232,10 @@ mod tests {
                 ("team".into(), "search".into())
             ]
         );
-        assert_eq!(identify(&req(&[]), &defaults()).unwrap(), defaults());
+        assert_eq!(
+            identify(&req(&[]), &defaults(), &no_keys()).unwrap(),
+            defaults()
+        );
     }
 
     #[test]
@@ -156,7 +248,7 @@ mod tests {
             (TAGS, "a=1,a=2"),
             (TAGS, "k=v v"),
         ] {
-            let err = identify(&req(&[(h, v)]), &defaults()).unwrap_err();
+            let err = identify(&req(&[(h, v)]), &defaults(), &no_keys()).unwrap_err();
             assert!(matches!(err, ProxyError::BadIdentity(_)), "{h}: {v}");
         }
     }

@@ -208,6 +208,38 @@ pub struct RequestModel {
     /// OpenAI stream whose usage chunk tollgate asked for although the client
     /// did not: the meter removes it from what the client receives.
     pub strip_usage_chunk: bool,
+    /// Which field carried `max_tokens` (`max_completion_tokens` for newer
+    /// OpenAI clients), if any.
+    pub max_tokens_field: Option<&'static str>,
+}
+
+impl RequestModel {
+    /// Sets the output bound to `n` in the body: in the field the client
+    /// used, else `max_tokens` (`max_completion_tokens` for OpenAI itself,
+    /// whose reasoning models refuse `max_tokens`). Re-serialises the body:
+    /// only budgets that clamp or must bound an open request get here.
+    pub fn set_max_tokens(
+        &mut self,
+        n: u64,
+        provider: &str,
+        dialect: Dialect,
+    ) -> Result<(), ProxyError> {
+        let field = self.max_tokens_field.unwrap_or(match dialect {
+            Dialect::OpenAi if provider == "openai" => "max_completion_tokens",
+            _ => "max_tokens",
+        });
+        let mut value: serde_json::Value =
+            serde_json::from_slice(&self.body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert(field.to_string(), serde_json::Value::from(n));
+        }
+        self.body = serde_json::to_vec(&value)
+            .map(Bytes::from)
+            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        self.max_tokens = Some(n);
+        self.max_tokens_field = Some(field);
+        Ok(())
+    }
 }
 
 #[derive(Deserialize)]
@@ -240,12 +272,20 @@ pub fn parse(route: &Route, body: Bytes) -> Result<RequestModel, ProxyError> {
             stream: false,
             max_tokens: None,
             strip_usage_chunk: false,
+            max_tokens_field: None,
         });
     }
     let head: Head<'_> =
         serde_json::from_slice(&body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
     let model = head.model.map(|m| m.into_owned()).unwrap_or_default();
     let stream = head.stream.unwrap_or(false);
+    let max_tokens_field = if head.max_tokens.is_some() {
+        Some("max_tokens")
+    } else if head.max_completion_tokens.is_some() {
+        Some("max_completion_tokens")
+    } else {
+        None
+    };
     let max_tokens = head.max_tokens.or(head.max_completion_tokens);
     let wants_usage = head
         .stream_options
@@ -259,6 +299,7 @@ pub fn parse(route: &Route, body: Bytes) -> Result<RequestModel, ProxyError> {
         stream,
         max_tokens,
         strip_usage_chunk: false,
+        max_tokens_field,
     };
     if route.endpoint == Endpoint::ChatCompletions && stream && !wants_usage {
         model_out.body = with_include_usage(&model_out.body, had_stream_options)?;

@@ -32,11 +32,13 @@ fn classify(read: pingora::Result<Option<Bytes>>) -> Result<Option<Bytes>, ReadF
     })
 }
 
-/// Why reading the next upstream chunk failed.
+/// Why relaying stopped before the upstream's end.
 enum ReadFailure {
     Idle,
     Io(String),
     ClientGone,
+    /// A budget cannot pay for the stream's real input (`message_start`).
+    Budget(String),
 }
 
 /// Relays the response of `call` to the client and records the request.
@@ -142,6 +144,9 @@ impl Relay<'_> {
             }
         }
         receipt::add_headers(&mut header, &self.draft.event, cost);
+        if let Some(n) = self.draft.guard.as_ref().and_then(|g| g.clamped) {
+            let _ = header.insert_header(headers::CLAMPED_MAX_TOKENS, n.to_string());
+        }
         header
     }
 
@@ -354,6 +359,12 @@ impl Relay<'_> {
                 e.error = Some("upstream_cut".into());
                 e.usage_incomplete = true;
             }
+            ReadFailure::Budget(message) => {
+                tracing::info!(request_id = %e.event_id, reason = %message, "stream ended by a budget at message_start");
+                e.status = Status::ProxyError;
+                e.error = Some("budget_exceeded".into());
+                e.usage_incomplete = true;
+            }
         }
     }
 
@@ -394,6 +405,7 @@ impl Relay<'_> {
         // usage event to be durable before the last event goes out.
         let mut record_wait = Duration::ZERO;
         let mut failure = None;
+        let mut budget_cut: Option<String> = None;
         loop {
             let chunk = match self.next_chunk().await {
                 Ok(Some(chunk)) => chunk,
@@ -404,6 +416,14 @@ impl Relay<'_> {
                 }
             };
             let out = if metered { tap.feed(chunk) } else { chunk };
+            if metered && tap.saw_usage() {
+                if let Err(message) = self.check_stream_start(&tap) {
+                    // Ended at once: this chunk is not sent, the error event is.
+                    budget_cut = Some(message.clone());
+                    failure = Some(ReadFailure::Budget(message));
+                    break;
+                }
+            }
             if metered && !recorded && tap.complete() {
                 // The last event is in this chunk: durable first, then send it.
                 self.finish_stream(&tap);
@@ -470,6 +490,9 @@ impl Relay<'_> {
             return;
         }
         let mut tail = BytesMut::new();
+        if let Some(message) = &budget_cut {
+            tail.extend_from_slice(&error_event(self.draft.dialect, "budget_exceeded", message));
+        }
         if status == Status::UpstreamAborted {
             let message = match self.draft.event.error.as_deref() {
                 Some("upstream_idle_timeout") => {
@@ -490,11 +513,29 @@ impl Relay<'_> {
             .session
             .write_response_body(Some(tail.freeze()), true)
             .await;
-        if status == Status::UpstreamAborted {
+        if status == Status::UpstreamAborted || budget_cut.is_some() {
+            // Stops the upstream generation.
             self.call.session.shutdown().await;
         } else if self.call.session.response_done() {
             self.state.upstreams.release(self.call).await;
         }
+    }
+
+    /// Once a stream's usage first shows (Anthropic `message_start` carries
+    /// the real input), checks that its budgets can pay for it.
+    fn check_stream_start(&mut self, tap: &StreamTap) -> Result<(), String> {
+        let Some(guard) = self.draft.guard.as_mut().filter(|g| !g.start_checked) else {
+            return Ok(());
+        };
+        if self.draft.dialect != crate::provider::Dialect::Anthropic {
+            // OpenAI-style usage arrives only at the end: nothing to check early.
+            guard.start_checked = true;
+            return Ok(());
+        }
+        let model = tap.model().unwrap_or(&self.draft.event.model).to_string();
+        guard
+            .check_start(self.state, &model, &tap.usage())
+            .map_err(|denied| format!("{denied} (input known at message_start)"))
     }
 
     /// Takes the stream's usage, model and error into the draft.

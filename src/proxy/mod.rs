@@ -4,10 +4,13 @@
 //!
 //! ```text
 //! request_filter ─┬─ ingress   route, bounded body read, one parse → RequestModel
-//!                 ├─ identify  account / workload / tags: x-tollgate-* headers, else defaults
+//!                 ├─ identify  gateway key; account / workload / tags: x-tollgate-* headers, else defaults
+//!                 ├─ limit     rpm / tpm token buckets → 429
+//!                 ├─ budget    reserve the worst case against every budget → 402, or clamp max_tokens
 //!                 ├─ forward   strip client credentials, inject the key, send (pooled, rustls)
 //!                 └─ meter     relay the response chunk by chunk through the tap,
-//!                              price it, make its usage event durable, receipts
+//!                              price it, settle limits and budgets, make its usage
+//!                              event durable, receipts
 //! (returns Ok(true): pingora's own upstream phases are not used; see below)
 //! ```
 //!
@@ -17,12 +20,14 @@
 //! the request is forwarded with pingora's pooled connector directly and the
 //! response streamed back from here (DESIGN.md, "Pingora notes").
 
+pub mod budget;
 pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod identify;
 pub mod ingress;
 pub mod lifecycle;
+pub mod limit;
 pub mod meter;
 pub mod receipt;
 
@@ -33,7 +38,10 @@ use async_trait::async_trait;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
+use crate::budget::Ledger;
 use crate::config::Config;
+use crate::keys::KeyRing;
+use crate::limit::{Admission, Limiter};
 use crate::meter::event::{CacheOutcome, RouteKind, Status, UsageEvent};
 use crate::meter::recorder::{Recorder, UpstreamTimes};
 use crate::metrics::Metrics;
@@ -53,12 +61,19 @@ pub struct State {
     pub recorder: Arc<Recorder>,
     pub metrics: Metrics,
     pub in_flight: InFlight,
+    /// Gateway keys (none: requests need none).
+    pub keys: KeyRing,
+    pub limiter: Arc<Limiter>,
+    pub ledger: Arc<Ledger>,
+    /// Output bound of requests without one when a budget applies.
+    pub budget_default_max_tokens: u64,
 }
 
 impl State {
     pub fn new(
         config: &Config,
         recorder: Arc<Recorder>,
+        ledger: Arc<Ledger>,
         metrics: Metrics,
         in_flight: InFlight,
     ) -> State {
@@ -68,6 +83,7 @@ impl State {
                 account: config.default_account.clone(),
                 workload: config.default_workload.clone(),
                 tags: config.default_tags.clone(),
+                key: None,
             },
             max_body_bytes: config.max_body_bytes,
             stream_receipt: config.stream_receipt,
@@ -76,6 +92,10 @@ impl State {
             recorder,
             metrics,
             in_flight,
+            keys: config.gateway_keys.clone(),
+            limiter: Arc::new(Limiter::new(config.rate_limits.clone())),
+            ledger,
+            budget_default_max_tokens: config.budget_default_max_tokens,
         }
     }
 }
@@ -107,6 +127,12 @@ pub struct Draft {
     pub dialect: Dialect,
     recorder: Arc<Recorder>,
     recorded: bool,
+    /// The budget reservation, settled when the event is recorded.
+    pub guard: Option<budget::Guard>,
+    /// The rate-limit charge, corrected when the event is recorded.
+    admission: Option<(Arc<Limiter>, Admission)>,
+    /// The request went out to the provider (which may bill it).
+    pub sent_upstream: bool,
 }
 
 impl Draft {
@@ -114,6 +140,9 @@ impl Draft {
     pub async fn record(&mut self, times: Option<UpstreamTimes>) {
         self.event.latency_us = self.started.elapsed().as_micros() as u64;
         self.recorded = true;
+        // Settled before the event is queued: the outbox writer persists
+        // budget state ahead of the flush this event waits for.
+        self.settle();
         if let Err(e) = self.recorder.record(self.event.clone(), times).await {
             tracing::error!(request_id = %self.event.event_id, error = %e, "usage event not durable");
         }
@@ -130,7 +159,26 @@ impl Drop for Draft {
             self.event.usage_incomplete = true;
         }
         self.event.latency_us = self.started.elapsed().as_micros() as u64;
+        self.settle();
         self.recorder.record_detached(self.event.clone());
+    }
+}
+
+impl Draft {
+    /// Settles the budget reservation and the rate-limit charge to the
+    /// event's real cost and tokens.
+    fn settle(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            guard.settle(&self.event, self.sent_upstream);
+        }
+        if let Some((limiter, admission)) = self.admission.take() {
+            let e = &self.event;
+            let tokens = e.input_tokens
+                + e.output_tokens
+                + e.cache_creation_input_tokens
+                + e.cache_read_input_tokens;
+            limiter.settle(&admission, tokens, Instant::now());
+        }
     }
 }
 
@@ -173,6 +221,9 @@ impl Tollgate {
             dialect,
             recorder: self.state.recorder.clone(),
             recorded: false,
+            guard: None,
+            admission: None,
+            sent_upstream: false,
         }
     }
 
@@ -191,14 +242,16 @@ impl Tollgate {
                 .map(str::to_string);
         }
         // identify
-        let identity = identify::identify(session.req_header(), &state.default_identity)?;
+        let identity =
+            identify::identify(session.req_header(), &state.default_identity, &state.keys)
+                .inspect_err(|e| self.count_key_rejection(e))?;
         if let Some(draft) = ctx.draft.as_mut() {
-            draft.event.account = identity.account;
-            draft.event.workload = identity.workload;
-            draft.event.tags = identity.tags;
+            draft.event.account.clone_from(&identity.account);
+            draft.event.workload.clone_from(&identity.workload);
+            draft.event.tags.clone_from(&identity.tags);
         }
         let body = ingress::read_body(session, state.max_body_bytes).await?;
-        let request = ingress::parse(&route, body)?;
+        let mut request = ingress::parse(&route, body)?;
         if let Some(draft) = ctx.draft.as_mut() {
             draft.event.model.clone_from(&request.model);
             draft.event.route = if request.stream {
@@ -206,6 +259,18 @@ impl Tollgate {
             } else {
                 RouteKind::Sync
             };
+        }
+        // limit
+        if let Some(admission) = limit::admit(state, &identity, &request)? {
+            if let Some(draft) = ctx.draft.as_mut() {
+                draft.admission = Some((state.limiter.clone(), admission));
+            }
+        }
+        // budget
+        if let Some(guard) = budget::reserve(state, &identity, &route, &mut request)? {
+            if let Some(draft) = ctx.draft.as_mut() {
+                draft.guard = Some(guard);
+            }
         }
         // forward
         let upstream_req =
@@ -215,6 +280,9 @@ impl Tollgate {
             .as_ref()
             .map(|d| d.started.elapsed())
             .unwrap_or_default();
+        if let Some(draft) = ctx.draft.as_mut() {
+            draft.sent_upstream = true;
+        }
         let call = state
             .upstreams
             .send(&route.provider, upstream_req, &request.body)
@@ -222,6 +290,21 @@ impl Tollgate {
         // meter
         meter::relay(state, session, &route, &request, call, ctx, pre_upstream).await;
         Ok(())
+    }
+
+    fn count_key_rejection(&self, err: &ProxyError) {
+        let reason = match err {
+            ProxyError::Unauthorized(crate::keys::KeyError::Missing) => "missing",
+            ProxyError::Unauthorized(crate::keys::KeyError::Invalid) => "invalid",
+            ProxyError::Unauthorized(crate::keys::KeyError::WrongMode(_)) => "wrong_mode",
+            ProxyError::Forbidden(_) => "account",
+            _ => return,
+        };
+        self.state
+            .metrics
+            .key_rejections
+            .with_label_values(&[reason])
+            .inc();
     }
 
     async fn fail(&self, session: &mut Session, ctx: &mut RequestCtx, err: ProxyError) {
@@ -245,6 +328,17 @@ impl Tollgate {
         }
         draft.event.status = Status::ProxyError;
         draft.event.error = Some(err.kind().to_string());
+        // Nothing reached a provider it could not connect to.
+        if matches!(
+            err,
+            ProxyError::UpstreamUnreachable { sent: false, .. }
+                | ProxyError::UpstreamTimeout {
+                    phase: "the connection",
+                    ..
+                }
+        ) {
+            draft.sent_upstream = false;
+        }
         let client_gone = matches!(err, ProxyError::ClientRead(_));
         if !client_gone {
             draft.event.http_status = err.status();

@@ -1,0 +1,142 @@
+//! The worst case a request can cost, known before it is sent.
+//!
+//! Input tokens are bounded by the body's length in bytes: a token of every
+//! tokenizer tollgate meters covers at least one byte of text, and the
+//! request JSON (keys, quotes, escapes, base64 images) is never shorter than
+//! the text it encodes. Tool definitions get an allowance on top for the
+//! system prompt the provider adds for tool use. Output is bounded by
+//! `max_tokens`; a request without one gets the configured default, which
+//! is also sent upstream so the bound holds.
+
+use crate::meter::prices::PriceTable;
+use crate::meter::usage::Usage;
+
+/// Tokens the provider adds when a request defines tools (Anthropic
+/// documents 313–346 for its tool-use system prompt; rounded up).
+const TOOL_PROMPT_ALLOWANCE: u64 = 1024;
+
+/// What a request can cost at most.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Estimate {
+    /// Upper bound of the input tokens.
+    pub input_tokens: u64,
+    /// A typical token count (input ≈ bytes / 4, plus the output bound),
+    /// what rate limits charge before the real count is known.
+    pub typical_tokens: u64,
+    /// The output bound reserved.
+    pub max_tokens: u64,
+    /// Worst-case cost of the input, nano-USD.
+    pub input_nusd: u64,
+    /// Output price at this input size, nano-USD per million tokens.
+    pub output_rate: u64,
+    /// Worst-case cost of the whole call, nano-USD.
+    pub worst_nusd: u64,
+}
+
+impl Estimate {
+    /// The worst case with output bounded by `max_tokens`.
+    pub fn with_max_tokens(&self, max_tokens: u64) -> Estimate {
+        Estimate {
+            max_tokens,
+            worst_nusd: self
+                .input_nusd
+                .saturating_add(output_cost(self.output_rate, max_tokens)),
+            typical_tokens: self.typical_tokens.saturating_sub(self.max_tokens) + max_tokens,
+            ..*self
+        }
+    }
+
+    /// The largest output bound whose worst case fits in `available`.
+    pub fn affordable_max_tokens(&self, available: u64) -> u64 {
+        if self.output_rate == 0 {
+            return self.max_tokens;
+        }
+        let left = u128::from(available.saturating_sub(self.input_nusd));
+        let tokens = left * 1_000_000 / u128::from(self.output_rate);
+        u64::try_from(tokens)
+            .unwrap_or(u64::MAX)
+            .min(self.max_tokens)
+    }
+}
+
+/// Output tokens' cost, rounded up.
+pub fn output_cost(rate: u64, tokens: u64) -> u64 {
+    let scaled = u128::from(rate) * u128::from(tokens);
+    u64::try_from(scaled.div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// The worst case of a request for `model` with `body`.
+pub fn estimate(prices: &PriceTable, model: &str, body: &[u8], max_tokens: u64) -> Estimate {
+    let mut input = body.len() as u64;
+    let has = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
+    if has(b"\"tools\"") {
+        input += TOOL_PROMPT_ALLOWANCE;
+    }
+    // Input the request asks to cache may bill as cache writes, which cost
+    // more than plain input: price it at the dearest rate it can reach.
+    let caching = has(b"\"cache_control\"");
+    let one_hour = caching && has(b"\"1h\"");
+    let (price, _) = prices.price_or_fallback(model);
+    let plain = Usage {
+        input_tokens: input,
+        ..Usage::default()
+    };
+    let written = Usage {
+        cache_creation_input_tokens: input,
+        cache_creation_1h_input_tokens: if one_hour { input } else { 0 },
+        ..Usage::default()
+    };
+    let mut input_nusd = price.cost(&plain, false);
+    if caching {
+        input_nusd = input_nusd.max(price.cost(&written, false));
+    }
+    let output_rate = price.rates_for(input).output;
+    let typical = (body.len() as u64).div_ceil(4) + max_tokens;
+    Estimate {
+        input_tokens: input,
+        typical_tokens: typical,
+        max_tokens,
+        input_nusd,
+        output_rate,
+        worst_nusd: input_nusd.saturating_add(output_cost(output_rate, max_tokens)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worst_case_of_a_sonnet_request() {
+        let prices = PriceTable::builtin();
+        let body = br#"{"model":"claude-sonnet-4-5","max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#;
+        let e = estimate(&prices, "claude-sonnet-4-5", body, 1000);
+        assert_eq!(e.input_tokens, body.len() as u64);
+        // $3 / MTok in, $15 / MTok out.
+        assert_eq!(e.input_nusd, body.len() as u64 * 3_000);
+        assert_eq!(e.worst_nusd, body.len() as u64 * 3_000 + 1000 * 15_000);
+        // Clamp: what fits in the input cost plus 100 output tokens.
+        assert_eq!(e.affordable_max_tokens(e.input_nusd + 100 * 15_000), 100);
+        assert_eq!(e.affordable_max_tokens(e.input_nusd - 1), 0);
+        assert_eq!(
+            e.with_max_tokens(100).worst_nusd,
+            e.input_nusd + 100 * 15_000
+        );
+    }
+
+    #[test]
+    fn caching_and_tools_raise_the_bound() {
+        let prices = PriceTable::builtin();
+        let plain = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
+        let cached = br#"{"messages":[{"role":"user","content":"hi","cache_control":{"type":"ephemeral","ttl":"1h"}}]}"#;
+        let e = estimate(&prices, "claude-sonnet-4-5", cached, 0);
+        // 1 h writes at $6 / MTok.
+        assert_eq!(e.input_nusd, cached.len() as u64 * 6_000);
+        let tools = br#"{"tools":[],"messages":[]}"#;
+        let t = estimate(&prices, "claude-sonnet-4-5", tools, 0);
+        assert_eq!(t.input_tokens, tools.len() as u64 + TOOL_PROMPT_ALLOWANCE);
+        // Unknown models are priced by the (expensive) fallback.
+        let u = estimate(&prices, "no-such-model", plain, 10);
+        assert_eq!(u.output_rate, 75_000_000_000);
+    }
+}

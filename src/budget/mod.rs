@@ -1,0 +1,947 @@
+//! Budgets that cannot be overshot: reserve the worst case before a request
+//! is forwarded, settle to the real cost after it.
+//!
+//! Every budget that applies to a request is checked and reserved under one
+//! lock, all or nothing, so concurrent requests can never together reserve
+//! more than a ceiling holds: the sum of `spent + reserved` never passes
+//! `limit`. Settling replaces a reservation by the real cost, which is never
+//! more than the worst case the reservation priced (see [`estimate`]).
+//!
+//! Spend per period is durable: [`Ledger::persist`] writes the changed
+//! periods to the `budgets` sled tree, and the outbox writer calls it before
+//! every flush, so a request's spend is on disk by the time its usage event
+//! is. Periods are UTC calendar days and months; a reservation settles in
+//! the period it was made in.
+
+pub mod alerts;
+pub mod estimate;
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use prometheus::{Gauge, IntCounter};
+use serde::{Deserialize, Serialize};
+
+use crate::meter::money::format_usd;
+use crate::proxy::identify::Identity;
+use crate::scope::Scope;
+use alerts::{Alert, AlertSink};
+use estimate::Estimate;
+
+/// Name of the sled tree holding spend per budget and period.
+pub const TREE: &str = "budgets";
+
+/// A budget's period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Period {
+    /// A ceiling on each request's worst case.
+    Request,
+    /// A UTC calendar day.
+    Day,
+    /// A UTC calendar month.
+    Month,
+}
+
+impl Period {
+    pub fn parse(s: &str) -> Option<Period> {
+        match s {
+            "request" => Some(Period::Request),
+            "day" => Some(Period::Day),
+            "month" => Some(Period::Month),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Request => "request",
+            Period::Day => "day",
+            Period::Month => "month",
+        }
+    }
+
+    /// The period holding `unix_secs`: its key (`2026-11-23`, `2026-11`)
+    /// and its `[start, end)` in unix seconds. `None` for `Request`.
+    pub fn window(self, unix_secs: i64) -> Option<(String, i64, i64)> {
+        let at = time::OffsetDateTime::from_unix_timestamp(unix_secs).ok()?;
+        let date = at.date();
+        let (key, start, end) = match self {
+            Period::Request => return None,
+            Period::Day => {
+                let next = date.next_day()?;
+                (format!("{date}"), date, next)
+            }
+            Period::Month => {
+                let first = date.replace_day(1).ok()?;
+                let next = match first.month() {
+                    time::Month::December => {
+                        time::Date::from_calendar_date(first.year() + 1, time::Month::January, 1)
+                    }
+                    m => time::Date::from_calendar_date(first.year(), m.next(), 1),
+                }
+                .ok()?;
+                (
+                    format!("{:04}-{:02}", first.year(), u8::from(first.month())),
+                    first,
+                    next,
+                )
+            }
+        };
+        let secs = |d: time::Date| d.midnight().assume_utc().unix_timestamp();
+        Some((key, secs(start), secs(end)))
+    }
+}
+
+/// What to do with a request whose worst case does not fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnInsufficient {
+    /// Refuse it (402 `budget_exceeded`).
+    Deny,
+    /// Lower its `max_tokens` to what the budget can pay for.
+    Clamp,
+}
+
+/// One configured budget.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Budget {
+    /// Unique; names it in errors, metrics and the store.
+    pub name: String,
+    pub scope: Scope,
+    pub period: Period,
+    /// The ceiling, nano-USD.
+    pub limit_nusd: u64,
+    /// Fractions of the limit that fire an alert when crossed, ascending.
+    pub soft_thresholds: Vec<f64>,
+    /// Where alerts are POSTed; `None` = metric and log only.
+    pub alert_webhook: Option<String>,
+    pub on_insufficient: OnInsufficient,
+}
+
+/// The source of "now" (UTC unix seconds); injected in tests.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> i64;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> i64 {
+        time::OffsetDateTime::now_utc().unix_timestamp()
+    }
+}
+
+/// Per-budget metrics (handles resolved once, not per request).
+#[derive(Clone)]
+pub struct BudgetGauges {
+    pub remaining_usd: Gauge,
+    pub reserved_usd: Gauge,
+    pub spent_usd: Gauge,
+}
+
+/// Metrics the ledger keeps, one entry per budget.
+#[derive(Clone, Default)]
+pub struct LedgerMetrics {
+    pub gauges: Vec<BudgetGauges>,
+    /// Alerts fired, per budget.
+    pub alerts: Vec<IntCounter>,
+}
+
+/// Durable state of one budget period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Stored {
+    spent: u64,
+    /// Bit i set: `soft_thresholds[i]` has fired this period.
+    fired: u64,
+}
+
+#[derive(Debug)]
+struct PeriodState {
+    key: String,
+    start: i64,
+    end: i64,
+    stored: Stored,
+    reserved: u64,
+    dirty: bool,
+}
+
+#[derive(Debug, Default)]
+struct BudgetState {
+    current: Option<PeriodState>,
+    /// Earlier periods that still hold reservations.
+    older: Vec<PeriodState>,
+}
+
+/// A refusal: which budget, and what it has left.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denied {
+    pub budget: String,
+    pub scope: String,
+    pub period: Period,
+    pub limit_nusd: u64,
+    /// What the budget could still reserve.
+    pub remaining_nusd: u64,
+    /// The worst case that did not fit.
+    pub needed_nusd: u64,
+}
+
+impl fmt::Display for Denied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let per = match self.period {
+            Period::Request => "per-request ceiling".to_string(),
+            p => format!("{} budget", p.as_str()),
+        };
+        write!(
+            f,
+            "budget {:?} ({}, {per} of ${}) has ${} remaining; this request can cost up to ${}",
+            self.budget,
+            self.scope,
+            format_usd(self.limit_nusd),
+            format_usd(self.remaining_nusd),
+            format_usd(self.needed_nusd),
+        )
+    }
+}
+
+/// Money held for one request until it settles.
+#[derive(Debug, Default)]
+pub struct Reservation {
+    /// (budget index, period key, amount) for each stateful budget.
+    parts: Vec<(usize, String, u64)>,
+    /// The worst case reserved, nano-USD.
+    pub amount: u64,
+    /// Budgets with a per-request ceiling that applied.
+    request_ceilings: Vec<usize>,
+}
+
+impl Reservation {
+    /// True when no budget applied.
+    pub fn is_empty(&self) -> bool {
+        self.parts.is_empty() && self.request_ceilings.is_empty()
+    }
+}
+
+/// The answer to [`Ledger::reserve`].
+#[derive(Debug)]
+pub enum Decision {
+    /// Forward as asked.
+    Admit(Reservation),
+    /// Forward with `max_tokens` lowered to this, for the named budget.
+    Clamp(Reservation, u64, String),
+    Deny(Denied),
+}
+
+/// A budget's figures now, for `tollgate budget status` and `/budgets`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub name: String,
+    pub scope: String,
+    pub period: String,
+    /// The current period's key (`""` for per-request ceilings).
+    pub period_key: String,
+    pub limit_nusd: u64,
+    pub spent_nusd: u64,
+    pub reserved_nusd: u64,
+    pub remaining_nusd: u64,
+}
+
+/// Budgets and their state.
+pub struct Ledger {
+    budgets: Vec<Budget>,
+    state: Mutex<Vec<BudgetState>>,
+    store: Option<sled::Tree>,
+    clock: Arc<dyn Clock>,
+    alerts: AlertSink,
+    metrics: LedgerMetrics,
+}
+
+fn store_key(budget: &str, period: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(budget.len() + period.len() + 1);
+    k.extend_from_slice(budget.as_bytes());
+    k.push(0);
+    k.extend_from_slice(period.as_bytes());
+    k
+}
+
+fn load(store: Option<&sled::Tree>, budget: &str, period: &str) -> Stored {
+    let Some(tree) = store else {
+        return Stored::default();
+    };
+    match tree.get(store_key(budget, period)) {
+        Ok(Some(bytes)) => rmp_serde::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::error!(budget, period, error = %e, "unreadable budget state; starting the period from zero");
+            Stored::default()
+        }),
+        Ok(None) => Stored::default(),
+        Err(e) => {
+            tracing::error!(budget, period, error = %e, "reading budget state failed");
+            Stored::default()
+        }
+    }
+}
+
+impl Ledger {
+    pub fn new(
+        budgets: Vec<Budget>,
+        store: Option<sled::Tree>,
+        clock: Arc<dyn Clock>,
+        alerts: AlertSink,
+        metrics: LedgerMetrics,
+    ) -> Ledger {
+        let state = budgets.iter().map(|_| BudgetState::default()).collect();
+        let ledger = Ledger {
+            budgets,
+            state: Mutex::new(state),
+            store,
+            clock,
+            alerts,
+            metrics,
+        };
+        // Load the current periods now so the gauges are right from the start.
+        let now = ledger.clock.now();
+        let mut state = ledger.lock();
+        for i in 0..ledger.budgets.len() {
+            ledger.roll(&mut state[i], i, now);
+            ledger.update_gauges(&state[i], i);
+        }
+        drop(state);
+        ledger
+    }
+
+    /// The configured budgets.
+    pub fn budgets(&self) -> &[Budget] {
+        &self.budgets
+    }
+
+    /// True when no budget is configured (the stage is skipped).
+    pub fn is_empty(&self) -> bool {
+        self.budgets.is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<BudgetState>> {
+        match self.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Moves budget `i` to the period holding `now`, keeping the old one
+    /// while reservations are outstanding in it.
+    fn roll(&self, st: &mut BudgetState, i: usize, now: i64) {
+        if st
+            .current
+            .as_ref()
+            .is_some_and(|c| now >= c.start && now < c.end)
+        {
+            return;
+        }
+        let b = &self.budgets[i];
+        let Some((key, start, end)) = b.period.window(now) else {
+            return;
+        };
+        if let Some(old) = st.current.take() {
+            if old.reserved > 0 || old.dirty {
+                st.older.push(old);
+            }
+        }
+        // A clock that went back finds its period among the older ones.
+        let pos = st.older.iter().position(|p| p.key == key);
+        st.current = Some(match pos {
+            Some(pos) => st.older.swap_remove(pos),
+            None => PeriodState {
+                stored: load(self.store.as_ref(), &b.name, &key),
+                key,
+                start,
+                end,
+                reserved: 0,
+                dirty: false,
+            },
+        });
+    }
+
+    /// Reserves the worst case of a request against every budget that
+    /// applies to `id`, or refuses it.
+    pub fn reserve(&self, id: &Identity, est: &Estimate) -> Decision {
+        let applicable: Vec<usize> = (0..self.budgets.len())
+            .filter(|&i| self.budgets[i].scope.instance(id).is_some())
+            .collect();
+        if applicable.is_empty() {
+            return Decision::Admit(Reservation::default());
+        }
+        let now = self.clock.now();
+        let mut state = self.lock();
+        // What each budget can still take.
+        let mut room = Vec::with_capacity(applicable.len());
+        for &i in &applicable {
+            let b = &self.budgets[i];
+            let available = match b.period {
+                Period::Request => b.limit_nusd,
+                _ => {
+                    self.roll(&mut state[i], i, now);
+                    let cur = state[i].current.as_ref();
+                    cur.map_or(0, |c| {
+                        b.limit_nusd
+                            .saturating_sub(c.stored.spent)
+                            .saturating_sub(c.reserved)
+                    })
+                }
+            };
+            room.push((i, available));
+        }
+        let mut amount = est.worst_nusd;
+        let mut clamped: Option<(u64, usize)> = None;
+        let short: Vec<(usize, u64)> = room
+            .iter()
+            .copied()
+            .filter(|&(_, available)| available < est.worst_nusd)
+            .collect();
+        if !short.is_empty() {
+            let deny = |(i, available): (usize, u64)| {
+                let b = &self.budgets[i];
+                Decision::Deny(Denied {
+                    budget: b.name.clone(),
+                    scope: b.scope.to_string(),
+                    period: b.period,
+                    limit_nusd: b.limit_nusd,
+                    remaining_nusd: available,
+                    needed_nusd: est.worst_nusd,
+                })
+            };
+            // A deny budget that is short refuses outright.
+            if let Some(&s) = short
+                .iter()
+                .find(|(i, _)| self.budgets[*i].on_insufficient == OnInsufficient::Deny)
+            {
+                return deny(s);
+            }
+            // Only clamp budgets are short: fit the output to the tightest.
+            let tightest = short
+                .iter()
+                .copied()
+                .min_by_key(|&(_, a)| a)
+                .unwrap_or(short[0]);
+            let max_tokens = est.affordable_max_tokens(tightest.1);
+            if max_tokens == 0 {
+                return deny(tightest);
+            }
+            let fitted = est.with_max_tokens(max_tokens);
+            amount = fitted.worst_nusd;
+            clamped = Some((max_tokens, tightest.0));
+        }
+        let mut res = Reservation {
+            amount,
+            ..Reservation::default()
+        };
+        for (i, _) in room {
+            if self.budgets[i].period == Period::Request {
+                res.request_ceilings.push(i);
+                continue;
+            }
+            if let Some(cur) = state[i].current.as_mut() {
+                cur.reserved += amount;
+                res.parts.push((i, cur.key.clone(), amount));
+            }
+            self.update_gauges(&state[i], i);
+        }
+        match clamped {
+            Some((n, i)) => Decision::Clamp(res, n, self.budgets[i].name.clone()),
+            None => Decision::Admit(res),
+        }
+    }
+
+    /// Grows a reservation by `extra` (when the real input turned out larger
+    /// than estimated), if every budget can take it. All or nothing.
+    pub fn extend(&self, res: &mut Reservation, extra: u64) -> Result<(), Denied> {
+        if extra == 0 || res.is_empty() {
+            return Ok(());
+        }
+        let wanted = res.amount.saturating_add(extra);
+        let mut state = self.lock();
+        for &i in &res.request_ceilings {
+            let b = &self.budgets[i];
+            if wanted > b.limit_nusd {
+                return Err(self.denied(i, b.limit_nusd.saturating_sub(res.amount), extra));
+            }
+        }
+        for (i, key, _) in &res.parts {
+            let b = &self.budgets[*i];
+            let st = &state[*i];
+            let p = st
+                .current
+                .iter()
+                .chain(st.older.iter())
+                .find(|p| p.key == *key);
+            let available = p.map_or(0, |p| {
+                b.limit_nusd
+                    .saturating_sub(p.stored.spent)
+                    .saturating_sub(p.reserved)
+            });
+            if available < extra {
+                return Err(self.denied(*i, available, extra));
+            }
+        }
+        for (i, key, amount) in &mut res.parts {
+            if let Some(p) = period_mut(&mut state[*i], key) {
+                p.reserved += extra;
+                *amount += extra;
+            }
+        }
+        for (i, _, _) in &res.parts {
+            self.update_gauges(&state[*i], *i);
+        }
+        res.amount = wanted;
+        Ok(())
+    }
+
+    fn denied(&self, i: usize, remaining: u64, needed: u64) -> Denied {
+        let b = &self.budgets[i];
+        Denied {
+            budget: b.name.clone(),
+            scope: b.scope.to_string(),
+            period: b.period,
+            limit_nusd: b.limit_nusd,
+            remaining_nusd: remaining,
+            needed_nusd: needed,
+        }
+    }
+
+    /// Replaces a reservation by the real cost `actual_nusd`, and fires the
+    /// soft thresholds the spend crossed.
+    pub fn settle(&self, res: Reservation, actual_nusd: u64) {
+        if res.parts.is_empty() {
+            return;
+        }
+        let mut fired = Vec::new();
+        {
+            let mut state = self.lock();
+            for (i, key, amount) in &res.parts {
+                let b = &self.budgets[*i];
+                let st = &mut state[*i];
+                if let Some(p) = period_mut(st, key) {
+                    p.reserved = p.reserved.saturating_sub(*amount);
+                    p.stored.spent = p.stored.spent.saturating_add(actual_nusd);
+                    p.dirty = true;
+                    for (t, threshold) in b.soft_thresholds.iter().enumerate() {
+                        let bit = 1u64 << t;
+                        let line = (b.limit_nusd as f64 * threshold).ceil() as u64;
+                        if p.stored.fired & bit == 0 && p.stored.spent >= line {
+                            p.stored.fired |= bit;
+                            fired.push(Alert {
+                                budget: b.name.clone(),
+                                scope: b.scope.to_string(),
+                                period: b.period.as_str().to_string(),
+                                period_key: p.key.clone(),
+                                spent_usd: format_usd(p.stored.spent),
+                                limit_usd: format_usd(b.limit_nusd),
+                                threshold: *threshold,
+                                webhook: b.alert_webhook.clone(),
+                                index: *i,
+                            });
+                        }
+                    }
+                }
+                self.update_gauges(st, *i);
+            }
+        }
+        for alert in fired {
+            if let Some(c) = self.metrics.alerts.get(alert.index) {
+                c.inc();
+            }
+            self.alerts.fire(alert);
+        }
+    }
+
+    fn update_gauges(&self, st: &BudgetState, i: usize) {
+        let (Some(g), Some(cur)) = (self.metrics.gauges.get(i), st.current.as_ref()) else {
+            return;
+        };
+        let b = &self.budgets[i];
+        let usd = |n: u64| n as f64 / 1e9;
+        g.spent_usd.set(usd(cur.stored.spent));
+        g.reserved_usd.set(usd(cur.reserved));
+        g.remaining_usd.set(usd(b
+            .limit_nusd
+            .saturating_sub(cur.stored.spent)
+            .saturating_sub(cur.reserved)));
+    }
+
+    /// Writes every period changed since the last call to the store. Called
+    /// by the outbox writer before each flush, so a settled request's spend
+    /// is durable with its usage event.
+    pub fn persist(&self) -> Result<(), sled::Error> {
+        let Some(tree) = &self.store else {
+            return Ok(());
+        };
+        let mut writes = Vec::new();
+        {
+            let mut state = self.lock();
+            for (i, st) in state.iter_mut().enumerate() {
+                let name = &self.budgets[i].name;
+                for p in st.current.iter_mut().chain(st.older.iter_mut()) {
+                    if p.dirty {
+                        p.dirty = false;
+                        writes.push((store_key(name, &p.key), p.stored));
+                    }
+                }
+                // Old periods with nothing outstanding are done.
+                st.older.retain(|p| p.reserved > 0 || p.dirty);
+            }
+        }
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (key, stored) in writes {
+            match rmp_serde::to_vec(&stored) {
+                Ok(bytes) => batch.insert(key, bytes),
+                Err(e) => tracing::error!(error = %e, "encoding budget state failed"),
+            }
+        }
+        tree.apply_batch(batch)
+    }
+
+    /// Every budget's figures now.
+    pub fn status(&self) -> Vec<Status> {
+        let now = self.clock.now();
+        let mut state = self.lock();
+        (0..self.budgets.len())
+            .map(|i| {
+                let b = &self.budgets[i];
+                self.roll(&mut state[i], i, now);
+                let (key, spent, reserved) = state[i]
+                    .current
+                    .as_ref()
+                    .map_or((String::new(), 0, 0), |c| {
+                        (c.key.clone(), c.stored.spent, c.reserved)
+                    });
+                Status {
+                    name: b.name.clone(),
+                    scope: b.scope.to_string(),
+                    period: b.period.as_str().into(),
+                    period_key: key,
+                    limit_nusd: b.limit_nusd,
+                    spent_nusd: spent,
+                    reserved_nusd: reserved,
+                    remaining_nusd: b.limit_nusd.saturating_sub(spent).saturating_sub(reserved),
+                }
+            })
+            .collect()
+    }
+}
+
+fn period_mut<'a>(st: &'a mut BudgetState, key: &str) -> Option<&'a mut PeriodState> {
+    if st.current.as_ref().is_some_and(|c| c.key == key) {
+        return st.current.as_mut();
+    }
+    st.older.iter_mut().find(|p| p.key == key)
+}
+
+/// Budget figures from a stopped sidecar's store (nothing is reserved).
+pub fn status_offline(budgets: &[Budget], tree: &sled::Tree, now: i64) -> Vec<Status> {
+    budgets
+        .iter()
+        .map(|b| {
+            let (key, spent) = match b.period.window(now) {
+                Some((key, ..)) => {
+                    let spent = load(Some(tree), &b.name, &key).spent;
+                    (key, spent)
+                }
+                None => (String::new(), 0),
+            };
+            Status {
+                name: b.name.clone(),
+                scope: b.scope.to_string(),
+                period: b.period.as_str().into(),
+                period_key: key,
+                limit_nusd: b.limit_nusd,
+                spent_nusd: spent,
+                reserved_nusd: 0,
+                remaining_nusd: b.limit_nusd.saturating_sub(spent),
+            }
+        })
+        .collect()
+}
+
+/// A fixed-width table of budget figures (USD).
+pub fn render_status(statuses: &[Status]) -> String {
+    if statuses.is_empty() {
+        return "no budgets configured\n".into();
+    }
+    let mut lines = vec![[
+        "budget",
+        "scope",
+        "period",
+        "current",
+        "limit_usd",
+        "spent_usd",
+        "reserved_usd",
+        "remaining_usd",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for s in statuses {
+        lines.push(vec![
+            s.name.clone(),
+            s.scope.clone(),
+            s.period.clone(),
+            if s.period_key.is_empty() {
+                "-".into()
+            } else {
+                s.period_key.clone()
+            },
+            format_usd(s.limit_nusd),
+            format_usd(s.spent_nusd),
+            format_usd(s.reserved_nusd),
+            format_usd(s.remaining_nusd),
+        ]);
+    }
+    crate::usage_report::render_table(&lines, 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    struct FakeClock(AtomicI64);
+
+    impl Clock for FakeClock {
+        fn now(&self) -> i64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    fn at(s: &str) -> i64 {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .unix_timestamp()
+    }
+
+    fn budget(name: &str, period: Period, limit: u64, on: OnInsufficient) -> Budget {
+        Budget {
+            name: name.into(),
+            scope: Scope::Account("acme".into()),
+            period,
+            limit_nusd: limit,
+            soft_thresholds: vec![0.5, 0.8],
+            alert_webhook: None,
+            on_insufficient: on,
+        }
+    }
+
+    fn acme() -> Identity {
+        Identity {
+            account: "acme".into(),
+            ..Identity::default()
+        }
+    }
+
+    fn est(worst: u64) -> Estimate {
+        Estimate {
+            input_tokens: 10,
+            typical_tokens: 10,
+            max_tokens: 1000,
+            input_nusd: worst / 2,
+            output_rate: (worst - worst / 2) * 1000,
+            worst_nusd: worst,
+        }
+    }
+
+    fn ledger(budgets: Vec<Budget>, tree: Option<sled::Tree>, clock: Arc<FakeClock>) -> Ledger {
+        Ledger::new(
+            budgets,
+            tree,
+            clock,
+            AlertSink::default(),
+            LedgerMetrics::default(),
+        )
+    }
+
+    #[test]
+    fn concurrent_reservations_never_exceed_the_limit() {
+        let clock = Arc::new(FakeClock(AtomicI64::new(at("2026-11-23T12:00:00Z"))));
+        let l = Arc::new(ledger(
+            vec![budget("b", Period::Day, 10_000, OnInsufficient::Deny)],
+            None,
+            clock,
+        ));
+        let admitted: Vec<_> = (0..64)
+            .map(|_| {
+                let l = l.clone();
+                std::thread::spawn(move || match l.reserve(&acme(), &est(1_000)) {
+                    Decision::Admit(r) => Some(r),
+                    _ => None,
+                })
+            })
+            .filter_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(admitted.len(), 10, "exactly the worst cases that fit");
+        for r in admitted {
+            l.settle(r, 400);
+        }
+        let s = &l.status()[0];
+        assert_eq!(
+            (s.spent_nusd, s.reserved_nusd, s.remaining_nusd),
+            (4_000, 0, 6_000)
+        );
+        // Other accounts are not in scope.
+        let other = Identity {
+            account: "other".into(),
+            ..Identity::default()
+        };
+        assert!(matches!(l.reserve(&other, &est(1_000_000)), Decision::Admit(r) if r.is_empty()));
+    }
+
+    #[test]
+    fn clamp_fits_output_to_what_remains() {
+        let clock = Arc::new(FakeClock(AtomicI64::new(at("2026-11-23T12:00:00Z"))));
+        let l = ledger(
+            vec![budget("b", Period::Month, 1_000, OnInsufficient::Clamp)],
+            None,
+            clock,
+        );
+        // Worst case 2000: input 1000 + 1000 tokens at 1000 nusd/MTok... the
+        // input alone (1000) exhausts the budget, so nothing fits: denied.
+        assert!(matches!(l.reserve(&acme(), &est(2_000)), Decision::Deny(_)));
+        let e = Estimate {
+            input_tokens: 10,
+            typical_tokens: 10,
+            max_tokens: 1000,
+            input_nusd: 100,
+            output_rate: 1_000_000, // 1 nusd per token
+            worst_nusd: 1_100,
+        };
+        match l.reserve(&acme(), &e) {
+            Decision::Clamp(r, n, name) => {
+                assert_eq!((n, name.as_str()), (900, "b"));
+                assert_eq!(r.amount, 1_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(l.status()[0].remaining_nusd, 0);
+    }
+
+    #[test]
+    fn per_request_ceiling_and_extend() {
+        let clock = Arc::new(FakeClock(AtomicI64::new(at("2026-11-23T12:00:00Z"))));
+        let l = ledger(
+            vec![
+                budget("per-req", Period::Request, 1_500, OnInsufficient::Deny),
+                budget("day", Period::Day, 2_000, OnInsufficient::Deny),
+            ],
+            None,
+            clock,
+        );
+        match l.reserve(&acme(), &est(2_000)) {
+            Decision::Deny(d) => assert_eq!(d.budget, "per-req"),
+            other => panic!("{other:?}"),
+        }
+        let Decision::Admit(mut r) = l.reserve(&acme(), &est(1_000)) else {
+            panic!()
+        };
+        assert!(l.extend(&mut r, 400).is_ok());
+        assert_eq!(r.amount, 1_400);
+        let err = l.extend(&mut r, 200).unwrap_err();
+        assert_eq!(err.budget, "per-req");
+        l.settle(r, 1_400);
+        assert_eq!(l.status()[1].spent_nusd, 1_400);
+    }
+
+    #[test]
+    fn periods_roll_over_and_spend_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let clock = Arc::new(FakeClock(AtomicI64::new(at("2026-11-30T23:59:59Z"))));
+        let budgets = vec![
+            budget("day", Period::Day, 10_000, OnInsufficient::Deny),
+            budget("month", Period::Month, 100_000, OnInsufficient::Deny),
+        ];
+        let l = ledger(
+            budgets.clone(),
+            Some(db.open_tree(TREE).unwrap()),
+            clock.clone(),
+        );
+        let Decision::Admit(r) = l.reserve(&acme(), &est(1_000)) else {
+            panic!()
+        };
+        // The clock crosses midnight and the month end while it is in flight.
+        clock.0.store(at("2026-12-01T00:00:01Z"), Ordering::SeqCst);
+        let Decision::Admit(r2) = l.reserve(&acme(), &est(1_000)) else {
+            panic!()
+        };
+        l.settle(r, 700);
+        l.settle(r2, 300);
+        let now = l.status();
+        assert_eq!(
+            (now[0].period_key.as_str(), now[0].spent_nusd),
+            ("2026-12-01", 300)
+        );
+        assert_eq!(
+            (now[1].period_key.as_str(), now[1].spent_nusd),
+            ("2026-12", 300)
+        );
+        l.persist().unwrap();
+        drop(l);
+        // A restart (new ledger on the same store) sees both periods.
+        let tree = db.open_tree(TREE).unwrap();
+        let before = status_offline(&budgets, &tree, at("2026-11-30T12:00:00Z"));
+        assert_eq!((before[0].spent_nusd, before[1].spent_nusd), (700, 700));
+        let l = ledger(budgets, Some(tree), clock.clone());
+        assert_eq!(l.status()[0].spent_nusd, 300);
+        clock.0.store(at("2026-12-02T00:00:00Z"), Ordering::SeqCst);
+        assert_eq!(l.status()[0].spent_nusd, 0, "a new day starts from zero");
+        assert_eq!(l.status()[1].spent_nusd, 300, "the month goes on");
+    }
+
+    #[test]
+    fn thresholds_fire_once_per_period() {
+        let clock = Arc::new(FakeClock(AtomicI64::new(at("2026-11-23T12:00:00Z"))));
+        let (sink, mut rx) = AlertSink::channel();
+        let mut b = budget("b", Period::Day, 10_000, OnInsufficient::Deny);
+        b.alert_webhook = Some("http://127.0.0.1:9/alerts".into());
+        let l = Ledger::new(vec![b], None, clock.clone(), sink, LedgerMetrics::default());
+        let spend = |n: u64| {
+            let Decision::Admit(r) = l.reserve(&acme(), &est(1_000)) else {
+                panic!()
+            };
+            l.settle(r, n);
+        };
+        spend(4_000);
+        assert!(rx.try_recv().is_err());
+        spend(1_000); // 50 %
+        let a = rx.try_recv().unwrap();
+        assert_eq!(
+            (a.threshold, a.spent_usd.as_str(), a.period_key.as_str()),
+            (0.5, "0.000005", "2026-11-23")
+        );
+        spend(100);
+        assert!(rx.try_recv().is_err(), "0.5 fires once");
+        spend(4_000); // 91 %: 0.8 fires
+        assert_eq!(rx.try_recv().unwrap().threshold, 0.8);
+        assert!(rx.try_recv().is_err());
+        clock.0.store(at("2026-11-24T00:00:00Z"), Ordering::SeqCst);
+        spend(6_000);
+        assert_eq!(rx.try_recv().unwrap().threshold, 0.5, "again the next day");
+    }
+
+    #[test]
+    fn windows() {
+        assert_eq!(
+            Period::Month.window(at("2026-12-31T23:59:59Z")).unwrap(),
+            (
+                "2026-12".into(),
+                at("2026-12-01T00:00:00Z"),
+                at("2027-01-01T00:00:00Z")
+            )
+        );
+        assert_eq!(
+            Period::Day.window(at("2028-02-29T10:00:00Z")).unwrap(),
+            (
+                "2028-02-29".into(),
+                at("2028-02-29T00:00:00Z"),
+                at("2028-03-01T00:00:00Z")
+            )
+        );
+        assert!(Period::Request.window(0).is_none());
+    }
+}

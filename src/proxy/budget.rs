@@ -1,0 +1,132 @@
+//! Budget: the stage that reserves a request's worst case against every
+//! budget that applies before it is forwarded (see [`crate::budget`]),
+//! lowers `max_tokens` when a `clamp` budget cannot pay for it, checks a
+//! stream's real input at `message_start`, and settles the reservation to
+//! the real cost when the usage event is recorded.
+
+use std::sync::Arc;
+
+use super::error::ProxyError;
+use super::identify::Identity;
+use super::ingress::{Endpoint, RequestModel, Route};
+use super::State;
+use crate::budget::estimate::{estimate, output_cost, Estimate};
+use crate::budget::{Decision, Denied, Ledger, Reservation};
+use crate::meter::event::UsageEvent;
+use crate::meter::usage::Usage;
+
+/// A request's hold on its budgets, from reservation to settlement.
+pub struct Guard {
+    ledger: Arc<Ledger>,
+    pub reservation: Reservation,
+    pub estimate: Estimate,
+    /// `max_tokens` lowered by a clamp budget.
+    pub clamped: Option<u64>,
+    /// The `message_start` check was done (streams).
+    pub start_checked: bool,
+}
+
+/// Reserves the request's worst case, rewriting its `max_tokens` when a
+/// budget clamps it or when it has none. `None` when no budget applies.
+pub fn reserve(
+    state: &State,
+    id: &Identity,
+    route: &Route,
+    request: &mut RequestModel,
+) -> Result<Option<Guard>, ProxyError> {
+    let ledger = &state.ledger;
+    if ledger.is_empty()
+        || !matches!(
+            route.endpoint,
+            Endpoint::Messages | Endpoint::ChatCompletions
+        )
+    {
+        return Ok(None);
+    }
+    let max_tokens = request
+        .max_tokens
+        .unwrap_or(state.budget_default_max_tokens);
+    let est = estimate(
+        state.recorder.prices(),
+        &request.model,
+        &request.body,
+        max_tokens,
+    );
+    let (reservation, clamped) = match ledger.reserve(id, &est) {
+        Decision::Admit(r) => (r, None),
+        Decision::Clamp(r, n, budget) => {
+            state
+                .metrics
+                .budget_denials
+                .with_label_values(&[&budget, "clamped"])
+                .inc();
+            (r, Some(n))
+        }
+        Decision::Deny(denied) => {
+            state
+                .metrics
+                .budget_denials
+                .with_label_values(&[&denied.budget, "denied"])
+                .inc();
+            return Err(ProxyError::BudgetExceeded(denied));
+        }
+    };
+    if reservation.is_empty() {
+        return Ok(None);
+    }
+    let mut guard = Guard {
+        ledger: ledger.clone(),
+        reservation,
+        estimate: est,
+        clamped,
+        start_checked: false,
+    };
+    let bound = clamped.or(request.max_tokens.is_none().then_some(max_tokens));
+    if let Some(n) = bound {
+        // The bound reserved must be the bound sent.
+        request.set_max_tokens(n, &route.provider.name, route.dialect())?;
+        guard.estimate = guard.estimate.with_max_tokens(n);
+    }
+    Ok(Some(guard))
+}
+
+impl Guard {
+    /// At a stream's `message_start`: when the real input costs more than
+    /// estimated, grow the reservation; refuse when a budget cannot cover it.
+    pub fn check_start(&mut self, state: &State, model: &str, usage: &Usage) -> Result<(), Denied> {
+        self.start_checked = true;
+        let input = Usage {
+            output_tokens: 0,
+            reported_cost_nusd: None,
+            ..*usage
+        };
+        let (price, _) = state.recorder.prices().price_or_fallback(model);
+        let rate = price.rates_for(input.total_input()).output;
+        let needed = price
+            .cost(&input, false)
+            .saturating_add(output_cost(rate, self.estimate.max_tokens));
+        let extra = needed.saturating_sub(self.reservation.amount);
+        let result = self.ledger.extend(&mut self.reservation, extra);
+        if let Err(denied) = &result {
+            state
+                .metrics
+                .budget_denials
+                .with_label_values(&[&denied.budget, "stream_input"])
+                .inc();
+        }
+        result
+    }
+
+    /// Replaces the reservation by what the call really cost. When the
+    /// usage is incomplete (an abort, a cut) but the request reached the
+    /// provider, the provider may have billed up to the worst case: the
+    /// reservation is kept as spent, never less.
+    pub fn settle(self, event: &UsageEvent, sent_upstream: bool) {
+        let actual = if !event.usage_incomplete || !sent_upstream {
+            event.cost_nusd
+        } else {
+            event.cost_nusd.max(self.reservation.amount)
+        };
+        self.ledger.settle(self.reservation, actual);
+    }
+}

@@ -1,0 +1,35 @@
+//! Limit: the rate-limit stage. Takes one request and the request's
+//! estimated tokens from every bucket that applies, or answers 429 with
+//! `retry-after` and `x-ratelimit-*` headers (see [`crate::limit`]).
+
+use std::time::Instant;
+
+use super::error::ProxyError;
+use super::identify::Identity;
+use super::ingress::RequestModel;
+use super::State;
+use crate::limit::Admission;
+
+/// Admits the request or refuses it; `None` when no limit is configured.
+pub fn admit(
+    state: &State,
+    id: &Identity,
+    request: &RequestModel,
+) -> Result<Option<Admission>, ProxyError> {
+    if state.limiter.is_empty() {
+        return Ok(None);
+    }
+    // Input ≈ a token per 4 bytes until the real count is known.
+    let tokens = (request.body.len() as u64).div_ceil(4) + request.max_tokens.unwrap_or(0);
+    match state.limiter.admit(id, tokens, Instant::now()) {
+        Ok(admission) => Ok(Some(admission)),
+        Err(limited) => {
+            state
+                .metrics
+                .rate_limited
+                .with_label_values(&[&limited.rule, limited.kind.as_str()])
+                .inc();
+            Err(ProxyError::RateLimited(limited))
+        }
+    }
+}
