@@ -1098,3 +1098,113 @@ async fn curl_gets_the_providers_bytes_and_the_receipt() {
     assert_clean_upstream(&r);
     assert_no_keys_in_log(&t);
 }
+
+// ---------------------------------------------------------------------------
+// Budgets and rate limits, as the SDK sees them
+
+/// A budget refusal is a 402 `budget_exceeded` the SDK does not retry; a
+/// rate-limit 429 is retried by the SDK after `retry-after-ms`; a stream
+/// whose real input (at `message_start`) the budget cannot pay for ends
+/// with an error event the SDK raises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_sdk_sees_budget_and_rate_limit_errors() {
+    let python = sdk_python("anthropic-current").await;
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url()))
+        .config(
+            r#"
+[[budgets]]
+name = "broke-per-request"
+scope = "account:broke"
+period = "request"
+limit_usd = "0.000001"
+
+[[budgets]]
+name = "tight-day"
+scope = "account:tight"
+period = "day"
+limit_usd = "0.05"
+
+[[rate_limits]]
+scope = "account:limited"
+tpm = 60000
+"#,
+        )
+        .start();
+    let plan = json!([
+        {"name": "broke", "op": "create", "max_retries": 2,
+         "headers": {"x-tollgate-account": "broke"}, "raises": "APIStatusError"},
+        // Takes all but ~100 of the minute's 60 000 tokens (the real count is settled).
+        {"name": "fill", "op": "create", "usage": "input=59900,output=0",
+         "headers": {"x-tollgate-account": "limited"}},
+        {"name": "limited", "op": "create", "max_retries": 4, "usage": "input=10,output=5",
+         "headers": {"x-tollgate-account": "limited"}},
+        {"name": "input_too_big", "op": "create_stream", "usage": "input=100000,output=5",
+         "headers": {"x-tollgate-account": "tight"}, "raises": "APIStatusError"},
+    ]);
+    let run = run_script(
+        &python,
+        "anthropic_calls.py",
+        &[
+            ("ANTHROPIC_BASE_URL", &t.url()),
+            ("ANTHROPIC_API_KEY", CLIENT_KEY),
+        ],
+        &plan,
+    )
+    .await;
+    let events = t.wait_events(1).await;
+    let seen = fake.requests();
+
+    // 402: not retried (one attempt reached tollgate), never forwarded.
+    let broke = run.get("broke");
+    assert_tollgate_error(broke, 402, "budget_exceeded", "budget_exceeded");
+    assert_eq!(hdr(broke, "x-should-retry"), "false");
+    let msg = broke["body"]["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("broke-per-request") && msg.contains("remaining"),
+        "{msg}"
+    );
+    let broke_events: Vec<_> = events.iter().filter(|e| e["account"] == "broke").collect();
+    assert_eq!(
+        broke_events.len(),
+        1,
+        "the SDK retried a 402: {broke_events:#?}"
+    );
+    assert_eq!(broke_events[0]["error"], "budget_exceeded");
+    assert!(seen_for(&seen, "broke").is_empty());
+
+    // 429: the SDK waited and retried on its own, and got through.
+    run.ok("fill");
+    let limited = run.ok("limited");
+    assert_eq!(limited["status"], 200);
+    let refused: Vec<_> = events
+        .iter()
+        .filter(|e| e["account"] == "limited" && e["error"] == "rate_limited")
+        .collect();
+    assert!(!refused.is_empty(), "no 429 happened: {events:#?}");
+    assert_eq!(
+        seen_for(&seen, "limited").len(),
+        1,
+        "only the admitted retry went upstream"
+    );
+
+    // message_start showed 100 000 input tokens ($0.30) against $0.05: cut.
+    let cut = run.get("input_too_big");
+    assert_eq!(cut["ok"], false, "{cut:#}");
+    assert_eq!(cut["raised_expected"], true, "{cut:#}");
+    assert!(
+        cut["error_message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("budget_exceeded")
+            || cut["body"]["error"]["type"] == "budget_exceeded",
+        "{cut:#}"
+    );
+    let id_event = events
+        .iter()
+        .find(|e| e["account"] == "tight")
+        .expect("the cut stream was recorded");
+    assert_eq!(id_event["error"], "budget_exceeded");
+    assert_eq!(id_event["input_tokens"], 100000);
+    assert_no_keys_in_log(&t);
+}

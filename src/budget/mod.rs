@@ -457,10 +457,12 @@ impl Ledger {
         }
         let wanted = res.amount.saturating_add(extra);
         let mut state = self.lock();
+        // Refusals state what the budget could hold for this request and
+        // what it now needs in all.
         for &i in &res.request_ceilings {
             let b = &self.budgets[i];
             if wanted > b.limit_nusd {
-                return Err(self.denied(i, b.limit_nusd.saturating_sub(res.amount), extra));
+                return Err(self.denied(i, b.limit_nusd, wanted));
             }
         }
         for (i, key, _) in &res.parts {
@@ -477,7 +479,7 @@ impl Ledger {
                     .saturating_sub(p.reserved)
             });
             if available < extra {
-                return Err(self.denied(*i, available, extra));
+                return Err(self.denied(*i, available.saturating_add(res.amount), wanted));
             }
         }
         for (i, key, amount) in &mut res.parts {

@@ -144,7 +144,7 @@ impl Relay<'_> {
             }
         }
         receipt::add_headers(&mut header, &self.draft.event, cost);
-        if let Some(n) = self.draft.guard.as_ref().and_then(|g| g.clamped) {
+        if let Some(n) = self.draft.clamped_max_tokens {
             let _ = header.insert_header(headers::CLAMPED_MAX_TOKENS, n.to_string());
         }
         header

@@ -133,6 +133,8 @@ pub struct Draft {
     admission: Option<(Arc<Limiter>, Admission)>,
     /// The request went out to the provider (which may bill it).
     pub sent_upstream: bool,
+    /// `max_tokens` lowered by a clamp budget (a receipt header).
+    pub clamped_max_tokens: Option<u64>,
 }
 
 impl Draft {
@@ -224,6 +226,7 @@ impl Tollgate {
             guard: None,
             admission: None,
             sent_upstream: false,
+            clamped_max_tokens: None,
         }
     }
 
@@ -269,6 +272,7 @@ impl Tollgate {
         // budget
         if let Some(guard) = budget::reserve(state, &identity, &route, &mut request)? {
             if let Some(draft) = ctx.draft.as_mut() {
+                draft.clamped_max_tokens = guard.clamped;
                 draft.guard = Some(guard);
             }
         }

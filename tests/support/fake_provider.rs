@@ -248,6 +248,7 @@ impl FakeProvider {
     /// When the listener has no local address.
     #[allow(clippy::expect_used)]
     pub async fn start_on(listener: TcpListener, default_scenario: Option<String>) -> FakeProvider {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let addr = listener
             .local_addr()
             .expect("fake provider: listener address");
@@ -271,6 +272,7 @@ impl FakeProvider {
     /// When the certificate or the listener cannot be set up (test setup).
     #[allow(clippy::expect_used)]
     pub async fn start_tls() -> (FakeProvider, String) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("fake provider: bind 127.0.0.1:0");

@@ -81,6 +81,7 @@ impl Builder {
 
     /// Starts the binary and waits until both listeners accept.
     pub fn start(self) -> Tollgate {
+        super::install_tls_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let admin_port = free_port();
