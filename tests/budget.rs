@@ -293,8 +293,14 @@ async fn soft_thresholds_fire_the_webhook_once_each() {
         axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
             let sink = sink.clone();
             async move {
-                sink.lock().unwrap().push(v);
-                "ok"
+                let mut got = sink.lock().unwrap();
+                got.push(v);
+                // The first delivery fails: it must be retried.
+                if got.len() == 1 {
+                    http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    http::StatusCode::OK
+                }
             }
         }),
     );
@@ -324,12 +330,30 @@ async fn soft_thresholds_fire_the_webhook_once_each() {
     let r = post(&t, &body(false, 10), &[("x-tollgate-tags", "team=ads")]).await;
     assert_eq!(r.status(), 200);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while received.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {
+    while received.lock().unwrap().len() < 3 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let got = received.lock().unwrap().clone();
-    assert_eq!(got.len(), 2, "{got:#?}");
+    let mut got = received.lock().unwrap().clone();
+    assert_eq!(
+        got.len(),
+        3,
+        "two alerts, the first delivered twice: {got:#?}"
+    );
+    // The refused delivery was retried (after 0.5 s, so the 0.8 alert came in between).
+    let first = got.remove(0);
+    let retried = got
+        .iter()
+        .position(|a| *a == first)
+        .expect("the refused alert was retried");
+    got.remove(retried);
+    got.insert(0, first);
+    got.sort_by(|a, b| {
+        a["threshold"]
+            .as_f64()
+            .partial_cmp(&b["threshold"].as_f64())
+            .unwrap()
+    });
     assert_eq!(got[0]["threshold"], 0.5);
     assert_eq!(got[0]["budget"], "team");
     assert_eq!(got[0]["scope"], "tag:team=search");
