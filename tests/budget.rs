@@ -496,6 +496,14 @@ async fn gateway_keys_and_rate_limits() {
         "a gateway key was logged"
     );
 
+    // With no provider key configured, the gateway key is still never passed on.
+    let bare = Builder::new(&fake.base_url()).config(&live_entry).start();
+    fake.clear();
+    assert_eq!(post(&bare, &b, &[("x-api-key", &live)]).await.status(), 200);
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].header("x-api-key").is_none() && seen[0].header("authorization").is_none());
+
     // A test sidecar takes the test key and refuses the live one.
     let staging = keyed(Builder::new(&fake.base_url()))
         .top("gateway_keys_mode = \"test\"")

@@ -227,12 +227,14 @@ fn connect_error(provider: &Provider, e: &pingora::Error) -> ProxyError {
 }
 
 /// The upstream request: the client's headers minus hop-by-hop, encoding
-/// negotiation, `x-tollgate-*` and (when tollgate holds a key for this
-/// provider) the client's credentials; plus the provider key.
+/// negotiation, `x-tollgate-*` and the client's credentials when tollgate
+/// holds a key for this provider or when they are a gateway key
+/// (`gateway_key`: never sent to a provider); plus the provider key.
 pub fn build_request(
     route: &Route,
     client: &RequestHeader,
     body_len: usize,
+    gateway_key: bool,
 ) -> Result<RequestHeader, ProxyError> {
     let provider = &route.provider;
     let internal = |e: Box<pingora::Error>| ProxyError::Internal(e.to_string());
@@ -243,13 +245,14 @@ pub fn build_request(
     )
     .map_err(internal)?;
     let inject = provider.api_key.is_some();
+    let strip_credentials = inject || gateway_key;
     for (name, value) in client.headers.iter() {
         let n = name.as_str();
         if headers::HOP_BY_HOP.contains(&n)
             || n.starts_with(headers::TOLLGATE_PREFIX)
             // The tap must see plain bytes.
             || n == "accept-encoding"
-            || (inject && (n == headers::X_API_KEY || n == "authorization"))
+            || (strip_credentials && (n == headers::X_API_KEY || n == "authorization"))
         {
             continue;
         }

@@ -277,8 +277,12 @@ impl Tollgate {
             }
         }
         // forward
-        let upstream_req =
-            forward::build_request(&route, session.req_header(), request.body.len())?;
+        let upstream_req = forward::build_request(
+            &route,
+            session.req_header(),
+            request.body.len(),
+            state.keys.enabled(),
+        )?;
         let pre_upstream = ctx
             .draft
             .as_ref()
