@@ -175,7 +175,8 @@ fn run(
                     let id = identify::identify(&header, &state.default_identity, &state.keys)
                         .expect("identify");
                     let admission = limit::admit(&state, &id, &req).expect("limit");
-                    let guard = budget::reserve(&state, &id, &route, &mut req).expect("budget");
+                    let guard = budget::reserve(&state, &id, &route, &http::Method::POST, &mut req)
+                        .expect("budget");
                     admit.push(t0.elapsed().as_nanos() as u64);
                     // The upstream call: every task's reservation is outstanding here.
                     tokio::task::yield_now().await;

@@ -519,3 +519,52 @@ async fn gateway_keys_and_rate_limits() {
     );
     let _ = json!({});
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_and_failure_leaves_the_budget_consistent() {
+    let fake = FakeProvider::start().await;
+    let t = keyed(Builder::new(&fake.base_url()))
+        .config("[timeouts]\nfirst_byte = \"300ms\"\n\n[[budgets]]\nname = \"day\"\nscope = \"all\"\nperiod = \"day\"\nlimit_usd = \"10\"\n")
+        .start();
+    // No max_tokens (the default bound is written in) and a number the
+    // rewrite cannot parse: 400, and the reservation is released.
+    let odd =
+        r#"{"model":"claude-sonnet-4-5","x":1e400,"messages":[{"role":"user","content":"Hi"}]}"#;
+    let r = post(&t, odd, &[]).await;
+    assert_eq!(r.status(), 400);
+    let s = &budgets(&t).await[0];
+    assert_eq!(
+        (s["spent_nusd"].as_u64(), s["reserved_nusd"].as_u64()),
+        (Some(0), Some(0))
+    );
+    // An unmetered endpoint cannot spend under a budget; reads still pass.
+    let r = client()
+        .post(format!("{}/v1/messages/batches", t.url()))
+        .header("anthropic-version", "2023-06-01")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(header(&r, "x-tollgate-error"), "forbidden");
+    let r = client()
+        .get(format!("{}/v1/models", t.url()))
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Sent, then no answer within first_byte: the provider may bill it, so
+    // the worst case stays spent.
+    let b = body(false, 100);
+    let r = post(
+        &t,
+        &b,
+        &[("x-fake-scenario", "hang"), ("x-fake-delay-ms", "2000")],
+    )
+    .await;
+    assert_eq!(r.status(), 504);
+    let s = &budgets(&t).await[0];
+    assert_eq!(s["spent_nusd"], worst_nusd(&b, 100));
+    assert_eq!(s["reserved_nusd"], 0);
+}

@@ -111,7 +111,7 @@ async fn send(client: &reqwest::Client, alert: &Alert) -> bool {
                 tracing::warn!(budget = %alert.budget, status = %r.status(), attempt, "budget alert webhook refused")
             }
             Err(e) => {
-                tracing::warn!(budget = %alert.budget, error = %e, attempt, "budget alert webhook failed")
+                tracing::warn!(budget = %alert.budget, error = %e.without_url(), attempt, "budget alert webhook failed")
             }
         }
         if attempt < ATTEMPTS {

@@ -23,8 +23,10 @@ pub struct Estimate {
     /// A typical token count (input ≈ bytes / 4, plus the output bound),
     /// what rate limits charge before the real count is known.
     pub typical_tokens: u64,
-    /// The output bound reserved.
+    /// The output bound reserved, per choice.
     pub max_tokens: u64,
+    /// Choices generated (OpenAI `n`), each up to `max_tokens`.
+    pub choices: u64,
     /// Worst-case cost of the input, nano-USD.
     pub input_nusd: u64,
     /// Output price at this input size, nano-USD per million tokens.
@@ -38,21 +40,30 @@ impl Estimate {
     pub fn with_max_tokens(&self, max_tokens: u64) -> Estimate {
         Estimate {
             max_tokens,
-            worst_nusd: self
-                .input_nusd
-                .saturating_add(output_cost(self.output_rate, max_tokens)),
-            typical_tokens: self.typical_tokens.saturating_sub(self.max_tokens) + max_tokens,
+            worst_nusd: self.input_nusd.saturating_add(output_cost(
+                self.output_rate,
+                max_tokens.saturating_mul(self.choices),
+            )),
+            typical_tokens: self
+                .typical_tokens
+                .saturating_sub(self.max_tokens)
+                .saturating_add(max_tokens),
             ..*self
         }
     }
 
-    /// The largest output bound whose worst case fits in `available`.
+    /// The largest output bound (per choice) whose worst case fits in
+    /// `available`; 0 when not even the input fits.
     pub fn affordable_max_tokens(&self, available: u64) -> u64 {
+        if self.input_nusd > available {
+            return 0;
+        }
         if self.output_rate == 0 {
             return self.max_tokens;
         }
-        let left = u128::from(available.saturating_sub(self.input_nusd));
-        let tokens = left * 1_000_000 / u128::from(self.output_rate);
+        let left = u128::from(available - self.input_nusd);
+        let per_token = u128::from(self.output_rate) * u128::from(self.choices.max(1));
+        let tokens = left * 1_000_000 / per_token;
         u64::try_from(tokens)
             .unwrap_or(u64::MAX)
             .min(self.max_tokens)
@@ -66,7 +77,14 @@ pub fn output_cost(rate: u64, tokens: u64) -> u64 {
 }
 
 /// The worst case of a request for `model` with `body`.
-pub fn estimate(prices: &PriceTable, model: &str, body: &[u8], max_tokens: u64) -> Estimate {
+pub fn estimate(
+    prices: &PriceTable,
+    model: &str,
+    body: &[u8],
+    max_tokens: u64,
+    choices: u64,
+) -> Estimate {
+    let choices = choices.max(1);
     let mut input = body.len() as u64;
     let has = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
     if has(b"\"tools\"") {
@@ -91,14 +109,16 @@ pub fn estimate(prices: &PriceTable, model: &str, body: &[u8], max_tokens: u64) 
         input_nusd = input_nusd.max(price.cost(&written, false));
     }
     let output_rate = price.rates_for(input).output;
-    let typical = (body.len() as u64).div_ceil(4) + max_tokens;
+    let typical = (body.len() as u64).div_ceil(4).saturating_add(max_tokens);
     Estimate {
         input_tokens: input,
         typical_tokens: typical,
         max_tokens,
+        choices,
         input_nusd,
         output_rate,
-        worst_nusd: input_nusd.saturating_add(output_cost(output_rate, max_tokens)),
+        worst_nusd: input_nusd
+            .saturating_add(output_cost(output_rate, max_tokens.saturating_mul(choices))),
     }
 }
 
@@ -110,7 +130,7 @@ mod tests {
     fn worst_case_of_a_sonnet_request() {
         let prices = PriceTable::builtin();
         let body = br#"{"model":"claude-sonnet-4-5","max_tokens":1000,"messages":[{"role":"user","content":"hi"}]}"#;
-        let e = estimate(&prices, "claude-sonnet-4-5", body, 1000);
+        let e = estimate(&prices, "claude-sonnet-4-5", body, 1000, 1);
         assert_eq!(e.input_tokens, body.len() as u64);
         // $3 / MTok in, $15 / MTok out.
         assert_eq!(e.input_nusd, body.len() as u64 * 3_000);
@@ -129,14 +149,18 @@ mod tests {
         let prices = PriceTable::builtin();
         let plain = br#"{"messages":[{"role":"user","content":"hi"}]}"#;
         let cached = br#"{"messages":[{"role":"user","content":"hi","cache_control":{"type":"ephemeral","ttl":"1h"}}]}"#;
-        let e = estimate(&prices, "claude-sonnet-4-5", cached, 0);
+        let e = estimate(&prices, "claude-sonnet-4-5", cached, 0, 1);
         // 1 h writes at $6 / MTok.
         assert_eq!(e.input_nusd, cached.len() as u64 * 6_000);
         let tools = br#"{"tools":[],"messages":[]}"#;
-        let t = estimate(&prices, "claude-sonnet-4-5", tools, 0);
+        let t = estimate(&prices, "claude-sonnet-4-5", tools, 0, 1);
         assert_eq!(t.input_tokens, tools.len() as u64 + TOOL_PROMPT_ALLOWANCE);
         // Unknown models are priced by the (expensive) fallback.
-        let u = estimate(&prices, "no-such-model", plain, 10);
+        let u = estimate(&prices, "no-such-model", plain, 10, 1);
         assert_eq!(u.output_rate, 75_000_000_000);
+        // n = 3 choices: three times the output bound; clamps per choice.
+        let n = estimate(&prices, "claude-sonnet-4-5", plain, 100, 3);
+        assert_eq!(n.worst_nusd, n.input_nusd + 300 * 15_000);
+        assert_eq!(n.affordable_max_tokens(n.input_nusd + 150 * 15_000), 50);
     }
 }

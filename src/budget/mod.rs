@@ -582,24 +582,41 @@ impl Ledger {
                 for p in st.current.iter_mut().chain(st.older.iter_mut()) {
                     if p.dirty {
                         p.dirty = false;
-                        writes.push((store_key(name, &p.key), p.stored));
+                        writes.push((i, p.key.clone(), store_key(name, &p.key), p.stored));
                     }
                 }
-                // Old periods with nothing outstanding are done.
-                st.older.retain(|p| p.reserved > 0 || p.dirty);
             }
         }
         if writes.is_empty() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
-        for (key, stored) in writes {
-            match rmp_serde::to_vec(&stored) {
-                Ok(bytes) => batch.insert(key, bytes),
+        for (_, _, key, stored) in &writes {
+            match rmp_serde::to_vec(stored) {
+                Ok(bytes) => batch.insert(key.clone(), bytes),
                 Err(e) => tracing::error!(error = %e, "encoding budget state failed"),
             }
         }
-        tree.apply_batch(batch)
+        let result = tree.apply_batch(batch);
+        let mut state = self.lock();
+        if result.is_err() {
+            // Not written: dirty again, for the next attempt.
+            for (i, key, ..) in &writes {
+                if let Some(p) = period_mut(&mut state[*i], key) {
+                    p.dirty = true;
+                }
+            }
+        }
+        // Old periods that are written and hold nothing are done.
+        for st in state.iter_mut() {
+            st.older.retain(|p| p.reserved > 0 || p.dirty);
+        }
+        result
+    }
+
+    /// Whether any budget applies to requests of `id`.
+    pub fn applies(&self, id: &Identity) -> bool {
+        self.budgets.iter().any(|b| b.scope.instance(id).is_some())
     }
 
     /// Every budget's figures now.
@@ -610,6 +627,7 @@ impl Ledger {
             .map(|i| {
                 let b = &self.budgets[i];
                 self.roll(&mut state[i], i, now);
+                self.update_gauges(&state[i], i);
                 let (key, spent, reserved) = state[i]
                     .current
                     .as_ref()
@@ -743,6 +761,7 @@ mod tests {
             input_tokens: 10,
             typical_tokens: 10,
             max_tokens: 1000,
+            choices: 1,
             input_nusd: worst / 2,
             output_rate: (worst - worst / 2) * 1000,
             worst_nusd: worst,
@@ -809,6 +828,7 @@ mod tests {
             input_tokens: 10,
             typical_tokens: 10,
             max_tokens: 1000,
+            choices: 1,
             input_nusd: 100,
             output_rate: 1_000_000, // 1 nusd per token
             worst_nusd: 1_100,

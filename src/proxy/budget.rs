@@ -18,7 +18,8 @@ use crate::meter::usage::Usage;
 /// A request's hold on its budgets, from reservation to settlement.
 pub struct Guard {
     ledger: Arc<Ledger>,
-    pub reservation: Reservation,
+    /// `None` once settled.
+    reservation: Option<Reservation>,
     pub estimate: Estimate,
     /// `max_tokens` lowered by a clamp budget.
     pub clamped: Option<u64>,
@@ -32,15 +33,26 @@ pub fn reserve(
     state: &State,
     id: &Identity,
     route: &Route,
+    method: &http::Method,
     request: &mut RequestModel,
 ) -> Result<Option<Guard>, ProxyError> {
     let ledger = &state.ledger;
-    if ledger.is_empty()
-        || !matches!(
-            route.endpoint,
-            Endpoint::Messages | Endpoint::ChatCompletions
-        )
-    {
+    if ledger.is_empty() {
+        return Ok(None);
+    }
+    if route.endpoint == Endpoint::Passthrough {
+        // Unmetered endpoints (batches, embeddings, responses…) cannot be
+        // reserved for: under a budget, only reads pass.
+        let read = matches!(*method, http::Method::GET | http::Method::HEAD);
+        if !read && ledger.applies(id) {
+            return Err(ProxyError::Forbidden(format!(
+                "{method} {} is not metered by tollgate and a budget applies to account {:?}: only metered endpoints (messages, chat completions) may spend",
+                route.upstream_path, id.account
+            )));
+        }
+        return Ok(None);
+    }
+    if route.endpoint == Endpoint::CountTokens {
         return Ok(None);
     }
     let max_tokens = request
@@ -51,6 +63,7 @@ pub fn reserve(
         &request.model,
         &request.body,
         max_tokens,
+        request.choices,
     );
     let (reservation, clamped) = match ledger.reserve(id, &est) {
         Decision::Admit(r) => (r, None),
@@ -74,9 +87,11 @@ pub fn reserve(
     if reservation.is_empty() {
         return Ok(None);
     }
+    // From here on the guard owns the reservation: an error below drops it,
+    // which releases it.
     let mut guard = Guard {
         ledger: ledger.clone(),
-        reservation,
+        reservation: Some(reservation),
         estimate: est,
         clamped,
         start_checked: false,
@@ -105,8 +120,11 @@ impl Guard {
         let needed = price
             .cost(&input, false)
             .saturating_add(output_cost(rate, self.estimate.max_tokens));
-        let extra = needed.saturating_sub(self.reservation.amount);
-        let result = self.ledger.extend(&mut self.reservation, extra);
+        let Some(reservation) = self.reservation.as_mut() else {
+            return Ok(());
+        };
+        let extra = needed.saturating_sub(reservation.amount);
+        let result = self.ledger.extend(reservation, extra);
         if let Err(denied) = &result {
             state
                 .metrics
@@ -121,12 +139,25 @@ impl Guard {
     /// usage is incomplete (an abort, a cut) but the request reached the
     /// provider, the provider may have billed up to the worst case: the
     /// reservation is kept as spent, never less.
-    pub fn settle(self, event: &UsageEvent, sent_upstream: bool) {
+    pub fn settle(mut self, event: &UsageEvent, sent_upstream: bool) {
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
         let actual = if !event.usage_incomplete || !sent_upstream {
             event.cost_nusd
         } else {
-            event.cost_nusd.max(self.reservation.amount)
+            event.cost_nusd.max(reservation.amount)
         };
-        self.ledger.settle(self.reservation, actual);
+        self.ledger.settle(reservation, actual);
+    }
+}
+
+impl Drop for Guard {
+    /// A guard dropped unsettled never reached the provider (every path
+    /// that sends settles explicitly): release its reservation.
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            self.ledger.settle(reservation, 0);
+        }
     }
 }

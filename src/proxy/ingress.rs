@@ -211,6 +211,10 @@ pub struct RequestModel {
     /// Which field carried `max_tokens` (`max_completion_tokens` for newer
     /// OpenAI clients), if any.
     pub max_tokens_field: Option<&'static str>,
+    /// Both `max_tokens` and `max_completion_tokens` were sent.
+    pub both_bounds: bool,
+    /// OpenAI `n` (at least 1): choices generated, each up to the bound.
+    pub choices: u64,
 }
 
 impl RequestModel {
@@ -231,7 +235,12 @@ impl RequestModel {
         let mut value: serde_json::Value =
             serde_json::from_slice(&self.body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
         if let Some(obj) = value.as_object_mut() {
-            obj.insert(field.to_string(), serde_json::Value::from(n));
+            if self.both_bounds {
+                obj.insert("max_tokens".into(), serde_json::Value::from(n));
+                obj.insert("max_completion_tokens".into(), serde_json::Value::from(n));
+            } else {
+                obj.insert(field.to_string(), serde_json::Value::from(n));
+            }
         }
         self.body = serde_json::to_vec(&value)
             .map(Bytes::from)
@@ -252,6 +261,9 @@ struct Head<'a> {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
+    /// OpenAI: how many choices to generate (each up to the output bound).
+    #[serde(default)]
+    n: Option<u64>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
 }
@@ -273,6 +285,8 @@ pub fn parse(route: &Route, body: Bytes) -> Result<RequestModel, ProxyError> {
             max_tokens: None,
             strip_usage_chunk: false,
             max_tokens_field: None,
+            both_bounds: false,
+            choices: 1,
         });
     }
     let head: Head<'_> =
@@ -286,7 +300,13 @@ pub fn parse(route: &Route, body: Bytes) -> Result<RequestModel, ProxyError> {
     } else {
         None
     };
-    let max_tokens = head.max_tokens.or(head.max_completion_tokens);
+    // Both sent: an upstream may honour either, so the larger one bounds.
+    let both_bounds = head.max_tokens.is_some() && head.max_completion_tokens.is_some();
+    let max_tokens = match (head.max_tokens, head.max_completion_tokens) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let choices = head.n.unwrap_or(1).max(1);
     let wants_usage = head
         .stream_options
         .as_ref()
@@ -300,6 +320,8 @@ pub fn parse(route: &Route, body: Bytes) -> Result<RequestModel, ProxyError> {
         max_tokens,
         strip_usage_chunk: false,
         max_tokens_field,
+        both_bounds,
+        choices,
     };
     if route.endpoint == Endpoint::ChatCompletions && stream && !wants_usage {
         model_out.body = with_include_usage(&model_out.body, had_stream_options)?;

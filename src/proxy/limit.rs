@@ -20,7 +20,9 @@ pub fn admit(
         return Ok(None);
     }
     // Input ≈ a token per 4 bytes until the real count is known.
-    let tokens = (request.body.len() as u64).div_ceil(4) + request.max_tokens.unwrap_or(0);
+    let tokens = (request.body.len() as u64)
+        .div_ceil(4)
+        .saturating_add(request.max_tokens.unwrap_or(0));
     match state.limiter.admit(id, tokens, Instant::now()) {
         Ok(admission) => Ok(Some(admission)),
         Err(limited) => {

@@ -175,10 +175,11 @@ impl Draft {
         }
         if let Some((limiter, admission)) = self.admission.take() {
             let e = &self.event;
-            let tokens = e.input_tokens
-                + e.output_tokens
-                + e.cache_creation_input_tokens
-                + e.cache_read_input_tokens;
+            let tokens = e
+                .input_tokens
+                .saturating_add(e.output_tokens)
+                .saturating_add(e.cache_creation_input_tokens)
+                .saturating_add(e.cache_read_input_tokens);
             limiter.settle(&admission, tokens, Instant::now());
         }
     }
@@ -270,7 +271,8 @@ impl Tollgate {
             }
         }
         // budget
-        if let Some(guard) = budget::reserve(state, &identity, &route, &mut request)? {
+        let method = session.req_header().method.clone();
+        if let Some(guard) = budget::reserve(state, &identity, &route, &method, &mut request)? {
             if let Some(draft) = ctx.draft.as_mut() {
                 draft.clamped_max_tokens = guard.clamped;
                 draft.guard = Some(guard);
@@ -346,6 +348,11 @@ impl Tollgate {
                 }
         ) {
             draft.sent_upstream = false;
+        }
+        // Sent but never answered (a first-byte timeout, a cut before the
+        // header): the provider may still bill it.
+        if draft.sent_upstream {
+            draft.event.usage_incomplete = true;
         }
         let client_gone = matches!(err, ProxyError::ClientRead(_));
         if !client_gone {
