@@ -69,7 +69,8 @@ impl Bucket {
     fn refill(&mut self, now: Instant) {
         let secs = now.saturating_duration_since(self.at).as_secs_f64();
         self.level = (self.level + secs * self.capacity / 60.0).min(self.capacity);
-        self.at = now;
+        // Callers' instants may arrive out of order: time never runs back.
+        self.at = self.at.max(now);
     }
 
     /// Time until `need` is available (zero when it is).
@@ -136,6 +137,9 @@ pub struct Admission {
     charged: Vec<(usize, String, f64)>,
 }
 
+/// Buckets kept before full ones are dropped.
+const MAX_BUCKETS: usize = 10_000;
+
 /// The rate limiter.
 pub struct Limiter {
     rules: Vec<Rule>,
@@ -177,7 +181,23 @@ impl Limiter {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
-        // Check every bucket first, then take from all: all or nothing.
+        if state.len() > MAX_BUCKETS {
+            // `account:*` / `workload:*` make a bucket per name a client
+            // sends: drop the full ones (a full bucket is the same as none).
+            state.retain(|_, b| {
+                let full = |x: &mut Option<Bucket>| {
+                    x.as_mut().is_none_or(|x| {
+                        x.refill(now);
+                        x.level >= x.capacity
+                    })
+                };
+                !(full(&mut b.requests) && full(&mut b.tokens))
+            });
+        }
+        // Check every bucket first, then take from all: all or nothing. The
+        // refusal reports the rule with the longest wait, so one retry-after
+        // is enough.
+        let mut worst: Option<RateLimited> = None;
         for &(i, inst) in &applicable {
             let rule = &self.rules[i];
             let b = state
@@ -209,15 +229,24 @@ impl Limiter {
                         reset: b.until_full(),
                     })
                 };
-                return Err(RateLimited {
+                let limited = RateLimited {
                     rule: rule.label(),
                     kind,
                     // Whole seconds for `retry-after`, never zero.
                     retry_after: wait.max(Duration::from_millis(1)),
                     requests: fig(&b.requests, rule.rpm),
                     tokens: fig(&b.tokens, rule.tpm),
-                });
+                };
+                if worst
+                    .as_ref()
+                    .is_none_or(|w| limited.retry_after > w.retry_after)
+                {
+                    worst = Some(limited);
+                }
             }
+        }
+        if let Some(limited) = worst {
+            return Err(limited);
         }
         let mut admission = Admission::default();
         for (i, inst) in applicable {
@@ -315,6 +344,33 @@ mod tests {
         let l = Limiter::new(vec![rule("all", None, Some(10))]);
         assert!(l.admit(&id("x"), 50, t0).is_ok());
         assert!(l.admit(&id("x"), 1, t0).is_err());
+    }
+
+    #[test]
+    fn the_longest_wait_is_reported() {
+        let l = Limiter::new(vec![
+            rule("all", Some(60), None),
+            rule("account:acme", Some(1), None),
+        ]);
+        let t0 = Instant::now();
+        assert!(l.admit(&id("acme"), 0, t0).is_ok());
+        let err = l.admit(&id("acme"), 0, t0).unwrap_err();
+        assert_eq!(err.rule, "account:acme");
+        assert!(err.retry_after >= Duration::from_secs(59));
+    }
+
+    #[test]
+    fn full_buckets_are_dropped_when_there_are_many() {
+        let l = Limiter::new(vec![rule("account:*", Some(10), None)]);
+        let t0 = Instant::now();
+        for i in 0..=MAX_BUCKETS {
+            assert!(l.admit(&id(&format!("a{i}")), 0, t0).is_ok());
+        }
+        // A minute later every bucket is full again: the next admission prunes them.
+        assert!(l
+            .admit(&id("late"), 0, t0 + Duration::from_secs(60))
+            .is_ok());
+        assert!(l.state.lock().unwrap().len() <= 1);
     }
 
     #[test]
