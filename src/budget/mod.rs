@@ -245,6 +245,21 @@ pub struct Status {
     pub remaining_nusd: u64,
 }
 
+impl Status {
+    fn of(b: &Budget, period_key: String, spent: u64, reserved: u64) -> Status {
+        Status {
+            name: b.name.clone(),
+            scope: b.scope.to_string(),
+            period: b.period.as_str().into(),
+            period_key,
+            limit_nusd: b.limit_nusd,
+            spent_nusd: spent,
+            reserved_nusd: reserved,
+            remaining_nusd: b.limit_nusd.saturating_sub(spent).saturating_sub(reserved),
+        }
+    }
+}
+
 /// Budgets and their state.
 pub struct Ledger {
     budgets: Vec<Budget>,
@@ -634,16 +649,7 @@ impl Ledger {
                     .map_or((String::new(), 0, 0), |c| {
                         (c.key.clone(), c.stored.spent, c.reserved)
                     });
-                Status {
-                    name: b.name.clone(),
-                    scope: b.scope.to_string(),
-                    period: b.period.as_str().into(),
-                    period_key: key,
-                    limit_nusd: b.limit_nusd,
-                    spent_nusd: spent,
-                    reserved_nusd: reserved,
-                    remaining_nusd: b.limit_nusd.saturating_sub(spent).saturating_sub(reserved),
-                }
+                Status::of(b, key, spent, reserved)
             })
             .collect()
     }
@@ -668,16 +674,7 @@ pub fn status_offline(budgets: &[Budget], tree: &sled::Tree, now: i64) -> Vec<St
                 }
                 None => (String::new(), 0),
             };
-            Status {
-                name: b.name.clone(),
-                scope: b.scope.to_string(),
-                period: b.period.as_str().into(),
-                period_key: key,
-                limit_nusd: b.limit_nusd,
-                spent_nusd: spent,
-                reserved_nusd: 0,
-                remaining_nusd: b.limit_nusd.saturating_sub(spent),
-            }
+            Status::of(b, key, spent, 0)
         })
         .collect()
 }

@@ -10,6 +10,29 @@ use crate::keys::{AcceptMode, GatewayKey, KeyRing};
 use crate::limit::{Rule, RuleScope};
 use crate::scope::Scope;
 
+/// A required field: `parse` turns it into a value or a problem message.
+fn required<T>(
+    key: String,
+    raw: Option<&str>,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    let Some(raw) = raw else {
+        problems.push(Problem::new(key, "required"));
+        return None;
+    };
+    parse(raw)
+        .map_err(|message| problems.push(Problem::new(key, message)))
+        .ok()
+}
+
+/// A valid account / budget / key name.
+fn name(s: &str) -> Result<String, String> {
+    crate::proxy::identify::check_name("value", s)
+        .map(str::to_string)
+        .map_err(|e| e.0)
+}
+
 /// A per-minute figure: `None` when unset; a problem unless at least 1.
 fn per_minute(key: String, v: Option<i64>, problems: &mut Vec<Problem>) -> Option<u64> {
     match v {
@@ -41,33 +64,18 @@ pub(super) fn gateway_keys(
     let mut rules = Vec::new();
     for (i, k) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("gateway_keys[{i}].{field}");
-        let account = match k.account {
-            Some(a) => match crate::proxy::identify::check_name("value", &a) {
-                Ok(_) => Some(a),
-                Err(e) => {
-                    problems.push(Problem::new(key("account"), e.0));
-                    None
-                }
+        let account = required(key("account"), k.account.as_deref(), name, problems);
+        let sha256 = required(
+            key("sha256"),
+            k.sha256.as_deref(),
+            |h| {
+                crate::keys::parse_sha256_hex(h).ok_or_else(|| {
+                    "must be 64 hex digits (the SHA-256 printed by `tollgate keys new`), not a key"
+                        .to_string()
+                })
             },
-            None => {
-                problems.push(Problem::new(key("account"), "required"));
-                None
-            }
-        };
-        let sha256 = match k.sha256.as_deref().map(crate::keys::parse_sha256_hex) {
-            Some(Some(h)) => Some(h),
-            Some(None) => {
-                problems.push(Problem::new(
-                    key("sha256"),
-                    "must be 64 hex digits (the SHA-256 printed by `tollgate keys new`), not a key",
-                ));
-                None
-            }
-            None => {
-                problems.push(Problem::new(key("sha256"), "required"));
-                None
-            }
-        };
+            problems,
+        );
         let rpm = per_minute(key("rpm"), k.rpm, problems);
         let tpm = per_minute(key("tpm"), k.tpm, problems);
         let (Some(account), Some(sha256)) = (account, sha256) else {
@@ -76,8 +84,8 @@ pub(super) fn gateway_keys(
         let name = k
             .name
             .unwrap_or_else(|| crate::keys::to_hex(&sha256)[..12].to_string());
-        if let Err(e) = crate::proxy::identify::check_name("value", &name) {
-            problems.push(Problem::new(key("name"), e.0));
+        if let Err(e) = self::name(&name) {
+            problems.push(Problem::new(key("name"), e));
             continue;
         }
         if keys.iter().any(|g| g.sha256 == sha256) {
@@ -116,17 +124,12 @@ pub(super) fn rate_limits(raw: Vec<RawRateLimit>, problems: &mut Vec<Problem>) -
     let mut rules = Vec::new();
     for (i, r) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("rate_limits[{i}].{field}");
-        let scope = match r.scope.as_deref().map(|s| Scope::parse(s, true)) {
-            Some(Ok(s)) => Some(s),
-            Some(Err(e)) => {
-                problems.push(Problem::new(key("scope"), e));
-                None
-            }
-            None => {
-                problems.push(Problem::new(key("scope"), "required"));
-                None
-            }
-        };
+        let scope = required(
+            key("scope"),
+            r.scope.as_deref(),
+            |s| Scope::parse(s, true),
+            problems,
+        );
         let rpm = per_minute(key("rpm"), r.rpm, problems);
         let tpm = per_minute(key("tpm"), r.tpm, problems);
         if r.rpm.is_none() && r.tpm.is_none() {
@@ -151,63 +154,35 @@ pub(super) fn budgets(raw: Vec<RawBudget>, problems: &mut Vec<Problem>) -> Vec<B
     for (i, b) in raw.into_iter().enumerate() {
         let key = |field: &str| format!("budgets[{i}].{field}");
         let before = problems.len();
-        let name = match b.name {
-            Some(n) => match crate::proxy::identify::check_name("value", &n) {
-                Ok(_) if out.iter().any(|o| o.name == n) => {
-                    problems.push(Problem::new(
-                        key("name"),
-                        format!("{n:?} names another budget too"),
-                    ));
-                    None
+        let name = required(
+            key("name"),
+            b.name.as_deref(),
+            |n| match name(n)? {
+                n if out.iter().any(|o| o.name == n) => {
+                    Err(format!("{n:?} names another budget too"))
                 }
-                Ok(_) => Some(n),
-                Err(e) => {
-                    problems.push(Problem::new(key("name"), e.0));
-                    None
-                }
+                n => Ok(n),
             },
-            None => {
-                problems.push(Problem::new(key("name"), "required"));
-                None
-            }
-        };
-        let scope = match b.scope.as_deref().map(|s| Scope::parse(s, false)) {
-            Some(Ok(s)) => Some(s),
-            Some(Err(e)) => {
-                problems.push(Problem::new(key("scope"), e));
-                None
-            }
-            None => {
-                problems.push(Problem::new(key("scope"), "required"));
-                None
-            }
-        };
-        let period = match b.period.as_deref() {
-            Some(p) => Period::parse(p).or_else(|| {
-                problems.push(Problem::new(
-                    key("period"),
-                    format!("{p:?} is not request, day or month"),
-                ));
-                None
-            }),
-            None => {
-                problems.push(Problem::new(key("period"), "required"));
-                None
-            }
-        };
-        let limit_nusd = match b.limit_usd.as_deref() {
-            Some(l) => match crate::meter::money::parse_usd(l) {
-                Ok(n) => Some(n),
-                Err(e) => {
-                    problems.push(Problem::new(key("limit_usd"), e.to_string()));
-                    None
-                }
-            },
-            None => {
-                problems.push(Problem::new(key("limit_usd"), "required"));
-                None
-            }
-        };
+            problems,
+        );
+        let scope = required(
+            key("scope"),
+            b.scope.as_deref(),
+            |s| Scope::parse(s, false),
+            problems,
+        );
+        let period = required(
+            key("period"),
+            b.period.as_deref(),
+            |p| Period::parse(p).ok_or_else(|| format!("{p:?} is not request, day or month")),
+            problems,
+        );
+        let limit_nusd = required(
+            key("limit_usd"),
+            b.limit_usd.as_deref(),
+            |l| crate::meter::money::parse_usd(l).map_err(|e| e.to_string()),
+            problems,
+        );
         let mut thresholds = Vec::new();
         for v in b.soft_thresholds.unwrap_or_default() {
             let t = match v {
