@@ -86,8 +86,13 @@ fn state(controls: bool, keys: bool, dir: &std::path::Path) -> anyhow::Result<Ar
         false,
     ));
     let in_flight = InFlight::new(metrics.in_flight.clone());
+    let cache = Arc::new(tollgate::cache::Cache::open(
+        db.open_tree(tollgate::cache::store::TREE)?,
+        config.cache.clone(),
+        metrics.cache.clone(),
+    )?);
     Ok(Arc::new(State::new(
-        &config, recorder, ledger, metrics, in_flight,
+        &config, recorder, ledger, cache, metrics, in_flight,
     )))
 }
 

@@ -3,7 +3,8 @@
 //! plus `/usage`, the usage table of the running sidecar (what
 //! `tollgate usage` shows while the proxy holds the store) and `/events`, the
 //! latest usage events as JSON (`?limit=N`, default 100, oldest first), and
-//! `/budgets`, each budget's period, spent, reserved and remaining as JSON.
+//! `/budgets`, each budget's period, spent, reserved and remaining as JSON,
+//! `/cache/stats` (JSON) and `POST /cache/purge[?account=A]`.
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::budget::Ledger;
+use crate::cache::Cache;
 use crate::meter::outbox::Outbox;
 use crate::metrics::Metrics;
 use crate::proxy::lifecycle::InFlight;
@@ -24,6 +26,7 @@ pub struct Admin {
     pub outbox: Outbox,
     pub in_flight: InFlight,
     pub ledger: Arc<Ledger>,
+    pub cache: Arc<Cache>,
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -48,6 +51,33 @@ impl ServeHttp for Admin {
                 Ok(body) => respond(200, "application/json", body),
                 Err(e) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
             },
+            "/cache/stats" => match serde_json::to_vec(&self.cache.stats()) {
+                Ok(body) => respond(200, "application/json", body),
+                Err(e) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
+            },
+            "/cache/purge" => {
+                if req.method != http::Method::POST {
+                    return respond(405, "text/plain", b"POST only\n".to_vec());
+                }
+                let account = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("account="))
+                    .map(str::to_string);
+                let cache = self.cache.clone();
+                // A purge scans the store: disk work, off the async threads.
+                let removed =
+                    tokio::task::spawn_blocking(move || cache.store.purge(account.as_deref()))
+                        .await;
+                match removed {
+                    Ok(Ok(n)) => respond(
+                        200,
+                        "application/json",
+                        format!("{{\"removed\":{n}}}\n").into_bytes(),
+                    ),
+                    Ok(Err(e)) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
+                    Err(e) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
+                }
+            }
             "/readyz" => {
                 if self.in_flight.draining() {
                     respond(503, "text/plain", b"draining\n".to_vec())

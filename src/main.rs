@@ -15,6 +15,7 @@ use pingora::services::listening::Service;
 use tollgate::admin::Admin;
 use tollgate::budget::alerts::{AlertService, AlertSink};
 use tollgate::budget::{self, Ledger, SystemClock};
+use tollgate::cache::{self, Cache};
 use tollgate::config::{self, Config, Flags, Sources};
 use tollgate::keys::{self as gateway_keys, KeyMode};
 use tollgate::meter::outbox::{self, Outbox};
@@ -68,6 +69,40 @@ enum Command {
     /// Budgets: what each has spent, reserved and left this period.
     #[command(subcommand)]
     Budget(BudgetCommand),
+    /// The exact cache: its size, and purging it.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Print the cache's entries and bytes (and, from a running proxy, its
+    /// requests by result, savings and requests in flight).
+    ///
+    /// Examples:
+    ///   tollgate cache stats
+    ///   tollgate cache stats --config tollgate.toml --json
+    #[command(verbatim_doc_comment)]
+    Stats {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove cached answers: all of them, or one account's.
+    ///
+    /// Examples:
+    ///   tollgate cache purge
+    ///   tollgate cache purge --account acme
+    #[command(verbatim_doc_comment)]
+    Purge {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Only this account's entries.
+        #[arg(long)]
+        account: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -160,6 +195,10 @@ fn main() -> ExitCode {
             test,
         }) => keys_new(&account, name.as_deref(), test),
         Command::Budget(BudgetCommand::Status { config, json }) => budget_status(&config, json),
+        Command::Cache(CacheCommand::Stats { config, json }) => cache_stats(&config, json),
+        Command::Cache(CacheCommand::Purge { config, account }) => {
+            cache_purge(&config, account.as_deref())
+        }
     };
     match result {
         Ok(code) => code,
@@ -199,13 +238,18 @@ fn load_config(args: &ConfigArgs) -> Result<Config, config::ConfigError> {
     })
 }
 
+/// The configuration, or (having printed every problem) the exit code.
+fn config_for(args: &ConfigArgs) -> Result<Config, ExitCode> {
+    load_config(args).map_err(|e| {
+        eprintln!("tollgate: invalid configuration:\n{e}");
+        ExitCode::from(EXIT_BAD_CONFIG)
+    })
+}
+
 fn proxy(args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    let config = match load_config(&args.config) {
+    let config = match config_for(&args.config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("tollgate: invalid configuration:\n{e}");
-            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
-        }
+        Err(code) => return Ok(code),
     };
     if args.check_config {
         println!("configuration ok");
@@ -261,11 +305,21 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         config.outbox.sync,
     ));
+    let cache = Arc::new(
+        Cache::open(
+            db.open_tree(cache::store::TREE)
+                .context("opening the cache store")?,
+            config.cache.clone(),
+            metrics.cache.clone(),
+        )
+        .context("opening the cache store")?,
+    );
     let in_flight = InFlight::new(metrics.in_flight.clone());
     let state = Arc::new(State::new(
         &config,
         recorder,
         ledger.clone(),
+        cache.clone(),
         metrics.clone(),
         in_flight.clone(),
     ));
@@ -299,6 +353,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
             outbox: outbox.clone(),
             in_flight: in_flight.clone(),
             ledger: ledger.clone(),
+            cache: cache.clone(),
         };
         let mut service = Service::new("tollgate admin".to_string(), admin);
         service.threads = Some(1);
@@ -328,12 +383,9 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
 }
 
 fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
-    let config = match load_config(&args.config) {
+    let config = match config_for(&args.config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("tollgate: invalid configuration:\n{e}");
-            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
-        }
+        Err(code) => return Ok(code),
     };
     let by = GroupBy::parse(&args.by)?;
     if !config.data_dir.exists() {
@@ -342,28 +394,16 @@ fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
             config.data_dir.display()
         );
     }
-    match sled::Config::new().path(&config.data_dir).open() {
-        Ok(db) => {
+    match open_store(&config)? {
+        Some(db) => {
             let tree = db.open_tree(outbox::TREE)?;
             let report = UsageReport::from_events(outbox::read_events(&tree), &by)?;
             print!("{}", report.render());
-            Ok(ExitCode::SUCCESS)
         }
-        Err(sled::Error::Io(e))
-            if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
-        {
-            // A running proxy holds the store: ask it.
-            let admin = config
-                .admin_listen
-                .context("the store is in use by a running proxy and its admin listener is off")?;
-            let text = fetch_admin_usage(admin, &args.by)?;
-            print!("{text}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            Err(e).with_context(|| format!("opening the store in {}", config.data_dir.display()))
-        }
+        // A running proxy holds the store: ask it.
+        None => print!("{}", fetch_admin_usage(running_admin(&config)?, &args.by)?),
     }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn keys_new(account: &str, name: Option<&str>, test: bool) -> anyhow::Result<ExitCode> {
@@ -384,15 +424,12 @@ fn keys_new(account: &str, name: Option<&str>, test: bool) -> anyhow::Result<Exi
 }
 
 fn budget_status(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
-    let config = match load_config(args) {
+    let config = match config_for(args) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("tollgate: invalid configuration:\n{e}");
-            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
-        }
+        Err(code) => return Ok(code),
     };
-    let statuses: Vec<budget::Status> = match sled::Config::new().path(&config.data_dir).open() {
-        Ok(db) => {
+    let statuses: Vec<budget::Status> = match open_store(&config)? {
+        Some(db) => {
             let tree = db.open_tree(budget::TREE)?;
             budget::status_offline(
                 &config.budgets,
@@ -400,18 +437,9 @@ fn budget_status(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
                 time::OffsetDateTime::now_utc().unix_timestamp(),
             )
         }
-        Err(sled::Error::Io(e))
-            if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
-        {
-            let admin = config
-                .admin_listen
-                .context("the store is in use by a running proxy and its admin listener is off")?;
-            let text = fetch_admin(admin, "/budgets")?;
+        None => {
+            let text = fetch_admin(running_admin(&config)?, "/budgets")?;
             serde_json::from_str(&text).context("reading the running proxy's /budgets")?
-        }
-        Err(e) => {
-            return Err(e)
-                .with_context(|| format!("opening the store in {}", config.data_dir.display()))
         }
     };
     if json {
@@ -422,17 +450,118 @@ fn budget_status(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Opens the store, or says that a running proxy holds it (`None`).
+fn open_store(config: &Config) -> anyhow::Result<Option<sled::Db>> {
+    match sled::Config::new().path(&config.data_dir).open() {
+        Ok(db) => Ok(Some(db)),
+        Err(sled::Error::Io(e))
+            if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
+        {
+            Ok(None)
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("opening the store in {}", config.data_dir.display()))
+        }
+    }
+}
+
+fn running_admin(config: &Config) -> anyhow::Result<std::net::SocketAddr> {
+    config
+        .admin_listen
+        .context("the store is in use by a running proxy and its admin listener is off")
+}
+
+fn cache_stats(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let config = match config_for(args) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let stats: cache::Stats = match open_store(&config)? {
+        Some(db) => {
+            let store = cache::Store::open(
+                db.open_tree(cache::store::TREE)?,
+                config.cache.max_bytes,
+                None,
+            )?;
+            db.flush()?;
+            cache::Stats::offline(store.stats())
+        }
+        None => {
+            let text = fetch_admin(running_admin(&config)?, "/cache/stats")?;
+            serde_json::from_str(&text).context("reading the running proxy's /cache/stats")?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        print!("{}", stats.render());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cache_purge(args: &ConfigArgs, account: Option<&str>) -> anyhow::Result<ExitCode> {
+    let config = match config_for(args) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    if let Some(a) = account {
+        tollgate::proxy::identify::check_name("--account", a).map_err(|e| anyhow::anyhow!(e.0))?;
+    }
+    let removed: u64 = match open_store(&config)? {
+        Some(db) => {
+            let store = cache::Store::open(
+                db.open_tree(cache::store::TREE)?,
+                config.cache.max_bytes,
+                None,
+            )?;
+            let n = store.purge(account)?;
+            db.flush()?;
+            n
+        }
+        None => {
+            let path = match account {
+                Some(a) => format!("/cache/purge?account={a}"),
+                None => "/cache/purge".to_string(),
+            };
+            let text = post_admin(running_admin(&config)?, &path)?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).context("reading the running proxy's answer")?;
+            v.get("removed").and_then(|n| n.as_u64()).unwrap_or(0)
+        }
+    };
+    match account {
+        Some(a) => println!("removed {removed} cached answers of account {a}"),
+        None => println!("removed {removed} cached answers"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn fetch_admin_usage(admin: std::net::SocketAddr, by: &str) -> anyhow::Result<String> {
     fetch_admin(admin, &format!("/usage?by={by}"))
 }
 
 fn fetch_admin(admin: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    admin_call(admin, reqwest::Method::GET, path)
+}
+
+fn post_admin(admin: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    admin_call(admin, reqwest::Method::POST, path)
+}
+
+/// One request to the running proxy's admin listener; its body on success.
+fn admin_call(
+    admin: std::net::SocketAddr,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let url = format!("http://{admin}{path}");
-        let response = reqwest::get(&url)
+        let response = reqwest::Client::new()
+            .request(method, &url)
+            .send()
             .await
             .with_context(|| format!("asking the running proxy at {url}"))?;
         let status = response.status();

@@ -12,6 +12,25 @@ use crate::budget::{Budget, BudgetGauges, LedgerMetrics};
 
 use crate::meter::outbox::OutboxMetrics;
 
+/// The exact cache's metrics (handed to the store and the cache stage).
+#[derive(Clone)]
+pub struct CacheMetrics {
+    /// Requests by cache result (hit, miss, bypass, refresh, coalesced).
+    pub requests: IntCounterVec,
+    /// USD that hits and coalesced requests did not spend.
+    pub saved_usd: prometheus::Counter,
+    /// Entries stored.
+    pub entries: IntGauge,
+    /// Bytes stored (entries and their index records).
+    pub bytes: IntGauge,
+    /// Entries evicted to stay under `cache.max_bytes`.
+    pub evictions: IntCounter,
+    /// Entries dropped because their TTL ran out.
+    pub expirations: IntCounter,
+    /// Store reads or writes that failed (the request went on uncached).
+    pub errors: IntCounter,
+}
+
 /// Buckets for whole-request and upstream latencies (seconds): LLM calls run
 /// from milliseconds (errors, cache hits) to minutes (long generations).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -63,6 +82,8 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Requests refused for their gateway key, by reason (missing|invalid|wrong_mode|account).
     pub key_rejections: IntCounterVec,
+    /// The exact cache.
+    pub cache: CacheMetrics,
 }
 
 impl Metrics {
@@ -198,6 +219,40 @@ impl Metrics {
             Opts::new("tollgate_gateway_key_rejections_total", "Requests refused for their gateway key, by reason (missing, invalid, wrong_mode, account)."),
             &["reason"],
         )?;
+        let cache = CacheMetrics {
+            requests: IntCounterVec::new(
+                Opts::new("tollgate_cache_requests_total", "Metered requests by what the exact cache did: hit, miss, bypass, refresh or coalesced."),
+                &["result"],
+            )?,
+            saved_usd: prometheus::Counter::new(
+                "tollgate_cache_saved_usd_total",
+                "USD not spent thanks to cache hits and coalesced requests (what those calls would have cost).",
+            )?,
+            entries: IntGauge::new("tollgate_cache_entries", "Entries in the exact cache.")?,
+            bytes: IntGauge::new(
+                "tollgate_cache_bytes",
+                "Bytes held by the exact cache (counted against cache.max_bytes).",
+            )?,
+            evictions: IntCounter::new(
+                "tollgate_cache_evictions_total",
+                "Least-recently-used entries evicted to stay under cache.max_bytes.",
+            )?,
+            expirations: IntCounter::new(
+                "tollgate_cache_expirations_total",
+                "Entries dropped because their TTL ran out.",
+            )?,
+            errors: IntCounter::new(
+                "tollgate_cache_errors_total",
+                "Cache store reads or writes that failed; the request went on uncached.",
+            )?,
+        };
+        registry.register(Box::new(cache.requests.clone()))?;
+        registry.register(Box::new(cache.saved_usd.clone()))?;
+        registry.register(Box::new(cache.entries.clone()))?;
+        registry.register(Box::new(cache.bytes.clone()))?;
+        registry.register(Box::new(cache.evictions.clone()))?;
+        registry.register(Box::new(cache.expirations.clone()))?;
+        registry.register(Box::new(cache.errors.clone()))?;
         registry.register(Box::new(budget_remaining_usd.clone()))?;
         registry.register(Box::new(budget_reserved_usd.clone()))?;
         registry.register(Box::new(budget_spent_usd.clone()))?;
@@ -239,6 +294,7 @@ impl Metrics {
             budget_alert_failures,
             rate_limited,
             key_rejections,
+            cache,
         })
     }
 

@@ -80,7 +80,7 @@ async fn no_overshoot_under_64_concurrent_requests() {
     let fake = FakeProvider::start().await;
     let b = body(false, 256);
     let worst = worst_nusd(&b, 256);
-    let t = keyed(Builder::new(&fake.base_url()))
+    let t = keyed(Builder::new(&fake.base_url()).no_cache())
         .config(&format!(
             "[[budgets]]\nname = \"acme-day\"\nscope = \"account:acme\"\nperiod = \"day\"\nlimit_usd = \"{}\"\n",
             usd(K * worst)
@@ -162,7 +162,7 @@ async fn clamp_lowers_max_tokens_and_says_so() {
     let b = body(false, 4000);
     // Room for the input plus exactly 1000 output tokens.
     let limit = b.len() as u64 * 3000 + 1000 * 15000;
-    let t = keyed(Builder::new(&fake.base_url()))
+    let t = keyed(Builder::new(&fake.base_url()).no_cache())
         .config(&format!(
             "[[budgets]]\nname = \"clamped\"\nscope = \"all\"\nperiod = \"month\"\nlimit_usd = \"{}\"\non_insufficient = \"clamp\"\n",
             usd(limit)
@@ -188,7 +188,7 @@ async fn clamp_lowers_max_tokens_and_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cut_at_message_start_ends_with_an_error_event() {
     let fake = FakeProvider::start().await;
-    let t = keyed(Builder::new(&fake.base_url()))
+    let t = keyed(Builder::new(&fake.base_url()).no_cache())
         .config("[[budgets]]\nname = \"tiny\"\nscope = \"all\"\nperiod = \"day\"\nlimit_usd = \"0.05\"\n")
         .start();
     let r = post(
@@ -224,7 +224,7 @@ async fn spend_survives_restart_and_budget_status_prints_it() {
     let data = tempfile::tempdir().unwrap();
     let config = "[[budgets]]\nname = \"acme-month\"\nscope = \"account:acme\"\nperiod = \"month\"\nlimit_usd = \"10\"\n";
     let start = || {
-        keyed(Builder::new(&fake.base_url()))
+        keyed(Builder::new(&fake.base_url()).no_cache())
             .data_dir(data.path())
             .config(config)
             .start()
@@ -309,7 +309,7 @@ async fn soft_thresholds_fire_the_webhook_once_each() {
     tokio::spawn(async move { axum::serve(listener, app).await });
     let fake = FakeProvider::start().await;
     // Each call costs 1000·3000 + 100·15000 = 4 500 000 nano-USD; the limit is 10 calls.
-    let t = keyed(Builder::new(&fake.base_url()))
+    let t = keyed(Builder::new(&fake.base_url()).no_cache())
         .config(&format!(
             "[[budgets]]\nname = \"team\"\nscope = \"tag:team=search\"\nperiod = \"day\"\nlimit_usd = \"0.045\"\nsoft_thresholds = [0.5, 0.8]\nalert_webhook = \"{hook}\"\n"
         ))
@@ -394,7 +394,7 @@ async fn gateway_keys_and_rate_limits() {
     let (live, live_entry) = new_key("acme", "acme-app", false);
     let (test, test_entry) = new_key("acme", "acme-ci", true);
     assert!(live.starts_with("tg_live_") && test.starts_with("tg_test_"));
-    let t = keyed(Builder::new(&fake.base_url()))
+    let t = keyed(Builder::new(&fake.base_url()).no_cache())
         .config(&format!(
             "{live_entry}rpm = 2\n\n{test_entry}\n[[rate_limits]]\nscope = \"account:*\"\nrpm = 100\n"
         ))
@@ -497,7 +497,10 @@ async fn gateway_keys_and_rate_limits() {
     );
 
     // With no provider key configured, the gateway key is still never passed on.
-    let bare = Builder::new(&fake.base_url()).config(&live_entry).start();
+    let bare = Builder::new(&fake.base_url())
+        .no_cache()
+        .config(&live_entry)
+        .start();
     fake.clear();
     assert_eq!(post(&bare, &b, &[("x-api-key", &live)]).await.status(), 200);
     let seen = fake.requests();
@@ -505,7 +508,7 @@ async fn gateway_keys_and_rate_limits() {
     assert!(seen[0].header("x-api-key").is_none() && seen[0].header("authorization").is_none());
 
     // A test sidecar takes the test key and refuses the live one.
-    let staging = keyed(Builder::new(&fake.base_url()))
+    let staging = keyed(Builder::new(&fake.base_url()).no_cache())
         .top("gateway_keys_mode = \"test\"")
         .config(&format!("{live_entry}\n{test_entry}"))
         .start();
@@ -523,7 +526,7 @@ async fn gateway_keys_and_rate_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_refusal_and_failure_leaves_the_budget_consistent() {
     let fake = FakeProvider::start().await;
-    let t = keyed(Builder::new(&fake.base_url()))
+    let t = keyed(Builder::new(&fake.base_url()).no_cache())
         .config("[timeouts]\nfirst_byte = \"300ms\"\n\n[[budgets]]\nname = \"day\"\nscope = \"all\"\nperiod = \"day\"\nlimit_usd = \"10\"\n")
         .start();
     // No max_tokens (the default bound is written in) and a number the

@@ -64,7 +64,7 @@ fn sonnet_45_nusd(input: u64, w5: u64, w1h: u64, read: u64, output: u64) -> u64 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_non_stream_is_metered_with_receipts_and_key_injection() {
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
     let resp = client()
         .post(format!("{}/v1/messages?beta=true", t.url()))
         .header("x-api-key", CLIENT_KEY)
@@ -165,7 +165,7 @@ fn split_receipt(bytes: &[u8]) -> (&[u8], Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_stream_passes_bytes_through_and_meters() {
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
     for scenario in ["text", "tool_use", "thinking"] {
         fake.clear();
         let resp = client()
@@ -226,7 +226,7 @@ async fn anthropic_stream_passes_bytes_through_and_meters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_stream_gets_usage_without_showing_it_to_the_client() {
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
     // The client did not ask for usage: tollgate asks, meters, and cuts the chunk out.
     let resp = client()
         .post(format!("{}/v1/chat/completions", t.url()))
@@ -287,7 +287,7 @@ async fn openai_stream_gets_usage_without_showing_it_to_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_and_openrouter_non_stream() {
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
     let resp = client()
         .post(format!("{}/v1/chat/completions", t.url()))
         .bearer_auth(CLIENT_KEY)
@@ -334,7 +334,7 @@ async fn openai_and_openrouter_non_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_configured_key_the_clients_own_passes() {
     let fake = FakeProvider::start().await;
-    let t = Builder::new(&fake.base_url()).start();
+    let t = Builder::new(&fake.base_url()).no_cache().start();
     let resp = client()
         .post(format!("{}/v1/messages", t.url()))
         .header("x-api-key", CLIENT_KEY)
@@ -351,7 +351,7 @@ async fn without_a_configured_key_the_clients_own_passes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unmetered_paths_and_count_tokens_are_forwarded() {
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
     let c = client();
     let models = c
         .get(format!("{}/v1/models", t.url()))
@@ -393,7 +393,12 @@ async fn unmetered_paths_and_count_tokens_are_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn own_errors_use_the_provider_shape() {
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url()).top("max_body_bytes = 1024")).start();
+    let t = with_keys(
+        Builder::new(&fake.base_url())
+            .no_cache()
+            .top("max_body_bytes = 1024"),
+    )
+    .start();
     let c = client();
     // Bad JSON, Anthropic shape.
     let r = c
@@ -479,7 +484,7 @@ async fn own_errors_use_the_provider_shape() {
 async fn dead_upstream_is_502_and_a_slow_one_504() {
     let dead_port = support::tollgate::free_port();
     let fake = FakeProvider::start().await;
-    let t = Builder::new(&format!("http://127.0.0.1:{dead_port}"))
+    let t = Builder::new(&format!("http://127.0.0.1:{dead_port}")).no_cache()
         .config(&format!(
             "[providers.slow]\ndialect = \"anthropic\"\nbase_url = \"{}\"\n\n[timeouts]\nconnect = \"1s\"\nfirst_byte = \"500ms\"\n",
             fake.base_url()
@@ -522,7 +527,7 @@ async fn dead_upstream_is_502_and_a_slow_one_504() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_abort_cancels_upstream_and_is_recorded() {
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
     let resp = client()
         .post(format!("{}/v1/messages", t.url()))
         .header("anthropic-version", "2023-06-01")
@@ -552,7 +557,7 @@ async fn client_abort_cancels_upstream_and_is_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_cut_ends_the_stream_promptly_with_an_error_event() {
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
     for (path, body) in [
         ("/v1/messages", messages_body(true)),
         ("/v1/chat/completions", chat_body(true)),
@@ -584,7 +589,7 @@ async fn upstream_cut_ends_the_stream_promptly_with_an_error_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mb_stream_is_not_buffered() {
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url()).log_level("info")).start();
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache().log_level("info")).start();
     // Warm up so allocator and pools are in their steady state.
     client()
         .post(format!("{}/v1/messages", t.url()))
@@ -635,7 +640,12 @@ async fn a_100_mb_stream_is_not_buffered() {
 async fn events_survive_a_restart_and_sigterm_drains() {
     let fake = FakeProvider::start().await;
     let data = tempfile::tempdir().unwrap();
-    let mut t = with_keys(Builder::new(&fake.base_url()).data_dir(data.path())).start();
+    let mut t = with_keys(
+        Builder::new(&fake.base_url())
+            .no_cache()
+            .data_dir(data.path()),
+    )
+    .start();
     for _ in 0..3 {
         client()
             .post(format!("{}/v1/messages", t.url()))
@@ -676,7 +686,12 @@ async fn events_survive_a_restart_and_sigterm_drains() {
     let status = t.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "{status}");
 
-    let t2 = with_keys(Builder::new(&fake.base_url()).data_dir(data.path())).start();
+    let t2 = with_keys(
+        Builder::new(&fake.base_url())
+            .no_cache()
+            .data_dir(data.path()),
+    )
+    .start();
     let events = t2.events().await;
     assert_eq!(events.len(), 4);
     assert!(events.iter().all(|e| e["status"] == "ok"));
@@ -739,8 +754,12 @@ fn check_config_reports_every_problem_and_exits_64() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_stream_ends_at_the_idle_timeout() {
     let fake = FakeProvider::start().await;
-    let t =
-        with_keys(Builder::new(&fake.base_url()).config("[timeouts]\nidle = \"300ms\"\n")).start();
+    let t = with_keys(
+        Builder::new(&fake.base_url())
+            .no_cache()
+            .config("[timeouts]\nidle = \"300ms\"\n"),
+    )
+    .start();
     let started = Instant::now();
     let resp = client()
         .post(format!("{}/v1/messages", t.url()))
@@ -770,7 +789,7 @@ async fn a_stalled_stream_ends_at_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mid_stream_provider_error_is_passed_and_recorded() {
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
     let resp = client()
         .post(format!("{}/v1/messages", t.url()))
         .header("x-fake-scenario", "midstream-error")
@@ -794,7 +813,7 @@ async fn a_mid_stream_provider_error_is_passed_and_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_models_use_the_fallback_price_and_are_counted() {
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url()).config(
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache().config(
         "[price_fallback]\ninput = \"1.00\"\noutput = \"2.00\"\n\n[prices.\"my-finetune\"]\ninput = \"0.50\"\noutput = \"1.50\"\n",
     ))
     .start();
@@ -834,7 +853,7 @@ async fn tls_upstream_speaks_h2_with_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, ca_pem).unwrap();
-    let t = with_keys(Builder::new("http://127.0.0.1:9").config(&format!(
+    let t = with_keys(Builder::new("http://127.0.0.1:9").no_cache().config(&format!(
         "[providers.secure]\ndialect = \"anthropic\"\nbase_url = \"https://localhost:{}\"\napi_key_env = \"ANTHROPIC_API_KEY\"\nca_file = {:?}\n",
         fake.addr.port(),
         ca.display().to_string()
@@ -869,7 +888,9 @@ async fn tls_upstream_speaks_h2_with_a_private_ca() {
 
     // A server whose certificate is not trusted is never sent the request.
     let (untrusted, _) = FakeProvider::start_tls().await;
-    let t2 = Builder::new(&format!("https://localhost:{}", untrusted.addr.port())).start();
+    let t2 = Builder::new(&format!("https://localhost:{}", untrusted.addr.port()))
+        .no_cache()
+        .start();
     let resp = client()
         .post(format!("{}/v1/messages", t2.url()))
         .json(&messages_body(false))
@@ -883,7 +904,12 @@ async fn tls_upstream_speaks_h2_with_a_private_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_receipt_can_be_turned_off_and_probes_answer() {
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url()).top("stream_receipt = false")).start();
+    let t = with_keys(
+        Builder::new(&fake.base_url())
+            .no_cache()
+            .top("stream_receipt = false"),
+    )
+    .start();
     for probe in ["healthz", "readyz"] {
         let r = reqwest::get(format!("{}/{probe}", t.admin_url()))
             .await
@@ -910,7 +936,12 @@ async fn stream_receipt_can_be_turned_off_and_probes_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_non_stream_answer_is_piped_not_lost() {
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url()).top("max_body_bytes = 300")).start();
+    let t = with_keys(
+        Builder::new(&fake.base_url())
+            .no_cache()
+            .top("max_body_bytes = 300"),
+    )
+    .start();
     let resp = client()
         .post(format!("{}/v1/messages", t.url()))
         .json(&messages_body(false))
@@ -934,6 +965,7 @@ async fn async_outbox_still_records_every_event() {
     let data = tempfile::tempdir().unwrap();
     let mut t = with_keys(
         Builder::new(&fake.base_url())
+            .no_cache()
             .data_dir(data.path())
             .config("[outbox]\nsync = false\n"),
     )
@@ -949,7 +981,12 @@ async fn async_outbox_still_records_every_event() {
     }
     assert_eq!(t.wait_events(2).await.len(), 2);
     assert!(t.stop().success());
-    let t2 = with_keys(Builder::new(&fake.base_url()).data_dir(data.path())).start();
+    let t2 = with_keys(
+        Builder::new(&fake.base_url())
+            .no_cache()
+            .data_dir(data.path()),
+    )
+    .start();
     assert_eq!(t2.events().await.len(), 2, "flushed at shutdown");
 }
 
@@ -1013,7 +1050,12 @@ impl Drop for TinyFs {
 async fn a_full_disk_keeps_serving_and_logs_the_events() {
     let fake = FakeProvider::start().await;
     let fs = TinyFs::mount("16m");
-    let t = with_keys(Builder::new(&fake.base_url()).data_dir(&fs.0.path().join("data"))).start();
+    let t = with_keys(
+        Builder::new(&fake.base_url())
+            .no_cache()
+            .data_dir(&fs.0.path().join("data")),
+    )
+    .start();
     fs.fill();
     // sled writes into a segment it already holds until that is full.
     let mut sent = 0;
@@ -1074,7 +1116,7 @@ async fn a_full_disk_keeps_serving_and_logs_the_events() {
 async fn identity_headers_scope_the_ledger_and_never_reach_the_provider() {
     let fake = FakeProvider::start().await;
     let data = tempfile::tempdir().unwrap();
-    let mut t = with_keys(Builder::new(&fake.base_url()).data_dir(data.path()).top(
+    let mut t = with_keys(Builder::new(&fake.base_url()).no_cache().data_dir(data.path()).top(
         "default_account = \"shared\"\ndefault_workload = \"web\"\ndefault_tags = \"env=prod\"",
     ))
     .start();

@@ -373,11 +373,16 @@ struct AnthropicSdk {
 async fn anthropic_sdk_end_to_end(sdk: AnthropicSdk) {
     let python = sdk_python(sdk.venv).await;
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
     // No provider key: the client's credential passes, showing which header the SDK uses.
-    let bare = Builder::new(&fake.base_url()).start();
+    let bare = Builder::new(&fake.base_url()).no_cache().start();
     // tollgate's own errors: a small body limit and an upstream that refuses connections.
-    let broken = with_keys(Builder::new(DEAD_UPSTREAM).top("max_body_bytes = 1500")).start();
+    let broken = with_keys(
+        Builder::new(DEAD_UPSTREAM)
+            .no_cache()
+            .top("max_body_bytes = 1500"),
+    )
+    .start();
     let plan = json!([
         {"name": "create", "op": "create",
          "usage": "input=1000,output=500,cache_write=200,cache_write_1h=50,cache_read=300"},
@@ -710,8 +715,13 @@ async fn anthropic_legacy_sdk_end_to_end() {
 async fn openai_sdk_end_to_end() {
     let python = sdk_python("openai").await;
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url())).start();
-    let broken = with_keys(Builder::new(DEAD_UPSTREAM).top("max_body_bytes = 1500")).start();
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
+    let broken = with_keys(
+        Builder::new(DEAD_UPSTREAM)
+            .no_cache()
+            .top("max_body_bytes = 1500"),
+    )
+    .start();
     let broken_base = format!("{}/v1", broken.url());
     let openrouter = format!("{}/openrouter/v1", t.url());
     let or_model = "anthropic/claude-sonnet-4.5";
@@ -1010,7 +1020,7 @@ fn split_receipt(bytes: &[u8]) -> (&[u8], Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_gets_the_providers_bytes_and_the_receipt() {
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
     let anthropic = [
         ("x-api-key", CLIENT_KEY),
         ("anthropic-version", "2023-06-01"),
@@ -1110,7 +1120,7 @@ async fn curl_gets_the_providers_bytes_and_the_receipt() {
 async fn anthropic_sdk_sees_budget_and_rate_limit_errors() {
     let python = sdk_python("anthropic-current").await;
     let fake = FakeProvider::start().await;
-    let t = with_keys(Builder::new(&fake.base_url()))
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache())
         .config(
             r#"
 [[budgets]]
@@ -1207,4 +1217,207 @@ tpm = 60000
     assert_eq!(id_event["error"], "budget_exceeded");
     assert_eq!(id_event["input_tokens"], 100000);
     assert_no_keys_in_log(&t);
+}
+
+// ---------------------------------------------------------------------------
+// The exact cache through the SDKs' own stream accumulators
+
+/// A message as the SDK parsed it, minus what legitimately differs.
+fn essence(message: &Value) -> Value {
+    json!({
+        "content": message["content"],
+        "stop_reason": message["stop_reason"],
+        "usage": message["usage"],
+        "model": message["model"],
+        "id": message["id"],
+    })
+}
+
+async fn anthropic_sdk_replays_cached_messages(venv: &'static str) {
+    let python = sdk_python(venv).await;
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    // Each pair: the first call is a miss that stores the answer, the
+    // second (the other form) is served from it.
+    let plan = json!([
+        {"name": "text_json", "op": "create", "prompt": "cache text",
+         "usage": "input=100,output=20,cache_write=10,cache_read=30"},
+        {"name": "text_stream", "op": "stream_helper", "prompt": "cache text"},
+        {"name": "tool_stream", "op": "stream_helper", "scenario": "tool_use", "prompt": "cache tool"},
+        {"name": "tool_json", "op": "create", "scenario": "tool_use", "prompt": "cache tool"},
+        {"name": "thinking_json", "op": "create", "scenario": "thinking", "prompt": "cache thinking"},
+        {"name": "thinking_stream", "op": "stream_helper", "scenario": "thinking", "prompt": "cache thinking"},
+        {"name": "thinking_raw_stream", "op": "create_stream", "scenario": "thinking", "prompt": "cache thinking"},
+    ]);
+    let url = t.url();
+    let run = run_script(
+        &python,
+        "anthropic_calls.py",
+        &[
+            ("ANTHROPIC_API_KEY", CLIENT_KEY),
+            ("ANTHROPIC_BASE_URL", &url),
+        ],
+        &plan,
+    )
+    .await;
+    let who = format!("{} {}", run.sdk, run.version);
+    for (original, replayed) in [
+        ("text_json", "text_stream"),
+        ("tool_stream", "tool_json"),
+        ("thinking_json", "thinking_stream"),
+    ] {
+        let a = run.ok(original);
+        let b = run.ok(replayed);
+        assert_eq!(hdr(a, "x-tollgate-cache"), "miss", "{who} {original}");
+        assert_eq!(hdr(b, "x-tollgate-cache"), "hit", "{who} {replayed}");
+        assert_eq!(
+            essence(&a["message"]),
+            essence(&b["message"]),
+            "{who}: {replayed} (from the cache) differs from {original}"
+        );
+    }
+    // The blocks really are there (not an empty message compared to another).
+    let kinds = |name: &str| -> Vec<String> {
+        run.ok(name)["message"]["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["type"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert!(kinds("tool_json").contains(&"tool_use".to_string()));
+    assert!(kinds("thinking_stream").contains(&"thinking".to_string()));
+    let thinking = run.ok("thinking_stream")["message"]["content"][0].clone();
+    assert!(!thinking["signature"].as_str().unwrap_or("").is_empty());
+    // A raw stream of the cached thinking answer has the provider's sequence.
+    let raw = run.ok("thinking_raw_stream");
+    let events: Vec<&str> = raw["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert_eq!(events.first(), Some(&"message_start"));
+    assert_eq!(events.last(), Some(&"message_stop"));
+    assert!(events.contains(&"message_delta"));
+    assert_eq!(
+        raw["stop_reason"],
+        run.ok("thinking_json")["message"]["stop_reason"]
+    );
+    assert_eq!(
+        fake.requests().len(),
+        3,
+        "{who}: one upstream call per distinct request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_current_sdk_reads_cached_answers_in_either_form() {
+    anthropic_sdk_replays_cached_messages("anthropic-current").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_legacy_sdk_reads_cached_answers_in_either_form() {
+    anthropic_sdk_replays_cached_messages("anthropic-legacy").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_reads_cached_answers_in_either_form() {
+    let python = sdk_python("openai").await;
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let plan = json!([
+        // Stored from a stream whose client did not ask for usage.
+        {"name": "stream_miss", "op": "create_stream", "prompt": "cache openai",
+         "usage": "input=100,output=50,cache_read=20"},
+        {"name": "json_hit", "op": "create", "prompt": "cache openai"},
+        {"name": "stream_hit_no_usage", "op": "create_stream", "prompt": "cache openai"},
+        {"name": "stream_hit_usage", "op": "create_stream", "prompt": "cache openai",
+         "include_usage": true},
+        {"name": "helper_hit", "op": "stream_helper", "prompt": "cache openai",
+         "include_usage": true},
+        // Stored from JSON, replayed as a stream.
+        {"name": "tool_json", "op": "create", "scenario": "tool_use", "prompt": "cache openai tool"},
+        {"name": "tool_helper", "op": "stream_helper", "scenario": "tool_use",
+         "prompt": "cache openai tool", "include_usage": true},
+    ]);
+    let url = format!("{}/v1", t.url());
+    let run = run_script(
+        &python,
+        "openai_calls.py",
+        &[("OPENAI_API_KEY", CLIENT_KEY), ("OPENAI_BASE_URL", &url)],
+        &plan,
+    )
+    .await;
+    let miss = run.ok("stream_miss");
+    assert_eq!(hdr(miss, "x-tollgate-cache"), "miss");
+    let json_hit = run.ok("json_hit");
+    assert_eq!(hdr(json_hit, "x-tollgate-cache"), "hit");
+    let completion = &json_hit["completion"];
+    assert_eq!(completion["choices"][0]["message"]["content"], miss["text"]);
+    assert_eq!(
+        completion["choices"][0]["finish_reason"],
+        miss["finish_reason"]
+    );
+    // prompt_tokens counts cached input too (100 + 20).
+    assert_eq!(completion["usage"]["prompt_tokens"], 120);
+    assert_eq!(completion["usage"]["completion_tokens"], 50);
+    // Without include_usage the client sees no usage chunk; with it, it does.
+    let no_usage = run.ok("stream_hit_no_usage");
+    assert_eq!(hdr(no_usage, "x-tollgate-cache"), "hit");
+    assert_eq!(no_usage["text"], miss["text"]);
+    assert!(no_usage["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["usage"].is_null()));
+    let with_usage = run.ok("stream_hit_usage");
+    let last = with_usage["chunks"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["usage"], completion["usage"]);
+    // The SDK's own accumulator rebuilds the same completion.
+    let helper = run.ok("helper_hit");
+    assert_eq!(hdr(helper, "x-tollgate-cache"), "hit");
+    let rebuilt = &helper["completion"];
+    assert_eq!(
+        rebuilt["choices"][0]["message"]["content"],
+        completion["choices"][0]["message"]["content"]
+    );
+    assert_eq!(
+        rebuilt["choices"][0]["finish_reason"],
+        completion["choices"][0]["finish_reason"]
+    );
+    assert_eq!(rebuilt["usage"], completion["usage"]);
+    assert_eq!(rebuilt["id"], completion["id"]);
+    let tool = &run.ok("tool_json")["completion"]["choices"][0];
+    let tool_rebuilt = &run.ok("tool_helper")["completion"]["choices"][0];
+    assert_eq!(hdr(run.ok("tool_helper"), "x-tollgate-cache"), "hit");
+    assert!(tool["message"]["tool_calls"]
+        .as_array()
+        .is_some_and(|c| !c.is_empty()));
+    // (The SDK's accumulator adds `index` and `parsed_arguments`.)
+    let call = |c: &Value| {
+        json!([
+            c["id"],
+            c["type"],
+            c["function"]["name"],
+            c["function"]["arguments"]
+        ])
+    };
+    assert_eq!(
+        call(&tool_rebuilt["message"]["tool_calls"][0]),
+        call(&tool["message"]["tool_calls"][0])
+    );
+    assert_eq!(
+        tool_rebuilt["message"]["tool_calls"]
+            .as_array()
+            .map(Vec::len),
+        tool["message"]["tool_calls"].as_array().map(Vec::len)
+    );
+    assert_eq!(tool_rebuilt["finish_reason"], tool["finish_reason"]);
+    assert_eq!(fake.requests().len(), 2);
 }

@@ -33,6 +33,7 @@ use crate::meter::prices::{self, PriceTable, RawPrice};
 use crate::provider::Dialect;
 use crate::secret::Secret;
 
+mod cache;
 mod controls;
 use controls::{budgets, gateway_keys, rate_limits};
 
@@ -164,6 +165,8 @@ pub struct Config {
     pub budgets: Vec<Budget>,
     /// Output bound of requests without `max_tokens` when a budget applies.
     pub budget_default_max_tokens: u64,
+    /// The exact cache.
+    pub cache: crate::cache::CacheConfig,
 }
 
 /// Upstream timeouts.
@@ -405,6 +408,24 @@ pub const KEYS: &[(&str, &str, &str, &str)] = &[
      "deny: refuse a request whose worst case does not fit (402 budget_exceeded). clamp: forward it with max_tokens lowered to what remains."),
     ("budget_default_max_tokens", "integer", "4096",
      "Output bound of a request that sets no max_tokens while a budget applies to it: reserved, and sent upstream as its max_tokens."),
+    ("cache.mode", "string", "all",
+     "Exact cache: all (answer repeats of a complete successful answer locally, coalesce identical requests in flight) or off."),
+    ("cache.ttl", "duration", "1h",
+     "How long an answer is served from the cache."),
+    ("cache.max_bytes", "size", "1GiB",
+     "Total size of the cache on disk; least-recently-used entries are evicted beyond it."),
+    ("cache.max_entry_bytes", "size", "8MiB",
+     "Larger answers are not cached, and a stream larger than this takes no more coalesced followers."),
+    ("cache.coalesce", "bool", "true",
+     "Identical requests (same cache key) arriving while one is in flight wait for it instead of calling the provider."),
+    ("cache.coalesce_wait", "duration", "600s",
+     "Longest a coalesced request waits for the first one's answer (non-stream) or first byte (stream) before calling the provider itself."),
+    ("cache.rules[].scope", "string", "-",
+     "[[cache.rules]]: account:NAME, workload:NAME or model:NAME (as requested). Rules apply in order; a later match wins for the fields it sets."),
+    ("cache.rules[].mode", "string", "-",
+     "all or off for matching requests."),
+    ("cache.rules[].ttl", "duration", "-",
+     "TTL for matching requests (also bounds what they read)."),
 ];
 
 /// The TOML shape a key's type takes.
@@ -570,6 +591,29 @@ pub struct RawConfig {
     pub rate_limits: Option<Vec<RawRateLimit>>,
     pub budgets: Option<Vec<RawBudget>>,
     pub budget_default_max_tokens: Option<i64>,
+    pub cache: Option<RawCache>,
+}
+
+/// `[cache]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub mode: Option<String>,
+    pub ttl: Option<String>,
+    pub max_bytes: Option<RawSize>,
+    pub max_entry_bytes: Option<RawSize>,
+    pub coalesce: Option<bool>,
+    pub coalesce_wait: Option<String>,
+    pub rules: Option<Vec<RawCacheRule>>,
+}
+
+/// `[[cache.rules]]`
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheRule {
+    pub scope: Option<String>,
+    pub mode: Option<String>,
+    pub ttl: Option<String>,
 }
 
 /// `[[gateway_keys]]`
@@ -1073,6 +1117,7 @@ fn validate(
             None
         }
     };
+    let cache = cache::cache(raw.cache.unwrap_or_default(), problems);
     if problems.len() != before {
         return None;
     }
@@ -1103,6 +1148,7 @@ fn validate(
         rate_limits,
         budgets,
         budget_default_max_tokens: budget_default_max_tokens?,
+        cache: cache?,
     })
 }
 
@@ -1130,13 +1176,25 @@ fn non_empty(key: &str, s: String, problems: &mut Vec<Problem>) -> Option<String
 
 fn max_body_bytes(raw: Option<RawSize>, problems: &mut Vec<Problem>) -> Option<usize> {
     const KEY: &str = "max_body_bytes";
+    let bytes = size(KEY, raw, DEFAULT_MAX_BODY_BYTES, problems)?;
+    match usize::try_from(bytes) {
+        Ok(n) => Some(n),
+        Err(_) => {
+            problems.push(Problem::new(KEY, "too large for this platform"));
+            None
+        }
+    }
+}
+
+/// A size key: bytes or a string with a unit; must be above 0.
+fn size(key: &str, raw: Option<RawSize>, default: u64, problems: &mut Vec<Problem>) -> Option<u64> {
     let bytes = match raw {
-        None => DEFAULT_MAX_BODY_BYTES,
+        None => default,
         Some(RawSize::Bytes(n)) => match u64::try_from(n) {
             Ok(n) => n,
             Err(_) => {
                 problems.push(Problem::new(
-                    KEY,
+                    key,
                     format!("must be a positive number of bytes, not {n}"),
                 ));
                 return None;
@@ -1146,7 +1204,7 @@ fn max_body_bytes(raw: Option<RawSize>, problems: &mut Vec<Problem>) -> Option<u
             Some(n) => n,
             None => {
                 problems.push(Problem::new(
-                    KEY,
+                    key,
                     format!("not a size: {s:?} (expected bytes, or a number with B, KB, MB, GB, KiB, MiB, GiB…: \"32MiB\")"),
                 ));
                 return None;
@@ -1154,16 +1212,10 @@ fn max_body_bytes(raw: Option<RawSize>, problems: &mut Vec<Problem>) -> Option<u
         },
     };
     if bytes == 0 {
-        problems.push(Problem::new(KEY, "must be greater than 0"));
+        problems.push(Problem::new(key, "must be greater than 0"));
         return None;
     }
-    match usize::try_from(bytes) {
-        Ok(n) => Some(n),
-        Err(_) => {
-            problems.push(Problem::new(KEY, "too large for this platform"));
-            None
-        }
-    }
+    Some(bytes)
 }
 
 /// Parses `"32MiB"`, `"64 KiB"`, `"1GB"`, `"512"`, `"512B"` (units are
@@ -1734,11 +1786,10 @@ base_url = "https://h?x=1"
 output = "abc"
 
 [cache]
-mode = "all"
+mode = "some"
 "#;
         let got = problems(file, &[]);
         let expected = [
-            "cache: unknown key",
             "forward_proxy_listen: unknown key",
             "providers.anthropic.base_ur: unknown key",
             "timeouts.idle: expected a string, found integer",
@@ -1755,6 +1806,7 @@ mode = "all"
             "providers.Bad_Name.base_url: must not have a query or fragment: \"https://h?x=1\"",
             "providers.openai.base_url: not an http(s) URL: \"ftp://api.openai.com\" (the scheme must be http or https)",
             "prices.\"gpt-4o\".output: not a decimal USD amount: \"abc\"",
+            "cache.mode: \"some\" is not all or off",
         ];
         assert_eq!(got, expected);
         // Display: one per line.
@@ -1770,8 +1822,6 @@ ca_dir = "x"
 tunnel_policy = "allow"
 [providers.anthropic]
 hosts = ["api.anthropic.com"]
-[cache]
-mode = "all"
 "#;
         let got = problems(file, &[]);
         for key in [
@@ -1779,14 +1829,75 @@ mode = "all"
             "ca_dir",
             "tunnel_policy",
             "providers.anthropic.hosts",
-            "cache",
         ] {
             assert!(
                 got.contains(&format!("{key}: unknown key")),
                 "{key} in {got:?}"
             );
         }
-        assert_eq!(got.len(), 5);
+        assert_eq!(got.len(), 4);
+    }
+
+    #[test]
+    fn cache_config_and_rules() {
+        let c = ok("", &[]);
+        assert_eq!(c.cache, crate::cache::CacheConfig::default());
+        let c = ok(
+            r#"
+[cache]
+mode = "off"
+ttl = "10m"
+max_bytes = "64MiB"
+max_entry_bytes = 1000
+coalesce = false
+coalesce_wait = "5s"
+[[cache.rules]]
+scope = "account:acme"
+mode = "all"
+[[cache.rules]]
+scope = "model:gpt-4o"
+ttl = "30s"
+"#,
+            &[],
+        );
+        assert_eq!(c.cache.mode, crate::cache::Mode::Off);
+        assert_eq!(c.cache.ttl, Duration::from_secs(600));
+        assert_eq!(c.cache.max_bytes, 64 << 20);
+        assert_eq!(c.cache.max_entry_bytes, 1000);
+        assert!(!c.cache.coalesce);
+        assert_eq!(c.cache.rules.len(), 2);
+        assert_eq!(
+            c.cache.policy("acme", "", "gpt-4o"),
+            (crate::cache::Mode::All, Duration::from_secs(30))
+        );
+        let got = problems(
+            r#"
+[cache]
+ttl = "0s"
+max_bytes = "lots"
+[[cache.rules]]
+scope = "tag:x=y"
+mode = "sometimes"
+[[cache.rules]]
+scope = "account:a"
+[[cache.rules]]
+mode = "off"
+colour = "red"
+"#,
+            &[],
+        );
+        assert_eq!(
+            got,
+            [
+                "cache.rules[2].colour: unknown key",
+                "cache.ttl: must be greater than 0",
+                "cache.max_bytes: not a size: \"lots\" (expected bytes, or a number with B, KB, MB, GB, KiB, MiB, GiB…: \"32MiB\")",
+                "cache.rules[0].scope: \"tag:x=y\" is not account:NAME, workload:NAME or model:NAME",
+                "cache.rules[0].mode: \"sometimes\" is not all or off",
+                "cache.rules[1]: sets neither mode nor ttl",
+                "cache.rules[2].scope: required",
+            ]
+        );
     }
 
     #[test]
@@ -2375,6 +2486,17 @@ cache_write_5m = "1"
 cache_write_1h = "1"
 cache_read = "1"
 batch_multiplier = "1"
+[cache]
+mode = "all"
+ttl = "1h"
+max_bytes = "1GiB"
+max_entry_bytes = "8MiB"
+coalesce = true
+coalesce_wait = "600s"
+[[cache.rules]]
+scope = "model:m"
+mode = "off"
+ttl = "1m"
 "#;
         ok(all, &[]);
         fn leaves(

@@ -100,13 +100,18 @@ impl Recorder {
         m.requests
             .with_label_values(&[provider, e.route.as_str(), e.status.as_str()])
             .inc();
+        // Hits and coalesced requests consumed no provider tokens.
+        let served_locally = matches!(
+            e.cache,
+            super::event::CacheOutcome::Hit | super::event::CacheOutcome::Coalesced
+        );
         for (kind, n) in [
             ("input", e.input_tokens),
             ("output", e.output_tokens),
             ("cache_write", e.cache_creation_input_tokens),
             ("cache_read", e.cache_read_input_tokens),
         ] {
-            if n > 0 {
+            if n > 0 && !served_locally {
                 m.tokens.with_label_values(&[provider, kind]).inc_by(n);
             }
         }

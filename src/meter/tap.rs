@@ -98,11 +98,18 @@ impl StreamTap {
     /// its first field line on) is held back, and the usage-only chunk's own
     /// lines and blank line are cut out exactly (comments before it stay).
     pub fn feed(&mut self, chunk: Bytes) -> Bytes {
+        self.feed_with(chunk, |_, _| {})
+    }
+
+    /// [`StreamTap::feed`], also handing every event (name, data) to
+    /// `observe` (the cache assembles the complete message from them).
+    pub fn feed_with(&mut self, chunk: Bytes, mut observe: impl FnMut(&str, &str)) -> Bytes {
         let chunk_start = self.parser.offset();
         let meter = &mut self.meter;
         let cuts = &mut self.cuts;
         let strip = self.strip;
         self.parser.feed(&chunk, |ev| {
+            observe(ev.name, ev.data);
             if meter.on_event(ev.name, ev.data) && strip {
                 cuts.push((ev.fields_start, ev.end));
             }
@@ -131,10 +138,16 @@ impl StreamTap {
     /// At upstream end of body: whatever is still held back (an incomplete
     /// trailing event, forwarded as is).
     pub fn finish(&mut self) -> Bytes {
+        self.finish_with(|_, _| {})
+    }
+
+    /// [`StreamTap::finish`], handing the last event, if any, to `observe`.
+    pub fn finish_with(&mut self, mut observe: impl FnMut(&str, &str)) -> Bytes {
         let meter = &mut self.meter;
         let cuts = &mut self.cuts;
         let strip = self.strip;
         self.parser.finish(|ev| {
+            observe(ev.name, ev.data);
             if meter.on_event(ev.name, ev.data) && strip {
                 cuts.push((ev.fields_start, ev.end));
             }

@@ -49,6 +49,15 @@ pub enum ProxyError {
     RateLimited(crate::limit::RateLimited),
     #[error("{0}")]
     BudgetExceeded(crate::budget::Denied),
+    #[error("bad header: {0}")]
+    BadHeader(String),
+    /// The error of the identical request this one was coalesced onto.
+    #[error("{message}")]
+    Shared {
+        status: u16,
+        kind: &'static str,
+        message: String,
+    },
 }
 
 /// How loudly an error is logged.
@@ -76,6 +85,8 @@ impl ProxyError {
             ProxyError::Forbidden(_) => "forbidden",
             ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::BudgetExceeded(_) => "budget_exceeded",
+            ProxyError::BadHeader(_) => "bad_header",
+            ProxyError::Shared { kind, .. } => kind,
         }
     }
 
@@ -95,6 +106,8 @@ impl ProxyError {
             ProxyError::Forbidden(_) => 403,
             ProxyError::RateLimited(_) => 429,
             ProxyError::BudgetExceeded(_) => 402,
+            ProxyError::BadHeader(_) => 400,
+            ProxyError::Shared { status, .. } => *status,
         }
     }
 
@@ -123,6 +136,10 @@ impl ProxyError {
             (ProxyError::RateLimited(_), Dialect::Anthropic) => "rate_limit_error",
             (ProxyError::RateLimited(r), Dialect::OpenAi) => r.kind.as_str(),
             (ProxyError::BudgetExceeded(_), _) => "budget_exceeded",
+            (ProxyError::BadHeader(_), _) => "invalid_request_error",
+            (ProxyError::Shared { status: 504, .. }, Dialect::Anthropic) => "timeout_error",
+            (ProxyError::Shared { .. }, Dialect::Anthropic) => "api_error",
+            (ProxyError::Shared { .. }, Dialect::OpenAi) => "server_error",
         }
     }
 
@@ -137,10 +154,12 @@ impl ProxyError {
             | ProxyError::Unauthorized(_)
             | ProxyError::Forbidden(_)
             | ProxyError::RateLimited(_)
-            | ProxyError::BudgetExceeded(_) => Level::Debug,
+            | ProxyError::BudgetExceeded(_)
+            | ProxyError::BadHeader(_) => Level::Debug,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. }
-            | ProxyError::UpstreamProtocol { .. } => Level::Warn,
+            | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::Shared { .. } => Level::Warn,
             ProxyError::Internal(_) => Level::Error,
         }
     }

@@ -12,6 +12,8 @@ pub const COST_USD: &str = "x-tollgate-cost-usd";
 pub const CACHE: &str = "x-tollgate-cache";
 /// Receipt: the `max_tokens` a budget lowered the request to (`clamp`).
 pub const CLAMPED_MAX_TOKENS: &str = "x-tollgate-clamped-max-tokens";
+/// Request: `bypass` (neither read nor write the cache) or `refresh` (skip the read, write the fresh answer).
+pub const CACHE_REQUEST: &str = "x-tollgate-cache";
 /// Marks a response tollgate made itself; the value is the error kind.
 pub const ERROR: &str = "x-tollgate-error";
 /// Every client-sent header with this prefix is dropped at ingress.
@@ -44,6 +46,16 @@ pub const HOP_BY_HOP: &[&str] = &[
     "content-length",
     "host",
 ];
+
+/// `content-length` when the length is known, else chunked: without it
+/// pingora's HTTP/1.1 writer falls back to close-delimited bodies, costing
+/// the client its keep-alive connection (h2 drops it).
+pub fn set_framing(header: &mut pingora::http::ResponseHeader, len: Option<usize>) {
+    let _ = match len {
+        Some(len) => header.insert_header(http::header::CONTENT_LENGTH, len.to_string()),
+        None => header.insert_header(http::header::TRANSFER_ENCODING, "chunked"),
+    };
+}
 
 /// A response header with this status (500 if the status is not valid).
 pub fn response_header(status: http::StatusCode, capacity: usize) -> pingora::http::ResponseHeader {

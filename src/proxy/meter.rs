@@ -17,6 +17,9 @@ use super::error::error_event;
 use super::forward::UpstreamCall;
 use super::ingress::{Endpoint, RequestModel, Route};
 use super::{headers, receipt, Draft, RequestCtx, State};
+use crate::cache::codec::Assembler;
+use crate::cache::flight::{Head, Leader, Outcome};
+use crate::cache::{EntryMeta, Key};
 use crate::meter::event::Status;
 use crate::meter::recorder::UpstreamTimes;
 use crate::meter::tap::{usage_from_json, StreamTap};
@@ -76,6 +79,17 @@ pub async fn relay(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+    let leader = ctx.leader.take();
+    if let Some(leader) = &leader {
+        leader.head(Head {
+            status,
+            headers: provider_headers(&upstream_header),
+            sse: is_sse,
+        });
+    }
+    let write = ctx.cache_write.take();
+    let assembler = (is_sse && (write.is_some() || leader.is_some()))
+        .then(|| Assembler::new(route.dialect(), state.cache.config.max_entry_bytes as usize));
     let relay = Relay {
         state,
         session,
@@ -83,6 +97,10 @@ pub async fn relay(
         draft,
         pre_upstream,
         client_open: true,
+        leader,
+        write,
+        assembler,
+        usage: None,
     };
     // Unmetered paths (model lists, batch results…) are piped, never buffered.
     if is_sse || route.endpoint == Endpoint::Passthrough {
@@ -100,6 +118,29 @@ struct Relay<'a> {
     pre_upstream: Duration,
     /// False once the client's close has been seen (stop watching for it).
     client_open: bool,
+    /// This request leads a coalesced flight: its followers get every chunk
+    /// and the outcome, and the call goes on for them if this client leaves.
+    leader: Option<Leader>,
+    /// Where to cache a complete answer.
+    write: Option<(Key, Duration)>,
+    /// Builds the complete message out of a stream (for the cache and
+    /// non-stream followers).
+    assembler: Option<Assembler>,
+    /// The usage applied, for the cache entry.
+    usage: Option<Usage>,
+}
+
+/// The provider's response headers minus framing and tollgate's own.
+fn provider_headers(upstream: &ResponseHeader) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    upstream
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            let n = name.as_str();
+            !headers::HOP_BY_HOP.contains(&n) && !n.starts_with(headers::TOLLGATE_PREFIX)
+        })
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
 }
 
 impl Relay<'_> {
@@ -109,6 +150,7 @@ impl Relay<'_> {
             tokio::select! {
                 r = self.call.session.read_response_body() => return classify(r),
                 r = self.session.read_body_or_idle(true) => match r {
+                    Err(_) if self.keep_for_followers() => {}
                     Err(_) => return Err(ReadFailure::ClientGone),
                     // Unexpected bytes from the client: stop watching, keep relaying.
                     Ok(_) => self.client_open = false,
@@ -116,6 +158,91 @@ impl Relay<'_> {
             }
         }
         classify(self.call.session.read_response_body().await)
+    }
+
+    /// The client went away while coalesced followers wait on this call: it
+    /// goes on for them (the answer is paid for either way). The event
+    /// says the client left; its usage stays complete.
+    fn keep_for_followers(&mut self) -> bool {
+        if !self.leader.as_ref().is_some_and(Leader::has_followers) {
+            return false;
+        }
+        if self.client_open {
+            tracing::debug!(request_id = %self.draft.event.event_id, "client went away; the call goes on for coalesced followers");
+        }
+        self.client_open = false;
+        self.draft.event.status = Status::ClientAborted;
+        true
+    }
+
+    /// Caches a complete answer and hands it to the followers.
+    fn conclude_ok(&mut self, message: Option<Bytes>) {
+        let e = &self.draft.event;
+        let meta = EntryMeta {
+            account: e.account.clone(),
+            provider: e.provider.clone(),
+            model: e.model.clone(),
+            created_us: super::cache::now_us(),
+            usage: self.usage.unwrap_or_default(),
+            cost_nusd: e.cost_nusd,
+            upstream_request_id: e.upstream_request_id.clone(),
+        };
+        if let (Some((key, ttl)), Some(message)) = (self.write.take(), message.as_ref()) {
+            super::cache::store(self.state, &key, ttl, &meta, message);
+        }
+        if let Some(leader) = self.leader.take() {
+            leader.finish(Outcome::Done { message, meta });
+        }
+    }
+
+    /// Whether the client is still there to write to.
+    fn client_open_for_writes(&self) -> bool {
+        self.draft.event.status != Status::ClientAborted
+    }
+
+    /// Caches a complete stream and ends the flight, or hands its failure
+    /// (`tail`: the error event this client got) to the followers.
+    fn conclude_stream(&mut self, metered: bool, tap: &StreamTap, tail: &[u8]) {
+        if self.leader.is_none() && self.write.is_none() {
+            return;
+        }
+        let e = &self.draft.event;
+        let complete = metered
+            && tap.complete()
+            && tap.error().is_none()
+            && matches!(e.status, Status::Ok | Status::ClientAborted)
+            && !e.usage_incomplete;
+        if complete {
+            let message = self
+                .assembler
+                .take()
+                .and_then(Assembler::finish)
+                .map(Bytes::from);
+            self.conclude_ok(message);
+        } else {
+            self.conclude_failed(Bytes::copy_from_slice(tail));
+        }
+    }
+
+    /// Hands a failure to the followers.
+    fn conclude_failed(&mut self, tail: Bytes) {
+        if let Some(leader) = self.leader.take() {
+            let message = match self.draft.event.error.as_deref() {
+                Some("upstream_idle_timeout") => {
+                    "upstream stream stalled past the idle timeout (tollgate)"
+                }
+                Some("budget_exceeded") => {
+                    "the request this one was coalesced onto was ended by its budget (tollgate)"
+                }
+                _ => "upstream response ended before it was complete (tollgate)",
+            };
+            leader.finish(Outcome::Failed {
+                status: 502,
+                kind: "upstream_protocol",
+                message: message.into(),
+                tail,
+            });
+        }
     }
 
     /// The client's response header: the provider's, minus framing, plus receipts.
@@ -133,16 +260,7 @@ impl Relay<'_> {
             }
             let _ = header.append_header(name.clone(), value.clone());
         }
-        match len {
-            Some(len) => {
-                let _ = header.insert_header(http::header::CONTENT_LENGTH, len.to_string());
-            }
-            // Without it pingora's HTTP/1.1 writer falls back to close-delimited
-            // bodies, costing the client its keep-alive connection (h2 drops it).
-            None => {
-                let _ = header.insert_header(http::header::TRANSFER_ENCODING, "chunked");
-            }
-        }
+        headers::set_framing(&mut header, len);
         receipt::add_headers(&mut header, &self.draft.event, cost);
         if let Some(n) = self.draft.clamped_max_tokens {
             let _ = header.insert_header(headers::CLAMPED_MAX_TOKENS, n.to_string());
@@ -152,6 +270,7 @@ impl Relay<'_> {
 
     /// Applies usage and prices it into the draft.
     fn apply_usage(&mut self, usage: &Usage, model: Option<&str>) {
+        self.usage = Some(*usage);
         let e = &mut self.draft.event;
         if let Some(model) = model.filter(|m| !m.is_empty()) {
             model.clone_into(&mut e.model);
@@ -216,6 +335,28 @@ impl Relay<'_> {
             }
             Some(f) => self.fail_midway(f),
         }
+        if self.leader.is_some() || self.write.is_some() {
+            let e = &self.draft.event;
+            // ClientAborted with complete usage: the call went on for followers.
+            let complete =
+                matches!(e.status, Status::Ok | Status::ClientAborted) && !e.usage_incomplete;
+            if ok && complete {
+                self.conclude_ok(Some(body.clone()));
+            } else if !ok && self.draft.event.status == Status::ProviderError {
+                if let Some(leader) = self.leader.take() {
+                    leader.finish(Outcome::ErrorResponse {
+                        head: Head {
+                            status: upstream.status.as_u16(),
+                            headers: provider_headers(&upstream),
+                            sse: false,
+                        },
+                        body: body.clone(),
+                    });
+                }
+            } else {
+                self.conclude_failed(Bytes::new());
+            }
+        }
         let client_gone = self.draft.event.status == Status::ClientAborted;
         self.record().await;
         if client_gone {
@@ -230,30 +371,12 @@ impl Relay<'_> {
                 detail: self.draft.event.error.clone().unwrap_or_default(),
             };
             let (header, body) = err.response(self.draft.dialect, &self.draft.event.event_id);
-            if self
-                .session
-                .write_response_header(Box::new(header), false)
-                .await
-                .is_ok()
-            {
-                let _ = self.session.write_response_body(Some(body), true).await;
-            }
+            super::send_whole(self.session, header, body).await;
             return;
         }
         let cost = (route.endpoint != Endpoint::Passthrough).then_some(self.draft.event.cost_nusd);
         let header = self.client_header(&upstream, cost, Some(body.len()));
-        let written = match self
-            .session
-            .write_response_header(Box::new(header), false)
-            .await
-        {
-            Ok(()) => self
-                .session
-                .write_response_body(Some(body), true)
-                .await
-                .is_ok(),
-            Err(_) => false,
-        };
+        let written = super::send_whole(self.session, header, body).await;
         self.state
             .metrics
             .added_seconds
@@ -270,6 +393,11 @@ impl Relay<'_> {
     /// send what arrived and pipe the rest. Its usage cannot be read, so the
     /// event says so (`usage_incomplete`) and no cost header is sent.
     async fn oversized(mut self, upstream: ResponseHeader, head: Bytes) {
+        // Too large to share: followers call the provider themselves.
+        if let Some(leader) = self.leader.take() {
+            leader.finish(Outcome::Abandoned);
+        }
+        self.write = None;
         tracing::warn!(request_id = %self.draft.event.event_id, limit = self.state.max_body_bytes, "non-streaming response too large to meter; piping it unmetered");
         self.draft.event.usage_incomplete = true;
         self.draft.event.error = Some("response_too_large_to_meter".into());
@@ -415,7 +543,12 @@ impl Relay<'_> {
                     break;
                 }
             };
-            let out = if metered { tap.feed(chunk) } else { chunk };
+            let raw = self.leader.is_some().then(|| chunk.clone());
+            let out = match (metered, self.assembler.as_mut()) {
+                (false, _) => chunk,
+                (true, None) => tap.feed(chunk),
+                (true, Some(asm)) => tap.feed_with(chunk, |name, data| asm.on_event(name, data)),
+            };
             if metered && tap.saw_usage() {
                 if let Err(message) = self.check_stream_start(&tap) {
                     // Ended at once: this chunk is not sent, the error event is.
@@ -423,6 +556,9 @@ impl Relay<'_> {
                     failure = Some(ReadFailure::Budget(message));
                     break;
                 }
+            }
+            if let (Some(leader), Some(raw)) = (&self.leader, raw) {
+                leader.chunk(raw);
             }
             if metered && !recorded && tap.complete() {
                 // The last event is in this chunk: durable first, then send it.
@@ -433,11 +569,13 @@ impl Relay<'_> {
                 recorded = true;
             }
             if !out.is_empty()
+                && self.client_open_for_writes()
                 && self
                     .session
                     .write_response_body(Some(out), false)
                     .await
                     .is_err()
+                && !self.keep_for_followers()
             {
                 failure = Some(ReadFailure::ClientGone);
                 break;
@@ -445,7 +583,10 @@ impl Relay<'_> {
         }
         let upstream_done = failure.is_none();
         if upstream_done && metered {
-            let rest = tap.finish();
+            let rest = match self.assembler.as_mut() {
+                None => tap.finish(),
+                Some(asm) => tap.finish_with(|name, data| asm.on_event(name, data)),
+            };
             if !rest.is_empty()
                 && self
                     .session
@@ -485,6 +626,7 @@ impl Relay<'_> {
         }
         let status = self.draft.event.status;
         if status == Status::ClientAborted {
+            self.conclude_stream(metered, &tap, &[]);
             // Cancels the upstream generation.
             self.call.session.shutdown().await;
             return;
@@ -506,6 +648,8 @@ impl Relay<'_> {
             };
             tail.extend_from_slice(&error_event(self.draft.dialect, error_type, message));
         }
+        // Shared before the receipt: that is this client's alone.
+        self.conclude_stream(metered, &tap, &tail);
         if self.state.stream_receipt && metered {
             tail.extend_from_slice(&receipt::stream_comment(&self.draft.event));
         }
@@ -553,7 +697,7 @@ impl Relay<'_> {
 }
 
 /// The provider's `error.type` from an error body (both dialects nest it under `error`).
-fn provider_error_type(body: &[u8]) -> Option<String> {
+pub(crate) fn provider_error_type(body: &[u8]) -> Option<String> {
     let v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let err = v.get("error")?;
     err.get("type")

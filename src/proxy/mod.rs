@@ -6,6 +6,8 @@
 //! request_filter ─┬─ ingress   route, bounded body read, one parse → RequestModel
 //!                 ├─ identify  gateway key; account / workload / tags: x-tollgate-* headers, else defaults
 //!                 ├─ limit     rpm / tpm token buckets → 429
+//!                 ├─ cache     exact cache: a hit is answered here; an identical
+//!                 │            request in flight is followed (coalescing)
 //!                 ├─ budget    reserve the worst case against every budget → 402, or clamp max_tokens
 //!                 ├─ forward   strip client credentials, inject the key, send (pooled, rustls)
 //!                 └─ meter     relay the response chunk by chunk through the tap,
@@ -21,6 +23,7 @@
 //! response streamed back from here (DESIGN.md, "Pingora notes").
 
 pub mod budget;
+pub mod cache;
 pub mod error;
 pub mod forward;
 pub mod headers;
@@ -39,6 +42,7 @@ use pingora::proxy::{ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::budget::Ledger;
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::keys::KeyRing;
 use crate::limit::{Admission, Limiter};
@@ -67,6 +71,8 @@ pub struct State {
     pub ledger: Arc<Ledger>,
     /// Output bound of requests without one when a budget applies.
     pub budget_default_max_tokens: u64,
+    /// The exact cache.
+    pub cache: Arc<Cache>,
 }
 
 impl State {
@@ -74,6 +80,7 @@ impl State {
         config: &Config,
         recorder: Arc<Recorder>,
         ledger: Arc<Ledger>,
+        cache: Arc<Cache>,
         metrics: Metrics,
         in_flight: InFlight,
     ) -> State {
@@ -96,8 +103,29 @@ impl State {
             limiter: Arc::new(Limiter::new(config.rate_limits.clone())),
             ledger,
             budget_default_max_tokens: config.budget_default_max_tokens,
+            cache,
         }
     }
+}
+
+/// Sends a complete response (header, then the whole body); false when
+/// the client has gone.
+pub(crate) async fn send_whole(
+    session: &mut Session,
+    header: pingora::http::ResponseHeader,
+    body: bytes::Bytes,
+) -> bool {
+    session
+        .write_response_header(Box::new(header), false)
+        .await
+        .is_ok()
+        && session.write_response_body(Some(body), true).await.is_ok()
+}
+
+fn guard_clamped(ctx: &RequestCtx) -> bool {
+    ctx.draft
+        .as_ref()
+        .is_some_and(|d| d.clamped_max_tokens.is_some())
 }
 
 /// The pingora proxy app; its hooks only dispatch to the stages.
@@ -115,6 +143,10 @@ impl Tollgate {
 pub struct RequestCtx {
     /// The usage event being built.
     pub draft: Option<Draft>,
+    /// This request leads a coalesced flight: identical requests wait on it.
+    pub leader: Option<crate::cache::flight::Leader>,
+    /// Where a complete answer is to be cached (key, TTL).
+    pub cache_write: Option<(crate::cache::Key, std::time::Duration)>,
     _in_flight: Option<InFlightGuard>,
 }
 
@@ -138,6 +170,15 @@ pub struct Draft {
 }
 
 impl Draft {
+    /// Records an event that carries no spend (a cache hit, a coalesced
+    /// request) without waiting for its flush.
+    pub fn record_detached(&mut self) {
+        self.event.latency_us = self.started.elapsed().as_micros() as u64;
+        self.recorded = true;
+        self.settle();
+        self.recorder.record_detached(self.event.clone());
+    }
+
     /// Records the event and waits until it is durable.
     pub async fn record(&mut self, times: Option<UpstreamTimes>) {
         self.event.latency_us = self.started.elapsed().as_micros() as u64;
@@ -175,11 +216,16 @@ impl Draft {
         }
         if let Some((limiter, admission)) = self.admission.take() {
             let e = &self.event;
-            let tokens = e
-                .input_tokens
-                .saturating_add(e.output_tokens)
-                .saturating_add(e.cache_creation_input_tokens)
-                .saturating_add(e.cache_read_input_tokens);
+            // Served without the provider: no provider tokens were used.
+            let local = matches!(e.cache, CacheOutcome::Hit | CacheOutcome::Coalesced);
+            let tokens = if local {
+                0
+            } else {
+                e.input_tokens
+                    .saturating_add(e.output_tokens)
+                    .saturating_add(e.cache_creation_input_tokens)
+                    .saturating_add(e.cache_read_input_tokens)
+            };
             limiter.settle(&admission, tokens, Instant::now());
         }
     }
@@ -270,12 +316,46 @@ impl Tollgate {
                 draft.admission = Some((state.limiter.clone(), admission));
             }
         }
+        // cache
+        let plan = cache::plan(state, &identity, &route, session.req_header(), &request)?;
+        if let Some(draft) = ctx.draft.as_mut() {
+            draft.event.cache = plan.outcome;
+        }
+        if let (true, Some(key)) = (plan.read, plan.key) {
+            let r = cache::Req {
+                state,
+                route: &route,
+                request: &request,
+            };
+            if let Some(entry) = cache::lookup(state, &key, plan.ttl) {
+                if cache::serve_hit(r, session, ctx, &entry).await {
+                    return Ok(());
+                }
+            }
+            if state.cache.config.coalesce {
+                match cache::coalesce(r, session, ctx, key, plan.ttl).await {
+                    cache::Coalesced::Served => return Ok(()),
+                    cache::Coalesced::Lead(leader) => ctx.leader = Some(leader),
+                    cache::Coalesced::Alone => {}
+                }
+            }
+        }
+        ctx.cache_write = plan.write();
+        if let Some(draft) = ctx.draft.as_ref() {
+            cache::count(state, draft);
+        }
         // budget
         let method = session.req_header().method.clone();
         if let Some(guard) = budget::reserve(state, &identity, &route, &method, &mut request)? {
             if let Some(draft) = ctx.draft.as_mut() {
                 draft.clamped_max_tokens = guard.clamped;
                 draft.guard = Some(guard);
+            }
+            if guard_clamped(ctx) {
+                // The answer is shorter than the request asks for: not an
+                // answer to this key, so neither cached nor shared.
+                ctx.cache_write = None;
+                ctx.leader = None;
             }
         }
         // forward
@@ -358,18 +438,29 @@ impl Tollgate {
         if !client_gone {
             draft.event.http_status = err.status();
         }
+        if let Some(leader) = ctx.leader.take() {
+            // Followers get the same upstream failure; a refusal of this
+            // request (its own budget, limits) is not theirs.
+            if matches!(
+                err,
+                ProxyError::UpstreamUnreachable { .. }
+                    | ProxyError::UpstreamTimeout { .. }
+                    | ProxyError::UpstreamProtocol { .. }
+            ) {
+                leader.finish(crate::cache::flight::Outcome::Failed {
+                    status: err.status(),
+                    kind: err.kind(),
+                    message: err.to_string(),
+                    tail: bytes::Bytes::new(),
+                });
+            }
+        }
         draft.record(None).await;
         if client_gone {
             return;
         }
         let (header, body) = err.response(dialect, &draft.event.event_id);
-        if session
-            .write_response_header(Box::new(header), false)
-            .await
-            .is_ok()
-        {
-            let _ = session.write_response_body(Some(body), true).await;
-        }
+        send_whole(session, header, body).await;
     }
 }
 
@@ -380,6 +471,8 @@ impl ProxyHttp for Tollgate {
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
             draft: None,
+            leader: None,
+            cache_write: None,
             _in_flight: None,
         }
     }

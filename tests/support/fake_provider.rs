@@ -19,7 +19,7 @@
 //! |---|---|
 //! | `x-fake-scenario` | one of [`SCENARIOS`]; falls back to the default scenario, else `text` |
 //! | `x-fake-usage` | `input=100,output=20,cache_write=10,cache_write_1h=4,cache_read=30` (any subset) |
-//! | `x-fake-delay-ms` | pause between events (`slow`, default 200) or before the headers (`hang`, default 30 000) |
+//! | `x-fake-delay-ms` | pause between events (`slow`, default 200) or before the headers (`hang`, default 30 000; `error-NNN`, default none) |
 //! | `x-fake-big-bytes` | approximate body size of the `big` stream (default 100 000 000) |
 //! | `x-fake-retry-after` | `retry-after` value on 429/529 errors (default `1`) |
 //! | `x-fake-no-retry: 1` | adds `x-should-retry: false` to error responses |
@@ -855,6 +855,10 @@ async fn respond(
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
     if let Scenario::Error(status) = scenario {
+        // An error can be made to take a while (coalesced waiters join it).
+        if let Some(delay) = header_u64(&call.headers, "x-fake-delay-ms") {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return error_reply(&call, status, error_message(status));
     }

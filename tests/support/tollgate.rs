@@ -62,6 +62,12 @@ impl Builder {
         self
     }
 
+    /// Turns the exact cache off: for tests that repeat identical requests
+    /// to exercise something else (budgets, limits, metering).
+    pub fn no_cache(self) -> Builder {
+        self.config("[cache]\nmode = \"off\"\n")
+    }
+
     /// Sets an environment variable for the process.
     pub fn env(mut self, key: &str, value: &str) -> Builder {
         self.env.push((key.into(), value.into()));

@@ -1,0 +1,536 @@
+//! The cache store: entries in one sled tree, with an in-memory index for
+//! least-recently-used eviction under a byte cap and TTL expiry.
+//!
+//! Layout of the `cache` tree (one tree, so an entry and its index record
+//! are written together by one atomic batch):
+//! - `e` + key → `[u32 LE header length][rmp header][message bytes]`
+//! - `a` + key → `[last access µs u64 BE][size u64 BE][expires µs i64 BE]`
+//!
+//! Only the small `a` records are read at start-up to rebuild the index, so
+//! opening a full cache does not read its entries. Access times are written
+//! back on every hit, so the LRU order survives a restart.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::key::Key;
+use crate::meter::usage::Usage;
+use crate::metrics::CacheMetrics;
+
+/// The sled tree holding the cache.
+pub const TREE: &str = "cache";
+
+const ENTRY: u8 = b'e';
+const ACCESS: u8 = b'a';
+/// How often expired entries are swept (on writes).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Store failures; the request goes on uncached.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cache store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("cache entry encoding: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("cache entry is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// What an entry says about the call that produced it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    pub account: String,
+    pub provider: String,
+    /// The model the provider reported.
+    pub model: String,
+    /// When the answer was stored, µs since the epoch.
+    pub created_us: i64,
+    /// The original call's usage (a hit is priced from it: what it saved).
+    pub usage: Usage,
+    /// What the original call cost.
+    pub cost_nusd: u64,
+    /// The provider's request id of the original call.
+    pub upstream_request_id: Option<String>,
+}
+
+/// A stored answer: the complete message (Anthropic `Message`, OpenAI
+/// `chat.completion`) as JSON, and where it came from.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub meta: EntryMeta,
+    pub message: Bytes,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    access: u64,
+    size: u64,
+    expires_us: i64,
+}
+
+#[derive(Default)]
+struct Index {
+    slots: HashMap<Key, Slot>,
+    /// (last access, key): the front is the least recently used.
+    order: BTreeSet<(u64, Key)>,
+    bytes: u64,
+    /// Access clock: wall µs, but never repeating or going back.
+    clock: u64,
+    last_sweep_us: i64,
+}
+
+impl Index {
+    fn tick(&mut self, now_us: i64) -> u64 {
+        self.clock = (now_us.max(0) as u64).max(self.clock + 1);
+        self.clock
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Slot> {
+        let slot = self.slots.remove(key)?;
+        self.order.remove(&(slot.access, *key));
+        self.bytes = self.bytes.saturating_sub(slot.size);
+        Some(slot)
+    }
+
+    fn put(&mut self, key: Key, slot: Slot) {
+        self.remove(&key);
+        self.order.insert((slot.access, key));
+        self.bytes += slot.size;
+        self.slots.insert(key, slot);
+    }
+
+    fn touch(&mut self, key: &Key, access: u64) -> Option<Slot> {
+        let slot = self.slots.get_mut(key)?;
+        self.order.remove(&(slot.access, *key));
+        slot.access = access;
+        self.order.insert((access, *key));
+        Some(*slot)
+    }
+}
+
+/// Counts of the store, for `tollgate cache stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
+}
+
+/// The cache store.
+pub struct Store {
+    tree: sled::Tree,
+    index: Mutex<Index>,
+    max_bytes: u64,
+    metrics: Option<CacheMetrics>,
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn prefixed(tag: u8, key: &Key) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = tag;
+    k[1..].copy_from_slice(&key.0);
+    k
+}
+
+fn access_record(slot: &Slot) -> [u8; 24] {
+    let mut v = [0u8; 24];
+    v[..8].copy_from_slice(&slot.access.to_be_bytes());
+    v[8..16].copy_from_slice(&slot.size.to_be_bytes());
+    v[16..].copy_from_slice(&slot.expires_us.to_be_bytes());
+    v
+}
+
+fn parse_access(v: &[u8]) -> Option<Slot> {
+    let access = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    let size = u64::from_be_bytes(v.get(8..16)?.try_into().ok()?);
+    let expires_us = i64::from_be_bytes(v.get(16..24)?.try_into().ok()?);
+    Some(Slot {
+        access,
+        size,
+        expires_us,
+    })
+}
+
+fn key_of(k: &[u8]) -> Option<Key> {
+    Some(Key(k.get(1..33)?.try_into().ok()?))
+}
+
+/// Splits a stored value into its header and message.
+fn decode(value: &[u8]) -> Result<(EntryMeta, &[u8]), StoreError> {
+    let corrupt = |m: &str| StoreError::Corrupt(m.to_string());
+    let len = u32::from_le_bytes(
+        value
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| corrupt("short"))?,
+    ) as usize;
+    let header = value
+        .get(4..4 + len)
+        .ok_or_else(|| corrupt("header past the end"))?;
+    let meta: EntryMeta =
+        rmp_serde::from_slice(header).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok((meta, &value[4 + len..]))
+}
+
+impl Store {
+    /// Opens the store in `tree` and rebuilds its index from the access
+    /// records; expired entries are dropped and the cap is enforced.
+    pub fn open(
+        tree: sled::Tree,
+        max_bytes: u64,
+        metrics: Option<CacheMetrics>,
+    ) -> Result<Store, StoreError> {
+        let mut index = Index::default();
+        for item in tree.scan_prefix([ACCESS]) {
+            let (k, v) = item?;
+            match (key_of(&k), parse_access(&v)) {
+                (Some(key), Some(slot)) => {
+                    index.clock = index.clock.max(slot.access);
+                    index.put(key, slot);
+                }
+                _ => {
+                    tree.remove(k)?;
+                }
+            }
+        }
+        let store = Store {
+            tree,
+            index: Mutex::new(index),
+            max_bytes,
+            metrics,
+        };
+        store.sweep(now_us())?;
+        store.evict()?;
+        store.update_gauges();
+        Ok(store)
+    }
+
+    /// The entry for `key` stored less than `ttl` ago, marking it used.
+    pub fn get(&self, key: &Key, ttl: Duration) -> Result<Option<Entry>, StoreError> {
+        let now = now_us();
+        let slot = {
+            let Ok(mut index) = self.index.lock() else {
+                return Ok(None);
+            };
+            let Some(slot) = index.slots.get(key).copied() else {
+                return Ok(None);
+            };
+            if slot.expires_us <= now {
+                drop(index);
+                self.drop_expired(key)?;
+                return Ok(None);
+            }
+            let access = index.tick(now);
+            index.touch(key, access).unwrap_or(slot)
+        };
+        let Some(value) = self.tree.get(prefixed(ENTRY, key))? else {
+            // The index outlived its entry (removed concurrently): forget it.
+            self.forget(key)?;
+            return Ok(None);
+        };
+        let (meta, message) = match decode(&value) {
+            Ok(d) => d,
+            Err(e) => {
+                self.forget(key)?;
+                return Err(e);
+            }
+        };
+        // The reader's TTL may be shorter than the writer's.
+        let ttl_us = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+        if meta.created_us.saturating_add(ttl_us) <= now {
+            return Ok(None);
+        }
+        self.tree
+            .insert(prefixed(ACCESS, key), &access_record(&slot))?;
+        Ok(Some(Entry {
+            meta,
+            message: Bytes::copy_from_slice(message),
+        }))
+    }
+
+    /// Stores an answer for `ttl`, evicting least-recently-used entries to
+    /// stay under the cap. An answer larger than the whole cap is not stored.
+    pub fn put(
+        &self,
+        key: &Key,
+        meta: &EntryMeta,
+        message: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let header = rmp_serde::to_vec_named(meta)?;
+        let mut value = Vec::with_capacity(4 + header.len() + message.len());
+        value.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        value.extend_from_slice(&header);
+        value.extend_from_slice(message);
+        let size = (value.len() + 24 + 2 * 33) as u64;
+        if size > self.max_bytes {
+            return Ok(false);
+        }
+        let now = now_us();
+        let ttl_us = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
+        let slot = {
+            let Ok(mut index) = self.index.lock() else {
+                return Ok(false);
+            };
+            let access = index.tick(now);
+            let slot = Slot {
+                access,
+                size,
+                expires_us: meta.created_us.saturating_add(ttl_us),
+            };
+            index.put(*key, slot);
+            slot
+        };
+        let mut batch = sled::Batch::default();
+        batch.insert(&prefixed(ENTRY, key)[..], value);
+        batch.insert(&prefixed(ACCESS, key)[..], &access_record(&slot)[..]);
+        if let Err(e) = self.tree.apply_batch(batch) {
+            if let Ok(mut index) = self.index.lock() {
+                index.remove(key);
+            }
+            return Err(e.into());
+        }
+        let sweep_due = self
+            .index
+            .lock()
+            .map(|mut i| {
+                let due = now - i.last_sweep_us >= SWEEP_EVERY.as_micros() as i64;
+                if due {
+                    i.last_sweep_us = now;
+                }
+                due
+            })
+            .unwrap_or(false);
+        if sweep_due {
+            self.sweep(now)?;
+        }
+        self.evict()?;
+        self.update_gauges();
+        Ok(true)
+    }
+
+    /// Removes every entry (of `account` only, when given); returns how many.
+    pub fn purge(&self, account: Option<&str>) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for item in self.tree.scan_prefix([ENTRY]) {
+            let (k, v) = item?;
+            let Some(key) = key_of(&k) else { continue };
+            let matches = match account {
+                None => true,
+                Some(a) => decode(&v).map(|(m, _)| m.account == a).unwrap_or(true),
+            };
+            if matches {
+                self.forget(&key)?;
+                removed += 1;
+            }
+        }
+        self.update_gauges();
+        Ok(removed)
+    }
+
+    /// Entry count and bytes.
+    pub fn stats(&self) -> Stats {
+        let (entries, bytes) = self
+            .index
+            .lock()
+            .map(|i| (i.slots.len() as u64, i.bytes))
+            .unwrap_or_default();
+        Stats {
+            entries,
+            bytes,
+            max_bytes: self.max_bytes,
+        }
+    }
+
+    /// Removes an entry and its index record.
+    fn forget(&self, key: &Key) -> Result<(), StoreError> {
+        if let Ok(mut index) = self.index.lock() {
+            index.remove(key);
+        }
+        let mut batch = sled::Batch::default();
+        batch.remove(&prefixed(ENTRY, key)[..]);
+        batch.remove(&prefixed(ACCESS, key)[..]);
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    fn drop_expired(&self, key: &Key) -> Result<(), StoreError> {
+        self.forget(key)?;
+        if let Some(m) = &self.metrics {
+            m.expirations.inc();
+        }
+        self.update_gauges();
+        Ok(())
+    }
+
+    /// Drops every entry past its expiry.
+    fn sweep(&self, now: i64) -> Result<(), StoreError> {
+        let expired: Vec<Key> = match self.index.lock() {
+            Ok(i) => i
+                .slots
+                .iter()
+                .filter(|(_, s)| s.expires_us <= now)
+                .map(|(k, _)| *k)
+                .collect(),
+            Err(_) => return Ok(()),
+        };
+        for key in &expired {
+            self.forget(key)?;
+        }
+        if let Some(m) = &self.metrics {
+            m.expirations.inc_by(expired.len() as u64);
+        }
+        Ok(())
+    }
+
+    /// Evicts least-recently-used entries until the store fits its cap.
+    fn evict(&self) -> Result<(), StoreError> {
+        loop {
+            let victim = match self.index.lock() {
+                Ok(i) if i.bytes > self.max_bytes => i.order.first().map(|(_, k)| *k),
+                _ => None,
+            };
+            let Some(key) = victim else { return Ok(()) };
+            self.forget(&key)?;
+            if let Some(m) = &self.metrics {
+                m.evictions.inc();
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        if let Some(m) = &self.metrics {
+            let s = self.stats();
+            m.entries.set(s.entries as i64);
+            m.bytes.set(s.bytes as i64);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(account: &str) -> EntryMeta {
+        EntryMeta {
+            account: account.into(),
+            provider: "anthropic".into(),
+            model: "claude-sonnet-4-5".into(),
+            created_us: now_us(),
+            usage: Usage {
+                input_tokens: 10,
+                output_tokens: 5,
+                ..Usage::default()
+            },
+            cost_nusd: 123,
+            upstream_request_id: Some("req_1".into()),
+        }
+    }
+
+    fn key(n: u8) -> Key {
+        Key([n; 32])
+    }
+
+    fn tree(dir: &std::path::Path) -> sled::Tree {
+        sled::open(dir).unwrap().open_tree(TREE).unwrap()
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn put_get_round_trip_and_reader_ttl() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(tree(dir.path()), 1 << 20, None).unwrap();
+        assert!(store.get(&key(1), HOUR).unwrap().is_none());
+        assert!(store.put(&key(1), &meta("a"), b"{\"x\":1}", HOUR).unwrap());
+        let e = store.get(&key(1), HOUR).unwrap().unwrap();
+        assert_eq!(e.meta, meta_with_created(&e.meta));
+        assert_eq!(&e.message[..], b"{\"x\":1}");
+        // A reader with a zero TTL sees nothing; the entry stays.
+        assert!(store.get(&key(1), Duration::ZERO).unwrap().is_none());
+        assert!(store.get(&key(1), HOUR).unwrap().is_some());
+    }
+
+    fn meta_with_created(m: &EntryMeta) -> EntryMeta {
+        EntryMeta {
+            created_us: m.created_us,
+            ..meta("a")
+        }
+    }
+
+    #[test]
+    fn writer_ttl_expires_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(tree(dir.path()), 1 << 20, None).unwrap();
+        store
+            .put(&key(1), &meta("a"), b"{}", Duration::from_millis(1))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(store.get(&key(1), HOUR).unwrap().is_none());
+        assert_eq!(store.stats().entries, 0);
+    }
+
+    #[test]
+    fn lru_eviction_under_the_cap_survives_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = vec![b'x'; 1000];
+        let one = {
+            let probe = tempfile::tempdir().unwrap();
+            let store = Store::open(tree(probe.path()), 1 << 20, None).unwrap();
+            store.put(&key(1), &meta("a"), &body, HOUR).unwrap();
+            store.stats().bytes
+        };
+        // Room for three entries.
+        let cap = one * 3 + one / 2;
+        // One Db for both "runs" (sled may still hold a dropped Db's lock
+        // for a moment); the second Store rebuilds its index from the tree.
+        let db = sled::open(dir.path()).unwrap();
+        {
+            let store = Store::open(db.open_tree(TREE).unwrap(), cap, None).unwrap();
+            for n in 1..=3 {
+                store.put(&key(n), &meta("a"), &body, HOUR).unwrap();
+            }
+            // 1 becomes the most recently used; 2 is now the oldest.
+            assert!(store.get(&key(1), HOUR).unwrap().is_some());
+            store.put(&key(4), &meta("a"), &body, HOUR).unwrap();
+            assert!(store.get(&key(2), HOUR).unwrap().is_none());
+            assert_eq!(store.stats().entries, 3);
+        }
+        // The order is persisted: after a restart 3 is the oldest.
+        let store = Store::open(db.open_tree(TREE).unwrap(), cap, None).unwrap();
+        assert_eq!(store.stats().entries, 3);
+        store.put(&key(5), &meta("a"), &body, HOUR).unwrap();
+        assert!(store.get(&key(3), HOUR).unwrap().is_none());
+        for n in [1, 4, 5] {
+            assert!(store.get(&key(n), HOUR).unwrap().is_some(), "{n}");
+        }
+        // Too big for the whole cap: not stored.
+        assert!(!store
+            .put(&key(6), &meta("a"), &vec![0; cap as usize], HOUR)
+            .unwrap());
+    }
+
+    #[test]
+    fn purge_all_or_one_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(tree(dir.path()), 1 << 20, None).unwrap();
+        store.put(&key(1), &meta("a"), b"{}", HOUR).unwrap();
+        store.put(&key(2), &meta("b"), b"{}", HOUR).unwrap();
+        store.put(&key(3), &meta("b"), b"{}", HOUR).unwrap();
+        assert_eq!(store.purge(Some("b")).unwrap(), 2);
+        assert!(store.get(&key(1), HOUR).unwrap().is_some());
+        assert_eq!(store.purge(None).unwrap(), 1);
+        assert_eq!(store.stats().entries, 0);
+        assert_eq!(store.stats().bytes, 0);
+    }
+}

@@ -1,0 +1,599 @@
+//! Cache stage: decides whether a request may use the exact cache, answers
+//! hits from the store, and coalesces identical requests in flight (a
+//! follower is answered from its leader's response: live chunks for a
+//! stream, the whole message otherwise).
+//!
+//! Hits and followers cost nothing: they record `cost_nusd = 0` and
+//! `saved_nusd` = what the call would have cost, and skip the budget stage.
+//! Their usage events are queued for the next group commit rather than
+//! waited on: they carry no spend, and waiting would double a hit's latency.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+
+use super::error::{error_event, ProxyError};
+use super::identify::Identity;
+use super::ingress::{Endpoint, RequestModel, Route};
+use super::{headers, receipt, Draft, RequestCtx, State};
+use crate::cache::codec;
+use crate::cache::flight::{Follower, Head, Leader, Outcome, Role};
+use crate::cache::{Entry, EntryMeta, Key, Mode};
+use crate::meter::event::{CacheOutcome, Status};
+use crate::meter::tap::StreamTap;
+use crate::provider::Dialect;
+
+/// Rounds of re-joining after a leader gave up without an answer.
+const MAX_JOIN_ROUNDS: usize = 3;
+
+/// What the cache may do for one request.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// `miss` when the cache is read, `refresh`, or `bypass`.
+    pub outcome: CacheOutcome,
+    pub key: Option<Key>,
+    pub read: bool,
+    pub ttl: Duration,
+}
+
+impl Plan {
+    fn bypass() -> Plan {
+        Plan {
+            outcome: CacheOutcome::Bypass,
+            key: None,
+            read: false,
+            ttl: Duration::ZERO,
+        }
+    }
+
+    /// Where a complete answer is to be written, if anywhere.
+    pub fn write(&self) -> Option<(Key, Duration)> {
+        self.key.map(|k| (k, self.ttl))
+    }
+}
+
+/// The request's opt-outs: `cache-control: no-store` (neither read nor
+/// write), `cache-control: no-cache` or `x-tollgate-cache: refresh` (write
+/// only), `x-tollgate-cache: bypass` (neither).
+fn opt_out(req: &RequestHeader) -> Result<Option<CacheOutcome>, ProxyError> {
+    let mut outcome = None;
+    for value in req.headers.get_all(http::header::CACHE_CONTROL) {
+        let Ok(v) = value.to_str() else { continue };
+        for directive in v.split(',') {
+            let d = directive.trim();
+            if d.eq_ignore_ascii_case("no-store") {
+                return Ok(Some(CacheOutcome::Bypass));
+            }
+            if d.eq_ignore_ascii_case("no-cache") {
+                outcome = Some(CacheOutcome::Refresh);
+            }
+        }
+    }
+    if let Some(value) = req.headers.get(headers::CACHE_REQUEST) {
+        match value.to_str().map(str::trim) {
+            Ok(v) if v.eq_ignore_ascii_case("bypass") => return Ok(Some(CacheOutcome::Bypass)),
+            Ok(v) if v.eq_ignore_ascii_case("refresh") => outcome = Some(CacheOutcome::Refresh),
+            _ => {
+                return Err(ProxyError::BadHeader(format!(
+                    "{} must be bypass or refresh",
+                    headers::CACHE_REQUEST
+                )))
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Decides what the cache does for this request.
+pub fn plan(
+    state: &State,
+    identity: &Identity,
+    route: &Route,
+    req: &RequestHeader,
+    request: &RequestModel,
+) -> Result<Plan, ProxyError> {
+    if !matches!(
+        route.endpoint,
+        Endpoint::Messages | Endpoint::ChatCompletions
+    ) {
+        return Ok(Plan::bypass());
+    }
+    let opt = opt_out(req)?;
+    let config = &state.cache.config;
+    let (mode, ttl) = config.policy(&identity.account, &identity.workload, &request.model);
+    if mode == Mode::Off || opt == Some(CacheOutcome::Bypass) {
+        return Ok(Plan::bypass());
+    }
+    let parts = crate::cache::key::KeyParts {
+        account: &identity.account,
+        provider: &route.provider.name,
+        path: &route.upstream_path,
+        anthropic_version: req
+            .headers
+            .get(headers::ANTHROPIC_VERSION)
+            .map(|v| v.as_bytes()),
+        anthropic_beta: req.headers.get("anthropic-beta").map(|v| v.as_bytes()),
+    };
+    let Some(key) = crate::cache::key::key(&parts, &request.body) else {
+        return Ok(Plan::bypass());
+    };
+    let refresh = opt == Some(CacheOutcome::Refresh);
+    Ok(Plan {
+        outcome: if refresh {
+            CacheOutcome::Refresh
+        } else {
+            CacheOutcome::Miss
+        },
+        key: Some(key),
+        read: !refresh,
+        ttl,
+    })
+}
+
+/// The entry for `key`, if fresh; a store failure is counted and read as a miss.
+pub fn lookup(state: &State, key: &Key, ttl: Duration) -> Option<Entry> {
+    match state.cache.store.get(key, ttl) {
+        Ok(e) => e,
+        Err(e) => {
+            state.cache.metrics.errors.inc();
+            tracing::warn!(error = %e, "cache read failed; treating as a miss");
+            None
+        }
+    }
+}
+
+/// Stores a complete answer; a failure is counted and logged, never fatal.
+pub fn store(state: &State, key: &Key, ttl: Duration, meta: &EntryMeta, message: &[u8]) {
+    if message.len() as u64 > state.cache.config.max_entry_bytes {
+        return;
+    }
+    if let Err(e) = state.cache.store.put(key, meta, message, ttl) {
+        state.cache.metrics.errors.inc();
+        tracing::warn!(error = %e, "cache write failed");
+    }
+}
+
+/// Now, µs since the epoch.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Fills the draft for an answer that cost nothing (`hit`, `coalesced`).
+fn zero_cost(state: &State, draft: &mut Draft, meta: &EntryMeta, outcome: CacheOutcome) {
+    let e = &mut draft.event;
+    e.cache = outcome;
+    meta.model.clone_into(&mut e.model);
+    let u = &meta.usage;
+    e.input_tokens = u.input_tokens;
+    e.output_tokens = u.output_tokens;
+    e.cache_creation_input_tokens = u.cache_creation_input_tokens;
+    e.cache_creation_1h_input_tokens = u.cache_creation_1h_input_tokens;
+    e.cache_read_input_tokens = u.cache_read_input_tokens;
+    e.cost_nusd = 0;
+    let would_have = state.recorder.price(&meta.model, u);
+    e.saved_nusd = would_have.nusd;
+    e.priced = would_have.priced;
+    e.upstream_request_id.clone_from(&meta.upstream_request_id);
+}
+
+/// Counts the request's cache result (and what it saved).
+pub fn count(state: &State, draft: &Draft) {
+    let m = &state.cache.metrics;
+    m.requests
+        .with_label_values(&[draft.event.cache.as_str()])
+        .inc();
+    if draft.event.saved_nusd > 0 {
+        m.saved_usd.inc_by(draft.event.saved_nusd as f64 / 1e9);
+    }
+}
+
+fn id_header(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Anthropic => headers::ANTHROPIC_REQUEST_ID,
+        Dialect::OpenAi => headers::OPENAI_REQUEST_ID,
+    }
+}
+
+/// Whether the client of a stream asked for OpenAI's usage chunk.
+fn wants_usage_chunk(request: &RequestModel) -> bool {
+    !request.strip_usage_chunk
+}
+
+/// The response for a complete message: JSON as is, or a re-synthesised
+/// stream when the request streams. `None` when the message cannot be
+/// replayed (a corrupt entry): the caller goes on as a miss.
+fn message_response(
+    state: &State,
+    draft: &Draft,
+    dialect: Dialect,
+    request: &RequestModel,
+    message: &Bytes,
+) -> Option<(ResponseHeader, Bytes)> {
+    let (body, content_type) = if request.stream {
+        let sse = codec::replay(dialect, message, wants_usage_chunk(request))
+            .inspect_err(|e| {
+                state.cache.metrics.errors.inc();
+                tracing::warn!(error = %e, "cached message cannot be replayed as a stream");
+            })
+            .ok()?;
+        if state.stream_receipt {
+            let mut out = BytesMut::with_capacity(sse.len() + 256);
+            out.extend_from_slice(&sse);
+            out.extend_from_slice(&receipt::stream_comment(&draft.event));
+            (out.freeze(), "text/event-stream")
+        } else {
+            (sse, "text/event-stream")
+        }
+    } else {
+        (message.clone(), "application/json")
+    };
+    let mut header = headers::response_header(http::StatusCode::OK, 8);
+    let _ = header.insert_header(http::header::CONTENT_TYPE, content_type);
+    let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+    if request.stream {
+        let _ = header.insert_header(http::header::CACHE_CONTROL, "no-cache");
+    }
+    if let Some(id) = &draft.event.upstream_request_id {
+        if let Ok(v) = http::HeaderValue::from_str(id) {
+            let _ = header.insert_header(id_header(dialect), v);
+        }
+    }
+    let cost = (!request.stream).then_some(0);
+    receipt::add_headers(&mut header, &draft.event, cost);
+    Some((header, body))
+}
+
+/// A complete answer that cost this request nothing.
+struct Answer<'a> {
+    meta: &'a EntryMeta,
+    message: &'a Bytes,
+    outcome: CacheOutcome,
+}
+
+/// The request being answered.
+#[derive(Clone, Copy)]
+pub struct Req<'a> {
+    pub state: &'a State,
+    pub route: &'a Route,
+    pub request: &'a RequestModel,
+}
+
+/// Answers a request from a complete message (a hit, or a follower whose
+/// leader finished). Returns false, having sent nothing, when the message
+/// cannot be served.
+async fn serve_message(
+    r: Req<'_>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    answer: Answer<'_>,
+) -> bool {
+    let Req {
+        state,
+        route,
+        request,
+    } = r;
+    let Some(mut draft) = ctx.draft.take() else {
+        return true;
+    };
+    let message = answer.message;
+    zero_cost(state, &mut draft, answer.meta, answer.outcome);
+    draft.event.http_status = 200;
+    let Some((header, body)) = message_response(state, &draft, route.dialect(), request, message)
+    else {
+        draft.event.cache = CacheOutcome::Miss;
+        draft.event.saved_nusd = 0;
+        ctx.draft = Some(draft);
+        return false;
+    };
+    count(state, &draft);
+    draft.record_detached();
+    super::send_whole(session, header, body).await;
+    true
+}
+
+/// Serves a hit; false when the entry cannot be served (go on as a miss).
+pub async fn serve_hit(
+    r: Req<'_>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    entry: &Entry,
+) -> bool {
+    serve_message(
+        r,
+        session,
+        ctx,
+        Answer {
+            meta: &entry.meta,
+            message: &entry.message,
+            outcome: CacheOutcome::Hit,
+        },
+    )
+    .await
+}
+
+/// What coalescing made of a request.
+pub enum Coalesced {
+    /// Answered from another request's response (or the cache, in a race).
+    Served,
+    /// This request leads: it calls the provider and publishes the answer.
+    Lead(Leader),
+    /// Not coalesced: it calls the provider by itself.
+    Alone,
+}
+
+/// Joins the flight for `key`: leads it, or follows it to an answer.
+pub async fn coalesce(
+    r: Req<'_>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    key: Key,
+    ttl: Duration,
+) -> Coalesced {
+    let state = r.state;
+    let deadline = Instant::now() + state.cache.config.coalesce_wait;
+    for _ in 0..MAX_JOIN_ROUNDS {
+        match state
+            .cache
+            .flights
+            .join(key, state.cache.config.max_entry_bytes)
+        {
+            None => return Coalesced::Alone,
+            Some(Role::Leader(leader)) => {
+                // A flight may have finished (and stored its answer) since the lookup.
+                if let Some(entry) = lookup(state, &key, ttl) {
+                    drop(leader);
+                    if serve_hit(r, session, ctx, &entry).await {
+                        return Coalesced::Served;
+                    }
+                    return Coalesced::Alone;
+                }
+                return Coalesced::Lead(leader);
+            }
+            Some(Role::Follower(follower)) => {
+                match follow(r, session, ctx, follower, deadline).await {
+                    Followed::Served => return Coalesced::Served,
+                    Followed::Rejoin => continue,
+                    Followed::Alone => return Coalesced::Alone,
+                }
+            }
+        }
+    }
+    Coalesced::Alone
+}
+
+enum Followed {
+    Served,
+    /// The leader gave up without an answer: try again (maybe as leader).
+    Rejoin,
+    Alone,
+}
+
+async fn follow(
+    r: Req<'_>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut follower: Follower,
+    deadline: Instant,
+) -> Followed {
+    let request = r.request;
+    let deadline = tokio::time::Instant::from_std(deadline);
+    if request.stream {
+        let head = match tokio::time::timeout_at(deadline, follower.head()).await {
+            Err(_) => return Followed::Alone,
+            Ok(Ok(head)) => head,
+            Ok(Err(outcome)) => return finish_with(r, session, ctx, outcome).await,
+        };
+        if head.sse && (200..300).contains(&head.status) {
+            follow_stream(r, session, ctx, follower, head).await;
+            return Followed::Served;
+        }
+    }
+    let outcome = match tokio::time::timeout_at(deadline, follower.outcome()).await {
+        Err(_) => return Followed::Alone,
+        Ok(o) => o,
+    };
+    finish_with(r, session, ctx, outcome).await
+}
+
+/// Answers a follower from its leader's outcome.
+async fn finish_with(
+    r: Req<'_>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    outcome: Outcome,
+) -> Followed {
+    let Req { state, route, .. } = r;
+    match outcome {
+        Outcome::Abandoned => Followed::Rejoin,
+        Outcome::Done { message: None, .. } => Followed::Alone,
+        Outcome::Done {
+            message: Some(message),
+            meta,
+        } => {
+            if serve_message(
+                r,
+                session,
+                ctx,
+                Answer {
+                    meta: &meta,
+                    message: &message,
+                    outcome: CacheOutcome::Coalesced,
+                },
+            )
+            .await
+            {
+                Followed::Served
+            } else {
+                Followed::Alone
+            }
+        }
+        Outcome::ErrorResponse { head, body } => {
+            let Some(mut draft) = ctx.draft.take() else {
+                return Followed::Served;
+            };
+            draft.event.cache = CacheOutcome::Coalesced;
+            draft.event.status = Status::ProviderError;
+            draft.event.http_status = head.status;
+            draft.event.error = crate::proxy::meter::provider_error_type(&body);
+            let mut header = client_header(&head, Some(body.len()));
+            receipt::add_headers(&mut header, &draft.event, Some(0));
+            count(state, &draft);
+            draft.record_detached();
+            super::send_whole(session, header, body).await;
+            Followed::Served
+        }
+        Outcome::Failed {
+            status,
+            kind,
+            message,
+            ..
+        } => {
+            let Some(mut draft) = ctx.draft.take() else {
+                return Followed::Served;
+            };
+            draft.event.cache = CacheOutcome::Coalesced;
+            let err = ProxyError::Shared {
+                status,
+                kind,
+                message,
+            };
+            draft.event.status = Status::ProxyError;
+            draft.event.error = Some(err.kind().to_string());
+            draft.event.http_status = status;
+            count(state, &draft);
+            draft.record_detached();
+            let (header, body) = err.response(route.dialect(), &draft.event.event_id);
+            super::send_whole(session, header, body).await;
+            Followed::Served
+        }
+    }
+}
+
+/// The leader's response head for a follower, with its own receipts.
+fn client_header(head: &Head, len: Option<usize>) -> ResponseHeader {
+    let status = http::StatusCode::from_u16(head.status).unwrap_or(http::StatusCode::BAD_GATEWAY);
+    let mut header = headers::response_header(status, head.headers.len() + 6);
+    for (name, value) in &head.headers {
+        let _ = header.append_header(name.clone(), value.clone());
+    }
+    headers::set_framing(&mut header, len);
+    header
+}
+
+/// Relays the leader's stream to a stream follower, live, through the
+/// follower's own tap (which cuts the usage chunk if this client did not
+/// ask for it).
+async fn follow_stream(
+    r: Req<'_>,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut follower: Follower,
+    head: Head,
+) {
+    let Req {
+        state,
+        route,
+        request,
+    } = r;
+    let Some(mut draft) = ctx.draft.take() else {
+        return;
+    };
+    draft.event.cache = CacheOutcome::Coalesced;
+    draft.event.http_status = head.status;
+    let mut header = client_header(&head, None);
+    receipt::add_headers(&mut header, &draft.event, None);
+    if session
+        .write_response_header(Box::new(header), false)
+        .await
+        .is_err()
+    {
+        draft.event.status = Status::ClientAborted;
+        count(state, &draft);
+        draft.record_detached();
+        return;
+    }
+    let mut tap = StreamTap::new(route.dialect(), request.strip_usage_chunk);
+    let mut client_open = true;
+    let outcome = loop {
+        let next = if client_open {
+            tokio::select! {
+                n = follower.next() => n,
+                r = session.read_body_or_idle(true) => match r {
+                    Err(_) => {
+                        // The leader and other followers go on without us.
+                        draft.event.status = Status::ClientAborted;
+                        draft.event.usage_incomplete = true;
+                        count(state, &draft);
+                        draft.record_detached();
+                        return;
+                    }
+                    Ok(_) => {
+                        client_open = false;
+                        continue;
+                    }
+                },
+            }
+        } else {
+            follower.next().await
+        };
+        match next {
+            Ok(chunk) => {
+                let out = tap.feed(chunk);
+                if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
+                    draft.event.status = Status::ClientAborted;
+                    draft.event.usage_incomplete = true;
+                    count(state, &draft);
+                    draft.record_detached();
+                    return;
+                }
+            }
+            Err(outcome) => break outcome,
+        }
+    };
+    let mut tail = BytesMut::new();
+    tail.extend_from_slice(&tap.finish());
+    match outcome {
+        Outcome::Done { meta, .. } => {
+            zero_cost(state, &mut draft, &meta, CacheOutcome::Coalesced);
+        }
+        Outcome::Failed {
+            kind,
+            tail: leader_tail,
+            ..
+        } => {
+            draft.event.status = Status::UpstreamAborted;
+            draft.event.error = Some(kind.to_string());
+            draft.event.usage_incomplete = true;
+            tail.extend_from_slice(&leader_tail);
+        }
+        Outcome::ErrorResponse { .. } | Outcome::Abandoned => {
+            draft.event.status = Status::UpstreamAborted;
+            draft.event.error = Some("upstream_cut".into());
+            draft.event.usage_incomplete = true;
+            let error_type = match route.dialect() {
+                Dialect::Anthropic => "api_error",
+                Dialect::OpenAi => "server_error",
+            };
+            tail.extend_from_slice(&error_event(
+                route.dialect(),
+                error_type,
+                "the coalesced stream ended before its final event (tollgate)",
+            ));
+        }
+    }
+    if let Some(err) = tap.error() {
+        draft.event.status = Status::ProviderError;
+        draft.event.error = Some(err.to_string());
+    }
+    if state.stream_receipt {
+        tail.extend_from_slice(&receipt::stream_comment(&draft.event));
+    }
+    count(state, &draft);
+    draft.record_detached();
+    let _ = session.write_response_body(Some(tail.freeze()), true).await;
+}
