@@ -118,8 +118,10 @@ impl Workload {
         } else {
             ""
         };
+        // The prompt names the workload: each has its own cache key.
         format!(
-            "{{\"model\":\"{MODEL}\",\"max_tokens\":256{stream},\"messages\":[{{\"role\":\"user\",\"content\":\"Say hello in one short sentence.\"}}]}}"
+            "{{\"model\":\"{MODEL}\",\"max_tokens\":256{stream},\"messages\":[{{\"role\":\"user\",\"content\":\"Say hello in one short sentence ({}).\"}}]}}",
+            self.name()
         )
     }
 
@@ -159,6 +161,10 @@ enum Kind {
     Bare,
     Tollgate,
     TollgateNoSync,
+    /// The exact cache on, every request different: the miss path.
+    TollgateMiss,
+    /// The exact cache on, every request the same: hits.
+    TollgateHit,
 }
 
 impl Kind {
@@ -168,8 +174,10 @@ impl Kind {
             "bare" => Kind::Bare,
             "tollgate" => Kind::Tollgate,
             "tollgate-nosync" => Kind::TollgateNoSync,
+            "tollgate-miss" => Kind::TollgateMiss,
+            "tollgate-hit" => Kind::TollgateHit,
             other => {
-                bail!("unknown target {other:?} (direct, bare, tollgate, tollgate-nosync)")
+                bail!("unknown target {other:?} (direct, bare, tollgate, tollgate-nosync, tollgate-miss, tollgate-hit)")
             }
         })
     }
@@ -180,7 +188,14 @@ impl Kind {
             Kind::Bare => "bare",
             Kind::Tollgate => "tollgate",
             Kind::TollgateNoSync => "tollgate-nosync",
+            Kind::TollgateMiss => "tollgate-miss",
+            Kind::TollgateHit => "tollgate-hit",
         }
+    }
+
+    /// A tollgate (metered, with receipts and an admin listener).
+    fn is_tollgate(self) -> bool {
+        !matches!(self, Kind::Direct | Kind::Bare)
     }
 }
 
@@ -199,7 +214,8 @@ struct Options {
 
 const USAGE: &str = "usage: cargo bench --bench dataplane -- [--warmup SECS] [--duration SECS] \
 [--threads 1,2] [--concurrency 1,64] [--workloads nonstream,stream50[,stream11]] \
-[--targets direct,bare,tollgate,tollgate-nosync] [--fake-threads N] [--wrk-threads N] [--fresh]";
+[--targets direct,bare,tollgate,tollgate-nosync,tollgate-miss,tollgate-hit] [--fake-threads N] \
+[--wrk-threads N] [--fresh]";
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options> {
@@ -610,9 +626,16 @@ fn start_tollgate(
     let name = format!("{}-t{threads}-{generation}", kind.name());
     let data_dir = dir.join(format!("{name}-data"));
     let sync = kind != Kind::TollgateNoSync;
+    // The data-plane rows measure the path to the provider: cache off.
+    let cache = if matches!(kind, Kind::TollgateMiss | Kind::TollgateHit) {
+        "all"
+    } else {
+        "off"
+    };
     let config = format!(
         "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
          data_dir = \"{}\"\nthreads = {threads}\n\n[outbox]\nsync = {sync}\n\n\
+         [cache]\nmode = \"{cache}\"\n\n\
          [providers.anthropic]\nbase_url = \"http://{fake}\"\n\n\
          [providers.openai]\nbase_url = \"http://{fake}/v1\"\n",
         data_dir.display()
@@ -751,7 +774,7 @@ async fn check_target(
         None if !p.body.contains("\"usage\"") => bail!("{what}: no usage in {}", p.body),
         None => {}
     }
-    let metered = matches!(target.kind, Kind::Tollgate | Kind::TollgateNoSync);
+    let metered = target.kind.is_tollgate();
     if metered && p.tollgate_headers == 0 {
         bail!("{what}: no x-tollgate-* receipt headers: not metered?");
     }
@@ -829,9 +852,25 @@ done = function(summary, latency, requests)
 end
 "#;
 
-fn wrk_script(workload: Workload, big_bytes: u64) -> String {
+/// `unique`: every request gets a body of its own (a per-run salt, the wrk
+/// thread and a counter in the prompt), so each one is a cache miss.
+fn wrk_script(workload: Workload, big_bytes: u64, unique: bool) -> String {
     let mut s = String::from("wrk.method = \"POST\"\n");
-    let _ = writeln!(s, "wrk.body = [==[{}]==]", workload.body());
+    let body = workload.body();
+    let _ = writeln!(s, "wrk.body = [==[{body}]==]");
+    if unique {
+        let (head, tail) = body.split_once(").\"").unwrap_or((&body, ""));
+        let _ = writeln!(
+            s,
+            "local head, tail = [==[{head}).]==], [==[\"{tail}]==]\n\
+             local salt = tostring(os.time()) .. tostring(os.clock())\n\
+             local next_thread = 0\n\
+             setup = function(thread) thread:set(\"tid\", next_thread); next_thread = next_thread + 1 end\n\
+             local n = 0\n\
+             request = function()\n  n = n + 1\n  \
+             return wrk.format(nil, nil, nil, head .. \" \" .. salt .. \"-\" .. tostring(tid) .. \"-\" .. n .. tail)\nend"
+        );
+    }
     let _ = writeln!(s, "wrk.headers[\"content-type\"] = \"application/json\"");
     for (name, value) in workload.headers(big_bytes) {
         let _ = writeln!(s, "wrk.headers[\"{name}\"] = \"{value}\"");
@@ -993,9 +1032,7 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
             match kind {
                 Kind::Direct => {}
                 Kind::Bare => proxies.push(start_bare(dir.path(), fake.addr, t)?),
-                Kind::Tollgate | Kind::TollgateNoSync => {
-                    proxies.push(start_tollgate(dir.path(), fake.addr, t, kind, 0)?)
-                }
+                _ => proxies.push(start_tollgate(dir.path(), fake.addr, t, kind, 0)?),
             }
         }
     }
@@ -1007,12 +1044,15 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
         }
     }
 
-    let scripts: Vec<(Workload, PathBuf)> = o
+    let scripts: Vec<(Workload, PathBuf, PathBuf)> = o
         .workloads
         .iter()
         .map(|&w| {
             let path = dir.path().join(format!("{}.lua", w.name()));
-            std::fs::write(&path, wrk_script(w, big_bytes)).map(|()| (w, path))
+            let unique = dir.path().join(format!("{}-unique.lua", w.name()));
+            std::fs::write(&path, wrk_script(w, big_bytes, false))?;
+            std::fs::write(&unique, wrk_script(w, big_bytes, true))?;
+            Ok((w, path, unique))
         })
         .collect::<std::io::Result<_>>()?;
 
@@ -1027,12 +1067,12 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
     let mut cells = Vec::new();
     let mut memory: Vec<Memory> = Vec::new();
     let mut generation = 0;
-    for (workload, script) in &scripts {
+    for (workload, same_script, unique_script) in &scripts {
         for &conc in &o.concurrency {
             let threads = wrk_threads(conc, o.wrk_threads);
             for index in 0..=proxies.len() {
                 if let Some(p) = index.checked_sub(1).and_then(|i| proxies.get_mut(i)) {
-                    if o.fresh && matches!(p.kind, Kind::Tollgate | Kind::TollgateNoSync) {
+                    if o.fresh && p.kind.is_tollgate() {
                         generation += 1;
                         let (kind, t) = (p.kind, p.threads.unwrap_or(1));
                         *p = start_tollgate(dir.path(), fake.addr, t, kind, generation)?;
@@ -1044,6 +1084,11 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
                     &proxies[index - 1]
                 };
                 eprintln!("  {:<10} c={conc:<3} {}", workload.name(), target.label());
+                let script = if target.kind == Kind::TollgateMiss {
+                    unique_script
+                } else {
+                    same_script
+                };
                 run_wrk(target.addr, script, conc, threads, secs(o.warmup))?;
                 let before_metrics = match target.admin {
                     Some(admin) => Some(runtime.block_on(scrape(&client, admin))?),
@@ -1281,7 +1326,8 @@ fn report(
         w,
         "targets  : direct = the fake; bare = pingora ProxyHttp with only upstream_peer (the floor);\n           \
          tollgate = release binary, key injection, admin on, log warn, outbox.sync=true (durable before the last byte);\n           \
-         tollgate-nosync = same with outbox.sync=false; t = pingora worker threads"
+         tollgate-nosync = same with outbox.sync=false (these two with cache.mode=off);\n           \
+         tollgate-miss = cache on, every request unique; tollgate-hit = cache on, every request identical; t = pingora worker threads"
     );
     let _ = writeln!(
         w,
@@ -1374,14 +1420,18 @@ fn report(
         };
         let (a50, a99) = (c.wrk.p50 - direct.wrk.p50, c.wrk.p99 - direct.wrk.p99);
         let vs_bare = match (c.kind, find(c.workload, c.conc, Kind::Bare, c.threads)) {
-            (Kind::Tollgate | Kind::TollgateNoSync, Some(b)) => format!(
+            (Kind::Tollgate | Kind::TollgateNoSync | Kind::TollgateMiss, Some(b)) => format!(
                 "{} / {}",
                 signed(c.wrk.p50 - b.wrk.p50),
                 signed(c.wrk.p99 - b.wrk.p99)
             ),
             _ => "-".to_owned(),
         };
-        let goal = if c.conc == 1 && matches!(c.kind, Kind::Tollgate | Kind::TollgateNoSync) {
+        let goal = if c.conc == 1
+            && matches!(
+                c.kind,
+                Kind::Tollgate | Kind::TollgateNoSync | Kind::TollgateMiss
+            ) {
             format!(
                 "p50 {} · p99 {}",
                 verdict(a50 <= 150.0),
@@ -1412,10 +1462,12 @@ fn report(
         "{:<10} {:>4}  {:<20} {:>9} {:>9} {:>7}  goal",
         "workload", "c", "target", "req/s", "bare", "ratio"
     );
-    for c in cells
-        .iter()
-        .filter(|c| matches!(c.kind, Kind::Tollgate | Kind::TollgateNoSync))
-    {
+    for c in cells.iter().filter(|c| {
+        matches!(
+            c.kind,
+            Kind::Tollgate | Kind::TollgateNoSync | Kind::TollgateMiss
+        )
+    }) {
         let Some(bare) = find(c.workload, c.conc, Kind::Bare, c.threads) else {
             continue;
         };
@@ -1436,6 +1488,57 @@ fn report(
             ratio * 100.0,
             goal
         );
+    }
+
+    if cells.iter().any(|c| c.kind == Kind::TollgateHit) {
+        let _ = writeln!(
+            w,
+            "\n-- exact cache: tollgate-hit (every request identical: answered from the cache) next to \
+             tollgate-miss (every request unique: the miss path, cache on) and direct; goal at c=1: hit p50 ≤ 150 µs --"
+        );
+        let _ = writeln!(
+            w,
+            "{:<10} {:>4}  {:<20} {:>8} {:>8} {:>9} {:>12} {:>12} {:>10}  goal",
+            "workload",
+            "c",
+            "target",
+            "hit p50",
+            "hit p99",
+            "hits/s",
+            "miss p50/p99",
+            "direct p50",
+            "hits/miss"
+        );
+        for c in cells.iter().filter(|c| c.kind == Kind::TollgateHit) {
+            let miss = find(c.workload, c.conc, Kind::TollgateMiss, c.threads);
+            let direct = find(c.workload, c.conc, Kind::Direct, None);
+            let goal = if c.conc == 1 {
+                verdict(c.wrk.p50 <= 150.0)
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                w,
+                "{:<10} {:>4}  {:<20} {:>8} {:>8} {:>9.0} {:>12} {:>12} {:>10}  {}",
+                c.workload.name(),
+                c.conc,
+                c.label,
+                us(c.wrk.p50),
+                us(c.wrk.p99),
+                c.wrk.rps(),
+                miss.map_or("-".to_owned(), |m| format!(
+                    "{}/{}",
+                    us(m.wrk.p50),
+                    us(m.wrk.p99)
+                )),
+                direct.map_or("-".to_owned(), |d| us(d.wrk.p50)),
+                miss.map_or("-".to_owned(), |m| format!(
+                    "{:.1}×",
+                    c.wrk.rps() / m.wrk.rps().max(1e-9)
+                )),
+                goal
+            );
+        }
     }
 
     let _ = writeln!(

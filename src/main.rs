@@ -305,9 +305,15 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         config.outbox.sync,
     ));
+    let cache_db = sled::Config::new()
+        .path(config.data_dir.join(cache::store::DIR))
+        .cache_capacity(SLED_CACHE_BYTES)
+        .open()
+        .context("opening the cache store")?;
     let cache = Arc::new(
         Cache::open(
-            db.open_tree(cache::store::TREE)
+            cache_db
+                .open_tree(cache::store::TREE)
                 .context("opening the cache store")?,
             config.cache.clone(),
             metrics.cache.clone(),
@@ -378,6 +384,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     outbox.close();
     ledger.persist().context("writing budget state")?;
     db.flush().context("final flush of the store")?;
+    cache_db.flush().context("final flush of the cache")?;
     tracing::info!("tollgate stopped");
     Ok(())
 }
@@ -452,16 +459,23 @@ fn budget_status(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
 
 /// Opens the store, or says that a running proxy holds it (`None`).
 fn open_store(config: &Config) -> anyhow::Result<Option<sled::Db>> {
-    match sled::Config::new().path(&config.data_dir).open() {
+    open_sled(&config.data_dir)
+}
+
+/// Opens the cache's own store, or says that a running proxy holds it.
+fn open_cache_store(config: &Config) -> anyhow::Result<Option<sled::Db>> {
+    open_sled(&config.data_dir.join(cache::store::DIR))
+}
+
+fn open_sled(path: &std::path::Path) -> anyhow::Result<Option<sled::Db>> {
+    match sled::Config::new().path(path).open() {
         Ok(db) => Ok(Some(db)),
         Err(sled::Error::Io(e))
             if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
         {
             Ok(None)
         }
-        Err(e) => {
-            Err(e).with_context(|| format!("opening the store in {}", config.data_dir.display()))
-        }
+        Err(e) => Err(e).with_context(|| format!("opening the store in {}", path.display())),
     }
 }
 
@@ -476,7 +490,7 @@ fn cache_stats(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let stats: cache::Stats = match open_store(&config)? {
+    let stats: cache::Stats = match open_cache_store(&config)? {
         Some(db) => {
             let store = cache::Store::open(
                 db.open_tree(cache::store::TREE)?,
@@ -507,7 +521,7 @@ fn cache_purge(args: &ConfigArgs, account: Option<&str>) -> anyhow::Result<ExitC
     if let Some(a) = account {
         tollgate::proxy::identify::check_name("--account", a).map_err(|e| anyhow::anyhow!(e.0))?;
     }
-    let removed: u64 = match open_store(&config)? {
+    let removed: u64 = match open_cache_store(&config)? {
         Some(db) => {
             let store = cache::Store::open(
                 db.open_tree(cache::store::TREE)?,
@@ -515,6 +529,7 @@ fn cache_purge(args: &ConfigArgs, account: Option<&str>) -> anyhow::Result<ExitC
                 None,
             )?;
             let n = store.purge(account)?;
+            store.maintain()?;
             db.flush()?;
             n
         }

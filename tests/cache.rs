@@ -108,6 +108,7 @@ async fn a_hit_is_free_and_answers_both_forms() {
     assert_eq!(hit.status, 200);
     assert_eq!(hit.header("x-tollgate-cache"), "hit");
     assert_eq!(hit.header("x-tollgate-cost-usd"), "0.00");
+    assert_eq!(hit.header("x-tollgate-saved-usd"), cost);
     assert_eq!(hit.body, miss.body);
     assert_eq!(hit.header("request-id"), miss.header("request-id"));
     // As a stream: re-synthesised from the stored message.
@@ -402,7 +403,7 @@ async fn lru_eviction_under_a_small_cap_and_persistence_across_restart() {
         messages("C", false),
     );
     {
-        let t = keyed(
+        let mut t = keyed(
             Builder::new(&fake.base_url())
                 .data_dir(data.path())
                 .config(cap),
@@ -419,6 +420,9 @@ async fn lru_eviction_under_a_small_cap_and_persistence_across_restart() {
             "{metrics}"
         );
         assert!(metrics.contains("tollgate_cache_entries 2"));
+        // A graceful stop flushes the cache (a crash may lose its last
+        // half second: a few misses, nothing else).
+        t.stop();
     }
     // Restarted on the same store: A and C are still there, B is not.
     let t = keyed(
@@ -454,7 +458,7 @@ async fn cache_stats_and_purge_from_the_cli() {
         String::from_utf8(out.stdout).unwrap()
     };
     {
-        let t = keyed(Builder::new(&fake.base_url()).data_dir(data.path())).start();
+        let mut t = keyed(Builder::new(&fake.base_url()).data_dir(data.path())).start();
         post(&t, "/v1/messages", &messages("one", false), &[]).await;
         post(
             &t,
@@ -488,6 +492,7 @@ async fn cache_stats_and_purge_from_the_cli() {
             .await
             .unwrap();
         assert_eq!(purged["removed"], 0);
+        t.stop();
     }
     let stats = cli(&["cache", "stats", "--json"]);
     let v: Value = serde_json::from_str(&stats).unwrap();
@@ -704,4 +709,73 @@ async fn hits_spend_nothing_from_a_budget() {
         assert_eq!(r.header("x-tollgate-cache"), "hit");
     }
     assert_eq!(spent().await, after_miss);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passed_through_credential_is_part_of_the_key() {
+    let fake = FakeProvider::start().await;
+    // No provider key configured: each client's own key goes upstream, and
+    // decides what the provider answers (or refuses).
+    let mut t = Builder::new(&fake.base_url()).start();
+    let body = messages("whose key", false);
+    let with_key = |k: &'static str| [("x-api-key", k)];
+    let cache_of = |r: Reply| r.header("x-tollgate-cache").to_string();
+    assert_eq!(
+        cache_of(post(&t, "/v1/messages", &body, &with_key("sk-a")).await),
+        "miss"
+    );
+    assert_eq!(
+        cache_of(post(&t, "/v1/messages", &body, &with_key("sk-a")).await),
+        "hit"
+    );
+    assert_eq!(
+        cache_of(post(&t, "/v1/messages", &body, &with_key("sk-b")).await),
+        "miss"
+    );
+    assert_eq!(cache_of(post(&t, "/v1/messages", &body, &[]).await), "miss");
+    // Never stored: the key itself is nowhere in the cache's files.
+    t.stop();
+    for entry in walk(&t.data_dir.join("cache")) {
+        let bytes = std::fs::read(&entry).unwrap();
+        assert!(
+            !bytes.windows(4).any(|w| w == b"sk-a" || w == b"sk-b"),
+            "a credential is in {}",
+            entry.display()
+        );
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_bound_answer_is_cached_only_when_it_did_not_cut() {
+    let fake = FakeProvider::start().await;
+    let t = keyed(Builder::new(&fake.base_url()).config(
+        "[[budgets]]\nname = \"daily\"\nscope = \"all\"\nperiod = \"day\"\nlimit_usd = \"5.00\"\n",
+    ))
+    .start();
+    // No max_tokens: the budget sends its default bound upstream. The
+    // answer ends on its own (finish_reason "stop"), so it is cached.
+    let body = chat("bounded", false);
+    let first = post(&t, "/v1/chat/completions", &body, &[]).await;
+    assert_eq!(first.header("x-tollgate-cache"), "miss");
+    assert_eq!(first.json()["choices"][0]["finish_reason"], "stop");
+    let sent = fake.requests()[0].json();
+    assert!(
+        sent["max_completion_tokens"].is_u64() || sent["max_tokens"].is_u64(),
+        "{sent}"
+    );
+    let again = post(&t, "/v1/chat/completions", &body, &[]).await;
+    assert_eq!(again.header("x-tollgate-cache"), "hit");
 }

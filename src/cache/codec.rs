@@ -1606,9 +1606,51 @@ fn replay_openai(
     Ok(())
 }
 
+/// Whether a complete message stopped at its output bound (Anthropic
+/// `stop_reason: "max_tokens"`, OpenAI `finish_reason: "length"` in any
+/// choice). Unreadable → true (the caller then does not cache it).
+pub fn stopped_at_limit(dialect: Dialect, message: &[u8]) -> bool {
+    let Ok(Value::Object(m)) = serde_json::from_slice::<Value>(message) else {
+        return true;
+    };
+    match dialect {
+        Dialect::Anthropic => m.get("stop_reason").and_then(Value::as_str) == Some("max_tokens"),
+        Dialect::OpenAi => m
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_none_or(|choices| {
+                choices
+                    .iter()
+                    .any(|c| c.get("finish_reason").and_then(Value::as_str) == Some("length"))
+            }),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
+
+    #[test]
+    fn stopped_at_limit_reads_both_dialects() {
+        assert!(stopped_at_limit(
+            Dialect::Anthropic,
+            br#"{"stop_reason":"max_tokens","content":[]}"#
+        ));
+        assert!(!stopped_at_limit(
+            Dialect::Anthropic,
+            br#"{"stop_reason":"end_turn","content":[]}"#
+        ));
+        assert!(stopped_at_limit(
+            Dialect::OpenAi,
+            br#"{"choices":[{"finish_reason":"stop"},{"finish_reason":"length"}]}"#
+        ));
+        assert!(!stopped_at_limit(
+            Dialect::OpenAi,
+            br#"{"choices":[{"finish_reason":"tool_calls"}]}"#
+        ));
+        assert!(stopped_at_limit(Dialect::OpenAi, b"not json"));
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -21,6 +21,12 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use super::key::Key;
+
+/// How much of a stream a flight keeps for followers that join late (they
+/// replay it from the first chunk). Beyond it the flight takes no new
+/// followers and keeps nothing but what current followers still have to
+/// read, so a long stream is never held whole.
+pub const REPLAY_BYTES: u64 = 1 << 20;
 use super::store::EntryMeta;
 
 /// The upstream response head, as the leader got it.

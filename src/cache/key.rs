@@ -40,7 +40,11 @@ pub struct KeyParts<'a> {
     pub provider: &'a str,
     pub path: &'a str,
     pub anthropic_version: Option<&'a [u8]>,
+    /// The sorted, de-duplicated `anthropic-beta` flags.
     pub anthropic_beta: Option<&'a [u8]>,
+    /// A hash of the client's provider credential, only when tollgate
+    /// passes it through (injects no key of its own).
+    pub credential: Option<&'a [u8]>,
 }
 
 /// The key of a request; `None` when the body is not a JSON object.
@@ -54,6 +58,7 @@ pub fn key(parts: &KeyParts<'_>, body: &[u8]) -> Option<Key> {
     part(&mut h, parts.path.as_bytes());
     optional(&mut h, parts.anthropic_version);
     optional(&mut h, parts.anthropic_beta);
+    optional(&mut h, parts.credential);
     let fields = obj
         .iter()
         .filter(|(k, _)| !IGNORED_FIELDS.contains(&k.as_str()))
@@ -163,6 +168,7 @@ mod tests {
             path: "/v1/messages",
             anthropic_version: Some(b"2023-06-01"),
             anthropic_beta: beta,
+            credential: None,
         }
     }
 
@@ -213,6 +219,9 @@ mod tests {
         assert_ne!(base, key(&p, body));
         let mut p = parts("acme", None);
         p.anthropic_version = None;
+        assert_ne!(base, key(&p, body));
+        let mut p = parts("acme", None);
+        p.credential = Some(b"hash-of-a-key");
         assert_ne!(base, key(&p, body));
         // Length prefixes: moving a byte between parts changes the key.
         let a = key(

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::CacheMetrics;
 pub use key::Key;
-pub use store::{Entry, EntryMeta, Store};
+pub use store::{Entry, EntryMeta, Put, Store};
 
 /// Whether a request may use the cache at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,8 +149,10 @@ impl Cache {
         config: CacheConfig,
         metrics: CacheMetrics,
     ) -> Result<Cache, store::StoreError> {
+        let store = Store::open(tree, config.max_bytes, Some(metrics.clone()))?;
+        store.maintain()?;
         Ok(Cache {
-            store: Store::open(tree, config.max_bytes, Some(metrics.clone()))?,
+            store,
             config,
             flights: Arc::default(),
             metrics,

@@ -9,6 +9,10 @@
 //! Only the small `a` records are read at start-up to rebuild the index, so
 //! opening a full cache does not read its entries. Access times are written
 //! back on every hit, so the LRU order survives a restart.
+//!
+//! The cache has a sled database of its own (`data_dir/cache`): its writes
+//! must not ride on the usage outbox's fsyncs, and losing its last half
+//! second in a crash costs nothing but a few misses.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -23,6 +27,8 @@ use crate::metrics::CacheMetrics;
 
 /// The sled tree holding the cache.
 pub const TREE: &str = "cache";
+/// The cache's own sled database, under `data_dir`.
+pub const DIR: &str = "cache";
 
 const ENTRY: u8 = b'e';
 const ACCESS: u8 = b'a';
@@ -112,6 +118,17 @@ impl Index {
     }
 }
 
+/// What [`Store::put`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Put {
+    Stored {
+        /// A minute has passed since the last sweep of expired entries.
+        sweep_due: bool,
+    },
+    /// Larger than the whole cap: not stored.
+    TooLarge,
+}
+
 /// Counts of the store, for `tollgate cache stats`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
@@ -184,7 +201,8 @@ fn decode(value: &[u8]) -> Result<(EntryMeta, &[u8]), StoreError> {
 
 impl Store {
     /// Opens the store in `tree` and rebuilds its index from the access
-    /// records; expired entries are dropped and the cap is enforced.
+    /// records (read-only: [`Store::maintain`] drops what is expired and
+    /// over the cap).
     pub fn open(
         tree: sled::Tree,
         max_bytes: u64,
@@ -194,7 +212,7 @@ impl Store {
         for item in tree.scan_prefix([ACCESS]) {
             let (k, v) = item?;
             match (key_of(&k), parse_access(&v)) {
-                (Some(key), Some(slot)) => {
+                (Some(key), Some(slot)) if tree.contains_key(prefixed(ENTRY, &key))? => {
                     index.clock = index.clock.max(slot.access);
                     index.put(key, slot);
                 }
@@ -209,10 +227,16 @@ impl Store {
             max_bytes,
             metrics,
         };
-        store.sweep(now_us())?;
-        store.evict()?;
         store.update_gauges();
         Ok(store)
+    }
+
+    /// Drops expired entries and evicts down to the cap.
+    pub fn maintain(&self) -> Result<(), StoreError> {
+        self.sweep(now_us())?;
+        self.evict()?;
+        self.update_gauges();
+        Ok(())
     }
 
     /// The entry for `key` stored less than `ttl` ago, marking it used.
@@ -250,8 +274,11 @@ impl Store {
         if meta.created_us.saturating_add(ttl_us) <= now {
             return Ok(None);
         }
+        // Only while the entry is indexed: never resurrect a record that an
+        // eviction or purge removed meanwhile.
+        let record = access_record(&slot);
         self.tree
-            .insert(prefixed(ACCESS, key), &access_record(&slot))?;
+            .fetch_and_update(prefixed(ACCESS, key), |old| old.map(|_| record.to_vec()))?;
         Ok(Some(Entry {
             meta,
             message: Bytes::copy_from_slice(message),
@@ -259,14 +286,16 @@ impl Store {
     }
 
     /// Stores an answer for `ttl`, evicting least-recently-used entries to
-    /// stay under the cap. An answer larger than the whole cap is not stored.
+    /// stay under the cap. An answer larger than the whole cap is not
+    /// stored. Says whether a sweep of expired entries is due (the caller
+    /// runs [`Store::maintain`] off the request path).
     pub fn put(
         &self,
         key: &Key,
         meta: &EntryMeta,
         message: &[u8],
         ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Put, StoreError> {
         let header = rmp_serde::to_vec_named(meta)?;
         let mut value = Vec::with_capacity(4 + header.len() + message.len());
         value.extend_from_slice(&(header.len() as u32).to_le_bytes());
@@ -274,31 +303,27 @@ impl Store {
         value.extend_from_slice(message);
         let size = (value.len() + 24 + 2 * 33) as u64;
         if size > self.max_bytes {
-            return Ok(false);
+            return Ok(Put::TooLarge);
         }
         let now = now_us();
         let ttl_us = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
-        let slot = {
-            let Ok(mut index) = self.index.lock() else {
-                return Ok(false);
-            };
-            let access = index.tick(now);
-            let slot = Slot {
-                access,
-                size,
-                expires_us: meta.created_us.saturating_add(ttl_us),
-            };
-            index.put(*key, slot);
-            slot
+        let access = match self.index.lock() {
+            Ok(mut index) => index.tick(now),
+            Err(_) => return Ok(Put::TooLarge),
         };
+        let slot = Slot {
+            access,
+            size,
+            expires_us: meta.created_us.saturating_add(ttl_us),
+        };
+        // sled first, then the index: a reader that finds the key indexed
+        // always finds its entry.
         let mut batch = sled::Batch::default();
         batch.insert(&prefixed(ENTRY, key)[..], value);
         batch.insert(&prefixed(ACCESS, key)[..], &access_record(&slot)[..]);
-        if let Err(e) = self.tree.apply_batch(batch) {
-            if let Ok(mut index) = self.index.lock() {
-                index.remove(key);
-            }
-            return Err(e.into());
+        self.tree.apply_batch(batch)?;
+        if let Ok(mut index) = self.index.lock() {
+            index.put(*key, slot);
         }
         let sweep_due = self
             .index
@@ -311,12 +336,9 @@ impl Store {
                 due
             })
             .unwrap_or(false);
-        if sweep_due {
-            self.sweep(now)?;
-        }
         self.evict()?;
         self.update_gauges();
-        Ok(true)
+        Ok(Put::Stored { sweep_due })
     }
 
     /// Removes every entry (of `account` only, when given); returns how many.
@@ -452,7 +474,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(tree(dir.path()), 1 << 20, None).unwrap();
         assert!(store.get(&key(1), HOUR).unwrap().is_none());
-        assert!(store.put(&key(1), &meta("a"), b"{\"x\":1}", HOUR).unwrap());
+        assert!(store.put(&key(1), &meta("a"), b"{\"x\":1}", HOUR).unwrap() != Put::TooLarge);
         let e = store.get(&key(1), HOUR).unwrap().unwrap();
         assert_eq!(e.meta, meta_with_created(&e.meta));
         assert_eq!(&e.message[..], b"{\"x\":1}");
@@ -475,9 +497,16 @@ mod tests {
         store
             .put(&key(1), &meta("a"), b"{}", Duration::from_millis(1))
             .unwrap();
+        store
+            .put(&key(2), &meta("a"), b"{}", Duration::from_millis(1))
+            .unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert!(store.get(&key(1), HOUR).unwrap().is_none());
+        assert_eq!(store.stats().entries, 1);
+        // The sweep drops the other one without it being asked for.
+        store.maintain().unwrap();
         assert_eq!(store.stats().entries, 0);
+        assert_eq!(store.stats().bytes, 0);
     }
 
     #[test]
@@ -515,9 +544,12 @@ mod tests {
             assert!(store.get(&key(n), HOUR).unwrap().is_some(), "{n}");
         }
         // Too big for the whole cap: not stored.
-        assert!(!store
-            .put(&key(6), &meta("a"), &vec![0; cap as usize], HOUR)
-            .unwrap());
+        assert_eq!(
+            store
+                .put(&key(6), &meta("a"), &vec![0; cap as usize], HOUR)
+                .unwrap(),
+            Put::TooLarge
+        );
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct Guard {
     pub clamped: Option<u64>,
     /// The `message_start` check was done (streams).
     pub start_checked: bool,
+    /// The output bound sent upstream is not the client's (a clamp, or
+    /// `budget_default_max_tokens` for a request without one).
+    pub bound_rewritten: bool,
 }
 
 /// Reserves the request's worst case, rewriting its `max_tokens` when a
@@ -95,9 +98,11 @@ pub fn reserve(
         estimate: est,
         clamped,
         start_checked: false,
+        bound_rewritten: false,
     };
     let bound = clamped.or(request.max_tokens.is_none().then_some(max_tokens));
     if let Some(n) = bound {
+        guard.bound_rewritten = true;
         // The bound reserved must be the bound sent.
         request.set_max_tokens(n, &route.provider.name, route.dialect())?;
         guard.estimate = guard.estimate.with_max_tokens(n);

@@ -49,9 +49,23 @@ impl Plan {
     }
 
     /// Where a complete answer is to be written, if anywhere.
-    pub fn write(&self) -> Option<(Key, Duration)> {
-        self.key.map(|k| (k, self.ttl))
+    pub fn write(&self) -> Option<CacheWrite> {
+        self.key.map(|key| CacheWrite {
+            key,
+            ttl: self.ttl,
+            unless_cut: false,
+        })
     }
+}
+
+/// Where the meter stores a complete answer.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheWrite {
+    pub key: Key,
+    pub ttl: Duration,
+    /// The output bound sent was not the client's (a budget's): store the
+    /// answer only if it did not stop at that bound.
+    pub unless_cut: bool,
 }
 
 /// The request's opt-outs: `cache-control: no-store` (neither read nor
@@ -106,6 +120,8 @@ pub fn plan(
     if mode == Mode::Off || opt == Some(CacheOutcome::Bypass) {
         return Ok(Plan::bypass());
     }
+    let betas = anthropic_betas(req);
+    let credential = passed_through_credential(state, route, req);
     let parts = crate::cache::key::KeyParts {
         account: &identity.account,
         provider: &route.provider.name,
@@ -114,7 +130,8 @@ pub fn plan(
             .headers
             .get(headers::ANTHROPIC_VERSION)
             .map(|v| v.as_bytes()),
-        anthropic_beta: req.headers.get("anthropic-beta").map(|v| v.as_bytes()),
+        anthropic_beta: betas.as_deref().map(str::as_bytes),
+        credential: credential.as_ref().map(|h| &h[..]),
     };
     let Some(key) = crate::cache::key::key(&parts, &request.body) else {
         return Ok(Plan::bypass());
@@ -130,6 +147,50 @@ pub fn plan(
         read: !refresh,
         ttl,
     })
+}
+
+/// Every `anthropic-beta` flag the request sends (in any number of header
+/// lines, comma-separated), sorted: one spelling per set.
+fn anthropic_betas(req: &RequestHeader) -> Option<String> {
+    let mut flags: Vec<&str> = req
+        .headers
+        .get_all("anthropic-beta")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .collect();
+    if flags.is_empty() {
+        return None;
+    }
+    flags.sort_unstable();
+    flags.dedup();
+    Some(flags.join(","))
+}
+
+/// When tollgate injects no key (none configured, no gateway keys), the
+/// client's own provider credential goes upstream and decides what the
+/// provider answers (or refuses): then answers are shared only between
+/// callers presenting the same credential. Only its blake3 hash enters the
+/// key; the credential itself is never stored.
+fn passed_through_credential(
+    state: &State,
+    route: &Route,
+    req: &RequestHeader,
+) -> Option<[u8; 32]> {
+    if route.provider.api_key.is_some() || state.keys.enabled() {
+        return None;
+    }
+    let mut h = blake3::Hasher::new();
+    for name in [headers::X_API_KEY, http::header::AUTHORIZATION.as_str()] {
+        h.update(name.as_bytes());
+        for v in req.headers.get_all(name) {
+            h.update(&(v.len() as u64).to_le_bytes());
+            h.update(v.as_bytes());
+        }
+    }
+    Some(*h.finalize().as_bytes())
 }
 
 /// The entry for `key`, if fresh; a store failure is counted and read as a miss.
@@ -149,9 +210,22 @@ pub fn store(state: &State, key: &Key, ttl: Duration, meta: &EntryMeta, message:
     if message.len() as u64 > state.cache.config.max_entry_bytes {
         return;
     }
-    if let Err(e) = state.cache.store.put(key, meta, message, ttl) {
-        state.cache.metrics.errors.inc();
-        tracing::warn!(error = %e, "cache write failed");
+    match state.cache.store.put(key, meta, message, ttl) {
+        Ok(crate::cache::Put::Stored { sweep_due: true }) => {
+            // Dropping expired entries walks the index: off the request path.
+            let cache = state.cache.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = cache.store.maintain() {
+                    cache.metrics.errors.inc();
+                    tracing::warn!(error = %e, "cache sweep failed");
+                }
+            });
+        }
+        Ok(_) => {}
+        Err(e) => {
+            state.cache.metrics.errors.inc();
+            tracing::warn!(error = %e, "cache write failed");
+        }
     }
 }
 
@@ -204,35 +278,49 @@ fn wants_usage_chunk(request: &RequestModel) -> bool {
     !request.strip_usage_chunk
 }
 
-/// The response for a complete message: JSON as is, or a re-synthesised
-/// stream when the request streams. `None` when the message cannot be
-/// replayed (a corrupt entry): the caller goes on as a miss.
+/// The body for a complete message: JSON as is, or a re-synthesised stream
+/// when the request streams. `None` when the message cannot be replayed (a
+/// corrupt entry): the caller goes on as a miss.
+fn render(
+    state: &State,
+    dialect: Dialect,
+    request: &RequestModel,
+    message: &Bytes,
+) -> Option<Bytes> {
+    if !request.stream {
+        return Some(message.clone());
+    }
+    codec::replay(dialect, message, wants_usage_chunk(request))
+        .inspect_err(|e| {
+            state.cache.metrics.errors.inc();
+            tracing::warn!(error = %e, "cached message cannot be replayed as a stream");
+        })
+        .ok()
+}
+
+/// The response around a rendered body: framing, the provider's request id,
+/// receipts (the stream's as its closing comment).
 fn message_response(
     state: &State,
     draft: &Draft,
     dialect: Dialect,
     request: &RequestModel,
-    message: &Bytes,
-) -> Option<(ResponseHeader, Bytes)> {
-    let (body, content_type) = if request.stream {
-        let sse = codec::replay(dialect, message, wants_usage_chunk(request))
-            .inspect_err(|e| {
-                state.cache.metrics.errors.inc();
-                tracing::warn!(error = %e, "cached message cannot be replayed as a stream");
-            })
-            .ok()?;
-        if state.stream_receipt {
-            let mut out = BytesMut::with_capacity(sse.len() + 256);
-            out.extend_from_slice(&sse);
-            out.extend_from_slice(&receipt::stream_comment(&draft.event));
-            (out.freeze(), "text/event-stream")
-        } else {
-            (sse, "text/event-stream")
-        }
+    body: Bytes,
+) -> (ResponseHeader, Bytes) {
+    let body = if request.stream && state.stream_receipt {
+        let mut out = BytesMut::with_capacity(body.len() + 320);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&receipt::stream_comment(&draft.event));
+        out.freeze()
     } else {
-        (message.clone(), "application/json")
+        body
     };
-    let mut header = headers::response_header(http::StatusCode::OK, 8);
+    let mut header = headers::response_header(http::StatusCode::OK, 10);
+    let content_type = if request.stream {
+        "text/event-stream"
+    } else {
+        "application/json"
+    };
     let _ = header.insert_header(http::header::CONTENT_TYPE, content_type);
     let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
     if request.stream {
@@ -245,7 +333,7 @@ fn message_response(
     }
     let cost = (!request.stream).then_some(0);
     receipt::add_headers(&mut header, &draft.event, cost);
-    Some((header, body))
+    (header, body)
 }
 
 /// A complete answer that cost this request nothing.
@@ -264,8 +352,8 @@ pub struct Req<'a> {
 }
 
 /// Answers a request from a complete message (a hit, or a follower whose
-/// leader finished). Returns false, having sent nothing, when the message
-/// cannot be served.
+/// leader finished). Returns false, having sent and changed nothing, when
+/// the message cannot be served.
 async fn serve_message(
     r: Req<'_>,
     session: &mut Session,
@@ -277,19 +365,18 @@ async fn serve_message(
         route,
         request,
     } = r;
+    if ctx.draft.is_none() {
+        return true;
+    }
+    let Some(body) = render(state, route.dialect(), request, answer.message) else {
+        return false;
+    };
     let Some(mut draft) = ctx.draft.take() else {
         return true;
     };
-    let message = answer.message;
     zero_cost(state, &mut draft, answer.meta, answer.outcome);
     draft.event.http_status = 200;
-    let Some((header, body)) = message_response(state, &draft, route.dialect(), request, message)
-    else {
-        draft.event.cache = CacheOutcome::Miss;
-        draft.event.saved_nusd = 0;
-        ctx.draft = Some(draft);
-        return false;
-    };
+    let (header, body) = message_response(state, &draft, route.dialect(), request, body);
     count(state, &draft);
     draft.record_detached();
     super::send_whole(session, header, body).await;
@@ -337,11 +424,12 @@ pub async fn coalesce(
     let state = r.state;
     let deadline = Instant::now() + state.cache.config.coalesce_wait;
     for _ in 0..MAX_JOIN_ROUNDS {
-        match state
+        let replay = state
             .cache
-            .flights
-            .join(key, state.cache.config.max_entry_bytes)
-        {
+            .config
+            .max_entry_bytes
+            .min(crate::cache::flight::REPLAY_BYTES);
+        match state.cache.flights.join(key, replay) {
             None => return Coalesced::Alone,
             Some(Role::Leader(leader)) => {
                 // A flight may have finished (and stored its answer) since the lookup.
@@ -373,6 +461,39 @@ enum Followed {
     Alone,
 }
 
+/// What a follower's wait ended with.
+enum Waited<T> {
+    Got(T),
+    /// `cache.coalesce_wait` ran out.
+    TimedOut,
+    /// The follower's own client went away.
+    ClientGone,
+}
+
+/// Waits for `fut` until `deadline`, watching the client: a follower whose
+/// client has gone stops waiting (and stops keeping the flight alive).
+async fn wait<T>(
+    session: &mut Session,
+    deadline: tokio::time::Instant,
+    fut: impl std::future::Future<Output = T>,
+) -> Waited<T> {
+    tokio::pin!(fut);
+    let got = tokio::select! {
+        got = tokio::time::timeout_at(deadline, &mut fut) => got,
+        read = session.read_body_or_idle(true) => {
+            if read.is_err() {
+                return Waited::ClientGone;
+            }
+            // Stray bytes from the client: keep waiting, stop watching.
+            tokio::time::timeout_at(deadline, fut).await
+        }
+    };
+    match got {
+        Ok(v) => Waited::Got(v),
+        Err(_) => Waited::TimedOut,
+    }
+}
+
 async fn follow(
     r: Req<'_>,
     session: &mut Session,
@@ -383,21 +504,34 @@ async fn follow(
     let request = r.request;
     let deadline = tokio::time::Instant::from_std(deadline);
     if request.stream {
-        let head = match tokio::time::timeout_at(deadline, follower.head()).await {
-            Err(_) => return Followed::Alone,
-            Ok(Ok(head)) => head,
-            Ok(Err(outcome)) => return finish_with(r, session, ctx, outcome).await,
+        let head = match wait(session, deadline, follower.head()).await {
+            Waited::TimedOut => return Followed::Alone,
+            Waited::ClientGone => return client_left(r.state, ctx),
+            Waited::Got(Ok(head)) => head,
+            Waited::Got(Err(outcome)) => return finish_with(r, session, ctx, outcome).await,
         };
         if head.sse && (200..300).contains(&head.status) {
             follow_stream(r, session, ctx, follower, head).await;
             return Followed::Served;
         }
     }
-    let outcome = match tokio::time::timeout_at(deadline, follower.outcome()).await {
-        Err(_) => return Followed::Alone,
-        Ok(o) => o,
+    let outcome = match wait(session, deadline, follower.outcome()).await {
+        Waited::TimedOut => return Followed::Alone,
+        Waited::ClientGone => return client_left(r.state, ctx),
+        Waited::Got(o) => o,
     };
     finish_with(r, session, ctx, outcome).await
+}
+
+/// Records a follower whose client left while it waited.
+fn client_left(state: &State, ctx: &mut RequestCtx) -> Followed {
+    if let Some(mut draft) = ctx.draft.take() {
+        draft.event.cache = CacheOutcome::Coalesced;
+        draft.event.status = Status::ClientAborted;
+        count(state, &draft);
+        draft.record_detached();
+    }
+    Followed::Served
 }
 
 /// Answers a follower from its leader's outcome.
@@ -519,10 +653,23 @@ async fn follow_stream(
     }
     let mut tap = StreamTap::new(route.dialect(), request.strip_usage_chunk);
     let mut client_open = true;
+    // The leader's own reads are bounded by the idle timeout; a follower
+    // waits no longer than that (plus a margin) for each chunk.
+    let stall = state.upstreams.idle_timeout() + Duration::from_secs(5);
     let outcome = loop {
+        let next_chunk = async {
+            tokio::time::timeout(stall, follower.next())
+                .await
+                .unwrap_or(Err(Outcome::Failed {
+                    status: 504,
+                    kind: "upstream_timeout",
+                    message: "the coalesced stream stalled (tollgate)".into(),
+                    tail: Bytes::new(),
+                }))
+        };
         let next = if client_open {
             tokio::select! {
-                n = follower.next() => n,
+                n = next_chunk => n,
                 r = session.read_body_or_idle(true) => match r {
                     Err(_) => {
                         // The leader and other followers go on without us.
@@ -539,7 +686,7 @@ async fn follow_stream(
                 },
             }
         } else {
-            follower.next().await
+            next_chunk.await
         };
         match next {
             Ok(chunk) => {
@@ -563,13 +710,23 @@ async fn follow_stream(
         }
         Outcome::Failed {
             kind,
+            message,
             tail: leader_tail,
             ..
         } => {
             draft.event.status = Status::UpstreamAborted;
             draft.event.error = Some(kind.to_string());
             draft.event.usage_incomplete = true;
-            tail.extend_from_slice(&leader_tail);
+            if leader_tail.is_empty() && tap.error().is_none() {
+                // Never end a stream silently: say why it stops here.
+                let error_type = match route.dialect() {
+                    Dialect::Anthropic => "api_error",
+                    Dialect::OpenAi => "server_error",
+                };
+                tail.extend_from_slice(&error_event(route.dialect(), error_type, &message));
+            } else {
+                tail.extend_from_slice(&leader_tail);
+            }
         }
         Outcome::ErrorResponse { .. } | Outcome::Abandoned => {
             draft.event.status = Status::UpstreamAborted;

@@ -8,6 +8,8 @@ pub const PROVIDER: &str = "x-tollgate-provider";
 pub const MODEL: &str = "x-tollgate-model";
 /// Receipt: the metered cost in USD (non-streaming responses only).
 pub const COST_USD: &str = "x-tollgate-cost-usd";
+/// Receipt: what a cache hit or coalesced request did not spend, in USD.
+pub const SAVED_USD: &str = "x-tollgate-saved-usd";
 /// Receipt: what the cache did (`hit|miss|bypass|refresh|coalesced`).
 pub const CACHE: &str = "x-tollgate-cache";
 /// Receipt: the `max_tokens` a budget lowered the request to (`clamp`).

@@ -19,7 +19,7 @@ use super::ingress::{Endpoint, RequestModel, Route};
 use super::{headers, receipt, Draft, RequestCtx, State};
 use crate::cache::codec::Assembler;
 use crate::cache::flight::{Head, Leader, Outcome};
-use crate::cache::{EntryMeta, Key};
+use crate::cache::EntryMeta;
 use crate::meter::event::Status;
 use crate::meter::recorder::UpstreamTimes;
 use crate::meter::tap::{usage_from_json, StreamTap};
@@ -79,14 +79,9 @@ pub async fn relay(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+    // The head reaches followers with the first chunk (a stream) or the
+    // outcome: until then they can still go their own way.
     let leader = ctx.leader.take();
-    if let Some(leader) = &leader {
-        leader.head(Head {
-            status,
-            headers: provider_headers(&upstream_header),
-            sse: is_sse,
-        });
-    }
     let write = ctx.cache_write.take();
     let assembler = (is_sse && (write.is_some() || leader.is_some()))
         .then(|| Assembler::new(route.dialect(), state.cache.config.max_entry_bytes as usize));
@@ -122,7 +117,7 @@ struct Relay<'a> {
     /// and the outcome, and the call goes on for them if this client leaves.
     leader: Option<Leader>,
     /// Where to cache a complete answer.
-    write: Option<(Key, Duration)>,
+    write: Option<super::cache::CacheWrite>,
     /// Builds the complete message out of a stream (for the cache and
     /// non-stream followers).
     assembler: Option<Assembler>,
@@ -146,6 +141,10 @@ fn provider_headers(upstream: &ResponseHeader) -> Vec<(http::HeaderName, http::H
 impl Relay<'_> {
     /// The next upstream chunk, the idle timeout, or the client going away.
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, ReadFailure> {
+        if self.kept_for_followers() && !self.leader.as_ref().is_some_and(Leader::has_followers) {
+            // The client left and now every follower has too: stop paying.
+            return Err(ReadFailure::ClientGone);
+        }
         if self.client_open {
             tokio::select! {
                 r = self.call.session.read_response_body() => return classify(r),
@@ -175,8 +174,37 @@ impl Relay<'_> {
         true
     }
 
-    /// Caches a complete answer and hands it to the followers.
-    fn conclude_ok(&mut self, message: Option<Bytes>) {
+    /// The client went away and the call goes on for followers.
+    fn kept_for_followers(&self) -> bool {
+        self.draft.event.status == Status::ClientAborted && !self.draft.event.usage_incomplete
+    }
+
+    /// Writes a chunk to this request's client. While followers depend on
+    /// this call, a client that stops reading is given up on after the idle
+    /// timeout rather than stalling them (the call goes on for them).
+    async fn write_client(&mut self, chunk: Bytes) -> bool {
+        if !self.client_open_for_writes() {
+            return true;
+        }
+        if !self.leader.as_ref().is_some_and(Leader::has_followers) {
+            return self
+                .session
+                .write_response_body(Some(chunk), false)
+                .await
+                .is_ok();
+        }
+        let limit = self.state.upstreams.idle_timeout();
+        match tokio::time::timeout(limit, self.session.write_response_body(Some(chunk), false))
+            .await
+        {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) | Err(_) => self.keep_for_followers(),
+        }
+    }
+
+    /// Caches a complete answer (`store`: when it may be) and hands it to
+    /// the followers.
+    fn conclude_ok(&mut self, message: Option<Bytes>, store: bool) {
         let e = &self.draft.event;
         let meta = EntryMeta {
             account: e.account.clone(),
@@ -187,8 +215,12 @@ impl Relay<'_> {
             cost_nusd: e.cost_nusd,
             upstream_request_id: e.upstream_request_id.clone(),
         };
-        if let (Some((key, ttl)), Some(message)) = (self.write.take(), message.as_ref()) {
-            super::cache::store(self.state, &key, ttl, &meta, message);
+        if let (true, Some(w), Some(message)) = (store, self.write.take(), message.as_ref()) {
+            // A bound the client did not ask for must not have cut it.
+            if !(w.unless_cut && crate::cache::codec::stopped_at_limit(self.draft.dialect, message))
+            {
+                super::cache::store(self.state, &w.key, w.ttl, &meta, message);
+            }
         }
         if let Some(leader) = self.leader.take() {
             leader.finish(Outcome::Done { message, meta });
@@ -218,7 +250,13 @@ impl Relay<'_> {
                 .take()
                 .and_then(Assembler::finish)
                 .map(Bytes::from);
-            self.conclude_ok(message);
+            self.conclude_ok(message, true);
+        } else if e.error.as_deref() == Some("budget_exceeded") {
+            // This request's own budget ended it: not the followers'
+            // (they may have other budgets). They go their own way.
+            if let Some(leader) = self.leader.take() {
+                leader.finish(Outcome::Abandoned);
+            }
         } else {
             self.conclude_failed(Bytes::copy_from_slice(tail));
         }
@@ -230,9 +268,6 @@ impl Relay<'_> {
             let message = match self.draft.event.error.as_deref() {
                 Some("upstream_idle_timeout") => {
                     "upstream stream stalled past the idle timeout (tollgate)"
-                }
-                Some("budget_exceeded") => {
-                    "the request this one was coalesced onto was ended by its budget (tollgate)"
                 }
                 _ => "upstream response ended before it was complete (tollgate)",
             };
@@ -315,6 +350,7 @@ impl Relay<'_> {
         let body = body.freeze();
         let after_upstream = std::time::Instant::now();
         let ok = upstream.status.is_success();
+        let failure_free = failure.is_none();
         match failure {
             None => {
                 // count_tokens is free: nothing to meter, and nothing unknown.
@@ -338,10 +374,11 @@ impl Relay<'_> {
         if self.leader.is_some() || self.write.is_some() {
             let e = &self.draft.event;
             // ClientAborted with complete usage: the call went on for followers.
-            let complete =
-                matches!(e.status, Status::Ok | Status::ClientAborted) && !e.usage_incomplete;
-            if ok && complete {
-                self.conclude_ok(Some(body.clone()));
+            let answered = failure_free && matches!(e.status, Status::Ok | Status::ClientAborted);
+            if ok && answered {
+                // Shared either way; stored only with readable usage.
+                let store = !e.usage_incomplete;
+                self.conclude_ok(Some(body.clone()), store);
             } else if !ok && self.draft.event.status == Status::ProviderError {
                 if let Some(leader) = self.leader.take() {
                     leader.finish(Outcome::ErrorResponse {
@@ -534,6 +571,8 @@ impl Relay<'_> {
         let mut record_wait = Duration::ZERO;
         let mut failure = None;
         let mut budget_cut: Option<String> = None;
+        // Chunks read so far (the head goes to followers with the first).
+        let mut tap_fed = 0usize;
         loop {
             let chunk = match self.next_chunk().await {
                 Ok(Some(chunk)) => chunk,
@@ -544,6 +583,8 @@ impl Relay<'_> {
                 }
             };
             let raw = self.leader.is_some().then(|| chunk.clone());
+            let first = tap_fed == 0;
+            tap_fed += 1;
             let out = match (metered, self.assembler.as_mut()) {
                 (false, _) => chunk,
                 (true, None) => tap.feed(chunk),
@@ -557,9 +598,6 @@ impl Relay<'_> {
                     break;
                 }
             }
-            if let (Some(leader), Some(raw)) = (&self.leader, raw) {
-                leader.chunk(raw);
-            }
             if metered && !recorded && tap.complete() {
                 // The last event is in this chunk: durable first, then send it.
                 self.finish_stream(&tap);
@@ -568,15 +606,17 @@ impl Relay<'_> {
                 record_wait = waited.elapsed();
                 recorded = true;
             }
-            if !out.is_empty()
-                && self.client_open_for_writes()
-                && self
-                    .session
-                    .write_response_body(Some(out), false)
-                    .await
-                    .is_err()
-                && !self.keep_for_followers()
-            {
+            if let (Some(leader), Some(raw)) = (&self.leader, raw) {
+                if first {
+                    leader.head(Head {
+                        status: upstream.status.as_u16(),
+                        headers: provider_headers(&upstream),
+                        sse,
+                    });
+                }
+                leader.chunk(raw);
+            }
+            if !out.is_empty() && !self.write_client(out).await {
                 failure = Some(ReadFailure::ClientGone);
                 break;
             }

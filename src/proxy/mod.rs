@@ -122,12 +122,6 @@ pub(crate) async fn send_whole(
         && session.write_response_body(Some(body), true).await.is_ok()
 }
 
-fn guard_clamped(ctx: &RequestCtx) -> bool {
-    ctx.draft
-        .as_ref()
-        .is_some_and(|d| d.clamped_max_tokens.is_some())
-}
-
 /// The pingora proxy app; its hooks only dispatch to the stages.
 pub struct Tollgate {
     state: Arc<State>,
@@ -145,8 +139,8 @@ pub struct RequestCtx {
     pub draft: Option<Draft>,
     /// This request leads a coalesced flight: identical requests wait on it.
     pub leader: Option<crate::cache::flight::Leader>,
-    /// Where a complete answer is to be cached (key, TTL).
-    pub cache_write: Option<(crate::cache::Key, std::time::Duration)>,
+    /// Where a complete answer is to be cached.
+    pub cache_write: Option<cache::CacheWrite>,
     _in_flight: Option<InFlightGuard>,
 }
 
@@ -347,15 +341,18 @@ impl Tollgate {
         // budget
         let method = session.req_header().method.clone();
         if let Some(guard) = budget::reserve(state, &identity, &route, &method, &mut request)? {
+            if guard.bound_rewritten {
+                // The output bound is this request's budget's, not the
+                // client's: followers (other budgets) go their own way, and
+                // the answer is cached only if the bound did not cut it.
+                ctx.leader = None;
+                if let Some(w) = ctx.cache_write.as_mut() {
+                    w.unless_cut = true;
+                }
+            }
             if let Some(draft) = ctx.draft.as_mut() {
                 draft.clamped_max_tokens = guard.clamped;
                 draft.guard = Some(guard);
-            }
-            if guard_clamped(ctx) {
-                // The answer is shorter than the request asks for: not an
-                // answer to this key, so neither cached nor shared.
-                ctx.cache_write = None;
-                ctx.leader = None;
             }
         }
         // forward

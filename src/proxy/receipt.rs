@@ -25,6 +25,9 @@ pub fn add_headers(header: &mut ResponseHeader, event: &UsageEvent, cost: Option
     if let Some(nusd) = cost {
         let _ = header.insert_header(headers::COST_USD, format_usd(nusd));
     }
+    if event.saved_nusd > 0 {
+        let _ = header.insert_header(headers::SAVED_USD, format_usd(event.saved_nusd));
+    }
 }
 
 #[derive(Serialize)]
@@ -35,6 +38,9 @@ struct StreamReceipt<'a> {
     cache: &'a str,
     status: &'a str,
     cost_usd: String,
+    /// What a hit or coalesced request saved (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    saved_usd: Option<String>,
     input_tokens: u64,
     output_tokens: u64,
     cache_creation_input_tokens: u64,
@@ -50,6 +56,7 @@ pub fn stream_comment(event: &UsageEvent) -> Bytes {
         cache: event.cache.as_str(),
         status: event.status.as_str(),
         cost_usd: format_usd(event.cost_nusd),
+        saved_usd: (event.saved_nusd > 0).then(|| format_usd(event.saved_nusd)),
         input_tokens: event.input_tokens,
         output_tokens: event.output_tokens,
         cache_creation_input_tokens: event.cache_creation_input_tokens,
