@@ -994,6 +994,8 @@ fn secs(d: Duration) -> u64 {
 }
 
 fn run(o: &Options, args: &[String]) -> Result<()> {
+    // reqwest is built without a TLS crypto provider: the process installs one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if Command::new("wrk")
         .arg("-v")
         .stdout(Stdio::null())

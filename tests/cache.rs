@@ -394,8 +394,8 @@ async fn ttl_expiry_and_per_model_rules() {
 async fn lru_eviction_under_a_small_cap_and_persistence_across_restart() {
     let fake = FakeProvider::start().await;
     let data = tempfile::tempdir().unwrap();
-    // One answer is ~1 KB stored: room for two.
-    let cap = "[cache]\nmax_bytes = 2500\n";
+    // One answer is ~2.3 KB stored (message and its stream form): room for two.
+    let cap = "[cache]\nmax_bytes = 5500\n";
     let cache_of = |r: Reply| r.header("x-tollgate-cache").to_string();
     let (a, b, c) = (
         messages("A", false),

@@ -144,6 +144,8 @@ pub struct Flights {
 pub enum Role {
     Leader(Leader),
     Follower(Follower),
+    /// The flight has just finished (its answer is being stored): here it is.
+    Done(Outcome),
 }
 
 impl Flights {
@@ -155,7 +157,12 @@ impl Flights {
             return None;
         };
         if let Some(flight) = map.get(&key) {
-            let cursor = flight.inner.lock().ok()?.first.clone()?;
+            let inner = flight.inner.lock().ok()?;
+            if let Some(outcome) = &inner.outcome {
+                return Some(Role::Done(outcome.clone()));
+            }
+            let cursor = inner.first.clone()?;
+            drop(inner);
             flight.followers.fetch_add(1, Ordering::AcqRel);
             return Some(Role::Follower(Follower {
                 flight: flight.clone(),
@@ -242,20 +249,47 @@ impl Leader {
 
     /// Ends the flight: waiters get `outcome`, later requests no longer find it.
     pub fn finish(mut self, outcome: Outcome) {
-        self.end(outcome);
+        self.end(outcome, true);
     }
 
-    fn end(&mut self, outcome: Outcome) {
+    /// Ends the flight but keeps it findable until the returned [`Release`]
+    /// drops: requests arriving while its answer is being stored get the
+    /// outcome instead of calling the provider again.
+    pub fn finish_held(mut self, outcome: Outcome) -> Release {
+        self.end(outcome, false);
+        Release {
+            flights: self.flights.clone(),
+            key: self.key,
+            flight: self.flight.clone(),
+        }
+    }
+
+    fn end(&mut self, outcome: Outcome, remove: bool) {
         if self.ended {
             return;
         }
         self.ended = true;
-        self.flights.remove(&self.key, &self.flight);
+        if remove {
+            self.flights.remove(&self.key, &self.flight);
+        }
         if let Ok(mut inner) = self.flight.inner.lock() {
             inner.outcome = Some(outcome);
             inner.first = None;
         }
         self.flight.bump();
+    }
+}
+
+/// Keeps a finished flight findable; dropping it lets go.
+pub struct Release {
+    flights: Arc<Flights>,
+    key: Key,
+    flight: Arc<Flight>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.flights.remove(&self.key, &self.flight);
     }
 }
 
@@ -267,7 +301,7 @@ impl Drop for Leader {
             .lock()
             .map(|i| i.head.is_some())
             .unwrap_or(false);
-        self.end(if started {
+        let outcome = if started {
             Outcome::Failed {
                 status: 502,
                 kind: "upstream_protocol",
@@ -276,7 +310,8 @@ impl Drop for Leader {
             }
         } else {
             Outcome::Abandoned
-        });
+        };
+        self.end(outcome, true);
     }
 }
 

@@ -13,6 +13,7 @@ pub mod codec;
 pub mod flight;
 pub mod key;
 pub mod store;
+pub mod writer;
 
 use std::time::Duration;
 
@@ -134,11 +135,22 @@ impl CacheConfig {
     }
 }
 
+/// Why the cache could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("starting the cache writer: {0}")]
+    Writer(#[from] std::io::Error),
+}
+
 /// The cache as the request path sees it.
 pub struct Cache {
     pub config: CacheConfig,
-    pub store: Store,
+    pub store: Arc<Store>,
     pub flights: Arc<flight::Flights>,
+    /// Stores answers off the request path.
+    pub writer: writer::Writer,
     pub metrics: CacheMetrics,
 }
 
@@ -148,10 +160,11 @@ impl Cache {
         tree: sled::Tree,
         config: CacheConfig,
         metrics: CacheMetrics,
-    ) -> Result<Cache, store::StoreError> {
-        let store = Store::open(tree, config.max_bytes, Some(metrics.clone()))?;
+    ) -> Result<Cache, OpenError> {
+        let store = Arc::new(Store::open(tree, config.max_bytes, Some(metrics.clone()))?);
         store.maintain()?;
         Ok(Cache {
+            writer: writer::Writer::spawn(store.clone(), metrics.clone())?,
             store,
             config,
             flights: Arc::default(),

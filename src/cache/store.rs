@@ -32,8 +32,6 @@ pub const DIR: &str = "cache";
 
 const ENTRY: u8 = b'e';
 const ACCESS: u8 = b'a';
-/// How often expired entries are swept (on writes).
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Store failures; the request goes on uncached.
 #[derive(Debug, thiserror::Error)]
@@ -64,11 +62,16 @@ pub struct EntryMeta {
 }
 
 /// A stored answer: the complete message (Anthropic `Message`, OpenAI
-/// `chat.completion`) as JSON, and where it came from.
+/// `chat.completion`) as JSON, and where it came from. Both byte fields
+/// share the stored value (no copy).
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub meta: EntryMeta,
     pub message: Bytes,
+    /// The message pre-rendered as the provider's stream (Anthropic; OpenAI
+    /// without the usage chunk), so a stream hit is a copy, not a
+    /// re-synthesis. Empty when not rendered.
+    pub stream: Bytes,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -86,7 +89,6 @@ struct Index {
     bytes: u64,
     /// Access clock: wall µs, but never repeating or going back.
     clock: u64,
-    last_sweep_us: i64,
 }
 
 impl Index {
@@ -121,10 +123,7 @@ impl Index {
 /// What [`Store::put`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Put {
-    Stored {
-        /// A minute has passed since the last sweep of expired entries.
-        sweep_due: bool,
-    },
+    Stored,
     /// Larger than the whole cap: not stored.
     TooLarge,
 }
@@ -182,21 +181,41 @@ fn key_of(k: &[u8]) -> Option<Key> {
     Some(Key(k.get(1..33)?.try_into().ok()?))
 }
 
-/// Splits a stored value into its header and message.
-fn decode(value: &[u8]) -> Result<(EntryMeta, &[u8]), StoreError> {
+/// Where the parts of a stored value are.
+struct Layout {
+    meta: EntryMeta,
+    message: std::ops::Range<usize>,
+    stream: std::ops::Range<usize>,
+}
+
+/// Reads a stored value: `[u32 LE header length][rmp header]
+/// [u32 LE message length][message][pre-rendered stream (may be empty)]`.
+fn decode(value: &[u8]) -> Result<Layout, StoreError> {
     let corrupt = |m: &str| StoreError::Corrupt(m.to_string());
-    let len = u32::from_le_bytes(
+    let u32_at = |at: usize| -> Result<usize, StoreError> {
         value
-            .get(..4)
+            .get(at..at + 4)
             .and_then(|b| b.try_into().ok())
-            .ok_or_else(|| corrupt("short"))?,
-    ) as usize;
+            .map(|b| u32::from_le_bytes(b) as usize)
+            .ok_or_else(|| corrupt("short"))
+    };
+    let header_len = u32_at(0)?;
     let header = value
-        .get(4..4 + len)
+        .get(4..4 + header_len)
         .ok_or_else(|| corrupt("header past the end"))?;
     let meta: EntryMeta =
         rmp_serde::from_slice(header).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok((meta, &value[4 + len..]))
+    let at = 4 + header_len;
+    let message_len = u32_at(at)?;
+    let message = at + 4..at + 4 + message_len;
+    if message.end > value.len() {
+        return Err(corrupt("message past the end"));
+    }
+    Ok(Layout {
+        meta,
+        stream: message.end..value.len(),
+        message,
+    })
 }
 
 impl Store {
@@ -262,7 +281,7 @@ impl Store {
             self.forget(key)?;
             return Ok(None);
         };
-        let (meta, message) = match decode(&value) {
+        let layout = match decode(&value) {
             Ok(d) => d,
             Err(e) => {
                 self.forget(key)?;
@@ -271,7 +290,7 @@ impl Store {
         };
         // The reader's TTL may be shorter than the writer's.
         let ttl_us = i64::try_from(ttl.as_micros()).unwrap_or(i64::MAX);
-        if meta.created_us.saturating_add(ttl_us) <= now {
+        if layout.meta.created_us.saturating_add(ttl_us) <= now {
             return Ok(None);
         }
         // Only while the entry is indexed: never resurrect a record that an
@@ -279,28 +298,37 @@ impl Store {
         let record = access_record(&slot);
         self.tree
             .fetch_and_update(prefixed(ACCESS, key), |old| old.map(|_| record.to_vec()))?;
+        let value = Bytes::from_owner(value);
         Ok(Some(Entry {
-            meta,
-            message: Bytes::copy_from_slice(message),
+            meta: layout.meta,
+            message: value.slice(layout.message),
+            stream: value.slice(layout.stream),
         }))
     }
 
-    /// Stores an answer for `ttl`, evicting least-recently-used entries to
-    /// stay under the cap. An answer larger than the whole cap is not
-    /// stored. Says whether a sweep of expired entries is due (the caller
-    /// runs [`Store::maintain`] off the request path).
+    /// Stores an answer (and its pre-rendered `stream` form, possibly
+    /// empty) for `ttl`, evicting least-recently-used entries to stay under
+    /// the cap. An answer larger than the whole cap is not stored.
     pub fn put(
         &self,
         key: &Key,
         meta: &EntryMeta,
         message: &[u8],
+        stream: &[u8],
         ttl: Duration,
     ) -> Result<Put, StoreError> {
         let header = rmp_serde::to_vec_named(meta)?;
-        let mut value = Vec::with_capacity(4 + header.len() + message.len());
-        value.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        let (Ok(header_len), Ok(message_len)) =
+            (u32::try_from(header.len()), u32::try_from(message.len()))
+        else {
+            return Ok(Put::TooLarge);
+        };
+        let mut value = Vec::with_capacity(8 + header.len() + message.len() + stream.len());
+        value.extend_from_slice(&header_len.to_le_bytes());
         value.extend_from_slice(&header);
+        value.extend_from_slice(&message_len.to_le_bytes());
         value.extend_from_slice(message);
+        value.extend_from_slice(stream);
         let size = (value.len() + 24 + 2 * 33) as u64;
         if size > self.max_bytes {
             return Ok(Put::TooLarge);
@@ -325,20 +353,9 @@ impl Store {
         if let Ok(mut index) = self.index.lock() {
             index.put(*key, slot);
         }
-        let sweep_due = self
-            .index
-            .lock()
-            .map(|mut i| {
-                let due = now - i.last_sweep_us >= SWEEP_EVERY.as_micros() as i64;
-                if due {
-                    i.last_sweep_us = now;
-                }
-                due
-            })
-            .unwrap_or(false);
         self.evict()?;
         self.update_gauges();
-        Ok(Put::Stored { sweep_due })
+        Ok(Put::Stored)
     }
 
     /// Removes every entry (of `account` only, when given); returns how many.
@@ -349,7 +366,7 @@ impl Store {
             let Some(key) = key_of(&k) else { continue };
             let matches = match account {
                 None => true,
-                Some(a) => decode(&v).map(|(m, _)| m.account == a).unwrap_or(true),
+                Some(a) => decode(&v).map(|l| l.meta.account == a).unwrap_or(true),
             };
             if matches {
                 self.forget(&key)?;
@@ -474,10 +491,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(tree(dir.path()), 1 << 20, None).unwrap();
         assert!(store.get(&key(1), HOUR).unwrap().is_none());
-        assert!(store.put(&key(1), &meta("a"), b"{\"x\":1}", HOUR).unwrap() != Put::TooLarge);
+        assert!(
+            store
+                .put(&key(1), &meta("a"), b"{\"x\":1}", b"", HOUR)
+                .unwrap()
+                != Put::TooLarge
+        );
         let e = store.get(&key(1), HOUR).unwrap().unwrap();
         assert_eq!(e.meta, meta_with_created(&e.meta));
         assert_eq!(&e.message[..], b"{\"x\":1}");
+        assert!(e.stream.is_empty());
         // A reader with a zero TTL sees nothing; the entry stays.
         assert!(store.get(&key(1), Duration::ZERO).unwrap().is_none());
         assert!(store.get(&key(1), HOUR).unwrap().is_some());
@@ -495,10 +518,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(tree(dir.path()), 1 << 20, None).unwrap();
         store
-            .put(&key(1), &meta("a"), b"{}", Duration::from_millis(1))
+            .put(&key(1), &meta("a"), b"{}", b"", Duration::from_millis(1))
             .unwrap();
         store
-            .put(&key(2), &meta("a"), b"{}", Duration::from_millis(1))
+            .put(&key(2), &meta("a"), b"{}", b"", Duration::from_millis(1))
             .unwrap();
         std::thread::sleep(Duration::from_millis(5));
         assert!(store.get(&key(1), HOUR).unwrap().is_none());
@@ -516,7 +539,7 @@ mod tests {
         let one = {
             let probe = tempfile::tempdir().unwrap();
             let store = Store::open(tree(probe.path()), 1 << 20, None).unwrap();
-            store.put(&key(1), &meta("a"), &body, HOUR).unwrap();
+            store.put(&key(1), &meta("a"), &body, b"", HOUR).unwrap();
             store.stats().bytes
         };
         // Room for three entries.
@@ -527,18 +550,18 @@ mod tests {
         {
             let store = Store::open(db.open_tree(TREE).unwrap(), cap, None).unwrap();
             for n in 1..=3 {
-                store.put(&key(n), &meta("a"), &body, HOUR).unwrap();
+                store.put(&key(n), &meta("a"), &body, b"", HOUR).unwrap();
             }
             // 1 becomes the most recently used; 2 is now the oldest.
             assert!(store.get(&key(1), HOUR).unwrap().is_some());
-            store.put(&key(4), &meta("a"), &body, HOUR).unwrap();
+            store.put(&key(4), &meta("a"), &body, b"", HOUR).unwrap();
             assert!(store.get(&key(2), HOUR).unwrap().is_none());
             assert_eq!(store.stats().entries, 3);
         }
         // The order is persisted: after a restart 3 is the oldest.
         let store = Store::open(db.open_tree(TREE).unwrap(), cap, None).unwrap();
         assert_eq!(store.stats().entries, 3);
-        store.put(&key(5), &meta("a"), &body, HOUR).unwrap();
+        store.put(&key(5), &meta("a"), &body, b"", HOUR).unwrap();
         assert!(store.get(&key(3), HOUR).unwrap().is_none());
         for n in [1, 4, 5] {
             assert!(store.get(&key(n), HOUR).unwrap().is_some(), "{n}");
@@ -546,7 +569,7 @@ mod tests {
         // Too big for the whole cap: not stored.
         assert_eq!(
             store
-                .put(&key(6), &meta("a"), &vec![0; cap as usize], HOUR)
+                .put(&key(6), &meta("a"), &vec![0; cap as usize], b"", HOUR)
                 .unwrap(),
             Put::TooLarge
         );
@@ -556,9 +579,9 @@ mod tests {
     fn purge_all_or_one_account() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(tree(dir.path()), 1 << 20, None).unwrap();
-        store.put(&key(1), &meta("a"), b"{}", HOUR).unwrap();
-        store.put(&key(2), &meta("b"), b"{}", HOUR).unwrap();
-        store.put(&key(3), &meta("b"), b"{}", HOUR).unwrap();
+        store.put(&key(1), &meta("a"), b"{}", b"", HOUR).unwrap();
+        store.put(&key(2), &meta("b"), b"{}", b"", HOUR).unwrap();
+        store.put(&key(3), &meta("b"), b"{}", b"", HOUR).unwrap();
         assert_eq!(store.purge(Some("b")).unwrap(), 2);
         assert!(store.get(&key(1), HOUR).unwrap().is_some());
         assert_eq!(store.purge(None).unwrap(), 1);

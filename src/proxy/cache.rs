@@ -205,28 +205,13 @@ pub fn lookup(state: &State, key: &Key, ttl: Duration) -> Option<Entry> {
     }
 }
 
-/// Stores a complete answer; a failure is counted and logged, never fatal.
-pub fn store(state: &State, key: &Key, ttl: Duration, meta: &EntryMeta, message: &[u8]) {
-    if message.len() as u64 > state.cache.config.max_entry_bytes {
+/// Hands a complete answer to the cache writer (off the request path).
+/// Its `release` keeps the finished flight findable until it is stored.
+pub fn store(state: &State, job: crate::cache::writer::Job) {
+    if job.message.len() as u64 > state.cache.config.max_entry_bytes {
         return;
     }
-    match state.cache.store.put(key, meta, message, ttl) {
-        Ok(crate::cache::Put::Stored { sweep_due: true }) => {
-            // Dropping expired entries walks the index: off the request path.
-            let cache = state.cache.clone();
-            tokio::task::spawn_blocking(move || {
-                if let Err(e) = cache.store.maintain() {
-                    cache.metrics.errors.inc();
-                    tracing::warn!(error = %e, "cache sweep failed");
-                }
-            });
-        }
-        Ok(_) => {}
-        Err(e) => {
-            state.cache.metrics.errors.inc();
-            tracing::warn!(error = %e, "cache write failed");
-        }
-    }
+    state.cache.writer.submit(job);
 }
 
 /// Now, µs since the epoch.
@@ -286,9 +271,14 @@ fn render(
     dialect: Dialect,
     request: &RequestModel,
     message: &Bytes,
+    stream: &Bytes,
 ) -> Option<Bytes> {
     if !request.stream {
         return Some(message.clone());
+    }
+    // The stored stream form: Anthropic's, or OpenAI's without usage chunk.
+    if !stream.is_empty() && (dialect == Dialect::Anthropic || !wants_usage_chunk(request)) {
+        return Some(stream.clone());
     }
     codec::replay(dialect, message, wants_usage_chunk(request))
         .inspect_err(|e| {
@@ -340,6 +330,8 @@ fn message_response(
 struct Answer<'a> {
     meta: &'a EntryMeta,
     message: &'a Bytes,
+    /// The pre-rendered stream form, if stored (else empty).
+    stream: &'a Bytes,
     outcome: CacheOutcome,
 }
 
@@ -368,7 +360,13 @@ async fn serve_message(
     if ctx.draft.is_none() {
         return true;
     }
-    let Some(body) = render(state, route.dialect(), request, answer.message) else {
+    let Some(body) = render(
+        state,
+        route.dialect(),
+        request,
+        answer.message,
+        answer.stream,
+    ) else {
         return false;
     };
     let Some(mut draft) = ctx.draft.take() else {
@@ -397,6 +395,7 @@ pub async fn serve_hit(
         Answer {
             meta: &entry.meta,
             message: &entry.message,
+            stream: &entry.stream,
             outcome: CacheOutcome::Hit,
         },
     )
@@ -441,6 +440,12 @@ pub async fn coalesce(
                     return Coalesced::Alone;
                 }
                 return Coalesced::Lead(leader);
+            }
+            Some(Role::Done(outcome)) => {
+                return match finish_with(r, session, ctx, outcome).await {
+                    Followed::Served => Coalesced::Served,
+                    Followed::Rejoin | Followed::Alone => Coalesced::Alone,
+                };
             }
             Some(Role::Follower(follower)) => {
                 match follow(r, session, ctx, follower, deadline).await {
@@ -556,6 +561,7 @@ async fn finish_with(
                 Answer {
                     meta: &meta,
                     message: &message,
+                    stream: &Bytes::new(),
                     outcome: CacheOutcome::Coalesced,
                 },
             )

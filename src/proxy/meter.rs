@@ -215,15 +215,40 @@ impl Relay<'_> {
             cost_nusd: e.cost_nusd,
             upstream_request_id: e.upstream_request_id.clone(),
         };
-        if let (true, Some(w), Some(message)) = (store, self.write.take(), message.as_ref()) {
+        let write = match (store, self.write.take(), message.as_ref()) {
             // A bound the client did not ask for must not have cut it.
-            if !(w.unless_cut && crate::cache::codec::stopped_at_limit(self.draft.dialect, message))
+            (true, Some(w), Some(m))
+                if !(w.unless_cut
+                    && crate::cache::codec::stopped_at_limit(self.draft.dialect, m)) =>
             {
-                super::cache::store(self.state, &w.key, w.ttl, &meta, message);
+                Some((w, m.clone()))
             }
-        }
-        if let Some(leader) = self.leader.take() {
-            leader.finish(Outcome::Done { message, meta });
+            _ => None,
+        };
+        let release = self.leader.take().and_then(|leader| {
+            let outcome = Outcome::Done {
+                message,
+                meta: meta.clone(),
+            };
+            if write.is_some() {
+                Some(leader.finish_held(outcome))
+            } else {
+                leader.finish(outcome);
+                None
+            }
+        });
+        if let Some((w, message)) = write {
+            super::cache::store(
+                self.state,
+                crate::cache::writer::Job {
+                    key: w.key,
+                    meta,
+                    message,
+                    ttl: w.ttl,
+                    dialect: self.draft.dialect,
+                    release,
+                },
+            );
         }
     }
 

@@ -1,0 +1,94 @@
+//! The cache writer: one thread that stores answers off the request path,
+//! and sweeps expired entries once a minute.
+//!
+//! A miss hands its answer over through a bounded queue and goes on; the
+//! writer also pre-renders the stream form (so stream hits are a copy).
+//! While an answer waits to be stored its flight stays findable
+//! ([`Release`]), so identical requests arriving meanwhile are answered
+//! from it rather than calling the provider again. When the queue is full
+//! the answer is not cached (counted in `tollgate_cache_errors_total`).
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::codec;
+use super::flight::Release;
+use super::key::Key;
+use super::store::{EntryMeta, Store};
+use crate::metrics::CacheMetrics;
+use crate::provider::Dialect;
+
+/// Answers waiting to be stored.
+const QUEUE: usize = 1024;
+/// How often expired entries are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// One answer to store.
+pub struct Job {
+    pub key: Key,
+    pub meta: EntryMeta,
+    pub message: Bytes,
+    pub ttl: Duration,
+    pub dialect: Dialect,
+    /// Lets go of the finished flight once stored (or dropped).
+    pub release: Option<Release>,
+}
+
+/// The handle the request path submits to.
+pub struct Writer {
+    tx: SyncSender<Job>,
+    metrics: CacheMetrics,
+}
+
+impl Writer {
+    /// Starts the writer thread.
+    pub fn spawn(store: Arc<Store>, metrics: CacheMetrics) -> std::io::Result<Writer> {
+        let (tx, rx) = sync_channel(QUEUE);
+        let thread_metrics = metrics.clone();
+        std::thread::Builder::new()
+            .name("tollgate-cache-writer".into())
+            .spawn(move || run(&rx, &store, &thread_metrics))?;
+        Ok(Writer { tx, metrics })
+    }
+
+    /// Queues an answer; never blocks.
+    pub fn submit(&self, job: Job) {
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.metrics.errors.inc();
+                tracing::debug!("cache writer queue full; answer not cached");
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.metrics.errors.inc();
+            }
+        }
+    }
+}
+
+fn run(rx: &Receiver<Job>, store: &Store, metrics: &CacheMetrics) {
+    let mut last_sweep = Instant::now();
+    while let Ok(job) = rx.recv() {
+        write(store, metrics, job);
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = Instant::now();
+            if let Err(e) = store.maintain() {
+                metrics.errors.inc();
+                tracing::warn!(error = %e, "cache sweep failed");
+            }
+        }
+    }
+}
+
+fn write(store: &Store, metrics: &CacheMetrics, job: Job) {
+    // Anthropic has one stream form; for OpenAI the common one (no usage chunk).
+    let stream = codec::replay(job.dialect, &job.message, false).unwrap_or_default();
+    if let Err(e) = store.put(&job.key, &job.meta, &job.message, &stream, job.ttl) {
+        metrics.errors.inc();
+        tracing::warn!(error = %e, "cache write failed");
+    }
+    drop(job.release);
+}
