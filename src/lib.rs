@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod budget;
+pub mod ca;
 pub mod cache;
 pub mod config;
 pub mod keys;

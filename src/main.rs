@@ -21,6 +21,7 @@ use tollgate::keys::{self as gateway_keys, KeyMode};
 use tollgate::meter::outbox::{self, Outbox};
 use tollgate::meter::recorder::Recorder;
 use tollgate::metrics::Metrics;
+use tollgate::proxy::intercept::Intercept;
 use tollgate::proxy::lifecycle::{InFlight, Shutdown};
 use tollgate::proxy::{State, Tollgate};
 use tollgate::usage_report::{GroupBy, UsageReport};
@@ -72,6 +73,35 @@ enum Command {
     /// The exact cache: its size, and purging it.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// The CA of HTTPS_PROXY mode (name-constrained to the provider hosts).
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create the CA (ECDSA P-256) constrained to every configured
+    /// provider's `hosts`: `ca.pem` (give it to the apps) and `ca.key` (0600).
+    ///
+    /// Examples:
+    ///   tollgate ca init --dir /etc/tollgate/ca
+    ///   tollgate ca init --config tollgate.toml        # ca_dir from the config
+    #[command(verbatim_doc_comment)]
+    Init {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Directory for ca.pem and ca.key (default: ca_dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print the CA certificate, its validity and its name constraints.
+    Show {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Directory of ca.pem (default: ca_dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -199,6 +229,8 @@ fn main() -> ExitCode {
         Command::Cache(CacheCommand::Purge { config, account }) => {
             cache_purge(&config, account.as_deref())
         }
+        Command::Ca(CaCommand::Init { config, dir }) => ca_init(&config, dir),
+        Command::Ca(CaCommand::Show { config, dir }) => ca_show(&config, dir),
     };
     match result {
         Ok(code) => code,
@@ -262,7 +294,11 @@ fn proxy(args: ProxyArgs) -> anyhow::Result<ExitCode> {
 fn run_proxy(config: Config) -> anyhow::Result<()> {
     // pingora retries a busy address for 30 s and then stops only that
     // service: fail fast and clearly instead.
-    for addr in std::iter::once(config.listen).chain(config.admin_listen) {
+    let forward_listen = config.forward_proxy.as_ref().map(|f| f.listen);
+    for addr in std::iter::once(config.listen)
+        .chain(config.admin_listen)
+        .chain(forward_listen)
+    {
         std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     }
     let metrics = Metrics::new().context("registering metrics")?;
@@ -342,11 +378,36 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
 
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Tollgate::new(state),
+        Tollgate::new(state.clone()),
         "tollgate proxy",
     );
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);
+
+    if let Some(f) = &config.forward_proxy {
+        let hosts = intercepted_hosts(&config);
+        let minter = tollgate::ca::Minter::load(&config.ca_dir, &hosts).with_context(|| {
+            format!(
+                "HTTPS_PROXY mode needs the CA in {}",
+                config.ca_dir.display()
+            )
+        })?;
+        let intercept = Intercept {
+            http: Arc::new(pingora::proxy::http_proxy(
+                &server.configuration,
+                Tollgate::new(state),
+            )),
+            minter: Arc::new(minter),
+            policy: f.tunnel_policy,
+            auth_sha256: f.auth_sha256,
+            handshake: config.timeouts.handshake,
+            idle: config.timeouts.idle,
+        };
+        let mut service = Service::new("tollgate forward proxy".to_string(), intercept);
+        service.add_tcp(&f.listen.to_string());
+        server.add_service(service);
+        tracing::info!(listen = %f.listen, hosts = ?hosts, "HTTPS_PROXY mode on");
+    }
 
     server.add_service(pingora::services::background::background_service(
         "budget alerts",
@@ -477,6 +538,42 @@ fn open_sled(path: &std::path::Path) -> anyhow::Result<Option<sled::Db>> {
         }
         Err(e) => Err(e).with_context(|| format!("opening the store in {}", path.display())),
     }
+}
+
+/// Every provider host that HTTPS_PROXY mode intercepts.
+fn intercepted_hosts(config: &Config) -> Vec<String> {
+    let mut hosts: Vec<String> = config
+        .providers
+        .iter()
+        .flat_map(|p| p.hosts.iter().cloned())
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+fn ca_init(args: &ConfigArgs, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = match config_for(args) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let dir = dir.unwrap_or_else(|| config.ca_dir.clone());
+    let hosts = intercepted_hosts(&config);
+    let cert = tollgate::ca::init(&dir, &hosts)?;
+    println!("created {} (and its key, mode 0600)", cert.display());
+    println!("constrained to: {}", hosts.join(", "));
+    println!("apps trust it with e.g. SSL_CERT_FILE / NODE_EXTRA_CA_CERTS (see the README)");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ca_show(args: &ConfigArgs, dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = match config_for(args) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let dir = dir.unwrap_or_else(|| config.ca_dir.clone());
+    print!("{}", tollgate::ca::show(&dir)?.render());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn running_admin(config: &Config) -> anyhow::Result<std::net::SocketAddr> {

@@ -129,6 +129,10 @@ pub struct Flags {
 pub struct Config {
     /// Base-URL mode listener.
     pub listen: SocketAddr,
+    /// HTTPS_PROXY mode; `None` when off.
+    pub forward_proxy: Option<ForwardProxy>,
+    /// Where `tollgate ca init` puts the CA (and HTTPS_PROXY mode reads it).
+    pub ca_dir: PathBuf,
     /// `/metrics`, `/healthz`, `/readyz`; `None` when off.
     pub admin_listen: Option<SocketAddr>,
     /// Local store: cache, outbox, budget state.
@@ -178,6 +182,27 @@ pub struct Timeouts {
     pub first_byte: Duration,
     /// Longest gap between two upstream body chunks.
     pub idle: Duration,
+    /// HTTPS_PROXY mode: CONNECT line and TLS handshake.
+    pub handshake: Duration,
+}
+
+/// Whether a CONNECT to a host that is not intercepted is tunnelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelPolicy {
+    /// A blind byte-for-byte tunnel.
+    Allow,
+    /// 403.
+    Deny,
+}
+
+/// HTTPS_PROXY mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardProxy {
+    pub listen: SocketAddr,
+    pub ca_dir: PathBuf,
+    pub tunnel_policy: TunnelPolicy,
+    /// SHA-256 of `user:password` required in `Proxy-Authorization: Basic`.
+    pub auth_sha256: Option<[u8; 32]>,
 }
 
 /// The local usage-event outbox.
@@ -204,6 +229,8 @@ pub struct Provider {
     pub api_key: Option<Secret>,
     /// Serves unprefixed paths of its dialect.
     pub default: bool,
+    /// Hosts intercepted in HTTPS_PROXY mode (lowercase).
+    pub hosts: Vec<String>,
 }
 
 /// A provider's base URL, split.
@@ -272,6 +299,8 @@ const DEFAULT_CONNECT: &str = "5s";
 const DEFAULT_FIRST_BYTE: &str = "600s";
 const DEFAULT_IDLE: &str = "300s";
 const DEFAULT_RETENTION: &str = "30d";
+const DEFAULT_HANDSHAKE: &str = "10s";
+const DEFAULT_CA_DIR: &str = "tollgate-ca";
 const MAX_THREADS: i64 = 1024;
 
 /// Built-in providers: name, dialect, base URL, key variable.
@@ -306,6 +335,14 @@ const ENV_PREFIX: &str = "TOLLGATE_";
 pub const KEYS: &[(&str, &str, &str, &str)] = &[
     ("listen", "socket address", DEFAULT_LISTEN,
      "Base-URL mode listener: point ANTHROPIC_BASE_URL (and OPENAI_BASE_URL, plus /v1) here. Flag --listen."),
+    ("forward_proxy_listen", "socket address or \"\"", "\"\"",
+     "HTTPS_PROXY mode listener, e.g. 127.0.0.1:8788 (apps set HTTPS_PROXY=http://127.0.0.1:8788 and trust the CA in ca_dir); \"\" = off."),
+    ("ca_dir", "path", DEFAULT_CA_DIR,
+     "Directory of the CA (ca.pem, ca.key from `tollgate ca init`) that HTTPS_PROXY mode mints leaves from."),
+    ("tunnel_policy", "string", "allow",
+     "CONNECT to a host that is not intercepted: allow (a blind byte-for-byte tunnel) or deny (403)."),
+    ("forward_proxy_auth_sha256", "string", "\"\"",
+     "Hex SHA-256 of \"user:password\": when set, HTTPS_PROXY mode requires Proxy-Authorization: Basic with them (407 otherwise)."),
     ("admin_listen", "socket address or \"\"", DEFAULT_ADMIN_LISTEN,
      "Listener for /metrics, /healthz and /readyz; \"\" turns it off. Flag --admin-listen."),
     ("data_dir", "path", DEFAULT_DATA_DIR,
@@ -331,7 +368,9 @@ pub const KEYS: &[(&str, &str, &str, &str)] = &[
     ("timeouts.first_byte", "duration", DEFAULT_FIRST_BYTE,
      "How long to wait for the upstream's response headers."),
     ("timeouts.idle", "duration", DEFAULT_IDLE,
-     "Longest gap between two chunks of an upstream response."),
+     "Longest gap between two chunks of an upstream response (and of a blind tunnel, both ways)."),
+    ("timeouts.handshake", "duration", DEFAULT_HANDSHAKE,
+     "HTTPS_PROXY mode: longest a client may take to send its CONNECT and to finish the TLS handshake."),
     ("outbox.sync", "bool", "true",
      "Make each usage event durable (flushed) before the response's last byte reaches the client. false: events are group-committed in the background (lower latency; a crash can lose the newest events)."),
     ("outbox.retention", "duration", DEFAULT_RETENTION,
@@ -350,6 +389,8 @@ pub const KEYS: &[(&str, &str, &str, &str)] = &[
      "Serve unprefixed paths of this dialect. When no provider of a dialect sets it: the only provider of that dialect, else the one named after the dialect (anthropic, openai)."),
     ("providers.<name>.enabled", "bool", "true",
      "false removes the provider, built-in ones included."),
+    ("providers.<name>.hosts", "list of strings", "built in: anthropic [\"api.anthropic.com\"], openai [\"api.openai.com\"], openrouter [\"openrouter.ai\"]; else []",
+     "HTTPS_PROXY mode: CONNECTs to these hosts are intercepted and their requests go to this provider's base_url."),
     ("prices.<model>.input", "decimal USD", "built-in table",
      "USD per million uncached input tokens. <model> is the exact model id; overriding an alias also reprices its dated ids. Required for a model without a built-in price."),
     ("prices.<model>.output", "decimal USD", "built-in table",
@@ -438,6 +479,8 @@ enum Kind {
     Size,
     /// An array of numbers.
     Fractions,
+    /// An array of strings.
+    Strings,
 }
 
 impl Kind {
@@ -454,6 +497,7 @@ impl Kind {
             | "decimal"
             | "scope" => Some(Kind::Str),
             "list of fractions" => Some(Kind::Fractions),
+            "list of strings" => Some(Kind::Strings),
             "integer" => Some(Kind::Int),
             "bool" => Some(Kind::Bool),
             "size" => Some(Kind::Size),
@@ -470,6 +514,8 @@ impl Kind {
                 | (Kind::Size, Value::Integer(_) | Value::String(_))
         ) || matches!((self, v), (Kind::Fractions, Value::Array(a))
             if a.iter().all(|x| matches!(x, Value::Float(_) | Value::Integer(_))))
+            || matches!((self, v), (Kind::Strings, Value::Array(a))
+            if a.iter().all(Value::is_str))
     }
 
     fn expected(self) -> &'static str {
@@ -479,6 +525,7 @@ impl Kind {
             Kind::Bool => "true or false",
             Kind::Size => "an integer or a size string such as \"32MiB\"",
             Kind::Fractions => "an array of numbers such as [0.5, 0.8]",
+            Kind::Strings => "an array of strings such as [\"api.anthropic.com\"]",
         }
     }
 }
@@ -571,6 +618,10 @@ fn render_key<S: AsRef<str>>(path: &[S]) -> String {
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Option<String>,
+    pub forward_proxy_listen: Option<String>,
+    pub ca_dir: Option<String>,
+    pub tunnel_policy: Option<String>,
+    pub forward_proxy_auth_sha256: Option<String>,
     pub admin_listen: Option<String>,
     pub data_dir: Option<String>,
     pub max_body_bytes: Option<RawSize>,
@@ -664,6 +715,7 @@ pub struct RawTimeouts {
     pub connect: Option<String>,
     pub first_byte: Option<String>,
     pub idle: Option<String>,
+    pub handshake: Option<String>,
 }
 
 /// `[outbox]`
@@ -685,6 +737,7 @@ pub struct RawProvider {
     pub ca_file: Option<String>,
     pub default: Option<bool>,
     pub enabled: Option<bool>,
+    pub hosts: Option<Vec<String>>,
 }
 
 // === loading ===
@@ -789,6 +842,15 @@ fn defaults_layer() -> Table {
     let mut providers = Table::new();
     for (name, dialect, base_url, key_env) in BUILTIN_PROVIDERS {
         let mut p = Table::new();
+        let host = base_url
+            .trim_start_matches("https://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        p.insert(
+            "hosts".into(),
+            Value::Array(vec![Value::String(host.to_string())]),
+        );
         p.insert("dialect".into(), Value::String((*dialect).into()));
         p.insert("base_url".into(), Value::String((*base_url).into()));
         p.insert("api_key_env".into(), Value::String((*key_env).into()));
@@ -1009,6 +1071,13 @@ fn validate(
     problems: &mut Vec<Problem>,
 ) -> Option<Config> {
     let before = problems.len();
+    let forward_proxy = forward_proxy(&raw, problems);
+    let ca_dir = PathBuf::from(
+        raw.ca_dir
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .unwrap_or(DEFAULT_CA_DIR),
+    );
     let listen = socket_addr(
         "listen",
         raw.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
@@ -1088,6 +1157,14 @@ fn validate(
         true,
         problems,
     );
+    let handshake = duration(
+        "timeouts.handshake",
+        t.handshake.as_deref(),
+        DEFAULT_HANDSHAKE,
+        true,
+        problems,
+    );
+
     let o = raw.outbox.unwrap_or_default();
     let retention = duration(
         "outbox.retention",
@@ -1123,6 +1200,8 @@ fn validate(
     }
     Some(Config {
         listen: listen?,
+        ca_dir,
+        forward_proxy: forward_proxy?,
         admin_listen: admin_listen?,
         data_dir: data_dir?,
         max_body_bytes: max_body_bytes?,
@@ -1137,6 +1216,7 @@ fn validate(
             connect: connect?,
             first_byte: first_byte?,
             idle: idle?,
+            handshake: handshake?,
         },
         outbox: OutboxConfig {
             retention: retention?,
@@ -1150,6 +1230,56 @@ fn validate(
         budget_default_max_tokens: budget_default_max_tokens?,
         cache: cache?,
     })
+}
+
+/// HTTPS_PROXY mode keys; `Some(None)` when off.
+fn forward_proxy(raw: &RawConfig, problems: &mut Vec<Problem>) -> Option<Option<ForwardProxy>> {
+    let before = problems.len();
+    let tunnel_policy = match raw.tunnel_policy.as_deref().unwrap_or("allow") {
+        "allow" => Some(TunnelPolicy::Allow),
+        "deny" => Some(TunnelPolicy::Deny),
+        other => {
+            problems.push(Problem::new(
+                "tunnel_policy",
+                format!("{other:?} is not allow or deny"),
+            ));
+            None
+        }
+    };
+    let auth_sha256 = match raw.forward_proxy_auth_sha256.as_deref().unwrap_or("") {
+        "" => Some(None),
+        hex => match crate::keys::parse_sha256_hex(hex) {
+            Some(h) => Some(Some(h)),
+            None => {
+                problems.push(Problem::new(
+                    "forward_proxy_auth_sha256",
+                    "must be 64 hex digits: the SHA-256 of \"user:password\" (never the password)",
+                ));
+                None
+            }
+        },
+    };
+    let ca_dir = non_empty(
+        "ca_dir",
+        raw.ca_dir.clone().unwrap_or_else(|| DEFAULT_CA_DIR.into()),
+        problems,
+    );
+    let listen = match raw.forward_proxy_listen.as_deref().unwrap_or("") {
+        "" => None,
+        s => socket_addr("forward_proxy_listen", s, problems),
+    };
+    if problems.len() != before {
+        return None;
+    }
+    let Some(listen) = listen else {
+        return Some(None);
+    };
+    Some(Some(ForwardProxy {
+        listen,
+        ca_dir: PathBuf::from(ca_dir?),
+        tunnel_policy: tunnel_policy?,
+        auth_sha256: auth_sha256?,
+    }))
 }
 
 fn socket_addr(key: &str, s: &str, problems: &mut Vec<Problem>) -> Option<SocketAddr> {
@@ -1392,6 +1522,13 @@ fn provider(
         upstream,
         api_key,
         default: false,
+        hosts: rp
+            .hosts
+            .iter()
+            .flatten()
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect(),
     })
 }
 
@@ -1629,8 +1766,15 @@ mod tests {
                 connect: Duration::from_secs(5),
                 first_byte: Duration::from_secs(600),
                 idle: Duration::from_secs(300),
+                handshake: Duration::from_secs(10),
             }
         );
+        assert_eq!(c.forward_proxy, None);
+        assert_eq!(
+            c.provider("anthropic").unwrap().hosts,
+            ["api.anthropic.com"]
+        );
+        assert_eq!(c.provider("openrouter").unwrap().hosts, ["openrouter.ai"]);
         assert_eq!(c.outbox.retention, Duration::from_secs(30 * 86_400));
         let names: Vec<&str> = c.providers.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(names, ["anthropic", "openai", "openrouter"]);
@@ -1790,7 +1934,6 @@ mode = "some"
 "#;
         let got = problems(file, &[]);
         let expected = [
-            "forward_proxy_listen: unknown key",
             "providers.anthropic.base_ur: unknown key",
             "timeouts.idle: expected a string, found integer",
             "listen: not a socket address: \"nowhere\" (expected ip:port, e.g. 127.0.0.1:8787)",
@@ -1815,27 +1958,32 @@ mode = "some"
     }
 
     #[test]
-    fn later_feature_keys_are_unknown_for_now() {
-        let file = r#"
-forward_proxy_listen = ""
-ca_dir = "x"
-tunnel_policy = "allow"
+    fn forward_proxy_keys() {
+        let c = ok(
+            r#"
+forward_proxy_listen = "127.0.0.1:8788"
+ca_dir = "/etc/tollgate/ca"
+tunnel_policy = "deny"
+forward_proxy_auth_sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 [providers.anthropic]
-hosts = ["api.anthropic.com"]
-"#;
-        let got = problems(file, &[]);
-        for key in [
-            "forward_proxy_listen",
-            "ca_dir",
-            "tunnel_policy",
-            "providers.anthropic.hosts",
-        ] {
-            assert!(
-                got.contains(&format!("{key}: unknown key")),
-                "{key} in {got:?}"
-            );
-        }
-        assert_eq!(got.len(), 4);
+hosts = ["API.anthropic.com", "anthropic.internal."]
+"#,
+            &[],
+        );
+        let f = c.forward_proxy.clone().unwrap();
+        assert_eq!(f.listen.to_string(), "127.0.0.1:8788");
+        assert_eq!(f.tunnel_policy, TunnelPolicy::Deny);
+        assert!(f.auth_sha256.is_some());
+        assert_eq!(
+            c.provider("anthropic").unwrap().hosts,
+            ["api.anthropic.com", "anthropic.internal"]
+        );
+        let got = problems(
+            "forward_proxy_listen = \"x\"\ntunnel_policy = \"maybe\"\nforward_proxy_auth_sha256 = \"hunter2\"\n[providers.openai]\nhosts = \"api.openai.com\"\n",
+            &[],
+        );
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert!(got[0].starts_with("providers.openai.hosts: expected an array of strings"));
     }
 
     #[test]
@@ -2424,6 +2572,10 @@ output = "200"
         // would be rejected as unknown, so accepting all of them proves it).
         let all = r#"
 listen = "127.0.0.1:1"
+forward_proxy_listen = ""
+ca_dir = "ca"
+tunnel_policy = "allow"
+forward_proxy_auth_sha256 = ""
 admin_listen = ""
 data_dir = "d"
 max_body_bytes = 1
@@ -2458,6 +2610,7 @@ on_insufficient = "clamp"
 connect = "1s"
 first_byte = "1s"
 idle = "1s"
+handshake = "1s"
 [outbox]
 retention = "1s"
 sync = true
@@ -2472,6 +2625,7 @@ dialect = "anthropic"
 base_url = "http://h"
 api_key_file = ""
 ca_file = ""
+hosts = ["q.example.com"]
 [prices.m]
 input = "1"
 output = "1"

@@ -50,6 +50,8 @@ impl Route {
 /// The providers by name, shared by every request.
 pub struct Routes {
     providers: Vec<Arc<Provider>>,
+    /// HTTPS_PROXY mode: intercepted host → its provider.
+    by_host: Vec<(String, Arc<Provider>)>,
     default_anthropic: Option<Arc<Provider>>,
     default_openai: Option<Arc<Provider>>,
 }
@@ -65,10 +67,15 @@ impl Routes {
                 .find(|p| Some(&p.name) == name.as_ref())
                 .cloned()
         };
+        let by_host = providers
+            .iter()
+            .flat_map(|p| p.hosts.iter().map(move |h| (h.clone(), p.clone())))
+            .collect();
         Routes {
             default_anthropic: default_for(Dialect::Anthropic),
             default_openai: default_for(Dialect::OpenAi),
             providers,
+            by_host,
         }
     }
 
@@ -80,7 +87,7 @@ impl Routes {
             path: path.to_string(),
             dialect: guess_dialect(req),
         };
-        let (provider, rest) = match self.prefixed(path) {
+        let (provider, rest) = match self.intercepted(req).or_else(|| self.prefixed(path)) {
             Some(found) => found,
             None => {
                 let anthropic = path.starts_with("/v1/messages")
@@ -112,6 +119,34 @@ impl Routes {
             endpoint,
             upstream_path,
         })
+    }
+
+    /// A request that arrived through an intercepted HTTPS_PROXY tunnel: its
+    /// host (`:authority` or `Host`) names the provider, and its path is the
+    /// provider's own (its base path, when present, is taken off).
+    fn intercepted<'p>(&self, req: &'p RequestHeader) -> Option<(Arc<Provider>, &'p str)> {
+        if self.by_host.is_empty() {
+            return None;
+        }
+        let authority = req
+            .uri
+            .host()
+            .or_else(|| req.headers.get(http::header::HOST)?.to_str().ok())?;
+        let host = match authority.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        };
+        let (_, provider) = self
+            .by_host
+            .iter()
+            .find(|(h, _)| h.eq_ignore_ascii_case(host))?;
+        let path = req.uri.path();
+        let base = provider.upstream.base_path.as_str();
+        let rest = match path.strip_prefix(base) {
+            Some(r) if !base.is_empty() && (r.is_empty() || r.starts_with('/')) => r,
+            _ => path,
+        };
+        Some((provider.clone(), rest))
     }
 
     /// `/{name}/rest` for a configured provider name.

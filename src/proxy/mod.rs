@@ -29,6 +29,7 @@ pub mod forward;
 pub mod headers;
 pub mod identify;
 pub mod ingress;
+pub mod intercept;
 pub mod lifecycle;
 pub mod limit;
 pub mod meter;

@@ -1,0 +1,477 @@
+//! Ingress, HTTPS_PROXY mode: the forward-proxy listener.
+//!
+//! pingora's proxy answers `CONNECT` with 405, so this is a `ServerApp` of
+//! its own (DESIGN.md, "Pingora notes"):
+//!
+//! - `CONNECT host:443` to an intercepted provider host → `200`, then TLS is
+//!   terminated with a leaf minted for that host by the sidecar's CA (ALPN
+//!   h2 and http/1.1), and the decrypted connection is handed to the same
+//!   pingora HTTP app as base-URL mode: one pipeline (metering, cache,
+//!   budgets, key injection, receipts). Its requests carry `Host: <host>`,
+//!   which routes them to that provider.
+//! - `CONNECT` to any other host → a blind byte-for-byte tunnel, or `403`
+//!   with `tunnel_policy = "deny"`.
+//! - An absolute-form request (`GET http://host/...`) is forwarded to its
+//!   host (one request, `Connection: close`).
+//! - Optional `Proxy-Authorization: Basic` (its SHA-256 compared in constant
+//!   time), handshake and idle timeouts. A client that does not trust the CA
+//!   fails the handshake, and nothing reaches the provider.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::Stream;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType, ALPN,
+};
+use pingora::server::ShutdownWatch;
+use subtle::ConstantTimeEq;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::ca::Minter;
+use crate::config::TunnelPolicy;
+
+/// Largest CONNECT / request head read.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// The forward-proxy listener's app.
+pub struct Intercept {
+    /// The base-URL mode HTTP app: decrypted connections go to it.
+    pub http: Arc<pingora::proxy::HttpProxy<super::Tollgate>>,
+    pub minter: Arc<Minter>,
+    pub policy: TunnelPolicy,
+    /// SHA-256 of `user:password`, when proxy authentication is on.
+    pub auth_sha256: Option<[u8; 32]>,
+    pub handshake: Duration,
+    pub idle: Duration,
+}
+
+/// A parsed request head.
+struct Head {
+    method: String,
+    target: String,
+    /// Header lines as sent (for forwarding absolute-form requests).
+    headers: Vec<(String, Vec<u8>)>,
+    /// Bytes after the head that were already read.
+    rest: Vec<u8>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Reads a request head (bounded); `None` on EOF, garbage or overflow.
+async fn read_head(stream: &mut Stream) -> Option<Head> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                return Some(Head {
+                    method: req.method?.to_string(),
+                    target: req.path?.to_string(),
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_string(), h.value.to_vec()))
+                        .collect(),
+                    rest: buf[len..].to_vec(),
+                });
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+            _ => return None,
+        }
+    }
+}
+
+/// `host:port` → (lowercase host, port); IPv6 in brackets.
+fn split_authority(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    let authority = authority.trim();
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None => default_port,
+        };
+        (host, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, p.parse().ok()?),
+            None => (authority, default_port),
+        }
+    };
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.trim_end_matches('.').to_ascii_lowercase(), port))
+}
+
+/// Tells the client its tunnel is open (flushed: pingora's stream buffers writes).
+async fn established(stream: &mut Stream) -> bool {
+    stream
+        .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+        .await
+        .is_ok()
+        && stream.flush().await.is_ok()
+}
+
+async fn reply(stream: &mut Stream, status: &str, extra: &str) {
+    let text =
+        format!("HTTP/1.1 {status}\r\n{extra}content-length: 0\r\nconnection: close\r\n\r\n");
+    let _ = stream.write_all(text.as_bytes()).await;
+    let _ = stream.flush().await;
+}
+
+impl Intercept {
+    fn authorized(&self, head: &Head) -> bool {
+        let Some(expected) = self.auth_sha256 else {
+            return true;
+        };
+        let Some(value) = head.header("proxy-authorization") else {
+            return false;
+        };
+        let value = String::from_utf8_lossy(value);
+        let Some(b64) = value.trim().strip_prefix("Basic ") else {
+            return false;
+        };
+        use base64::Engine as _;
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+            return false;
+        };
+        let got = crate::keys::sha256(&String::from_utf8_lossy(&decoded));
+        bool::from(got.ct_eq(&expected))
+    }
+
+    async fn connect(self: &Arc<Self>, mut stream: Stream, head: Head, shutdown: &ShutdownWatch) {
+        let Some((host, port)) = split_authority(&head.target, 443) else {
+            reply(&mut stream, "400 Bad Request", "").await;
+            return;
+        };
+        if port == 443 && self.minter.intercepts(&host) {
+            return self.intercept(stream, host, shutdown).await;
+        }
+        if self.policy == TunnelPolicy::Deny {
+            tracing::info!(host = %host, port, "CONNECT refused by tunnel_policy = deny");
+            reply(&mut stream, "403 Forbidden", "").await;
+            return;
+        }
+        let upstream = match tokio::time::timeout(
+            self.handshake,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        {
+            Ok(Ok(s)) => s,
+            _ => {
+                reply(&mut stream, "502 Bad Gateway", "").await;
+                return;
+            }
+        };
+        if !established(&mut stream).await {
+            return;
+        }
+        tunnel(stream, upstream, head.rest, self.idle).await;
+    }
+
+    /// Terminates TLS for `host` and hands the connection to the pipeline.
+    async fn intercept(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        host: String,
+        shutdown: &ShutdownWatch,
+    ) {
+        let leaf = match self.minter.leaf(&host) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot intercept");
+                reply(&mut stream, "502 Bad Gateway", "").await;
+                return;
+            }
+        };
+        if !established(&mut stream).await {
+            return;
+        }
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(leaf)));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let tls = match tokio::time::timeout(self.handshake, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                // Typically a client that does not trust the CA.
+                tracing::info!(host = %host, error = %e, "intercepted TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(host = %host, "intercepted TLS handshake timed out");
+                return;
+            }
+        };
+        let alpn = match tls.get_ref().1.alpn_protocol() {
+            Some(b"h2") => Some(ALPN::H2),
+            Some(_) => Some(ALPN::H1),
+            None => None,
+        };
+        let mut stream: Stream = Box::new(Intercepted {
+            tls,
+            alpn,
+            id: next_id(),
+        });
+        // Keep-alive: the app returns the connection while it is reusable.
+        while let Some(s) = self.http.process_new(stream, shutdown).await {
+            stream = s;
+        }
+    }
+
+    /// An absolute-form request (`GET http://host/path`): forwarded to its
+    /// host as one origin-form request.
+    async fn forward(&self, mut stream: Stream, head: Head) {
+        let Some(rest) = head.target.strip_prefix("http://") else {
+            reply(&mut stream, "400 Bad Request", "").await;
+            return;
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let Some((host, port)) = split_authority(authority, 80) else {
+            reply(&mut stream, "400 Bad Request", "").await;
+            return;
+        };
+        if self.policy == TunnelPolicy::Deny && !self.minter.intercepts(&host) {
+            reply(&mut stream, "403 Forbidden", "").await;
+            return;
+        }
+        let Ok(Ok(mut upstream)) = tokio::time::timeout(
+            self.handshake,
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await
+        else {
+            reply(&mut stream, "502 Bad Gateway", "").await;
+            return;
+        };
+        let mut out = format!("{} {path} HTTP/1.1\r\n", head.method).into_bytes();
+        for (name, value) in &head.headers {
+            let n = name.to_ascii_lowercase();
+            if n.starts_with("proxy-") || n == "connection" || n == "keep-alive" {
+                continue;
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"connection: close\r\n\r\n");
+        if upstream.write_all(&out).await.is_err() {
+            reply(&mut stream, "502 Bad Gateway", "").await;
+            return;
+        }
+        tunnel(stream, upstream, head.rest, self.idle).await;
+    }
+}
+
+/// Copies bytes both ways until either side closes or `idle` passes with
+/// nothing moving.
+async fn tunnel(
+    mut client: Stream,
+    mut upstream: tokio::net::TcpStream,
+    pending: Vec<u8>,
+    idle: Duration,
+) {
+    if !pending.is_empty() && upstream.write_all(&pending).await.is_err() {
+        return;
+    }
+    let (mut cr, mut cw) = tokio::io::split(client.as_mut());
+    let (mut ur, mut uw) = upstream.split();
+    let mut a = [0u8; 16 * 1024];
+    let mut b = [0u8; 16 * 1024];
+    let (mut client_open, mut upstream_open) = (true, true);
+    while client_open || upstream_open {
+        tokio::select! {
+            r = cr.read(&mut a), if client_open => match r {
+                Ok(0) | Err(_) => { client_open = false; let _ = uw.shutdown().await; }
+                Ok(n) => if uw.write_all(&a[..n]).await.is_err() { return; },
+            },
+            r = ur.read(&mut b), if upstream_open => match r {
+                Ok(0) | Err(_) => { upstream_open = false; let _ = cw.shutdown().await; }
+                Ok(n) => if cw.write_all(&b[..n]).await.is_err() || cw.flush().await.is_err() { return; },
+            },
+            () = tokio::time::sleep(idle) => return,
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for Intercept {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let head = match tokio::time::timeout(self.handshake, read_head(&mut stream)).await {
+            Ok(Some(head)) => head,
+            Ok(None) => {
+                reply(&mut stream, "400 Bad Request", "").await;
+                return None;
+            }
+            Err(_) => return None,
+        };
+        if !self.authorized(&head) {
+            reply(
+                &mut stream,
+                "407 Proxy Authentication Required",
+                "proxy-authenticate: Basic realm=\"tollgate\"\r\n",
+            )
+            .await;
+            return None;
+        }
+        if head.method.eq_ignore_ascii_case("CONNECT") {
+            self.connect(stream, head, shutdown).await;
+        } else {
+            self.forward(stream, head).await;
+        }
+        None
+    }
+}
+
+/// Serves one certificate whatever the client asks for.
+#[derive(Debug)]
+struct Fixed(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Fixed {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+fn next_id() -> UniqueIDType {
+    static NEXT: AtomicI32 = AtomicI32::new(1 << 30);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A decrypted intercepted connection, as pingora's transport.
+struct Intercepted {
+    tls: tokio_rustls::server::TlsStream<Stream>,
+    alpn: Option<ALPN>,
+    id: UniqueIDType,
+}
+
+impl std::fmt::Debug for Intercepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intercepted").field("id", &self.id).finish()
+    }
+}
+
+impl AsyncRead for Intercepted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Intercepted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for Intercepted {
+    async fn shutdown(&mut self) {
+        let _ = AsyncWriteExt::shutdown(&mut self.tls).await;
+    }
+}
+
+impl UniqueID for Intercepted {
+    fn id(&self) -> UniqueIDType {
+        self.id
+    }
+}
+
+impl Ssl for Intercepted {
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.alpn.clone()
+    }
+}
+
+impl GetTimingDigest for Intercepted {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.tls.get_ref().0.get_timing_digest()
+    }
+}
+
+impl GetProxyDigest for Intercepted {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for Intercepted {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.tls.get_ref().0.get_socket_digest()
+    }
+}
+
+impl Peek for Intercepted {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities() {
+        assert_eq!(
+            split_authority("API.anthropic.com:443", 443),
+            Some(("api.anthropic.com".into(), 443))
+        );
+        assert_eq!(
+            split_authority("example.com", 80),
+            Some(("example.com".into(), 80))
+        );
+        assert_eq!(
+            split_authority("[::1]:8443", 443),
+            Some(("::1".into(), 8443))
+        );
+        assert_eq!(split_authority(":443", 443), None);
+        assert_eq!(split_authority("h:notaport", 443), None);
+    }
+}
