@@ -1,0 +1,349 @@
+//! HTTPS_PROXY mode end to end: the real binary's forward-proxy listener,
+//! its name-constrained CA, curl as the client, the in-repo fake provider
+//! behind `base_url` (so `api.anthropic.com` reaches it without a DNS trick).
+//! (The official SDKs through HTTPS_PROXY are in `tests/sdk.rs`.)
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use support::fake_provider::FakeProvider;
+use support::tollgate::{free_port, Builder, Tollgate};
+
+const INJECTED: &str = "sk-ant-injected-FORWARD-91c2";
+const OPENAI_INJECTED: &str = "sk-openai-injected-FORWARD-77aa";
+const CLIENT_KEY: &str = "sk-client-FORWARD-never-upstream";
+const BODY: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"via the tunnel"}]}"#;
+
+/// Creates a CA for the built-in providers' hosts in a fresh directory.
+pub fn ca_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["ca", "init", "--dir"])
+        .arg(dir.path().join("ca"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+/// A tollgate with HTTPS_PROXY mode on; returns it and the proxy URL.
+fn start(fake: &str, ca: &Path, extra_top: &str) -> (Tollgate, String) {
+    let port = free_port();
+    let t = Builder::new(fake)
+        .top(&format!(
+            "forward_proxy_listen = \"127.0.0.1:{port}\"\nca_dir = \"{}\"\n{extra_top}",
+            ca.display()
+        ))
+        .env("ANTHROPIC_API_KEY", INJECTED)
+        .env("OPENAI_API_KEY", OPENAI_INJECTED)
+        .start();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "forward proxy did not listen:\n{}",
+            t.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (t, format!("http://127.0.0.1:{port}"))
+}
+
+fn curl(args: &[&str]) -> Output {
+    Command::new("curl")
+        .args(["-sS", "--max-time", "20"])
+        .args(args)
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("ALL_PROXY")
+        .output()
+        .expect("curl")
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ca_pem(dir: &Path) -> PathBuf {
+    dir.join("ca").join("ca.pem")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_through_the_proxy_is_metered_cached_and_keyed() {
+    let fake = FakeProvider::start().await;
+    let ca = ca_dir();
+    let (t, proxy) = start(&fake.base_url(), &ca.path().join("ca"), "");
+    let cacert = ca_pem(ca.path());
+    let cacert = cacert.to_str().unwrap();
+    let common = [
+        "--proxy",
+        &proxy,
+        "--cacert",
+        cacert,
+        "-H",
+        "anthropic-version: 2023-06-01",
+        "-H",
+        "content-type: application/json",
+        "-H",
+    ];
+    let auth = format!("x-api-key: {CLIENT_KEY}");
+    // Two requests over one tunnel (HTTP/2): the second is a cache hit.
+    let mut args: Vec<&str> = common.to_vec();
+    args.extend([
+        auth.as_str(),
+        "-d",
+        BODY,
+        // One -o per URL.
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{num_connects} %{http_version} %{http_code} %header{x-tollgate-cache}\n",
+        "https://api.anthropic.com/v1/messages",
+        "https://api.anthropic.com/v1/messages",
+    ]);
+    let out = curl(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text(&out), "1 2 200 miss\n0 2 200 hit\n", "{}", t.log());
+    // HTTP/1.1 through the tunnel, and a stream.
+    let stream_body = BODY.replace("\"max_tokens\":64", "\"max_tokens\":65,\"stream\":true");
+    let mut args: Vec<&str> = common.to_vec();
+    args.extend([
+        auth.as_str(),
+        "--http1.1",
+        "-N",
+        "-d",
+        &stream_body,
+        "https://api.anthropic.com/v1/messages",
+    ]);
+    let out = curl(&args);
+    let sse = text(&out);
+    assert!(sse.contains("event: message_stop"), "{sse}");
+    assert!(sse.contains(": tollgate {"), "the receipt: {sse}");
+    // The provider saw the injected key, never the client's.
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 2, "the hit never reached it");
+    for r in &seen {
+        assert_eq!(r.header("x-api-key"), Some(INJECTED));
+        assert!(!format!("{:?}", r.headers).contains(CLIENT_KEY));
+    }
+    // OpenAI's host goes to the openai provider, with its key.
+    let out = curl(&[
+        "--proxy",
+        &proxy,
+        "--cacert",
+        cacert,
+        "-H",
+        "content-type: application/json",
+        "-H",
+        &format!("authorization: Bearer {CLIENT_KEY}"),
+        "-d",
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+        "-D",
+        "-",
+        "https://api.openai.com/v1/chat/completions",
+    ]);
+    let reply = text(&out);
+    assert!(reply.contains("x-tollgate-provider: openai"), "{reply}");
+    assert!(reply.contains("chat.completion"), "{reply}");
+    let last = fake.requests().pop().unwrap();
+    assert_eq!(last.path, "/v1/chat/completions");
+    assert_eq!(
+        last.header("authorization"),
+        Some(format!("Bearer {OPENAI_INJECTED}").as_str())
+    );
+    // Metered like base-URL mode.
+    let events = t.wait_events(4).await;
+    assert_eq!(events.iter().filter(|e| e["cache"] == "hit").count(), 1);
+    assert!(events.iter().all(|e| e["status"] == "ok"), "{events:?}");
+    assert!(events.iter().any(|e| e["provider"] == "openai"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_the_ca_fails_and_nothing_is_sent() {
+    let fake = FakeProvider::start().await;
+    let ca = ca_dir();
+    let (t, proxy) = start(&fake.base_url(), &ca.path().join("ca"), "");
+    let out = curl(&[
+        "--proxy",
+        &proxy,
+        "-d",
+        BODY,
+        "https://api.anthropic.com/v1/messages",
+    ]);
+    assert_eq!(out.status.code(), Some(60), "certificate problem expected");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(fake.requests().is_empty());
+    assert!(t.log().contains("intercepted TLS handshake failed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_hosts_are_tunnelled_blind_or_denied() {
+    let (other, other_cert) = FakeProvider::start_tls().await;
+    let other_ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(other_ca.path(), other_cert).unwrap();
+    let url = format!("https://localhost:{}/v1/models", other.addr.port());
+    let fake = FakeProvider::start().await;
+    let ca = ca_dir();
+    let (_t, proxy) = start(&fake.base_url(), &ca.path().join("ca"), "");
+    // Verified against the other server's own certificate only: a minted
+    // leaf would fail this.
+    let out = curl(&[
+        "--proxy",
+        &proxy,
+        "--cacert",
+        other_ca.path().to_str().unwrap(),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_connect} %{http_code}",
+        &url,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text(&out), "200 200");
+    assert_eq!(other.requests().len(), 1);
+    assert!(fake.requests().is_empty());
+    // tunnel_policy = "deny": 403 to the CONNECT.
+    let (_t2, deny) = start(
+        &fake.base_url(),
+        &ca.path().join("ca"),
+        "tunnel_policy = \"deny\"",
+    );
+    let out = curl(&[
+        "--proxy",
+        &deny,
+        "--cacert",
+        other_ca.path().to_str().unwrap(),
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_connect}",
+        &url,
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(text(&out), "403");
+    assert_eq!(other.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_authentication() {
+    let fake = FakeProvider::start().await;
+    let ca = ca_dir();
+    let hash = tollgate::keys::to_hex(&tollgate::keys::sha256("app:s3cret"));
+    let (_t, proxy) = start(
+        &fake.base_url(),
+        &ca.path().join("ca"),
+        &format!("forward_proxy_auth_sha256 = \"{hash}\""),
+    );
+    let cacert = ca_pem(ca.path());
+    let base = [
+        "--proxy",
+        proxy.as_str(),
+        "--cacert",
+        cacert.to_str().unwrap(),
+        "-H",
+        "anthropic-version: 2023-06-01",
+        "-d",
+        BODY,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_connect} %{http_code}",
+    ];
+    let mut none = base.to_vec();
+    none.push("https://api.anthropic.com/v1/messages");
+    assert_eq!(text(&curl(&none)), "407 000");
+    let mut wrong = base.to_vec();
+    wrong.extend([
+        "--proxy-user",
+        "app:wrong",
+        "https://api.anthropic.com/v1/messages",
+    ]);
+    assert_eq!(text(&curl(&wrong)), "407 000");
+    let mut right = base.to_vec();
+    right.extend([
+        "--proxy-user",
+        "app:s3cret",
+        "https://api.anthropic.com/v1/messages",
+    ]);
+    assert_eq!(text(&curl(&right)), "200 200");
+}
+
+#[test]
+fn the_ca_is_name_constrained_and_the_sidecar_refuses_a_weak_setup() {
+    let ca = ca_dir();
+    let dir = ca.path().join("ca");
+    let show = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["ca", "show", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&show.stdout);
+    assert!(
+        shown.contains(
+            "name constraints critical (permitted DNS: api.anthropic.com, api.openai.com, openrouter.ai)"
+        ),
+        "{shown}"
+    );
+    assert!(shown.contains("-----BEGIN CERTIFICATE-----"));
+    let refuses = |top: &str, extra: &str| -> String {
+        let cfg = ca.path().join("t.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "listen = \"127.0.0.1:{}\"\nadmin_listen = \"\"\nforward_proxy_listen = \"127.0.0.1:{}\"\nca_dir = \"{}\"\ndata_dir = \"{}\"\n{top}\n{extra}",
+                free_port(),
+                free_port(),
+                dir.display(),
+                ca.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["proxy", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "it started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A host the CA's constraints do not cover.
+    let err = refuses(
+        "",
+        "[providers.anthropic]\nhosts = [\"api.anthropic.com\", \"evil.example\"]\n",
+    );
+    assert!(err.contains("evil.example"), "{err}");
+    // A key readable by others.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("ca.key"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let err = refuses("", "");
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+    // Never overwritten.
+    let again = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["ca", "init", "--dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+}
