@@ -1421,3 +1421,108 @@ async fn openai_sdk_reads_cached_answers_in_either_form() {
     assert_eq!(tool_rebuilt["finish_reason"], tool["finish_reason"]);
     assert_eq!(fake.requests().len(), 2);
 }
+
+// ---------------------------------------------------------------------------
+// HTTPS_PROXY mode: the SDKs with their default base URLs
+
+/// A tollgate with HTTPS_PROXY mode on and a fresh CA; (tollgate, proxy URL, CA file).
+fn https_proxy(fake: &FakeProvider, extra: &str) -> (Tollgate, String, tempfile::TempDir) {
+    let ca = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["ca", "init", "--dir"])
+        .arg(ca.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = support::tollgate::free_port();
+    let t = with_keys(Builder::new(&fake.base_url()).top(&format!(
+        "forward_proxy_listen = \"127.0.0.1:{port}\"\nca_dir = \"{}\"",
+        ca.path().display()
+    )))
+    .config(extra)
+    .start();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "{}", t.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (t, format!("http://127.0.0.1:{port}"), ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdks_with_only_https_proxy_and_ssl_cert_file() {
+    let anthropic = sdk_python("anthropic-current").await;
+    let openai = sdk_python("openai").await;
+    let fake = FakeProvider::start().await;
+    // A budget, so the calls are budgeted exactly as in base-URL mode.
+    let (t, proxy, ca) = https_proxy(
+        &fake,
+        "[[budgets]]\nname = \"daily\"\nscope = \"all\"\nperiod = \"day\"\nlimit_usd = \"10.00\"\n",
+    );
+    let ca_file = ca.path().join("ca.pem");
+    let ca_file = ca_file.to_str().unwrap();
+    // No base URL anywhere: the SDKs' own defaults (api.anthropic.com, api.openai.com).
+    let env_a = [
+        ("ANTHROPIC_API_KEY", CLIENT_KEY),
+        ("HTTPS_PROXY", proxy.as_str()),
+        ("SSL_CERT_FILE", ca_file),
+    ];
+    let plan = json!([
+        {"name": "create", "op": "create", "prompt": "proxied", "usage": "input=100,output=20"},
+        {"name": "again", "op": "create", "prompt": "proxied"},
+        {"name": "stream", "op": "stream_helper", "prompt": "proxied stream", "usage": "input=40,output=10"},
+    ]);
+    let run = run_script(&anthropic, "anthropic_calls.py", &env_a, &plan).await;
+    let create = run.ok("create");
+    assert_eq!(hdr(create, "x-tollgate-provider"), "anthropic");
+    assert_eq!(hdr(create, "x-tollgate-cache"), "miss");
+    assert_eq!(hdr(run.ok("again"), "x-tollgate-cache"), "hit");
+    assert_eq!(run.ok("again")["message"], create["message"]);
+    let stream = run.ok("stream");
+    assert_eq!(stream["message"]["usage"]["output_tokens"], 10);
+    let env_o = [
+        ("OPENAI_API_KEY", CLIENT_KEY),
+        ("HTTPS_PROXY", proxy.as_str()),
+        ("SSL_CERT_FILE", ca_file),
+    ];
+    let plan = json!([
+        {"name": "create", "op": "create", "prompt": "proxied openai", "usage": "input=30,output=5"},
+        {"name": "stream", "op": "create_stream", "prompt": "proxied openai stream", "usage": "input=30,output=7"},
+    ]);
+    let run_o = run_script(&openai, "openai_calls.py", &env_o, &plan).await;
+    assert_eq!(hdr(run_o.ok("create"), "x-tollgate-provider"), "openai");
+    assert!(!run_o.ok("stream")["text"].as_str().unwrap_or("").is_empty());
+    // Reached the fake with the injected keys, never the client's.
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 4, "the hit did not reach the provider");
+    for r in &seen {
+        assert_clean_upstream(r);
+        if r.path.contains("/messages") {
+            assert_eq!(r.header("x-api-key"), Some(ANTHROPIC_KEY));
+        } else {
+            assert_eq!(
+                r.header("authorization"),
+                Some(format!("Bearer {OPENAI_KEY}").as_str())
+            );
+        }
+    }
+    // Metered and budgeted as in base-URL mode.
+    let events = t.wait_events(5).await;
+    let paid: u64 = events
+        .iter()
+        .map(|e| e["cost_nusd"].as_u64().unwrap())
+        .sum();
+    assert!(paid > 0);
+    let budgets: Value = reqwest::get(format!("{}/budgets", t.admin_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(budgets[0]["spent_nusd"].as_u64().unwrap(), paid);
+    assert_no_keys_in_log(&t);
+}
