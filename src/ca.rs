@@ -19,8 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose, NameConstraints,
+    BasicConstraints, CertificateParams, CidrSubnet, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, GeneralSubtree, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    NameConstraints, PublicKeyData,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
@@ -58,6 +59,8 @@ pub enum CaError {
     NotCovered { host: String, permitted: String },
     #[error("no host to constrain the CA to (configure providers' hosts)")]
     NoHosts,
+    #[error("{0:?} is an IP address: intercepted hosts are DNS names")]
+    IpHost(String),
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("refusing to mint a certificate for {0}: not an intercepted host within the CA's constraints")]
@@ -79,6 +82,9 @@ pub fn init(dir: &Path, hosts: &[String]) -> Result<PathBuf, CaError> {
     if hosts.is_empty() {
         return Err(CaError::NoHosts);
     }
+    if let Some(ip) = hosts.iter().find(|h| h.parse::<std::net::IpAddr>().is_ok()) {
+        return Err(CaError::IpHost(ip.clone()));
+    }
     let cert_path = dir.join(CERT_FILE);
     let key_path = dir.join(KEY_FILE);
     for p in [&cert_path, &key_path] {
@@ -95,12 +101,17 @@ pub fn init(dir: &Path, hosts: &[String]) -> Result<PathBuf, CaError> {
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    // A DNS-only constraint says nothing about IP-address names (RFC
+    // 5280): every IPv4 and IPv6 address is excluded explicitly.
     params.name_constraints = Some(NameConstraints {
         permitted_subtrees: hosts
             .iter()
             .map(|h| GeneralSubtree::DnsName(h.clone()))
             .collect(),
-        excluded_subtrees: Vec::new(),
+        excluded_subtrees: vec![
+            GeneralSubtree::IpAddress(CidrSubnet::V4([0; 4], [0; 4])),
+            GeneralSubtree::IpAddress(CidrSubnet::V6([0; 16], [0; 16])),
+        ],
     });
     let now = SystemTime::now();
     params.not_before = (now - BACKDATE).into();
@@ -135,6 +146,12 @@ pub struct Summary {
     pub permitted: Vec<String>,
     /// Whether the constraint extension is marked critical.
     pub critical: bool,
+    /// Whether every IPv4 and IPv6 address is excluded.
+    pub excludes_all_ips: bool,
+    /// The certificate's SubjectPublicKeyInfo (DER).
+    pub spki: Vec<u8>,
+    /// Whether it is valid now.
+    pub valid_now: bool,
     pub is_ca: bool,
     pub pem: String,
 }
@@ -143,7 +160,7 @@ impl Summary {
     /// Human-readable text, then the PEM.
     pub fn render(&self) -> String {
         format!(
-            "subject          {}\nvalid            {} .. {}\nCA               {}\nname constraints {} (permitted DNS: {})\n\n{}",
+            "subject          {}\nvalid            {} .. {}\nCA               {}\nname constraints {} (permitted DNS: {}; excluded: {})\n\n{}",
             self.subject,
             self.not_before,
             self.not_after,
@@ -153,6 +170,11 @@ impl Summary {
                 "none: this CA is not constrained".to_string()
             } else {
                 self.permitted.join(", ")
+            },
+            if self.excludes_all_ips {
+                "every IP address"
+            } else {
+                "none"
             },
             self.pem
         )
@@ -176,11 +198,18 @@ fn summarize(path: &Path, pem: &str) -> Result<Summary, CaError> {
     let cert = parsed.parse_x509().map_err(|e| bad(e.to_string()))?;
     let mut permitted = Vec::new();
     let mut critical = false;
+    let (mut no_v4, mut no_v6) = (false, false);
     if let Ok(Some(ext)) = cert.name_constraints() {
         critical = ext.critical;
         for subtree in ext.value.permitted_subtrees.iter().flatten() {
             if let x509_parser::extensions::GeneralName::DNSName(name) = subtree.base {
                 permitted.push(name.to_ascii_lowercase());
+            }
+        }
+        for subtree in ext.value.excluded_subtrees.iter().flatten() {
+            if let x509_parser::extensions::GeneralName::IPAddress(net) = subtree.base {
+                no_v4 |= net.len() == 8 && net.iter().all(|b| *b == 0);
+                no_v6 |= net.len() == 32 && net.iter().all(|b| *b == 0);
             }
         }
     }
@@ -195,6 +224,9 @@ fn summarize(path: &Path, pem: &str) -> Result<Summary, CaError> {
         not_after: cert.validity().not_after.to_string(),
         permitted,
         critical,
+        excludes_all_ips: no_v4 && no_v6,
+        spki: cert.public_key().raw.to_vec(),
+        valid_now: cert.validity().is_valid(),
         is_ca,
         pem: pem.to_string(),
     })
@@ -259,11 +291,23 @@ impl Minter {
         let cert_path = dir.join(CERT_FILE);
         let cert_pem = fs::read_to_string(&cert_path).map_err(io_err(&cert_path))?;
         let summary = summarize(&cert_path, &cert_pem)?;
+        let refuse = |detail: &str| CaError::BadCertificate {
+            path: cert_path.clone(),
+            detail: detail.into(),
+        };
         if !summary.is_ca {
-            return Err(CaError::BadCertificate {
-                path: cert_path,
-                detail: "not a CA certificate".into(),
-            });
+            return Err(refuse("not a CA certificate"));
+        }
+        if !summary.critical || !summary.excludes_all_ips {
+            return Err(refuse(
+                "its name constraints are not critical or do not exclude IP addresses (make it with `tollgate ca init`)",
+            ));
+        }
+        if !summary.valid_now {
+            return Err(refuse("expired or not yet valid"));
+        }
+        if key.subject_public_key_info() != summary.spki {
+            return Err(refuse("ca.key is not this certificate's key"));
         }
         for host in hosts {
             if !permitted_by(&summary.permitted, host) {
@@ -368,6 +412,8 @@ mod tests {
         let s = show(dir.path()).unwrap();
         assert!(s.is_ca);
         assert!(s.critical);
+        assert!(s.excludes_all_ips);
+        assert!(s.valid_now);
         assert_eq!(s.permitted, hosts());
         assert!(s
             .render()
@@ -406,6 +452,23 @@ mod tests {
                 Err(CaError::KeyPermissions { .. })
             ));
         }
+    }
+
+    #[test]
+    fn a_key_of_another_ca_or_an_ip_host_is_refused() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        init(a.path(), &hosts()).unwrap();
+        init(b.path(), &hosts()).unwrap();
+        fs::remove_file(a.path().join(KEY_FILE)).unwrap();
+        fs::copy(b.path().join(KEY_FILE), a.path().join(KEY_FILE)).unwrap();
+        let e = Minter::load(a.path(), &hosts()).unwrap_err();
+        assert!(e.to_string().contains("not this certificate's key"), "{e}");
+        let c = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            init(c.path(), &["10.0.0.7".to_string()]),
+            Err(CaError::IpHost(_))
+        ));
     }
 
     #[test]

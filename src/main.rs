@@ -392,16 +392,19 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
                 config.ca_dir.display()
             )
         })?;
+        let mut http = pingora::proxy::http_proxy(&server.configuration, Tollgate::new(state));
+        // Intercepted h2 connections close when idle, like everything else.
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2_idle_timeout = Some(config.timeouts.idle);
+        http.server_options = Some(options);
         let intercept = Intercept {
-            http: Arc::new(pingora::proxy::http_proxy(
-                &server.configuration,
-                Tollgate::new(state),
-            )),
+            http: Arc::new(http),
             minter: Arc::new(minter),
             policy: f.tunnel_policy,
             auth_sha256: f.auth_sha256,
             handshake: config.timeouts.handshake,
             idle: config.timeouts.idle,
+            tls: Default::default(),
         };
         let mut service = Service::new("tollgate forward proxy".to_string(), intercept);
         service.add_tcp(&f.listen.to_string());

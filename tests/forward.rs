@@ -298,7 +298,7 @@ fn the_ca_is_name_constrained_and_the_sidecar_refuses_a_weak_setup() {
     let shown = String::from_utf8_lossy(&show.stdout);
     assert!(
         shown.contains(
-            "name constraints critical (permitted DNS: api.anthropic.com, api.openai.com, openrouter.ai)"
+            "name constraints critical (permitted DNS: api.anthropic.com, api.openai.com, openrouter.ai; excluded: every IP address)"
         ),
         "{shown}"
     );
@@ -346,4 +346,44 @@ fn the_ca_is_name_constrained_and_the_sidecar_refuses_a_weak_setup() {
         .output()
         .unwrap();
     assert!(!again.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_requests_are_forwarded_but_never_to_a_provider_in_the_clear() {
+    let other = FakeProvider::start().await;
+    let fake = FakeProvider::start().await;
+    let ca = ca_dir();
+    let (_t, proxy) = start(&fake.base_url(), &ca.path().join("ca"), "");
+    let url = format!("http://localhost:{}/v1/models", other.addr.port());
+    let out = curl(&[
+        "--proxy",
+        &proxy,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &url,
+    ]);
+    assert_eq!(text(&out), "200");
+    let seen = other.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/v1/models");
+    assert!(seen[0].header("proxy-authorization").is_none());
+    // A provider host over plain HTTP: refused (its key would travel in the
+    // clear and skip every cost control).
+    let out = curl(&[
+        "--proxy",
+        &proxy,
+        "-H",
+        &format!("x-api-key: {CLIENT_KEY}"),
+        "-d",
+        BODY,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "http://api.anthropic.com/v1/messages",
+    ]);
+    assert_eq!(text(&out), "403");
+    assert!(fake.requests().is_empty());
 }

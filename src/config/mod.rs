@@ -1268,6 +1268,14 @@ fn forward_proxy(raw: &RawConfig, problems: &mut Vec<Problem>) -> Option<Option<
         "" => None,
         s => socket_addr("forward_proxy_listen", s, problems),
     };
+    if let (Some(addr), Some(None)) = (listen, auth_sha256) {
+        if !addr.ip().is_loopback() {
+            problems.push(Problem::new(
+                "forward_proxy_listen",
+                format!("{addr} is not a loopback address: without forward_proxy_auth_sha256 anyone who can reach it could tunnel through this sidecar"),
+            ));
+        }
+    }
     if problems.len() != before {
         return None;
     }
@@ -1984,6 +1992,14 @@ hosts = ["API.anthropic.com", "anthropic.internal."]
         );
         assert_eq!(got.len(), 4, "{got:?}");
         assert!(got[0].starts_with("providers.openai.hosts: expected an array of strings"));
+        // Off loopback only with proxy authentication.
+        let got = problems("forward_proxy_listen = \"0.0.0.0:8788\"\n", &[]);
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains("not a loopback address"), "{got:?}");
+        ok(
+            "forward_proxy_listen = \"0.0.0.0:8788\"\nforward_proxy_auth_sha256 = \"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\"\n",
+            &[],
+        );
     }
 
     #[test]

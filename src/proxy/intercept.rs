@@ -51,7 +51,13 @@ pub struct Intercept {
     pub auth_sha256: Option<[u8; 32]>,
     pub handshake: Duration,
     pub idle: Duration,
+    /// Per intercepted host: its leaf and the TLS configuration serving it.
+    pub tls: std::sync::Mutex<TlsConfigs>,
 }
+
+/// Per intercepted host: the leaf a TLS configuration was built for.
+pub type TlsConfigs =
+    std::collections::HashMap<String, (Arc<rustls::sign::CertifiedKey>, Arc<rustls::ServerConfig>)>;
 
 /// A parsed request head.
 struct Head {
@@ -167,7 +173,7 @@ impl Intercept {
             return;
         };
         if port == 443 && self.minter.intercepts(&host) {
-            return self.intercept(stream, host, shutdown).await;
+            return self.intercept(stream, host, head.rest, shutdown).await;
         }
         if self.policy == TunnelPolicy::Deny {
             tracing::info!(host = %host, port, "CONNECT refused by tunnel_policy = deny");
@@ -197,6 +203,7 @@ impl Intercept {
         self: &Arc<Self>,
         mut stream: Stream,
         host: String,
+        pending: Vec<u8>,
         shutdown: &ShutdownWatch,
     ) {
         let leaf = match self.minter.leaf(&host) {
@@ -210,11 +217,13 @@ impl Intercept {
         if !established(&mut stream).await {
             return;
         }
-        let mut config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::new(Fixed(leaf)));
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = tokio_rustls::TlsAcceptor::from(self.tls_config(&host, leaf));
+        // A ClientHello sent along with the CONNECT is replayed first.
+        let stream = Prefixed {
+            pending,
+            at: 0,
+            inner: stream,
+        };
         let tls = match tokio::time::timeout(self.handshake, acceptor.accept(stream)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -232,15 +241,38 @@ impl Intercept {
             Some(_) => Some(ALPN::H1),
             None => None,
         };
-        let mut stream: Stream = Box::new(Intercepted {
+        let stream: Stream = Box::new(Intercepted {
             tls,
             alpn,
             id: next_id(),
         });
-        // Keep-alive: the app returns the connection while it is reusable.
-        while let Some(s) = self.http.process_new(stream, shutdown).await {
-            stream = s;
+        // pingora's HTTP app serves the connection to its end (keep-alive, h2).
+        let _ = self.http.process_new(stream, shutdown).await;
+    }
+
+    /// The TLS configuration for `host`'s current leaf (kept, so sessions
+    /// resume; rebuilt when the leaf is renewed).
+    fn tls_config(
+        &self,
+        host: &str,
+        leaf: Arc<rustls::sign::CertifiedKey>,
+    ) -> Arc<rustls::ServerConfig> {
+        if let Ok(configs) = self.tls.lock() {
+            if let Some((l, c)) = configs.get(host) {
+                if Arc::ptr_eq(l, &leaf) {
+                    return c.clone();
+                }
+            }
         }
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(leaf.clone())));
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let config = Arc::new(config);
+        if let Ok(mut configs) = self.tls.lock() {
+            configs.insert(host.to_string(), (leaf, config.clone()));
+        }
+        config
     }
 
     /// An absolute-form request (`GET http://host/path`): forwarded to its
@@ -258,7 +290,19 @@ impl Intercept {
             reply(&mut stream, "400 Bad Request", "").await;
             return;
         };
-        if self.policy == TunnelPolicy::Deny && !self.minter.intercepts(&host) {
+        if self.minter.intercepts(&host) {
+            // Never in the clear: the request would carry its key unencrypted
+            // and skip every cost control.
+            tracing::info!(host = %host, "plain-HTTP request to a provider host refused");
+            reply(
+                &mut stream,
+                "403 Forbidden",
+                "x-tollgate-error: use https:// for provider hosts\r\n",
+            )
+            .await;
+            return;
+        }
+        if self.policy == TunnelPolicy::Deny {
             reply(&mut stream, "403 Forbidden", "").await;
             return;
         }
@@ -291,8 +335,9 @@ impl Intercept {
     }
 }
 
-/// Copies bytes both ways until either side closes or `idle` passes with
-/// nothing moving.
+/// Copies bytes both ways, each direction on its own (a slow reader on
+/// one side never stalls the other), until both sides have closed or
+/// nothing has moved either way for `idle`.
 async fn tunnel(
     mut client: Stream,
     mut upstream: tokio::net::TcpStream,
@@ -302,24 +347,58 @@ async fn tunnel(
     if !pending.is_empty() && upstream.write_all(&pending).await.is_err() {
         return;
     }
-    let (mut cr, mut cw) = tokio::io::split(client.as_mut());
-    let (mut ur, mut uw) = upstream.split();
-    let mut a = [0u8; 16 * 1024];
-    let mut b = [0u8; 16 * 1024];
-    let (mut client_open, mut upstream_open) = (true, true);
-    while client_open || upstream_open {
-        tokio::select! {
-            r = cr.read(&mut a), if client_open => match r {
-                Ok(0) | Err(_) => { client_open = false; let _ = uw.shutdown().await; }
-                Ok(n) => if uw.write_all(&a[..n]).await.is_err() { return; },
-            },
-            r = ur.read(&mut b), if upstream_open => match r {
-                Ok(0) | Err(_) => { upstream_open = false; let _ = cw.shutdown().await; }
-                Ok(n) => if cw.write_all(&b[..n]).await.is_err() || cw.flush().await.is_err() { return; },
-            },
-            () = tokio::time::sleep(idle) => return,
+    let started = tokio::time::Instant::now();
+    let last = std::sync::atomic::AtomicU64::new(0);
+    let (cr, cw) = tokio::io::split(client.as_mut());
+    let (ur, uw) = upstream.split();
+    let both = async {
+        tokio::join!(
+            pump(cr, uw, idle, started, &last),
+            pump(ur, cw, idle, started, &last)
+        )
+    };
+    let watchdog = async {
+        loop {
+            tokio::time::sleep(idle / 4).await;
+            let quiet_ms =
+                (started.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
+            if quiet_ms >= idle.as_millis() as u64 {
+                return;
+            }
         }
+    };
+    tokio::select! {
+        _ = both => {}
+        () = watchdog => {}
     }
+}
+
+/// One direction of a tunnel: reads, writes (bounded by `idle`), notes
+/// activity; on EOF shuts the other side's write half.
+async fn pump(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    idle: Duration,
+    started: tokio::time::Instant,
+    last: &std::sync::atomic::AtomicU64,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let wrote = tokio::time::timeout(idle, async {
+            to.write_all(&buf[..n]).await?;
+            to.flush().await
+        })
+        .await;
+        if !matches!(wrote, Ok(Ok(()))) {
+            return;
+        }
+        last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+    let _ = to.shutdown().await;
 }
 
 #[async_trait]
@@ -353,6 +432,11 @@ impl ServerApp for Intercept {
         }
         None
     }
+
+    /// Lets the HTTP app close its idle keep-alive connections at shutdown.
+    async fn cleanup(&self) {
+        self.http.cleanup().await;
+    }
 }
 
 /// Serves one certificate whatever the client asks for.
@@ -375,7 +459,7 @@ fn next_id() -> UniqueIDType {
 
 /// A decrypted intercepted connection, as pingora's transport.
 struct Intercepted {
-    tls: tokio_rustls::server::TlsStream<Stream>,
+    tls: tokio_rustls::server::TlsStream<Prefixed>,
     alpn: Option<ALPN>,
     id: UniqueIDType,
 }
@@ -435,7 +519,7 @@ impl Ssl for Intercepted {
 
 impl GetTimingDigest for Intercepted {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.tls.get_ref().0.get_timing_digest()
+        self.tls.get_ref().0.inner.get_timing_digest()
     }
 }
 
@@ -447,11 +531,53 @@ impl GetProxyDigest for Intercepted {
 
 impl GetSocketDigest for Intercepted {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.tls.get_ref().0.get_socket_digest()
+        self.tls.get_ref().0.inner.get_socket_digest()
     }
 }
 
 impl Peek for Intercepted {}
+
+/// A stream that first yields bytes already read from it.
+struct Prefixed {
+    pending: Vec<u8>,
+    at: usize,
+    inner: Stream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.at < self.pending.len() {
+            let n = buf.remaining().min(self.pending.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.pending[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 #[cfg(test)]
 mod tests {
