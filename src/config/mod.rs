@@ -1442,6 +1442,18 @@ fn providers(
             out[i].0.default = true;
         }
     }
+    // An intercepted host names one provider.
+    let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+    for (p, _) in &out {
+        for h in &p.hosts {
+            if let Some(first) = owner.insert(h, &p.name) {
+                problems.push(Problem::new(
+                    render_key(&["providers", &p.name, "hosts"]),
+                    format!("{h:?} is also a host of provider {first}"),
+                ));
+            }
+        }
+    }
     out.into_iter().map(|(p, _)| p).collect()
 }
 
@@ -1992,6 +2004,14 @@ hosts = ["API.anthropic.com", "anthropic.internal."]
         );
         assert_eq!(got.len(), 4, "{got:?}");
         assert!(got[0].starts_with("providers.openai.hosts: expected an array of strings"));
+        let got = problems(
+            "[providers.openrouter]\nhosts = [\"api.openai.com\"]\n",
+            &[],
+        );
+        assert_eq!(
+            got,
+            ["providers.openrouter.hosts: \"api.openai.com\" is also a host of provider openai"]
+        );
         // Off loopback only with proxy authentication.
         let got = problems("forward_proxy_listen = \"0.0.0.0:8788\"\n", &[]);
         assert_eq!(got.len(), 1, "{got:?}");
