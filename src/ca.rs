@@ -349,12 +349,16 @@ impl Minter {
 
     /// The leaf for `host` (cached; minted or renewed when needed).
     pub fn leaf(&self, host: &str) -> Result<Arc<CertifiedKey>, CaError> {
+        self.leaf_at(host, SystemTime::now())
+    }
+
+    /// [`Minter::leaf`] as of `now`.
+    fn leaf_at(&self, host: &str, now: SystemTime) -> Result<Arc<CertifiedKey>, CaError> {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         if !self.intercepts(&host) || !permitted_by(&self.constraints, &host) {
             tracing::warn!(host = %host, "refused to mint a certificate outside the intercepted hosts");
             return Err(CaError::Refused(host));
         }
-        let now = SystemTime::now();
         if let Ok(leaves) = self.leaves.lock() {
             if let Some((leaf, expires)) = leaves.get(&host) {
                 if expires
@@ -483,6 +487,28 @@ mod tests {
         // Within the constraints but not intercepted; outside both.
         assert!(matches!(m.leaf("api.openai.com"), Err(CaError::Refused(_))));
         assert!(matches!(m.leaf("example.com"), Err(CaError::Refused(_))));
+    }
+
+    #[test]
+    fn leaves_are_renewed_before_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path(), &hosts()).unwrap();
+        let m = Minter::load(dir.path(), &hosts()).unwrap();
+        let t0 = SystemTime::now();
+        let first = m.leaf_at("api.openai.com", t0).unwrap();
+        let later = t0 + Duration::from_secs(3600);
+        assert!(Arc::ptr_eq(
+            &first,
+            &m.leaf_at("api.openai.com", later).unwrap()
+        ));
+        // Less than 6 h of its 24 h left: a new leaf.
+        let near_end = t0 + LEAF_VALIDITY - LEAF_RENEW_BEFORE + Duration::from_secs(60);
+        let renewed = m.leaf_at("api.openai.com", near_end).unwrap();
+        assert!(!Arc::ptr_eq(&first, &renewed));
+        assert!(Arc::ptr_eq(
+            &renewed,
+            &m.leaf_at("api.openai.com", near_end).unwrap()
+        ));
     }
 
     #[test]
