@@ -448,6 +448,9 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     outbox.close();
     ledger.persist().context("writing budget state")?;
     db.flush().context("final flush of the store")?;
+    if !cache.writer.drain(std::time::Duration::from_secs(5)) {
+        tracing::warn!("cache writer did not drain in time; the newest answers are not cached");
+    }
     cache_db.flush().context("final flush of the cache")?;
     tracing::info!("tollgate stopped");
     Ok(())

@@ -87,6 +87,20 @@ fn anthropic_text(body: &str) -> String {
         .collect()
 }
 
+/// Waits until `/metrics` contains `needle` (the cache writer stores answers
+/// off the request path).
+async fn wait_metric(t: &Tollgate, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = t.metrics().await;
+        if m.contains(needle) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} in\n{m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn event_by_id<'a>(events: &'a [Value], id: &str) -> &'a Value {
     events
         .iter()
@@ -151,10 +165,10 @@ async fn a_hit_is_free_and_answers_both_forms() {
         assert_eq!(e["status"], "ok");
     }
     assert_eq!(stream_e["route"], "stream");
+    wait_metric(&t, "tollgate_cache_entries 1").await;
     let metrics = t.metrics().await;
     assert!(metrics.contains("tollgate_cache_requests_total{result=\"hit\"} 2"));
     assert!(metrics.contains("tollgate_cache_requests_total{result=\"miss\"} 1"));
-    assert!(metrics.contains("tollgate_cache_entries 1"));
     assert!(!metrics.contains("tollgate_cache_saved_usd_total 0\n"));
 }
 
@@ -414,12 +428,8 @@ async fn lru_eviction_under_a_small_cap_and_persistence_across_restart() {
         assert_eq!(cache_of(post(&t, "/v1/messages", &a, &[]).await), "hit");
         // C evicts the least recently used: B.
         assert_eq!(cache_of(post(&t, "/v1/messages", &c, &[]).await), "miss");
-        let metrics = t.metrics().await;
-        assert!(
-            metrics.contains("tollgate_cache_evictions_total 1"),
-            "{metrics}"
-        );
-        assert!(metrics.contains("tollgate_cache_entries 2"));
+        wait_metric(&t, "tollgate_cache_evictions_total 1").await;
+        wait_metric(&t, "tollgate_cache_entries 2").await;
         // A graceful stop flushes the cache (a crash may lose its last
         // half second: a few misses, nothing else).
         t.stop();
@@ -474,6 +484,7 @@ async fn cache_stats_and_purge_from_the_cli() {
             &[("x-tollgate-account", "acme")],
         )
         .await;
+        wait_metric(&t, "tollgate_cache_entries 3").await;
         // While running: the proxy answers (the store is locked).
         let stats = reqwest::get(format!("{}/cache/stats", t.admin_url()))
             .await

@@ -37,9 +37,15 @@ pub struct Job {
     pub release: Option<Release>,
 }
 
+enum Msg {
+    Put(Box<Job>),
+    /// Answered once everything queued before it is stored.
+    Drain(SyncSender<()>),
+}
+
 /// The handle the request path submits to.
 pub struct Writer {
-    tx: SyncSender<Job>,
+    tx: SyncSender<Msg>,
     metrics: CacheMetrics,
 }
 
@@ -54,9 +60,19 @@ impl Writer {
         Ok(Writer { tx, metrics })
     }
 
+    /// Waits (up to `limit`) until every answer queued so far is stored:
+    /// at shutdown, before the store's last flush.
+    pub fn drain(&self, limit: Duration) -> bool {
+        let (done, wait) = sync_channel(1);
+        if self.tx.send(Msg::Drain(done)).is_err() {
+            return false;
+        }
+        wait.recv_timeout(limit).is_ok()
+    }
+
     /// Queues an answer; never blocks.
     pub fn submit(&self, job: Job) {
-        match self.tx.try_send(job) {
+        match self.tx.try_send(Msg::Put(Box::new(job))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.metrics.errors.inc();
@@ -69,10 +85,15 @@ impl Writer {
     }
 }
 
-fn run(rx: &Receiver<Job>, store: &Store, metrics: &CacheMetrics) {
+fn run(rx: &Receiver<Msg>, store: &Store, metrics: &CacheMetrics) {
     let mut last_sweep = Instant::now();
-    while let Ok(job) = rx.recv() {
-        write(store, metrics, job);
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Put(job) => write(store, metrics, *job),
+            Msg::Drain(done) => {
+                let _ = done.send(());
+            }
+        }
         if last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = Instant::now();
             if let Err(e) = store.maintain() {

@@ -441,12 +441,23 @@ pub async fn coalesce(
                 }
                 return Coalesced::Lead(leader);
             }
-            Some(Role::Done(outcome)) => {
-                return match finish_with(r, session, ctx, outcome).await {
-                    Followed::Served => Coalesced::Served,
-                    Followed::Rejoin | Followed::Alone => Coalesced::Alone,
+            Some(Role::Done(Outcome::Done {
+                message: Some(message),
+                meta,
+            })) => {
+                // Finished, its answer on the way into the store: a hit.
+                let answer = Answer {
+                    meta: &meta,
+                    message: &message,
+                    stream: &Bytes::new(),
+                    outcome: CacheOutcome::Hit,
                 };
+                if serve_message(r, session, ctx, answer).await {
+                    return Coalesced::Served;
+                }
+                return Coalesced::Alone;
             }
+            Some(Role::Done(_)) => return Coalesced::Alone,
             Some(Role::Follower(follower)) => {
                 match follow(r, session, ctx, follower, deadline).await {
                     Followed::Served => return Coalesced::Served,
