@@ -392,7 +392,8 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
                 config.ca_dir.display()
             )
         })?;
-        let mut http = pingora::proxy::http_proxy(&server.configuration, Tollgate::new(state));
+        let mut http =
+            pingora::proxy::http_proxy(&server.configuration, Tollgate::intercepted(state));
         // Intercepted h2 connections close when idle, like everything else.
         let mut options = pingora::apps::HttpServerOptions::default();
         options.h2_idle_timeout = Some(config.timeouts.idle);

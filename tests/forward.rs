@@ -165,6 +165,26 @@ async fn curl_through_the_proxy_is_metered_cached_and_keyed() {
         last.header("authorization"),
         Some(format!("Bearer {OPENAI_INJECTED}").as_str())
     );
+    // The base-URL listener never routes by host: a Host naming openrouter
+    // still goes to the default OpenAI-compatible provider by its path.
+    let out = curl(&[
+        "-H",
+        "host: openrouter.ai",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"by path"}]}"#,
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+        &format!("{}/v1/chat/completions", t.url()),
+    ]);
+    assert!(
+        text(&out).contains("x-tollgate-provider: openai"),
+        "{}",
+        text(&out)
+    );
     // Metered like base-URL mode.
     let events = t.wait_events(4).await;
     assert_eq!(events.iter().filter(|e| e["cache"] == "hit").count(), 1);

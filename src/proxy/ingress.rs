@@ -79,15 +79,18 @@ impl Routes {
         }
     }
 
-    /// Resolves the route of a request, or `UnknownRoute`.
-    pub fn resolve(&self, req: &RequestHeader) -> Result<Route, ProxyError> {
+    /// Resolves the route of a request, or `UnknownRoute`. `by_host`: the
+    /// request came through an intercepted HTTPS_PROXY tunnel, so its host
+    /// names the provider.
+    pub fn resolve(&self, req: &RequestHeader, by_host: bool) -> Result<Route, ProxyError> {
         let path = req.uri.path();
         let unknown = || ProxyError::UnknownRoute {
             method: req.method.to_string(),
             path: path.to_string(),
             dialect: guess_dialect(req),
         };
-        let (provider, rest) = match self.intercepted(req).or_else(|| self.prefixed(path)) {
+        let by_host = if by_host { self.intercepted(req) } else { None };
+        let (provider, rest) = match by_host.or_else(|| self.prefixed(path)) {
             Some(found) => found,
             None => {
                 let anthropic = path.starts_with("/v1/messages")

@@ -126,11 +126,26 @@ pub(crate) async fn send_whole(
 /// The pingora proxy app; its hooks only dispatch to the stages.
 pub struct Tollgate {
     state: Arc<State>,
+    /// Serves connections decrypted by HTTPS_PROXY mode: requests are routed
+    /// by their host. Base-URL mode never routes by host.
+    intercepted: bool,
 }
 
 impl Tollgate {
+    /// The base-URL mode app.
     pub fn new(state: Arc<State>) -> Tollgate {
-        Tollgate { state }
+        Tollgate {
+            state,
+            intercepted: false,
+        }
+    }
+
+    /// The app behind HTTPS_PROXY mode's intercepted tunnels.
+    pub fn intercepted(state: Arc<State>) -> Tollgate {
+        Tollgate {
+            state,
+            intercepted: true,
+        }
     }
 }
 
@@ -275,7 +290,9 @@ impl Tollgate {
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
         let state = &self.state;
         // ingress
-        let route = state.routes.resolve(session.req_header())?;
+        let route = state
+            .routes
+            .resolve(session.req_header(), self.intercepted)?;
         if let Some(draft) = ctx.draft.as_mut() {
             draft.dialect = route.dialect();
             draft.event.provider.clone_from(&route.provider.name);
