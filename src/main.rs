@@ -530,9 +530,18 @@ fn open_store(config: &Config) -> anyhow::Result<Option<sled::Db>> {
     open_sled(&config.data_dir)
 }
 
-/// Opens the cache's own store, or says that a running proxy holds it.
-fn open_cache_store(config: &Config) -> anyhow::Result<Option<sled::Db>> {
-    open_sled(&config.data_dir.join(cache::store::DIR))
+/// Opens the cache's own store (no maintenance: reading it changes
+/// nothing), or says that a running proxy holds it.
+fn open_cache_store(config: &Config) -> anyhow::Result<Option<(sled::Db, cache::Store)>> {
+    let Some(db) = open_sled(&config.data_dir.join(cache::store::DIR))? else {
+        return Ok(None);
+    };
+    let store = cache::Store::open(
+        db.open_tree(cache::store::TREE)?,
+        config.cache.max_bytes,
+        None,
+    )?;
+    Ok(Some((db, store)))
 }
 
 fn open_sled(path: &std::path::Path) -> anyhow::Result<Option<sled::Db>> {
@@ -595,15 +604,7 @@ fn cache_stats(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let stats: cache::Stats = match open_cache_store(&config)? {
-        Some(db) => {
-            let store = cache::Store::open(
-                db.open_tree(cache::store::TREE)?,
-                config.cache.max_bytes,
-                None,
-            )?;
-            db.flush()?;
-            cache::Stats::offline(store.stats())
-        }
+        Some((_db, store)) => cache::Stats::offline(store.stats()),
         None => {
             let text = fetch_admin(running_admin(&config)?, "/cache/stats")?;
             serde_json::from_str(&text).context("reading the running proxy's /cache/stats")?
@@ -626,12 +627,7 @@ fn cache_purge(args: &ConfigArgs, account: Option<&str>) -> anyhow::Result<ExitC
         tollgate::proxy::identify::check_name("--account", a).map_err(|e| anyhow::anyhow!(e.0))?;
     }
     let removed: u64 = match open_cache_store(&config)? {
-        Some(db) => {
-            let store = cache::Store::open(
-                db.open_tree(cache::store::TREE)?,
-                config.cache.max_bytes,
-                None,
-            )?;
+        Some((db, store)) => {
             let n = store.purge(account)?;
             store.maintain()?;
             db.flush()?;

@@ -1094,27 +1094,41 @@ fn str_field<'a>(
     }
 }
 
+/// A field that must be an array (`field` names it in errors).
+fn required_array<'a>(
+    map: &'a Map<String, Value>,
+    key: &str,
+    field: &'static str,
+) -> Result<&'a Vec<Value>, ReplayError> {
+    match map.get(key) {
+        Some(Value::Array(items)) => Ok(items),
+        None | Some(Value::Null) => Err(ReplayError::MissingField(field)),
+        Some(_) => Err(ReplayError::InvalidField {
+            field,
+            expected: "an array",
+        }),
+    }
+}
+
+/// A field that must be an object (`field` names it in errors).
+fn required_object<'a>(
+    map: &'a Map<String, Value>,
+    key: &str,
+    field: &'static str,
+) -> Result<&'a Map<String, Value>, ReplayError> {
+    match map.get(key) {
+        Some(Value::Object(inner)) => Ok(inner),
+        None | Some(Value::Null) => Err(ReplayError::MissingField(field)),
+        Some(_) => Err(ReplayError::InvalidField {
+            field,
+            expected: "an object",
+        }),
+    }
+}
+
 fn replay_anthropic(message: &Map<String, Value>, buf: &mut BytesMut) -> Result<(), ReplayError> {
-    let content = match message.get("content") {
-        Some(Value::Array(content)) => content,
-        None | Some(Value::Null) => return Err(ReplayError::MissingField("content")),
-        Some(_) => {
-            return Err(ReplayError::InvalidField {
-                field: "content",
-                expected: "an array",
-            })
-        }
-    };
-    let usage = match message.get("usage") {
-        Some(Value::Object(usage)) => usage,
-        None | Some(Value::Null) => return Err(ReplayError::MissingField("usage")),
-        Some(_) => {
-            return Err(ReplayError::InvalidField {
-                field: "usage",
-                expected: "an object",
-            })
-        }
-    };
+    let content = required_array(message, "content", "content")?;
+    let usage = required_object(message, "usage", "usage")?;
 
     // message_start: the message before any output; the API reports a placeholder of
     // at most 1 output token there and the real count in message_delta.
@@ -1365,16 +1379,7 @@ fn replay_openai(
     include_usage: bool,
     buf: &mut BytesMut,
 ) -> Result<(), ReplayError> {
-    let choices = match message.get("choices") {
-        Some(Value::Array(choices)) => choices,
-        None | Some(Value::Null) => return Err(ReplayError::MissingField("choices")),
-        Some(_) => {
-            return Err(ReplayError::InvalidField {
-                field: "choices",
-                expected: "an array",
-            })
-        }
-    };
+    let choices = required_array(message, "choices", "choices")?;
     let usage = message.get("usage").filter(|usage| !usage.is_null());
     let chunk_usage = if include_usage {
         UsageOut::Null
@@ -1398,16 +1403,7 @@ fn replay_openai(
                 })
             }
         };
-        let msg = match choice.get("message") {
-            Some(Value::Object(msg)) => msg,
-            None | Some(Value::Null) => return Err(ReplayError::MissingField("choices[].message")),
-            Some(_) => {
-                return Err(ReplayError::InvalidField {
-                    field: "choices[].message",
-                    expected: "an object",
-                })
-            }
-        };
+        let msg = required_object(choice, "message", "choices[].message")?;
         let logprobs = choice.get("logprobs").unwrap_or(&NULL);
         let finish_reason = choice.get("finish_reason").unwrap_or(&NULL);
         let text_of = |key: &'static str, field: &'static str| match msg.get(key) {
