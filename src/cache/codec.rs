@@ -1079,51 +1079,43 @@ fn write_block_delta(
     write_event(buf, Some("content_block_delta"), &event)
 }
 
-fn str_field<'a>(
-    block: &'a Map<String, Value>,
+/// A required field of one JSON type: `pick` takes it out of its `Value`;
+/// `field` names it in errors, `expected` says what it should have been.
+fn required<'a, T>(
+    map: &'a Map<String, Value>,
     key: &str,
     field: &'static str,
-) -> Result<&'a str, ReplayError> {
-    match block.get(key) {
-        Some(Value::String(text)) => Ok(text),
+    expected: &'static str,
+    pick: impl FnOnce(&'a Value) -> Option<T>,
+) -> Result<T, ReplayError> {
+    match map.get(key) {
         None | Some(Value::Null) => Err(ReplayError::MissingField(field)),
-        Some(_) => Err(ReplayError::InvalidField {
-            field,
-            expected: "a string",
-        }),
+        Some(v) => pick(v).ok_or(ReplayError::InvalidField { field, expected }),
     }
 }
 
-/// A field that must be an array (`field` names it in errors).
+fn str_field<'a>(
+    map: &'a Map<String, Value>,
+    key: &str,
+    field: &'static str,
+) -> Result<&'a str, ReplayError> {
+    required(map, key, field, "a string", Value::as_str)
+}
+
 fn required_array<'a>(
     map: &'a Map<String, Value>,
     key: &str,
     field: &'static str,
 ) -> Result<&'a Vec<Value>, ReplayError> {
-    match map.get(key) {
-        Some(Value::Array(items)) => Ok(items),
-        None | Some(Value::Null) => Err(ReplayError::MissingField(field)),
-        Some(_) => Err(ReplayError::InvalidField {
-            field,
-            expected: "an array",
-        }),
-    }
+    required(map, key, field, "an array", Value::as_array)
 }
 
-/// A field that must be an object (`field` names it in errors).
 fn required_object<'a>(
     map: &'a Map<String, Value>,
     key: &str,
     field: &'static str,
 ) -> Result<&'a Map<String, Value>, ReplayError> {
-    match map.get(key) {
-        Some(Value::Object(inner)) => Ok(inner),
-        None | Some(Value::Null) => Err(ReplayError::MissingField(field)),
-        Some(_) => Err(ReplayError::InvalidField {
-            field,
-            expected: "an object",
-        }),
-    }
+    required(map, key, field, "an object", Value::as_object)
 }
 
 fn replay_anthropic(message: &Map<String, Value>, buf: &mut BytesMut) -> Result<(), ReplayError> {
