@@ -383,8 +383,17 @@ async fn unmetered_paths_and_count_tokens_are_forwarded() {
         .send()
         .await
         .unwrap();
-    assert_eq!(count.status(), 200);
+    let status = count.status();
     let v: Value = count.json().await.unwrap();
+    assert_eq!(
+        status,
+        200,
+        "{v} {:?}",
+        fake.requests()
+            .iter()
+            .map(|r| r.path.clone())
+            .collect::<Vec<_>>()
+    );
     assert!(v["input_tokens"].as_u64().unwrap() > 0);
     let events = t.wait_events(3).await;
     assert!(events.iter().all(|e| e["cost_nusd"] == 0));
@@ -1183,4 +1192,56 @@ async fn identity_headers_scope_the_ledger_and_never_reach_the_provider() {
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.lines().any(|l| l.starts_with("acme ")), "{table}");
     assert!(table.lines().any(|l| l.starts_with("shared ")), "{table}");
+}
+
+/// A keep-alive client that sends its next request while the previous answer
+/// is still streaming: tollgate watches the client for leaving with a
+/// one-byte read, and that byte must stay part of the next request (before
+/// the fix it was dropped: the stream was cut and `POST` arrived as `OST`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_during_a_stream_is_served_whole_after_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
+    let addr = t.url().trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let body = messages_body(true).to_string();
+    let first = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: {addr}\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\nx-fake-scenario: slow\r\nx-fake-delay-ms: 60\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(first.as_bytes()).await.unwrap();
+    // The stream has started (its head is back) when the next request goes out.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before the head");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let count =
+        json!({"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "Hello"}]})
+            .to_string();
+    let second = format!(
+        "POST /v1/messages/count_tokens HTTP/1.1\r\nhost: {addr}\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{count}",
+        count.len()
+    );
+    conn.write_all(second.as_bytes()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut seen))
+        .await
+        .expect("both answers within 20 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.contains("event: message_stop"),
+        "first stream cut: {text}"
+    );
+    assert_eq!(text.matches("HTTP/1.1 200").count(), 2, "{text}");
+    assert!(text.contains("\"input_tokens\""), "{text}");
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[1].method, "POST");
+    assert_eq!(reqs[1].path, "/v1/messages/count_tokens");
+    let events = t.wait_events(2).await;
+    assert!(events.iter().all(|e| e["status"] == "ok"), "{events:?}");
 }

@@ -499,6 +499,12 @@ impl ProxyHttp for Tollgate {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         let started = Instant::now();
+        // While relaying, the client is watched for leaving with a one-byte
+        // read. A keep-alive client that has its whole answer (content-length)
+        // may already be sending its next request: with pipelining on, pingora
+        // keeps that byte for the next request instead of dropping it (which
+        // turned `POST` into `OST`).
+        session.downstream_session.set_pipelining_enabled(true);
         ctx._in_flight = Some(self.state.in_flight.enter());
         let dialect = ingress::guess_dialect(session.req_header());
         ctx.draft = Some(self.draft(uuid::Uuid::now_v7(), started, dialect));
