@@ -374,7 +374,7 @@ async fn errors_and_broken_streams_are_not_cached() {
 async fn ttl_expiry_and_per_model_rules() {
     let fake = FakeProvider::start().await;
     let t = keyed(Builder::new(&fake.base_url()).config(
-        "[cache]\nttl = \"1s\"\n[[cache.rules]]\nscope = \"model:gpt-4o\"\nmode = \"off\"\n[[cache.rules]]\nscope = \"account:long\"\nttl = \"1h\"\n",
+        "[cache]\nttl = \"2s\"\n[[cache.rules]]\nscope = \"model:gpt-4o\"\nmode = \"off\"\n[[cache.rules]]\nscope = \"account:long\"\nttl = \"1h\"\n",
     ))
     .start();
     let body = messages("ttl", false);
@@ -386,7 +386,7 @@ async fn ttl_expiry_and_per_model_rules() {
         "miss"
     );
     assert_eq!(cache_of(post(&t, "/v1/messages", &body, &[]).await), "hit");
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    tokio::time::sleep(Duration::from_millis(2300)).await;
     assert_eq!(cache_of(post(&t, "/v1/messages", &body, &[]).await), "miss");
     assert_eq!(
         cache_of(post(&t, "/v1/messages", &body, &long).await),
@@ -533,7 +533,8 @@ async fn timed_stream(resp: reqwest::Response) -> (Vec<u8>, Instant, Instant) {
 async fn thirty_two_identical_requests_reach_the_provider_once() {
     let fake = FakeProvider::start().await;
     let t = keyed(Builder::new(&fake.base_url())).start();
-    let slow = [("x-fake-scenario", "slow"), ("x-fake-delay-ms", "150")];
+    // ~3 s of stream: room for 31 clients to join on a loaded machine.
+    let slow = [("x-fake-scenario", "slow"), ("x-fake-delay-ms", "300")];
     let send = |stream: bool| {
         let mut req = client()
             .post(format!("{}/v1/messages", t.url()))
@@ -585,7 +586,8 @@ async fn thirty_two_identical_requests_reach_the_provider_once() {
             // Live fan-out: the first chunk came well before the leader's end.
             assert!(
                 first + Duration::from_millis(300) < leader_end,
-                "a stream follower got its first chunk only at the end"
+                "a stream follower got its first chunk only at the end: {:?} before it",
+                leader_end.saturating_duration_since(first)
             );
             coalesced_streams += 1;
         } else {
@@ -623,7 +625,7 @@ async fn the_call_goes_on_for_followers_when_the_leader_leaves() {
             .post(format!("{url}/v1/messages"))
             .header("anthropic-version", "2023-06-01")
             .header("x-fake-scenario", "slow")
-            .header("x-fake-delay-ms", "100")
+            .header("x-fake-delay-ms", "200")
             .json(&messages("leaving", true))
             .send()
     };
@@ -637,7 +639,8 @@ async fn the_call_goes_on_for_followers_when_the_leader_leaves() {
         let resp = send2().await.unwrap();
         String::from_utf8(resp.bytes().await.unwrap().to_vec()).unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    // The follower has joined by now (the stream lasts ~2 s).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     drop(leader); // the leader's client goes away mid-stream
     let body = follower.await.unwrap();
     assert!(body.contains("event: message_stop"), "{body}");
@@ -666,7 +669,7 @@ async fn every_waiter_gets_the_same_upstream_error() {
             .post(format!("{}/v1/messages", t.url()))
             .header("anthropic-version", "2023-06-01")
             .header("x-fake-scenario", "error-529")
-            .header("x-fake-delay-ms", "1000")
+            .header("x-fake-delay-ms", "2000")
             .json(&messages("overloaded", stream))
             .send()
     };

@@ -205,9 +205,12 @@ async fn a_client_without_the_ca_fails_and_nothing_is_sent() {
         "https://api.anthropic.com/v1/messages",
     ]);
     assert_eq!(out.status.code(), Some(60), "certificate problem expected");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(fake.requests().is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !t.log().contains("intercepted TLS handshake failed") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert!(t.log().contains("intercepted TLS handshake failed"));
+    assert!(fake.requests().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
