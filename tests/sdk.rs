@@ -356,6 +356,109 @@ fn assert_tollgate_error(res: &Value, status: u16, kind: &str, error_type: &str)
 }
 
 // ---------------------------------------------------------------------------
+// Checks shared by base-URL and HTTPS_PROXY mode: each takes what the SDK
+// returned for a plan item using the matching usage below.
+
+const ANTHROPIC_CREATE_USAGE: &str =
+    "input=1000,output=500,cache_write=200,cache_write_1h=50,cache_read=300";
+const ANTHROPIC_STREAM_USAGE: &str = "input=40,output=12,cache_write=8,cache_read=4";
+const OPENAI_CREATE_USAGE: &str = "input=100,output=50,cache_read=20";
+const OPENAI_STREAM_USAGE: &str = "input=30,output=7,cache_read=10";
+
+/// `messages.create` (non-stream) with `ANTHROPIC_CREATE_USAGE`.
+fn check_anthropic_create(who: &str, res: &Value, r: &Recorded, events: &[Value]) {
+    assert_eq!(r.path, "/v1/messages");
+    let msg = &res["message"];
+    assert_eq!(msg["content"][0]["type"], "text");
+    assert_eq!(msg["content"][0]["text"], "Hello there!");
+    assert_eq!(msg["stop_reason"], "end_turn");
+    assert_sdk_usage_is_reported(&msg["usage"], r, "create");
+    let cost = sonnet_45_nusd(1000, 150, 50, 300, 500);
+    assert_eq!(cost, 11_452_500);
+    assert_eq!(hdr(res, "x-tollgate-cost-usd"), "0.0114525", "{who}");
+    assert_eq!(hdr(res, "x-tollgate-provider"), "anthropic");
+    assert!(hdr(res, "x-tollgate-model").starts_with("claude-sonnet-4-5"));
+    assert!(!hdr(res, "x-tollgate-cache").is_empty());
+    assert!(hdr(res, "request-id").starts_with("req_"));
+    let e = event(events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["status"], "ok");
+    assert_eq!(e["route"], "sync");
+    assert_event_tokens(e, (1000, 200, 50, 300, 500), cost);
+}
+
+/// `messages.create(stream=True)`, iterated, with `ANTHROPIC_STREAM_USAGE`.
+fn check_anthropic_create_stream(who: &str, res: &Value, r: &Recorded, events: &[Value]) {
+    assert_eq!(r.json()["stream"], true);
+    let kinds: Vec<&str> = res["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"message_start"), "{who}: {kinds:?}");
+    assert_eq!(kinds.last(), Some(&"message_stop"), "{who}: {kinds:?}");
+    assert_eq!(res["text"], "Hello there!");
+    assert_eq!(res["stop_reason"], "end_turn");
+    assert_sdk_usage_is_reported(&res["usage"], r, "create_stream");
+    assert_eq!(
+        hdr(res, "x-tollgate-cost-usd"),
+        "",
+        "a stream's cost is in its receipt"
+    );
+    assert_eq!(hdr(res, "x-tollgate-provider"), "anthropic");
+    assert!(hdr(res, "content-type").starts_with("text/event-stream"));
+    let e = event(events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["status"], "ok");
+    assert_eq!(e["route"], "stream");
+    assert_event_tokens(e, (40, 8, 0, 4, 12), sonnet_45_nusd(40, 8, 0, 4, 12));
+}
+
+/// `chat.completions.create` (non-stream) with `OPENAI_CREATE_USAGE`.
+fn check_openai_create(who: &str, res: &Value, events: &[Value]) {
+    let c = &res["completion"];
+    assert_eq!(c["choices"][0]["message"]["content"], "Hello there!");
+    assert_eq!(c["choices"][0]["finish_reason"], "stop");
+    assert_eq!(c["usage"]["prompt_tokens"], 120);
+    assert_eq!(c["usage"]["prompt_tokens_details"]["cached_tokens"], 20);
+    assert_eq!(c["usage"]["completion_tokens"], 50);
+    let cost = gpt_4o_nusd(100, 20, 50);
+    assert_eq!(cost, 775_000);
+    assert_eq!(hdr(res, "x-tollgate-cost-usd"), "0.000775", "{who}");
+    assert_eq!(hdr(res, "x-tollgate-provider"), "openai");
+    assert!(hdr(res, "x-tollgate-model").starts_with("gpt-4o"));
+    assert!(hdr(res, "x-request-id").starts_with("req_"));
+    let e = event(events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["status"], "ok");
+    assert_eq!(e["route"], "sync");
+    assert_event_tokens(e, (100, 0, 0, 20, 50), cost);
+}
+
+/// A stream without `stream_options`, with `OPENAI_STREAM_USAGE`: tollgate
+/// asks for usage upstream but the SDK must not see the usage chunk (every
+/// chunk has choices).
+fn check_openai_stream_no_usage(who: &str, res: &Value, r: &Recorded, events: &[Value]) {
+    assert_eq!(r.json()["stream_options"]["include_usage"], true);
+    let chunks = res["chunks"].as_array().unwrap();
+    assert!(chunks.len() >= 3);
+    for chunk in chunks {
+        assert!(
+            !chunk["choices"].as_array().unwrap().is_empty(),
+            "{who}: a chunk without choices reached the SDK: {chunk}"
+        );
+        assert!(
+            chunk["usage"].is_null(),
+            "{who}: usage reached the SDK: {chunk}"
+        );
+    }
+    assert_eq!(res["text"], "Hello there!");
+    assert_eq!(res["finish_reason"], "stop");
+    assert_eq!(hdr(res, "x-tollgate-cost-usd"), "");
+    let e = event(events, hdr(res, "x-tollgate-request-id"));
+    assert_eq!(e["route"], "stream");
+    assert_event_tokens(e, (30, 0, 0, 10, 7), gpt_4o_nusd(30, 10, 7));
+}
+
+// ---------------------------------------------------------------------------
 // Anthropic
 
 struct AnthropicSdk {
@@ -384,10 +487,8 @@ async fn anthropic_sdk_end_to_end(sdk: AnthropicSdk) {
     )
     .start();
     let plan = json!([
-        {"name": "create", "op": "create",
-         "usage": "input=1000,output=500,cache_write=200,cache_write_1h=50,cache_read=300"},
-        {"name": "create_stream", "op": "create_stream",
-         "usage": "input=40,output=12,cache_write=8,cache_read=4"},
+        {"name": "create", "op": "create", "usage": ANTHROPIC_CREATE_USAGE},
+        {"name": "create_stream", "op": "create_stream", "usage": ANTHROPIC_STREAM_USAGE},
         {"name": "stream_tool_use", "op": "stream_helper", "scenario": "tool_use",
          "usage": "input=120,output=30,cache_write=60,cache_write_1h=20,cache_read=500"},
         {"name": "stream_thinking", "op": "stream_helper", "scenario": "thinking",
@@ -461,53 +562,14 @@ async fn anthropic_sdk_end_to_end(sdk: AnthropicSdk) {
         assert_clean_upstream(r);
     }
 
-    // messages.create, non-stream.
-    let res = run.ok("create");
-    let r = one_seen(&seen, "create");
-    assert_eq!(r.path, "/v1/messages");
-    let msg = &res["message"];
-    assert_eq!(msg["content"][0]["type"], "text");
-    assert_eq!(msg["content"][0]["text"], "Hello there!");
-    assert_eq!(msg["stop_reason"], "end_turn");
-    assert_sdk_usage_is_reported(&msg["usage"], r, "create");
-    let cost = sonnet_45_nusd(1000, 150, 50, 300, 500);
-    assert_eq!(cost, 11_452_500);
-    assert_eq!(hdr(res, "x-tollgate-cost-usd"), "0.0114525", "{who}");
-    assert_eq!(hdr(res, "x-tollgate-provider"), "anthropic");
-    assert!(hdr(res, "x-tollgate-model").starts_with("claude-sonnet-4-5"));
-    assert!(!hdr(res, "x-tollgate-cache").is_empty());
-    assert!(hdr(res, "request-id").starts_with("req_"));
-    let e = event(&events, hdr(res, "x-tollgate-request-id"));
-    assert_eq!(e["status"], "ok");
-    assert_eq!(e["route"], "sync");
-    assert_event_tokens(e, (1000, 200, 50, 300, 500), cost);
-
-    // messages.create(stream=True), iterated.
-    let res = run.ok("create_stream");
-    let r = one_seen(&seen, "create_stream");
-    assert_eq!(r.json()["stream"], true);
-    let kinds: Vec<&str> = res["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k.as_str().unwrap())
-        .collect();
-    assert_eq!(kinds.first(), Some(&"message_start"), "{kinds:?}");
-    assert_eq!(kinds.last(), Some(&"message_stop"), "{kinds:?}");
-    assert_eq!(res["text"], "Hello there!");
-    assert_eq!(res["stop_reason"], "end_turn");
-    assert_sdk_usage_is_reported(&res["usage"], r, "create_stream");
-    assert_eq!(
-        hdr(res, "x-tollgate-cost-usd"),
-        "",
-        "a stream's cost is in its receipt"
+    // messages.create, non-stream; messages.create(stream=True), iterated.
+    check_anthropic_create(&who, run.ok("create"), one_seen(&seen, "create"), &events);
+    check_anthropic_create_stream(
+        &who,
+        run.ok("create_stream"),
+        one_seen(&seen, "create_stream"),
+        &events,
     );
-    assert_eq!(hdr(res, "x-tollgate-provider"), "anthropic");
-    assert!(hdr(res, "content-type").starts_with("text/event-stream"));
-    let e = event(&events, hdr(res, "x-tollgate-request-id"));
-    assert_eq!(e["status"], "ok");
-    assert_eq!(e["route"], "stream");
-    assert_event_tokens(e, (40, 8, 0, 4, 12), sonnet_45_nusd(40, 8, 0, 4, 12));
 
     // messages.stream(...) + get_final_message(): tool use.
     let res = run.ok("stream_tool_use");
@@ -726,8 +788,8 @@ async fn openai_sdk_end_to_end() {
     let openrouter = format!("{}/openrouter/v1", t.url());
     let or_model = "anthropic/claude-sonnet-4.5";
     let plan = json!([
-        {"name": "create", "op": "create", "usage": "input=100,output=50,cache_read=20"},
-        {"name": "stream_no_usage", "op": "create_stream", "usage": "input=30,output=7,cache_read=10"},
+        {"name": "create", "op": "create", "usage": OPENAI_CREATE_USAGE},
+        {"name": "stream_no_usage", "op": "create_stream", "usage": OPENAI_STREAM_USAGE},
         {"name": "stream_usage", "op": "create_stream", "include_usage": true,
          "usage": "input=30,output=7,cache_read=10"},
         {"name": "stream_usage_false", "op": "create_stream", "include_usage": false,
@@ -783,48 +845,14 @@ async fn openai_sdk_end_to_end() {
         assert_clean_upstream(r);
     }
 
-    // Non-stream.
-    let res = run.ok("create");
-    let c = &res["completion"];
-    assert_eq!(c["choices"][0]["message"]["content"], "Hello there!");
-    assert_eq!(c["choices"][0]["finish_reason"], "stop");
-    assert_eq!(c["usage"]["prompt_tokens"], 120);
-    assert_eq!(c["usage"]["prompt_tokens_details"]["cached_tokens"], 20);
-    assert_eq!(c["usage"]["completion_tokens"], 50);
-    let cost = gpt_4o_nusd(100, 20, 50);
-    assert_eq!(cost, 775_000);
-    assert_eq!(hdr(res, "x-tollgate-cost-usd"), "0.000775", "{who}");
-    assert_eq!(hdr(res, "x-tollgate-provider"), "openai");
-    assert!(hdr(res, "x-tollgate-model").starts_with("gpt-4o"));
-    assert!(hdr(res, "x-request-id").starts_with("req_"));
-    let e = event(&events, hdr(res, "x-tollgate-request-id"));
-    assert_eq!(e["status"], "ok");
-    assert_eq!(e["route"], "sync");
-    assert_event_tokens(e, (100, 0, 0, 20, 50), cost);
-
-    // Stream without stream_options: tollgate asks for usage upstream but the
-    // SDK must not see the usage chunk: every chunk has choices.
-    let res = run.ok("stream_no_usage");
-    let r = one_seen(&seen, "stream_no_usage");
-    assert_eq!(r.json()["stream_options"]["include_usage"], true);
-    let chunks = res["chunks"].as_array().unwrap();
-    assert!(chunks.len() >= 3);
-    for chunk in chunks {
-        assert!(
-            !chunk["choices"].as_array().unwrap().is_empty(),
-            "{who}: a chunk without choices reached the SDK: {chunk}"
-        );
-        assert!(
-            chunk["usage"].is_null(),
-            "{who}: usage reached the SDK: {chunk}"
-        );
-    }
-    assert_eq!(res["text"], "Hello there!");
-    assert_eq!(res["finish_reason"], "stop");
-    assert_eq!(hdr(res, "x-tollgate-cost-usd"), "");
-    let e = event(&events, hdr(res, "x-tollgate-request-id"));
-    assert_eq!(e["route"], "stream");
-    assert_event_tokens(e, (30, 0, 0, 10, 7), gpt_4o_nusd(30, 10, 7));
+    // Non-stream; a stream without stream_options.
+    check_openai_create(&who, run.ok("create"), &events);
+    check_openai_stream_no_usage(
+        &who,
+        run.ok("stream_no_usage"),
+        one_seen(&seen, "stream_no_usage"),
+        &events,
+    );
 
     // Stream with include_usage: the last chunk carries the usage.
     let res = run.ok("stream_usage");
@@ -1471,34 +1499,30 @@ async fn sdks_with_only_https_proxy_and_ssl_cert_file() {
         ("HTTPS_PROXY", proxy.as_str()),
         ("SSL_CERT_FILE", ca_file),
     ];
+    // The data-plane tests' own plan items and checks, with prompts of their
+    // own (the cache is on here) and a repeat that must be a hit.
     let plan = json!([
-        {"name": "create", "op": "create", "prompt": "proxied", "usage": "input=100,output=20"},
+        {"name": "create", "op": "create", "prompt": "proxied", "usage": ANTHROPIC_CREATE_USAGE},
         {"name": "again", "op": "create", "prompt": "proxied"},
-        {"name": "stream", "op": "stream_helper", "prompt": "proxied stream", "usage": "input=40,output=10"},
+        {"name": "create_stream", "op": "create_stream", "prompt": "proxied stream",
+         "usage": ANTHROPIC_STREAM_USAGE},
     ]);
     let run = run_script(&anthropic, "anthropic_calls.py", &env_a, &plan).await;
-    let create = run.ok("create");
-    assert_eq!(hdr(create, "x-tollgate-provider"), "anthropic");
-    assert_eq!(hdr(create, "x-tollgate-cache"), "miss");
-    assert_eq!(hdr(run.ok("again"), "x-tollgate-cache"), "hit");
-    assert_eq!(run.ok("again")["message"], create["message"]);
-    let stream = run.ok("stream");
-    assert_eq!(stream["message"]["usage"]["output_tokens"], 10);
     let env_o = [
         ("OPENAI_API_KEY", CLIENT_KEY),
         ("HTTPS_PROXY", proxy.as_str()),
         ("SSL_CERT_FILE", ca_file),
     ];
     let plan = json!([
-        {"name": "create", "op": "create", "prompt": "proxied openai", "usage": "input=30,output=5"},
-        {"name": "stream", "op": "create_stream", "prompt": "proxied openai stream", "usage": "input=30,output=7"},
+        {"name": "create", "op": "create", "prompt": "proxied openai", "usage": OPENAI_CREATE_USAGE},
+        {"name": "stream_no_usage", "op": "create_stream", "prompt": "proxied openai stream",
+         "usage": OPENAI_STREAM_USAGE},
     ]);
     let run_o = run_script(&openai, "openai_calls.py", &env_o, &plan).await;
-    assert_eq!(hdr(run_o.ok("create"), "x-tollgate-provider"), "openai");
-    assert!(!run_o.ok("stream")["text"].as_str().unwrap_or("").is_empty());
-    // Reached the fake with the injected keys, never the client's.
     let seen = fake.requests();
-    assert_eq!(seen.len(), 4, "the hit did not reach the provider");
+    assert_eq!(seen.len(), 4, "the hit did not reach the provider: {seen:?}");
+    let events = t.wait_events(5).await;
+    // Reached the fake with the injected keys, never the client's.
     for r in &seen {
         assert_clean_upstream(r);
         if r.path.contains("/messages") {
@@ -1510,13 +1534,46 @@ async fn sdks_with_only_https_proxy_and_ssl_cert_file() {
             );
         }
     }
-    // Metered and budgeted as in base-URL mode.
-    let events = t.wait_events(5).await;
-    let paid: u64 = events
+    let (anthropic_seen, openai_seen): (Vec<Recorded>, Vec<Recorded>) = seen
+        .into_iter()
+        .partition(|r| r.path.contains("/messages"));
+    let who = format!("{} {} via HTTPS_PROXY", run.sdk, run.version);
+    let create = run.ok("create");
+    check_anthropic_create(&who, create, one_seen(&anthropic_seen, "create"), &events);
+    assert_eq!(hdr(create, "x-tollgate-cache"), "miss");
+    check_anthropic_create_stream(
+        &who,
+        run.ok("create_stream"),
+        one_seen(&anthropic_seen, "create_stream"),
+        &events,
+    );
+    // Cached as in base-URL mode: the repeat is answered locally, costs 0
+    // and records what it saved.
+    let again = run.ok("again");
+    assert_eq!(hdr(again, "x-tollgate-cache"), "hit");
+    assert_eq!(again["message"], create["message"]);
+    let e = event(&events, hdr(again, "x-tollgate-request-id"));
+    assert_eq!(e["cache"], "hit");
+    assert_eq!(e["cost_nusd"], 0);
+    assert_eq!(e["saved_nusd"], sonnet_45_nusd(1000, 150, 50, 300, 500));
+    let who = format!("{} {} via HTTPS_PROXY", run_o.sdk, run_o.version);
+    check_openai_create(&who, run_o.ok("create"), &events);
+    check_openai_stream_no_usage(
+        &who,
+        run_o.ok("stream_no_usage"),
+        one_seen(&openai_seen, "stream_no_usage"),
+        &events,
+    );
+    // Budgeted as in base-URL mode: the budget spent exactly what was paid.
+    let paid = sonnet_45_nusd(1000, 150, 50, 300, 500)
+        + sonnet_45_nusd(40, 8, 0, 4, 12)
+        + gpt_4o_nusd(100, 20, 50)
+        + gpt_4o_nusd(30, 10, 7);
+    let recorded: u64 = events
         .iter()
         .map(|e| e["cost_nusd"].as_u64().unwrap())
         .sum();
-    assert!(paid > 0);
+    assert_eq!(recorded, paid);
     let budgets: Value = reqwest::get(format!("{}/budgets", t.admin_url()))
         .await
         .unwrap()
