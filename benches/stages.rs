@@ -172,7 +172,7 @@ fn run(
             handles.push(tokio::spawn(async move {
                 let mut admit = Vec::with_capacity(iterations);
                 let mut settle = Vec::with_capacity(iterations);
-                let route = state.routes.resolve(&header, false).expect("route");
+                let route = state.routes.resolve(&header, None).expect("route");
                 let ev = event();
                 for _ in 0..iterations {
                     let mut req = ingress::parse(&route, body.clone()).expect("parse");

@@ -185,10 +185,41 @@ async fn curl_through_the_proxy_is_metered_cached_and_keyed() {
         "{}",
         text(&out)
     );
+    // Inside a tunnel the tunnel's host routes: a request there naming
+    // another host is refused (421), whatever its path, and goes nowhere.
+    let before = fake.requests().len();
+    let out = curl(&[
+        "--proxy",
+        &proxy,
+        "--cacert",
+        cacert,
+        "--http1.1",
+        "-H",
+        "host: api.openai.com",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"misdirected"}]}"#,
+        "-D",
+        "-",
+        "https://api.anthropic.com/v1/chat/completions",
+    ]);
+    let reply = text(&out);
+    assert!(
+        reply.contains("\nHTTP/1.1 421 Misdirected Request"),
+        "{reply}"
+    );
+    assert!(reply.contains("x-tollgate-error: misdirected"), "{reply}");
+    assert!(reply.contains("open a tunnel to api.openai.com"), "{reply}");
+    assert_eq!(fake.requests().len(), before);
     // Metered like base-URL mode.
-    let events = t.wait_events(4).await;
+    let events = t.wait_events(5).await;
     assert_eq!(events.iter().filter(|e| e["cache"] == "hit").count(), 1);
-    assert!(events.iter().all(|e| e["status"] == "ok"), "{events:?}");
+    assert_eq!(
+        events.iter().filter(|e| e["status"] != "ok").count(),
+        1,
+        "only the misdirected one failed: {events:?}"
+    );
     assert!(events.iter().any(|e| e["provider"] == "openai"));
 }
 

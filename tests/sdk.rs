@@ -1520,7 +1520,11 @@ async fn sdks_with_only_https_proxy_and_ssl_cert_file() {
     ]);
     let run_o = run_script(&openai, "openai_calls.py", &env_o, &plan).await;
     let seen = fake.requests();
-    assert_eq!(seen.len(), 4, "the hit did not reach the provider: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        4,
+        "the hit did not reach the provider: {seen:?}"
+    );
     let events = t.wait_events(5).await;
     // Reached the fake with the injected keys, never the client's.
     for r in &seen {
@@ -1534,9 +1538,8 @@ async fn sdks_with_only_https_proxy_and_ssl_cert_file() {
             );
         }
     }
-    let (anthropic_seen, openai_seen): (Vec<Recorded>, Vec<Recorded>) = seen
-        .into_iter()
-        .partition(|r| r.path.contains("/messages"));
+    let (anthropic_seen, openai_seen): (Vec<Recorded>, Vec<Recorded>) =
+        seen.into_iter().partition(|r| r.path.contains("/messages"));
     let who = format!("{} {} via HTTPS_PROXY", run.sdk, run.version);
     let create = run.ok("create");
     check_anthropic_create(&who, create, one_seen(&anthropic_seen, "create"), &events);

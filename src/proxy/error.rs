@@ -23,6 +23,14 @@ pub enum ProxyError {
         path: String,
         dialect: Dialect,
     },
+    /// A request inside an intercepted HTTPS_PROXY tunnel named another host
+    /// than the tunnel's (the one its certificate was minted for).
+    #[error("this connection is for {tunnel}, not {authority}; open a tunnel to {authority}")]
+    Misdirected {
+        authority: String,
+        tunnel: String,
+        dialect: Dialect,
+    },
     #[error("reading the request body failed: {0}")]
     ClientRead(String),
     #[error("upstream {provider} is unreachable: {detail}")]
@@ -76,6 +84,7 @@ impl ProxyError {
             ProxyError::BadIdentity(_) => "bad_identity",
             ProxyError::TooLarge { .. } => "body_too_large",
             ProxyError::UnknownRoute { .. } => "unknown_route",
+            ProxyError::Misdirected { .. } => "misdirected",
             ProxyError::ClientRead(_) => "client_read",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -97,6 +106,7 @@ impl ProxyError {
             ProxyError::BadIdentity(_) => 400,
             ProxyError::TooLarge { .. } => 413,
             ProxyError::UnknownRoute { .. } => 404,
+            ProxyError::Misdirected { .. } => 421,
             ProxyError::ClientRead(_) => 400,
             ProxyError::UpstreamUnreachable { .. } => 502,
             ProxyError::UpstreamTimeout { .. } => 504,
@@ -120,6 +130,7 @@ impl ProxyError {
             (ProxyError::TooLarge { .. }, Dialect::OpenAi) => "invalid_request_error",
             (ProxyError::UnknownRoute { .. }, Dialect::Anthropic) => "not_found_error",
             (ProxyError::UnknownRoute { .. }, Dialect::OpenAi) => "invalid_request_error",
+            (ProxyError::Misdirected { .. }, _) => "invalid_request_error",
             (ProxyError::ClientRead(_), _) => "invalid_request_error",
             (ProxyError::UpstreamUnreachable { .. }, Dialect::Anthropic) => "api_error",
             (ProxyError::UpstreamUnreachable { .. }, Dialect::OpenAi) => "server_error",
@@ -150,6 +161,7 @@ impl ProxyError {
             | ProxyError::BadIdentity(_)
             | ProxyError::TooLarge { .. }
             | ProxyError::UnknownRoute { .. }
+            | ProxyError::Misdirected { .. }
             | ProxyError::ClientRead(_)
             | ProxyError::Unauthorized(_)
             | ProxyError::Forbidden(_)

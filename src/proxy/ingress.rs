@@ -79,17 +79,20 @@ impl Routes {
         }
     }
 
-    /// Resolves the route of a request, or `UnknownRoute`. `by_host`: the
-    /// request came through an intercepted HTTPS_PROXY tunnel, so its host
-    /// names the provider.
-    pub fn resolve(&self, req: &RequestHeader, by_host: bool) -> Result<Route, ProxyError> {
+    /// Resolves the route of a request, or `UnknownRoute`. `tunnel`: the
+    /// request came through an intercepted HTTPS_PROXY tunnel to this host,
+    /// which names the provider (a request naming another host is refused).
+    pub fn resolve(&self, req: &RequestHeader, tunnel: Option<&str>) -> Result<Route, ProxyError> {
         let path = req.uri.path();
         let unknown = || ProxyError::UnknownRoute {
             method: req.method.to_string(),
             path: path.to_string(),
             dialect: guess_dialect(req),
         };
-        let by_host = if by_host { self.intercepted(req) } else { None };
+        let by_host = match tunnel {
+            Some(host) => Some(self.intercepted(req, host)?.ok_or_else(unknown)?),
+            None => None,
+        };
         let (provider, rest) = match by_host.or_else(|| self.prefixed(path)) {
             Some(found) => found,
             None => {
@@ -124,32 +127,47 @@ impl Routes {
         })
     }
 
-    /// A request that arrived through an intercepted HTTPS_PROXY tunnel: its
-    /// host (`:authority` or `Host`) names the provider, and its path is the
-    /// provider's own (its base path, when present, is taken off).
-    fn intercepted<'p>(&self, req: &'p RequestHeader) -> Option<(Arc<Provider>, &'p str)> {
-        if self.by_host.is_empty() {
-            return None;
-        }
+    /// A request that arrived through an intercepted HTTPS_PROXY tunnel to
+    /// `tunnel`: that host names the provider, and the path is the
+    /// provider's own (its base path, when present, is taken off). The
+    /// request's own host (`:authority` or `Host`), when it has one, must be
+    /// the tunnel's: the client verified a certificate for that name only.
+    fn intercepted<'p>(
+        &self,
+        req: &'p RequestHeader,
+        tunnel: &str,
+    ) -> Result<Option<(Arc<Provider>, &'p str)>, ProxyError> {
         let authority = req
             .uri
             .host()
-            .or_else(|| req.headers.get(http::header::HOST)?.to_str().ok())?;
-        let host = match authority.rsplit_once(':') {
-            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-            _ => authority,
-        };
-        let (_, provider) = self
+            .or_else(|| req.headers.get(http::header::HOST)?.to_str().ok());
+        if let Some(authority) = authority {
+            let host = match authority.rsplit_once(':') {
+                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => authority,
+            };
+            if !host.eq_ignore_ascii_case(tunnel) {
+                return Err(ProxyError::Misdirected {
+                    authority: host.to_string(),
+                    tunnel: tunnel.to_string(),
+                    dialect: guess_dialect(req),
+                });
+            }
+        }
+        let Some((_, provider)) = self
             .by_host
             .iter()
-            .find(|(h, _)| h.eq_ignore_ascii_case(host))?;
+            .find(|(h, _)| h.eq_ignore_ascii_case(tunnel))
+        else {
+            return Ok(None);
+        };
         let path = req.uri.path();
         let base = provider.upstream.base_path.as_str();
         let rest = match path.strip_prefix(base) {
             Some(r) if !base.is_empty() && (r.is_empty() || r.starts_with('/')) => r,
             _ => path,
         };
-        Some((provider.clone(), rest))
+        Ok(Some((provider.clone(), rest)))
     }
 
     /// `/{name}/rest` for a configured provider name.
@@ -408,6 +426,60 @@ fn with_include_usage(body: &[u8], had_stream_options: bool) -> Result<Bytes, Pr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn routes() -> Routes {
+        let config = crate::config::parse_str(
+            "[providers.openrouter]\nhosts = [\"openrouter.ai\"]\n",
+            &Default::default(),
+            &Default::default(),
+        )
+        .expect("config");
+        Routes::new(&config)
+    }
+
+    fn request(method: &str, uri: &str, host: Option<&str>) -> RequestHeader {
+        let mut req = RequestHeader::build(method, uri.as_bytes(), None).expect("request");
+        if let Some(h) = host {
+            req.insert_header("host", h).expect("host");
+        }
+        req
+    }
+
+    #[test]
+    fn a_tunnels_host_names_the_provider() {
+        let r = routes();
+        let req = request("POST", "/v1/messages", Some("API.anthropic.com:443"));
+        let route = r.resolve(&req, Some("api.anthropic.com")).expect("route");
+        assert_eq!(route.provider.name, "anthropic");
+        assert_eq!(route.endpoint, Endpoint::Messages);
+        // No host at all (HTTP/1.0): the tunnel decides.
+        let req = request("POST", "/v1/chat/completions", None);
+        let route = r.resolve(&req, Some("api.openai.com")).expect("route");
+        assert_eq!(route.provider.name, "openai");
+        assert_eq!(route.endpoint, Endpoint::ChatCompletions);
+        // OpenRouter's base path is the API's own: taken off, then put back.
+        let req = request("POST", "/api/v1/chat/completions", Some("openrouter.ai"));
+        let route = r.resolve(&req, Some("openrouter.ai")).expect("route");
+        assert_eq!(route.provider.name, "openrouter");
+        assert_eq!(route.endpoint, Endpoint::ChatCompletions);
+        assert_eq!(route.upstream_path, "/api/v1/chat/completions");
+    }
+
+    #[test]
+    fn a_request_naming_another_host_than_its_tunnel_is_misdirected() {
+        let r = routes();
+        let req = request("POST", "/v1/chat/completions", Some("api.openai.com"));
+        match r.resolve(&req, Some("api.anthropic.com")) {
+            Err(e @ ProxyError::Misdirected { .. }) => assert_eq!(e.status(), 421),
+            other => panic!(
+                "expected misdirected, got {:?}",
+                other.map(|r| r.upstream_path)
+            ),
+        }
+        // Outside a tunnel the host does not route: the path does.
+        let route = r.resolve(&req, None).expect("route");
+        assert_eq!(route.provider.name, "openai");
+    }
 
     #[test]
     fn upstream_paths() {

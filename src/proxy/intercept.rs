@@ -241,10 +241,20 @@ impl Intercept {
             Some(_) => Some(ALPN::H1),
             None => None,
         };
+        // The pipeline routes by the tunnel's host, not by what requests claim.
+        let digest = pingora::http::ResponseHeader::build(200, Some(0))
+            .ok()
+            .map(|reply| {
+                Arc::new(ProxyDigest::new(
+                    Box::new(reply),
+                    Some(Box::new(TunnelHost(host))),
+                ))
+            });
         let stream: Stream = Box::new(Intercepted {
             tls,
             alpn,
             id: next_id(),
+            digest,
         });
         // pingora's HTTP app serves the connection to its end (keep-alive, h2).
         let _ = self.http.process_new(stream, shutdown).await;
@@ -457,11 +467,31 @@ fn next_id() -> UniqueIDType {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The host an intercepted tunnel was opened to (its `CONNECT` target, the
+/// name its leaf certificate was minted for), carried to the pipeline in the
+/// connection's proxy digest.
+#[derive(Debug)]
+pub struct TunnelHost(pub String);
+
+/// The host of the intercepted tunnel `session` arrived through, if any.
+pub fn tunnel_host(session: &pingora::proxy::Session) -> Option<&str> {
+    session
+        .digest()?
+        .proxy_digest
+        .as_ref()?
+        .user_data
+        .as_ref()?
+        .downcast_ref::<TunnelHost>()
+        .map(|t| t.0.as_str())
+}
+
 /// A decrypted intercepted connection, as pingora's transport.
 struct Intercepted {
     tls: tokio_rustls::server::TlsStream<Prefixed>,
     alpn: Option<ALPN>,
     id: UniqueIDType,
+    /// The `CONNECT` that opened it (its reply and `TunnelHost`).
+    digest: Option<Arc<ProxyDigest>>,
 }
 
 impl std::fmt::Debug for Intercepted {
@@ -525,7 +555,7 @@ impl GetTimingDigest for Intercepted {
 
 impl GetProxyDigest for Intercepted {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        None
+        self.digest.clone()
     }
 }
 

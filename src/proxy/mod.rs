@@ -290,9 +290,16 @@ impl Tollgate {
     async fn handle(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), ProxyError> {
         let state = &self.state;
         // ingress
-        let route = state
-            .routes
-            .resolve(session.req_header(), self.intercepted)?;
+        let tunnel = if self.intercepted {
+            // Every intercepted connection carries its tunnel's host.
+            let host = intercept::tunnel_host(session).ok_or_else(|| {
+                ProxyError::Internal("intercepted request without a tunnel".into())
+            })?;
+            Some(host)
+        } else {
+            None
+        };
+        let route = state.routes.resolve(session.req_header(), tunnel)?;
         if let Some(draft) = ctx.draft.as_mut() {
             draft.dialect = route.dialect();
             draft.event.provider.clone_from(&route.provider.name);
@@ -417,7 +424,9 @@ impl Tollgate {
             return;
         };
         let dialect = match &err {
-            ProxyError::UnknownRoute { dialect, .. } => *dialect,
+            ProxyError::UnknownRoute { dialect, .. } | ProxyError::Misdirected { dialect, .. } => {
+                *dialect
+            }
             _ => draft.dialect,
         };
         match err.level() {
