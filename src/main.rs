@@ -405,6 +405,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
             auth_sha256: f.auth_sha256,
             handshake: config.timeouts.handshake,
             idle: config.timeouts.idle,
+            guard_local: !f.listen.ip().is_loopback(),
             tls: Default::default(),
         };
         let mut service = Service::new("tollgate forward proxy".to_string(), intercept);

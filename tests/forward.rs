@@ -36,10 +36,15 @@ pub fn ca_dir() -> tempfile::TempDir {
 
 /// A tollgate with HTTPS_PROXY mode on; returns it and the proxy URL.
 fn start(fake: &str, ca: &Path, extra_top: &str) -> (Tollgate, String) {
+    start_on("127.0.0.1", fake, ca, extra_top)
+}
+
+/// The forward proxy listening on `ip` (reached over loopback either way).
+fn start_on(ip: &str, fake: &str, ca: &Path, extra_top: &str) -> (Tollgate, String) {
     let port = free_port();
     let t = Builder::new(fake)
         .top(&format!(
-            "forward_proxy_listen = \"127.0.0.1:{port}\"\nca_dir = \"{}\"\n{extra_top}",
+            "forward_proxy_listen = \"{ip}:{port}\"\nca_dir = \"{}\"\n{extra_top}",
             ca.display()
         ))
         .env("ANTHROPIC_API_KEY", INJECTED)
@@ -338,6 +343,75 @@ async fn proxy_authentication() {
         "https://api.anthropic.com/v1/messages",
     ]);
     assert_eq!(text(&curl(&right)), "200 200");
+}
+
+/// Listening off loopback (behind proxy auth), tunnels and forwarded
+/// requests never reach this host's own loopback or link-local services on a
+/// remote client's behalf; provider hosts are still intercepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_loopback_the_proxy_never_reaches_local_services() {
+    let (other, other_cert) = FakeProvider::start_tls().await;
+    let other_ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(other_ca.path(), other_cert).unwrap();
+    let fake = FakeProvider::start().await;
+    let ca = ca_dir();
+    let hash = tollgate::keys::to_hex(&tollgate::keys::sha256("app:s3cret"));
+    let (t, proxy) = start_on(
+        "0.0.0.0",
+        &fake.base_url(),
+        &ca.path().join("ca"),
+        &format!("forward_proxy_auth_sha256 = \"{hash}\""),
+    );
+    let via = |url: &str, cacert: &str| {
+        curl(&[
+            "--proxy",
+            &proxy,
+            "--proxy-user",
+            "app:s3cret",
+            "--cacert",
+            cacert,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_connect} %{http_code}",
+            url,
+        ])
+    };
+    let other_ca = other_ca.path().to_str().unwrap();
+    // A blind tunnel to a loopback service: refused, by name and by address.
+    for host in ["localhost", "127.0.0.1", "[::1]"] {
+        let url = format!("https://{host}:{}/v1/models", other.addr.port());
+        assert_eq!(text(&via(&url, other_ca)), "403 000", "{host}");
+    }
+    assert!(other.requests().is_empty());
+    // Plain-HTTP forwarding to loopback or a metadata endpoint: refused.
+    let url = format!("http://127.0.0.1:{}/v1/models", fake.addr.port());
+    assert_eq!(text(&via(&url, other_ca)), "000 403");
+    let out = via("http://169.254.169.254/latest/meta-data/", other_ca);
+    assert_eq!(text(&out), "000 403");
+    assert!(fake.requests().is_empty());
+    assert!(t.log().contains("tunnel to a local address refused"));
+    // Provider hosts are intercepted as ever.
+    let cacert = ca_pem(ca.path());
+    let out = curl(&[
+        "--proxy",
+        &proxy,
+        "--proxy-user",
+        "app:s3cret",
+        "--cacert",
+        cacert.to_str().unwrap(),
+        "-H",
+        "anthropic-version: 2023-06-01",
+        "-d",
+        BODY,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_connect} %{http_code}",
+        "https://api.anthropic.com/v1/messages",
+    ]);
+    assert_eq!(text(&out), "200 200");
+    assert_eq!(fake.requests().len(), 1);
 }
 
 #[test]

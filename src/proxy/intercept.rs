@@ -51,6 +51,10 @@ pub struct Intercept {
     pub auth_sha256: Option<[u8; 32]>,
     pub handshake: Duration,
     pub idle: Duration,
+    /// The listener is reachable from other machines: tunnels and forwarded
+    /// requests must not reach this host's loopback or link-local services
+    /// (the admin API, a cloud metadata endpoint) on their behalf.
+    pub guard_local: bool,
     /// Per intercepted host: its leaf and the TLS configuration serving it.
     pub tls: std::sync::Mutex<TlsConfigs>,
 }
@@ -180,15 +184,10 @@ impl Intercept {
             reply(&mut stream, "403 Forbidden", "").await;
             return;
         }
-        let upstream = match tokio::time::timeout(
-            self.handshake,
-            tokio::net::TcpStream::connect((host.as_str(), port)),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            _ => {
-                reply(&mut stream, "502 Bad Gateway", "").await;
+        let upstream = match self.dial(&host, port).await {
+            Ok(s) => s,
+            Err(status) => {
+                reply(&mut stream, status, "").await;
                 return;
             }
         };
@@ -287,6 +286,36 @@ impl Intercept {
 
     /// An absolute-form request (`GET http://host/path`): forwarded to its
     /// host as one origin-form request.
+    /// Connects to `host:port` for a tunnel or a forwarded request, within
+    /// the handshake timeout; the error is the status line to answer with.
+    /// The address connected to is one that was checked (no second lookup).
+    async fn dial(&self, host: &str, port: u16) -> Result<tokio::net::TcpStream, &'static str> {
+        let attempt = async {
+            let addrs = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|_| "502 Bad Gateway")?;
+            let mut refused = false;
+            for addr in addrs {
+                if self.guard_local && is_local(addr.ip()) {
+                    refused = true;
+                    continue;
+                }
+                if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
+                    return Ok(s);
+                }
+            }
+            if refused {
+                tracing::info!(host = %host, port, "tunnel to a local address refused");
+                Err("403 Forbidden")
+            } else {
+                Err("502 Bad Gateway")
+            }
+        };
+        tokio::time::timeout(self.handshake, attempt)
+            .await
+            .unwrap_or(Err("504 Gateway Timeout"))
+    }
+
     async fn forward(&self, mut stream: Stream, head: Head) {
         let Some(rest) = head.target.strip_prefix("http://") else {
             reply(&mut stream, "400 Bad Request", "").await;
@@ -316,14 +345,12 @@ impl Intercept {
             reply(&mut stream, "403 Forbidden", "").await;
             return;
         }
-        let Ok(Ok(mut upstream)) = tokio::time::timeout(
-            self.handshake,
-            tokio::net::TcpStream::connect((host.as_str(), port)),
-        )
-        .await
-        else {
-            reply(&mut stream, "502 Bad Gateway", "").await;
-            return;
+        let mut upstream = match self.dial(&host, port).await {
+            Ok(s) => s,
+            Err(status) => {
+                reply(&mut stream, status, "").await;
+                return;
+            }
         };
         let mut out = format!("{} {path} HTTP/1.1\r\n", head.method).into_bytes();
         for (name, value) in &head.headers {
@@ -342,6 +369,17 @@ impl Intercept {
             return;
         }
         tunnel(stream, upstream, head.rest, self.idle).await;
+    }
+}
+
+/// This host's own services: loopback, unspecified, and link-local (where
+/// cloud metadata endpoints live), IPv4-mapped forms included.
+fn is_local(ip: std::net::IpAddr) -> bool {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified() || v4.is_link_local(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
     }
 }
 
@@ -612,6 +650,32 @@ impl AsyncWrite for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_addresses() {
+        for local in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "0.0.0.0",
+            "169.254.169.254",
+            "::1",
+            "::",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(is_local(local.parse().unwrap()), "{local}");
+        }
+        for remote in [
+            "10.0.0.1",
+            "192.168.1.1",
+            "1.1.1.1",
+            "2606:4700::1111",
+            "fec0::1",
+        ] {
+            assert!(!is_local(remote.parse().unwrap()), "{remote}");
+        }
+    }
 
     #[test]
     fn authorities() {
