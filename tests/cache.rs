@@ -639,8 +639,9 @@ async fn the_call_goes_on_for_followers_when_the_leader_leaves() {
         let resp = send2().await.unwrap();
         String::from_utf8(resp.bytes().await.unwrap().to_vec()).unwrap()
     });
-    // The follower has joined by now (the stream lasts ~2 s).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both are in (the follower joins its leader's flight straight after).
+    wait_metric(&t, "tollgate_requests_in_flight 2\n").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     drop(leader); // the leader's client goes away mid-stream
     let body = follower.await.unwrap();
     assert!(body.contains("event: message_stop"), "{body}");
@@ -674,8 +675,9 @@ async fn every_waiter_gets_the_same_upstream_error() {
             .send()
     };
     let leader = tokio::spawn(send(false));
-    // (The fake records a request once answered: wait a little instead.)
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The leader is in before the others come.
+    wait_metric(&t, "tollgate_requests_in_flight 1\n").await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let followers: Vec<_> = (0..4).map(|i| tokio::spawn(send(i % 2 == 0))).collect();
     let leader = leader.await.unwrap().unwrap();
     assert_eq!(leader.status(), 529);

@@ -1207,7 +1207,7 @@ async fn a_request_sent_during_a_stream_is_served_whole_after_it() {
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let body = messages_body(true).to_string();
     let first = format!(
-        "POST /v1/messages HTTP/1.1\r\nhost: {addr}\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\nx-fake-scenario: slow\r\nx-fake-delay-ms: 60\r\ncontent-length: {}\r\n\r\n{body}",
+        "POST /v1/messages HTTP/1.1\r\nhost: {addr}\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\nx-fake-scenario: slow\r\nx-fake-delay-ms: 200\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     conn.write_all(first.as_bytes()).await.unwrap();
@@ -1226,6 +1226,8 @@ async fn a_request_sent_during_a_stream_is_served_whole_after_it() {
         "POST /v1/messages/count_tokens HTTP/1.1\r\nhost: {addr}\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{count}",
         count.len()
     );
+    // Mid-stream (it lasts ~2 s), or this tests nothing.
+    assert!(!String::from_utf8_lossy(&seen).contains("message_stop"));
     conn.write_all(second.as_bytes()).await.unwrap();
     tokio::time::timeout(Duration::from_secs(20), conn.read_to_end(&mut seen))
         .await

@@ -690,6 +690,7 @@ async fn follow_stream(
                 r = session.read_body_or_idle(true) => match r {
                     Err(_) => {
                         // The leader and other followers go on without us.
+                        super::give_up_on_client(session);
                         draft.event.status = Status::ClientAborted;
                         draft.event.usage_incomplete = true;
                         count(state, &draft);
@@ -709,6 +710,7 @@ async fn follow_stream(
             Ok(chunk) => {
                 let out = tap.feed(chunk);
                 if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
+                    super::give_up_on_client(session);
                     draft.event.status = Status::ClientAborted;
                     draft.event.usage_incomplete = true;
                     count(state, &draft);

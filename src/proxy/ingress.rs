@@ -142,10 +142,7 @@ impl Routes {
             .host()
             .or_else(|| req.headers.get(http::header::HOST)?.to_str().ok());
         if let Some(authority) = authority {
-            let host = match authority.rsplit_once(':') {
-                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-                _ => authority,
-            };
+            let host = authority_host(authority);
             if !host.eq_ignore_ascii_case(tunnel) {
                 return Err(ProxyError::Misdirected {
                     authority: host.to_string(),
@@ -177,6 +174,21 @@ impl Routes {
         let provider = self.providers.iter().find(|p| p.name == first)?;
         Some((provider.clone(), &path[1 + first.len()..]))
     }
+}
+
+/// The host of an authority (`host`, `host:port`, `[v6]:port`), without
+/// the brackets or a trailing dot, as tunnels name their host.
+fn authority_host(authority: &str) -> &str {
+    let authority = authority.trim();
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split_once(']').map_or(rest, |(h, _)| h)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        }
+    };
+    host.strip_suffix('.').unwrap_or(host)
 }
 
 /// The dialect a request most likely speaks, for errors before routing.
@@ -479,6 +491,12 @@ mod tests {
         // Outside a tunnel the host does not route: the path does.
         let route = r.resolve(&req, None).expect("route");
         assert_eq!(route.provider.name, "openai");
+        // The same host spelled with a trailing dot is the same host.
+        let req = request("POST", "/v1/messages", Some("api.anthropic.com.:443"));
+        assert!(r.resolve(&req, Some("api.anthropic.com")).is_ok());
+        assert_eq!(authority_host("[::1]:443"), "::1");
+        assert_eq!(authority_host("[::1]"), "::1");
+        assert_eq!(authority_host("Example.com."), "Example.com");
     }
 
     #[test]

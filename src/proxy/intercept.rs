@@ -184,7 +184,7 @@ impl Intercept {
             reply(&mut stream, "403 Forbidden", "").await;
             return;
         }
-        let upstream = match self.dial(&host, port).await {
+        let upstream = match self.dial(&stream, &host, port).await {
             Ok(s) => s,
             Err(status) => {
                 reply(&mut stream, status, "").await;
@@ -286,25 +286,37 @@ impl Intercept {
 
     /// An absolute-form request (`GET http://host/path`): forwarded to its
     /// host as one origin-form request.
-    /// Connects to `host:port` for a tunnel or a forwarded request, within
-    /// the handshake timeout; the error is the status line to answer with.
-    /// The address connected to is one that was checked (no second lookup).
-    async fn dial(&self, host: &str, port: u16) -> Result<tokio::net::TcpStream, &'static str> {
+    /// Connects to `host:port` for a tunnel or a forwarded request (`client`
+    /// asked for it), within the handshake timeout; the error is the status
+    /// line to answer with. The address connected to is one that was checked
+    /// (no second lookup).
+    async fn dial(
+        &self,
+        client: &Stream,
+        host: &str,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, &'static str> {
+        // The address the client reached this listener on is this host too.
+        let own = client
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         let attempt = async {
             let addrs = tokio::net::lookup_host((host, port))
                 .await
                 .map_err(|_| "502 Bad Gateway")?;
-            let mut refused = false;
+            let (mut refused, mut tried) = (false, false);
             for addr in addrs {
-                if self.guard_local && is_local(addr.ip()) {
+                let ip = addr.ip().to_canonical();
+                if self.guard_local && (is_local(ip) || Some(ip) == own.map(|o| o.to_canonical())) {
                     refused = true;
                     continue;
                 }
+                tried = true;
                 if let Ok(s) = tokio::net::TcpStream::connect(addr).await {
                     return Ok(s);
                 }
             }
-            if refused {
+            if refused && !tried {
                 tracing::info!(host = %host, port, "tunnel to a local address refused");
                 Err("403 Forbidden")
             } else {
@@ -345,7 +357,7 @@ impl Intercept {
             reply(&mut stream, "403 Forbidden", "").await;
             return;
         }
-        let mut upstream = match self.dial(&host, port).await {
+        let mut upstream = match self.dial(&stream, &host, port).await {
             Ok(s) => s,
             Err(status) => {
                 reply(&mut stream, status, "").await;
@@ -372,13 +384,23 @@ impl Intercept {
     }
 }
 
-/// This host's own services: loopback, unspecified, and link-local (where
-/// cloud metadata endpoints live), IPv4-mapped forms included.
+/// This host's own services: loopback, unspecified (`0.0.0.0/8`, `::`),
+/// link-local (where most cloud metadata endpoints live) and the metadata
+/// endpoints outside it (AWS's IPv6 `fd00:ec2::254`, Alibaba's
+/// `100.100.100.200`), IPv4-mapped forms included.
 fn is_local(ip: std::net::IpAddr) -> bool {
     match ip.to_canonical() {
-        std::net::IpAddr::V4(v4) => v4.is_loopback() || v4.is_unspecified() || v4.is_link_local(),
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback()
+                || v4.octets()[0] == 0
+                || v4.is_link_local()
+                || v4 == std::net::Ipv4Addr::new(100, 100, 100, 200)
+        }
         std::net::IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+                || v6 == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
         }
     }
 }
@@ -663,6 +685,9 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
+            "0.1.2.3",
+            "100.100.100.200",
+            "fd00:ec2::254",
         ] {
             assert!(is_local(local.parse().unwrap()), "{local}");
         }

@@ -422,6 +422,7 @@ impl Relay<'_> {
         let client_gone = self.draft.event.status == Status::ClientAborted;
         self.record().await;
         if client_gone {
+            super::give_up_on_client(self.session);
             self.call.session.shutdown().await;
             return;
         }
@@ -516,7 +517,10 @@ impl Relay<'_> {
     /// body cannot carry an error event.
     async fn end_piped(mut self) {
         match self.draft.event.status {
-            Status::ClientAborted => self.call.session.shutdown().await,
+            Status::ClientAborted => {
+                super::give_up_on_client(self.session);
+                self.call.session.shutdown().await;
+            }
             Status::UpstreamAborted => {
                 self.call.session.shutdown().await;
                 self.session.as_downstream_mut().shutdown().await;
@@ -691,6 +695,7 @@ impl Relay<'_> {
         }
         let status = self.draft.event.status;
         if status == Status::ClientAborted {
+            super::give_up_on_client(self.session);
             self.conclude_stream(metered, &tap, &[]);
             // Cancels the upstream generation.
             self.call.session.shutdown().await;

@@ -109,6 +109,12 @@ impl State {
     }
 }
 
+/// The client was given up on before its answer was complete: its
+/// connection is closed after this request instead of kept alive.
+pub(crate) fn give_up_on_client(session: &mut Session) {
+    session.set_keepalive(None);
+}
+
 /// Sends a complete response (header, then the whole body); false when
 /// the client has gone.
 pub(crate) async fn send_whole(
@@ -519,6 +525,12 @@ impl ProxyHttp for Tollgate {
         ctx.draft = Some(self.draft(uuid::Uuid::now_v7(), started, dialect));
         if let Err(err) = self.handle(session, ctx).await {
             self.fail(session, ctx, err).await;
+        }
+        if session.response_written().is_none() {
+            // Nothing was answered (the client left while sending): the
+            // connection must not carry another request, whose answer the
+            // client would take for this one.
+            give_up_on_client(session);
         }
         Ok(true)
     }
