@@ -146,6 +146,8 @@ impl Relay<'_> {
             return Err(ReadFailure::ClientGone);
         }
         if self.client_open {
+            // The client's next request arriving early is kept by pingora
+            // (pipelining); after that its leaving shows only as a failed write.
             tokio::select! {
                 r = self.call.session.read_response_body() => return classify(r),
                 r = self.session.read_body_or_idle(true) => match r {
