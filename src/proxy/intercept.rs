@@ -52,8 +52,8 @@ pub struct Intercept {
     pub handshake: Duration,
     pub idle: Duration,
     /// The listener is reachable from other machines: tunnels and forwarded
-    /// requests must not reach this host's loopback or link-local services
-    /// (the admin API, a cloud metadata endpoint) on their behalf.
+    /// requests must not reach this host's own services (the admin API) or
+    /// a cloud metadata endpoint on their behalf (see `is_local`).
     pub guard_local: bool,
     /// Per intercepted host: its leaf and the TLS configuration serving it.
     pub tls: std::sync::Mutex<TlsConfigs>,
@@ -284,8 +284,6 @@ impl Intercept {
         config
     }
 
-    /// An absolute-form request (`GET http://host/path`): forwarded to its
-    /// host as one origin-form request.
     /// Connects to `host:port` for a tunnel or a forwarded request (`client`
     /// asked for it), within the handshake timeout; the error is the status
     /// line to answer with. The address connected to is one that was checked
@@ -328,6 +326,8 @@ impl Intercept {
             .unwrap_or(Err("504 Gateway Timeout"))
     }
 
+    /// An absolute-form request (`GET http://host/path`): forwarded to its
+    /// host as one origin-form request.
     async fn forward(&self, mut stream: Stream, head: Head) {
         let Some(rest) = head.target.strip_prefix("http://") else {
             reply(&mut stream, "400 Bad Request", "").await;
