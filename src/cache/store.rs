@@ -142,7 +142,15 @@ pub struct Store {
     index: Mutex<Index>,
     max_bytes: u64,
     metrics: Option<CacheMetrics>,
+    /// Entries read since their access time was last written: hits only
+    /// note it here, and [`Store::persist_access`] writes it back off the
+    /// request path (a sled write per hit would double a hit's cost).
+    touched: Mutex<std::collections::HashSet<Key>>,
 }
+
+/// At most this many keys wait for their access time to be written back;
+/// past it the LRU order of the excess is kept in memory only.
+const MAX_TOUCHED: usize = 100_000;
 
 fn now_us() -> i64 {
     SystemTime::now()
@@ -245,9 +253,36 @@ impl Store {
             index: Mutex::new(index),
             max_bytes,
             metrics,
+            touched: Mutex::default(),
         };
         store.update_gauges();
         Ok(store)
+    }
+
+    /// Writes back the access times of the entries read since the last
+    /// call, so the LRU order survives a restart (called by the writer
+    /// thread about once a second and when drained).
+    pub fn persist_access(&self) -> Result<(), StoreError> {
+        let keys = match self.touched.lock() {
+            Ok(mut touched) => std::mem::take(&mut *touched),
+            Err(_) => return Ok(()),
+        };
+        for key in keys {
+            let Some(slot) = self
+                .index
+                .lock()
+                .ok()
+                .and_then(|index| index.slots.get(&key).copied())
+            else {
+                continue;
+            };
+            // Only while the record exists: never resurrect an entry that an
+            // eviction or purge removed meanwhile.
+            let record = access_record(&slot);
+            self.tree
+                .fetch_and_update(prefixed(ACCESS, &key), |old| old.map(|_| record.to_vec()))?;
+        }
+        Ok(())
     }
 
     /// Drops expired entries and evicts down to the cap.
@@ -261,7 +296,7 @@ impl Store {
     /// The entry for `key` stored less than `ttl` ago, marking it used.
     pub fn get(&self, key: &Key, ttl: Duration) -> Result<Option<Entry>, StoreError> {
         let now = now_us();
-        let slot = {
+        {
             let Ok(mut index) = self.index.lock() else {
                 return Ok(None);
             };
@@ -274,8 +309,8 @@ impl Store {
                 return Ok(None);
             }
             let access = index.tick(now);
-            index.touch(key, access).unwrap_or(slot)
-        };
+            index.touch(key, access);
+        }
         let Some(value) = self.tree.get(prefixed(ENTRY, key))? else {
             // The index outlived its entry (removed concurrently): forget it.
             self.forget(key)?;
@@ -293,11 +328,11 @@ impl Store {
         if layout.meta.created_us.saturating_add(ttl_us) <= now {
             return Ok(None);
         }
-        // Only while the entry is indexed: never resurrect a record that an
-        // eviction or purge removed meanwhile.
-        let record = access_record(&slot);
-        self.tree
-            .fetch_and_update(prefixed(ACCESS, key), |old| old.map(|_| record.to_vec()))?;
+        if let Ok(mut touched) = self.touched.lock() {
+            if touched.len() < MAX_TOUCHED {
+                touched.insert(*key);
+            }
+        }
         let value = Bytes::from_owner(value);
         Ok(Some(Entry {
             meta: layout.meta,
@@ -557,6 +592,8 @@ mod tests {
             store.put(&key(4), &meta("a"), &body, b"", HOUR).unwrap();
             assert!(store.get(&key(2), HOUR).unwrap().is_none());
             assert_eq!(store.stats().entries, 3);
+            // Hits only note their access; the writer writes it back.
+            store.persist_access().unwrap();
         }
         // The order is persisted: after a restart 3 is the oldest.
         let store = Store::open(db.open_tree(TREE).unwrap(), cap, None).unwrap();
@@ -587,5 +624,35 @@ mod tests {
         assert_eq!(store.purge(None).unwrap(), 1);
         assert_eq!(store.stats().entries, 0);
         assert_eq!(store.stats().bytes, 0);
+    }
+
+    #[test]
+    fn access_times_are_written_back_later_and_never_resurrect() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(tree(dir.path()), 1 << 20, None).unwrap();
+        store.put(&key(1), &meta("a"), b"{}", b"", HOUR).unwrap();
+        store.put(&key(2), &meta("a"), b"{}", b"", HOUR).unwrap();
+        let record = |n| {
+            store
+                .tree
+                .get(prefixed(ACCESS, &key(n)))
+                .unwrap()
+                .and_then(|v| parse_access(&v))
+        };
+        let stored = record(1).unwrap().access;
+        // A hit moves the entry in memory only...
+        assert!(store.get(&key(1), HOUR).unwrap().is_some());
+        assert!(store.get(&key(2), HOUR).unwrap().is_some());
+        assert_eq!(record(1).unwrap().access, stored);
+        // ...until written back, unless it was removed meanwhile.
+        assert_eq!(store.purge(None).unwrap(), 2);
+        store.put(&key(1), &meta("a"), b"{}", b"", HOUR).unwrap();
+        let after_put = record(1).unwrap().access;
+        store.persist_access().unwrap();
+        assert_eq!(record(1).unwrap().access, after_put);
+        assert!(record(2).is_none(), "a purged entry came back");
+        assert!(store.get(&key(1), HOUR).unwrap().is_some());
+        store.persist_access().unwrap();
+        assert!(record(1).unwrap().access > after_put);
     }
 }

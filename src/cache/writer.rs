@@ -7,8 +7,10 @@
 //! ([`Release`]), so identical requests arriving meanwhile are answered
 //! from it rather than calling the provider again. When the queue is full
 //! the answer is not cached (counted in `tollgate_cache_errors_total`).
+//! About once a second it writes back the access times of hit entries
+//! (hits only note them), so the LRU order survives a restart.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,9 @@ use crate::provider::Dialect;
 const QUEUE: usize = 1024;
 /// How often expired entries are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How often hits' access times are written back (the LRU order a crash
+/// can lose).
+const PERSIST_ACCESS_EVERY: Duration = Duration::from_secs(1);
 
 /// One answer to store.
 pub struct Job {
@@ -87,12 +92,24 @@ impl Writer {
 
 fn run(rx: &Receiver<Msg>, store: &Store, metrics: &CacheMetrics) {
     let mut last_sweep = Instant::now();
-    while let Ok(msg) = rx.recv() {
-        match msg {
-            Msg::Put(job) => write(store, metrics, *job),
-            Msg::Drain(done) => {
+    let mut last_persist = Instant::now();
+    loop {
+        match rx.recv_timeout(PERSIST_ACCESS_EVERY) {
+            Ok(Msg::Put(job)) => write(store, metrics, *job),
+            Ok(Msg::Drain(done)) => {
+                persist_access(store, metrics);
+                last_persist = Instant::now();
                 let _ = done.send(());
             }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                persist_access(store, metrics);
+                return;
+            }
+        }
+        if last_persist.elapsed() >= PERSIST_ACCESS_EVERY {
+            last_persist = Instant::now();
+            persist_access(store, metrics);
         }
         if last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = Instant::now();
@@ -101,6 +118,13 @@ fn run(rx: &Receiver<Msg>, store: &Store, metrics: &CacheMetrics) {
                 tracing::warn!(error = %e, "cache sweep failed");
             }
         }
+    }
+}
+
+fn persist_access(store: &Store, metrics: &CacheMetrics) {
+    if let Err(e) = store.persist_access() {
+        metrics.errors.inc();
+        tracing::warn!(error = %e, "writing cache access times failed");
     }
 }
 
