@@ -295,16 +295,13 @@ fn message_response(
     draft: &Draft,
     dialect: Dialect,
     request: &RequestModel,
-    body: Bytes,
-) -> (ResponseHeader, Bytes) {
-    let body = if request.stream && state.stream_receipt {
-        let mut out = BytesMut::with_capacity(body.len() + 320);
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&receipt::stream_comment(&draft.event));
-        out.freeze()
-    } else {
-        body
-    };
+    body: &Bytes,
+) -> (ResponseHeader, Option<Bytes>) {
+    // The stream's receipt follows it as a write of its own: a stored
+    // stream is sent as is, never copied to append it.
+    let receipt =
+        (request.stream && state.stream_receipt).then(|| receipt::stream_comment(&draft.event));
+    let len = body.len() + receipt.as_ref().map_or(0, Bytes::len);
     let mut header = headers::response_header(http::StatusCode::OK, 10);
     let content_type = if request.stream {
         "text/event-stream"
@@ -312,7 +309,7 @@ fn message_response(
         "application/json"
     };
     let _ = header.insert_header(http::header::CONTENT_TYPE, content_type);
-    let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+    let _ = header.insert_header(http::header::CONTENT_LENGTH, len.to_string());
     if request.stream {
         let _ = header.insert_header(http::header::CACHE_CONTROL, "no-cache");
     }
@@ -323,7 +320,7 @@ fn message_response(
     }
     let cost = (!request.stream).then_some(0);
     receipt::add_headers(&mut header, &draft.event, cost);
-    (header, body)
+    (header, receipt)
 }
 
 /// A complete answer that cost this request nothing.
@@ -374,10 +371,10 @@ async fn serve_message(
     };
     zero_cost(state, &mut draft, answer.meta, answer.outcome);
     draft.event.http_status = 200;
-    let (header, body) = message_response(state, &draft, route.dialect(), request, body);
+    let (header, receipt) = message_response(state, &draft, route.dialect(), request, &body);
     count(state, &draft);
     draft.record_detached();
-    super::send_whole(session, header, body).await;
+    super::send_with_tail(session, header, body, receipt).await;
     true
 }
 

@@ -122,11 +122,32 @@ pub(crate) async fn send_whole(
     header: pingora::http::ResponseHeader,
     body: bytes::Bytes,
 ) -> bool {
-    session
+    send_with_tail(session, header, body, None).await
+}
+
+/// [`send_whole`] with a `tail` after the body (its framing counts both),
+/// written on its own rather than copied onto the body.
+pub(crate) async fn send_with_tail(
+    session: &mut Session,
+    header: pingora::http::ResponseHeader,
+    body: bytes::Bytes,
+    tail: Option<bytes::Bytes>,
+) -> bool {
+    if session
         .write_response_header(Box::new(header), false)
         .await
-        .is_ok()
-        && session.write_response_body(Some(body), true).await.is_ok()
+        .is_err()
+        || session
+            .write_response_body(Some(body), tail.is_none())
+            .await
+            .is_err()
+    {
+        return false;
+    }
+    match tail {
+        Some(tail) => session.write_response_body(Some(tail), true).await.is_ok(),
+        None => true,
+    }
 }
 
 /// The pingora proxy app; its hooks only dispatch to the stages.
