@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::proxy::identify::Identity;
+use crate::identity::Identity;
 use crate::scope::Scope;
 
 /// What a rule applies to.

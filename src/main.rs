@@ -483,14 +483,13 @@ fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn keys_new(account: &str, name: Option<&str>, test: bool) -> anyhow::Result<ExitCode> {
-    tollgate::proxy::identify::check_name("--account", account)
-        .map_err(|e| anyhow::anyhow!(e.0))?;
+    tollgate::identity::check_name("--account", account).map_err(|e| anyhow::anyhow!(e.0))?;
     let mode = if test { KeyMode::Test } else { KeyMode::Live };
     let key = gateway_keys::generate(mode)
         .map_err(|e| anyhow::anyhow!("reading the system's random source: {e}"))?;
     let hash = gateway_keys::to_hex(&gateway_keys::sha256(&key));
     let name = name.map_or_else(|| hash[..12].to_string(), str::to_string);
-    tollgate::proxy::identify::check_name("--name", &name).map_err(|e| anyhow::anyhow!(e.0))?;
+    tollgate::identity::check_name("--name", &name).map_err(|e| anyhow::anyhow!(e.0))?;
     println!("{key}");
     println!();
     println!("# Give the key above to the app (e.g. ANTHROPIC_API_KEY); it is shown only once.");
@@ -625,7 +624,7 @@ fn cache_purge(args: &ConfigArgs, account: Option<&str>) -> anyhow::Result<ExitC
         Err(code) => return Ok(code),
     };
     if let Some(a) = account {
-        tollgate::proxy::identify::check_name("--account", a).map_err(|e| anyhow::anyhow!(e.0))?;
+        tollgate::identity::check_name("--account", a).map_err(|e| anyhow::anyhow!(e.0))?;
     }
     let removed: u64 = match open_cache_store(&config)? {
         Some((db, store)) => {

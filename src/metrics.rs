@@ -10,26 +10,8 @@ use prometheus::{
 
 use crate::budget::{Budget, BudgetGauges, LedgerMetrics};
 
+use crate::cache::CacheMetrics;
 use crate::meter::outbox::OutboxMetrics;
-
-/// The exact cache's metrics (handed to the store and the cache stage).
-#[derive(Clone)]
-pub struct CacheMetrics {
-    /// Requests by cache result (hit, miss, bypass, refresh, coalesced).
-    pub requests: IntCounterVec,
-    /// USD that hits and coalesced requests did not spend.
-    pub saved_usd: prometheus::Counter,
-    /// Entries stored.
-    pub entries: IntGauge,
-    /// Bytes stored (entries and their index records).
-    pub bytes: IntGauge,
-    /// Entries evicted to stay under `cache.max_bytes`.
-    pub evictions: IntCounter,
-    /// Entries dropped because their TTL ran out.
-    pub expirations: IntCounter,
-    /// Store reads or writes that failed (the request went on uncached).
-    pub errors: IntCounter,
-}
 
 /// Buckets for whole-request and upstream latencies (seconds): LLM calls run
 /// from milliseconds (errors, cache hits) to minutes (long generations).

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::proxy::identify::{check_name, Identity};
+use crate::identity::{check_name, Identity};
 
 /// A set of requests, by identity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -31,7 +31,7 @@ impl Scope {
         if s == "all" {
             return Ok(Scope::All);
         }
-        let bad = |e: crate::proxy::identify::BadIdentity| e.0;
+        let bad = |e: crate::identity::BadIdentity| e.0;
         let scope = match s.split_once(':') {
             Some(("account", "*")) if wildcards => Scope::EachAccount,
             Some(("workload", "*")) if wildcards => Scope::EachWorkload,

@@ -2,7 +2,6 @@
 //! account / model / day / provider / status, read from the outbox.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 
 use crate::meter::event::UsageEvent;
 use crate::meter::money::format_usd;
@@ -167,38 +166,8 @@ impl UsageReport {
         last.extend(numbers(&total));
         lines.push(last);
         let cols = lines[0].len();
-        render_table(&lines, cols - 6)
+        crate::table::render(&lines, cols - 6)
     }
-}
-
-/// A fixed-width text table: columns from `numeric_from` on are
-/// right-aligned, the others left-aligned.
-pub fn render_table(lines: &[Vec<String>], numeric_from: usize) -> String {
-    let cols = lines.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            lines
-                .iter()
-                .map(|l| l.get(c).map_or(0, |s| s.len()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for line in lines {
-        let mut row = String::new();
-        for (c, cell) in line.iter().enumerate() {
-            let w = widths.get(c).copied().unwrap_or(0);
-            if c >= numeric_from {
-                let _ = write!(row, "{cell:>w$}  ");
-            } else {
-                let _ = write!(row, "{cell:<w$}  ");
-            }
-        }
-        out.push_str(row.trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 fn numbers(t: &Totals) -> Vec<String> {

@@ -8,8 +8,8 @@
 //! `max_tokens`; a request without one gets the configured default, which
 //! is also sent upstream so the bound holds.
 
+use crate::dialect::Usage;
 use crate::meter::prices::PriceTable;
-use crate::meter::usage::Usage;
 
 /// Tokens the provider adds when a request defines tools (Anthropic
 /// documents 313–346 for its tool-use system prompt; rounded up).

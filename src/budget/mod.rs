@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use prometheus::{Gauge, IntCounter};
 use serde::{Deserialize, Serialize};
 
+use crate::identity::Identity;
 use crate::meter::money::format_usd;
-use crate::proxy::identify::Identity;
 use crate::scope::Scope;
 use alerts::{Alert, AlertSink};
 use estimate::Estimate;
@@ -712,7 +712,7 @@ pub fn render_status(statuses: &[Status]) -> String {
             format_usd(s.remaining_nusd),
         ]);
     }
-    crate::usage_report::render_table(&lines, 4)
+    crate::table::render(&lines, 4)
 }
 
 #[cfg(test)]

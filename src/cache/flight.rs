@@ -409,7 +409,7 @@ impl Drop for Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::meter::usage::Usage;
+    use crate::dialect::Usage;
 
     fn meta() -> EntryMeta {
         EntryMeta {

@@ -9,7 +9,6 @@
 //!
 //! The request-path stage that uses them is `proxy::cache`.
 
-pub mod codec;
 pub mod flight;
 pub mod key;
 pub mod store;
@@ -21,11 +20,30 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::CacheMetrics;
 pub use key::Key;
 pub use store::{Entry, EntryMeta, Put, Store};
+
+/// The exact cache's metrics (handed to the store and the cache stage).
+#[derive(Clone)]
+pub struct CacheMetrics {
+    /// Requests by cache result (hit, miss, bypass, refresh, coalesced).
+    pub requests: IntCounterVec,
+    /// USD that hits and coalesced requests did not spend.
+    pub saved_usd: prometheus::Counter,
+    /// Entries stored.
+    pub entries: IntGauge,
+    /// Bytes stored (entries and their index records).
+    pub bytes: IntGauge,
+    /// Entries evicted to stay under `cache.max_bytes`.
+    pub evictions: IntCounter,
+    /// Entries dropped because their TTL ran out.
+    pub expirations: IntCounter,
+    /// Store reads or writes that failed (the request went on uncached).
+    pub errors: IntCounter,
+}
 
 /// Whether a request may use the cache at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -22,8 +22,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::key::Key;
-use crate::meter::usage::Usage;
-use crate::metrics::CacheMetrics;
+use super::CacheMetrics;
+use crate::dialect::Usage;
 
 /// The sled tree holding the cache.
 pub const TREE: &str = "cache";

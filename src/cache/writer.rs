@@ -16,12 +16,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::codec;
 use super::flight::Release;
 use super::key::Key;
 use super::store::{EntryMeta, Store};
-use crate::metrics::CacheMetrics;
-use crate::provider::Dialect;
+use super::CacheMetrics;
+use crate::dialect::Dialect;
 
 /// Answers waiting to be stored.
 const QUEUE: usize = 1024;
@@ -130,7 +129,7 @@ fn persist_access(store: &Store, metrics: &CacheMetrics) {
 
 fn write(store: &Store, metrics: &CacheMetrics, job: Job) {
     // Anthropic has one stream form; for OpenAI the common one (no usage chunk).
-    let stream = codec::replay(job.dialect, &job.message, false).unwrap_or_default();
+    let stream = crate::dialect::replay(job.dialect, &job.message, false).unwrap_or_default();
     if let Err(e) = store.put(&job.key, &job.meta, &job.message, &stream, job.ttl) {
         metrics.errors.inc();
         tracing::warn!(error = %e, "cache write failed");

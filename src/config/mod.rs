@@ -27,10 +27,10 @@ use serde::Deserialize;
 use toml::{Table, Value};
 
 use crate::budget::Budget;
+use crate::dialect::Dialect;
 use crate::keys::KeyRing;
 use crate::limit::Rule;
 use crate::meter::prices::{self, PriceTable, RawPrice};
-use crate::provider::Dialect;
 use crate::secret::Secret;
 
 mod cache;
@@ -1744,8 +1744,8 @@ fn price_table(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dialect::Usage;
     use crate::meter::money;
-    use crate::meter::usage::Usage;
     use std::io::Write as _;
 
     fn env(vars: &[(&str, &str)]) -> BTreeMap<String, String> {

@@ -5,5 +5,3 @@ pub mod money;
 pub mod outbox;
 pub mod prices;
 pub mod recorder;
-pub mod tap;
-pub mod usage;

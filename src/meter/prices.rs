@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Deserialize;
 
 use crate::config::Problem;
+use crate::dialect::Usage;
 use crate::meter::money::{self, NANOS_PER_USD};
-use crate::meter::usage::Usage;
 
 /// Tokens per unit of a rate (rates are per million tokens).
 const TOKENS_PER_RATE_UNIT: u128 = 1_000_000;

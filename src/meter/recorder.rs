@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::event::{Status, UsageEvent};
 use super::outbox::{Outbox, OutboxError};
 use super::prices::{Cost, PriceTable};
-use super::usage::Usage;
+use crate::dialect::Usage;
 use crate::metrics::Metrics;
 
 /// Prices, records and counts usage.

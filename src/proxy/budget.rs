@@ -7,13 +7,13 @@
 use std::sync::Arc;
 
 use super::error::ProxyError;
-use super::identify::Identity;
 use super::ingress::{Endpoint, RequestModel, Route};
 use super::State;
 use crate::budget::estimate::{estimate, output_cost, Estimate};
 use crate::budget::{Decision, Denied, Ledger, Reservation};
+use crate::dialect::Usage;
+use crate::identity::Identity;
 use crate::meter::event::UsageEvent;
-use crate::meter::usage::Usage;
 
 /// A request's hold on its budgets, from reservation to settlement.
 pub struct Guard {

@@ -14,16 +14,15 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
-use super::error::{error_event, ProxyError};
-use super::identify::Identity;
+use super::error::ProxyError;
 use super::ingress::{Endpoint, RequestModel, Route};
 use super::{headers, receipt, Draft, RequestCtx, State};
-use crate::cache::codec;
 use crate::cache::flight::{Follower, Head, Leader, Outcome, Role};
 use crate::cache::{Entry, EntryMeta, Key, Mode};
+use crate::dialect::StreamTap;
+use crate::dialect::{Dialect, ErrorClass};
+use crate::identity::Identity;
 use crate::meter::event::{CacheOutcome, Status};
-use crate::meter::tap::StreamTap;
-use crate::provider::Dialect;
 
 /// Rounds of re-joining after a leader gave up without an answer.
 const MAX_JOIN_ROUNDS: usize = 3;
@@ -128,7 +127,7 @@ pub fn plan(
         path: &route.upstream_path,
         anthropic_version: req
             .headers
-            .get(headers::ANTHROPIC_VERSION)
+            .get(crate::dialect::anthropic::VERSION)
             .map(|v| v.as_bytes()),
         anthropic_beta: betas.as_deref().map(str::as_bytes),
         credential: credential.as_ref().map(|h| &h[..]),
@@ -154,7 +153,7 @@ pub fn plan(
 fn anthropic_betas(req: &RequestHeader) -> Option<String> {
     let mut flags: Vec<&str> = req
         .headers
-        .get_all("anthropic-beta")
+        .get_all(crate::dialect::anthropic::BETA)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -183,7 +182,10 @@ fn passed_through_credential(
         return None;
     }
     let mut h = blake3::Hasher::new();
-    for name in [headers::X_API_KEY, http::header::AUTHORIZATION.as_str()] {
+    for name in [
+        crate::dialect::anthropic::X_API_KEY,
+        http::header::AUTHORIZATION.as_str(),
+    ] {
         h.update(name.as_bytes());
         for v in req.headers.get_all(name) {
             h.update(&(v.len() as u64).to_le_bytes());
@@ -251,13 +253,6 @@ pub fn count(state: &State, draft: &Draft) {
     }
 }
 
-fn id_header(dialect: Dialect) -> &'static str {
-    match dialect {
-        Dialect::Anthropic => headers::ANTHROPIC_REQUEST_ID,
-        Dialect::OpenAi => headers::OPENAI_REQUEST_ID,
-    }
-}
-
 /// Whether the client of a stream asked for OpenAI's usage chunk.
 fn wants_usage_chunk(request: &RequestModel) -> bool {
     !request.strip_usage_chunk
@@ -280,7 +275,7 @@ fn render(
     if !stream.is_empty() && (dialect == Dialect::Anthropic || !wants_usage_chunk(request)) {
         return Some(stream.clone());
     }
-    codec::replay(dialect, message, wants_usage_chunk(request))
+    crate::dialect::replay(dialect, message, wants_usage_chunk(request))
         .inspect_err(|e| {
             state.cache.metrics.errors.inc();
             tracing::warn!(error = %e, "cached message cannot be replayed as a stream");
@@ -315,7 +310,7 @@ fn message_response(
     }
     if let Some(id) = &draft.event.upstream_request_id {
         if let Ok(v) = http::HeaderValue::from_str(id) {
-            let _ = header.insert_header(id_header(dialect), v);
+            let _ = header.insert_header(dialect.request_id_header(), v);
         }
     }
     let cost = (!request.stream).then_some(0);
@@ -587,7 +582,7 @@ async fn finish_with(
             draft.event.cache = CacheOutcome::Coalesced;
             draft.event.status = Status::ProviderError;
             draft.event.http_status = head.status;
-            draft.event.error = crate::proxy::meter::provider_error_type(&body);
+            draft.event.error = crate::dialect::provider_error_type(&body);
             let mut header = client_header(&head, Some(body.len()));
             receipt::add_headers(&mut header, &draft.event, Some(0));
             count(state, &draft);
@@ -735,11 +730,8 @@ async fn follow_stream(
             draft.event.usage_incomplete = true;
             if leader_tail.is_empty() && tap.error().is_none() {
                 // Never end a stream silently: say why it stops here.
-                let error_type = match route.dialect() {
-                    Dialect::Anthropic => "api_error",
-                    Dialect::OpenAi => "server_error",
-                };
-                tail.extend_from_slice(&error_event(route.dialect(), error_type, &message));
+                let d = route.dialect();
+                tail.extend_from_slice(&d.error_event(d.error_type(ErrorClass::Server), &message));
             } else {
                 tail.extend_from_slice(&leader_tail);
             }
@@ -748,13 +740,9 @@ async fn follow_stream(
             draft.event.status = Status::UpstreamAborted;
             draft.event.error = Some("upstream_cut".into());
             draft.event.usage_incomplete = true;
-            let error_type = match route.dialect() {
-                Dialect::Anthropic => "api_error",
-                Dialect::OpenAi => "server_error",
-            };
-            tail.extend_from_slice(&error_event(
-                route.dialect(),
-                error_type,
+            let d = route.dialect();
+            tail.extend_from_slice(&d.error_event(
+                d.error_type(ErrorClass::Server),
                 "the coalesced stream ended before its final event (tollgate)",
             ));
         }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 
 use super::headers;
-use crate::provider::Dialect;
+use crate::dialect::{Dialect, ErrorClass};
 
 /// Everything that makes tollgate answer a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -121,36 +121,35 @@ impl ProxyError {
         }
     }
 
+    /// What kind of error this is, whatever the dialect that spells it.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ProxyError::BadJson(_)
+            | ProxyError::BadIdentity(_)
+            | ProxyError::Misdirected { .. }
+            | ProxyError::ClientRead(_)
+            | ProxyError::BadHeader(_) => ErrorClass::InvalidRequest,
+            ProxyError::TooLarge { .. } => ErrorClass::TooLarge,
+            ProxyError::UnknownRoute { .. } => ErrorClass::NotFound,
+            ProxyError::UpstreamTimeout { .. } => ErrorClass::Timeout,
+            ProxyError::UpstreamUnreachable { .. }
+            | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::Internal(_) => ErrorClass::Server,
+            ProxyError::Unauthorized(_) => ErrorClass::Authentication,
+            ProxyError::Forbidden(_) => ErrorClass::Permission,
+            ProxyError::RateLimited(_) => ErrorClass::RateLimit,
+            ProxyError::BudgetExceeded(_) => ErrorClass::Budget,
+            ProxyError::Shared { status: 504, .. } => ErrorClass::Timeout,
+            ProxyError::Shared { .. } => ErrorClass::Server,
+        }
+    }
+
     /// The `error.type` in the provider's shape.
     pub fn error_type(&self, dialect: Dialect) -> &'static str {
         match (self, dialect) {
-            (ProxyError::BadJson(_), _) => "invalid_request_error",
-            (ProxyError::BadIdentity(_), _) => "invalid_request_error",
-            (ProxyError::TooLarge { .. }, Dialect::Anthropic) => "request_too_large",
-            (ProxyError::TooLarge { .. }, Dialect::OpenAi) => "invalid_request_error",
-            (ProxyError::UnknownRoute { .. }, Dialect::Anthropic) => "not_found_error",
-            (ProxyError::UnknownRoute { .. }, Dialect::OpenAi) => "invalid_request_error",
-            (ProxyError::Misdirected { .. }, _) => "invalid_request_error",
-            (ProxyError::ClientRead(_), _) => "invalid_request_error",
-            (ProxyError::UpstreamUnreachable { .. }, Dialect::Anthropic) => "api_error",
-            (ProxyError::UpstreamUnreachable { .. }, Dialect::OpenAi) => "server_error",
-            (ProxyError::UpstreamTimeout { .. }, Dialect::Anthropic) => "timeout_error",
-            (ProxyError::UpstreamTimeout { .. }, Dialect::OpenAi) => "server_error",
-            (ProxyError::UpstreamProtocol { .. }, Dialect::Anthropic) => "api_error",
-            (ProxyError::UpstreamProtocol { .. }, Dialect::OpenAi) => "server_error",
-            (ProxyError::Internal(_), Dialect::Anthropic) => "api_error",
-            (ProxyError::Internal(_), Dialect::OpenAi) => "server_error",
-            (ProxyError::Unauthorized(_), Dialect::Anthropic) => "authentication_error",
-            (ProxyError::Unauthorized(_), Dialect::OpenAi) => "invalid_request_error",
-            (ProxyError::Forbidden(_), Dialect::Anthropic) => "permission_error",
-            (ProxyError::Forbidden(_), Dialect::OpenAi) => "invalid_request_error",
-            (ProxyError::RateLimited(_), Dialect::Anthropic) => "rate_limit_error",
+            // OpenAI names the limit that refused.
             (ProxyError::RateLimited(r), Dialect::OpenAi) => r.kind.as_str(),
-            (ProxyError::BudgetExceeded(_), _) => "budget_exceeded",
-            (ProxyError::BadHeader(_), _) => "invalid_request_error",
-            (ProxyError::Shared { status: 504, .. }, Dialect::Anthropic) => "timeout_error",
-            (ProxyError::Shared { .. }, Dialect::Anthropic) => "api_error",
-            (ProxyError::Shared { .. }, Dialect::OpenAi) => "server_error",
+            _ => dialect.error_type(self.class()),
         }
     }
 
@@ -184,8 +183,7 @@ impl ProxyError {
             ProxyError::RateLimited(_) => "rate_limit_exceeded",
             _ => self.kind(),
         };
-        let body = error_body(
-            dialect,
+        let body = dialect.error_body(
             self.error_type(dialect),
             code,
             &self.to_string(),
@@ -235,41 +233,6 @@ fn rate_limit_headers(header: &mut ResponseHeader, r: &crate::limit::RateLimited
                 format!("x-ratelimit-reset-{kind}"),
                 format!("{:.3}s", f.reset.as_secs_f64()),
             );
-        }
-    }
-}
-
-/// An error body in the dialect's shape.
-pub fn error_body(
-    dialect: Dialect,
-    error_type: &str,
-    code: &str,
-    message: &str,
-    request_id: &str,
-) -> Bytes {
-    let value = match dialect {
-        Dialect::Anthropic => serde_json::json!({
-            "type": "error",
-            "error": {"type": error_type, "message": message},
-            "request_id": request_id,
-        }),
-        Dialect::OpenAi => serde_json::json!({
-            "error": {"message": message, "type": error_type, "param": null, "code": code},
-        }),
-    };
-    Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
-}
-
-/// An SSE error event in the dialect's shape, ending a stream that cannot go on.
-pub fn error_event(dialect: Dialect, error_type: &str, message: &str) -> Bytes {
-    match dialect {
-        Dialect::Anthropic => {
-            let data = serde_json::json!({"type": "error", "error": {"type": error_type, "message": message}});
-            Bytes::from(format!("event: error\ndata: {data}\n\n"))
-        }
-        Dialect::OpenAi => {
-            let data = serde_json::json!({"error": {"message": message, "type": error_type, "param": null, "code": error_type}});
-            Bytes::from(format!("data: {data}\n\n"))
         }
     }
 }

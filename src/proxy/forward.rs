@@ -21,7 +21,7 @@ use super::error::ProxyError;
 use super::headers;
 use super::ingress::Route;
 use crate::config::{Provider, Timeouts};
-use crate::provider::Dialect;
+use crate::dialect::{anthropic, openai};
 
 /// How long a resolved upstream address is reused.
 const DNS_TTL: Duration = Duration::from_secs(30);
@@ -252,7 +252,7 @@ pub fn build_request(
             || n.starts_with(headers::TOLLGATE_PREFIX)
             // The tap must see plain bytes.
             || n == "accept-encoding"
-            || (strip_credentials && (n == headers::X_API_KEY || n == "authorization"))
+            || (strip_credentials && (n == anthropic::X_API_KEY || n == openai::AUTHORIZATION))
         {
             continue;
         }
@@ -266,22 +266,16 @@ pub fn build_request(
             .map_err(internal)?;
     }
     if let Some(key) = &provider.api_key {
-        let mut value = match provider.dialect {
-            Dialect::Anthropic => http::HeaderValue::from_str(key.expose()),
-            Dialect::OpenAi => http::HeaderValue::from_str(&format!("Bearer {}", key.expose())),
-        }
-        .map_err(|_| {
-            ProxyError::Internal(format!(
-                "the key for provider {} is not a valid header value",
-                provider.name
-            ))
-        })?;
+        let mut value = http::HeaderValue::from_str(&provider.dialect.auth_value(key.expose()))
+            .map_err(|_| {
+                ProxyError::Internal(format!(
+                    "the key for provider {} is not a valid header value",
+                    provider.name
+                ))
+            })?;
         value.set_sensitive(true);
-        let name = match provider.dialect {
-            Dialect::Anthropic => headers::X_API_KEY,
-            Dialect::OpenAi => "authorization",
-        };
-        req.insert_header(name, value).map_err(internal)?;
+        req.insert_header(provider.dialect.auth_header(), value)
+            .map_err(internal)?;
     }
     Ok(req)
 }

@@ -21,14 +21,6 @@ pub const ERROR: &str = "x-tollgate-error";
 /// Every client-sent header with this prefix is dropped at ingress.
 pub const TOLLGATE_PREFIX: &str = "x-tollgate-";
 
-/// Anthropic's key header.
-pub const X_API_KEY: &str = "x-api-key";
-/// Sent by every Anthropic SDK; marks an unprefixed request as Anthropic.
-pub const ANTHROPIC_VERSION: &str = "anthropic-version";
-/// Anthropic's request id.
-pub const ANTHROPIC_REQUEST_ID: &str = "request-id";
-/// OpenAI's (and OpenRouter's) request id.
-pub const OPENAI_REQUEST_ID: &str = "x-request-id";
 /// Read by both SDKs before retrying.
 pub const X_SHOULD_RETRY: &str = "x-should-retry";
 /// Recorded in the usage event when the client sends one.

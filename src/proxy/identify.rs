@@ -11,7 +11,11 @@
 use pingora::http::RequestHeader;
 
 use super::error::ProxyError;
+use crate::identity::BadIdentity;
 use crate::keys::KeyRing;
+
+// The identity types live in the domain; re-exported for callers not yet moved.
+pub use crate::identity::{check_name, parse_tags, Identity};
 
 /// Header naming the account.
 pub const ACCOUNT: &str = "x-tollgate-account";
@@ -20,29 +24,9 @@ pub const WORKLOAD: &str = "x-tollgate-workload";
 /// Header carrying `key=value` tags, comma-separated.
 pub const TAGS: &str = "x-tollgate-tags";
 
-/// Longest account, workload, tag key or tag value.
-const MAX_NAME: usize = 128;
-/// Most tags on one request.
-const MAX_TAGS: usize = 32;
-
-/// Who a request is for.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Identity {
-    pub account: String,
-    pub workload: String,
-    pub tags: Vec<(String, String)>,
-    /// The gateway key's name, when the request presented one.
-    pub key: Option<String>,
-}
-
-/// A bad identity value; the message names the header or key.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0}")]
-pub struct BadIdentity(pub String);
-
 /// The key a request presents: `x-api-key`, else `Authorization: Bearer`.
 fn presented_key(req: &RequestHeader) -> Option<&str> {
-    if let Some(v) = req.headers.get(super::headers::X_API_KEY) {
+    if let Some(v) = req.headers.get(crate::dialect::anthropic::X_API_KEY) {
         return v.to_str().ok();
     }
     let auth = req
@@ -107,44 +91,6 @@ fn identify_headers(req: &RequestHeader, defaults: &Identity) -> Result<Identity
         tags,
         key: None,
     })
-}
-
-/// Checks an account / workload / tag name: 1–128 of `A-Z a-z 0-9 . _ - : / @`.
-pub fn check_name<'a>(what: &str, name: &'a str) -> Result<&'a str, BadIdentity> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-:/@".contains(&b));
-    if ok {
-        Ok(name)
-    } else {
-        Err(BadIdentity(format!(
-            "{what}: {name:?} is not a valid name (1-{MAX_NAME} of A-Z a-z 0-9 . _ - : / @)"
-        )))
-    }
-}
-
-/// Parses `team=search,feature=summaries` (sorted by key; a key once).
-pub fn parse_tags(what: &str, s: &str) -> Result<Vec<(String, String)>, BadIdentity> {
-    let mut tags = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((k, v)) = part.split_once('=') else {
-            return Err(BadIdentity(format!("{what}: {part:?} is not key=value")));
-        };
-        let (k, v) = (k.trim(), v.trim());
-        check_name(what, k)?;
-        check_name(what, v)?;
-        if tags.iter().any(|(key, _): &(String, String)| key == k) {
-            return Err(BadIdentity(format!("{what}: tag {k:?} given twice")));
-        }
-        tags.push((k.to_string(), v.to_string()));
-    }
-    if tags.len() > MAX_TAGS {
-        return Err(BadIdentity(format!("{what}: more than {MAX_TAGS} tags")));
-    }
-    tags.sort();
-    Ok(tags)
 }
 
 #[cfg(test)]

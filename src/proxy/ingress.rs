@@ -15,9 +15,8 @@ use pingora::proxy::Session;
 use serde::Deserialize;
 
 use super::error::ProxyError;
-use super::headers;
 use crate::config::{Config, Provider};
-use crate::provider::Dialect;
+use crate::dialect::Dialect;
 
 /// The endpoint a request is for; only the metered ones get a parsed body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,7 +97,7 @@ impl Routes {
             None => {
                 let anthropic = path.starts_with("/v1/messages")
                     || path == "/v1/complete"
-                    || req.headers.contains_key(headers::ANTHROPIC_VERSION);
+                    || req.headers.contains_key(crate::dialect::anthropic::VERSION);
                 let provider = if anthropic {
                     self.default_anthropic.as_ref()
                 } else if path.starts_with("/v1/") {
@@ -193,8 +192,10 @@ fn authority_host(authority: &str) -> &str {
 
 /// The dialect a request most likely speaks, for errors before routing.
 pub fn guess_dialect(req: &RequestHeader) -> Dialect {
-    if req.headers.contains_key(headers::ANTHROPIC_VERSION)
-        || req.headers.contains_key(headers::X_API_KEY)
+    if req.headers.contains_key(crate::dialect::anthropic::VERSION)
+        || req
+            .headers
+            .contains_key(crate::dialect::anthropic::X_API_KEY)
         || req.uri.path().contains("/messages")
     {
         Dialect::Anthropic

@@ -5,9 +5,9 @@
 use std::time::Instant;
 
 use super::error::ProxyError;
-use super::identify::Identity;
 use super::ingress::RequestModel;
 use super::State;
+use crate::identity::Identity;
 use crate::limit::Admission;
 
 /// Admits the request or refuses it; `None` when no limit is configured.

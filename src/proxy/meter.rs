@@ -13,18 +13,17 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
-use super::error::error_event;
 use super::forward::UpstreamCall;
 use super::ingress::{Endpoint, RequestModel, Route};
 use super::{headers, receipt, Draft, RequestCtx, State};
-use crate::cache::codec::Assembler;
 use crate::cache::flight::{Head, Leader, Outcome};
 use crate::cache::EntryMeta;
+use crate::dialect::Assembler;
+use crate::dialect::Usage;
+use crate::dialect::{usage_from_json, StreamTap};
+use crate::dialect::{Dialect, ErrorClass};
 use crate::meter::event::Status;
 use crate::meter::recorder::UpstreamTimes;
-use crate::meter::tap::{usage_from_json, StreamTap};
-use crate::meter::usage::Usage;
-use crate::provider::Dialect;
 
 /// A read's outcome; the idle timeout is pingora's per-read timeout,
 /// set once per response (cheaper than a tokio timer per chunk).
@@ -65,10 +64,7 @@ pub async fn relay(
     };
     let status = upstream_header.status.as_u16();
     draft.event.http_status = status;
-    let id_header = match route.dialect() {
-        Dialect::Anthropic => headers::ANTHROPIC_REQUEST_ID,
-        Dialect::OpenAi => headers::OPENAI_REQUEST_ID,
-    };
+    let id_header = route.dialect().request_id_header();
     draft.event.upstream_request_id = upstream_header
         .headers
         .get(id_header)
@@ -220,8 +216,7 @@ impl Relay<'_> {
         let write = match (store, self.write.take(), message.as_ref()) {
             // A bound the client did not ask for must not have cut it.
             (true, Some(w), Some(m))
-                if !(w.unless_cut
-                    && crate::cache::codec::stopped_at_limit(self.draft.dialect, m)) =>
+                if !(w.unless_cut && self.draft.dialect.stopped_at_limit(m)) =>
             {
                 Some((w, m.clone()))
             }
@@ -393,7 +388,7 @@ impl Relay<'_> {
                 }
                 if !ok {
                     self.draft.event.status = Status::ProviderError;
-                    self.draft.event.error = provider_error_type(&body);
+                    self.draft.event.error = crate::dialect::provider_error_type(&body);
                 }
             }
             Some(f) => self.fail_midway(f),
@@ -705,7 +700,8 @@ impl Relay<'_> {
         }
         let mut tail = BytesMut::new();
         if let Some(message) = &budget_cut {
-            tail.extend_from_slice(&error_event(self.draft.dialect, "budget_exceeded", message));
+            let d = self.draft.dialect;
+            tail.extend_from_slice(&d.error_event(d.error_type(ErrorClass::Budget), message));
         }
         if status == Status::UpstreamAborted {
             let message = match self.draft.event.error.as_deref() {
@@ -714,11 +710,8 @@ impl Relay<'_> {
                 }
                 _ => "upstream stream ended before its final event (tollgate)",
             };
-            let error_type = match self.draft.dialect {
-                Dialect::Anthropic => "api_error",
-                Dialect::OpenAi => "server_error",
-            };
-            tail.extend_from_slice(&error_event(self.draft.dialect, error_type, message));
+            let d = self.draft.dialect;
+            tail.extend_from_slice(&d.error_event(d.error_type(ErrorClass::Server), message));
         }
         // Shared before the receipt: that is this client's alone.
         self.conclude_stream(metered, &tap, &tail);
@@ -743,7 +736,7 @@ impl Relay<'_> {
         let Some(guard) = self.draft.guard.as_mut().filter(|g| !g.start_checked) else {
             return Ok(());
         };
-        if self.draft.dialect != crate::provider::Dialect::Anthropic {
+        if self.draft.dialect != Dialect::Anthropic {
             // OpenAI-style usage arrives only at the end: nothing to check early.
             guard.start_checked = true;
             return Ok(());
@@ -766,14 +759,4 @@ impl Relay<'_> {
             self.draft.event.usage_incomplete = true;
         }
     }
-}
-
-/// The provider's `error.type` from an error body (both dialects nest it under `error`).
-pub(crate) fn provider_error_type(body: &[u8]) -> Option<String> {
-    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let err = v.get("error")?;
-    err.get("type")
-        .and_then(|t| t.as_str())
-        .map(str::to_string)
-        .or_else(|| err.get("code").map(|c| c.to_string()))
 }

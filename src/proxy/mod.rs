@@ -45,12 +45,12 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::budget::Ledger;
 use crate::cache::Cache;
 use crate::config::Config;
+use crate::dialect::Dialect;
 use crate::keys::KeyRing;
 use crate::limit::{Admission, Limiter};
 use crate::meter::event::{CacheOutcome, RouteKind, Status, UsageEvent};
 use crate::meter::recorder::{Recorder, UpstreamTimes};
 use crate::metrics::Metrics;
-use crate::provider::Dialect;
 use error::{Level, ProxyError};
 use lifecycle::{InFlight, InFlightGuard};
 
@@ -58,7 +58,7 @@ use lifecycle::{InFlight, InFlightGuard};
 pub struct State {
     pub sidecar_id: String,
     /// Identity of requests that carry no identity headers.
-    pub default_identity: identify::Identity,
+    pub default_identity: crate::identity::Identity,
     pub max_body_bytes: usize,
     pub stream_receipt: bool,
     pub routes: ingress::Routes,
@@ -87,7 +87,7 @@ impl State {
     ) -> State {
         State {
             sidecar_id: config.sidecar_id.clone(),
-            default_identity: identify::Identity {
+            default_identity: crate::identity::Identity {
                 account: config.default_account.clone(),
                 workload: config.default_workload.clone(),
                 tags: config.default_tags.clone(),
