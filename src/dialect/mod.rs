@@ -18,6 +18,7 @@ pub mod assemble;
 pub(crate) mod json;
 pub mod openai;
 pub mod replay;
+pub mod request;
 pub mod sse;
 pub mod tap;
 pub mod usage;

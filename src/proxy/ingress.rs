@@ -12,11 +12,10 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
-use serde::Deserialize;
 
 use super::error::ProxyError;
 use crate::config::{Config, Provider};
-use crate::dialect::Dialect;
+use crate::dialect::{openai, request, Dialect};
 
 /// The endpoint a request is for; only the metered ones get a parsed body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -297,50 +296,15 @@ impl RequestModel {
         provider: &str,
         dialect: Dialect,
     ) -> Result<(), ProxyError> {
-        let field = self.max_tokens_field.unwrap_or(match dialect {
-            Dialect::OpenAi if provider == "openai" => "max_completion_tokens",
-            _ => "max_tokens",
-        });
-        let mut value: serde_json::Value =
-            serde_json::from_slice(&self.body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
-        if let Some(obj) = value.as_object_mut() {
-            if self.both_bounds {
-                obj.insert("max_tokens".into(), serde_json::Value::from(n));
-                obj.insert("max_completion_tokens".into(), serde_json::Value::from(n));
-            } else {
-                obj.insert(field.to_string(), serde_json::Value::from(n));
-            }
-        }
-        self.body = serde_json::to_vec(&value)
-            .map(Bytes::from)
-            .map_err(|e| ProxyError::Internal(e.to_string()))?;
+        let field = self
+            .max_tokens_field
+            .unwrap_or_else(|| dialect.default_bound_field(provider));
+        self.body = request::set_output_bound(&self.body, n, field, self.both_bounds)
+            .map_err(bad_request)?;
         self.max_tokens = Some(n);
         self.max_tokens_field = Some(field);
         Ok(())
     }
-}
-
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow, default)]
-    model: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
-    /// OpenAI: how many choices to generate (each up to the output bound).
-    #[serde(default)]
-    n: Option<u64>,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
-}
-
-#[derive(Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: Option<bool>,
 }
 
 /// Parses the body of a metered endpoint (one parse; the rest of the body is
@@ -358,82 +322,34 @@ pub fn parse(route: &Route, body: Bytes) -> Result<RequestModel, ProxyError> {
             choices: 1,
         });
     }
-    let head: Head<'_> =
-        serde_json::from_slice(&body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
-    let model = head.model.map(|m| m.into_owned()).unwrap_or_default();
-    let stream = head.stream.unwrap_or(false);
-    let max_tokens_field = if head.max_tokens.is_some() {
-        Some("max_tokens")
-    } else if head.max_completion_tokens.is_some() {
-        Some("max_completion_tokens")
-    } else {
-        None
-    };
-    // Both sent: an upstream may honour either, so the larger one bounds.
-    let both_bounds = head.max_tokens.is_some() && head.max_completion_tokens.is_some();
-    let max_tokens = match (head.max_tokens, head.max_completion_tokens) {
-        (Some(a), Some(b)) => Some(a.max(b)),
-        (a, b) => a.or(b),
-    };
-    let choices = head.n.unwrap_or(1).max(1);
-    let wants_usage = head
-        .stream_options
-        .as_ref()
-        .and_then(|o| o.include_usage)
-        .unwrap_or(false);
-    let had_stream_options = head.stream_options.is_some();
+    let head = request::parse_head(&body).map_err(bad_request)?;
     let mut model_out = RequestModel {
         body,
-        model,
-        stream,
-        max_tokens,
+        model: head.model,
+        stream: head.stream,
+        max_tokens: head.max_tokens,
         strip_usage_chunk: false,
-        max_tokens_field,
-        both_bounds,
-        choices,
+        max_tokens_field: head.max_tokens_field,
+        both_bounds: head.both_bounds,
+        choices: head.choices,
     };
-    if route.endpoint == Endpoint::ChatCompletions && stream && !wants_usage {
-        model_out.body = with_include_usage(&model_out.body, had_stream_options)?;
+    if route.endpoint == Endpoint::ChatCompletions && head.stream && !head.wants_usage {
+        model_out.body = openai::request::with_include_usage(
+            &model_out.body,
+            head.had_stream_options,
+        )
+        .map_err(bad_request)?;
         model_out.strip_usage_chunk = true;
     }
     Ok(model_out)
 }
 
-/// The body with `stream_options.include_usage = true`. Without an existing
-/// `stream_options` the field is spliced in after the opening brace, leaving
-/// every other byte as the client sent it.
-fn with_include_usage(body: &[u8], had_stream_options: bool) -> Result<Bytes, ProxyError> {
-    if !had_stream_options {
-        if let Some(open) = body.iter().position(|b| *b == b'{') {
-            const FIELD: &[u8] = br#""stream_options":{"include_usage":true}"#;
-            let rest = &body[open + 1..];
-            let empty = rest.iter().all(|b| b.is_ascii_whitespace() || *b == b'}');
-            let mut out = BytesMut::with_capacity(body.len() + FIELD.len() + 1);
-            out.extend_from_slice(&body[..=open]);
-            out.extend_from_slice(FIELD);
-            if !empty {
-                out.extend_from_slice(b",");
-            }
-            out.extend_from_slice(rest);
-            return Ok(out.freeze());
-        }
+/// A body the dialect layer could not read or rewrite.
+fn bad_request(e: request::RequestError) -> ProxyError {
+    match e {
+        request::RequestError::BadJson(m) => ProxyError::BadJson(m),
+        request::RequestError::Encode(m) => ProxyError::Internal(m),
     }
-    let mut value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| ProxyError::BadJson(e.to_string()))?;
-    if let Some(obj) = value.as_object_mut() {
-        let options = obj
-            .entry("stream_options")
-            .or_insert_with(|| serde_json::json!({}));
-        if !options.is_object() {
-            *options = serde_json::json!({});
-        }
-        if let Some(o) = options.as_object_mut() {
-            o.insert("include_usage".into(), serde_json::Value::Bool(true));
-        }
-    }
-    serde_json::to_vec(&value)
-        .map(Bytes::from)
-        .map_err(|e| ProxyError::Internal(e.to_string()))
 }
 
 #[cfg(test)]
@@ -520,27 +436,5 @@ mod tests {
         );
         assert_eq!(upstream_path("/v1", "/v1/models", None), "/v1/models");
         assert_eq!(upstream_path("/v1", "/v1beta/x", None), "/v1/v1beta/x");
-    }
-
-    #[test]
-    fn include_usage_splice_keeps_the_rest() {
-        let body = br#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
-        let out = with_include_usage(body, false).unwrap();
-        assert_eq!(
-            &out[..],
-            br#"{"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true,"messages":[]}"#
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["stream_options"]["include_usage"], true);
-        let out = with_include_usage(
-            br#"{"stream_options":{"include_usage":false},"stream":true}"#,
-            true,
-        )
-        .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["stream_options"]["include_usage"], true);
-        let out = with_include_usage(b"{}", false).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v["stream_options"]["include_usage"], true);
     }
 }

@@ -5,6 +5,7 @@
 pub mod assemble;
 pub mod error;
 pub mod replay;
+pub mod request;
 pub mod stream;
 pub mod usage;
 

@@ -1,0 +1,184 @@
+//! The request head: what every stage needs from a request body (model,
+//! stream flag, output bound, choices, OpenAI's usage option), read in one
+//! parse that validates the whole body but materialises only these fields;
+//! and the one rewrite of the output bound.
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::Dialect;
+
+/// A body that could not be read or rewritten.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    /// Not JSON (the message says where).
+    #[error("{0}")]
+    BadJson(String),
+    /// Re-encoding a rewritten body failed (not expected for JSON values).
+    #[error("{0}")]
+    Encode(String),
+}
+
+/// What the stages read from a request body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestHead {
+    /// The requested model (empty when the body names none).
+    pub model: String,
+    /// `"stream": true` (SDKs send `Accept: application/json` even for streams).
+    pub stream: bool,
+    /// The output bound: `max_tokens` or `max_completion_tokens`; the larger
+    /// when both are sent (an upstream may honour either).
+    pub max_tokens: Option<u64>,
+    /// Which field carried the bound, if any.
+    pub max_tokens_field: Option<&'static str>,
+    /// Both `max_tokens` and `max_completion_tokens` were sent.
+    pub both_bounds: bool,
+    /// OpenAI `n` (at least 1): choices generated, each up to the bound.
+    pub choices: u64,
+    /// OpenAI `stream_options.include_usage: true`.
+    pub wants_usage: bool,
+    /// OpenAI: the body has a `stream_options` object.
+    pub had_stream_options: bool,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    model: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    n: Option<u64>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// Reads the head of a messages or chat-completions body.
+pub fn parse_head(body: &[u8]) -> Result<RequestHead, RequestError> {
+    let head: Head<'_> =
+        serde_json::from_slice(body).map_err(|e| RequestError::BadJson(e.to_string()))?;
+    let max_tokens_field = if head.max_tokens.is_some() {
+        Some("max_tokens")
+    } else if head.max_completion_tokens.is_some() {
+        Some("max_completion_tokens")
+    } else {
+        None
+    };
+    Ok(RequestHead {
+        model: head.model.map(|m| m.into_owned()).unwrap_or_default(),
+        stream: head.stream.unwrap_or(false),
+        max_tokens: match (head.max_tokens, head.max_completion_tokens) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        },
+        max_tokens_field,
+        both_bounds: head.max_tokens.is_some() && head.max_completion_tokens.is_some(),
+        choices: head.n.unwrap_or(1).max(1),
+        wants_usage: head
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
+        had_stream_options: head.stream_options.is_some(),
+    })
+}
+
+impl Dialect {
+    /// The field an output bound goes in when the client sent none:
+    /// `max_tokens`, but `max_completion_tokens` for OpenAI itself, whose
+    /// reasoning models refuse `max_tokens`.
+    pub fn default_bound_field(self, provider: &str) -> &'static str {
+        match self {
+            Dialect::OpenAi if provider == "openai" => "max_completion_tokens",
+            _ => "max_tokens",
+        }
+    }
+}
+
+/// The body with its output bound set to `n` in `field` (in both fields
+/// when the client sent both). Re-serialises the body: only budgets that
+/// clamp or must bound an open request get here.
+pub fn set_output_bound(
+    body: &[u8],
+    n: u64,
+    field: &str,
+    both: bool,
+) -> Result<Bytes, RequestError> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| RequestError::BadJson(e.to_string()))?;
+    if let Some(obj) = value.as_object_mut() {
+        if both {
+            obj.insert("max_tokens".into(), serde_json::Value::from(n));
+            obj.insert("max_completion_tokens".into(), serde_json::Value::from(n));
+        } else {
+            obj.insert(field.to_string(), serde_json::Value::from(n));
+        }
+    }
+    serde_json::to_vec(&value)
+        .map(Bytes::from)
+        .map_err(|e| RequestError::Encode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn head_reads_bounds_choices_and_usage_option() {
+        let h = parse_head(br#"{"model":"m","stream":true,"max_tokens":10,"max_completion_tokens":20,"n":3,"stream_options":{"include_usage":true},"messages":[]}"#).unwrap();
+        assert_eq!(h.model, "m");
+        assert!(h.stream && h.both_bounds && h.wants_usage && h.had_stream_options);
+        assert_eq!(
+            (h.max_tokens, h.max_tokens_field, h.choices),
+            (Some(20), Some("max_tokens"), 3)
+        );
+        let h = parse_head(br#"{"max_completion_tokens":5,"n":0}"#).unwrap();
+        assert_eq!(
+            (h.max_tokens, h.max_tokens_field, h.choices),
+            (Some(5), Some("max_completion_tokens"), 1)
+        );
+        assert!(matches!(parse_head(b"{"), Err(RequestError::BadJson(_))));
+    }
+
+    #[test]
+    fn output_bound_rewrite() {
+        let out = set_output_bound(
+            br#"{"max_tokens":1,"max_completion_tokens":2}"#,
+            7,
+            "max_tokens",
+            true,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (
+                v["max_tokens"].as_u64(),
+                v["max_completion_tokens"].as_u64()
+            ),
+            (Some(7), Some(7))
+        );
+        assert_eq!(
+            Dialect::OpenAi.default_bound_field("openai"),
+            "max_completion_tokens"
+        );
+        assert_eq!(
+            Dialect::OpenAi.default_bound_field("openrouter"),
+            "max_tokens"
+        );
+        assert_eq!(
+            Dialect::Anthropic.default_bound_field("anthropic"),
+            "max_tokens"
+        );
+    }
+}
