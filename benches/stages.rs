@@ -87,7 +87,9 @@ fn state(controls: bool, keys: bool, dir: &std::path::Path) -> anyhow::Result<Ar
     ));
     let in_flight = InFlight::new(metrics.in_flight.clone());
     let cache = Arc::new(tollgate::cache::Cache::open(
-        db.open_tree(tollgate::cache::store::TREE)?,
+        Arc::new(tollgate::store::sled::CacheTree::new(
+            db.open_tree("cache")?,
+        )),
         config.cache.clone(),
         metrics.cache.clone(),
     )?);

@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod proxy;
 pub mod scope;
 pub mod secret;
+pub mod store;
 pub mod table;
 pub mod usage_report;

@@ -24,6 +24,8 @@ use tollgate::metrics::Metrics;
 use tollgate::proxy::intercept::Intercept;
 use tollgate::proxy::lifecycle::{InFlight, Shutdown};
 use tollgate::proxy::{State, Tollgate};
+use tollgate::store::sled::CacheTree;
+use tollgate::store::CacheRecords;
 use tollgate::usage_report::{GroupBy, UsageReport};
 
 /// Exit status for a bad configuration (EX_CONFIG is 78; the contract says 64, EX_USAGE).
@@ -341,16 +343,14 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         config.outbox.sync,
     ));
-    let cache_db = sled::Config::new()
-        .path(config.data_dir.join(cache::store::DIR))
-        .cache_capacity(SLED_CACHE_BYTES)
-        .open()
-        .context("opening the cache store")?;
+    let cache_records: Arc<dyn CacheRecords> = Arc::new(
+        CacheTree::open(&config.data_dir, SLED_CACHE_BYTES)
+            .context("opening the cache store")?
+            .context("the cache store is in use by another process")?,
+    );
     let cache = Arc::new(
         Cache::open(
-            cache_db
-                .open_tree(cache::store::TREE)
-                .context("opening the cache store")?,
+            cache_records.clone(),
             config.cache.clone(),
             metrics.cache.clone(),
         )
@@ -453,7 +453,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     if !cache.writer.drain(std::time::Duration::from_secs(5)) {
         tracing::warn!("cache writer did not drain in time; the newest answers are not cached");
     }
-    cache_db.flush().context("final flush of the cache")?;
+    cache_records.flush().context("final flush of the cache")?;
     tracing::info!("tollgate stopped");
     Ok(())
 }
@@ -532,28 +532,19 @@ fn open_store(config: &Config) -> anyhow::Result<Option<sled::Db>> {
 
 /// Opens the cache's own store (no maintenance: reading it changes
 /// nothing), or says that a running proxy holds it.
-fn open_cache_store(config: &Config) -> anyhow::Result<Option<(sled::Db, cache::Store)>> {
-    let Some(db) = open_sled(&config.data_dir.join(cache::store::DIR))? else {
+fn open_cache_store(config: &Config) -> anyhow::Result<Option<cache::Store>> {
+    let Some(records) = CacheTree::open(&config.data_dir, SLED_CACHE_BYTES)? else {
         return Ok(None);
     };
-    let store = cache::Store::open(
-        db.open_tree(cache::store::TREE)?,
+    Ok(Some(cache::Store::open(
+        Arc::new(records),
         config.cache.max_bytes,
         None,
-    )?;
-    Ok(Some((db, store)))
+    )?))
 }
 
 fn open_sled(path: &std::path::Path) -> anyhow::Result<Option<sled::Db>> {
-    match sled::Config::new().path(path).open() {
-        Ok(db) => Ok(Some(db)),
-        Err(sled::Error::Io(e))
-            if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(e).with_context(|| format!("opening the store in {}", path.display())),
-    }
+    Ok(tollgate::store::sled::open_db(path, SLED_CACHE_BYTES)?)
 }
 
 /// Every provider host that HTTPS_PROXY mode intercepts.
@@ -604,7 +595,7 @@ fn cache_stats(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let stats: cache::Stats = match open_cache_store(&config)? {
-        Some((_db, store)) => cache::Stats::offline(store.stats()),
+        Some(store) => cache::Stats::offline(store.stats()),
         None => {
             let text = fetch_admin(running_admin(&config)?, "/cache/stats")?;
             serde_json::from_str(&text).context("reading the running proxy's /cache/stats")?
@@ -627,10 +618,10 @@ fn cache_purge(args: &ConfigArgs, account: Option<&str>) -> anyhow::Result<ExitC
         tollgate::identity::check_name("--account", a).map_err(|e| anyhow::anyhow!(e.0))?;
     }
     let removed: u64 = match open_cache_store(&config)? {
-        Some((db, store)) => {
+        Some(store) => {
             let n = store.purge(account)?;
             store.maintain()?;
-            db.flush()?;
+            store.flush()?;
             n
         }
         None => {

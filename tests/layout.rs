@@ -29,7 +29,8 @@ const LAYERS: &[(&str, Layer)] = &[
     ("src/meter/prices.rs", Layer::Domain),
     ("src/meter/event.rs", Layer::Domain),
     ("src/meter/mod.rs", Layer::Domain),
-    ("src/cache/mod.rs", Layer::Domain),
+    // The cache as the request path sees it: store, flights and writer.
+    ("src/cache/mod.rs", Layer::Service),
     ("src/cache/key.rs", Layer::Domain),
     // In-flight coalescing: runtime machinery (tokio), not a rule.
     ("src/cache/flight.rs", Layer::Service),
@@ -120,7 +121,6 @@ const PENDING: &[(&str, &str)] = &[
     // Budget spend is persisted straight to a sled tree until the storage
     // traits land.
     ("src/budget/mod.rs", "sled"),
-    ("src/cache/mod.rs", "sled"),
     // The price table reports its problems as config problems.
     ("src/meter/prices.rs", "crate::config"),
     // Config reads identity names through the proxy's re-export, and loads

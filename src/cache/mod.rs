@@ -173,13 +173,17 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Opens the cache on its sled tree.
+    /// Opens the cache on its records.
     pub fn open(
-        tree: sled::Tree,
+        records: Arc<dyn crate::store::CacheRecords>,
         config: CacheConfig,
         metrics: CacheMetrics,
     ) -> Result<Cache, OpenError> {
-        let store = Arc::new(Store::open(tree, config.max_bytes, Some(metrics.clone()))?);
+        let store = Arc::new(Store::open(
+            records,
+            config.max_bytes,
+            Some(metrics.clone()),
+        )?);
         store.maintain()?;
         Ok(Cache {
             writer: writer::Writer::spawn(store.clone(), metrics.clone())?,

@@ -1,21 +1,22 @@
-//! The cache store: entries in one sled tree, with an in-memory index for
+//! The cache store: entries kept through [`CacheRecords`] (sled's
+//! `CacheTree` in the sidecar), with an in-memory index for
 //! least-recently-used eviction under a byte cap and TTL expiry.
 //!
-//! Layout of the `cache` tree (one tree, so an entry and its index record
-//! are written together by one atomic batch):
-//! - `e` + key → `[u32 LE header length][rmp header][message bytes]`
-//! - `a` + key → `[last access µs u64 BE][size u64 BE][expires µs i64 BE]`
+//! Each key has two records, written and removed together:
+//! - the entry: `[u32 LE header length][rmp header][u32 LE message length]
+//!   [message][pre-rendered stream]`;
+//! - the access record: `[last access µs u64 BE][size u64 BE][expires µs i64 BE]`.
 //!
-//! Only the small `a` records are read at start-up to rebuild the index, so
-//! opening a full cache does not read its entries. Access times are written
-//! back on every hit, so the LRU order survives a restart.
+//! Only the small access records are read at start-up to rebuild the index,
+//! so opening a full cache does not read its entries. Access times are
+//! written back by the writer thread, so the LRU order survives a restart.
 //!
-//! The cache has a sled database of its own (`data_dir/cache`): its writes
-//! must not ride on the usage outbox's fsyncs, and losing its last half
-//! second in a crash costs nothing but a few misses.
+//! The cache has a store of its own (`data_dir/cache`): its writes must not
+//! ride on the usage journal's syncs, and losing its last half second in a
+//! crash costs nothing but a few misses.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -24,20 +25,13 @@ use serde::{Deserialize, Serialize};
 use super::key::Key;
 use super::CacheMetrics;
 use crate::dialect::Usage;
-
-/// The sled tree holding the cache.
-pub const TREE: &str = "cache";
-/// The cache's own sled database, under `data_dir`.
-pub const DIR: &str = "cache";
-
-const ENTRY: u8 = b'e';
-const ACCESS: u8 = b'a';
+use crate::store::{self, CacheRecords};
 
 /// Store failures; the request goes on uncached.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cache store: {0}")]
-    Sled(#[from] sled::Error),
+    #[error("cache {0}")]
+    Records(#[from] store::StoreError),
     #[error("cache entry encoding: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
     #[error("cache entry is corrupt: {0}")]
@@ -138,7 +132,7 @@ pub struct Stats {
 
 /// The cache store.
 pub struct Store {
-    tree: sled::Tree,
+    records: Arc<dyn CacheRecords>,
     index: Mutex<Index>,
     max_bytes: u64,
     metrics: Option<CacheMetrics>,
@@ -159,13 +153,6 @@ fn now_us() -> i64 {
         .unwrap_or(0)
 }
 
-fn prefixed(tag: u8, key: &Key) -> [u8; 33] {
-    let mut k = [0u8; 33];
-    k[0] = tag;
-    k[1..].copy_from_slice(&key.0);
-    k
-}
-
 fn access_record(slot: &Slot) -> [u8; 24] {
     let mut v = [0u8; 24];
     v[..8].copy_from_slice(&slot.access.to_be_bytes());
@@ -183,10 +170,6 @@ fn parse_access(v: &[u8]) -> Option<Slot> {
         size,
         expires_us,
     })
-}
-
-fn key_of(k: &[u8]) -> Option<Key> {
-    Some(Key(k.get(1..33)?.try_into().ok()?))
 }
 
 /// Where the parts of a stored value are.
@@ -231,25 +214,23 @@ impl Store {
     /// records (read-only: [`Store::maintain`] drops what is expired and
     /// over the cap).
     pub fn open(
-        tree: sled::Tree,
+        records: Arc<dyn CacheRecords>,
         max_bytes: u64,
         metrics: Option<CacheMetrics>,
     ) -> Result<Store, StoreError> {
         let mut index = Index::default();
-        for item in tree.scan_prefix([ACCESS]) {
-            let (k, v) = item?;
-            match (key_of(&k), parse_access(&v)) {
-                (Some(key), Some(slot)) if tree.contains_key(prefixed(ENTRY, &key))? => {
+        for (key, access) in records.accesses()? {
+            match parse_access(&access) {
+                Some(slot) if records.has_entry(&key)? => {
                     index.clock = index.clock.max(slot.access);
-                    index.put(key, slot);
+                    index.put(Key(key), slot);
                 }
-                _ => {
-                    tree.remove(k)?;
-                }
+                // An access record without its entry, or unreadable.
+                _ => records.remove(&key)?,
             }
         }
         let store = Store {
-            tree,
+            records,
             index: Mutex::new(index),
             max_bytes,
             metrics,
@@ -279,8 +260,7 @@ impl Store {
             // Only while the record exists: never resurrect an entry that an
             // eviction or purge removed meanwhile.
             let record = access_record(&slot);
-            self.tree
-                .fetch_and_update(prefixed(ACCESS, &key), |old| old.map(|_| record.to_vec()))?;
+            self.records.touch(&key.0, &record)?;
         }
         Ok(())
     }
@@ -311,7 +291,7 @@ impl Store {
             let access = index.tick(now);
             index.touch(key, access);
         }
-        let Some(value) = self.tree.get(prefixed(ENTRY, key))? else {
+        let Some(value) = self.records.entry(&key.0)? else {
             // The index outlived its entry (removed concurrently): forget it.
             self.forget(key)?;
             return Ok(None);
@@ -333,7 +313,6 @@ impl Store {
                 touched.insert(*key);
             }
         }
-        let value = Bytes::from_owner(value);
         Ok(Some(Entry {
             meta: layout.meta,
             message: value.slice(layout.message),
@@ -381,10 +360,7 @@ impl Store {
         };
         // sled first, then the index: a reader that finds the key indexed
         // always finds its entry.
-        let mut batch = sled::Batch::default();
-        batch.insert(&prefixed(ENTRY, key)[..], value);
-        batch.insert(&prefixed(ACCESS, key)[..], &access_record(&slot)[..]);
-        self.tree.apply_batch(batch)?;
+        self.records.put(&key.0, value, &access_record(&slot))?;
         if let Ok(mut index) = self.index.lock() {
             index.put(*key, slot);
         }
@@ -395,21 +371,28 @@ impl Store {
 
     /// Removes every entry (of `account` only, when given); returns how many.
     pub fn purge(&self, account: Option<&str>) -> Result<u64, StoreError> {
-        let mut removed = 0;
-        for item in self.tree.scan_prefix([ENTRY]) {
-            let (k, v) = item?;
-            let Some(key) = key_of(&k) else { continue };
+        let mut doomed = Vec::new();
+        self.records.scan_entries(&mut |key, value| {
             let matches = match account {
                 None => true,
-                Some(a) => decode(&v).map(|l| l.meta.account == a).unwrap_or(true),
+                Some(a) => decode(value).map(|l| l.meta.account == a).unwrap_or(true),
             };
             if matches {
-                self.forget(&key)?;
-                removed += 1;
+                doomed.push(Key(*key));
             }
+            true
+        })?;
+        let removed = doomed.len() as u64;
+        for key in &doomed {
+            self.forget(key)?;
         }
         self.update_gauges();
         Ok(removed)
+    }
+
+    /// Makes every write so far durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        Ok(self.records.flush()?)
     }
 
     /// Entry count and bytes.
@@ -431,10 +414,7 @@ impl Store {
         if let Ok(mut index) = self.index.lock() {
             index.remove(key);
         }
-        let mut batch = sled::Batch::default();
-        batch.remove(&prefixed(ENTRY, key)[..]);
-        batch.remove(&prefixed(ACCESS, key)[..]);
-        self.tree.apply_batch(batch)?;
+        self.records.remove(&key.0)?;
         Ok(())
     }
 
@@ -515,8 +495,14 @@ mod tests {
         Key([n; 32])
     }
 
-    fn tree(dir: &std::path::Path) -> sled::Tree {
-        sled::open(dir).unwrap().open_tree(TREE).unwrap()
+    fn tree(dir: &std::path::Path) -> Arc<dyn CacheRecords> {
+        records(&sled::open(dir).unwrap())
+    }
+
+    fn records(db: &sled::Db) -> Arc<dyn CacheRecords> {
+        Arc::new(crate::store::sled::CacheTree::new(
+            db.open_tree("cache").unwrap(),
+        ))
     }
 
     const HOUR: Duration = Duration::from_secs(3600);
@@ -583,7 +569,7 @@ mod tests {
         // for a moment); the second Store rebuilds its index from the tree.
         let db = sled::open(dir.path()).unwrap();
         {
-            let store = Store::open(db.open_tree(TREE).unwrap(), cap, None).unwrap();
+            let store = Store::open(records(&db), cap, None).unwrap();
             for n in 1..=3 {
                 store.put(&key(n), &meta("a"), &body, b"", HOUR).unwrap();
             }
@@ -596,7 +582,7 @@ mod tests {
             store.persist_access().unwrap();
         }
         // The order is persisted: after a restart 3 is the oldest.
-        let store = Store::open(db.open_tree(TREE).unwrap(), cap, None).unwrap();
+        let store = Store::open(records(&db), cap, None).unwrap();
         assert_eq!(store.stats().entries, 3);
         store.put(&key(5), &meta("a"), &body, b"", HOUR).unwrap();
         assert!(store.get(&key(3), HOUR).unwrap().is_none());
@@ -632,12 +618,14 @@ mod tests {
         let store = Store::open(tree(dir.path()), 1 << 20, None).unwrap();
         store.put(&key(1), &meta("a"), b"{}", b"", HOUR).unwrap();
         store.put(&key(2), &meta("a"), b"{}", b"", HOUR).unwrap();
-        let record = |n| {
+        let record = |n: u8| {
             store
-                .tree
-                .get(prefixed(ACCESS, &key(n)))
+                .records
+                .accesses()
                 .unwrap()
-                .and_then(|v| parse_access(&v))
+                .into_iter()
+                .find(|(k, _)| *k == key(n).0)
+                .and_then(|(_, v)| parse_access(&v))
         };
         let stored = record(1).unwrap().access;
         // A hit moves the entry in memory only...

@@ -334,11 +334,9 @@ pub fn parse(route: &Route, body: Bytes) -> Result<RequestModel, ProxyError> {
         choices: head.choices,
     };
     if route.endpoint == Endpoint::ChatCompletions && head.stream && !head.wants_usage {
-        model_out.body = openai::request::with_include_usage(
-            &model_out.body,
-            head.had_stream_options,
-        )
-        .map_err(bad_request)?;
+        model_out.body =
+            openai::request::with_include_usage(&model_out.body, head.had_stream_options)
+                .map_err(bad_request)?;
         model_out.strip_usage_chunk = true;
     }
     Ok(model_out)

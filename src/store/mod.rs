@@ -1,0 +1,43 @@
+//! Storage: the traits the rest of tollgate keeps its state through, and
+//! their embedded backend (sled, in [`sled`]). No sled type appears outside
+//! this folder's backend modules, so a second backend (PostgreSQL for the
+//! control endpoint) implements the same traits and runs the same test
+//! suite (`suite.rs`, written once against the traits).
+
+pub mod sled;
+#[cfg(test)]
+pub(crate) mod suite;
+
+use bytes::Bytes;
+
+/// A storage backend failed (I/O, corruption, a full disk). The message
+/// never holds a credential.
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(pub String);
+
+/// A cache key (blake3 of the canonical request).
+pub type CacheKey = [u8; 32];
+
+/// The exact cache's records: for each key an entry (the stored answer,
+/// opaque bytes) and a small access record (LRU and expiry figures),
+/// written and removed together.
+pub trait CacheRecords: Send + Sync {
+    /// The entry of `key`; the bytes share the backend's buffer where it can.
+    fn entry(&self, key: &CacheKey) -> Result<Option<Bytes>, StoreError>;
+    /// Whether `key` has an entry.
+    fn has_entry(&self, key: &CacheKey) -> Result<bool, StoreError>;
+    /// Stores an entry and its access record, atomically.
+    fn put(&self, key: &CacheKey, entry: Vec<u8>, access: &[u8]) -> Result<(), StoreError>;
+    /// Removes an entry and its access record, atomically.
+    fn remove(&self, key: &CacheKey) -> Result<(), StoreError>;
+    /// Replaces the access record of `key` only while it exists (never
+    /// resurrects a removed entry).
+    fn touch(&self, key: &CacheKey, access: &[u8]) -> Result<(), StoreError>;
+    /// Every access record (small: read at start-up to rebuild the index).
+    fn accesses(&self) -> Result<Vec<(CacheKey, Vec<u8>)>, StoreError>;
+    /// Calls `f` with every entry until it returns false.
+    fn scan_entries(&self, f: &mut dyn FnMut(&CacheKey, &[u8]) -> bool) -> Result<(), StoreError>;
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,153 @@
+//! The embedded backend: sled.
+
+use std::path::Path;
+
+use bytes::Bytes;
+
+use super::{CacheKey, CacheRecords, StoreError};
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+const ENTRY: u8 = b'e';
+const ACCESS: u8 = b'a';
+
+/// The cache's own database, under the data dir: its writes must not ride
+/// on the usage journal's syncs.
+pub const CACHE_DIR: &str = "cache";
+const CACHE_TREE: &str = "cache";
+
+/// Opens a sled database; `None` when another process holds it (a running
+/// sidecar: ask it instead).
+pub fn open_db(path: &Path, cache_bytes: u64) -> Result<Option<sled::Db>, StoreError> {
+    match sled::Config::new()
+        .path(path)
+        .cache_capacity(cache_bytes)
+        .open()
+    {
+        Ok(db) => Ok(Some(db)),
+        Err(sled::Error::Io(e))
+            if e.kind() == std::io::ErrorKind::WouldBlock || e.to_string().contains("lock") =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(StoreError(format!("opening {}: {e}", path.display()))),
+    }
+}
+
+/// The cache's records in one sled tree (so an entry and its access record
+/// are written together by one atomic batch):
+/// - `e` + key → the entry
+/// - `a` + key → the access record
+pub struct CacheTree {
+    tree: sled::Tree,
+}
+
+impl CacheTree {
+    /// The records in `tree`.
+    pub fn new(tree: sled::Tree) -> CacheTree {
+        CacheTree { tree }
+    }
+
+    /// The cache of `data_dir` (`data_dir/cache`), with `cache_bytes` of
+    /// page cache; `None` when a running sidecar holds it.
+    pub fn open(data_dir: &Path, cache_bytes: u64) -> Result<Option<CacheTree>, StoreError> {
+        let Some(db) = open_db(&data_dir.join(CACHE_DIR), cache_bytes)? else {
+            return Ok(None);
+        };
+        Ok(Some(CacheTree::new(db.open_tree(CACHE_TREE)?)))
+    }
+}
+
+fn prefixed(tag: u8, key: &CacheKey) -> [u8; 33] {
+    let mut k = [0u8; 33];
+    k[0] = tag;
+    k[1..].copy_from_slice(key);
+    k
+}
+
+fn key_of(k: &[u8]) -> Option<CacheKey> {
+    k.get(1..33)?.try_into().ok()
+}
+
+impl CacheRecords for CacheTree {
+    fn entry(&self, key: &CacheKey) -> Result<Option<Bytes>, StoreError> {
+        // Zero copy: the bytes keep sled's buffer alive.
+        Ok(self.tree.get(prefixed(ENTRY, key))?.map(Bytes::from_owner))
+    }
+
+    fn has_entry(&self, key: &CacheKey) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(prefixed(ENTRY, key))?)
+    }
+
+    fn put(&self, key: &CacheKey, entry: Vec<u8>, access: &[u8]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.insert(&prefixed(ENTRY, key)[..], entry);
+        batch.insert(&prefixed(ACCESS, key)[..], access);
+        Ok(self.tree.apply_batch(batch)?)
+    }
+
+    fn remove(&self, key: &CacheKey) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        batch.remove(&prefixed(ENTRY, key)[..]);
+        batch.remove(&prefixed(ACCESS, key)[..]);
+        Ok(self.tree.apply_batch(batch)?)
+    }
+
+    fn touch(&self, key: &CacheKey, access: &[u8]) -> Result<(), StoreError> {
+        self.tree
+            .fetch_and_update(prefixed(ACCESS, key), |old| old.map(|_| access.to_vec()))?;
+        Ok(())
+    }
+
+    fn accesses(&self) -> Result<Vec<(CacheKey, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix([ACCESS]) {
+            let (k, v) = item?;
+            match key_of(&k) {
+                Some(key) => out.push((key, v.to_vec())),
+                // Not ours: a key of the wrong length is dropped.
+                None => {
+                    self.tree.remove(k)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn scan_entries(&self, f: &mut dyn FnMut(&CacheKey, &[u8]) -> bool) -> Result<(), StoreError> {
+        for item in self.tree.scan_prefix([ENTRY]) {
+            let (k, v) = item?;
+            let Some(key) = key_of(&k) else { continue };
+            if !f(&key, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn cache_tree() -> (tempfile::TempDir, CacheTree) {
+        let dir = tempfile::tempdir().unwrap();
+        let tree = sled::open(dir.path()).unwrap().open_tree("cache").unwrap();
+        (dir, CacheTree::new(tree))
+    }
+
+    #[test]
+    fn cache_records_suite() {
+        crate::store::suite::cache_records(cache_tree);
+    }
+}

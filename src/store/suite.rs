@@ -1,0 +1,58 @@
+//! The storage traits' test suites, written once against the traits: every
+//! backend runs them from its own tests with a constructor of fresh stores
+//! (which also returns whatever must live as long as the store, such as its
+//! directory).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::{CacheKey, CacheRecords};
+
+fn key(n: u8) -> CacheKey {
+    [n; 32]
+}
+
+/// [`CacheRecords`]: entries and access records go and come together.
+pub(crate) fn cache_records<G, S: CacheRecords>(fresh: impl Fn() -> (G, S)) {
+    let (_g, s) = fresh();
+    assert!(s.entry(&key(1)).unwrap().is_none());
+    assert!(!s.has_entry(&key(1)).unwrap());
+    s.put(&key(1), b"one".to_vec(), b"a1").unwrap();
+    s.put(&key(2), b"two".to_vec(), b"a2").unwrap();
+    assert_eq!(&s.entry(&key(1)).unwrap().unwrap()[..], b"one");
+    assert!(s.has_entry(&key(2)).unwrap());
+    // Replacing an entry replaces both records.
+    s.put(&key(2), b"deux".to_vec(), b"b2").unwrap();
+    assert_eq!(&s.entry(&key(2)).unwrap().unwrap()[..], b"deux");
+    let mut accesses = s.accesses().unwrap();
+    accesses.sort();
+    assert_eq!(
+        accesses,
+        vec![(key(1), b"a1".to_vec()), (key(2), b"b2".to_vec())]
+    );
+    // touch replaces an access record, and never brings one back.
+    s.touch(&key(1), b"t1").unwrap();
+    s.remove(&key(2)).unwrap();
+    s.touch(&key(2), b"t2").unwrap();
+    assert!(s.entry(&key(2)).unwrap().is_none());
+    assert_eq!(s.accesses().unwrap(), vec![(key(1), b"t1".to_vec())]);
+    // The scan sees every entry and stops when asked.
+    s.put(&key(3), b"three".to_vec(), b"a3").unwrap();
+    let mut seen = Vec::new();
+    s.scan_entries(&mut |k, v| {
+        seen.push((*k, v.to_vec()));
+        true
+    })
+    .unwrap();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![(key(1), b"one".to_vec()), (key(3), b"three".to_vec())]
+    );
+    let mut count = 0;
+    s.scan_entries(&mut |_, _| {
+        count += 1;
+        false
+    })
+    .unwrap();
+    assert_eq!(count, 1);
+    s.flush().unwrap();
+}
