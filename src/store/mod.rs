@@ -41,3 +41,20 @@ pub trait CacheRecords: Send + Sync {
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
 }
+
+/// Secrets kept for accounts: sealed provider keys (BYOK, an AEAD envelope
+/// made above this layer) and hashed credentials, each an opaque record
+/// under a namespaced id (`byok/acme/anthropic`, `sidecar/<hash>`). The
+/// store never sees a secret in the clear.
+pub trait KeyStore: Send + Sync {
+    /// Stores `record` under `id`, replacing any; returns whether one was replaced.
+    fn put(&self, id: &str, record: &[u8]) -> Result<bool, StoreError>;
+    /// The record under `id`.
+    fn get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Removes the record under `id`; returns whether there was one.
+    fn remove(&self, id: &str) -> Result<bool, StoreError>;
+    /// Every record whose id starts with `prefix`, in id order.
+    fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}

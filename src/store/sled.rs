@@ -4,7 +4,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::{CacheKey, CacheRecords, StoreError};
+use super::{CacheKey, CacheRecords, KeyStore, StoreError};
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
@@ -135,6 +135,49 @@ impl CacheRecords for CacheTree {
     }
 }
 
+/// The key store in one sled tree: id → record.
+pub struct KeyTree {
+    tree: sled::Tree,
+}
+
+impl KeyTree {
+    /// The records in `tree`.
+    pub fn new(tree: sled::Tree) -> KeyTree {
+        KeyTree { tree }
+    }
+}
+
+impl KeyStore for KeyTree {
+    fn put(&self, id: &str, record: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.tree.insert(id.as_bytes(), record)?.is_some())
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(id.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    fn remove(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.tree.remove(id.as_bytes())?.is_some())
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.tree
+            .scan_prefix(prefix.as_bytes())
+            .map(|item| {
+                let (k, v) = item?;
+                let id = String::from_utf8(k.to_vec())
+                    .map_err(|_| StoreError("a key-store id is not UTF-8".into()))?;
+                Ok((id, v.to_vec()))
+            })
+            .collect()
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -144,6 +187,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tree = sled::open(dir.path()).unwrap().open_tree("cache").unwrap();
         (dir, CacheTree::new(tree))
+    }
+
+    #[test]
+    fn key_store_suite() {
+        crate::store::suite::key_store(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let tree = sled::open(dir.path()).unwrap().open_tree("keys").unwrap();
+            (dir, KeyTree::new(tree))
+        });
     }
 
     #[test]

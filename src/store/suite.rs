@@ -4,7 +4,7 @@
 //! directory).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use super::{CacheKey, CacheRecords};
+use super::{CacheKey, CacheRecords, KeyStore};
 
 fn key(n: u8) -> CacheKey {
     [n; 32]
@@ -54,5 +54,29 @@ pub(crate) fn cache_records<G, S: CacheRecords>(fresh: impl Fn() -> (G, S)) {
     })
     .unwrap();
     assert_eq!(count, 1);
+    s.flush().unwrap();
+}
+
+/// [`KeyStore`]: records by id, replaced, removed, listed by prefix in id order.
+pub(crate) fn key_store<G, S: KeyStore>(fresh: impl Fn() -> (G, S)) {
+    let (_g, s) = fresh();
+    assert!(s.get("byok/acme/anthropic").unwrap().is_none());
+    assert!(!s.put("byok/acme/anthropic", b"sealed-1").unwrap());
+    assert!(s.put("byok/acme/anthropic", b"sealed-2").unwrap());
+    s.put("byok/acme/openai", b"sealed-3").unwrap();
+    s.put("byok/acmex/openai", b"sealed-4").unwrap();
+    s.put("sidecar/abc", b"hash").unwrap();
+    assert_eq!(s.get("byok/acme/anthropic").unwrap().unwrap(), b"sealed-2");
+    let ids: Vec<String> = s
+        .list("byok/acme/")
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids, ["byok/acme/anthropic", "byok/acme/openai"]);
+    assert_eq!(s.list("").unwrap().len(), 4);
+    assert!(s.remove("byok/acme/openai").unwrap());
+    assert!(!s.remove("byok/acme/openai").unwrap());
+    assert_eq!(s.list("byok/acme/").unwrap().len(), 1);
     s.flush().unwrap();
 }
