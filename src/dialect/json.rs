@@ -1,4 +1,6 @@
-//! Small JSON helpers shared by the dialects' assemblers and replayers.
+//! JSON helpers the dialects share: the assemblers' failure marker and size
+//! counting, and the wire fields both dialects read the same way (lenient
+//! numbers, error objects, the `id` / `model` / `usage` of a body).
 
 use std::borrow::Cow;
 use std::fmt;
