@@ -121,8 +121,6 @@ const PENDING: &[(&str, &str)] = &[
     // Budget spend is persisted straight to a sled tree until the storage
     // traits land.
     ("src/budget/mod.rs", "sled"),
-    // The price table reports its problems as config problems.
-    ("src/meter/prices.rs", "crate::config"),
     // Config reads identity names through the proxy's re-export, and loads
     // CA files with pingora's helper (rustls' own will do).
     ("src/config/mod.rs", "crate::proxy"),

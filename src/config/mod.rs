@@ -30,7 +30,7 @@ use crate::budget::Budget;
 use crate::dialect::Dialect;
 use crate::keys::KeyRing;
 use crate::limit::Rule;
-use crate::meter::prices::{self, PriceTable, RawPrice};
+use crate::meter::prices::{self, ModelPrice, PriceTable, RawPrice};
 use crate::secret::Secret;
 
 mod cache;
@@ -1728,17 +1728,33 @@ fn price_table(
             problems.push(Problem::new(key, "a model id must not be empty"));
             continue;
         }
-        if let Some(p) = prices::validate_price(&key, &rp, builtin.lookup(&model), problems) {
+        if let Some(p) = price(&key, &rp, builtin.lookup(&model), problems) {
             overrides.insert(model, p);
         }
     }
     let default_fallback = prices::fallback_default();
     let fallback = fallback
-        .and_then(|rp| {
-            prices::validate_price("price_fallback", &rp, Some(&default_fallback), problems)
-        })
+        .and_then(|rp| price("price_fallback", &rp, Some(&default_fallback), problems))
         .unwrap_or(default_fallback);
     builtin.with_overrides(overrides, fallback)
+}
+
+/// One price table whose full key is `key` (`prices."gpt-4o"`).
+fn price(
+    key: &str,
+    raw: &RawPrice,
+    base: Option<&ModelPrice>,
+    problems: &mut Vec<Problem>,
+) -> Option<ModelPrice> {
+    prices::validate_price(raw, base)
+        .map_err(|errors| {
+            problems.extend(
+                errors
+                    .iter()
+                    .map(|e| Problem::new(format!("{key}.{}", e.field()), e.to_string())),
+            )
+        })
+        .ok()
 }
 
 #[cfg(test)]

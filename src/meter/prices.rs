@@ -11,9 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 
-use crate::config::Problem;
 use crate::dialect::Usage;
-use crate::meter::money::{self, NANOS_PER_USD};
+use crate::meter::money::{self, MoneyError, NANOS_PER_USD};
 
 /// Tokens per unit of a rate (rates are per million tokens).
 const TOKENS_PER_RATE_UNIT: u128 = 1_000_000;
@@ -499,8 +498,35 @@ pub struct RawPrice {
     pub batch_multiplier: Option<String>,
 }
 
-/// Validates one config price table whose full key is `key`
-/// (`prices."gpt-4o"`, `price_fallback`), pushing one problem per bad field.
+/// What is wrong with one field of a price override.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PriceError {
+    /// A rate that is not a decimal USD amount.
+    #[error("{error}")]
+    Amount {
+        field: &'static str,
+        error: MoneyError,
+    },
+    /// A batch multiplier outside 0..=1 or finer than a millionth.
+    #[error("not a multiplier between 0 and 1: {0:?}")]
+    Multiplier(String),
+    /// `input` or `output` of a model without a built-in price.
+    #[error("required for a model without a built-in price")]
+    Required { field: &'static str },
+}
+
+impl PriceError {
+    /// The field of [`RawPrice`] it is about (`"output"`).
+    pub fn field(&self) -> &'static str {
+        match self {
+            PriceError::Amount { field, .. } | PriceError::Required { field } => field,
+            PriceError::Multiplier(_) => "batch_multiplier",
+        }
+    }
+}
+
+/// Validates one config price table, returning every bad field (in field
+/// order) when there is one.
 ///
 /// A field that is not given comes from `base` (the built-in row of the same
 /// model) when there is one; otherwise `input` and `output` are required and
@@ -508,18 +534,16 @@ pub struct RawPrice {
 /// ×1.25, 1 h write ×2, cache read ×0.1) and the batch multiplier to 0.5. A
 /// long-context band of `base` is kept.
 pub fn validate_price(
-    key: &str,
     raw: &RawPrice,
     base: Option<&ModelPrice>,
-    problems: &mut Vec<Problem>,
-) -> Option<ModelPrice> {
-    let before = problems.len();
-    let mut usd = |field: &str, value: &Option<String>| -> Option<u64> {
+) -> Result<ModelPrice, Vec<PriceError>> {
+    let mut errors = Vec::new();
+    let mut usd = |field: &'static str, value: &Option<String>| -> Option<u64> {
         let s = value.as_deref()?;
         match money::parse_usd(s) {
             Ok(v) => Some(v),
-            Err(e) => {
-                problems.push(Problem::new(format!("{key}.{field}"), e.to_string()));
+            Err(error) => {
+                errors.push(PriceError::Amount { field, error });
                 None
             }
         }
@@ -534,13 +558,13 @@ pub fn validate_price(
         .as_deref()
         .and_then(|s| match parse_multiplier(s) {
             Ok(ppm) => Some(ppm),
-            Err(message) => {
-                problems.push(Problem::new(format!("{key}.batch_multiplier"), message));
+            Err(e) => {
+                errors.push(e);
                 None
             }
         });
     let price = match base {
-        Some(base) => ModelPrice {
+        Some(base) => Some(ModelPrice {
             rates: Rates {
                 input: input.unwrap_or(base.rates.input),
                 output: output.unwrap_or(base.rates.output),
@@ -550,37 +574,38 @@ pub fn validate_price(
             },
             batch_multiplier_ppm: batch.unwrap_or(base.batch_multiplier_ppm),
             long_context: base.long_context,
-        },
+        }),
         None => {
             for (field, value) in [("input", &raw.input), ("output", &raw.output)] {
                 if value.is_none() {
-                    problems.push(Problem::new(
-                        format!("{key}.{field}"),
-                        "required for a model without a built-in price",
-                    ));
+                    errors.push(PriceError::Required { field });
                 }
             }
-            let (input, output) = (input?, output?);
-            let standard = Rates::standard(input, output);
-            ModelPrice {
-                rates: Rates {
-                    input,
-                    output,
-                    cache_write_5m: w5.unwrap_or(standard.cache_write_5m),
-                    cache_write_1h: w1h.unwrap_or(standard.cache_write_1h),
-                    cache_read: read.unwrap_or(standard.cache_read),
-                },
-                batch_multiplier_ppm: batch.unwrap_or(BATCH_HALF_PPM),
-                long_context: None,
-            }
+            input.zip(output).map(|(input, output)| {
+                let standard = Rates::standard(input, output);
+                ModelPrice {
+                    rates: Rates {
+                        input,
+                        output,
+                        cache_write_5m: w5.unwrap_or(standard.cache_write_5m),
+                        cache_write_1h: w1h.unwrap_or(standard.cache_write_1h),
+                        cache_read: read.unwrap_or(standard.cache_read),
+                    },
+                    batch_multiplier_ppm: batch.unwrap_or(BATCH_HALF_PPM),
+                    long_context: None,
+                }
+            })
         }
     };
-    (problems.len() == before).then_some(price)
+    match price {
+        Some(price) if errors.is_empty() => Ok(price),
+        _ => Err(errors),
+    }
 }
 
 /// Parses a multiplier between 0 and 1 with at most six decimals into ppm.
-fn parse_multiplier(s: &str) -> Result<u32, String> {
-    let bad = || format!("not a multiplier between 0 and 1: {s:?}");
+fn parse_multiplier(s: &str) -> Result<u32, PriceError> {
+    let bad = || PriceError::Multiplier(s.to_owned());
     let nanos = money::parse_usd(s).map_err(|_| bad())?;
     if nanos > NANOS_PER_USD || nanos % 1_000 != 0 {
         return Err(bad());
@@ -993,15 +1018,11 @@ mod tests {
     fn validate_price_fills_from_base() {
         let t = PriceTable::builtin();
         let base = t.lookup("claude-sonnet-4-5");
-        let mut problems = Vec::new();
         let p = validate_price(
-            "prices.\"claude-sonnet-4-5\"",
             &raw(&[("output", "12.50"), ("batch_multiplier", "0.25")]),
             base,
-            &mut problems,
         )
         .unwrap();
-        assert!(problems.is_empty());
         assert_eq!(p.rates.output, 12_500_000_000);
         assert_eq!(p.rates.input, 3_000_000_000);
         assert_eq!(p.rates.cache_read, 300_000_000);
@@ -1011,15 +1032,11 @@ mod tests {
 
     #[test]
     fn validate_price_derives_cache_rates_from_input() {
-        let mut problems = Vec::new();
         let p = validate_price(
-            "prices.\"local\"",
             &raw(&[("input", "2"), ("output", "8"), ("cache_read", "0.05")]),
             None,
-            &mut problems,
         )
         .unwrap();
-        assert!(problems.is_empty());
         assert_eq!(
             p,
             ModelPrice {
@@ -1038,9 +1055,7 @@ mod tests {
 
     #[test]
     fn validate_price_reports_every_bad_field() {
-        let mut problems = Vec::new();
-        let p = validate_price(
-            "prices.\"gpt-4o\"",
+        let errors = validate_price(
             &raw(&[
                 ("output", "abc"),
                 ("cache_read", "-1"),
@@ -1048,32 +1063,33 @@ mod tests {
                 ("batch_multiplier", "1.5"),
             ]),
             PriceTable::builtin().lookup("gpt-4o"),
-            &mut problems,
-        );
-        assert!(p.is_none());
-        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        )
+        .unwrap_err();
+        let shown: Vec<String> = errors
+            .iter()
+            .map(|e| format!("{}: {e}", e.field()))
+            .collect();
         assert_eq!(
             shown,
             [
-                "prices.\"gpt-4o\".output: not a decimal USD amount: \"abc\"",
-                "prices.\"gpt-4o\".cache_write_1h: more than 9 decimals (finer than one nano-USD): \"0.0000000001\"",
-                "prices.\"gpt-4o\".cache_read: negative amount: \"-1\"",
-                "prices.\"gpt-4o\".batch_multiplier: not a multiplier between 0 and 1: \"1.5\"",
+                "output: not a decimal USD amount: \"abc\"",
+                "cache_write_1h: more than 9 decimals (finer than one nano-USD): \"0.0000000001\"",
+                "cache_read: negative amount: \"-1\"",
+                "batch_multiplier: not a multiplier between 0 and 1: \"1.5\"",
             ]
         );
     }
 
     #[test]
     fn validate_price_requires_input_and_output_without_base() {
-        let mut problems = Vec::new();
-        assert!(validate_price("prices.\"x\"", &raw(&[]), None, &mut problems).is_none());
-        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, ["prices.\"x\".input", "prices.\"x\".output"]);
-        problems.clear();
+        let errors = validate_price(&raw(&[]), None).unwrap_err();
+        let fields: Vec<&str> = errors.iter().map(PriceError::field).collect();
+        assert_eq!(fields, ["input", "output"]);
         let only_in = raw(&[("input", "1")]);
-        assert!(validate_price("prices.\"x\"", &only_in, None, &mut problems).is_none());
-        assert_eq!(problems.len(), 1);
-        assert_eq!(problems[0].key, "prices.\"x\".output");
+        assert_eq!(
+            validate_price(&only_in, None),
+            Err(vec![PriceError::Required { field: "output" }])
+        );
     }
 
     #[test]
