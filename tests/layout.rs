@@ -123,9 +123,9 @@ const PENDING: &[(&str, &str)] = &[
     ("src/budget/mod.rs", "sled"),
     // Config reads identity names through the proxy's re-export, and loads
     // CA files with pingora's helper (rustls' own will do).
-    ("src/config/mod.rs", "crate::proxy"),
-    ("src/config/mod.rs", "pingora"),
-    ("src/config/controls.rs", "crate::proxy"),
+    ("src/config/sidecar.rs", "crate::proxy"),
+    ("src/config/values.rs", "crate::proxy"),
+    ("src/config/providers.rs", "pingora"),
 ];
 
 fn layer_of(path: &str) -> Option<Layer> {
