@@ -121,10 +121,7 @@ const PENDING: &[(&str, &str)] = &[
     // Budget spend is persisted straight to a sled tree until the storage
     // traits land.
     ("src/budget/mod.rs", "sled"),
-    // Config reads identity names through the proxy's re-export, and loads
-    // CA files with pingora's helper (rustls' own will do).
-    ("src/config/sidecar.rs", "crate::proxy"),
-    ("src/config/values.rs", "crate::proxy"),
+    // Config loads CA files with pingora's helper (rustls' own will do).
     ("src/config/providers.rs", "pingora"),
 ];
 

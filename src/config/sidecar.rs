@@ -89,19 +89,19 @@ pub(super) fn validate(
         problems,
     );
     let default_account = default_account.and_then(|a| {
-        crate::proxy::identify::check_name("value", &a)
+        crate::identity::check_name("value", &a)
             .map_err(|e| problems.push(Problem::new("default_account", e.0)))
             .ok()?;
         Some(a)
     });
     let default_workload = raw.default_workload.unwrap_or_default();
     if !default_workload.is_empty() {
-        if let Err(e) = crate::proxy::identify::check_name("value", &default_workload) {
+        if let Err(e) = crate::identity::check_name("value", &default_workload) {
             problems.push(Problem::new("default_workload", e.0));
         }
     }
     let default_tags =
-        match crate::proxy::identify::parse_tags("value", &raw.default_tags.unwrap_or_default()) {
+        match crate::identity::parse_tags("value", &raw.default_tags.unwrap_or_default()) {
             Ok(tags) => tags,
             Err(e) => {
                 problems.push(Problem::new("default_tags", e.0));

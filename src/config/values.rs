@@ -145,7 +145,7 @@ pub(super) fn required<T>(
 
 /// A valid account / budget / key name.
 pub(super) fn name(s: &str) -> Result<String, String> {
-    crate::proxy::identify::check_name("value", s)
+    crate::identity::check_name("value", s)
         .map(str::to_string)
         .map_err(|e| e.0)
 }
