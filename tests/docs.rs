@@ -1,23 +1,26 @@
 //! Documentation stays in step with the code: the README's config table
-//! has exactly the code's keys (and types), and every shipped example config
-//! is valid.
+//! has exactly the code's keys (with their types and defaults), and every
+//! shipped example config is valid.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-/// The (key, type) cells of the README's config table, in order.
-fn readme_config_table() -> Vec<(String, String)> {
+/// The (key, type, default) cells of the README's config table, in order;
+/// the default without the backticks around it.
+fn readme_config_table() -> Vec<(String, String, String)> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let mut lines = readme
+    let rows: Vec<(String, String, String)> = readme
         .lines()
         .skip_while(|l| l.trim() != "| key | type | default | meaning |")
-        .skip(2);
-    let rows: Vec<(String, String)> = lines
-        .by_ref()
+        .skip(2)
         .take_while(|l| l.starts_with('|'))
         .map(|l| {
             let cells: Vec<&str> = l.split(" | ").collect();
             let key = cells[0].trim_start_matches("| ").trim_matches('`');
-            (key.to_string(), cells[1].to_string())
+            let default = cells[2]
+                .strip_prefix('`')
+                .and_then(|d| d.strip_suffix('`'))
+                .unwrap_or(cells[2]);
+            (key.to_string(), cells[1].to_string(), default.to_string())
         })
         .collect();
     assert!(!rows.is_empty(), "README has no config table");
@@ -28,8 +31,8 @@ fn readme_config_table() -> Vec<(String, String)> {
 fn readme_config_table_matches_the_code() {
     let table = readme_config_table();
     for k in tollgate::config::keys() {
-        let row = table.iter().find(|(key, _)| key == k.key);
-        let Some((_, ty)) = row else {
+        let row = table.iter().find(|(key, ..)| key == k.key);
+        let Some((_, ty, default)) = row else {
             panic!("README's config table lacks `{}`", k.key);
         };
         assert_eq!(
@@ -38,15 +41,20 @@ fn readme_config_table_matches_the_code() {
             "type of `{}` in README's config table",
             k.key
         );
+        assert_eq!(
+            default, k.default,
+            "default of `{}` in README's config table",
+            k.key
+        );
     }
-    for (key, _) in &table {
+    for (key, ..) in &table {
         assert!(
             tollgate::config::keys().any(|k| k.key == key),
             "README's config table has `{key}`, which is not a config key"
         );
     }
     let code: Vec<&str> = tollgate::config::keys().map(|k| k.key).collect();
-    let readme: Vec<&str> = table.iter().map(|(k, _)| k.as_str()).collect();
+    let readme: Vec<&str> = table.iter().map(|(k, ..)| k.as_str()).collect();
     assert_eq!(
         readme, code,
         "README's config table is not in the code's order"
