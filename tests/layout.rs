@@ -121,8 +121,6 @@ const PENDING: &[(&str, &str)] = &[
     // Budget spend is persisted straight to a sled tree until the storage
     // traits land.
     ("src/budget/mod.rs", "sled"),
-    // Config loads CA files with pingora's helper (rustls' own will do).
-    ("src/config/providers.rs", "pingora"),
 ];
 
 fn layer_of(path: &str) -> Option<Layer> {

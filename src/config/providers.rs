@@ -254,15 +254,13 @@ fn provider(
         },
     };
     let api_key = api_key(rp, env, &key, problems);
-    let ca_file = rp
-        .ca_file
-        .as_deref()
-        .filter(|f| !f.is_empty())
-        .and_then(|path| {
-            let mut store = pingora::tls::RootCertStore::empty();
-            match pingora::tls::load_ca_file_into_store(path, &mut store) {
-                Ok(()) if !store.is_empty() => Some(PathBuf::from(path)),
-                Ok(()) => {
+    let ca_file =
+        rp.ca_file
+            .as_deref()
+            .filter(|f| !f.is_empty())
+            .and_then(|path| match load_ca_file(path) {
+                Ok(n) if n > 0 => Some(PathBuf::from(path)),
+                Ok(_) => {
                     problems.push(Problem::new(
                         key("ca_file"),
                         format!("no certificate in {path:?}"),
@@ -276,8 +274,7 @@ fn provider(
                     ));
                     None
                 }
-            }
-        });
+            });
     if problems.len() != before {
         return None;
     }
@@ -458,6 +455,20 @@ fn parse_base_url(url: &str) -> Result<Upstream, String> {
         base_path: path.trim_end_matches('/').to_owned(),
         ca_file: None,
     })
+}
+
+/// How many CA certificates a PEM file holds; fails on anything unreadable
+/// (rustls' own parser: config stays free of the data plane's crates).
+fn load_ca_file(path: &str) -> Result<usize, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut store = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| e.to_string())? {
+        store
+            .add(cert.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(store.len())
 }
 
 #[cfg(test)]

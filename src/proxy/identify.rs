@@ -11,11 +11,8 @@
 use pingora::http::RequestHeader;
 
 use super::error::ProxyError;
-use crate::identity::BadIdentity;
+use crate::identity::{check_name, parse_tags, BadIdentity, Identity};
 use crate::keys::KeyRing;
-
-// The identity types live in the domain; re-exported for callers not yet moved.
-pub use crate::identity::{check_name, parse_tags, Identity};
 
 /// Header naming the account.
 pub const ACCOUNT: &str = "x-tollgate-account";
