@@ -210,12 +210,15 @@ struct Options {
     wrk_threads: usize,
     /// Restart each tollgate (empty store) before each of its rows.
     fresh: bool,
+    /// The fake's time to first byte under load (`x-fake-ttfb-ms`), so
+    /// requests overlap the way they do in front of a real provider.
+    upstream_delay_ms: u64,
 }
 
 const USAGE: &str = "usage: cargo bench --bench dataplane -- [--warmup SECS] [--duration SECS] \
 [--threads 1,2] [--concurrency 1,64] [--workloads nonstream,stream50[,stream11]] \
 [--targets direct,bare,tollgate,tollgate-nosync,tollgate-miss,tollgate-hit] [--fake-threads N] \
-[--wrk-threads N] [--fresh]";
+[--wrk-threads N] [--fresh] [--upstream-delay-ms N]";
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options> {
@@ -234,6 +237,7 @@ impl Options {
             fake_threads: 2,
             wrk_threads: 2,
             fresh: false,
+            upstream_delay_ms: 0,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -254,6 +258,7 @@ impl Options {
                 "--fake-threads" => o.fake_threads = value()?.parse()?,
                 "--wrk-threads" => o.wrk_threads = value()?.parse()?,
                 "--fresh" => o.fresh = true,
+                "--upstream-delay-ms" => o.upstream_delay_ms = value()?.parse()?,
                 "-h" | "--help" => bail!("{USAGE}"),
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
             }
@@ -276,6 +281,35 @@ fn list<T>(s: &str, f: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
         .filter(|s| !s.is_empty())
         .map(f)
         .collect()
+}
+
+/// Appends per sample of the fdatasync probe.
+const FSYNC_PROBES: usize = 200;
+/// Bytes per append (about one usage-journal open record).
+const FSYNC_PROBE_BYTES: usize = 256;
+
+/// p50 and p99 (µs) of appending a small record to a file in `dir` and
+/// `sync_data`-ing it: the floor of a usage-journal group commit here.
+fn fdatasync_latency(dir: &Path) -> Result<(f64, f64)> {
+    use std::io::Write as _;
+    let path = dir.join("fdatasync-probe");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    let record = [0x5a_u8; FSYNC_PROBE_BYTES];
+    let mut samples = Vec::with_capacity(FSYNC_PROBES);
+    for _ in 0..FSYNC_PROBES {
+        let started = Instant::now();
+        file.write_all(&record)?;
+        file.sync_data()?;
+        samples.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99)))
 }
 
 // ---------------------------------------------------------------------------
@@ -854,7 +888,7 @@ end
 
 /// `unique`: every request gets a body of its own (a per-run salt, the wrk
 /// thread and a counter in the prompt), so each one is a cache miss.
-fn wrk_script(workload: Workload, big_bytes: u64, unique: bool) -> String {
+fn wrk_script(workload: Workload, big_bytes: u64, ttfb_ms: u64, unique: bool) -> String {
     let mut s = String::from("wrk.method = \"POST\"\n");
     let body = workload.body();
     let _ = writeln!(s, "wrk.body = [==[{body}]==]");
@@ -874,6 +908,9 @@ fn wrk_script(workload: Workload, big_bytes: u64, unique: bool) -> String {
     let _ = writeln!(s, "wrk.headers[\"content-type\"] = \"application/json\"");
     for (name, value) in workload.headers(big_bytes) {
         let _ = writeln!(s, "wrk.headers[\"{name}\"] = \"{value}\"");
+    }
+    if ttfb_ms > 0 {
+        let _ = writeln!(s, "wrk.headers[\"x-fake-ttfb-ms\"] = \"{ttfb_ms}\"");
     }
     s.push_str(WRK_DONE);
     s
@@ -1020,6 +1057,16 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
         .pool_max_idle_per_host(0)
         .build()?;
 
+    // The data dirs live here: what a group commit costs on this disk.
+    eprintln!("measuring fdatasync in {}…", dir.path().display());
+    let fdatasync = fdatasync_latency(dir.path())
+        .map(|(p50, p99)| {
+            format!(
+                "fdatasync of a {FSYNC_PROBE_BYTES} B append in {} ({FSYNC_PROBES} samples): p50 {p50:.0} µs, p99 {p99:.0} µs",
+                dir.path().display()
+            )
+        })
+        .unwrap_or_else(|e| format!("fdatasync probe failed: {e}"));
     eprintln!("starting the fake provider…");
     let mut fake = start_fake(dir.path(), o.fake_threads)?;
     let (big_bytes, big_len) = if o.workloads.contains(&Workload::Stream50) {
@@ -1052,8 +1099,8 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
         .map(|&w| {
             let path = dir.path().join(format!("{}.lua", w.name()));
             let unique = dir.path().join(format!("{}-unique.lua", w.name()));
-            std::fs::write(&path, wrk_script(w, big_bytes, false))?;
-            std::fs::write(&unique, wrk_script(w, big_bytes, true))?;
+            std::fs::write(&path, wrk_script(w, big_bytes, o.upstream_delay_ms, false))?;
+            std::fs::write(&unique, wrk_script(w, big_bytes, o.upstream_delay_ms, true))?;
             Ok((w, path, unique))
         })
         .collect::<std::io::Result<_>>()?;
@@ -1146,6 +1193,7 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
     }
 
     let mut facts = Facts::gather(o, args, big_bytes, big_len);
+    facts.disk = fdatasync;
     facts.machine.push_str(&format!(
         "\n           load average (1/5/15 min) at start {load_start}, at end {}",
         loadavg()
@@ -1181,6 +1229,8 @@ struct Facts {
     machine: String,
     wrk: String,
     stream50: String,
+    /// This disk's fdatasync latency (what a usage-journal group commit waits for).
+    disk: String,
 }
 
 impl Facts {
@@ -1260,6 +1310,7 @@ impl Facts {
             } else {
                 "not run".to_owned()
             },
+            disk: String::new(),
         }
     }
 }
@@ -1311,6 +1362,14 @@ fn report(
     let _ = writeln!(w, "git      : {}", f.git);
     let _ = writeln!(w, "machine  : {}", f.machine);
     let _ = writeln!(w, "load     : {}", f.wrk);
+    let _ = writeln!(w, "disk     : {}", f.disk);
+    if o.upstream_delay_ms > 0 {
+        let _ = writeln!(
+            w,
+            "upstream : the fake answers after {} ms (x-fake-ttfb-ms) under load; probes without",
+            o.upstream_delay_ms
+        );
+    }
     let _ = writeln!(
         w,
         "fake     : own process, tokio {} workers; POST /v1/messages, model {MODEL}",
@@ -1327,7 +1386,7 @@ fn report(
     let _ = writeln!(
         w,
         "targets  : direct = the fake; bare = pingora ProxyHttp with only upstream_peer (the floor);\n           \
-         tollgate = release binary, key injection, admin on, log warn, outbox.sync=true (durable before the last byte);\n           \
+         tollgate = release binary, key injection, admin on, log warn, outbox.sync=true (open usage record fdatasync'd before the send);\n           \
          tollgate-nosync = same with outbox.sync=false (these two with cache.mode=off);\n           \
          tollgate-miss = cache on, every request unique; tollgate-hit = cache on, every request identical; t = pingora worker threads"
     );

@@ -29,7 +29,7 @@ use tollgate::budget::alerts::AlertSink;
 use tollgate::budget::{Ledger, SystemClock};
 use tollgate::config::{self, Flags};
 use tollgate::meter::event::{CacheOutcome, RouteKind, Status, UsageEvent};
-use tollgate::meter::outbox::Outbox;
+use tollgate::meter::outbox::{Outbox, OutboxOptions};
 use tollgate::meter::recorder::Recorder;
 use tollgate::metrics::Metrics;
 use tollgate::proxy::lifecycle::InFlight;
@@ -78,12 +78,20 @@ fn state(controls: bool, keys: bool, dir: &std::path::Path) -> anyhow::Result<Ar
         AlertSink::default(),
         metrics.ledger(&config.budgets),
     ));
-    let outbox = Outbox::open(&db, Duration::from_secs(3600), metrics.outbox.clone(), None)?;
+    let (outbox, _) = Outbox::open(
+        &db,
+        &dir.join(tollgate::store::journal::DIR),
+        OutboxOptions {
+            retention: Duration::from_secs(3600),
+            sync: false,
+        },
+        metrics.outbox.clone(),
+        None,
+    )?;
     let recorder = Arc::new(Recorder::new(
         config.prices.clone(),
         outbox,
         metrics.clone(),
-        false,
     ));
     let in_flight = InFlight::new(metrics.in_flight.clone());
     let cache = Arc::new(tollgate::cache::Cache::open(

@@ -18,7 +18,7 @@ use tollgate::budget::{self, Ledger, SystemClock};
 use tollgate::cache::{self, Cache};
 use tollgate::config::{self, Config, Flags, Sources};
 use tollgate::keys::{self as gateway_keys, KeyMode};
-use tollgate::meter::outbox::{self, Outbox};
+use tollgate::meter::outbox::{self, Outbox, OutboxOptions};
 use tollgate::meter::recorder::Recorder;
 use tollgate::metrics::Metrics;
 use tollgate::proxy::intercept::Intercept;
@@ -26,6 +26,7 @@ use tollgate::proxy::lifecycle::{InFlight, Shutdown};
 use tollgate::proxy::{State, Tollgate};
 use tollgate::store::sled::CacheTree;
 use tollgate::store::CacheRecords;
+use tollgate::store::journal;
 use tollgate::usage_report::{GroupBy, UsageReport};
 
 /// Exit status for a bad configuration (EX_CONFIG is 78; the contract says 64, EX_USAGE).
@@ -328,21 +329,25 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         alert_sink,
         metrics.ledger(&config.budgets),
     ));
-    // Budget spend is written ahead of every outbox flush: durable with the events.
-    let hook_ledger = ledger.clone();
-    let outbox = Outbox::open(
+    // Budget spend is persisted with the usage journal's watermark, and what
+    // an earlier run left in the journal is recovered into both.
+    let (outbox, recovery) = Outbox::open(
         &db,
-        config.outbox.retention,
+        &config.data_dir.join(journal::DIR),
+        OutboxOptions {
+            retention: config.outbox.retention,
+            sync: config.outbox.sync,
+        },
         metrics.outbox.clone(),
-        Some(Arc::new(move || hook_ledger.persist())),
+        Some(ledger.clone()),
     )
-    .context("opening the usage outbox")?;
+    .context("opening the usage outbox and journal")?;
     let recorder = Arc::new(Recorder::new(
         config.prices.clone(),
         outbox.clone(),
         metrics.clone(),
-        config.outbox.sync,
     ));
+    recorder.count_recovered(&recovery.interrupted);
     let cache_records: Arc<dyn CacheRecords> = Arc::new(
         CacheTree::open(&config.data_dir, SLED_CACHE_BYTES)
             .context("opening the cache store")?
@@ -473,7 +478,10 @@ fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
     match open_store(&config)? {
         Some(db) => {
             let tree = db.open_tree(outbox::TREE)?;
-            let report = UsageReport::from_events(outbox::read_events(&tree), &by)?;
+            // After a crash, the journal holds events the outbox does not yet.
+            let unfolded = outbox::unfolded_events(&tree, &config.data_dir.join(journal::DIR))?;
+            let events = outbox::read_events(&tree).chain(unfolded.into_iter().map(Ok));
+            let report = UsageReport::from_events(events, &by)?;
             print!("{}", report.render());
         }
         // A running proxy holds the store: ask it.

@@ -75,7 +75,7 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "tollgate_requests_total",
-                "Requests handled, by provider, route and final status.",
+                "Requests handled, by provider, route and final status (interrupted: in flight when the sidecar stopped, counted at start-up).",
             ),
             &["provider", "route", "status"],
         )?;
@@ -135,19 +135,19 @@ impl Metrics {
             )?,
             errors: IntCounter::new(
                 "tollgate_outbox_errors_total",
-                "Failed outbox writes or flushes.",
+                "Failed usage-journal writes or syncs and outbox writes.",
             )?,
             flush_seconds: Histogram::with_opts(
                 HistogramOpts::new(
                     "tollgate_outbox_flush_seconds",
-                    "Time of one outbox group commit (batch write + fsync).",
+                    "Time of one usage-journal group commit (batch write + fdatasync when a request waits on it).",
                 )
                 .buckets(OVERHEAD_BUCKETS.to_vec()),
             )?,
             batch_size: Histogram::with_opts(
                 HistogramOpts::new(
                     "tollgate_outbox_batch_events",
-                    "Usage events per outbox group commit.",
+                    "Usage-journal records (open records and events) per group commit.",
                 )
                 .buckets(vec![
                     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0,

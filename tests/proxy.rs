@@ -1109,13 +1109,20 @@ async fn a_full_disk_keeps_serving_and_logs_the_events() {
         r.bytes().await.unwrap();
     }
     assert!(t.metrics().await.contains("tollgate_outbox_errors_total"));
-    let log = t.log();
+    // Events are written (or found unwritable) just after the response.
+    let deadline = Instant::now() + Duration::from_secs(5);
     for id in &ids {
-        assert!(
-            log.lines()
-                .any(|l| l.contains("usage event not written") && l.contains(id.as_str())),
-            "event {id} is neither in the outbox nor in the log"
-        );
+        while !t
+            .log()
+            .lines()
+            .any(|l| l.contains("usage event not written") && l.contains(id.as_str()))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "event {id} is neither in the outbox nor in the log"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     assert_no_keys_in_log(&t);
     drop(t);

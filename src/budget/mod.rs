@@ -7,11 +7,15 @@
 //! `limit`. Settling replaces a reservation by the real cost, which is never
 //! more than the worst case the reservation priced (see [`estimate`]).
 //!
-//! Spend per period is durable: [`Ledger::persist`] writes the changed
-//! periods to the `budgets` sled tree, and the outbox writer calls it before
-//! every flush, so a request's spend is on disk by the time its usage event
-//! is. Periods are UTC calendar days and months; a reservation settles in
-//! the period it was made in.
+//! Spend per period is durable with the usage journal
+//! ([`crate::store::journal`]): a request's open record (journaled before it
+//! is sent) carries what it reserved, its final record what it spent. The
+//! journal's writer persists the changed periods to the `budgets` sled tree
+//! ([`Ledger::persist_upto`]) together with the journal's watermark, and at
+//! start-up adds back what the journal holds beyond that watermark
+//! ([`Ledger::charge`]), so a crash never leaves less spend than was
+//! billed. Periods are UTC calendar days and months; a reservation settles
+//! in the period it was made in.
 
 pub mod alerts;
 pub mod estimate;
@@ -23,13 +27,17 @@ use prometheus::{Gauge, IntCounter};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
+use crate::meter::event::Charge;
 use crate::meter::money::format_usd;
+use crate::meter::outbox::SpendStore;
 use crate::scope::Scope;
 use alerts::{Alert, AlertSink};
 use estimate::Estimate;
 
 /// Name of the sled tree holding spend per budget and period.
 pub const TREE: &str = "budgets";
+/// Key of the journal watermark in [`TREE`] (no budget name is empty).
+const WATERMARK_KEY: &[u8] = b"\0journal_watermark";
 
 /// A budget's period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -582,13 +590,88 @@ impl Ledger {
             .saturating_sub(cur.reserved)));
     }
 
-    /// Writes every period changed since the last call to the store. Called
-    /// by the outbox writer before each flush, so a settled request's spend
-    /// is durable with its usage event.
+    /// What `res` holds (`nusd` = `None`) or spent (`Some`) per budget
+    /// period, for the usage journal.
+    pub fn charges(&self, res: &Reservation, nusd: Option<u64>) -> Vec<Charge> {
+        res.parts
+            .iter()
+            .map(|(i, key, amount)| Charge {
+                budget: self.budgets[*i].name.clone(),
+                period: key.clone(),
+                nusd: nusd.unwrap_or(*amount),
+            })
+            .collect()
+    }
+
+    /// Adds spend found in the usage journal at start-up (no alerts fire:
+    /// the money was spent before).
+    pub fn charge(&self, charges: &[Charge]) {
+        let mut state = self.lock();
+        for c in charges {
+            let Some(i) = self.budgets.iter().position(|b| b.name == c.budget) else {
+                tracing::warn!(budget = %c.budget, "journaled spend for a budget no longer configured; ignored");
+                continue;
+            };
+            if self.budgets[i].period == Period::Request {
+                continue;
+            }
+            let st = &mut state[i];
+            if period_mut(st, &c.period).is_none() {
+                st.older.push(PeriodState {
+                    stored: load(self.store.as_ref(), &c.budget, &c.period),
+                    key: c.period.clone(),
+                    // Only the current period's bounds are ever consulted.
+                    start: 0,
+                    end: 0,
+                    reserved: 0,
+                    dirty: false,
+                });
+            }
+            if let Some(p) = period_mut(st, &c.period) {
+                p.stored.spent = p.stored.spent.saturating_add(c.nusd);
+                p.dirty = true;
+            }
+            self.update_gauges(&state[i], i);
+        }
+    }
+
+    /// Writes every period changed since the last call to the store.
     pub fn persist(&self) -> Result<(), sled::Error> {
+        self.persist_with(None)
+    }
+
+    /// [`Ledger::persist`], with the journal's watermark in the same batch:
+    /// the spend written includes every journaled final up to `watermark`.
+    pub fn persist_upto(&self, watermark: u64) -> Result<(), sled::Error> {
+        self.persist_with(Some(watermark))
+    }
+
+    /// The journal watermark stored with the spend (0: none).
+    pub fn watermark(&self) -> u64 {
+        let Some(tree) = &self.store else {
+            return 0;
+        };
+        match tree.get(WATERMARK_KEY) {
+            Ok(Some(v)) if v.len() == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v);
+                u64::from_be_bytes(b)
+            }
+            Ok(_) => 0,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the journal watermark failed");
+                0
+            }
+        }
+    }
+
+    fn persist_with(&self, watermark: Option<u64>) -> Result<(), sled::Error> {
         let Some(tree) = &self.store else {
             return Ok(());
         };
+        if self.budgets.is_empty() {
+            return Ok(());
+        }
         let mut writes = Vec::new();
         {
             let mut state = self.lock();
@@ -602,10 +685,13 @@ impl Ledger {
                 }
             }
         }
-        if writes.is_empty() {
+        if writes.is_empty() && watermark.is_none() {
             return Ok(());
         }
         let mut batch = sled::Batch::default();
+        if let Some(w) = watermark {
+            batch.insert(WATERMARK_KEY, &w.to_be_bytes()[..]);
+        }
         for (_, _, key, stored) in &writes {
             match rmp_serde::to_vec(stored) {
                 Ok(bytes) => batch.insert(key.clone(), bytes),
@@ -652,6 +738,20 @@ impl Ledger {
                 Status::of(b, key, spent, reserved)
             })
             .collect()
+    }
+}
+
+impl SpendStore for Ledger {
+    fn watermark(&self) -> u64 {
+        Ledger::watermark(self)
+    }
+
+    fn charge(&self, charges: &[Charge]) {
+        Ledger::charge(self, charges);
+    }
+
+    fn persist_upto(&self, watermark: u64) -> Result<(), sled::Error> {
+        Ledger::persist_upto(self, watermark)
     }
 }
 

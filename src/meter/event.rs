@@ -16,6 +16,10 @@ pub enum Status {
     UpstreamAborted,
     /// tollgate itself failed the request (bad input, upstream unreachable, timeout…).
     ProxyError,
+    /// The sidecar stopped (crash, kill) while the request was at the
+    /// provider: recorded at start-up from its open record, at its reserved
+    /// worst case (see `crate::store::journal`).
+    Interrupted,
 }
 
 impl Status {
@@ -27,6 +31,7 @@ impl Status {
             Status::ClientAborted => "client_aborted",
             Status::UpstreamAborted => "upstream_aborted",
             Status::ProxyError => "proxy_error",
+            Status::Interrupted => "interrupted",
         }
     }
 }
@@ -135,4 +140,94 @@ pub struct UsageEvent {
     pub upstream_request_id: Option<String>,
     /// The client's `idempotency-key` header, if any.
     pub idempotency_key: Option<String>,
+}
+
+/// Money a request holds or spent in one budget period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Charge {
+    /// The budget's name.
+    pub budget: String,
+    /// The period's key (`2026-11-23`, `2026-11`).
+    pub period: String,
+    pub nusd: u64,
+}
+
+/// What is known of a request when it is sent to the provider: journaled
+/// (durably, with `outbox.sync`) before its first byte leaves, so that a
+/// crash while it is in flight still leaves a record of it (and of the
+/// money it may cost).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenRecord {
+    pub event_id: String,
+    pub ts: i64,
+    pub sidecar_id: String,
+    pub account: String,
+    pub workload: String,
+    pub tags: Vec<(String, String)>,
+    pub provider: String,
+    pub model: String,
+    pub route: RouteKind,
+    pub cache: CacheOutcome,
+    /// The request's worst-case cost, nano-USD (what budgets reserved, or
+    /// the same estimate when no budget applies).
+    pub worst_nusd: u64,
+    /// What it reserved, per budget period.
+    pub reserved: Vec<Charge>,
+    pub idempotency_key: Option<String>,
+}
+
+impl OpenRecord {
+    /// The open record of the request `event` is the draft of.
+    pub fn of(event: &UsageEvent, worst_nusd: u64, reserved: Vec<Charge>) -> OpenRecord {
+        OpenRecord {
+            event_id: event.event_id.clone(),
+            ts: event.ts,
+            sidecar_id: event.sidecar_id.clone(),
+            account: event.account.clone(),
+            workload: event.workload.clone(),
+            tags: event.tags.clone(),
+            provider: event.provider.clone(),
+            model: event.model.clone(),
+            route: event.route,
+            cache: event.cache,
+            worst_nusd,
+            reserved,
+            idempotency_key: event.idempotency_key.clone(),
+        }
+    }
+
+    /// The usage event of a request whose answer never completed because
+    /// the sidecar stopped: its worst case, marked incomplete, so the
+    /// ledger never holds less than the provider may bill
+    /// (reconciliation corrects it).
+    pub fn interrupted(&self) -> UsageEvent {
+        UsageEvent {
+            event_id: self.event_id.clone(),
+            ts: self.ts,
+            sidecar_id: self.sidecar_id.clone(),
+            account: self.account.clone(),
+            workload: self.workload.clone(),
+            tags: self.tags.clone(),
+            provider: self.provider.clone(),
+            model: self.model.clone(),
+            route: self.route,
+            cache: self.cache,
+            input_tokens: 0,
+            output_tokens: 0,
+            cache_creation_input_tokens: 0,
+            cache_creation_1h_input_tokens: 0,
+            cache_read_input_tokens: 0,
+            cost_nusd: self.worst_nusd,
+            saved_nusd: 0,
+            status: Status::Interrupted,
+            http_status: 0,
+            error: None,
+            priced: true,
+            usage_incomplete: true,
+            latency_us: 0,
+            ttfb_us: 0,
+            upstream_request_id: None,
+            idempotency_key: self.idempotency_key.clone(),
+        }
+    }
 }

@@ -1,33 +1,32 @@
-//! The usage outbox: a sled tree of MessagePack-encoded [`UsageEvent`]s.
+//! The usage outbox: the sled tree of MessagePack-encoded [`UsageEvent`]s
+//! (the local ledger), fed by the usage journal.
 //!
-//! Durability is by group commit. Requests hand their event to one writer
-//! thread and wait; the writer takes everything queued, applies it as one
-//! sled batch and flushes once, then wakes every waiter. Under load many
-//! requests share one fsync, and no async worker thread ever blocks on disk.
+//! Requests never wait on sled. What they wait on (and what makes a crash
+//! lose no request and no spend) is the journal ([`crate::store::journal`]):
+//! an open record group-committed before the request is sent, a final
+//! record queued when it completes. The journal's writer thread folds
+//! finals into this tree and persists budget spend with its watermark
+//! ([`SpendStore`]) off the request path; sled is flushed when the journal
+//! rotates a segment and at shutdown.
 //!
 //! Standalone (no control endpoint) the outbox is the local ledger, pruned by
 //! age (`outbox.retention`).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::{Histogram, IntCounter, IntGauge};
-use tokio::sync::oneshot;
 
-use super::event::UsageEvent;
+use super::event::{Charge, OpenRecord, UsageEvent};
+use crate::store::journal::{
+    self, FinalRecord, Fold, FoldError, Journal, JournalError, JournalMetrics, Recovery,
+};
 
 /// Name of the sled tree holding events.
 pub const TREE: &str = "outbox";
-/// At most this many events go into one batch / one flush.
-const MAX_BATCH: usize = 4096;
-/// How often the writer prunes events older than the retention.
+/// How often events older than the retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
-/// How long events nobody waits on (`outbox.sync = false`, dropped
-/// requests) are gathered before they are written.
-const DETACHED_WINDOW: Duration = Duration::from_millis(5);
 
 /// Failures of the outbox.
 #[derive(Debug, thiserror::Error)]
@@ -38,9 +37,11 @@ pub enum OutboxError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("decoding a usage event: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
     #[error("the outbox writer has stopped")]
     Closed,
-    #[error("outbox flush failed: {0}")]
+    #[error("usage journal commit failed: {0}")]
     Flush(String),
 }
 
@@ -49,31 +50,33 @@ pub enum OutboxError {
 pub struct OutboxMetrics {
     /// Events held in the outbox.
     pub depth: IntGauge,
-    /// Failed writes or flushes.
+    /// Failed writes, syncs or folds.
     pub errors: IntCounter,
-    /// Time of one group commit (batch apply + flush).
+    /// Time of one journal group commit (write + fdatasync).
     pub flush_seconds: Histogram,
-    /// Events per group commit.
+    /// Records per journal group commit.
     pub batch_size: Histogram,
 }
 
-type Ack = oneshot::Sender<Result<(), String>>;
-
-/// Writes other state that must be durable with the events (budget spend);
-/// the writer calls it before each batch is applied and flushed.
-pub type StateHook = Arc<dyn Fn() -> Result<(), sled::Error> + Send + Sync>;
-
-enum Cmd {
-    Append(Box<UsageEvent>, Option<Ack>),
+/// Budget spend, as the journal's fold needs it (the budget ledger).
+pub trait SpendStore: Send + Sync {
+    /// The journal sequence number up to which every final's spend is in
+    /// the durable spend (0 when none is stored).
+    fn watermark(&self) -> u64;
+    /// Adds spend found at recovery.
+    fn charge(&self, charges: &[Charge]);
+    /// Persists changed spend and the watermark in one batch.
+    fn persist_upto(&self, watermark: u64) -> Result<(), sled::Error>;
 }
 
-impl Cmd {
-    /// A request is waiting for this event to be durable.
-    fn waited_on(&self) -> bool {
-        match self {
-            Cmd::Append(_, ack) => ack.is_some(),
-        }
-    }
+/// How the outbox keeps events.
+#[derive(Clone, Copy, Debug)]
+pub struct OutboxOptions {
+    /// How long events are kept.
+    pub retention: Duration,
+    /// `outbox.sync`: open records are fdatasync'd before a request is sent
+    /// (else written to the kernel and synced in the background).
+    pub sync: bool,
 }
 
 /// Handle to the outbox; cheap to clone.
@@ -83,52 +86,77 @@ pub struct Outbox {
 }
 
 struct Inner {
-    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    journal: Journal,
     tree: sled::Tree,
-    healthy: Arc<AtomicBool>,
-    writer: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Outbox {
-    /// Opens the outbox tree in `db` and starts its writer thread.
+    /// Opens the outbox tree in `db` and the journal in `journal_dir`,
+    /// recovers what an earlier run left in the journal (see
+    /// [`crate::store::journal`]) and starts the journal's writer.
     pub fn open(
         db: &sled::Db,
-        retention: Duration,
+        journal_dir: &Path,
+        options: OutboxOptions,
         metrics: OutboxMetrics,
-        hook: Option<StateHook>,
-    ) -> Result<Outbox, OutboxError> {
+        spend: Option<Arc<dyn SpendStore>>,
+    ) -> Result<(Outbox, Recovery), OutboxError> {
+        Outbox::open_with(
+            db,
+            journal_dir,
+            options,
+            metrics,
+            spend,
+            journal::ROTATE_BYTES,
+        )
+    }
+
+    fn open_with(
+        db: &sled::Db,
+        journal_dir: &Path,
+        options: OutboxOptions,
+        metrics: OutboxMetrics,
+        spend: Option<Arc<dyn SpendStore>>,
+        rotate_bytes: u64,
+    ) -> Result<(Outbox, Recovery), OutboxError> {
         let tree = db.open_tree(TREE)?;
         metrics
             .depth
             .set(i64::try_from(tree.len()).unwrap_or(i64::MAX));
-        let (tx, rx) = mpsc::channel();
-        let healthy = Arc::new(AtomicBool::new(true));
-        let writer = Writer {
+        let mut fold = SledFold {
             db: db.clone(),
             tree: tree.clone(),
-            retention,
-            metrics,
-            healthy: healthy.clone(),
-            hook,
+            spend,
+            retention: options.retention,
+            depth: metrics.depth.clone(),
+            last_prune: Instant::now(),
         };
-        let handle = std::thread::Builder::new()
-            .name("tollgate-outbox".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| OutboxError::Flush(format!("starting the writer thread: {e}")))?;
-        Ok(Outbox {
-            inner: Arc::new(Inner {
-                tx: Mutex::new(Some(tx)),
-                tree,
-                healthy,
-                writer: Mutex::new(Some(handle)),
-            }),
-        })
+        fold.prune();
+        let (journal, recovery) = Journal::open(
+            journal_dir,
+            journal::Options {
+                sync: options.sync,
+                rotate_bytes,
+            },
+            JournalMetrics {
+                commit_seconds: metrics.flush_seconds.clone(),
+                batch_records: metrics.batch_size.clone(),
+                errors: metrics.errors.clone(),
+            },
+            Box::new(fold),
+        )?;
+        Ok((
+            Outbox {
+                inner: Arc::new(Inner { journal, tree }),
+            },
+            recovery,
+        ))
     }
 
-    /// Appends an event and returns once it is flushed to disk.
-    pub async fn append(&self, event: UsageEvent) -> Result<(), OutboxError> {
-        let (ack, done) = oneshot::channel();
-        self.send(Cmd::Append(Box::new(event), Some(ack)))?;
+    /// Journals a request's open record; returns once it is committed
+    /// (fdatasync'd with `outbox.sync`, written to the kernel otherwise).
+    pub async fn begin(&self, record: OpenRecord) -> Result<(), OutboxError> {
+        let done = self.inner.journal.open_record(record)?;
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(OutboxError::Flush(e)),
@@ -136,37 +164,24 @@ impl Outbox {
         }
     }
 
-    /// Queues an event without waiting; the writer flushes it with the next
-    /// batch (and at [`Outbox::close`]). For paths that cannot await, such as
-    /// a request dropped mid-flight.
-    pub fn append_detached(&self, event: UsageEvent) -> Result<(), OutboxError> {
-        self.send(Cmd::Append(Box::new(event), None))
-    }
-
-    fn send(&self, cmd: Cmd) -> Result<(), OutboxError> {
-        let guard = self.inner.tx.lock().map_err(|_| OutboxError::Closed)?;
-        match guard.as_ref() {
-            Some(tx) => tx.send(cmd).map_err(|_| OutboxError::Closed),
-            None => Err(OutboxError::Closed),
-        }
+    /// Queues a request's final event and what it spent (already settled)
+    /// without waiting; it reaches the disk with the next group commit.
+    pub fn append(&self, event: UsageEvent, charges: Vec<Charge>) -> Result<(), OutboxError> {
+        Ok(self
+            .inner
+            .journal
+            .final_record(FinalRecord { event, charges })?)
     }
 
     /// False after a write or flush failed, until one succeeds again.
     pub fn healthy(&self) -> bool {
-        self.inner.healthy.load(Ordering::Relaxed)
+        self.inner.journal.healthy()
     }
 
-    /// Stops the writer after it has written and flushed everything queued.
+    /// Stops the writer after it has written, synced and folded everything
+    /// queued and flushed the store.
     pub fn close(&self) {
-        if let Ok(mut tx) = self.inner.tx.lock() {
-            tx.take();
-        }
-        let handle = self.inner.writer.lock().ok().and_then(|mut h| h.take());
-        if let Some(handle) = handle {
-            if handle.join().is_err() {
-                tracing::error!("outbox writer thread panicked");
-            }
-        }
+        self.inner.journal.close();
     }
 
     /// Every stored event, oldest first.
@@ -211,6 +226,25 @@ pub fn read_events(tree: &sled::Tree) -> impl Iterator<Item = Result<UsageEvent,
     })
 }
 
+/// The events a stopped sidecar's journal holds that its outbox does not
+/// (yet): finals not folded, and open records without a final as
+/// `interrupted` (what the next start will record). For `tollgate usage`
+/// after a crash.
+pub fn unfolded_events(
+    tree: &sled::Tree,
+    journal_dir: &Path,
+) -> Result<Vec<UsageEvent>, OutboxError> {
+    let paired = journal::pair(journal::read(journal_dir)?);
+    let mut events = Vec::new();
+    for (_, f) in paired.finals {
+        if !tree.contains_key(event_key(&f.event))? {
+            events.push(f.event);
+        }
+    }
+    events.extend(paired.open.iter().map(|(_, o)| o.interrupted()));
+    Ok(events)
+}
+
 fn event_key(event: &UsageEvent) -> Vec<u8> {
     match uuid::Uuid::parse_str(&event.event_id) {
         Ok(id) => id.as_bytes().to_vec(),
@@ -223,127 +257,81 @@ fn event_key(event: &UsageEvent) -> Vec<u8> {
     }
 }
 
-struct Writer {
+// === impl SledFold ===
+
+/// The journal's fold into sled: events into the outbox tree, spend into
+/// the budget ledger.
+struct SledFold {
     db: sled::Db,
     tree: sled::Tree,
+    spend: Option<Arc<dyn SpendStore>>,
     retention: Duration,
-    metrics: OutboxMetrics,
-    healthy: Arc<AtomicBool>,
-    hook: Option<StateHook>,
+    depth: IntGauge,
+    last_prune: Instant,
 }
 
-impl Writer {
-    fn run(self, rx: mpsc::Receiver<Cmd>) {
-        let mut last_prune: Option<Instant> = None;
-        let mut batch = Vec::with_capacity(64);
-        loop {
-            if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
-                self.prune();
-                last_prune = Some(Instant::now());
-            }
-            // Wake at least every PRUNE_EVERY so pruning happens on an idle sidecar.
-            match rx.recv_timeout(PRUNE_EVERY) {
-                Ok(cmd) => batch.push(cmd),
-                Err(mpsc::RecvTimeoutError::Timeout) => continue,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(cmd) => batch.push(cmd),
-                    Err(_) => break,
-                }
-            }
-            // Nobody waits on these events: gather more for a while, so a
-            // quiet sidecar does not pay a store write per request. Sleeping
-            // (rather than waiting on the channel) spares every sender a
-            // wake-up of this thread.
-            if !batch.iter().any(Cmd::waited_on) {
-                std::thread::sleep(DETACHED_WINDOW);
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(cmd) => batch.push(cmd),
-                        Err(_) => break,
-                    }
-                }
-            }
-            self.commit(&mut batch);
-        }
-        if let Some(Err(e)) = self.hook.as_ref().map(|h| h()) {
-            tracing::error!(error = %e, "final write of budget state failed");
-        }
-        if let Err(e) = self.db.flush() {
-            tracing::error!(error = %e, "final outbox flush failed");
-        }
+impl Fold for SledFold {
+    fn watermark(&self) -> u64 {
+        self.spend.as_ref().map_or(0, |s| s.watermark())
     }
 
-    fn commit(&self, batch: &mut Vec<Cmd>) {
-        let started = Instant::now();
-        let mut sled_batch = sled::Batch::default();
-        let mut acks = Vec::with_capacity(batch.len());
-        let mut events = Vec::with_capacity(batch.len());
-        let mut encode_error = None;
-        let size = batch.len();
-        for Cmd::Append(event, ack) in batch.drain(..) {
-            match rmp_serde::to_vec_named(&*event) {
-                Ok(bytes) => sled_batch.insert(event_key(&event), bytes),
-                Err(e) => encode_error = Some(e.to_string()),
+    fn recover(&mut self, finals: &[(u64, FinalRecord)], upto: u64) -> Result<(), FoldError> {
+        let watermark = self.watermark();
+        let mut batch = sled::Batch::default();
+        let mut added = 0i64;
+        for (seq, f) in finals {
+            let key = event_key(&f.event);
+            if !self.tree.contains_key(&key)? {
+                batch.insert(key, rmp_serde::to_vec_named(&f.event)?);
+                added += 1;
             }
-            if let Some(ack) = ack {
-                acks.push(ack);
-            }
-            events.push(event);
-        }
-        // An explicit flush (fsync) only when a request waits for it; other
-        // events reach the disk with sled's own periodic flush or at close.
-        let flush = !acks.is_empty();
-        let state = match &self.hook {
-            Some(hook) => hook(),
-            None => Ok(()),
-        };
-        let result = state
-            .and_then(|()| self.tree.apply_batch(sled_batch))
-            .and_then(|()| {
-                if flush {
-                    self.db.flush().map(|_| ())
-                } else {
-                    Ok(())
-                }
-            })
-            .map_err(|e| e.to_string());
-        let result = match (result, encode_error) {
-            (Err(e), _) | (Ok(()), Some(e)) => Err(e),
-            (Ok(()), None) => Ok(()),
-        };
-        self.metrics
-            .flush_seconds
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics.batch_size.observe(size as f64);
-        match &result {
-            Ok(()) => {
-                // Counted, not measured: sled's `len()` walks the whole tree.
-                self.metrics.depth.add(events.len() as i64);
-                self.healthy.store(true, Ordering::Relaxed)
-            }
-            Err(e) => {
-                self.healthy.store(false, Ordering::Relaxed);
-                self.metrics.errors.inc();
-                tracing::error!(error = %e, events = size, "writing usage events to the outbox failed");
-                // The store is unusable (full disk, I/O error): the log keeps
-                // each event (they hold no secrets) so the ledger can be rebuilt.
-                for event in &events {
-                    let json = serde_json::to_string(event).unwrap_or_default();
-                    tracing::error!(target: "tollgate::unwritten_event", event = %json, "usage event not written to the outbox");
+            if *seq > watermark {
+                if let Some(spend) = &self.spend {
+                    spend.charge(&f.charges);
                 }
             }
         }
-        for ack in acks {
-            // A waiter that went away (request dropped) no longer needs the answer.
-            let _ = ack.send(result.clone());
+        self.tree.apply_batch(batch)?;
+        self.depth.add(added);
+        if let Some(spend) = &self.spend {
+            spend.persist_upto(upto)?;
         }
+        self.checkpoint()
     }
 
+    fn fold(&mut self, finals: &[(u64, FinalRecord)], upto: u64) -> Result<(), FoldError> {
+        if finals.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (_, f) in finals {
+            batch.insert(event_key(&f.event), rmp_serde::to_vec_named(&f.event)?);
+        }
+        self.tree.apply_batch(batch)?;
+        // Counted, not measured: sled's `len()` walks the whole tree.
+        self.depth.add(finals.len() as i64);
+        if let Some(spend) = &self.spend {
+            spend.persist_upto(upto)?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<(), FoldError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn tick(&mut self) {
+        if self.last_prune.elapsed() >= PRUNE_EVERY {
+            self.prune();
+        }
+    }
+}
+
+impl SledFold {
     /// Deletes events older than the retention.
-    fn prune(&self) {
+    fn prune(&mut self) {
+        self.last_prune = Instant::now();
         let now_us = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros() as i64)
@@ -365,7 +353,7 @@ impl Writer {
         }
         if removed > 0 {
             tracing::info!(removed, "pruned usage events past the outbox retention");
-            self.metrics.depth.sub(removed as i64);
+            self.depth.sub(removed as i64);
         }
     }
 }
@@ -373,7 +361,11 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::budget::alerts::AlertSink;
+    use crate::budget::{Budget, Ledger, LedgerMetrics, OnInsufficient, Period, SystemClock};
     use crate::meter::event::{CacheOutcome, RouteKind, Status};
+    use crate::scope::Scope;
+    use crate::store::journal::{write_segment, Record};
 
     fn metrics() -> OutboxMetrics {
         OutboxMetrics {
@@ -384,12 +376,26 @@ mod tests {
         }
     }
 
+    fn options() -> OutboxOptions {
+        OutboxOptions {
+            retention: Duration::from_secs(3600),
+            sync: true,
+        }
+    }
+
+    fn now_us() -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_micros() as i64
+    }
+
     fn event(ts: i64) -> UsageEvent {
         UsageEvent {
             event_id: uuid::Uuid::now_v7().to_string(),
             ts,
             sidecar_id: "s".into(),
-            account: "a".into(),
+            account: "acme".into(),
             workload: String::new(),
             tags: vec![],
             provider: "anthropic".into(),
@@ -415,42 +421,209 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn concurrent_appends_are_durable_and_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
+    fn today() -> String {
+        Period::Day.window(now_us() / 1_000_000).unwrap().0
+    }
+
+    fn charge(nusd: u64) -> Vec<Charge> {
+        vec![Charge {
+            budget: "day".into(),
+            period: today(),
+            nusd,
+        }]
+    }
+
+    fn ledger(db: &sled::Db) -> Arc<Ledger> {
+        Arc::new(Ledger::new(
+            vec![Budget {
+                name: "day".into(),
+                scope: Scope::Account("acme".into()),
+                period: Period::Day,
+                limit_nusd: 1_000_000,
+                soft_thresholds: vec![],
+                alert_webhook: None,
+                on_insufficient: OnInsufficient::Deny,
+            }],
+            Some(db.open_tree(crate::budget::TREE).unwrap()),
+            Arc::new(SystemClock),
+            AlertSink::default(),
+            LedgerMetrics::default(),
+        ))
+    }
+
+    fn spent(l: &Ledger) -> u64 {
+        l.status()[0].spent_nusd
+    }
+
+    fn stored(db: &sled::Db) -> Vec<UsageEvent> {
+        read_events(&db.open_tree(TREE).unwrap())
+            .collect::<Result<_, _>>()
             .unwrap()
-            .as_micros() as i64;
+    }
+
+    fn open_record(e: &UsageEvent, worst: u64) -> OpenRecord {
+        OpenRecord::of(e, worst, charge(worst))
+    }
+
+    #[tokio::test]
+    async fn finals_are_folded_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_us();
         {
-            let db = sled::open(dir.path()).unwrap();
-            let outbox = Outbox::open(&db, Duration::from_secs(3600), metrics(), None).unwrap();
+            let db = sled::open(dir.path().join("db")).unwrap();
+            let (outbox, _) =
+                Outbox::open(&db, &dir.path().join("j"), options(), metrics(), None).unwrap();
             let mut tasks = Vec::new();
             for _ in 0..100 {
                 let o = outbox.clone();
-                tasks.push(tokio::spawn(async move { o.append(event(now)).await }));
+                tasks.push(tokio::spawn(async move {
+                    let e = event(now);
+                    o.begin(open_record(&e, 10)).await.unwrap();
+                    o.append(e, Vec::new()).unwrap();
+                }));
             }
             for t in tasks {
-                t.await.unwrap().unwrap();
+                t.await.unwrap();
             }
-            outbox.append_detached(event(now)).unwrap();
+            outbox.append(event(now), Vec::new()).unwrap();
             outbox.close();
         }
-        let db = sled::open(dir.path()).unwrap();
-        let tree = db.open_tree(TREE).unwrap();
-        let events: Vec<_> = read_events(&tree).collect::<Result<_, _>>().unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let events = stored(&db);
         assert_eq!(events.len(), 101);
-        assert_eq!(events[0].cost_nusd, 3);
+        assert!(events
+            .iter()
+            .all(|e| e.status == Status::Ok && e.cost_nusd == 3));
+    }
+
+    #[tokio::test]
+    async fn open_without_final_becomes_interrupted_at_its_worst_case() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join("j");
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let (a, b) = (event(now_us()), event(now_us()));
+        // A crash left: "a" in flight, "b" complete (settled at 300, its
+        // spend never persisted: no watermark yet).
+        write_segment(
+            &j,
+            1,
+            &[
+                (1, Record::Open(open_record(&a, 5_000))),
+                (2, Record::Open(open_record(&b, 5_000))),
+                (
+                    3,
+                    Record::Final(FinalRecord {
+                        event: b.clone(),
+                        charges: charge(300),
+                    }),
+                ),
+            ],
+        );
+        let l = ledger(&db);
+        let (outbox, recovery) =
+            Outbox::open(&db, &j, options(), metrics(), Some(l.clone())).unwrap();
+        assert_eq!(recovery.interrupted.len(), 1);
+        outbox.close();
+        let events = stored(&db);
+        assert_eq!(events.len(), 2);
+        let got_a = events.iter().find(|e| e.event_id == a.event_id).unwrap();
+        assert_eq!(
+            (got_a.status, got_a.cost_nusd, got_a.usage_incomplete),
+            (Status::Interrupted, 5_000, true)
+        );
+        assert_eq!(got_a.account, "acme");
+        assert_eq!(spent(&l), 5_300, "the worst case of a, the real cost of b");
+        // A second start (or a crash right after recovery) changes nothing.
+        drop(l);
+        let l = ledger(&db);
+        let (outbox, recovery) =
+            Outbox::open(&db, &j, options(), metrics(), Some(l.clone())).unwrap();
+        assert!(recovery.interrupted.is_empty());
+        outbox.close();
+        assert_eq!(stored(&db).len(), 2);
+        assert_eq!(spent(&l), 5_300);
+    }
+
+    #[tokio::test]
+    async fn finals_past_the_watermark_are_charged_once_and_not_duplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join("j");
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let (b, c) = (event(now_us()), event(now_us()));
+        // The ledger persisted b's 300 with watermark 5, and b is in the outbox.
+        {
+            let l = ledger(&db);
+            l.charge(&charge(300));
+            l.persist_upto(5).unwrap();
+            let tree = db.open_tree(TREE).unwrap();
+            tree.insert(event_key(&b), rmp_serde::to_vec_named(&b).unwrap())
+                .unwrap();
+        }
+        write_segment(
+            &j,
+            4,
+            &[
+                (
+                    5,
+                    Record::Final(FinalRecord {
+                        event: b.clone(),
+                        charges: charge(300),
+                    }),
+                ),
+                (
+                    6,
+                    Record::Final(FinalRecord {
+                        event: c.clone(),
+                        charges: charge(100),
+                    }),
+                ),
+            ],
+        );
+        let l = ledger(&db);
+        let (outbox, recovery) =
+            Outbox::open(&db, &j, options(), metrics(), Some(l.clone())).unwrap();
+        assert_eq!(recovery.finals, 2);
+        outbox.close();
+        assert_eq!(
+            spent(&l),
+            400,
+            "b counted once, c (past the watermark) added"
+        );
+        let events = stored(&db);
+        assert_eq!(events.len(), 2, "b is not duplicated");
+        assert_eq!(l.watermark(), 6);
+    }
+
+    #[tokio::test]
+    async fn live_spend_is_persisted_with_the_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join("j");
+        let db = sled::open(dir.path().join("db")).unwrap();
+        let l = ledger(&db);
+        let (outbox, _) = Outbox::open(&db, &j, options(), metrics(), Some(l.clone())).unwrap();
+        let e = event(now_us());
+        outbox.begin(open_record(&e, 900)).await.unwrap();
+        // Settled (as a request does) before the final is queued.
+        l.charge(&charge(250));
+        outbox.append(e, charge(250)).unwrap();
+        outbox.close();
+        drop(l);
+        // Restart: the final is at or below the watermark: not charged again.
+        let l = ledger(&db);
+        assert_eq!(spent(&l), 250);
+        let (outbox, recovery) =
+            Outbox::open(&db, &j, options(), metrics(), Some(l.clone())).unwrap();
+        assert!(recovery.interrupted.is_empty());
+        outbox.close();
+        assert_eq!(spent(&l), 250);
+        assert_eq!(stored(&db).len(), 1);
     }
 
     #[tokio::test]
     async fn prunes_past_retention() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_micros() as i64;
+        let now = now_us();
         let tree = db.open_tree(TREE).unwrap();
         // An old event written directly, with an old v7 id so it sorts first.
         let mut old = event(now - 7_200_000_000);
@@ -462,9 +635,10 @@ mod tests {
         .to_string();
         tree.insert(event_key(&old), rmp_serde::to_vec_named(&old).unwrap())
             .unwrap();
-        let outbox = Outbox::open(&db, Duration::from_secs(3600), metrics(), None).unwrap();
-        outbox.append(event(now)).await.unwrap();
-        assert_eq!(outbox.len(), 1, "the old event is pruned at start");
+        let (outbox, _) =
+            Outbox::open(&db, &dir.path().join("j"), options(), metrics(), None).unwrap();
+        outbox.append(event(now), Vec::new()).unwrap();
         outbox.close();
+        assert_eq!(outbox.len(), 1, "the old event is pruned at start");
     }
 }

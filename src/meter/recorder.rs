@@ -1,11 +1,12 @@
-//! The recorder: prices a call, updates the metrics and appends its usage
-//! event to the outbox. The one place a finished request turns into money.
+//! The recorder: prices a call, updates the metrics, journals a request's
+//! open record before it is sent and its usage event when it ends. The one
+//! place a finished request turns into money.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::event::{Status, UsageEvent};
+use super::event::{Charge, OpenRecord, Status, UsageEvent};
 use super::outbox::{Outbox, OutboxError};
 use super::prices::{Cost, PriceTable};
 use crate::dialect::Usage;
@@ -14,8 +15,6 @@ use crate::metrics::Metrics;
 /// Prices, records and counts usage.
 pub struct Recorder {
     prices: PriceTable,
-    /// `outbox.sync`: wait for durability in [`Recorder::record`].
-    sync: bool,
     outbox: Outbox,
     metrics: Metrics,
     /// Models already warned about as unpriced (warn once per model).
@@ -30,10 +29,9 @@ pub struct UpstreamTimes {
 }
 
 impl Recorder {
-    pub fn new(prices: PriceTable, outbox: Outbox, metrics: Metrics, sync: bool) -> Recorder {
+    pub fn new(prices: PriceTable, outbox: Outbox, metrics: Metrics) -> Recorder {
         Recorder {
             prices,
-            sync,
             outbox,
             metrics,
             warned: Mutex::new(HashSet::new()),
@@ -71,26 +69,30 @@ impl Recorder {
         cost
     }
 
-    /// Records an event and returns once it is durable (with `outbox.sync`;
-    /// otherwise once it is queued for the next group commit).
-    pub async fn record(
-        &self,
-        event: UsageEvent,
-        times: Option<UpstreamTimes>,
-    ) -> Result<(), OutboxError> {
+    /// Journals a request's open record before it is sent; returns once it
+    /// is committed (the one durability wait on the request path).
+    pub async fn open(&self, record: OpenRecord) -> Result<(), OutboxError> {
+        self.outbox.begin(record).await
+    }
+
+    /// Records a request's final event and what it spent (settled before
+    /// this call) without waiting: the journal's next group commit takes it.
+    pub fn record(&self, event: UsageEvent, charges: Vec<Charge>, times: Option<UpstreamTimes>) {
         self.count(&event, times);
-        if self.sync {
-            self.outbox.append(event).await
-        } else {
-            self.outbox.append_detached(event)
+        if let Err(e) = self.outbox.append(event, charges) {
+            tracing::error!(error = %e, "usage event lost: the outbox is closed");
         }
     }
 
-    /// Records an event without waiting for durability (drop paths).
+    /// Records an event that spent nothing (cache hits, refusals).
     pub fn record_detached(&self, event: UsageEvent) {
-        self.count(&event, None);
-        if let Err(e) = self.outbox.append_detached(event) {
-            tracing::error!(error = %e, "usage event lost: the outbox is closed");
+        self.record(event, Vec::new(), None);
+    }
+
+    /// Counts the events recovered at start-up as interrupted.
+    pub fn count_recovered(&self, events: &[UsageEvent]) {
+        for e in events {
+            self.count(e, None);
         }
     }
 

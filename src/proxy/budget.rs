@@ -13,7 +13,7 @@ use crate::budget::estimate::{estimate, output_cost, Estimate};
 use crate::budget::{Decision, Denied, Ledger, Reservation};
 use crate::dialect::Usage;
 use crate::identity::Identity;
-use crate::meter::event::UsageEvent;
+use crate::meter::event::{Charge, UsageEvent};
 
 /// A request's hold on its budgets, from reservation to settlement.
 pub struct Guard {
@@ -110,6 +110,30 @@ pub fn reserve(
     Ok(Some(guard))
 }
 
+/// The worst case of a request no budget reserved for (its open record
+/// still carries one, so a crash while it is at the provider is priced):
+/// the output bound is the request's, else `budget_default_max_tokens`.
+/// Unmetered endpoints cost nothing tollgate can price.
+pub fn worst_case(state: &State, route: &Route, request: &RequestModel) -> u64 {
+    if !matches!(
+        route.endpoint,
+        Endpoint::Messages | Endpoint::ChatCompletions
+    ) {
+        return 0;
+    }
+    let max_tokens = request
+        .max_tokens
+        .unwrap_or(state.budget_default_max_tokens);
+    estimate(
+        state.recorder.prices(),
+        &request.model,
+        &request.body,
+        max_tokens,
+        request.choices,
+    )
+    .worst_nusd
+}
+
 impl Guard {
     /// At a stream's `message_start`: when the real input costs more than
     /// estimated, grow the reservation; refuse when a budget cannot cover it.
@@ -144,16 +168,28 @@ impl Guard {
     /// usage is incomplete (an abort, a cut) but the request reached the
     /// provider, the provider may have billed up to the worst case: the
     /// reservation is kept as spent, never less.
-    pub fn settle(mut self, event: &UsageEvent, sent_upstream: bool) {
+    /// Returns what was spent per budget period (for the usage journal).
+    pub fn settle(mut self, event: &UsageEvent, sent_upstream: bool) -> Vec<Charge> {
         let Some(reservation) = self.reservation.take() else {
-            return;
+            return Vec::new();
         };
         let actual = if !event.usage_incomplete || !sent_upstream {
             event.cost_nusd
         } else {
             event.cost_nusd.max(reservation.amount)
         };
+        let charges = self.ledger.charges(&reservation, Some(actual));
         self.ledger.settle(reservation, actual);
+        charges
+    }
+
+    /// What the guard holds: the worst case and its parts per budget period
+    /// (a request's open record).
+    pub fn reserved(&self) -> (u64, Vec<Charge>) {
+        match &self.reservation {
+            Some(r) => (r.amount, self.ledger.charges(r, None)),
+            None => (0, Vec::new()),
+        }
     }
 }
 

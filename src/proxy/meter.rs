@@ -1,6 +1,8 @@
 //! Meter (the tap): relays the upstream response to the client as it
-//! arrives, collects usage on the way, prices it and makes the usage event
-//! durable before the response's last event reaches the client.
+//! arrives, collects usage on the way, prices it and queues the usage event
+//! (settled first) before the response's last event reaches the client,
+//! without waiting for the disk: the request's open record, journaled before
+//! it was sent, already makes it durable (see `crate::store::journal`).
 //!
 //! - Streams (SSE) pass chunk by chunk; nothing is buffered but an
 //!   incomplete trailing event when a usage chunk must be cut out.
@@ -342,13 +344,13 @@ impl Relay<'_> {
         e.priced = cost.priced;
     }
 
-    /// Makes the event durable (the caller then sends the last bytes).
-    async fn record(&mut self) {
+    /// Settles and queues the event (the caller then sends the last bytes).
+    fn record(&mut self) {
         let times = UpstreamTimes {
             total: self.call.sent_at.elapsed(),
             ttfb: self.call.ttfb,
         };
-        self.draft.record(Some(times)).await;
+        self.draft.record(Some(times));
     }
 
     async fn buffered(mut self, route: &Route, upstream: ResponseHeader) {
@@ -417,7 +419,7 @@ impl Relay<'_> {
             }
         }
         let client_gone = self.draft.event.status == Status::ClientAborted;
-        self.record().await;
+        self.record();
         if client_gone {
             super::give_up_on_client(self.session);
             self.call.session.shutdown().await;
@@ -485,7 +487,7 @@ impl Relay<'_> {
         if let Some(f) = failure {
             self.fail_midway(f);
         }
-        self.record().await;
+        self.record();
         self.end_piped().await;
     }
 
@@ -586,15 +588,12 @@ impl Relay<'_> {
             .is_err()
         {
             self.draft.event.status = Status::ClientAborted;
-            self.record().await;
+            self.record();
             self.call.session.shutdown().await;
             return;
         }
         let mut tap = StreamTap::new(route.dialect(), metered && request.strip_usage_chunk);
         let mut recorded = false;
-        // Time the client waits on tollgate: before the upstream, and for the
-        // usage event to be durable before the last event goes out.
-        let mut record_wait = Duration::ZERO;
         let mut failure = None;
         let mut budget_cut: Option<String> = None;
         // Chunks read so far (the head goes to followers with the first).
@@ -625,11 +624,9 @@ impl Relay<'_> {
                 }
             }
             if metered && !recorded && tap.complete() {
-                // The last event is in this chunk: durable first, then send it.
+                // The last event is in this chunk: settled and recorded first, then sent.
                 self.finish_stream(&tap);
-                let waited = std::time::Instant::now();
-                self.record().await;
-                record_wait = waited.elapsed();
+                self.record();
                 recorded = true;
             }
             if let (Some(leader), Some(raw)) = (&self.leader, raw) {
@@ -678,7 +675,7 @@ impl Relay<'_> {
                     "stream ended before its final event".into(),
                 ));
             }
-            self.record().await;
+            self.record();
         } else if let Some(ReadFailure::ClientGone) = failure {
             // Recorded as complete; only the last write failed. The ledger keeps the truth (the call was paid for).
             tracing::debug!(request_id = %self.draft.event.event_id, "client went away after the last event");
@@ -686,7 +683,7 @@ impl Relay<'_> {
         self.state
             .metrics
             .added_seconds
-            .observe((self.pre_upstream + record_wait).as_secs_f64());
+            .observe(self.pre_upstream.as_secs_f64());
         if !sse {
             return self.end_piped().await;
         }

@@ -10,9 +10,10 @@
 //!                 │            request in flight is followed (coalescing)
 //!                 ├─ budget    reserve the worst case against every budget → 402, or clamp max_tokens
 //!                 ├─ forward   strip client credentials, inject the key, send (pooled, rustls)
+//!                 │            (after its open record is journaled: the one durability wait)
 //!                 └─ meter     relay the response chunk by chunk through the tap,
-//!                              price it, settle limits and budgets, make its usage
-//!                              event durable, receipts
+//!                              price it, settle limits and budgets, queue its usage
+//!                              event (not waited on), receipts
 //! (returns Ok(true): pingora's own upstream phases are not used; see below)
 //! ```
 //!
@@ -48,7 +49,7 @@ use crate::config::Config;
 use crate::dialect::Dialect;
 use crate::keys::KeyRing;
 use crate::limit::{Admission, Limiter};
-use crate::meter::event::{CacheOutcome, RouteKind, Status, UsageEvent};
+use crate::meter::event::{CacheOutcome, Charge, OpenRecord, RouteKind, Status, UsageEvent};
 use crate::meter::recorder::{Recorder, UpstreamTimes};
 use crate::metrics::Metrics;
 use error::{Level, ProxyError};
@@ -208,23 +209,37 @@ pub struct Draft {
 
 impl Draft {
     /// Records an event that carries no spend (a cache hit, a coalesced
-    /// request) without waiting for its flush.
+    /// request).
     pub fn record_detached(&mut self) {
-        self.event.latency_us = self.started.elapsed().as_micros() as u64;
-        self.recorded = true;
-        self.settle();
-        self.recorder.record_detached(self.event.clone());
+        self.record(None);
     }
 
-    /// Records the event and waits until it is durable.
-    pub async fn record(&mut self, times: Option<UpstreamTimes>) {
+    /// Records the event without waiting: the budget is settled first, then
+    /// the event is queued for the usage journal's next group commit (the
+    /// request was made durable by its open record before it was sent).
+    pub fn record(&mut self, times: Option<UpstreamTimes>) {
         self.event.latency_us = self.started.elapsed().as_micros() as u64;
         self.recorded = true;
-        // Settled before the event is queued: the outbox writer persists
-        // budget state ahead of the flush this event waits for.
-        self.settle();
-        if let Err(e) = self.recorder.record(self.event.clone(), times).await {
-            tracing::error!(request_id = %self.event.event_id, error = %e, "usage event not durable");
+        // Settled before the event is queued: the journal's watermark
+        // counts on it (see `crate::store::journal`).
+        let charges = self.settle();
+        self.recorder.record(self.event.clone(), charges, times);
+    }
+
+    /// Journals the open record (what the request may cost and what it
+    /// reserved) and waits for it to be committed: right before the
+    /// request's first byte goes to the provider.
+    async fn open(&mut self, worst_nusd: u64) {
+        let (reserved_nusd, reserved) = self
+            .guard
+            .as_ref()
+            .map(budget::Guard::reserved)
+            .unwrap_or_default();
+        let record = OpenRecord::of(&self.event, worst_nusd.max(reserved_nusd), reserved);
+        if let Err(e) = self.recorder.open(record).await {
+            // Like a full disk for events: the traffic goes on, the log and
+            // `tollgate_outbox_errors_total` say what was not recorded.
+            tracing::error!(request_id = %self.event.event_id, error = %e, "open usage record not durable");
         }
     }
 }
@@ -238,19 +253,18 @@ impl Drop for Draft {
             self.event.status = Status::ClientAborted;
             self.event.usage_incomplete = true;
         }
-        self.event.latency_us = self.started.elapsed().as_micros() as u64;
-        self.settle();
-        self.recorder.record_detached(self.event.clone());
+        self.record(None);
     }
 }
 
 impl Draft {
     /// Settles the budget reservation and the rate-limit charge to the
-    /// event's real cost and tokens.
-    fn settle(&mut self) {
-        if let Some(guard) = self.guard.take() {
-            guard.settle(&self.event, self.sent_upstream);
-        }
+    /// event's real cost and tokens; returns what was spent per budget period.
+    fn settle(&mut self) -> Vec<Charge> {
+        let charges = match self.guard.take() {
+            Some(guard) => guard.settle(&self.event, self.sent_upstream),
+            None => Vec::new(),
+        };
         if let Some((limiter, admission)) = self.admission.take() {
             let e = &self.event;
             // Served without the provider: no provider tokens were used.
@@ -265,6 +279,7 @@ impl Draft {
             };
             limiter.settle(&admission, tokens, Instant::now());
         }
+        charges
     }
 }
 
@@ -414,14 +429,21 @@ impl Tollgate {
             request.body.len(),
             state.keys.enabled(),
         )?;
+        if let Some(draft) = ctx.draft.as_mut() {
+            // On record (durably, with outbox.sync) before the first byte
+            // leaves: a crash from here on still leaves its worst case.
+            let worst = match &draft.guard {
+                Some(_) => 0,
+                None => budget::worst_case(state, &route, &request),
+            };
+            draft.open(worst).await;
+            draft.sent_upstream = true;
+        }
         let pre_upstream = ctx
             .draft
             .as_ref()
             .map(|d| d.started.elapsed())
             .unwrap_or_default();
-        if let Some(draft) = ctx.draft.as_mut() {
-            draft.sent_upstream = true;
-        }
         let call = state
             .upstreams
             .send(&route.provider, upstream_req, &request.body)
@@ -506,7 +528,7 @@ impl Tollgate {
                 });
             }
         }
-        draft.record(None).await;
+        draft.record(None);
         if client_gone {
             return;
         }

@@ -3,7 +3,12 @@
 //! this folder's backend modules, so a second backend (PostgreSQL for the
 //! control endpoint) implements the same traits and runs the same test
 //! suite (`suite.rs`, written once against the traits).
+//!
+//! The usage journal ([`journal`]) is the one store of its own kind: an
+//! append-only log of usage records that a request waits on, folded into
+//! the ledger (behind [`journal::Fold`]) off the request path.
 
+pub mod journal;
 pub mod sled;
 #[cfg(test)]
 pub(crate) mod suite;

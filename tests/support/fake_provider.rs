@@ -20,6 +20,7 @@
 //! | `x-fake-scenario` | one of [`SCENARIOS`]; falls back to the default scenario, else `text` |
 //! | `x-fake-usage` | `input=100,output=20,cache_write=10,cache_write_1h=4,cache_read=30` (any subset) |
 //! | `x-fake-delay-ms` | pause between events (`slow`, default 200) or before the headers (`hang`, default 30 000; `error-NNN`, default none) |
+//! | `x-fake-ttfb-ms` | pause before the response headers, any scenario (a provider's time to first byte); before `x-fake-delay-ms` |
 //! | `x-fake-big-bytes` | approximate body size of the `big` stream (default 100 000 000) |
 //! | `x-fake-retry-after` | `retry-after` value on 429/529 errors (default `1`) |
 //! | `x-fake-no-retry: 1` | adds `x-should-retry: false` to error responses |
@@ -850,6 +851,9 @@ async fn respond(
         (Dialect::OpenAi, false) => format!("chatcmpl-{}", token()),
     };
 
+    if let Some(ttfb) = header_u64(&call.headers, "x-fake-ttfb-ms") {
+        tokio::time::sleep(Duration::from_millis(ttfb)).await;
+    }
     if scenario == Scenario::Hang {
         let delay = header_u64(&call.headers, "x-fake-delay-ms").unwrap_or(30_000);
         tokio::time::sleep(Duration::from_millis(delay)).await;

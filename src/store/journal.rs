@@ -1,0 +1,1042 @@
+//! The usage journal: an append-only, checksummed log of usage records in
+//! `data_dir/journal/`, the one durability wait on the request path.
+//!
+//! # Records and when they are written
+//!
+//! - An **open** record ([`OpenRecord`]: event id, time, identity, provider,
+//!   model, route, the worst-case cost and what it reserved per budget
+//!   period) is appended right before a request's first byte goes to the
+//!   provider, and the request waits for it: with `outbox.sync = true`
+//!   until it is `fdatasync`ed (strict: survives a machine crash), with
+//!   `outbox.sync = false` until it is `write`n to the kernel (survives a
+//!   process crash, not a machine crash; synced within
+//!   [`BACKGROUND_SYNC`]). Concurrent requests share one write and one
+//!   `fdatasync` (group commit) on one writer thread; no async worker
+//!   thread ever blocks on the disk, waiters await a oneshot.
+//! - A **final** record ([`FinalRecord`]: the [`UsageEvent`] and what it
+//!   spent per budget period) is appended when the answer completes,
+//!   without anyone waiting. Its budget spend is settled in memory *before*
+//!   it is queued. Cache hits and coalesced followers spend nothing and
+//!   have only a final record; a crash loses the records queued in the
+//!   last group-commit window ([`DETACHED_WINDOW`], a few ms) that had not
+//!   reached the kernel yet — for a request with an open record that means
+//!   it comes back as `interrupted`, never that it vanishes.
+//!
+//! # Framing
+//!
+//! A segment file `NNNNNNNNNNNNNNNNNNNN.wal` is a run of frames:
+//! `len: u32 LE | crc32(payload): u32 LE | payload`, the payload being
+//! `seq: u64 LE` then the [`Record`] as MessagePack (named fields). Reading
+//! stops at the first frame that is short, zero, oversized, fails its
+//! checksum or does not decode: a torn tail is ignored, as if truncated at
+//! the last good frame. Every record has a sequence number, increasing in
+//! write order.
+//!
+//! # Folding, the watermark and rotation
+//!
+//! After each group commit the writer hands the new finals to the [`Fold`]
+//! (the sled ledger: outbox tree and budget spend), off the request path.
+//! The fold persists budget spend together with, in the same sled batch,
+//! the watermark `W` = the last sequence number written. Finals are settled
+//! before they are journaled, so at that moment the spend includes every
+//! final with `seq <= W`. Once the segment passes [`Options::rotate_bytes`]
+//! the writer checkpoints the fold (a sled flush), starts a new segment,
+//! re-writes the still-open records it keeps in memory into it (with their
+//! own sequence numbers), syncs it and deletes the old one.
+//!
+//! # Recovery (at start-up, before traffic)
+//!
+//! All segments are read in order. Then:
+//! 1. every open record without a final becomes a final with status
+//!    `interrupted`, `usage_incomplete`, `cost_nusd` = its worst case, and
+//!    charges = what it reserved; these are appended (and synced) to a new
+//!    segment first, with new sequence numbers above both the old records
+//!    and `W`, so a crash during recovery never charges them twice;
+//! 2. every final (old and new) is inserted into the outbox unless its
+//!    event id is already there (idempotent);
+//! 3. every final with `seq > W` has its charges added to the budget spend
+//!    again (its spend may or may not have been persisted: counting it
+//!    twice over-counts a little, never under-counts);
+//! 4. spend is persisted with `W` = the last sequence number, the fold
+//!    checkpointed, and the old segments deleted.
+//!
+//! New sequence numbers always start above `W`, even when the journal lost
+//! its unsynced tail (`outbox.sync = false` and a machine crash).
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use prometheus::{Histogram, IntCounter};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::meter::event::{Charge, OpenRecord, UsageEvent};
+
+/// The journal's directory under the data dir.
+pub const DIR: &str = "journal";
+/// Segment file suffix.
+const SUFFIX: &str = ".wal";
+/// `len` and `crc` before each payload.
+const FRAME_HEADER: usize = 8;
+/// No record is near this large; a larger `len` is garbage.
+const MAX_FRAME: usize = 16 << 20;
+/// At most this many records go into one group commit.
+const MAX_BATCH: usize = 4096;
+/// How long records nobody waits on are gathered before they are written.
+pub const DETACHED_WINDOW: Duration = Duration::from_millis(5);
+/// Records nobody waited to be synced on are synced at most this late.
+pub const BACKGROUND_SYNC: Duration = Duration::from_millis(20);
+/// The fold's periodic work (pruning) runs at least this often when idle.
+const TICK: Duration = Duration::from_secs(1);
+/// Default segment size that triggers a rotation.
+pub const ROTATE_BYTES: u64 = 4 << 20;
+
+/// One journaled record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    Open(OpenRecord),
+    Final(FinalRecord),
+}
+
+impl Record {
+    fn event_id(&self) -> &str {
+        match self {
+            Record::Open(o) => &o.event_id,
+            Record::Final(f) => &f.event.event_id,
+        }
+    }
+}
+
+/// A request's usage event and what it spent per budget period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalRecord {
+    pub event: UsageEvent,
+    pub charges: Vec<Charge>,
+}
+
+/// Failures of the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("encoding a journal record: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("folding the journal into the ledger: {0}")]
+    Fold(String),
+    #[error("the journal writer has stopped")]
+    Closed,
+    #[error("journal commit failed: {0}")]
+    Commit(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> JournalError + '_ {
+    move |source| JournalError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An error of the store the journal folds into.
+pub type FoldError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where journaled finals end up (the ledger). Called on the writer thread
+/// only. See the module doc for the rules.
+pub trait Fold: Send + 'static {
+    /// `W`: every final with `seq <= W` has its spend in the durable spend.
+    fn watermark(&self) -> u64;
+    /// Recovery: inserts the finals not yet stored, charges those above the
+    /// watermark, persists spend with watermark `upto` and checkpoints.
+    fn recover(&mut self, finals: &[(u64, FinalRecord)], upto: u64) -> Result<(), FoldError>;
+    /// Stores freshly journaled finals (their spend is already settled) and
+    /// persists spend with watermark `upto`.
+    fn fold(&mut self, finals: &[(u64, FinalRecord)], upto: u64) -> Result<(), FoldError>;
+    /// Makes everything folded so far durable.
+    fn checkpoint(&mut self) -> Result<(), FoldError>;
+    /// Periodic upkeep (pruning), at least every second.
+    fn tick(&mut self) {}
+}
+
+/// How the journal writes.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// `fdatasync` before an open record's waiter is answered (`outbox.sync`).
+    pub sync: bool,
+    /// Segment size that triggers a rotation.
+    pub rotate_bytes: u64,
+}
+
+/// Metrics the journal keeps.
+#[derive(Clone)]
+pub struct JournalMetrics {
+    /// Time of one group commit (write + fdatasync when one is waited on).
+    pub commit_seconds: Histogram,
+    /// Records per group commit.
+    pub batch_records: Histogram,
+    /// Failed writes, syncs or folds.
+    pub errors: IntCounter,
+}
+
+/// What recovery found at start-up.
+#[derive(Debug, Default)]
+pub struct Recovery {
+    /// Requests that were at the provider when the sidecar stopped.
+    pub interrupted: Vec<UsageEvent>,
+    /// Finals replayed into the fold.
+    pub finals: usize,
+    /// A segment ended in a torn or corrupt frame (ignored).
+    pub torn: bool,
+}
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+struct Cmd {
+    record: Record,
+    ack: Option<Ack>,
+}
+
+/// Handle to the journal; shared by reference (wrap in an `Arc`).
+pub struct Journal {
+    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    healthy: Arc<AtomicBool>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Journal {
+    /// Opens (creating) the journal in `dir`, recovers what an earlier run
+    /// left into `fold` and starts the writer thread.
+    pub fn open(
+        dir: &Path,
+        options: Options,
+        metrics: JournalMetrics,
+        mut fold: Box<dyn Fold>,
+    ) -> Result<(Journal, Recovery), JournalError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let old = segments(dir)?;
+        let mut recovery = Recovery::default();
+        let mut records = Vec::new();
+        for path in &old {
+            let bytes = fs::read(path).map_err(io_err(path))?;
+            let (mut found, good) = decode(&bytes);
+            if good < bytes.len() && bytes[good..].iter().any(|b| *b != 0) {
+                tracing::warn!(segment = %path.display(), at = good, "journal segment ends in a torn or corrupt frame; ignored from there");
+                recovery.torn = true;
+            }
+            records.append(&mut found);
+        }
+        let last = records.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
+        let mut next_seq = last.max(fold.watermark()) + 1;
+        let Paired { open, mut finals } = pair(records);
+
+        // The interrupted finals go to disk before anything is charged.
+        let path = segment_path(dir, next_seq);
+        let file = create(&path)?;
+        let mut buf = Vec::new();
+        for (_, o) in open {
+            let record = Record::Final(FinalRecord {
+                event: o.interrupted(),
+                charges: o.reserved.clone(),
+            });
+            encode(&mut buf, next_seq, &record)?;
+            recovery.interrupted.push(o.interrupted());
+            if let Record::Final(f) = record {
+                finals.push((next_seq, f));
+            }
+            next_seq += 1;
+        }
+        file.write_all_at(&buf, 0).map_err(io_err(&path))?;
+        file.sync_data().map_err(io_err(&path))?;
+        sync_dir(dir)?;
+        recovery.finals = finals.len();
+        fold.recover(&finals, next_seq - 1)
+            .map_err(|e| JournalError::Fold(e.to_string()))?;
+        for p in &old {
+            fs::remove_file(p).map_err(io_err(p))?;
+        }
+        sync_dir(dir)?;
+        if !recovery.interrupted.is_empty() {
+            tracing::warn!(
+                interrupted = recovery.interrupted.len(),
+                "requests in flight when the sidecar stopped are recorded as interrupted at their worst case"
+            );
+        }
+
+        let (tx, rx) = mpsc::channel();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            path,
+            file,
+            bytes: buf.len() as u64,
+            carried: buf.len() as u64,
+            next_seq,
+            options,
+            open: HashMap::new(),
+            unsynced: false,
+            last_sync: Instant::now(),
+            last_tick: Instant::now(),
+            fold,
+            metrics,
+            healthy: healthy.clone(),
+            buf: Vec::with_capacity(64 << 10),
+        };
+        let handle = std::thread::Builder::new()
+            .name("tollgate-journal".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io_err(dir))?;
+        Ok((
+            Journal {
+                tx: Mutex::new(Some(tx)),
+                healthy,
+                writer: Mutex::new(Some(handle)),
+            },
+            recovery,
+        ))
+    }
+
+    /// Appends an open record; resolves once it is committed (synced with
+    /// `sync`, written to the kernel otherwise).
+    pub fn open_record(
+        &self,
+        record: OpenRecord,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, JournalError> {
+        let (ack, done) = oneshot::channel();
+        self.send(Cmd {
+            record: Record::Open(record),
+            ack: Some(ack),
+        })?;
+        Ok(done)
+    }
+
+    /// Queues a final record; nobody waits for it.
+    pub fn final_record(&self, record: FinalRecord) -> Result<(), JournalError> {
+        self.send(Cmd {
+            record: Record::Final(record),
+            ack: None,
+        })
+    }
+
+    fn send(&self, cmd: Cmd) -> Result<(), JournalError> {
+        let guard = self.tx.lock().map_err(|_| JournalError::Closed)?;
+        match guard.as_ref() {
+            Some(tx) => tx.send(cmd).map_err(|_| JournalError::Closed),
+            None => Err(JournalError::Closed),
+        }
+    }
+
+    /// False after a write, sync or fold failed, until one succeeds again.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Stops the writer once everything queued is written, synced and folded.
+    pub fn close(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let handle = self.writer.lock().ok().and_then(|mut h| h.take());
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("journal writer thread panicked");
+            }
+        }
+    }
+}
+
+/// Every record of the journal in `dir`, segment by segment (for reading a
+/// stopped sidecar's journal); torn tails are skipped.
+pub fn read(dir: &Path) -> Result<Vec<(u64, Record)>, JournalError> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut records = Vec::new();
+    for path in segments(dir)? {
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        records.append(&mut decode(&bytes).0);
+    }
+    Ok(records)
+}
+
+/// Journal records paired up by event id.
+#[derive(Debug, Default)]
+pub struct Paired {
+    /// Open records without a final, oldest first.
+    pub open: Vec<(u64, OpenRecord)>,
+    /// Every final.
+    pub finals: Vec<(u64, FinalRecord)>,
+}
+
+/// Splits records into the open ones without a final and the finals.
+pub fn pair(records: Vec<(u64, Record)>) -> Paired {
+    let mut open = HashMap::new();
+    let mut finals = Vec::new();
+    for (seq, record) in records {
+        match record {
+            Record::Open(o) => {
+                open.insert(o.event_id.clone(), (seq, o));
+            }
+            Record::Final(f) => finals.push((seq, f)),
+        }
+    }
+    // Not assumed to follow their open record in file order.
+    for (_, f) in &finals {
+        open.remove(&f.event.event_id);
+    }
+    let mut open: Vec<(u64, OpenRecord)> = open.into_values().collect();
+    open.sort_by_key(|(seq, _)| *seq);
+    Paired { open, finals }
+}
+
+fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}{SUFFIX}"))
+}
+
+/// The segment files in `dir`, oldest first.
+fn segments(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+        let entry = entry.map_err(io_err(dir))?;
+        let name = entry.file_name();
+        let Some(seq) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(SUFFIX))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        found.push((seq, entry.path()));
+    }
+    found.sort();
+    Ok(found.into_iter().map(|(_, p)| p).collect())
+}
+
+fn create(path: &Path) -> Result<File, JournalError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io_err(path))
+}
+
+/// Makes a created or deleted segment's directory entry durable.
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
+}
+
+/// Appends one frame to `buf`.
+fn encode(buf: &mut Vec<u8>, seq: u64, record: &Record) -> Result<(), JournalError> {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; FRAME_HEADER]);
+    buf.extend_from_slice(&seq.to_le_bytes());
+    if let Err(e) = rmp_serde::encode::write_named(buf, record) {
+        buf.truncate(start);
+        return Err(e.into());
+    }
+    let payload = &buf[start + FRAME_HEADER..];
+    let (Ok(len), crc) = (u32::try_from(payload.len()), crc32fast::hash(payload)) else {
+        buf.truncate(start);
+        return Err(JournalError::Commit("record too large".into()));
+    };
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Ok(())
+}
+
+/// The frames of a segment up to the first bad one, and where that is.
+fn decode(bytes: &[u8]) -> (Vec<(u64, Record)>, usize) {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + FRAME_HEADER) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        if !(8..=MAX_FRAME).contains(&len) {
+            break;
+        }
+        let Some(payload) = bytes.get(at + FRAME_HEADER..at + FRAME_HEADER + len) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&payload[..8]);
+        let Ok(record) = rmp_serde::from_slice::<Record>(&payload[8..]) else {
+            break;
+        };
+        records.push((u64::from_le_bytes(seq), record));
+        at += FRAME_HEADER + len;
+    }
+    (records, at)
+}
+
+// === impl Writer ===
+
+struct Writer {
+    dir: PathBuf,
+    path: PathBuf,
+    file: File,
+    /// Bytes written to the current segment (the next write's offset).
+    bytes: u64,
+    /// Of those, the open records carried over at its start.
+    carried: u64,
+    next_seq: u64,
+    options: Options,
+    /// Open records without a final yet, carried into each new segment.
+    open: HashMap<String, (u64, OpenRecord)>,
+    /// Written but not yet synced.
+    unsynced: bool,
+    last_sync: Instant,
+    last_tick: Instant,
+    fold: Box<dyn Fold>,
+    metrics: JournalMetrics,
+    healthy: Arc<AtomicBool>,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+        let mut batch = Vec::with_capacity(64);
+        loop {
+            if self.last_tick.elapsed() >= TICK {
+                self.fold.tick();
+                self.last_tick = Instant::now();
+            }
+            let wait = if self.unsynced {
+                BACKGROUND_SYNC.saturating_sub(self.last_sync.elapsed())
+            } else {
+                TICK
+            };
+            match rx.recv_timeout(wait) {
+                Ok(cmd) => batch.push(cmd),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.background_sync();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            drain(&rx, &mut batch);
+            // Nobody waits on these: gather more for a while, so a quiet
+            // sidecar does not pay a write per request. Sleeping (rather
+            // than waiting on the channel) spares every sender a wake-up.
+            if !batch.iter().any(|c| c.ack.is_some()) {
+                std::thread::sleep(DETACHED_WINDOW);
+                drain(&rx, &mut batch);
+            }
+            self.commit(&mut batch);
+            self.background_sync();
+            if self.bytes >= self.options.rotate_bytes {
+                self.rotate();
+            }
+        }
+        self.sync();
+        if let Err(e) = self.fold.checkpoint() {
+            self.failed("final checkpoint of the ledger", &e.to_string());
+            return;
+        }
+        // Leave a segment with only what is still open (nothing, after a
+        // drained shutdown).
+        self.rotate();
+    }
+
+    /// Writes a batch (one write), syncs it when a waiter needs that,
+    /// answers the waiters, then folds the finals.
+    fn commit(&mut self, batch: &mut Vec<Cmd>) {
+        let started = Instant::now();
+        self.buf.clear();
+        let mut acks = Vec::new();
+        let mut written = Vec::with_capacity(batch.len());
+        let mut result: Result<(), String> = Ok(());
+        for Cmd { record, ack } in batch.drain(..) {
+            match encode(&mut self.buf, self.next_seq, &record) {
+                Ok(()) => {
+                    written.push((self.next_seq, record));
+                    self.next_seq += 1;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, request_id = record.event_id(), "usage record not journaled");
+                    result = Err(e.to_string());
+                }
+            }
+            if let Some(ack) = ack {
+                acks.push(ack);
+            }
+        }
+        let size = written.len();
+        let write = self
+            .file
+            .write_all_at(&self.buf, self.bytes)
+            .and_then(|()| {
+                if self.options.sync && !acks.is_empty() {
+                    self.file.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
+        match write {
+            Ok(()) => {
+                self.bytes += self.buf.len() as u64;
+                if self.options.sync && !acks.is_empty() {
+                    self.unsynced = false;
+                    self.last_sync = Instant::now();
+                } else if !self.buf.is_empty() {
+                    if !self.unsynced {
+                        // The background sync is due this long after the first unsynced write.
+                        self.last_sync = Instant::now();
+                    }
+                    self.unsynced = true;
+                }
+            }
+            Err(e) => {
+                // The next write goes to the same offset, over whatever of
+                // this one reached the file.
+                result = Err(format!("writing {}: {e}", self.path.display()));
+            }
+        }
+        self.metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics.batch_records.observe(size as f64);
+        match &result {
+            Ok(()) => self.healthy.store(true, Ordering::Relaxed),
+            Err(e) => self.failed("journal commit", e),
+        }
+        for ack in acks {
+            // A waiter that went away (request dropped) no longer needs the answer.
+            let _ = ack.send(result.clone());
+        }
+        let mut finals = Vec::new();
+        for (seq, record) in written {
+            match record {
+                Record::Open(o) => {
+                    self.open.insert(o.event_id.clone(), (seq, o));
+                }
+                Record::Final(f) => {
+                    self.open.remove(&f.event.event_id);
+                    finals.push((seq, f));
+                }
+            }
+        }
+        let folded = self.fold.fold(&finals, self.next_seq - 1);
+        if let Err(e) = &folded {
+            self.failed("folding usage events into the ledger", &e.to_string());
+        }
+        if result.is_err() || folded.is_err() {
+            // Not in the journal or not in the ledger (a full disk): the log
+            // keeps each event (they hold no secrets) so the ledger can be
+            // rebuilt.
+            for (_, f) in &finals {
+                let json = serde_json::to_string(&f.event).unwrap_or_default();
+                tracing::error!(target: "tollgate::unwritten_event", request_id = %f.event.event_id, event = %json, "usage event not written to the journal or the outbox");
+            }
+        }
+    }
+
+    /// Syncs what nobody waited on once it has waited long enough.
+    fn background_sync(&mut self) {
+        if self.unsynced && self.last_sync.elapsed() >= BACKGROUND_SYNC {
+            self.sync();
+        }
+    }
+
+    fn sync(&mut self) {
+        if !self.unsynced {
+            return;
+        }
+        match self.file.sync_data() {
+            Ok(()) => {
+                self.unsynced = false;
+                self.last_sync = Instant::now();
+            }
+            Err(e) => self.failed("journal sync", &format!("{}: {e}", self.path.display())),
+        }
+    }
+
+    /// Once the ledger is durable past the current segment: a new segment
+    /// with the still-open records, and the old one deleted.
+    fn rotate(&mut self) {
+        if self.bytes == self.carried {
+            // Nothing new since this segment started: a rotation would
+            // change nothing (and reuse its name).
+            return;
+        }
+        if let Err(e) = self.fold.checkpoint() {
+            self.failed("checkpoint of the ledger", &e.to_string());
+            return;
+        }
+        let path = segment_path(&self.dir, self.next_seq);
+        let mut open: Vec<&(u64, OpenRecord)> = self.open.values().collect();
+        open.sort_by_key(|(seq, _)| *seq);
+        let mut buf = Vec::new();
+        for (seq, o) in open {
+            if let Err(e) = encode(&mut buf, *seq, &Record::Open(o.clone())) {
+                self.failed("re-encoding an open record", &e.to_string());
+                return;
+            }
+        }
+        let made = create(&path).and_then(|file| {
+            file.write_all_at(&buf, 0).map_err(io_err(&path))?;
+            file.sync_data().map_err(io_err(&path))?;
+            sync_dir(&self.dir)?;
+            Ok(file)
+        });
+        let file = match made {
+            Ok(file) => file,
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                self.failed("starting a journal segment", &e.to_string());
+                return;
+            }
+        };
+        let old = std::mem::replace(&mut self.path, path);
+        self.file = file;
+        self.bytes = buf.len() as u64;
+        self.carried = self.bytes;
+        self.unsynced = false;
+        if let Err(e) = fs::remove_file(&old) {
+            // Harmless: its finals are folded (re-folding is idempotent)
+            // and its open records are in the new segment too.
+            tracing::warn!(segment = %old.display(), error = %e, "old journal segment not deleted");
+        }
+    }
+
+    fn failed(&self, what: &str, error: &str) {
+        self.healthy.store(false, Ordering::Relaxed);
+        self.metrics.errors.inc();
+        tracing::error!(error, "{what} failed");
+    }
+}
+
+fn drain(rx: &mpsc::Receiver<Cmd>, batch: &mut Vec<Cmd>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(cmd) => batch.push(cmd),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Writes a segment as a crashed writer could have left it (tests).
+#[cfg(test)]
+pub(crate) fn write_segment(dir: &Path, first_seq: u64, records: &[(u64, Record)]) {
+    let mut buf = Vec::new();
+    for (seq, r) in records {
+        encode(&mut buf, *seq, r).unwrap();
+    }
+    fs::create_dir_all(dir).unwrap();
+    fs::write(segment_path(dir, first_seq), buf).unwrap();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::event::{CacheOutcome, RouteKind, Status};
+
+    pub(crate) fn event(id: &str, cost: u64) -> UsageEvent {
+        let mut e = OpenRecord::of_test(id).interrupted();
+        e.status = Status::Ok;
+        e.usage_incomplete = false;
+        e.cost_nusd = cost;
+        e
+    }
+
+    impl OpenRecord {
+        fn of_test(id: &str) -> OpenRecord {
+            OpenRecord {
+                event_id: id.into(),
+                ts: 1,
+                sidecar_id: "s".into(),
+                account: "acme".into(),
+                workload: String::new(),
+                tags: vec![("team".into(), "x".into())],
+                provider: "anthropic".into(),
+                model: "claude-sonnet-4-5".into(),
+                route: RouteKind::Stream,
+                cache: CacheOutcome::Miss,
+                worst_nusd: 9_000,
+                reserved: vec![Charge {
+                    budget: "day".into(),
+                    period: "2026-12-03".into(),
+                    nusd: 9_000,
+                }],
+                idempotency_key: Some(format!("k-{id}")),
+            }
+        }
+    }
+
+    fn open(id: &str) -> Record {
+        Record::Open(OpenRecord::of_test(id))
+    }
+
+    fn fin(id: &str, cost: u64) -> Record {
+        Record::Final(FinalRecord {
+            event: event(id, cost),
+            charges: vec![Charge {
+                budget: "day".into(),
+                period: "2026-12-03".into(),
+                nusd: cost,
+            }],
+        })
+    }
+
+    #[derive(Default)]
+    struct Seen {
+        recovered: Vec<(u64, FinalRecord)>,
+        folded: Vec<(u64, FinalRecord)>,
+        upto: u64,
+        checkpoints: usize,
+    }
+
+    /// An in-memory fold; `stall` makes the first fold slow (a busy ledger).
+    #[derive(Clone, Default)]
+    struct MemFold {
+        seen: Arc<Mutex<Seen>>,
+        watermark: u64,
+        stall: Option<Duration>,
+    }
+
+    impl Fold for MemFold {
+        fn watermark(&self) -> u64 {
+            self.watermark
+        }
+        fn recover(&mut self, finals: &[(u64, FinalRecord)], upto: u64) -> Result<(), FoldError> {
+            let mut s = self.seen.lock().unwrap();
+            s.recovered.extend_from_slice(finals);
+            s.upto = upto;
+            Ok(())
+        }
+        fn fold(&mut self, finals: &[(u64, FinalRecord)], upto: u64) -> Result<(), FoldError> {
+            if let Some(d) = self.stall.take() {
+                std::thread::sleep(d);
+            }
+            let mut s = self.seen.lock().unwrap();
+            s.folded.extend_from_slice(finals);
+            s.upto = upto;
+            Ok(())
+        }
+        fn checkpoint(&mut self) -> Result<(), FoldError> {
+            self.seen.lock().unwrap().checkpoints += 1;
+            Ok(())
+        }
+    }
+
+    fn metrics() -> JournalMetrics {
+        JournalMetrics {
+            commit_seconds: Histogram::with_opts(prometheus::HistogramOpts::new("c", "c")).unwrap(),
+            batch_records: Histogram::with_opts(prometheus::HistogramOpts::new("b", "b")).unwrap(),
+            errors: IntCounter::new("e", "e").unwrap(),
+        }
+    }
+
+    fn options(rotate_bytes: u64) -> Options {
+        Options {
+            sync: true,
+            rotate_bytes,
+        }
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let records = vec![(1, open("a")), (2, fin("a", 300)), (7, open("b"))];
+        let mut buf = Vec::new();
+        for (seq, r) in &records {
+            encode(&mut buf, *seq, r).unwrap();
+        }
+        let (decoded, end) = decode(&buf);
+        assert_eq!(decoded, records);
+        assert_eq!(end, buf.len());
+        // Zeros (a preallocated or empty tail) end the log quietly.
+        buf.extend_from_slice(&[0; 64]);
+        assert_eq!(decode(&buf).0.len(), 3);
+    }
+
+    #[test]
+    fn a_torn_or_corrupt_tail_is_ignored() {
+        let mut buf = Vec::new();
+        encode(&mut buf, 1, &open("a")).unwrap();
+        encode(&mut buf, 2, &fin("a", 300)).unwrap();
+        let good = buf.len();
+        encode(&mut buf, 3, &open("b")).unwrap();
+        // Torn: the last frame only partly written.
+        let torn = &buf[..buf.len() - 5];
+        assert_eq!(decode(torn), (decode(&buf[..good]).0, good));
+        // Corrupt: a flipped byte in the last frame's payload.
+        let mut bad = buf.clone();
+        let at = good + FRAME_HEADER + 12;
+        bad[at] ^= 0x40;
+        let (records, end) = decode(&bad);
+        assert_eq!((records.len(), end), (2, good));
+        // Recovery reads up to there: "a" is final, nothing is interrupted.
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join(DIR);
+        fs::create_dir_all(&j).unwrap();
+        fs::write(segment_path(&j, 1), &bad).unwrap();
+        let fold = MemFold::default();
+        let (journal, recovery) =
+            Journal::open(&j, options(ROTATE_BYTES), metrics(), Box::new(fold.clone())).unwrap();
+        assert!(recovery.torn);
+        assert!(recovery.interrupted.is_empty());
+        assert_eq!(fold.seen.lock().unwrap().recovered.len(), 1);
+        journal.close();
+        assert_eq!(segments(&j).unwrap().len(), 1, "the old segment is gone");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_appends_share_group_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let fold = MemFold {
+            // The writer is busy folding the first commit while the others queue.
+            stall: Some(Duration::from_millis(100)),
+            ..MemFold::default()
+        };
+        let m = metrics();
+        let (journal, _) = Journal::open(
+            dir.path(),
+            options(ROTATE_BYTES),
+            m.clone(),
+            Box::new(fold.clone()),
+        )
+        .unwrap();
+        let journal = Arc::new(journal);
+        journal
+            .final_record(match fin("first", 1) {
+                Record::Final(f) => f,
+                Record::Open(_) => unreachable!(),
+            })
+            .unwrap();
+        let tasks: Vec<_> = (0..100)
+            .map(|i| {
+                let j = journal.clone();
+                tokio::spawn(async move {
+                    let done = j
+                        .open_record(OpenRecord::of_test(&format!("r{i}")))
+                        .unwrap();
+                    done.await.unwrap().unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let commits = m.batch_records.get_sample_count();
+        assert!(commits <= 10, "100 appends took {commits} commits");
+        assert_eq!(m.batch_records.get_sample_sum() as u64, 101);
+        journal.close();
+        // All 100 are still open: they survive into the next start as interrupted.
+        let (journal, recovery) = Journal::open(
+            dir.path(),
+            options(ROTATE_BYTES),
+            metrics(),
+            Box::new(MemFold::default()),
+        )
+        .unwrap();
+        assert_eq!(recovery.interrupted.len(), 100);
+        assert!(recovery
+            .interrupted
+            .iter()
+            .all(|e| e.status == Status::Interrupted
+                && e.cost_nusd == 9_000
+                && e.usage_incomplete));
+        journal.close();
+    }
+
+    #[tokio::test]
+    async fn rotation_keeps_open_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let fold = MemFold::default();
+        // Every commit passes the size: every commit rotates.
+        let (journal, _) =
+            Journal::open(dir.path(), options(1), metrics(), Box::new(fold.clone())).unwrap();
+        journal
+            .open_record(OpenRecord::of_test("a"))
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        journal
+            .open_record(OpenRecord::of_test("b"))
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        let Record::Final(f) = fin("b", 300) else {
+            unreachable!()
+        };
+        journal.final_record(f).unwrap();
+        journal.close();
+        {
+            let s = fold.seen.lock().unwrap();
+            assert_eq!(s.folded.len(), 1);
+            assert!(
+                s.checkpoints >= 3,
+                "each rotation checkpoints the ledger first"
+            );
+        }
+        let segs = segments(dir.path()).unwrap();
+        assert_eq!(segs.len(), 1, "old segments are deleted");
+        let left = read(dir.path()).unwrap();
+        assert_eq!(left.len(), 1, "only the open record is carried: {left:?}");
+        assert!(matches!(&left[0].1, Record::Open(o) if o.event_id == "a"));
+        // "a" never finished: at the next start it is interrupted.
+        let fold = MemFold::default();
+        let (journal, recovery) =
+            Journal::open(dir.path(), options(1), metrics(), Box::new(fold.clone())).unwrap();
+        assert_eq!(recovery.interrupted.len(), 1);
+        assert_eq!(recovery.interrupted[0].event_id, "a");
+        let s = fold.seen.lock().unwrap();
+        assert_eq!(s.recovered.len(), 1);
+        assert_eq!(
+            s.recovered[0].1.charges[0].nusd, 9_000,
+            "charged its reservation"
+        );
+        drop(s);
+        journal.close();
+    }
+
+    #[test]
+    fn recovery_numbers_new_records_above_the_watermark() {
+        let dir = tempfile::tempdir().unwrap();
+        write_segment(
+            dir.path(),
+            1,
+            &[(1, open("a")), (2, open("b")), (3, fin("b", 5))],
+        );
+        // The ledger already holds spend up to seq 40 (the journal lost its
+        // unsynced tail): "a"'s interrupted final must still be charged.
+        let fold = MemFold {
+            watermark: 40,
+            ..MemFold::default()
+        };
+        let (journal, recovery) = Journal::open(
+            dir.path(),
+            options(ROTATE_BYTES),
+            metrics(),
+            Box::new(fold.clone()),
+        )
+        .unwrap();
+        assert_eq!(recovery.finals, 2);
+        let s = fold.seen.lock().unwrap();
+        let a = s
+            .recovered
+            .iter()
+            .find(|(_, f)| f.event.event_id == "a")
+            .unwrap();
+        assert_eq!(a.0, 41);
+        assert_eq!(s.upto, 41);
+        drop(s);
+        journal.close();
+    }
+}
