@@ -276,3 +276,62 @@ async fn kill_9_under_load_loses_no_request_and_no_spend() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("interrupted"), "{table}");
 }
+
+/// A stream whose real input (at `message_start`) outgrew the estimate
+/// grows its reservation; a crash after that charges the grown worst case.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_a_stream_grew_its_reservation_charges_the_grown_worst_case() {
+    let fake = FakeProvider::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut t = start(&fake, data.path());
+    let url = format!("{}/v1/messages", t.url());
+    let request = tokio::spawn(async move {
+        let sent = reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
+            .header("x-tollgate-account", "acme")
+            .header("idempotency-key", "grown")
+            .header("x-fake-scenario", "slow")
+            .header("x-fake-delay-ms", "300")
+            // Far more input than the body's bytes can hold.
+            .header("x-fake-usage", "input=5000,output=10")
+            .body(body(true, "grown"))
+            .send()
+            .await;
+        if let Ok(r) = sent {
+            // Cut by the kill.
+            let _ = r.bytes().await;
+        }
+    });
+    // message_start (with the real input) is the first event; the rest
+    // come 300 ms apart.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fake.requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the fake"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    t.signal(libc::SIGKILL);
+    t.wait_exit(Duration::from_secs(10));
+    let _ = request.await;
+    let t = start(&fake, data.path());
+    let events = t.events().await;
+    let e = events
+        .iter()
+        .find(|e| e["idempotency_key"] == "grown")
+        .expect("an event for the request");
+    assert_eq!(e["status"], "interrupted", "{e}");
+    let grown = 5000 * INPUT_NUSD + MAX_TOKENS * OUTPUT_NUSD;
+    assert_eq!(e["cost_nusd"], grown, "{e}");
+    let budgets: Value = reqwest::get(format!("{}/budgets", t.admin_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(budgets[0]["spent_nusd"], grown);
+}

@@ -183,6 +183,11 @@ impl Guard {
         charges
     }
 
+    /// The worst case the guard holds, nano-USD.
+    pub fn reserved_nusd(&self) -> u64 {
+        self.reservation.as_ref().map_or(0, |r| r.amount)
+    }
+
     /// What the guard holds: the worst case and its parts per budget period
     /// (a request's open record).
     pub fn reserved(&self) -> (u64, Vec<Charge>) {

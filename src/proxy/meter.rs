@@ -616,11 +616,31 @@ impl Relay<'_> {
                 (true, Some(asm)) => tap.feed_with(chunk, |name, data| asm.on_event(name, data)),
             };
             if metered && tap.saw_usage() {
+                // Checked once, at the first usage seen.
+                let held = self
+                    .draft
+                    .guard
+                    .as_ref()
+                    .filter(|g| !g.start_checked)
+                    .map(super::budget::Guard::reserved_nusd);
                 if let Err(message) = self.check_stream_start(&tap) {
                     // Ended at once: this chunk is not sent, the error event is.
                     budget_cut = Some(message.clone());
                     failure = Some(ReadFailure::Budget(message));
                     break;
+                }
+                if held.is_some()
+                    && self
+                        .draft
+                        .guard
+                        .as_ref()
+                        .map(super::budget::Guard::reserved_nusd)
+                        != held
+                {
+                    // The reservation grew to the real input: so does the
+                    // worst case a crash would charge (rare: the estimate
+                    // bounds input by the body's bytes).
+                    self.draft.open(0).await;
                 }
             }
             if metered && !recorded && tap.complete() {

@@ -228,7 +228,8 @@ impl Draft {
 
     /// Journals the open record (what the request may cost and what it
     /// reserved) and waits for it to be committed: right before the
-    /// request's first byte goes to the provider.
+    /// request's first byte goes to the provider, and again when a stream's
+    /// reservation grows (the later record replaces the earlier).
     async fn open(&mut self, worst_nusd: u64) {
         let (reserved_nusd, reserved) = self
             .guard

@@ -10,7 +10,10 @@
 //!   until it is `fdatasync`ed (strict: survives a machine crash), with
 //!   `outbox.sync = false` until it is `write`n to the kernel (survives a
 //!   process crash, not a machine crash; synced within
-//!   [`BACKGROUND_SYNC`]). Concurrent requests share one write and one
+//!   [`BACKGROUND_SYNC`]). When a stream's reservation grows at
+//!   `message_start` (its real input outgrew the estimate) the open record
+//!   is journaled again, waited on the same way; the later one counts.
+//!   Concurrent requests share one write and one
 //!   `fdatasync` (group commit) on one writer thread; no async worker
 //!   thread ever blocks on the disk, waiters await a oneshot.
 //! - A **final** record ([`FinalRecord`]: the [`UsageEvent`] and what it
