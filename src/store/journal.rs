@@ -228,7 +228,7 @@ impl Journal {
         let old = segments(dir)?;
         let mut recovery = Recovery::default();
         let mut records = Vec::new();
-        for path in &old {
+        for (_, path) in &old {
             let bytes = fs::read(path).map_err(io_err(path))?;
             let (mut found, good) = decode(&bytes);
             if good < bytes.len() && bytes[good..].iter().any(|b| *b != 0) {
@@ -238,7 +238,11 @@ impl Journal {
             records.append(&mut found);
         }
         let last = records.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
-        let mut next_seq = last.max(fold.watermark()) + 1;
+        // Above every old record, the watermark and every old segment's
+        // name (an empty segment is named after a seq it never used): the
+        // new segment's name is new.
+        let last_name = old.last().map_or(0, |(n, _)| *n);
+        let mut next_seq = last.max(fold.watermark()).max(last_name) + 1;
         let Paired { open, mut finals } = pair(records);
 
         // The interrupted finals go to disk before anything is charged.
@@ -263,7 +267,7 @@ impl Journal {
         recovery.finals = finals.len();
         fold.recover(&finals, next_seq - 1)
             .map_err(|e| JournalError::Fold(e.to_string()))?;
-        for p in &old {
+        for (_, p) in &old {
             fs::remove_file(p).map_err(io_err(p))?;
         }
         sync_dir(dir)?;
@@ -363,7 +367,7 @@ pub fn read(dir: &Path) -> Result<Vec<(u64, Record)>, JournalError> {
         return Ok(Vec::new());
     }
     let mut records = Vec::new();
-    for path in segments(dir)? {
+    for (_, path) in segments(dir)? {
         let bytes = fs::read(&path).map_err(io_err(&path))?;
         records.append(&mut decode(&bytes).0);
     }
@@ -404,8 +408,8 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}{SUFFIX}"))
 }
 
-/// The segment files in `dir`, oldest first.
-fn segments(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
+/// The segment files in `dir` and their names' numbers, oldest first.
+fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, JournalError> {
     let mut found = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
@@ -420,7 +424,7 @@ fn segments(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
         found.push((seq, entry.path()));
     }
     found.sort();
-    Ok(found.into_iter().map(|(_, p)| p).collect())
+    Ok(found)
 }
 
 fn create(path: &Path) -> Result<File, JournalError> {
@@ -1006,6 +1010,36 @@ mod tests {
             "charged its reservation"
         );
         drop(s);
+        journal.close();
+    }
+
+    #[test]
+    fn restarts_never_reuse_a_segment_name() {
+        let dir = tempfile::tempdir().unwrap();
+        // A clean shutdown leaves an empty segment named after the next seq,
+        // and the ledger's watermark just below it.
+        let fold = MemFold {
+            watermark: 9,
+            ..MemFold::default()
+        };
+        write_segment(dir.path(), 10, &[]);
+        let (journal, _) =
+            Journal::open(dir.path(), options(ROTATE_BYTES), metrics(), Box::new(fold)).unwrap();
+        let segs = segments(dir.path()).unwrap();
+        assert_eq!(segs.len(), 1);
+        assert!(segs[0].0 > 10, "{segs:?}");
+        journal.close();
+        let fold = MemFold {
+            watermark: 9,
+            ..MemFold::default()
+        };
+        let (journal, _) =
+            Journal::open(dir.path(), options(ROTATE_BYTES), metrics(), Box::new(fold)).unwrap();
+        assert_eq!(
+            segments(dir.path()).unwrap().len(),
+            1,
+            "the live segment survives"
+        );
         journal.close();
     }
 
