@@ -29,7 +29,6 @@ use serde::{Deserialize, Serialize};
 use crate::identity::Identity;
 use crate::meter::event::Charge;
 use crate::meter::money::format_usd;
-use crate::meter::outbox::SpendStore;
 use crate::scope::Scope;
 use alerts::{Alert, AlertSink};
 use estimate::Estimate;
@@ -738,20 +737,6 @@ impl Ledger {
                 Status::of(b, key, spent, reserved)
             })
             .collect()
-    }
-}
-
-impl SpendStore for Ledger {
-    fn watermark(&self) -> u64 {
-        Ledger::watermark(self)
-    }
-
-    fn charge(&self, charges: &[Charge]) {
-        Ledger::charge(self, charges);
-    }
-
-    fn persist_upto(&self, watermark: u64) -> Result<(), sled::Error> {
-        Ledger::persist_upto(self, watermark)
     }
 }
 

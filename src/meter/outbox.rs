@@ -69,6 +69,20 @@ pub trait SpendStore: Send + Sync {
     fn persist_upto(&self, watermark: u64) -> Result<(), sled::Error>;
 }
 
+impl SpendStore for crate::budget::Ledger {
+    fn watermark(&self) -> u64 {
+        crate::budget::Ledger::watermark(self)
+    }
+
+    fn charge(&self, charges: &[Charge]) {
+        crate::budget::Ledger::charge(self, charges);
+    }
+
+    fn persist_upto(&self, watermark: u64) -> Result<(), sled::Error> {
+        crate::budget::Ledger::persist_upto(self, watermark)
+    }
+}
+
 /// How the outbox keeps events.
 #[derive(Clone, Copy, Debug)]
 pub struct OutboxOptions {
