@@ -24,9 +24,9 @@ use tollgate::metrics::Metrics;
 use tollgate::proxy::intercept::Intercept;
 use tollgate::proxy::lifecycle::{InFlight, Shutdown};
 use tollgate::proxy::{State, Tollgate};
+use tollgate::store::journal;
 use tollgate::store::sled::CacheTree;
 use tollgate::store::CacheRecords;
-use tollgate::store::journal;
 use tollgate::usage_report::{GroupBy, UsageReport};
 
 /// Exit status for a bad configuration (EX_CONFIG is 78; the contract says 64, EX_USAGE).

@@ -13,7 +13,7 @@ const DEFAULT_RETENTION: &str = "30d";
 #[rustfmt::skip]
 pub(super) static KEYS: &[Key] = &[
     Key::new("outbox.sync", Type::Bool, "true",
-     "Make each usage event durable (flushed) before the response's last byte reaches the client. false: events are group-committed in the background (lower latency; a crash can lose the newest events)."),
+     "true: each request's open usage record is journaled and fdatasync'd (group commit) before it is sent to the provider; a crash loses no request and no spend. false: it is written to the kernel before the send and synced in the background (survives a process crash, not a machine crash). Usage events are never waited on."),
     Key::new("outbox.retention", Type::Duration, DEFAULT_RETENTION,
      "How long usage events that were not shipped are kept."),
 ];
@@ -38,9 +38,10 @@ pub struct RawOutbox {
 pub struct OutboxConfig {
     /// How long unshipped events are kept.
     pub retention: Duration,
-    /// Wait for each event's flush before a response's last byte (durable).
-    /// `false` trades that guarantee for latency: events are still group
-    /// committed within a few milliseconds, but a crash can lose the last ones.
+    /// `fdatasync` each request's open usage record (group commit) before
+    /// it is sent. `false`: only written to the kernel before the send and
+    /// synced in the background (survives a process crash, not a machine
+    /// crash). See `crate::store::journal`.
     pub sync: bool,
 }
 
