@@ -17,7 +17,6 @@ use serde_json::Value;
 use support::fake_provider::FakeProvider;
 use support::tollgate::{Builder, Tollgate};
 
-const KILLS: usize = 30;
 const STREAM_CLIENTS: usize = 6;
 const SYNC_CLIENTS: usize = 6;
 const BUDGET: &str = "[[budgets]]\nname = \"acme-day\"\nscope = \"account:acme\"\nperiod = \"day\"\nlimit_usd = \"1000\"\n";
@@ -55,10 +54,15 @@ fn worst_nusd(body: &[u8]) -> u64 {
 }
 
 fn start(fake: &FakeProvider, data: &std::path::Path) -> Tollgate {
+    start_with(fake, data, true)
+}
+
+fn start_with(fake: &FakeProvider, data: &std::path::Path, sync: bool) -> Tollgate {
     Builder::new(&fake.base_url())
         .no_cache()
         .data_dir(data)
         .config(BUDGET)
+        .config(&format!("[outbox]\nsync = {sync}\n"))
         .log_level("info")
         .start()
 }
@@ -131,6 +135,17 @@ async fn client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_request_and_no_spend() {
+    kills_under_load(30, true).await;
+}
+
+/// `outbox.sync = false` survives a crash of the process (the open record
+/// is in the kernel before the send), which is what kill -9 is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_without_sync_loses_no_request_and_no_spend() {
+    kills_under_load(10, false).await;
+}
+
+async fn kills_under_load(kills: usize, sync: bool) {
     let started = Instant::now();
     let seed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -141,7 +156,7 @@ async fn kill_9_under_load_loses_no_request_and_no_spend() {
     let mut rng = Rng(seed);
     let fake = FakeProvider::start().await;
     let data = tempfile::tempdir().unwrap();
-    let mut t = start(&fake, data.path());
+    let mut t = start_with(&fake, data.path(), sync);
     wait_ready(&t).await;
     let url = Arc::new(Mutex::new(t.url()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -157,12 +172,12 @@ async fn kill_9_under_load_loses_no_request_and_no_spend() {
             ))
         })
         .collect();
-    for _ in 0..KILLS {
+    for _ in 0..kills {
         // Somewhere between mid-stream and between requests.
         tokio::time::sleep(Duration::from_millis(250 + rng.below(700))).await;
         t.signal(libc::SIGKILL);
         t.wait_exit(Duration::from_secs(10));
-        t = start(&fake, data.path());
+        t = start_with(&fake, data.path(), sync);
         wait_ready(&t).await;
         *url.lock().unwrap() = t.url();
     }
@@ -255,7 +270,7 @@ async fn kill_9_under_load_loses_no_request_and_no_spend() {
     let status: Value = serde_json::from_slice(&out.stdout).unwrap();
     let spent = status[0]["spent_nusd"].as_u64().unwrap();
     eprintln!(
-        "crash test: {KILLS} kills, {} served, {} events, {interrupted} interrupted, {} completed by clients; spend {spent} nUSD vs billed {billed} nUSD (+{:.1}%), {:.1} s",
+        "crash test (outbox.sync = {sync}): {kills} kills, {} served, {} events, {interrupted} interrupted, {} completed by clients; spend {spent} nUSD vs billed {billed} nUSD (+{:.1}%), {:.1} s",
         served.len(),
         all.len(),
         done.load(Ordering::Relaxed),
