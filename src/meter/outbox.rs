@@ -151,6 +151,7 @@ impl Outbox {
             journal::Options {
                 sync: options.sync,
                 rotate_bytes,
+                detached_window: journal::DETACHED_WINDOW,
             },
             JournalMetrics {
                 commit_seconds: metrics.flush_seconds.clone(),
