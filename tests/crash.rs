@@ -380,6 +380,22 @@ async fn a_crash_after_a_stream_grew_its_reservation_charges_the_grown_worst_cas
     t.signal(libc::SIGKILL);
     t.wait_exit(Duration::from_secs(10));
     let _ = request.await;
+    // Before any restart, the offline report already shows it (from the journal).
+    let cfg = data.path().join("usage.toml");
+    std::fs::write(&cfg, format!("data_dir = \"{}\"\n", data.path().display())).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["usage", "--by", "account,status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("acme") && l.contains("interrupted")),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let t = start(&fake, data.path());
     let events = t.events().await;
     let e = events

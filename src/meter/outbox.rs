@@ -115,24 +115,6 @@ impl Outbox {
         metrics: OutboxMetrics,
         spend: Option<Arc<dyn SpendStore>>,
     ) -> Result<(Outbox, Recovery), OutboxError> {
-        Outbox::open_with(
-            db,
-            journal_dir,
-            options,
-            metrics,
-            spend,
-            journal::ROTATE_BYTES,
-        )
-    }
-
-    fn open_with(
-        db: &sled::Db,
-        journal_dir: &Path,
-        options: OutboxOptions,
-        metrics: OutboxMetrics,
-        spend: Option<Arc<dyn SpendStore>>,
-        rotate_bytes: u64,
-    ) -> Result<(Outbox, Recovery), OutboxError> {
         let tree = db.open_tree(TREE)?;
         metrics
             .depth
@@ -150,7 +132,7 @@ impl Outbox {
             journal_dir,
             journal::Options {
                 sync: options.sync,
-                rotate_bytes,
+                rotate_bytes: journal::ROTATE_BYTES,
                 detached_window: journal::DETACHED_WINDOW,
             },
             JournalMetrics {
