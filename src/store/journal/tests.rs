@@ -1,0 +1,355 @@
+//! The journal's framing, group commit, rotation and recovery rules.
+
+use super::*;
+use crate::meter::event::{CacheOutcome, RouteKind, Status};
+
+pub(crate) fn event(id: &str, cost: u64) -> UsageEvent {
+    let mut e = OpenRecord::of_test(id).interrupted();
+    e.status = Status::Ok;
+    e.usage_incomplete = false;
+    e.cost_nusd = cost;
+    e
+}
+
+impl OpenRecord {
+    fn of_test(id: &str) -> OpenRecord {
+        OpenRecord {
+            event_id: id.into(),
+            ts: 1,
+            sidecar_id: "s".into(),
+            account: "acme".into(),
+            workload: String::new(),
+            tags: vec![("team".into(), "x".into())],
+            provider: "anthropic".into(),
+            model: "claude-sonnet-4-5".into(),
+            route: RouteKind::Stream,
+            cache: CacheOutcome::Miss,
+            worst_nusd: 9_000,
+            reserved: vec![Charge {
+                budget: "day".into(),
+                period: "2026-12-03".into(),
+                nusd: 9_000,
+            }],
+            idempotency_key: Some(format!("k-{id}")),
+        }
+    }
+}
+
+fn open(id: &str) -> Record {
+    Record::Open(OpenRecord::of_test(id))
+}
+
+fn fin(id: &str, cost: u64) -> Record {
+    Record::Final(FinalRecord {
+        event: event(id, cost),
+        charges: vec![Charge {
+            budget: "day".into(),
+            period: "2026-12-03".into(),
+            nusd: cost,
+        }],
+    })
+}
+
+#[derive(Default)]
+struct Seen {
+    recovered: Vec<(u64, FinalRecord)>,
+    folded: Vec<(u64, FinalRecord)>,
+    upto: u64,
+    checkpoints: usize,
+}
+
+/// An in-memory fold; `stall` makes the first fold slow (a busy ledger).
+#[derive(Clone, Default)]
+struct MemFold {
+    seen: Arc<Mutex<Seen>>,
+    watermark: u64,
+    stall: Option<Duration>,
+}
+
+impl Fold for MemFold {
+    fn watermark(&self) -> u64 {
+        self.watermark
+    }
+    fn recover(&mut self, finals: &[(u64, FinalRecord)], upto: u64) -> Result<(), FoldError> {
+        let mut s = self.seen.lock().unwrap();
+        s.recovered.extend_from_slice(finals);
+        s.upto = upto;
+        Ok(())
+    }
+    fn fold(&mut self, finals: &[(u64, FinalRecord)], upto: u64) -> Result<(), FoldError> {
+        if let Some(d) = self.stall.take() {
+            std::thread::sleep(d);
+        }
+        let mut s = self.seen.lock().unwrap();
+        s.folded.extend_from_slice(finals);
+        s.upto = upto;
+        Ok(())
+    }
+    fn checkpoint(&mut self) -> Result<(), FoldError> {
+        self.seen.lock().unwrap().checkpoints += 1;
+        Ok(())
+    }
+}
+
+fn metrics() -> JournalMetrics {
+    JournalMetrics {
+        commit_seconds: Histogram::with_opts(prometheus::HistogramOpts::new("c", "c")).unwrap(),
+        batch_records: Histogram::with_opts(prometheus::HistogramOpts::new("b", "b")).unwrap(),
+        errors: IntCounter::new("e", "e").unwrap(),
+    }
+}
+
+fn options(rotate_bytes: u64) -> Options {
+    Options {
+        sync: true,
+        rotate_bytes,
+        detached_window: DETACHED_WINDOW,
+    }
+}
+
+#[tokio::test]
+async fn an_open_record_does_not_wait_out_the_detached_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let window = Duration::from_secs(3);
+    let opts = Options {
+        detached_window: window,
+        ..options(ROTATE_BYTES)
+    };
+    let (journal, _) =
+        Journal::open(dir.path(), opts, metrics(), Box::new(MemFold::default())).unwrap();
+    let Record::Final(f) = fin("done", 1) else {
+        unreachable!()
+    };
+    // The writer is gathering finals for `window` when the open arrives.
+    journal.final_record(f).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = Instant::now();
+    journal
+        .open_record(OpenRecord::of_test("next"))
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < window / 3, "{:?}", started.elapsed());
+    journal.close();
+}
+
+#[test]
+fn frames_round_trip() {
+    let records = vec![(1, open("a")), (2, fin("a", 300)), (7, open("b"))];
+    let mut buf = Vec::new();
+    for (seq, r) in &records {
+        encode(&mut buf, *seq, r).unwrap();
+    }
+    let (decoded, end) = decode(&buf);
+    assert_eq!(decoded, records);
+    assert_eq!(end, buf.len());
+    // Zeros (a preallocated or empty tail) end the log quietly.
+    buf.extend_from_slice(&[0; 64]);
+    assert_eq!(decode(&buf).0.len(), 3);
+}
+
+#[test]
+fn a_torn_or_corrupt_tail_is_ignored() {
+    let mut buf = Vec::new();
+    encode(&mut buf, 1, &open("a")).unwrap();
+    encode(&mut buf, 2, &fin("a", 300)).unwrap();
+    let good = buf.len();
+    encode(&mut buf, 3, &open("b")).unwrap();
+    // Torn: the last frame only partly written.
+    let torn = &buf[..buf.len() - 5];
+    assert_eq!(decode(torn), (decode(&buf[..good]).0, good));
+    // Corrupt: a flipped byte in the last frame's payload.
+    let mut bad = buf.clone();
+    let at = good + FRAME_HEADER + 12;
+    bad[at] ^= 0x40;
+    let (records, end) = decode(&bad);
+    assert_eq!((records.len(), end), (2, good));
+    // Recovery reads up to there: "a" is final, nothing is interrupted.
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join(DIR);
+    fs::create_dir_all(&j).unwrap();
+    fs::write(segment_path(&j, 1), &bad).unwrap();
+    let fold = MemFold::default();
+    let (journal, recovery) =
+        Journal::open(&j, options(ROTATE_BYTES), metrics(), Box::new(fold.clone())).unwrap();
+    assert!(recovery.torn);
+    assert!(recovery.interrupted.is_empty());
+    assert_eq!(fold.seen.lock().unwrap().recovered.len(), 1);
+    journal.close();
+    assert_eq!(segments(&j).unwrap().len(), 1, "the old segment is gone");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_share_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let fold = MemFold {
+        // The writer is busy folding the first commit while the others queue.
+        stall: Some(Duration::from_millis(100)),
+        ..MemFold::default()
+    };
+    let m = metrics();
+    let (journal, _) = Journal::open(
+        dir.path(),
+        options(ROTATE_BYTES),
+        m.clone(),
+        Box::new(fold.clone()),
+    )
+    .unwrap();
+    let journal = Arc::new(journal);
+    journal
+        .final_record(match fin("first", 1) {
+            Record::Final(f) => f,
+            Record::Open(_) => unreachable!(),
+        })
+        .unwrap();
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let j = journal.clone();
+            tokio::spawn(async move {
+                let done = j
+                    .open_record(OpenRecord::of_test(&format!("r{i}")))
+                    .unwrap();
+                done.await.unwrap().unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let commits = m.batch_records.get_sample_count();
+    assert!(commits <= 10, "100 appends took {commits} commits");
+    assert_eq!(m.batch_records.get_sample_sum() as u64, 101);
+    journal.close();
+    // All 100 are still open: they survive into the next start as interrupted.
+    let (journal, recovery) = Journal::open(
+        dir.path(),
+        options(ROTATE_BYTES),
+        metrics(),
+        Box::new(MemFold::default()),
+    )
+    .unwrap();
+    assert_eq!(recovery.interrupted.len(), 100);
+    assert!(recovery
+        .interrupted
+        .iter()
+        .all(|e| e.status == Status::Interrupted && e.cost_nusd == 9_000 && e.usage_incomplete));
+    journal.close();
+}
+
+#[tokio::test]
+async fn rotation_keeps_open_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let fold = MemFold::default();
+    // Every commit passes the size: every commit rotates.
+    let (journal, _) =
+        Journal::open(dir.path(), options(1), metrics(), Box::new(fold.clone())).unwrap();
+    journal
+        .open_record(OpenRecord::of_test("a"))
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    journal
+        .open_record(OpenRecord::of_test("b"))
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    let Record::Final(f) = fin("b", 300) else {
+        unreachable!()
+    };
+    journal.final_record(f).unwrap();
+    journal.close();
+    {
+        let s = fold.seen.lock().unwrap();
+        assert_eq!(s.folded.len(), 1);
+        assert!(
+            s.checkpoints >= 3,
+            "each rotation checkpoints the ledger first"
+        );
+    }
+    let segs = segments(dir.path()).unwrap();
+    assert_eq!(segs.len(), 1, "old segments are deleted");
+    let left = read(dir.path()).unwrap();
+    assert_eq!(left.len(), 1, "only the open record is carried: {left:?}");
+    assert!(matches!(&left[0].1, Record::Open(o) if o.event_id == "a"));
+    // "a" never finished: at the next start it is interrupted.
+    let fold = MemFold::default();
+    let (journal, recovery) =
+        Journal::open(dir.path(), options(1), metrics(), Box::new(fold.clone())).unwrap();
+    assert_eq!(recovery.interrupted.len(), 1);
+    assert_eq!(recovery.interrupted[0].event_id, "a");
+    let s = fold.seen.lock().unwrap();
+    assert_eq!(s.recovered.len(), 1);
+    assert_eq!(
+        s.recovered[0].1.charges[0].nusd, 9_000,
+        "charged its reservation"
+    );
+    drop(s);
+    journal.close();
+}
+
+#[test]
+fn restarts_never_reuse_a_segment_name() {
+    let dir = tempfile::tempdir().unwrap();
+    // A clean shutdown leaves an empty segment named after the next seq,
+    // and the ledger's watermark just below it.
+    let fold = MemFold {
+        watermark: 9,
+        ..MemFold::default()
+    };
+    write_segment(dir.path(), 10, &[]);
+    let (journal, _) =
+        Journal::open(dir.path(), options(ROTATE_BYTES), metrics(), Box::new(fold)).unwrap();
+    let segs = segments(dir.path()).unwrap();
+    assert_eq!(segs.len(), 1);
+    assert!(segs[0].0 > 10, "{segs:?}");
+    journal.close();
+    let fold = MemFold {
+        watermark: 9,
+        ..MemFold::default()
+    };
+    let (journal, _) =
+        Journal::open(dir.path(), options(ROTATE_BYTES), metrics(), Box::new(fold)).unwrap();
+    assert_eq!(
+        segments(dir.path()).unwrap().len(),
+        1,
+        "the live segment survives"
+    );
+    journal.close();
+}
+
+#[test]
+fn recovery_numbers_new_records_above_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    write_segment(
+        dir.path(),
+        1,
+        &[(1, open("a")), (2, open("b")), (3, fin("b", 5))],
+    );
+    // The ledger already holds spend up to seq 40 (the journal lost its
+    // unsynced tail): "a"'s interrupted final must still be charged.
+    let fold = MemFold {
+        watermark: 40,
+        ..MemFold::default()
+    };
+    let (journal, recovery) = Journal::open(
+        dir.path(),
+        options(ROTATE_BYTES),
+        metrics(),
+        Box::new(fold.clone()),
+    )
+    .unwrap();
+    assert_eq!(recovery.finals, 2);
+    let s = fold.seen.lock().unwrap();
+    let a = s
+        .recovered
+        .iter()
+        .find(|(_, f)| f.event.event_id == "a")
+        .unwrap();
+    assert_eq!(a.0, 41);
+    assert_eq!(s.upto, 41);
+    drop(s);
+    journal.close();
+}
