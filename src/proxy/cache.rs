@@ -16,8 +16,9 @@ use pingora::proxy::Session;
 
 use super::error::ProxyError;
 use super::ingress::{Endpoint, RequestModel, Route};
-use super::{headers, receipt, Draft, RequestCtx, State};
-use crate::cache::flight::{Follower, Head, Leader, Outcome, Role};
+use super::respond::{give_up_on_client, send_whole, send_with_tail};
+use super::{headers, receipt, Draft, Exchange, State};
+use crate::cache::flight::{Follower, Head, Outcome, Role};
 use crate::cache::{Entry, EntryMeta, Key, Mode};
 use crate::dialect::StreamTap;
 use crate::dialect::{Dialect, ErrorClass};
@@ -336,22 +337,19 @@ pub struct Req<'a> {
 }
 
 /// Answers a request from a complete message (a hit, or a follower whose
-/// leader finished). Returns false, having sent and changed nothing, when
-/// the message cannot be served.
+/// leader finished). Hands the exchange back, having sent and changed
+/// nothing, when the message cannot be served.
 async fn serve_message(
     r: Req<'_>,
     session: &mut Session,
-    ctx: &mut RequestCtx,
+    x: Exchange,
     answer: Answer<'_>,
-) -> bool {
+) -> Result<(), Exchange> {
     let Req {
         state,
         route,
         request,
     } = r;
-    if ctx.draft.is_none() {
-        return true;
-    }
     let Some(body) = render(
         state,
         route.dialect(),
@@ -359,31 +357,30 @@ async fn serve_message(
         answer.message,
         answer.stream,
     ) else {
-        return false;
+        return Err(x);
     };
-    let Some(mut draft) = ctx.draft.take() else {
-        return true;
-    };
+    let mut draft = x.draft;
     zero_cost(state, &mut draft, answer.meta, answer.outcome);
     draft.event.http_status = 200;
     let (header, receipt) = message_response(state, &draft, route.dialect(), request, &body);
     count(state, &draft);
     draft.record_detached();
-    super::send_with_tail(session, header, body, receipt).await;
-    true
+    send_with_tail(session, header, body, receipt).await;
+    Ok(())
 }
 
-/// Serves a hit; false when the entry cannot be served (go on as a miss).
+/// Serves a hit; hands the exchange back when the entry cannot be served
+/// (go on as a miss).
 pub async fn serve_hit(
     r: Req<'_>,
     session: &mut Session,
-    ctx: &mut RequestCtx,
+    x: Exchange,
     entry: &Entry,
-) -> bool {
+) -> Result<(), Exchange> {
     serve_message(
         r,
         session,
-        ctx,
+        x,
         Answer {
             meta: &entry.meta,
             message: &entry.message,
@@ -394,24 +391,17 @@ pub async fn serve_hit(
     .await
 }
 
-/// What coalescing made of a request.
-pub enum Coalesced {
-    /// Answered from another request's response (or the cache, in a race).
-    Served,
-    /// This request leads: it calls the provider and publishes the answer.
-    Lead(Leader),
-    /// Not coalesced: it calls the provider by itself.
-    Alone,
-}
-
-/// Joins the flight for `key`: leads it, or follows it to an answer.
+/// Joins the flight for `key`: follows it to an answer (`None`: the
+/// request was answered, from another's response or the cache in a race),
+/// or hands the exchange back to call the provider itself, as the flight's
+/// leader (`leader` set) or alone.
 pub async fn coalesce(
     r: Req<'_>,
     session: &mut Session,
-    ctx: &mut RequestCtx,
+    mut x: Exchange,
     key: Key,
     ttl: Duration,
-) -> Coalesced {
+) -> Option<Exchange> {
     let state = r.state;
     let deadline = Instant::now() + state.cache.config.coalesce_wait;
     for _ in 0..MAX_JOIN_ROUNDS {
@@ -421,17 +411,15 @@ pub async fn coalesce(
             .max_entry_bytes
             .min(crate::cache::flight::REPLAY_BYTES);
         match state.cache.flights.join(key, replay) {
-            None => return Coalesced::Alone,
+            None => return Some(x),
             Some(Role::Leader(leader)) => {
                 // A flight may have finished (and stored its answer) since the lookup.
                 if let Some(entry) = lookup(state, &key, ttl) {
                     drop(leader);
-                    if serve_hit(r, session, ctx, &entry).await {
-                        return Coalesced::Served;
-                    }
-                    return Coalesced::Alone;
+                    return serve_hit(r, session, x, &entry).await.err();
                 }
-                return Coalesced::Lead(leader);
+                x.leader = Some(leader);
+                return Some(x);
             }
             Some(Role::Done(Outcome::Done {
                 message: Some(message),
@@ -444,29 +432,29 @@ pub async fn coalesce(
                     stream: &Bytes::new(),
                     outcome: CacheOutcome::Hit,
                 };
-                if serve_message(r, session, ctx, answer).await {
-                    return Coalesced::Served;
-                }
-                return Coalesced::Alone;
+                return serve_message(r, session, x, answer).await.err();
             }
-            Some(Role::Done(_)) => return Coalesced::Alone,
+            Some(Role::Done(_)) => return Some(x),
             Some(Role::Follower(follower)) => {
-                match follow(r, session, ctx, follower, deadline).await {
-                    Followed::Served => return Coalesced::Served,
-                    Followed::Rejoin => continue,
-                    Followed::Alone => return Coalesced::Alone,
+                match follow(r, session, x, follower, deadline).await {
+                    Followed::Served => return None,
+                    Followed::Rejoin(back) => x = back,
+                    Followed::Alone(back) => return Some(back),
                 }
             }
         }
     }
-    Coalesced::Alone
+    Some(x)
 }
 
+/// What following a flight made of a request.
 enum Followed {
+    /// Answered (or its client left while it waited): recorded.
     Served,
     /// The leader gave up without an answer: try again (maybe as leader).
-    Rejoin,
-    Alone,
+    Rejoin(Exchange),
+    /// Call the provider alone.
+    Alone(Exchange),
 }
 
 /// What a follower's wait ended with.
@@ -505,7 +493,7 @@ async fn wait<T>(
 async fn follow(
     r: Req<'_>,
     session: &mut Session,
-    ctx: &mut RequestCtx,
+    x: Exchange,
     mut follower: Follower,
     deadline: Instant,
 ) -> Followed {
@@ -513,72 +501,57 @@ async fn follow(
     let deadline = tokio::time::Instant::from_std(deadline);
     if request.stream {
         let head = match wait(session, deadline, follower.head()).await {
-            Waited::TimedOut => return Followed::Alone,
-            Waited::ClientGone => return client_left(r.state, ctx),
+            Waited::TimedOut => return Followed::Alone(x),
+            Waited::ClientGone => return client_left(r.state, x),
             Waited::Got(Ok(head)) => head,
-            Waited::Got(Err(outcome)) => return finish_with(r, session, ctx, outcome).await,
+            Waited::Got(Err(outcome)) => return finish_with(r, session, x, outcome).await,
         };
         if head.sse && (200..300).contains(&head.status) {
-            follow_stream(r, session, ctx, follower, head).await;
+            follow_stream(r, session, x, follower, head).await;
             return Followed::Served;
         }
     }
     let outcome = match wait(session, deadline, follower.outcome()).await {
-        Waited::TimedOut => return Followed::Alone,
-        Waited::ClientGone => return client_left(r.state, ctx),
+        Waited::TimedOut => return Followed::Alone(x),
+        Waited::ClientGone => return client_left(r.state, x),
         Waited::Got(o) => o,
     };
-    finish_with(r, session, ctx, outcome).await
+    finish_with(r, session, x, outcome).await
 }
 
 /// Records a follower whose client left while it waited.
-fn client_left(state: &State, ctx: &mut RequestCtx) -> Followed {
-    if let Some(mut draft) = ctx.draft.take() {
-        draft.event.cache = CacheOutcome::Coalesced;
-        draft.event.status = Status::ClientAborted;
-        count(state, &draft);
-        draft.record_detached();
-    }
+fn client_left(state: &State, x: Exchange) -> Followed {
+    let mut draft = x.draft;
+    draft.event.cache = CacheOutcome::Coalesced;
+    draft.event.status = Status::ClientAborted;
+    count(state, &draft);
+    draft.record_detached();
     Followed::Served
 }
 
 /// Answers a follower from its leader's outcome.
-async fn finish_with(
-    r: Req<'_>,
-    session: &mut Session,
-    ctx: &mut RequestCtx,
-    outcome: Outcome,
-) -> Followed {
+async fn finish_with(r: Req<'_>, session: &mut Session, x: Exchange, outcome: Outcome) -> Followed {
     let Req { state, route, .. } = r;
     match outcome {
-        Outcome::Abandoned => Followed::Rejoin,
-        Outcome::Done { message: None, .. } => Followed::Alone,
+        Outcome::Abandoned => Followed::Rejoin(x),
+        Outcome::Done { message: None, .. } => Followed::Alone(x),
         Outcome::Done {
             message: Some(message),
             meta,
         } => {
-            if serve_message(
-                r,
-                session,
-                ctx,
-                Answer {
-                    meta: &meta,
-                    message: &message,
-                    stream: &Bytes::new(),
-                    outcome: CacheOutcome::Coalesced,
-                },
-            )
-            .await
-            {
-                Followed::Served
-            } else {
-                Followed::Alone
+            let answer = Answer {
+                meta: &meta,
+                message: &message,
+                stream: &Bytes::new(),
+                outcome: CacheOutcome::Coalesced,
+            };
+            match serve_message(r, session, x, answer).await {
+                Ok(()) => Followed::Served,
+                Err(x) => Followed::Alone(x),
             }
         }
         Outcome::ErrorResponse { head, body } => {
-            let Some(mut draft) = ctx.draft.take() else {
-                return Followed::Served;
-            };
+            let mut draft = x.draft;
             draft.event.cache = CacheOutcome::Coalesced;
             draft.event.status = Status::ProviderError;
             draft.event.http_status = head.status;
@@ -587,7 +560,7 @@ async fn finish_with(
             receipt::add_headers(&mut header, &draft.event, Some(0));
             count(state, &draft);
             draft.record_detached();
-            super::send_whole(session, header, body).await;
+            send_whole(session, header, body).await;
             Followed::Served
         }
         Outcome::Failed {
@@ -596,9 +569,7 @@ async fn finish_with(
             message,
             ..
         } => {
-            let Some(mut draft) = ctx.draft.take() else {
-                return Followed::Served;
-            };
+            let mut draft = x.draft;
             draft.event.cache = CacheOutcome::Coalesced;
             let err = ProxyError::Shared {
                 status,
@@ -611,7 +582,7 @@ async fn finish_with(
             count(state, &draft);
             draft.record_detached();
             let (header, body) = err.response(route.dialect(), &draft.event.event_id);
-            super::send_whole(session, header, body).await;
+            send_whole(session, header, body).await;
             Followed::Served
         }
     }
@@ -634,7 +605,7 @@ fn client_header(head: &Head, len: Option<usize>) -> ResponseHeader {
 async fn follow_stream(
     r: Req<'_>,
     session: &mut Session,
-    ctx: &mut RequestCtx,
+    x: Exchange,
     mut follower: Follower,
     head: Head,
 ) {
@@ -643,9 +614,8 @@ async fn follow_stream(
         route,
         request,
     } = r;
-    let Some(mut draft) = ctx.draft.take() else {
-        return;
-    };
+    // `x` stays in scope (it keeps the request counted in flight).
+    let mut draft = x.draft;
     draft.event.cache = CacheOutcome::Coalesced;
     draft.event.http_status = head.status;
     let mut header = client_header(&head, None);
@@ -682,7 +652,7 @@ async fn follow_stream(
                 r = session.read_body_or_idle(true) => match r {
                     Err(_) => {
                         // The leader and other followers go on without us.
-                        super::give_up_on_client(session);
+                        give_up_on_client(session);
                         draft.event.status = Status::ClientAborted;
                         draft.event.usage_incomplete = true;
                         count(state, &draft);
@@ -702,7 +672,7 @@ async fn follow_stream(
             Ok(chunk) => {
                 let out = tap.feed(chunk);
                 if !out.is_empty() && session.write_response_body(Some(out), false).await.is_err() {
-                    super::give_up_on_client(session);
+                    give_up_on_client(session);
                     draft.event.status = Status::ClientAborted;
                     draft.event.usage_incomplete = true;
                     count(state, &draft);

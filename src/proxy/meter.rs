@@ -17,7 +17,8 @@ use pingora::proxy::Session;
 
 use super::forward::UpstreamCall;
 use super::ingress::{Endpoint, RequestModel, Route};
-use super::{headers, receipt, Draft, RequestCtx, State};
+use super::respond::give_up_on_client;
+use super::{headers, receipt, Draft, Exchange, State};
 use crate::cache::flight::{Head, Leader, Outcome};
 use crate::cache::EntryMeta;
 use crate::dialect::Assembler;
@@ -52,12 +53,12 @@ pub async fn relay(
     route: &Route,
     request: &RequestModel,
     mut call: UpstreamCall,
-    ctx: &mut RequestCtx,
+    x: Exchange,
     pre_upstream: Duration,
 ) {
-    let Some(mut draft) = ctx.draft.take() else {
-        return;
-    };
+    // `x` stays in scope (it keeps the request counted in flight); its
+    // parts go to the relay.
+    let mut draft = x.draft;
     draft.event.ttfb_us = call.ttfb.as_micros() as u64;
     call.session
         .set_read_timeout(Some(state.upstreams.idle_timeout()));
@@ -79,8 +80,8 @@ pub async fn relay(
         .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
     // The head reaches followers with the first chunk (a stream) or the
     // outcome: until then they can still go their own way.
-    let leader = ctx.leader.take();
-    let write = ctx.cache_write.take();
+    let leader = x.leader;
+    let write = x.cache_write;
     let assembler = (is_sse && (write.is_some() || leader.is_some()))
         .then(|| Assembler::new(route.dialect(), state.cache.config.max_entry_bytes as usize));
     let relay = Relay {
@@ -218,7 +219,7 @@ impl Relay<'_> {
         let write = match (store, self.write.take(), message.as_ref()) {
             // A bound the client did not ask for must not have cut it.
             (true, Some(w), Some(m))
-                if !(w.unless_cut && self.draft.dialect.stopped_at_limit(m)) =>
+                if !(w.unless_cut && self.draft.client_dialect.stopped_at_limit(m)) =>
             {
                 Some((w, m.clone()))
             }
@@ -244,7 +245,7 @@ impl Relay<'_> {
                     meta,
                     message,
                     ttl: w.ttl,
-                    dialect: self.draft.dialect,
+                    dialect: self.draft.client_dialect,
                     release,
                 },
             );
@@ -421,7 +422,7 @@ impl Relay<'_> {
         let client_gone = self.draft.event.status == Status::ClientAborted;
         self.record();
         if client_gone {
-            super::give_up_on_client(self.session);
+            give_up_on_client(self.session);
             self.call.session.shutdown().await;
             return;
         }
@@ -432,13 +433,14 @@ impl Relay<'_> {
                 provider: self.draft.event.provider.clone(),
                 detail: self.draft.event.error.clone().unwrap_or_default(),
             };
-            let (header, body) = err.response(self.draft.dialect, &self.draft.event.event_id);
-            super::send_whole(self.session, header, body).await;
+            let (header, body) =
+                err.response(self.draft.client_dialect, &self.draft.event.event_id);
+            super::respond::send_whole(self.session, header, body).await;
             return;
         }
         let cost = (route.endpoint != Endpoint::Passthrough).then_some(self.draft.event.cost_nusd);
         let header = self.client_header(&upstream, cost, Some(body.len()));
-        let written = super::send_whole(self.session, header, body).await;
+        let written = super::respond::send_whole(self.session, header, body).await;
         self.state
             .metrics
             .added_seconds
@@ -517,7 +519,7 @@ impl Relay<'_> {
     async fn end_piped(mut self) {
         match self.draft.event.status {
             Status::ClientAborted => {
-                super::give_up_on_client(self.session);
+                give_up_on_client(self.session);
                 self.call.session.shutdown().await;
             }
             Status::UpstreamAborted => {
@@ -709,7 +711,7 @@ impl Relay<'_> {
         }
         let status = self.draft.event.status;
         if status == Status::ClientAborted {
-            super::give_up_on_client(self.session);
+            give_up_on_client(self.session);
             self.conclude_stream(metered, &tap, &[]);
             // Cancels the upstream generation.
             self.call.session.shutdown().await;
@@ -717,7 +719,7 @@ impl Relay<'_> {
         }
         let mut tail = BytesMut::new();
         if let Some(message) = &budget_cut {
-            let d = self.draft.dialect;
+            let d = self.draft.client_dialect;
             tail.extend_from_slice(&d.error_event(d.error_type(ErrorClass::Budget), message));
         }
         if status == Status::UpstreamAborted {
@@ -727,7 +729,7 @@ impl Relay<'_> {
                 }
                 _ => "upstream stream ended before its final event (tollgate)",
             };
-            let d = self.draft.dialect;
+            let d = self.draft.client_dialect;
             tail.extend_from_slice(&d.error_event(d.error_type(ErrorClass::Server), message));
         }
         // Shared before the receipt: that is this client's alone.
@@ -753,7 +755,7 @@ impl Relay<'_> {
         let Some(guard) = self.draft.guard.as_mut().filter(|g| !g.start_checked) else {
             return Ok(());
         };
-        if self.draft.dialect != Dialect::Anthropic {
+        if self.draft.client_dialect != Dialect::Anthropic {
             // OpenAI-style usage arrives only at the end: nothing to check early.
             guard.start_checked = true;
             return Ok(());

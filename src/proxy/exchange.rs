@@ -1,0 +1,186 @@
+//! The exchange: one request on its way through the stages. Built once in
+//! `request_filter`; the stages that may end a request (a hit, a follower,
+//! the relay, a failure) take it by value, so a request is answered and
+//! recorded exactly once and no stage has to ask whether it still exists.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::budget;
+use super::cache::CacheWrite;
+use super::lifecycle::InFlightGuard;
+use super::State;
+use crate::cache::flight::Leader;
+use crate::dialect::Dialect;
+use crate::limit::{Admission, Limiter};
+use crate::meter::event::{CacheOutcome, Charge, OpenRecord, RouteKind, Status, UsageEvent};
+use crate::meter::recorder::{Recorder, UpstreamTimes};
+
+/// One request and everything it carries from stage to stage.
+pub struct Exchange {
+    /// Its usage event, in the making.
+    pub draft: Draft,
+    /// It leads a coalesced flight: identical requests wait on its answer.
+    pub leader: Option<Leader>,
+    /// Where its complete answer is to be cached.
+    pub cache_write: Option<CacheWrite>,
+    /// Counts it in flight (the SIGTERM drain waits for it) until dropped.
+    _in_flight: InFlightGuard,
+}
+
+impl Exchange {
+    /// A new request, in the client's `dialect` as far as it is known yet.
+    pub fn new(state: &State, started: Instant, dialect: Dialect) -> Exchange {
+        Exchange {
+            draft: Draft::new(state, uuid::Uuid::now_v7(), started, dialect),
+            leader: None,
+            cache_write: None,
+            _in_flight: state.in_flight.enter(),
+        }
+    }
+}
+
+impl Draft {
+    fn new(state: &State, id: uuid::Uuid, started: Instant, dialect: Dialect) -> Draft {
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        Draft {
+            event: UsageEvent {
+                event_id: id.to_string(),
+                ts,
+                sidecar_id: state.sidecar_id.clone(),
+                account: state.default_identity.account.clone(),
+                workload: state.default_identity.workload.clone(),
+                tags: state.default_identity.tags.clone(),
+                provider: String::new(),
+                model: String::new(),
+                route: RouteKind::Sync,
+                cache: CacheOutcome::Bypass,
+                input_tokens: 0,
+                output_tokens: 0,
+                cache_creation_input_tokens: 0,
+                cache_creation_1h_input_tokens: 0,
+                cache_read_input_tokens: 0,
+                cost_nusd: 0,
+                saved_nusd: 0,
+                status: Status::Ok,
+                http_status: 0,
+                error: None,
+                priced: true,
+                usage_incomplete: false,
+                latency_us: 0,
+                ttfb_us: 0,
+                upstream_request_id: None,
+                idempotency_key: None,
+            },
+            started,
+            client_dialect: dialect,
+            recorder: state.recorder.clone(),
+            recorded: false,
+            guard: None,
+            admission: None,
+            sent_upstream: false,
+            clamped_max_tokens: None,
+        }
+    }
+}
+
+/// A usage event in the making. Recorded exactly once: by the meter, by the
+/// error path, or, when the request is dropped half-way (client gone,
+/// shutdown), by `Drop`, so no request ever goes unrecorded.
+pub struct Draft {
+    pub event: UsageEvent,
+    pub started: Instant,
+    /// The client's dialect (its errors and answers are in it); the
+    /// route carries the upstream's.
+    pub client_dialect: Dialect,
+    recorder: Arc<Recorder>,
+    recorded: bool,
+    /// The budget reservation, settled when the event is recorded.
+    pub guard: Option<budget::Guard>,
+    /// The rate-limit charge, corrected when the event is recorded.
+    pub admission: Option<(Arc<Limiter>, Admission)>,
+    /// The request went out to the provider (which may bill it).
+    pub sent_upstream: bool,
+    /// `max_tokens` lowered by a clamp budget (a receipt header).
+    pub clamped_max_tokens: Option<u64>,
+}
+
+impl Draft {
+    /// Records an event that carries no spend (a cache hit, a coalesced
+    /// request).
+    pub fn record_detached(&mut self) {
+        self.record(None);
+    }
+
+    /// Records the event without waiting: the budget is settled first, then
+    /// the event is queued for the usage journal's next group commit (the
+    /// request was made durable by its open record before it was sent).
+    pub fn record(&mut self, times: Option<UpstreamTimes>) {
+        self.event.latency_us = self.started.elapsed().as_micros() as u64;
+        self.recorded = true;
+        // Settled before the event is queued: the journal's watermark
+        // counts on it (see `crate::store::journal`).
+        let charges = self.settle();
+        self.recorder.record(self.event.clone(), charges, times);
+    }
+
+    /// Journals the open record (what the request may cost and what it
+    /// reserved) and waits for it to be committed: right before the
+    /// request's first byte goes to the provider, and again when a stream's
+    /// reservation grows (the later record replaces the earlier).
+    pub async fn open(&mut self, worst_nusd: u64) {
+        let (reserved_nusd, reserved) = self
+            .guard
+            .as_ref()
+            .map(budget::Guard::reserved)
+            .unwrap_or_default();
+        let record = OpenRecord::of(&self.event, worst_nusd.max(reserved_nusd), reserved);
+        if let Err(e) = self.recorder.open(record).await {
+            // Like a full disk for events: the traffic goes on, the log and
+            // `tollgate_outbox_errors_total` say what was not recorded.
+            tracing::error!(request_id = %self.event.event_id, error = %e, "open usage record not durable");
+        }
+    }
+}
+
+impl Drop for Draft {
+    fn drop(&mut self) {
+        if self.recorded {
+            return;
+        }
+        if self.event.status == Status::Ok {
+            self.event.status = Status::ClientAborted;
+            self.event.usage_incomplete = true;
+        }
+        self.record(None);
+    }
+}
+
+impl Draft {
+    /// Settles the budget reservation and the rate-limit charge to the
+    /// event's real cost and tokens; returns what was spent per budget period.
+    fn settle(&mut self) -> Vec<Charge> {
+        let charges = match self.guard.take() {
+            Some(guard) => guard.settle(&self.event, self.sent_upstream),
+            None => Vec::new(),
+        };
+        if let Some((limiter, admission)) = self.admission.take() {
+            let e = &self.event;
+            // Served without the provider: no provider tokens were used.
+            let local = matches!(e.cache, CacheOutcome::Hit | CacheOutcome::Coalesced);
+            let tokens = if local {
+                0
+            } else {
+                e.input_tokens
+                    .saturating_add(e.output_tokens)
+                    .saturating_add(e.cache_creation_input_tokens)
+                    .saturating_add(e.cache_read_input_tokens)
+            };
+            limiter.settle(&admission, tokens, Instant::now());
+        }
+        charges
+    }
+}

@@ -1,0 +1,69 @@
+//! What the request path shares: config-derived settings, the stages'
+//! engines (limits, budgets, cache, upstreams) and the recorder.
+
+use std::sync::Arc;
+
+use super::lifecycle::InFlight;
+use super::{forward, ingress};
+use crate::budget::Ledger;
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::keys::KeyRing;
+use crate::limit::Limiter;
+use crate::meter::recorder::Recorder;
+use crate::metrics::Metrics;
+
+/// Everything the request path shares.
+pub struct State {
+    pub sidecar_id: String,
+    /// Identity of requests that carry no identity headers.
+    pub default_identity: crate::identity::Identity,
+    pub max_body_bytes: usize,
+    pub stream_receipt: bool,
+    pub routes: ingress::Routes,
+    pub upstreams: forward::Upstreams,
+    pub recorder: Arc<Recorder>,
+    pub metrics: Metrics,
+    pub in_flight: InFlight,
+    /// Gateway keys (none: requests need none).
+    pub keys: KeyRing,
+    pub limiter: Arc<Limiter>,
+    pub ledger: Arc<Ledger>,
+    /// Output bound of requests without one when a budget applies.
+    pub budget_default_max_tokens: u64,
+    /// The exact cache.
+    pub cache: Arc<Cache>,
+}
+
+impl State {
+    pub fn new(
+        config: &Config,
+        recorder: Arc<Recorder>,
+        ledger: Arc<Ledger>,
+        cache: Arc<Cache>,
+        metrics: Metrics,
+        in_flight: InFlight,
+    ) -> State {
+        State {
+            sidecar_id: config.sidecar_id.clone(),
+            default_identity: crate::identity::Identity {
+                account: config.default_account.clone(),
+                workload: config.default_workload.clone(),
+                tags: config.default_tags.clone(),
+                key: None,
+            },
+            max_body_bytes: config.max_body_bytes,
+            stream_receipt: config.stream_receipt,
+            routes: ingress::Routes::new(config),
+            upstreams: forward::Upstreams::new(config.timeouts.clone(), &config.providers),
+            recorder,
+            metrics,
+            in_flight,
+            keys: config.gateway_keys.clone(),
+            limiter: Arc::new(Limiter::new(config.rate_limits.clone())),
+            ledger,
+            budget_default_max_tokens: config.budget_default_max_tokens,
+            cache,
+        }
+    }
+}
