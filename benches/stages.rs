@@ -28,6 +28,7 @@ use pingora::http::RequestHeader;
 use tollgate::budget::alerts::AlertSink;
 use tollgate::budget::{Ledger, SystemClock};
 use tollgate::config::{self, Flags};
+use tollgate::dialect::Usage;
 use tollgate::meter::event::{CacheOutcome, RouteKind, Status, UsageEvent};
 use tollgate::meter::outbox::{Outbox, OutboxOptions};
 use tollgate::meter::recorder::Recorder;
@@ -128,11 +129,14 @@ fn event() -> UsageEvent {
         model: "claude-sonnet-4-5".into(),
         route: RouteKind::Sync,
         cache: CacheOutcome::Bypass,
-        input_tokens: 20,
-        output_tokens: 30,
-        cache_creation_input_tokens: 0,
-        cache_creation_1h_input_tokens: 0,
-        cache_read_input_tokens: 0,
+        usage: Usage {
+            input_tokens: 20,
+            output_tokens: 30,
+            cache_creation_input_tokens: 0,
+            cache_creation_1h_input_tokens: 0,
+            cache_read_input_tokens: 0,
+            reported_cost_nusd: None,
+        },
         cost_nusd: 510_000,
         saved_nusd: 0,
         status: Status::Ok,

@@ -96,10 +96,10 @@ impl UsageReport {
             let key = by.0.iter().map(|d| d.value(&e)).collect();
             let t = rows.entry(key).or_default();
             t.requests += 1;
-            t.input_tokens += e.input_tokens;
-            t.output_tokens += e.output_tokens;
-            t.cache_write_tokens += e.cache_creation_input_tokens;
-            t.cache_read_tokens += e.cache_read_input_tokens;
+            t.input_tokens += e.usage.input_tokens;
+            t.output_tokens += e.usage.output_tokens;
+            t.cache_write_tokens += e.usage.cache_creation_input_tokens;
+            t.cache_read_tokens += e.usage.cache_read_input_tokens;
             t.cost_nusd += e.cost_nusd;
         }
         Ok(UsageReport {

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 /// `cache_read_input_tokens = cached_tokens` and
 /// `cache_creation_input_tokens = cache_write_tokens` (OpenRouter).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Usage {
     /// Uncached input tokens.
     pub input_tokens: u64,
@@ -23,10 +24,16 @@ pub struct Usage {
     pub cache_read_input_tokens: u64,
     /// The cost the provider itself reported (OpenRouter `usage.cost`), in
     /// nano-USD; preferred over the price table when present.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reported_cost_nusd: Option<u64>,
 }
 
 impl Usage {
+    /// Tokens of every kind, input and output.
+    pub fn total(&self) -> u64 {
+        self.total_input().saturating_add(self.output_tokens)
+    }
+
     /// Input tokens of every kind.
     pub fn total_input(&self) -> u64 {
         self.input_tokens

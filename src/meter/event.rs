@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::dialect::Usage;
+
 /// How a request ended, as far as the ledger is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,14 +109,10 @@ pub struct UsageEvent {
     pub model: String,
     pub route: RouteKind,
     pub cache: CacheOutcome,
-    /// Uncached input tokens.
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_creation_input_tokens: u64,
-    /// Of the cache writes, those billed at the 1-hour rate.
-    #[serde(default)]
-    pub cache_creation_1h_input_tokens: u64,
-    pub cache_read_input_tokens: u64,
+    /// Tokens by kind. Stored flat, under the same field names as before
+    /// it was embedded (`input_tokens`, `output_tokens`, …).
+    #[serde(flatten)]
+    pub usage: Usage,
     pub cost_nusd: u64,
     /// What a cache hit saved (0 otherwise).
     pub saved_nusd: u64,
@@ -212,11 +210,7 @@ impl OpenRecord {
             model: self.model.clone(),
             route: self.route,
             cache: self.cache,
-            input_tokens: 0,
-            output_tokens: 0,
-            cache_creation_input_tokens: 0,
-            cache_creation_1h_input_tokens: 0,
-            cache_read_input_tokens: 0,
+            usage: Usage::default(),
             cost_nusd: self.worst_nusd,
             saved_nusd: 0,
             status: Status::Interrupted,
@@ -229,5 +223,100 @@ impl OpenRecord {
             upstream_request_id: None,
             idempotency_key: self.idempotency_key.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+mod compat_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The event as stored before `usage` was embedded (git 17520f3): the
+    /// token counts were fields of the event itself.
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct StoredBefore {
+        event_id: String,
+        ts: i64,
+        sidecar_id: String,
+        account: String,
+        workload: String,
+        tags: Vec<(String, String)>,
+        provider: String,
+        model: String,
+        route: RouteKind,
+        cache: CacheOutcome,
+        input_tokens: u64,
+        output_tokens: u64,
+        cache_creation_input_tokens: u64,
+        cache_creation_1h_input_tokens: u64,
+        cache_read_input_tokens: u64,
+        cost_nusd: u64,
+        saved_nusd: u64,
+        status: Status,
+        http_status: u16,
+        error: Option<String>,
+        priced: bool,
+        usage_incomplete: bool,
+        latency_us: u64,
+        ttfb_us: u64,
+        upstream_request_id: Option<String>,
+        idempotency_key: Option<String>,
+    }
+
+    fn before() -> StoredBefore {
+        StoredBefore {
+            event_id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into(),
+            ts: 1_764_000_000_000_000,
+            sidecar_id: "s".into(),
+            account: "acme".into(),
+            workload: "web".into(),
+            tags: vec![("team".into(), "search".into())],
+            provider: "anthropic".into(),
+            model: "claude-sonnet-4-5".into(),
+            route: RouteKind::Stream,
+            cache: CacheOutcome::Miss,
+            input_tokens: 11,
+            output_tokens: 22,
+            cache_creation_input_tokens: 33,
+            cache_creation_1h_input_tokens: 3,
+            cache_read_input_tokens: 44,
+            cost_nusd: 555,
+            saved_nusd: 0,
+            status: Status::Ok,
+            http_status: 200,
+            error: None,
+            priced: true,
+            usage_incomplete: false,
+            latency_us: 7,
+            ttfb_us: 5,
+            upstream_request_id: Some("req_1".into()),
+            idempotency_key: None,
+        }
+    }
+
+    #[test]
+    fn events_stored_before_usage_was_embedded_still_read() {
+        let old = rmp_serde::to_vec_named(&before()).unwrap();
+        let e: UsageEvent = rmp_serde::from_slice(&old).unwrap();
+        assert_eq!(
+            e.usage,
+            Usage {
+                input_tokens: 11,
+                output_tokens: 22,
+                cache_creation_input_tokens: 33,
+                cache_creation_1h_input_tokens: 3,
+                cache_read_input_tokens: 44,
+                reported_cost_nusd: None,
+            }
+        );
+        assert_eq!((e.cost_nusd, e.route, e.cache), (555, RouteKind::Stream, CacheOutcome::Miss));
+        // And what is stored now has the same shape, field for field.
+        let now = rmp_serde::to_vec_named(&e).unwrap();
+        assert_eq!(rmp_serde::from_slice::<StoredBefore>(&now).unwrap(), before());
+        // An event older still, without the 1-hour split, reads as 0.
+        let mut v: serde_json::Value = serde_json::to_value(before()).unwrap();
+        v.as_object_mut().unwrap().remove("cache_creation_1h_input_tokens");
+        let e: UsageEvent = rmp_serde::from_slice(&rmp_serde::to_vec_named(&v).unwrap()).unwrap();
+        assert_eq!(e.usage.cache_creation_1h_input_tokens, 0);
     }
 }

@@ -360,6 +360,7 @@ mod tests {
     use super::*;
     use crate::budget::alerts::AlertSink;
     use crate::budget::{Budget, Ledger, LedgerMetrics, OnInsufficient, Period, SystemClock};
+    use crate::dialect::Usage;
     use crate::meter::event::{CacheOutcome, RouteKind, Status};
     use crate::scope::Scope;
     use crate::store::journal::{write_segment, Record};
@@ -399,11 +400,14 @@ mod tests {
             model: "claude-sonnet-4-5".into(),
             route: RouteKind::Sync,
             cache: CacheOutcome::Bypass,
-            input_tokens: 1,
-            output_tokens: 2,
-            cache_creation_input_tokens: 0,
-            cache_creation_1h_input_tokens: 0,
-            cache_read_input_tokens: 0,
+            usage: Usage {
+                input_tokens: 1,
+                output_tokens: 2,
+                cache_creation_input_tokens: 0,
+                cache_creation_1h_input_tokens: 0,
+                cache_read_input_tokens: 0,
+                reported_cost_nusd: None,
+            },
             cost_nusd: 3,
             saved_nusd: 0,
             status: Status::Ok,

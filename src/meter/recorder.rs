@@ -108,10 +108,10 @@ impl Recorder {
             super::event::CacheOutcome::Hit | super::event::CacheOutcome::Coalesced
         );
         for (kind, n) in [
-            ("input", e.input_tokens),
-            ("output", e.output_tokens),
-            ("cache_write", e.cache_creation_input_tokens),
-            ("cache_read", e.cache_read_input_tokens),
+            ("input", e.usage.input_tokens),
+            ("output", e.usage.output_tokens),
+            ("cache_write", e.usage.cache_creation_input_tokens),
+            ("cache_read", e.usage.cache_read_input_tokens),
         ] {
             if n > 0 && !served_locally {
                 m.tokens.with_label_values(&[provider, kind]).inc_by(n);

@@ -15,6 +15,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
 use super::error::ProxyError;
+use super::exchange::Cut;
 use super::ingress::{Endpoint, RequestModel, Route};
 use super::respond::{give_up_on_client, send_whole, send_with_tail};
 use super::{headers, receipt, Draft, Exchange, State};
@@ -231,11 +232,7 @@ fn zero_cost(state: &State, draft: &mut Draft, meta: &EntryMeta, outcome: CacheO
     e.cache = outcome;
     meta.model.clone_into(&mut e.model);
     let u = &meta.usage;
-    e.input_tokens = u.input_tokens;
-    e.output_tokens = u.output_tokens;
-    e.cache_creation_input_tokens = u.cache_creation_input_tokens;
-    e.cache_creation_1h_input_tokens = u.cache_creation_1h_input_tokens;
-    e.cache_read_input_tokens = u.cache_read_input_tokens;
+    e.usage = *u;
     e.cost_nusd = 0;
     let would_have = state.recorder.price(&meta.model, u);
     e.saved_nusd = would_have.nusd;
@@ -708,7 +705,7 @@ async fn follow_stream(
         }
         Outcome::ErrorResponse { .. } | Outcome::Abandoned => {
             draft.event.status = Status::UpstreamAborted;
-            draft.event.error = Some("upstream_cut".into());
+            draft.cut(Cut::UpstreamCut);
             draft.event.usage_incomplete = true;
             let d = route.dialect();
             tail.extend_from_slice(&d.error_event(

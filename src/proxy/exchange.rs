@@ -11,10 +11,35 @@ use super::cache::CacheWrite;
 use super::lifecycle::InFlightGuard;
 use super::State;
 use crate::cache::flight::Leader;
-use crate::dialect::Dialect;
+use crate::dialect::{Dialect, Usage};
 use crate::limit::{Admission, Limiter};
 use crate::meter::event::{CacheOutcome, Charge, OpenRecord, RouteKind, Status, UsageEvent};
 use crate::meter::recorder::{Recorder, UpstreamTimes};
+
+/// Why tollgate cut a relay short; recorded as the event's `error` kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cut {
+    /// The upstream sent nothing for longer than the idle timeout.
+    IdleTimeout,
+    /// The upstream connection broke before the answer's end.
+    UpstreamCut,
+    /// A budget cannot pay for the stream's real input (`message_start`).
+    BudgetExceeded,
+    /// A non-streaming answer too large to read whole: piped unmetered.
+    TooLargeToMeter,
+}
+
+impl Cut {
+    /// The event's `error` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cut::IdleTimeout => "upstream_idle_timeout",
+            Cut::UpstreamCut => "upstream_cut",
+            Cut::BudgetExceeded => "budget_exceeded",
+            Cut::TooLargeToMeter => "response_too_large_to_meter",
+        }
+    }
+}
 
 /// One request and everything it carries from stage to stage.
 pub struct Exchange {
@@ -58,11 +83,7 @@ impl Draft {
                 model: String::new(),
                 route: RouteKind::Sync,
                 cache: CacheOutcome::Bypass,
-                input_tokens: 0,
-                output_tokens: 0,
-                cache_creation_input_tokens: 0,
-                cache_creation_1h_input_tokens: 0,
-                cache_read_input_tokens: 0,
+                usage: Usage::default(),
                 cost_nusd: 0,
                 saved_nusd: 0,
                 status: Status::Ok,
@@ -83,6 +104,7 @@ impl Draft {
             admission: None,
             sent_upstream: false,
             clamped_max_tokens: None,
+            cut: None,
         }
     }
 }
@@ -106,9 +128,17 @@ pub struct Draft {
     pub sent_upstream: bool,
     /// `max_tokens` lowered by a clamp budget (a receipt header).
     pub clamped_max_tokens: Option<u64>,
+    /// Why the relay was cut short, if it was.
+    pub cut: Option<Cut>,
 }
 
 impl Draft {
+    /// Marks the relay as cut short by `cut`.
+    pub fn cut(&mut self, cut: Cut) {
+        self.cut = Some(cut);
+        self.event.error = Some(cut.as_str().to_owned());
+    }
+
     /// Records an event that carries no spend (a cache hit, a coalesced
     /// request).
     pub fn record_detached(&mut self) {
@@ -171,14 +201,7 @@ impl Draft {
             let e = &self.event;
             // Served without the provider: no provider tokens were used.
             let local = matches!(e.cache, CacheOutcome::Hit | CacheOutcome::Coalesced);
-            let tokens = if local {
-                0
-            } else {
-                e.input_tokens
-                    .saturating_add(e.output_tokens)
-                    .saturating_add(e.cache_creation_input_tokens)
-                    .saturating_add(e.cache_read_input_tokens)
-            };
+            let tokens = if local { 0 } else { e.usage.total() };
             limiter.settle(&admission, tokens, Instant::now());
         }
         charges

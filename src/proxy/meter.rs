@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 
+use super::exchange::Cut;
 use super::forward::UpstreamCall;
 use super::ingress::{Endpoint, RequestModel, Route};
 use super::respond::give_up_on_client;
@@ -276,7 +277,7 @@ impl Relay<'_> {
                 .and_then(Assembler::finish)
                 .map(Bytes::from);
             self.conclude_ok(message, true);
-        } else if e.error.as_deref() == Some("budget_exceeded") {
+        } else if self.draft.cut == Some(Cut::BudgetExceeded) {
             // This request's own budget ended it: not the followers'
             // (they may have other budgets). They go their own way.
             if let Some(leader) = self.leader.take() {
@@ -290,8 +291,8 @@ impl Relay<'_> {
     /// Hands a failure to the followers.
     fn conclude_failed(&mut self, tail: Bytes) {
         if let Some(leader) = self.leader.take() {
-            let message = match self.draft.event.error.as_deref() {
-                Some("upstream_idle_timeout") => {
+            let message = match self.draft.cut {
+                Some(Cut::IdleTimeout) => {
                     "upstream stream stalled past the idle timeout (tollgate)"
                 }
                 _ => "upstream response ended before it was complete (tollgate)",
@@ -335,11 +336,7 @@ impl Relay<'_> {
         if let Some(model) = model.filter(|m| !m.is_empty()) {
             model.clone_into(&mut e.model);
         }
-        e.input_tokens = usage.input_tokens;
-        e.output_tokens = usage.output_tokens;
-        e.cache_creation_input_tokens = usage.cache_creation_input_tokens;
-        e.cache_creation_1h_input_tokens = usage.cache_creation_1h_input_tokens;
-        e.cache_read_input_tokens = usage.cache_read_input_tokens;
+        e.usage = *usage;
         let cost = self.state.recorder.price(&e.model, usage);
         e.cost_nusd = cost.nusd;
         e.priced = cost.priced;
@@ -464,7 +461,7 @@ impl Relay<'_> {
         self.write = None;
         tracing::warn!(request_id = %self.draft.event.event_id, limit = self.state.max_body_bytes, "non-streaming response too large to meter; piping it unmetered");
         self.draft.event.usage_incomplete = true;
-        self.draft.event.error = Some("response_too_large_to_meter".into());
+        self.draft.cut(Cut::TooLargeToMeter);
         if !upstream.status.is_success() {
             self.draft.event.status = Status::ProviderError;
         }
@@ -537,28 +534,23 @@ impl Relay<'_> {
 
     /// Marks the draft for a relay that stopped before the upstream's end.
     fn fail_midway(&mut self, failure: ReadFailure) {
-        let e = &mut self.draft.event;
+        let d = &mut self.draft;
+        d.event.usage_incomplete = true;
         match failure {
-            ReadFailure::ClientGone => {
-                e.status = Status::ClientAborted;
-                e.usage_incomplete = true;
-            }
+            ReadFailure::ClientGone => d.event.status = Status::ClientAborted,
             ReadFailure::Idle => {
-                e.status = Status::UpstreamAborted;
-                e.error = Some("upstream_idle_timeout".into());
-                e.usage_incomplete = true;
+                d.event.status = Status::UpstreamAborted;
+                d.cut(Cut::IdleTimeout);
             }
             ReadFailure::Io(detail) => {
-                tracing::warn!(request_id = %e.event_id, provider = %e.provider, error = %detail, "upstream response cut");
-                e.status = Status::UpstreamAborted;
-                e.error = Some("upstream_cut".into());
-                e.usage_incomplete = true;
+                tracing::warn!(request_id = %d.event.event_id, provider = %d.event.provider, error = %detail, "upstream response cut");
+                d.event.status = Status::UpstreamAborted;
+                d.cut(Cut::UpstreamCut);
             }
             ReadFailure::Budget(message) => {
-                tracing::info!(request_id = %e.event_id, reason = %message, "stream ended by a budget at message_start");
-                e.status = Status::ProxyError;
-                e.error = Some("budget_exceeded".into());
-                e.usage_incomplete = true;
+                tracing::info!(request_id = %d.event.event_id, reason = %message, "stream ended by a budget at message_start");
+                d.event.status = Status::ProxyError;
+                d.cut(Cut::BudgetExceeded);
             }
         }
     }
@@ -723,8 +715,8 @@ impl Relay<'_> {
             tail.extend_from_slice(&d.error_event(d.error_type(ErrorClass::Budget), message));
         }
         if status == Status::UpstreamAborted {
-            let message = match self.draft.event.error.as_deref() {
-                Some("upstream_idle_timeout") => {
+            let message = match self.draft.cut {
+                Some(Cut::IdleTimeout) => {
                     "upstream stream stalled past the idle timeout (tollgate)"
                 }
                 _ => "upstream stream ended before its final event (tollgate)",

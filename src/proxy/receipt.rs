@@ -57,10 +57,10 @@ pub fn stream_comment(event: &UsageEvent) -> Bytes {
         status: event.status.as_str(),
         cost_usd: format_usd(event.cost_nusd),
         saved_usd: (event.saved_nusd > 0).then(|| format_usd(event.saved_nusd)),
-        input_tokens: event.input_tokens,
-        output_tokens: event.output_tokens,
-        cache_creation_input_tokens: event.cache_creation_input_tokens,
-        cache_read_input_tokens: event.cache_read_input_tokens,
+        input_tokens: event.usage.input_tokens,
+        output_tokens: event.usage.output_tokens,
+        cache_creation_input_tokens: event.usage.cache_creation_input_tokens,
+        cache_read_input_tokens: event.usage.cache_read_input_tokens,
     };
     let json = serde_json::to_string(&receipt).unwrap_or_default();
     Bytes::from(format!(": tollgate {json}\n\n"))
