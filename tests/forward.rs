@@ -218,7 +218,7 @@ async fn curl_through_the_proxy_is_metered_cached_and_keyed() {
     assert!(reply.contains("open a tunnel to api.openai.com"), "{reply}");
     assert_eq!(fake.requests().len(), before);
     // Metered like base-URL mode.
-    let events = t.wait_events(5).await;
+    let events = t.wait_events(6).await;
     assert_eq!(events.iter().filter(|e| e["cache"] == "hit").count(), 1);
     assert_eq!(
         events.iter().filter(|e| e["status"] != "ok").count(),

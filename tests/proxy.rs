@@ -207,11 +207,7 @@ async fn anthropic_stream_passes_bytes_through_and_meters() {
         assert_eq!(receipt["request_id"], request_id.as_str());
         assert_eq!(receipt["output_tokens"], 12);
         assert_eq!(receipt["status"], "ok");
-        let events = t.events().await;
-        let e = events
-            .iter()
-            .find(|e| e["event_id"] == request_id.as_str())
-            .expect("event");
+        let e = t.wait_event(&request_id).await;
         assert_eq!(e["route"], "stream");
         assert_eq!(e["status"], "ok");
         assert_eq!(e["input_tokens"], 40);

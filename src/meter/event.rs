@@ -309,13 +309,21 @@ mod compat_tests {
                 reported_cost_nusd: None,
             }
         );
-        assert_eq!((e.cost_nusd, e.route, e.cache), (555, RouteKind::Stream, CacheOutcome::Miss));
+        assert_eq!(
+            (e.cost_nusd, e.route, e.cache),
+            (555, RouteKind::Stream, CacheOutcome::Miss)
+        );
         // And what is stored now has the same shape, field for field.
         let now = rmp_serde::to_vec_named(&e).unwrap();
-        assert_eq!(rmp_serde::from_slice::<StoredBefore>(&now).unwrap(), before());
+        assert_eq!(
+            rmp_serde::from_slice::<StoredBefore>(&now).unwrap(),
+            before()
+        );
         // An event older still, without the 1-hour split, reads as 0.
         let mut v: serde_json::Value = serde_json::to_value(before()).unwrap();
-        v.as_object_mut().unwrap().remove("cache_creation_1h_input_tokens");
+        v.as_object_mut()
+            .unwrap()
+            .remove("cache_creation_1h_input_tokens");
         let e: UsageEvent = rmp_serde::from_slice(&rmp_serde::to_vec_named(&v).unwrap()).unwrap();
         assert_eq!(e.usage.cache_creation_1h_input_tokens, 0);
     }

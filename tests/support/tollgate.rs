@@ -245,6 +245,24 @@ impl Tollgate {
         }
     }
 
+    /// Waits for the event of request `id` (events reach the ledger just
+    /// after their answer), returns it.
+    pub async fn wait_event(&self, id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self
+                .events()
+                .await
+                .into_iter()
+                .find(|e| e["event_id"] == id)
+            {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "no event {id}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("{}/metrics", self.admin_url()))
