@@ -74,7 +74,7 @@ fn state(controls: bool, keys: bool, dir: &std::path::Path) -> anyhow::Result<Ar
     let db = sled::open(dir)?;
     let ledger = Arc::new(Ledger::new(
         config.budgets.clone(),
-        Some(db.open_tree(tollgate::budget::TREE)?),
+        Some(Arc::new(tollgate::store::sled::SpendTree::open(&db)?)),
         Arc::new(SystemClock),
         AlertSink::default(),
         metrics.ledger(&config.budgets),

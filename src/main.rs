@@ -25,7 +25,7 @@ use tollgate::proxy::intercept::Intercept;
 use tollgate::proxy::lifecycle::{InFlight, Shutdown};
 use tollgate::proxy::{State, Tollgate};
 use tollgate::store::journal;
-use tollgate::store::sled::CacheTree;
+use tollgate::store::sled::{CacheTree, SpendTree};
 use tollgate::store::CacheRecords;
 use tollgate::usage_report::{GroupBy, UsageReport};
 
@@ -33,6 +33,10 @@ use tollgate::usage_report::{GroupBy, UsageReport};
 const EXIT_BAD_CONFIG: u8 = 64;
 /// Page cache of the embedded store.
 const SLED_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+/// Page cache of the ledger's store: it is written in batches (the usage
+/// journal's fold) and read by reports, so a small cache does; most of a
+/// sidecar's memory went here.
+const LEDGER_CACHE_BYTES: u64 = 8 * 1024 * 1024;
 
 #[derive(Parser)]
 #[command(
@@ -310,7 +314,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     let db = sled::Config::new()
         .path(&config.data_dir)
         // sled's default page cache is 1 GiB: far more than a sidecar should hold.
-        .cache_capacity(SLED_CACHE_BYTES)
+        .cache_capacity(LEDGER_CACHE_BYTES)
         .open()
         .with_context(|| {
             format!(
@@ -321,10 +325,9 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     let (alert_sink, alert_rx) = AlertSink::channel();
     let ledger = Arc::new(Ledger::new(
         config.budgets.clone(),
-        Some(
-            db.open_tree(budget::TREE)
-                .context("opening the budget store")?,
-        ),
+        Some(Arc::new(
+            SpendTree::open(&db).context("opening the budget store")?,
+        )),
         Arc::new(SystemClock),
         alert_sink,
         metrics.ledger(&config.budgets),
@@ -513,10 +516,10 @@ fn budget_status(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
     };
     let statuses: Vec<budget::Status> = match open_store(&config)? {
         Some(db) => {
-            let tree = db.open_tree(budget::TREE)?;
+            let spend = SpendTree::open(&db)?;
             budget::status_offline(
                 &config.budgets,
-                &tree,
+                &spend,
                 time::OffsetDateTime::now_utc().unix_timestamp(),
             )
         }

@@ -117,11 +117,7 @@ fn forbidden_modules(layer: Layer) -> &'static [&'static str] {
 
 /// Known breaches, each to be removed by the redesign: (file, what it
 /// imports). Listed here so they are visible, and so nothing new joins them.
-const PENDING: &[(&str, &str)] = &[
-    // Budget spend is persisted straight to a sled tree until the storage
-    // traits land.
-    ("src/budget/mod.rs", "sled"),
-];
+const PENDING: &[(&str, &str)] = &[];
 
 fn layer_of(path: &str) -> Option<Layer> {
     LAYERS
@@ -143,8 +139,13 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The code of a file without comments (line comments and doc comments),
-/// so prose that names a crate does not count.
+/// so prose that names a crate does not count, and without its unit-test
+/// module (tests may drive a domain type through a real backend).
 fn code(text: &str) -> String {
+    let text = match text.find("\n#[cfg(test)]\nmod ") {
+        Some(at) => &text[..at],
+        None => text,
+    };
     text.lines()
         .map(|line| match line.find("//") {
             Some(at) if !line[..at].contains('"') => &line[..at],

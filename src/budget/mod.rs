@@ -33,11 +33,6 @@ use crate::scope::Scope;
 use alerts::{Alert, AlertSink};
 use estimate::Estimate;
 
-/// Name of the sled tree holding spend per budget and period.
-pub const TREE: &str = "budgets";
-/// Key of the journal watermark in [`TREE`] (no budget name is empty).
-const WATERMARK_KEY: &[u8] = b"\0journal_watermark";
-
 /// A budget's period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Period {
@@ -267,29 +262,43 @@ impl Status {
     }
 }
 
+/// Where spend per budget and period is kept (sled's `SpendTree` in the
+/// sidecar). Records are opaque here; the watermark is the usage journal's
+/// (see `crate::store::journal`), written in the same batch as the spend.
+pub trait SpendRecords: Send + Sync {
+    /// The record of `budget` in `period`.
+    fn get(&self, budget: &str, period: &str) -> Result<Option<Vec<u8>>, SpendError>;
+    /// Writes records `(budget, period, record)` and, when given, the
+    /// watermark, atomically.
+    fn put(
+        &self,
+        records: &[(&str, &str, Vec<u8>)],
+        watermark: Option<u64>,
+    ) -> Result<(), SpendError>;
+    /// The stored watermark (0: none).
+    fn watermark(&self) -> Result<u64, SpendError>;
+}
+
+/// The spend store failed.
+#[derive(Debug, thiserror::Error)]
+#[error("budget spend store: {0}")]
+pub struct SpendError(pub String);
+
 /// Budgets and their state.
 pub struct Ledger {
     budgets: Vec<Budget>,
     state: Mutex<Vec<BudgetState>>,
-    store: Option<sled::Tree>,
+    store: Option<Arc<dyn SpendRecords>>,
     clock: Arc<dyn Clock>,
     alerts: AlertSink,
     metrics: LedgerMetrics,
 }
 
-fn store_key(budget: &str, period: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(budget.len() + period.len() + 1);
-    k.extend_from_slice(budget.as_bytes());
-    k.push(0);
-    k.extend_from_slice(period.as_bytes());
-    k
-}
-
-fn load(store: Option<&sled::Tree>, budget: &str, period: &str) -> Stored {
-    let Some(tree) = store else {
+fn load(store: Option<&dyn SpendRecords>, budget: &str, period: &str) -> Stored {
+    let Some(store) = store else {
         return Stored::default();
     };
-    match tree.get(store_key(budget, period)) {
+    match store.get(budget, period) {
         Ok(Some(bytes)) => rmp_serde::from_slice(&bytes).unwrap_or_else(|e| {
             tracing::error!(budget, period, error = %e, "unreadable budget state; starting the period from zero");
             Stored::default()
@@ -305,7 +314,7 @@ fn load(store: Option<&sled::Tree>, budget: &str, period: &str) -> Stored {
 impl Ledger {
     pub fn new(
         budgets: Vec<Budget>,
-        store: Option<sled::Tree>,
+        store: Option<Arc<dyn SpendRecords>>,
         clock: Arc<dyn Clock>,
         alerts: AlertSink,
         metrics: LedgerMetrics,
@@ -371,7 +380,7 @@ impl Ledger {
         st.current = Some(match pos {
             Some(pos) => st.older.swap_remove(pos),
             None => PeriodState {
-                stored: load(self.store.as_ref(), &b.name, &key),
+                stored: load(self.store.as_deref(), &b.name, &key),
                 key,
                 start,
                 end,
@@ -617,7 +626,7 @@ impl Ledger {
             let st = &mut state[i];
             if period_mut(st, &c.period).is_none() {
                 st.older.push(PeriodState {
-                    stored: load(self.store.as_ref(), &c.budget, &c.period),
+                    stored: load(self.store.as_deref(), &c.budget, &c.period),
                     key: c.period.clone(),
                     // Only the current period's bounds are ever consulted.
                     start: 0,
@@ -635,28 +644,23 @@ impl Ledger {
     }
 
     /// Writes every period changed since the last call to the store.
-    pub fn persist(&self) -> Result<(), sled::Error> {
+    pub fn persist(&self) -> Result<(), SpendError> {
         self.persist_with(None)
     }
 
     /// [`Ledger::persist`], with the journal's watermark in the same batch:
     /// the spend written includes every journaled final up to `watermark`.
-    pub fn persist_upto(&self, watermark: u64) -> Result<(), sled::Error> {
+    pub fn persist_upto(&self, watermark: u64) -> Result<(), SpendError> {
         self.persist_with(Some(watermark))
     }
 
     /// The journal watermark stored with the spend (0: none).
     pub fn watermark(&self) -> u64 {
-        let Some(tree) = &self.store else {
+        let Some(store) = &self.store else {
             return 0;
         };
-        match tree.get(WATERMARK_KEY) {
-            Ok(Some(v)) if v.len() == 8 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&v);
-                u64::from_be_bytes(b)
-            }
-            Ok(_) => 0,
+        match store.watermark() {
+            Ok(w) => w,
             Err(e) => {
                 tracing::error!(error = %e, "reading the journal watermark failed");
                 0
@@ -664,8 +668,8 @@ impl Ledger {
         }
     }
 
-    fn persist_with(&self, watermark: Option<u64>) -> Result<(), sled::Error> {
-        let Some(tree) = &self.store else {
+    fn persist_with(&self, watermark: Option<u64>) -> Result<(), SpendError> {
+        let Some(store) = &self.store else {
             return Ok(());
         };
         if self.budgets.is_empty() {
@@ -679,7 +683,7 @@ impl Ledger {
                 for p in st.current.iter_mut().chain(st.older.iter_mut()) {
                     if p.dirty {
                         p.dirty = false;
-                        writes.push((i, p.key.clone(), store_key(name, &p.key), p.stored));
+                        writes.push((i, name.as_str(), p.key.clone(), p.stored));
                     }
                 }
             }
@@ -687,21 +691,18 @@ impl Ledger {
         if writes.is_empty() && watermark.is_none() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        if let Some(w) = watermark {
-            batch.insert(WATERMARK_KEY, &w.to_be_bytes()[..]);
-        }
-        for (_, _, key, stored) in &writes {
+        let mut records = Vec::with_capacity(writes.len());
+        for (_, name, period, stored) in &writes {
             match rmp_serde::to_vec(stored) {
-                Ok(bytes) => batch.insert(key.clone(), bytes),
+                Ok(bytes) => records.push((*name, period.as_str(), bytes)),
                 Err(e) => tracing::error!(error = %e, "encoding budget state failed"),
             }
         }
-        let result = tree.apply_batch(batch);
+        let result = store.put(&records, watermark);
         let mut state = self.lock();
         if result.is_err() {
             // Not written: dirty again, for the next attempt.
-            for (i, key, ..) in &writes {
+            for (i, _, key, _) in &writes {
                 if let Some(p) = period_mut(&mut state[*i], key) {
                     p.dirty = true;
                 }
@@ -748,13 +749,13 @@ fn period_mut<'a>(st: &'a mut BudgetState, key: &str) -> Option<&'a mut PeriodSt
 }
 
 /// Budget figures from a stopped sidecar's store (nothing is reserved).
-pub fn status_offline(budgets: &[Budget], tree: &sled::Tree, now: i64) -> Vec<Status> {
+pub fn status_offline(budgets: &[Budget], store: &dyn SpendRecords, now: i64) -> Vec<Status> {
     budgets
         .iter()
         .map(|b| {
             let (key, spent) = match b.period.window(now) {
                 Some((key, ..)) => {
-                    let spent = load(Some(tree), &b.name, &key).spent;
+                    let spent = load(Some(store), &b.name, &key).spent;
                     (key, spent)
                 }
                 None => (String::new(), 0),
@@ -850,7 +851,11 @@ mod tests {
         }
     }
 
-    fn ledger(budgets: Vec<Budget>, tree: Option<sled::Tree>, clock: Arc<FakeClock>) -> Ledger {
+    fn ledger(
+        budgets: Vec<Budget>,
+        tree: Option<Arc<dyn SpendRecords>>,
+        clock: Arc<FakeClock>,
+    ) -> Ledger {
         Ledger::new(
             budgets,
             tree,
@@ -951,6 +956,10 @@ mod tests {
         assert_eq!(l.status()[1].spent_nusd, 1_400);
     }
 
+    fn spend(db: &sled::Db) -> Arc<dyn SpendRecords> {
+        Arc::new(crate::store::sled::SpendTree::open(db).unwrap())
+    }
+
     #[test]
     fn periods_roll_over_and_spend_survives_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -960,11 +969,7 @@ mod tests {
             budget("day", Period::Day, 10_000, OnInsufficient::Deny),
             budget("month", Period::Month, 100_000, OnInsufficient::Deny),
         ];
-        let l = ledger(
-            budgets.clone(),
-            Some(db.open_tree(TREE).unwrap()),
-            clock.clone(),
-        );
+        let l = ledger(budgets.clone(), Some(spend(&db)), clock.clone());
         let Decision::Admit(r) = l.reserve(&acme(), &est(1_000)) else {
             panic!()
         };
@@ -987,8 +992,8 @@ mod tests {
         l.persist().unwrap();
         drop(l);
         // A restart (new ledger on the same store) sees both periods.
-        let tree = db.open_tree(TREE).unwrap();
-        let before = status_offline(&budgets, &tree, at("2026-11-30T12:00:00Z"));
+        let tree = spend(&db);
+        let before = status_offline(&budgets, tree.as_ref(), at("2026-11-30T12:00:00Z"));
         assert_eq!((before[0].spent_nusd, before[1].spent_nusd), (700, 700));
         let l = ledger(budgets, Some(tree), clock.clone());
         assert_eq!(l.status()[0].spent_nusd, 300);

@@ -66,7 +66,7 @@ pub trait SpendStore: Send + Sync {
     /// Adds spend found at recovery.
     fn charge(&self, charges: &[Charge]);
     /// Persists changed spend and the watermark in one batch.
-    fn persist_upto(&self, watermark: u64) -> Result<(), sled::Error>;
+    fn persist_upto(&self, watermark: u64) -> Result<(), crate::budget::SpendError>;
 }
 
 impl SpendStore for crate::budget::Ledger {
@@ -78,7 +78,7 @@ impl SpendStore for crate::budget::Ledger {
         crate::budget::Ledger::charge(self, charges);
     }
 
-    fn persist_upto(&self, watermark: u64) -> Result<(), sled::Error> {
+    fn persist_upto(&self, watermark: u64) -> Result<(), crate::budget::SpendError> {
         crate::budget::Ledger::persist_upto(self, watermark)
     }
 }
@@ -445,7 +445,7 @@ mod tests {
                 alert_webhook: None,
                 on_insufficient: OnInsufficient::Deny,
             }],
-            Some(db.open_tree(crate::budget::TREE).unwrap()),
+            Some(Arc::new(crate::store::sled::SpendTree::open(db).unwrap())),
             Arc::new(SystemClock),
             AlertSink::default(),
             LedgerMetrics::default(),

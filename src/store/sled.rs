@@ -5,6 +5,7 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::{CacheKey, CacheRecords, KeyStore, StoreError};
+use crate::budget::{SpendError, SpendRecords};
 
 impl From<sled::Error> for StoreError {
     fn from(e: sled::Error) -> Self {
@@ -178,6 +179,77 @@ impl KeyStore for KeyTree {
     }
 }
 
+/// The sled tree of budget spend (`budgets`): `budget \0 period` → the
+/// record, and the journal's watermark under its own key.
+pub struct SpendTree {
+    tree: sled::Tree,
+}
+
+/// The tree's name in the sidecar's database.
+pub const SPEND_TREE: &str = "budgets";
+const WATERMARK_KEY: &[u8] = b"\0journal_watermark";
+
+impl SpendTree {
+    /// The spend in `tree`.
+    pub fn new(tree: sled::Tree) -> SpendTree {
+        SpendTree { tree }
+    }
+
+    /// The spend tree of the sidecar's database `db`.
+    pub fn open(db: &sled::Db) -> Result<SpendTree, StoreError> {
+        Ok(SpendTree::new(db.open_tree(SPEND_TREE)?))
+    }
+}
+
+fn spend_key(budget: &str, period: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(budget.len() + period.len() + 1);
+    k.extend_from_slice(budget.as_bytes());
+    k.push(0);
+    k.extend_from_slice(period.as_bytes());
+    k
+}
+
+impl From<sled::Error> for SpendError {
+    fn from(e: sled::Error) -> Self {
+        SpendError(e.to_string())
+    }
+}
+
+impl SpendRecords for SpendTree {
+    fn get(&self, budget: &str, period: &str) -> Result<Option<Vec<u8>>, SpendError> {
+        Ok(self
+            .tree
+            .get(spend_key(budget, period))?
+            .map(|v| v.to_vec()))
+    }
+
+    fn put(
+        &self,
+        records: &[(&str, &str, Vec<u8>)],
+        watermark: Option<u64>,
+    ) -> Result<(), SpendError> {
+        let mut batch = sled::Batch::default();
+        if let Some(w) = watermark {
+            batch.insert(WATERMARK_KEY, &w.to_be_bytes()[..]);
+        }
+        for (budget, period, record) in records {
+            batch.insert(spend_key(budget, period), record.as_slice());
+        }
+        Ok(self.tree.apply_batch(batch)?)
+    }
+
+    fn watermark(&self) -> Result<u64, SpendError> {
+        Ok(match self.tree.get(WATERMARK_KEY)? {
+            Some(v) if v.len() == 8 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&v);
+                u64::from_be_bytes(b)
+            }
+            _ => 0,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -187,6 +259,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tree = sled::open(dir.path()).unwrap().open_tree("cache").unwrap();
         (dir, CacheTree::new(tree))
+    }
+
+    #[test]
+    fn spend_records_suite() {
+        crate::store::suite::spend_records(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let tree = sled::open(dir.path())
+                .unwrap()
+                .open_tree(SPEND_TREE)
+                .unwrap();
+            (dir, SpendTree::new(tree))
+        });
     }
 
     #[test]

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::{CacheKey, CacheRecords, KeyStore};
+use crate::budget::SpendRecords;
 
 fn key(n: u8) -> CacheKey {
     [n; 32]
@@ -79,4 +80,30 @@ pub(crate) fn key_store<G, S: KeyStore>(fresh: impl Fn() -> (G, S)) {
     assert!(!s.remove("byok/acme/openai").unwrap());
     assert_eq!(s.list("byok/acme/").unwrap().len(), 1);
     s.flush().unwrap();
+}
+
+/// [`SpendRecords`]: records by (budget, period), written with or without
+/// the watermark.
+pub(crate) fn spend_records<G, S: SpendRecords>(fresh: impl Fn() -> (G, S)) {
+    let (_g, s) = fresh();
+    assert_eq!(s.watermark().unwrap(), 0);
+    assert!(s.get("day", "2026-12-03").unwrap().is_none());
+    s.put(&[("day", "2026-12-03", b"one".to_vec())], None)
+        .unwrap();
+    assert_eq!(s.watermark().unwrap(), 0);
+    s.put(
+        &[
+            ("day", "2026-12-03", b"two".to_vec()),
+            ("day2", "2026-12-03", b"other".to_vec()),
+            ("day", "2026-12-04", b"next".to_vec()),
+        ],
+        Some(41),
+    )
+    .unwrap();
+    assert_eq!(s.watermark().unwrap(), 41);
+    assert_eq!(s.get("day", "2026-12-03").unwrap().unwrap(), b"two");
+    assert_eq!(s.get("day2", "2026-12-03").unwrap().unwrap(), b"other");
+    assert_eq!(s.get("day", "2026-12-04").unwrap().unwrap(), b"next");
+    s.put(&[], Some(42)).unwrap();
+    assert_eq!(s.watermark().unwrap(), 42);
 }
