@@ -80,7 +80,7 @@ fn state(controls: bool, keys: bool, dir: &std::path::Path) -> anyhow::Result<Ar
         metrics.ledger(&config.budgets),
     ));
     let (outbox, _) = Outbox::open(
-        &db,
+        Arc::new(tollgate::store::sled::EventTree::open(&db)?),
         &dir.join(tollgate::store::journal::DIR),
         OutboxOptions {
             retention: Duration::from_secs(3600),

@@ -99,7 +99,10 @@ impl ServeHttp for Admin {
                 let outbox = self.outbox.clone();
                 // Reading the whole ledger is disk work: keep it off the async threads.
                 let table = tokio::task::spawn_blocking(move || {
-                    UsageReport::from_events(outbox.events(), &group).map(|r| r.render())
+                    let mut report = UsageReport::new(&group);
+                    outbox
+                        .for_each_event(&mut |e| report.add(&e))
+                        .map(|()| report.render())
                 })
                 .await;
                 match table {

@@ -25,7 +25,7 @@ use tollgate::proxy::intercept::Intercept;
 use tollgate::proxy::lifecycle::{InFlight, Shutdown};
 use tollgate::proxy::{State, Tollgate};
 use tollgate::store::journal;
-use tollgate::store::sled::{CacheTree, SpendTree};
+use tollgate::store::sled::{CacheTree, EventTree, SpendTree};
 use tollgate::store::CacheRecords;
 use tollgate::usage_report::{GroupBy, UsageReport};
 
@@ -311,17 +311,15 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("registering metrics")?;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
-    let db = sled::Config::new()
-        .path(&config.data_dir)
-        // sled's default page cache is 1 GiB: far more than a sidecar should hold.
-        .cache_capacity(LEDGER_CACHE_BYTES)
-        .open()
-        .with_context(|| {
+    // sled's default page cache is 1 GiB: far more than a sidecar should hold.
+    let db = tollgate::store::sled::open_db(&config.data_dir, LEDGER_CACHE_BYTES)?.with_context(
+        || {
             format!(
                 "opening the store in {} (is another tollgate using it?)",
                 config.data_dir.display()
             )
-        })?;
+        },
+    )?;
     let (alert_sink, alert_rx) = AlertSink::channel();
     let ledger = Arc::new(Ledger::new(
         config.budgets.clone(),
@@ -335,7 +333,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     // Budget spend is persisted with the usage journal's watermark, and what
     // an earlier run left in the journal is recovered into both.
     let (outbox, recovery) = Outbox::open(
-        &db,
+        Arc::new(EventTree::open(&db).context("opening the usage outbox")?),
         &config.data_dir.join(journal::DIR),
         OutboxOptions {
             retention: config.outbox.retention,
@@ -480,11 +478,14 @@ fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
     }
     match open_store(&config)? {
         Some(db) => {
-            let tree = db.open_tree(outbox::TREE)?;
+            let stored = EventTree::open(&db)?;
             // After a crash, the journal holds events the outbox does not yet.
-            let unfolded = outbox::unfolded_events(&tree, &config.data_dir.join(journal::DIR))?;
-            let events = outbox::read_events(&tree).chain(unfolded.into_iter().map(Ok));
-            let report = UsageReport::from_events(events, &by)?;
+            let unfolded = outbox::unfolded_events(&stored, &config.data_dir.join(journal::DIR))?;
+            let mut report = UsageReport::new(&by);
+            outbox::for_each_event(&stored, &mut |e| report.add(&e))?;
+            for e in &unfolded {
+                report.add(e);
+            }
             print!("{}", report.render());
         }
         // A running proxy holds the store: ask it.

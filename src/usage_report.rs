@@ -90,22 +90,31 @@ impl UsageReport {
         events: impl Iterator<Item = Result<UsageEvent, OutboxError>>,
         by: &GroupBy,
     ) -> Result<UsageReport, OutboxError> {
-        let mut rows: BTreeMap<Vec<String>, Totals> = BTreeMap::new();
+        let mut report = UsageReport::new(by);
         for event in events {
-            let e = event?;
-            let key = by.0.iter().map(|d| d.value(&e)).collect();
-            let t = rows.entry(key).or_default();
-            t.requests += 1;
-            t.input_tokens += e.usage.input_tokens;
-            t.output_tokens += e.usage.output_tokens;
-            t.cache_write_tokens += e.usage.cache_creation_input_tokens;
-            t.cache_read_tokens += e.usage.cache_read_input_tokens;
-            t.cost_nusd += e.cost_nusd;
+            report.add(&event?);
         }
-        Ok(UsageReport {
+        Ok(report)
+    }
+
+    /// An empty report grouped `by`.
+    pub fn new(by: &GroupBy) -> UsageReport {
+        UsageReport {
             dims: by.0.clone(),
-            rows,
-        })
+            rows: BTreeMap::new(),
+        }
+    }
+
+    /// Counts one event.
+    pub fn add(&mut self, e: &UsageEvent) {
+        let key = self.dims.iter().map(|d| d.value(e)).collect();
+        let t = self.rows.entry(key).or_default();
+        t.requests += 1;
+        t.input_tokens += e.usage.input_tokens;
+        t.output_tokens += e.usage.output_tokens;
+        t.cache_write_tokens += e.usage.cache_creation_input_tokens;
+        t.cache_read_tokens += e.usage.cache_read_input_tokens;
+        t.cost_nusd += e.cost_nusd;
     }
 
     /// The rows, keyed by the group values.

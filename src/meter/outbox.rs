@@ -1,11 +1,12 @@
-//! The usage outbox: the sled tree of MessagePack-encoded [`UsageEvent`]s
-//! (the local ledger), fed by the usage journal.
+//! The usage outbox: MessagePack-encoded [`UsageEvent`]s kept through
+//! [`EventRecords`] (sled's `EventTree` in the sidecar: the local ledger),
+//! fed by the usage journal.
 //!
 //! Requests never wait on sled. What they wait on (and what makes a crash
 //! lose no request and no spend) is the journal ([`crate::store::journal`]):
 //! an open record group-committed before the request is sent, a final
 //! record queued when it completes. The journal's writer thread folds
-//! finals into this tree and persists budget spend with its watermark
+//! finals into the outbox and persists budget spend with its watermark
 //! ([`SpendStore`]) off the request path; sled is flushed when the journal
 //! rotates a segment and at shutdown.
 //!
@@ -22,17 +23,16 @@ use super::event::{Charge, OpenRecord, UsageEvent};
 use crate::store::journal::{
     self, FinalRecord, Fold, FoldError, Journal, JournalError, JournalMetrics, Recovery,
 };
+use crate::store::{EventRecords, StoreError};
 
-/// Name of the sled tree holding events.
-pub const TREE: &str = "outbox";
 /// How often events older than the retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 /// Failures of the outbox.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
-    #[error("outbox store: {0}")]
-    Store(#[from] sled::Error),
+    #[error("outbox {0}")]
+    Store(#[from] StoreError),
     #[error("encoding a usage event: {0}")]
     Encode(#[from] rmp_serde::encode::Error),
     #[error("decoding a usage event: {0}")]
@@ -101,27 +101,25 @@ pub struct Outbox {
 
 struct Inner {
     journal: Journal,
-    tree: sled::Tree,
+    events: Arc<dyn EventRecords>,
 }
 
 impl Outbox {
-    /// Opens the outbox tree in `db` and the journal in `journal_dir`,
+    /// Opens the outbox on `events` and the journal in `journal_dir`,
     /// recovers what an earlier run left in the journal (see
     /// [`crate::store::journal`]) and starts the journal's writer.
     pub fn open(
-        db: &sled::Db,
+        events: Arc<dyn EventRecords>,
         journal_dir: &Path,
         options: OutboxOptions,
         metrics: OutboxMetrics,
         spend: Option<Arc<dyn SpendStore>>,
     ) -> Result<(Outbox, Recovery), OutboxError> {
-        let tree = db.open_tree(TREE)?;
         metrics
             .depth
-            .set(i64::try_from(tree.len()).unwrap_or(i64::MAX));
-        let mut fold = SledFold {
-            db: db.clone(),
-            tree: tree.clone(),
+            .set(i64::try_from(events.len()?).unwrap_or(i64::MAX));
+        let mut fold = LedgerFold {
+            events: events.clone(),
             spend,
             retention: options.retention,
             depth: metrics.depth.clone(),
@@ -144,7 +142,7 @@ impl Outbox {
         )?;
         Ok((
             Outbox {
-                inner: Arc::new(Inner { journal, tree }),
+                inner: Arc::new(Inner { journal, events }),
             },
             recovery,
         ))
@@ -181,46 +179,54 @@ impl Outbox {
         self.inner.journal.close();
     }
 
-    /// Every stored event, oldest first.
-    pub fn events(&self) -> impl Iterator<Item = Result<UsageEvent, OutboxError>> + '_ {
-        read_events(&self.inner.tree)
+    /// Calls `f` with every stored event, oldest first (streamed: the
+    /// ledger is never held in memory whole).
+    pub fn for_each_event(&self, f: &mut dyn FnMut(UsageEvent)) -> Result<(), OutboxError> {
+        for_each_event(self.inner.events.as_ref(), f)
     }
 
     /// The `limit` most recent events, oldest first.
     pub fn latest(&self, limit: usize) -> Result<Vec<UsageEvent>, OutboxError> {
-        let mut events = self
-            .inner
-            .tree
+        self.inner
+            .events
+            .latest(limit)?
             .iter()
-            .rev()
-            .take(limit)
-            .map(|item| {
-                let (_, value) = item?;
-                Ok(rmp_serde::from_slice(&value)?)
-            })
-            .collect::<Result<Vec<UsageEvent>, OutboxError>>()?;
-        events.reverse();
-        Ok(events)
+            .map(|v| Ok(rmp_serde::from_slice(v)?))
+            .collect()
     }
 
-    /// Number of stored events (walks the whole tree: not for the request path).
+    /// Number of stored events (may walk them all: not for the request path).
     pub fn len(&self) -> usize {
-        self.inner.tree.len()
+        self.inner.events.len().unwrap_or(0)
     }
 
     /// True when no event is stored.
     pub fn is_empty(&self) -> bool {
-        self.inner.tree.is_empty()
+        self.len() == 0
     }
 }
 
-/// Reads every event of an outbox tree, oldest first (keys are UUID v7, so
+/// Calls `f` with every stored event, oldest first (keys are UUID v7, so
 /// byte order is time order). Used by `tollgate usage` on a stopped sidecar.
-pub fn read_events(tree: &sled::Tree) -> impl Iterator<Item = Result<UsageEvent, OutboxError>> {
-    tree.iter().map(|item| {
-        let (_, value) = item?;
-        Ok(rmp_serde::from_slice(&value)?)
-    })
+pub fn for_each_event(
+    events: &dyn EventRecords,
+    f: &mut dyn FnMut(UsageEvent),
+) -> Result<(), OutboxError> {
+    let mut failed = None;
+    events.scan(&mut |_, v| match rmp_serde::from_slice(v) {
+        Ok(e) => {
+            f(e);
+            true
+        }
+        Err(e) => {
+            failed = Some(e);
+            false
+        }
+    })?;
+    match failed {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
 }
 
 /// The events a stopped sidecar's journal holds that its outbox does not
@@ -228,13 +234,13 @@ pub fn read_events(tree: &sled::Tree) -> impl Iterator<Item = Result<UsageEvent,
 /// `interrupted` (what the next start will record). For `tollgate usage`
 /// after a crash.
 pub fn unfolded_events(
-    tree: &sled::Tree,
+    stored: &dyn EventRecords,
     journal_dir: &Path,
 ) -> Result<Vec<UsageEvent>, OutboxError> {
     let paired = journal::pair(journal::read(journal_dir)?);
     let mut events = Vec::new();
     for (_, f) in paired.finals {
-        if !tree.contains_key(event_key(&f.event))? {
+        if !stored.contains(&event_key(&f.event))? {
             events.push(f.event);
         }
     }
@@ -254,33 +260,30 @@ fn event_key(event: &UsageEvent) -> Vec<u8> {
     }
 }
 
-// === impl SledFold ===
+// === impl LedgerFold ===
 
-/// The journal's fold into sled: events into the outbox tree, spend into
+/// The journal's fold into the ledger: events into the outbox, spend into
 /// the budget ledger.
-struct SledFold {
-    db: sled::Db,
-    tree: sled::Tree,
+struct LedgerFold {
+    events: Arc<dyn EventRecords>,
     spend: Option<Arc<dyn SpendStore>>,
     retention: Duration,
     depth: IntGauge,
     last_prune: Instant,
 }
 
-impl Fold for SledFold {
+impl Fold for LedgerFold {
     fn watermark(&self) -> u64 {
         self.spend.as_ref().map_or(0, |s| s.watermark())
     }
 
     fn recover(&mut self, finals: &[(u64, FinalRecord)], upto: u64) -> Result<(), FoldError> {
         let watermark = self.watermark();
-        let mut batch = sled::Batch::default();
-        let mut added = 0i64;
+        let mut batch = Vec::new();
         for (seq, f) in finals {
             let key = event_key(&f.event);
-            if !self.tree.contains_key(&key)? {
-                batch.insert(key, rmp_serde::to_vec_named(&f.event)?);
-                added += 1;
+            if !self.events.contains(&key)? {
+                batch.push((key, rmp_serde::to_vec_named(&f.event)?));
             }
             if *seq > watermark {
                 if let Some(spend) = &self.spend {
@@ -288,7 +291,8 @@ impl Fold for SledFold {
                 }
             }
         }
-        self.tree.apply_batch(batch)?;
+        let added = batch.len() as i64;
+        self.events.insert(batch)?;
         self.depth.add(added);
         if let Some(spend) = &self.spend {
             spend.persist_upto(upto)?;
@@ -300,12 +304,12 @@ impl Fold for SledFold {
         if finals.is_empty() {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
+        let mut batch = Vec::with_capacity(finals.len());
         for (_, f) in finals {
-            batch.insert(event_key(&f.event), rmp_serde::to_vec_named(&f.event)?);
+            batch.push((event_key(&f.event), rmp_serde::to_vec_named(&f.event)?));
         }
-        self.tree.apply_batch(batch)?;
-        // Counted, not measured: sled's `len()` walks the whole tree.
+        self.events.insert(batch)?;
+        // Counted, not measured: a store's length may walk every event.
         self.depth.add(finals.len() as i64);
         if let Some(spend) = &self.spend {
             spend.persist_upto(upto)?;
@@ -314,7 +318,8 @@ impl Fold for SledFold {
     }
 
     fn checkpoint(&mut self) -> Result<(), FoldError> {
-        self.db.flush()?;
+        // One flush makes the whole store durable, budget spend included.
+        self.events.flush()?;
         Ok(())
     }
 
@@ -325,7 +330,7 @@ impl Fold for SledFold {
     }
 }
 
-impl SledFold {
+impl LedgerFold {
     /// Deletes events older than the retention.
     fn prune(&mut self) {
         self.last_prune = Instant::now();
@@ -334,17 +339,24 @@ impl SledFold {
             .map(|d| d.as_micros() as i64)
             .unwrap_or(0);
         let cutoff = now_us - i64::try_from(self.retention.as_micros()).unwrap_or(i64::MAX);
-        let mut removed = 0u64;
-        for item in self.tree.iter() {
-            let Ok((key, value)) = item else { break };
-            let ts = rmp_serde::from_slice::<UsageEvent>(&value)
+        let mut doomed = Vec::new();
+        let scanned = self.events.scan(&mut |key, value| {
+            let ts = rmp_serde::from_slice::<UsageEvent>(value)
                 .map(|e| e.ts)
                 .unwrap_or(i64::MIN);
             // Keys are time-ordered: stop at the first event inside the window.
             if ts >= cutoff {
-                break;
+                return false;
             }
-            if self.tree.remove(key).is_ok() {
+            doomed.push(key.to_vec());
+            true
+        });
+        if let Err(e) = scanned {
+            tracing::warn!(error = %e, "reading the outbox to prune it failed");
+        }
+        let mut removed = 0u64;
+        for key in &doomed {
+            if self.events.remove(key).is_ok() {
                 removed += 1;
             }
         }
@@ -456,10 +468,14 @@ mod tests {
         l.status()[0].spent_nusd
     }
 
+    fn event_tree(db: &sled::Db) -> Arc<dyn EventRecords> {
+        Arc::new(crate::store::sled::EventTree::open(db).unwrap())
+    }
+
     fn stored(db: &sled::Db) -> Vec<UsageEvent> {
-        read_events(&db.open_tree(TREE).unwrap())
-            .collect::<Result<_, _>>()
-            .unwrap()
+        let mut all = Vec::new();
+        for_each_event(event_tree(db).as_ref(), &mut |e| all.push(e)).unwrap();
+        all
     }
 
     fn open_record(e: &UsageEvent, worst: u64) -> OpenRecord {
@@ -472,8 +488,14 @@ mod tests {
         let now = now_us();
         {
             let db = sled::open(dir.path().join("db")).unwrap();
-            let (outbox, _) =
-                Outbox::open(&db, &dir.path().join("j"), options(), metrics(), None).unwrap();
+            let (outbox, _) = Outbox::open(
+                event_tree(&db),
+                &dir.path().join("j"),
+                options(),
+                metrics(),
+                None,
+            )
+            .unwrap();
             let mut tasks = Vec::new();
             for _ in 0..100 {
                 let o = outbox.clone();
@@ -522,7 +544,7 @@ mod tests {
         );
         let l = ledger(&db);
         let (outbox, recovery) =
-            Outbox::open(&db, &j, options(), metrics(), Some(l.clone())).unwrap();
+            Outbox::open(event_tree(&db), &j, options(), metrics(), Some(l.clone())).unwrap();
         assert_eq!(recovery.interrupted.len(), 1);
         outbox.close();
         let events = stored(&db);
@@ -538,7 +560,7 @@ mod tests {
         drop(l);
         let l = ledger(&db);
         let (outbox, recovery) =
-            Outbox::open(&db, &j, options(), metrics(), Some(l.clone())).unwrap();
+            Outbox::open(event_tree(&db), &j, options(), metrics(), Some(l.clone())).unwrap();
         assert!(recovery.interrupted.is_empty());
         outbox.close();
         assert_eq!(stored(&db).len(), 2);
@@ -556,7 +578,7 @@ mod tests {
             let l = ledger(&db);
             l.charge(&charge(300));
             l.persist_upto(5).unwrap();
-            let tree = db.open_tree(TREE).unwrap();
+            let tree = db.open_tree(crate::store::sled::EVENT_TREE).unwrap();
             tree.insert(event_key(&b), rmp_serde::to_vec_named(&b).unwrap())
                 .unwrap();
         }
@@ -582,7 +604,7 @@ mod tests {
         );
         let l = ledger(&db);
         let (outbox, recovery) =
-            Outbox::open(&db, &j, options(), metrics(), Some(l.clone())).unwrap();
+            Outbox::open(event_tree(&db), &j, options(), metrics(), Some(l.clone())).unwrap();
         assert_eq!(recovery.finals, 2);
         outbox.close();
         assert_eq!(
@@ -601,7 +623,8 @@ mod tests {
         let j = dir.path().join("j");
         let db = sled::open(dir.path().join("db")).unwrap();
         let l = ledger(&db);
-        let (outbox, _) = Outbox::open(&db, &j, options(), metrics(), Some(l.clone())).unwrap();
+        let (outbox, _) =
+            Outbox::open(event_tree(&db), &j, options(), metrics(), Some(l.clone())).unwrap();
         let e = event(now_us());
         outbox.begin(open_record(&e, 900)).await.unwrap();
         // Settled (as a request does) before the final is queued.
@@ -613,7 +636,7 @@ mod tests {
         let l = ledger(&db);
         assert_eq!(spent(&l), 250);
         let (outbox, recovery) =
-            Outbox::open(&db, &j, options(), metrics(), Some(l.clone())).unwrap();
+            Outbox::open(event_tree(&db), &j, options(), metrics(), Some(l.clone())).unwrap();
         assert!(recovery.interrupted.is_empty());
         outbox.close();
         assert_eq!(spent(&l), 250);
@@ -625,7 +648,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let now = now_us();
-        let tree = db.open_tree(TREE).unwrap();
+        let tree = db.open_tree(crate::store::sled::EVENT_TREE).unwrap();
         // An old event written directly, with an old v7 id so it sorts first.
         let mut old = event(now - 7_200_000_000);
         old.event_id = uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
@@ -636,8 +659,14 @@ mod tests {
         .to_string();
         tree.insert(event_key(&old), rmp_serde::to_vec_named(&old).unwrap())
             .unwrap();
-        let (outbox, _) =
-            Outbox::open(&db, &dir.path().join("j"), options(), metrics(), None).unwrap();
+        let (outbox, _) = Outbox::open(
+            event_tree(&db),
+            &dir.path().join("j"),
+            options(),
+            metrics(),
+            None,
+        )
+        .unwrap();
         outbox.append(event(now), Vec::new()).unwrap();
         outbox.close();
         assert_eq!(outbox.len(), 1, "the old event is pruned at start");

@@ -21,6 +21,30 @@ use bytes::Bytes;
 #[error("store: {0}")]
 pub struct StoreError(pub String);
 
+/// The usage ledger's events (the outbox): encoded events under
+/// time-ordered keys (UUID v7 bytes), so key order is time order.
+pub trait EventRecords: Send + Sync {
+    /// Whether an event is stored under `key`.
+    fn contains(&self, key: &[u8]) -> Result<bool, StoreError>;
+    /// Stores `(key, event)` pairs, atomically (a key already there is replaced).
+    fn insert(&self, events: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError>;
+    /// The `limit` newest events, oldest first.
+    fn latest(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Calls `f` with every event, oldest first, until it returns false.
+    fn scan(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError>;
+    /// Removes the event under `key`.
+    fn remove(&self, key: &[u8]) -> Result<(), StoreError>;
+    /// How many events are stored (may walk them all).
+    fn len(&self) -> Result<usize, StoreError>;
+    /// Whether no event is stored.
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
+    /// Makes everything written so far durable (for sled: the whole
+    /// database, budget spend included).
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
 /// A cache key (blake3 of the canonical request).
 pub type CacheKey = [u8; 32];
 

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::{CacheKey, CacheRecords, KeyStore, StoreError};
+use super::{CacheKey, CacheRecords, EventRecords, KeyStore, StoreError};
 use crate::budget::{SpendError, SpendRecords};
 
 impl From<sled::Error> for StoreError {
@@ -250,6 +250,76 @@ impl SpendRecords for SpendTree {
     }
 }
 
+/// The outbox tree's name in the sidecar's database.
+pub const EVENT_TREE: &str = "outbox";
+
+/// The usage events in one sled tree (`outbox`).
+pub struct EventTree {
+    tree: sled::Tree,
+}
+
+impl EventTree {
+    /// The events in `tree`.
+    pub fn new(tree: sled::Tree) -> EventTree {
+        EventTree { tree }
+    }
+
+    /// The outbox of the sidecar's database `db`.
+    pub fn open(db: &sled::Db) -> Result<EventTree, StoreError> {
+        Ok(EventTree::new(db.open_tree(EVENT_TREE)?))
+    }
+}
+
+impl EventRecords for EventTree {
+    fn contains(&self, key: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(key)?)
+    }
+
+    fn insert(&self, events: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for (k, v) in events {
+            batch.insert(k, v);
+        }
+        Ok(self.tree.apply_batch(batch)?)
+    }
+
+    fn latest(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut out = self
+            .tree
+            .iter()
+            .rev()
+            .take(limit)
+            .map(|item| Ok(item?.1.to_vec()))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    fn scan(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            if !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn remove(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.tree.remove(key)?;
+        Ok(())
+    }
+
+    fn len(&self) -> Result<usize, StoreError> {
+        Ok(self.tree.len())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -270,6 +340,18 @@ mod tests {
                 .open_tree(SPEND_TREE)
                 .unwrap();
             (dir, SpendTree::new(tree))
+        });
+    }
+
+    #[test]
+    fn event_records_suite() {
+        crate::store::suite::event_records(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let tree = sled::open(dir.path())
+                .unwrap()
+                .open_tree(EVENT_TREE)
+                .unwrap();
+            (dir, EventTree::new(tree))
         });
     }
 

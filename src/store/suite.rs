@@ -4,7 +4,7 @@
 //! directory).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use super::{CacheKey, CacheRecords, KeyStore};
+use super::{CacheKey, CacheRecords, EventRecords, KeyStore};
 use crate::budget::SpendRecords;
 
 fn key(n: u8) -> CacheKey {
@@ -106,4 +106,44 @@ pub(crate) fn spend_records<G, S: SpendRecords>(fresh: impl Fn() -> (G, S)) {
     assert_eq!(s.get("day", "2026-12-04").unwrap().unwrap(), b"next");
     s.put(&[], Some(42)).unwrap();
     assert_eq!(s.watermark().unwrap(), 42);
+}
+
+/// [`EventRecords`]: events in key order, the newest `limit`, an early stop,
+/// replacement by key, removal.
+pub(crate) fn event_records<G, S: EventRecords>(fresh: impl Fn() -> (G, S)) {
+    let (_g, s) = fresh();
+    assert_eq!(s.len().unwrap(), 0);
+    assert!(s.latest(10).unwrap().is_empty());
+    // Inserted out of order: read back in key (time) order.
+    s.insert(vec![
+        (vec![2], b"two".to_vec()),
+        (vec![1], b"one".to_vec()),
+        (vec![3], b"three".to_vec()),
+    ])
+    .unwrap();
+    assert!(s.contains(&[2]).unwrap());
+    assert!(!s.contains(&[4]).unwrap());
+    assert_eq!(s.len().unwrap(), 3);
+    assert_eq!(
+        s.latest(2).unwrap(),
+        vec![b"two".to_vec(), b"three".to_vec()]
+    );
+    let mut seen = Vec::new();
+    s.scan(&mut |k, v| {
+        seen.push((k.to_vec(), v.to_vec()));
+        k != [2]
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![(vec![1], b"one".to_vec()), (vec![2], b"two".to_vec())]
+    );
+    s.insert(vec![(vec![2], b"deux".to_vec())]).unwrap();
+    assert_eq!(s.len().unwrap(), 3);
+    s.remove(&[1]).unwrap();
+    assert_eq!(
+        s.latest(10).unwrap(),
+        vec![b"deux".to_vec(), b"three".to_vec()]
+    );
+    s.flush().unwrap();
 }
