@@ -30,11 +30,11 @@ use tollgate::budget::{Ledger, SystemClock};
 use tollgate::config::{self, Flags};
 use tollgate::dialect::Usage;
 use tollgate::meter::event::{CacheOutcome, RouteKind, Status, UsageEvent};
-use tollgate::meter::outbox::{Outbox, OutboxOptions};
-use tollgate::meter::recorder::Recorder;
 use tollgate::metrics::Metrics;
 use tollgate::proxy::lifecycle::InFlight;
+use tollgate::proxy::recorder::Recorder;
 use tollgate::proxy::{budget, identify, ingress, limit, State};
+use tollgate::store::outbox::{Outbox, OutboxOptions};
 
 const KEY: &str = "tg_live_0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab";
 

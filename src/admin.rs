@@ -15,9 +15,9 @@ use pingora::protocols::http::ServerSession;
 
 use crate::budget::Ledger;
 use crate::cache::Cache;
-use crate::meter::outbox::Outbox;
 use crate::metrics::Metrics;
 use crate::proxy::lifecycle::InFlight;
+use crate::store::outbox::Outbox;
 use crate::usage_report::{GroupBy, UsageReport};
 
 /// The admin HTTP app.

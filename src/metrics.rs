@@ -11,7 +11,7 @@ use prometheus::{
 use crate::budget::{Budget, BudgetGauges, LedgerMetrics};
 
 use crate::cache::CacheMetrics;
-use crate::meter::outbox::OutboxMetrics;
+use crate::store::outbox::OutboxMetrics;
 
 /// Buckets for whole-request and upstream latencies (seconds): LLM calls run
 /// from milliseconds (errors, cache hits) to minutes (long generations).

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::meter::event::UsageEvent;
 use crate::meter::money::format_usd;
-use crate::meter::outbox::OutboxError;
+use crate::store::outbox::OutboxError;
 
 /// A grouping dimension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -153,6 +153,16 @@ impl CacheConfig {
     }
 }
 
+/// Where the meter stores a complete answer.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheWrite {
+    pub key: Key,
+    pub ttl: Duration,
+    /// The output bound sent was not the client's (a budget's): store the
+    /// answer only if it did not stop at that bound.
+    pub unless_cut: bool,
+}
+
 /// Why the cache could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {

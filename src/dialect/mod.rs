@@ -15,6 +15,7 @@
 
 pub mod anthropic;
 pub mod assemble;
+pub(crate) mod emit;
 pub(crate) mod json;
 pub mod openai;
 pub mod replay;

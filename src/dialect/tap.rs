@@ -15,16 +15,9 @@
 use bytes::{Bytes, BytesMut};
 
 use super::sse::SseParser;
-use super::usage::Usage;
+pub use super::usage::JsonSummary;
+use super::usage::{StreamFacts, Usage};
 use super::{anthropic, openai, Dialect};
-
-/// Usage, model and id of a non-streamed response.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct JsonSummary {
-    pub usage: Usage,
-    pub model: Option<String>,
-    pub id: Option<String>,
-}
 
 /// Reads a non-streamed JSON response body. `None` when the body is not a
 /// JSON object with a `usage` object (an error body, for instance).
@@ -33,16 +26,6 @@ pub fn usage_from_json(dialect: Dialect, body: &[u8]) -> Option<JsonSummary> {
         Dialect::Anthropic => anthropic::usage::from_json(body),
         Dialect::OpenAi => openai::usage::from_json(body),
     }
-}
-
-/// What a stream has said so far, whatever its dialect.
-#[derive(Debug, Default)]
-pub(crate) struct StreamFacts {
-    pub(crate) saw_usage: bool,
-    pub(crate) complete: bool,
-    pub(crate) error: Option<String>,
-    pub(crate) model: Option<String>,
-    pub(crate) id: Option<String>,
 }
 
 /// The dialect's reader of a stream's events.

@@ -41,3 +41,21 @@ impl Usage {
             .saturating_add(self.cache_read_input_tokens)
     }
 }
+
+/// Usage, model and id of a non-streamed response.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JsonSummary {
+    pub usage: Usage,
+    pub model: Option<String>,
+    pub id: Option<String>,
+}
+
+/// What a stream has said so far, whatever its dialect.
+#[derive(Debug, Default)]
+pub(crate) struct StreamFacts {
+    pub(crate) saw_usage: bool,
+    pub(crate) complete: bool,
+    pub(crate) error: Option<String>,
+    pub(crate) model: Option<String>,
+    pub(crate) id: Option<String>,
+}

@@ -1,7 +1,5 @@
-//! Metering: token usage, prices and money, usage events and the outbox.
+//! Metering: money, prices and the usage event.
 
 pub mod event;
 pub mod money;
-pub mod outbox;
 pub mod prices;
-pub mod recorder;

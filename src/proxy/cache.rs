@@ -20,6 +20,7 @@ use super::ingress::{Endpoint, RequestModel, Route};
 use super::respond::{give_up_on_client, send_whole, send_with_tail};
 use super::{headers, receipt, Draft, Exchange, State};
 use crate::cache::flight::{Follower, Head, Outcome, Role};
+use crate::cache::CacheWrite;
 use crate::cache::{Entry, EntryMeta, Key, Mode};
 use crate::dialect::StreamTap;
 use crate::dialect::{Dialect, ErrorClass};
@@ -57,16 +58,6 @@ impl Plan {
             unless_cut: false,
         })
     }
-}
-
-/// Where the meter stores a complete answer.
-#[derive(Clone, Copy, Debug)]
-pub struct CacheWrite {
-    pub key: Key,
-    pub ttl: Duration,
-    /// The output bound sent was not the client's (a budget's): store the
-    /// answer only if it did not stop at that bound.
-    pub unless_cut: bool,
 }
 
 /// The request's opt-outs: `cache-control: no-store` (neither read nor

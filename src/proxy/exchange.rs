@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::budget;
-use super::cache::CacheWrite;
 use super::lifecycle::InFlightGuard;
 use super::State;
 use crate::cache::flight::Leader;
+use crate::cache::CacheWrite;
 use crate::dialect::{Dialect, Usage};
 use crate::limit::{Admission, Limiter};
 use crate::meter::event::{CacheOutcome, Charge, OpenRecord, RouteKind, Status, UsageEvent};
-use crate::meter::recorder::{Recorder, UpstreamTimes};
+use crate::proxy::recorder::{Recorder, UpstreamTimes};
 
 /// Why tollgate cut a relay short; recorded as the event's `error` kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

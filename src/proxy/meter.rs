@@ -27,7 +27,7 @@ use crate::dialect::Usage;
 use crate::dialect::{usage_from_json, StreamTap};
 use crate::dialect::{Dialect, ErrorClass};
 use crate::meter::event::Status;
-use crate::meter::recorder::UpstreamTimes;
+use crate::proxy::recorder::UpstreamTimes;
 
 /// A read's outcome; the idle timeout is pingora's per-read timeout,
 /// set once per response (cheaper than a tokio timer per chunk).
@@ -117,7 +117,7 @@ struct Relay<'a> {
     /// and the outcome, and the call goes on for them if this client leaves.
     leader: Option<Leader>,
     /// Where to cache a complete answer.
-    write: Option<super::cache::CacheWrite>,
+    write: Option<crate::cache::CacheWrite>,
     /// Builds the complete message out of a stream (for the cache and
     /// non-stream followers).
     assembler: Option<Assembler>,

@@ -36,6 +36,7 @@ pub mod lifecycle;
 pub mod limit;
 pub mod meter;
 pub mod receipt;
+pub mod recorder;
 pub mod respond;
 pub mod state;
 

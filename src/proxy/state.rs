@@ -10,8 +10,8 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::keys::KeyRing;
 use crate::limit::Limiter;
-use crate::meter::recorder::Recorder;
 use crate::metrics::Metrics;
+use crate::proxy::recorder::Recorder;
 
 /// Everything the request path shares.
 pub struct State {

@@ -9,6 +9,7 @@
 //! the ledger (behind [`journal::Fold`]) off the request path.
 
 pub mod journal;
+pub mod outbox;
 pub mod sled;
 #[cfg(test)]
 pub(crate) mod suite;

@@ -5,10 +5,10 @@ use bytes::BytesMut;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::dialect::json::empty_object;
-use crate::dialect::replay::{
+use crate::dialect::emit::{
     required_array, required_object, str_field, write_event, Patched, ReplayError,
 };
+use crate::dialect::json::empty_object;
 
 // ----- Anthropic ------------------------------------------------------------------------
 

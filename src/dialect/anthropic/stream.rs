@@ -6,8 +6,7 @@ use serde_json::from_str;
 
 use super::usage::{MessageDelta, MessageStart, UsageAcc};
 use crate::dialect::json::{set_once_str, ErrorEvent, ErrorField};
-use crate::dialect::tap::StreamFacts;
-use crate::dialect::usage::Usage;
+use crate::dialect::usage::{StreamFacts, Usage};
 
 /// Reads one Anthropic stream's events.
 #[derive(Debug, Default)]

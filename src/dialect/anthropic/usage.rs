@@ -7,8 +7,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::dialect::json::{lenient_cost, lenient_u64, JsonBody};
-use crate::dialect::tap::JsonSummary;
-use crate::dialect::usage::Usage;
+use crate::dialect::usage::{JsonSummary, Usage};
 
 /// Usage, model and id of a non-streamed `Message`. `None` when the body is
 /// not a JSON object with a `usage` object (an error body, for instance).

@@ -6,7 +6,7 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::dialect::replay::{
+use crate::dialect::emit::{
     required_array, required_object, write_event, OneField, ReplayError, NULL,
 };
 

@@ -12,8 +12,7 @@ use serde::Deserialize;
 
 use super::usage::WireUsage;
 use crate::dialect::json::{set_once_str, ErrorField};
-use crate::dialect::tap::StreamFacts;
-use crate::dialect::usage::Usage;
+use crate::dialect::usage::{StreamFacts, Usage};
 
 /// Built once: searchers are cheap to use but not to build.
 static FINDERS: LazyLock<KeyFinders> = LazyLock::new(KeyFinders::new);

@@ -6,8 +6,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::dialect::json::{lenient_cost, lenient_u64, JsonBody};
-use crate::dialect::tap::JsonSummary;
-use crate::dialect::usage::Usage;
+use crate::dialect::usage::{JsonSummary, Usage};
 
 /// Usage, model and id of a non-streamed `chat.completion`. `None` when the
 /// body has no `usage` object.

@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::event::{Charge, OpenRecord, Status, UsageEvent};
-use super::outbox::{Outbox, OutboxError};
-use super::prices::{Cost, PriceTable};
 use crate::dialect::Usage;
+use crate::meter::event::{Charge, OpenRecord, Status, UsageEvent};
+use crate::meter::prices::{Cost, PriceTable};
 use crate::metrics::Metrics;
+use crate::store::outbox::{Outbox, OutboxError};
 
 /// Prices, records and counts usage.
 pub struct Recorder {
@@ -105,7 +105,7 @@ impl Recorder {
         // Hits and coalesced requests consumed no provider tokens.
         let served_locally = matches!(
             e.cache,
-            super::event::CacheOutcome::Hit | super::event::CacheOutcome::Coalesced
+            crate::meter::event::CacheOutcome::Hit | crate::meter::event::CacheOutcome::Coalesced
         );
         for (kind, n) in [
             ("input", e.usage.input_tokens),

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::{Histogram, IntCounter, IntGauge};
 
-use super::event::{Charge, OpenRecord, UsageEvent};
+use crate::meter::event::{Charge, OpenRecord, UsageEvent};
 use crate::store::journal::{
     self, FinalRecord, Fold, FoldError, Journal, JournalError, JournalMetrics, Recovery,
 };
