@@ -77,7 +77,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -227,7 +227,7 @@ struct Cmd {
 
 /// Handle to the journal; shared by reference (wrap in an `Arc`).
 pub struct Journal {
-    tx: Mutex<Option<mpsc::Sender<Cmd>>>,
+    queue: Arc<Queue>,
     healthy: Arc<AtomicBool>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -295,7 +295,7 @@ impl Journal {
             );
         }
 
-        let (tx, rx) = mpsc::channel();
+        let queue = Arc::new(Queue::default());
         let healthy = Arc::new(AtomicBool::new(true));
         let writer = Writer {
             dir: dir.to_path_buf(),
@@ -318,11 +318,14 @@ impl Journal {
         };
         let handle = std::thread::Builder::new()
             .name("tollgate-journal".into())
-            .spawn(move || writer.run(rx))
+            .spawn({
+                let queue = queue.clone();
+                move || writer.run(&queue)
+            })
             .map_err(io_err(dir))?;
         Ok((
             Journal {
-                tx: Mutex::new(Some(tx)),
+                queue,
                 healthy,
                 writer: Mutex::new(Some(handle)),
             },
@@ -353,11 +356,7 @@ impl Journal {
     }
 
     fn send(&self, cmd: Cmd) -> Result<(), JournalError> {
-        let guard = self.tx.lock().map_err(|_| JournalError::Closed)?;
-        match guard.as_ref() {
-            Some(tx) => tx.send(cmd).map_err(|_| JournalError::Closed),
-            None => Err(JournalError::Closed),
-        }
+        self.queue.push(cmd)
     }
 
     /// False after a write, sync or fold failed, until one succeeds again.
@@ -367,9 +366,7 @@ impl Journal {
 
     /// Stops the writer once everything queued is written, synced and folded.
     pub fn close(&self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
+        self.queue.close();
         let handle = self.writer.lock().ok().and_then(|mut h| h.take());
         if let Some(handle) = handle {
             if handle.join().is_err() {
@@ -551,47 +548,54 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Cmd>) {
+    fn run(mut self, queue: &Queue) {
         let mut batch = Vec::with_capacity(64);
+        // Just after a commit, finals queue up without waking the writer:
+        // the next open record (or the window's end) takes them along, so a
+        // busy writer is woken once per request, not twice.
+        let mut window = false;
         loop {
             if self.last_tick.elapsed() >= TICK {
                 self.fold.tick();
                 self.last_tick = Instant::now();
             }
-            let mut wait = if self.unsynced {
-                BACKGROUND_SYNC.saturating_sub(self.last_sync.elapsed())
+            let mut wait = if window {
+                self.options.detached_window
             } else {
                 TICK
             };
+            if self.unsynced {
+                wait = wait.min(BACKGROUND_SYNC.saturating_sub(self.last_sync.elapsed()));
+            }
             if let Some(since) = self.pending_since {
                 wait = wait.min(FOLD_EVERY.saturating_sub(since.elapsed()));
             }
-            match rx.recv_timeout(wait) {
-                Ok(cmd) => batch.push(cmd),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.background_sync();
-                    self.fold_due();
-                    continue;
+            let mut closed = queue.next(&mut batch, wait, !window);
+            if batch.is_empty() {
+                self.background_sync();
+                self.fold_due();
+                window = false;
+                if closed {
+                    break;
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                continue;
             }
-            drain(&rx, &mut batch);
-            // Nobody waits on these: gather more for a while, so a quiet
-            // sidecar does not pay a write per request, but commit at once
-            // when a request starts waiting (the next request's open record
-            // must not wait out the window).
-            if !batch.iter().any(|c| c.ack.is_some()) {
-                gather(
-                    &rx,
-                    &mut batch,
-                    Instant::now() + self.options.detached_window,
-                );
+            // Woken from idle by records nobody waits on: gather more for a
+            // while, so a quiet sidecar does not pay a write per request,
+            // but commit at once when a request starts waiting (the next
+            // request's open record must not wait out the window).
+            if !window && !batch.iter().any(|c| c.ack.is_some()) {
+                closed |= queue.next(&mut batch, self.options.detached_window, false);
             }
             self.commit(&mut batch);
             self.background_sync();
             self.fold_due();
             if self.bytes >= self.options.rotate_bytes {
                 self.rotate();
+            }
+            window = true;
+            if closed && queue.is_drained() {
+                break;
             }
         }
         self.sync();
@@ -804,35 +808,76 @@ fn log_unwritten(f: &FinalRecord) {
     tracing::error!(target: "tollgate::unwritten_event", request_id = %f.event.event_id, event = %json, "usage event not written to the journal or the outbox");
 }
 
-/// Adds what arrives until `until`, or until something arrives that a
-/// request waits on.
-fn gather(rx: &mpsc::Receiver<Cmd>, batch: &mut Vec<Cmd>, until: Instant) {
-    while batch.len() < MAX_BATCH {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        match rx.recv_timeout(left) {
-            Ok(cmd) => {
-                let waited = cmd.ack.is_some();
-                batch.push(cmd);
-                if waited {
-                    drain(rx, batch);
-                    return;
-                }
-            }
-            // Timed out, or closed (the next receive sees that).
-            Err(_) => return,
-        }
-    }
+/// Records on their way to the writer thread.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
 }
 
-fn drain(rx: &mpsc::Receiver<Cmd>, batch: &mut Vec<Cmd>) {
-    while batch.len() < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(cmd) => batch.push(cmd),
-            Err(_) => break,
+#[derive(Default)]
+struct QueueState {
+    cmds: Vec<Cmd>,
+    closed: bool,
+    /// The writer sleeps with nothing to do: any record wakes it.
+    idle: bool,
+}
+
+impl Queue {
+    /// Queues a record. An open record (someone waits on it) always wakes
+    /// the writer; a final only when the writer is idle.
+    fn push(&self, cmd: Cmd) -> Result<(), JournalError> {
+        let mut st = self.state.lock().map_err(|_| JournalError::Closed)?;
+        if st.closed {
+            return Err(JournalError::Closed);
         }
+        let wake = cmd.ack.is_some() || st.idle;
+        st.cmds.push(cmd);
+        if wake {
+            st.idle = false;
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Stops taking records; the writer drains what is queued and ends.
+    fn close(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.closed = true;
+        }
+        self.wake.notify_one();
+    }
+
+    fn is_drained(&self) -> bool {
+        self.state.lock().map_or(true, |st| st.cmds.is_empty())
+    }
+
+    /// Waits up to `wait` for a record someone waits on (or, `idle`, for
+    /// any record), then moves what is queued into `batch` (at most
+    /// [`MAX_BATCH`]). Returns whether the queue is closed.
+    fn next(&self, batch: &mut Vec<Cmd>, wait: Duration, idle: bool) -> bool {
+        let Ok(mut st) = self.state.lock() else {
+            return true;
+        };
+        let deadline = Instant::now() + wait;
+        st.idle = idle;
+        loop {
+            let ready = st.closed
+                || st.cmds.iter().any(|c| c.ack.is_some())
+                || (idle && !st.cmds.is_empty());
+            let left = deadline.saturating_duration_since(Instant::now());
+            if ready || left.is_zero() {
+                break;
+            }
+            st = match self.wake.wait_timeout(st, left) {
+                Ok((st, _)) => st,
+                Err(_) => return true,
+            };
+        }
+        st.idle = false;
+        let n = st.cmds.len().min(MAX_BATCH.saturating_sub(batch.len()));
+        batch.extend(st.cmds.drain(..n));
+        st.closed
     }
 }
 
