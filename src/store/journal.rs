@@ -20,10 +20,13 @@
 //!   spent per budget period) is appended when the answer completes,
 //!   without anyone waiting. Its budget spend is settled in memory *before*
 //!   it is queued. Cache hits and coalesced followers spend nothing and
-//!   have only a final record; a crash loses the records queued in the
-//!   last group-commit window ([`DETACHED_WINDOW`], 5 ms, cut short when a
-//!   request starts waiting) that had not reached the kernel yet — for a request with an open record that means
-//!   it comes back as `interrupted`, never that it vanishes.
+//!   have only a final record. A final does not wake a busy writer: it
+//!   goes with the next open record's commit or at the end of the
+//!   group-commit window ([`DETACHED_WINDOW`], 5 ms), so the writer is
+//!   woken once per request, not twice. A crash loses the finals queued in
+//!   that last window that had not reached the kernel yet: for a request
+//!   with an open record that means it comes back as `interrupted`, never
+//!   that it vanishes; a cache hit or follower in that window is lost.
 //!
 //! # Framing
 //!
