@@ -569,6 +569,14 @@ fn have(program: &str, args: &[&str]) -> bool {
         .is_ok()
 }
 
+/// The tollgate binary under test: this build's, or `TOLLGATE_BENCH_BIN`
+/// (an older release build, for a before/after A/B on one machine).
+fn tollgate_exe() -> PathBuf {
+    std::env::var_os("TOLLGATE_BENCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tollgate")))
+}
+
 /// A free loopback port (bound, then released: a tiny race, fine here).
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -681,7 +689,7 @@ fn start_tollgate(
         .map(|(k, _)| k)
         .filter(|k| k.starts_with("TOLLGATE_") || k.ends_with("_API_KEY") || k == "RUST_LOG")
         .collect();
-    let exe = PathBuf::from(env!("CARGO_BIN_EXE_tollgate"));
+    let exe = tollgate_exe();
     let args = [
         "proxy".to_owned(),
         "--config".to_owned(),
@@ -1288,7 +1296,7 @@ impl Facts {
             binary: format!(
                 "{} (tollgate: {})",
                 std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default(),
-                env!("CARGO_BIN_EXE_tollgate")
+                tollgate_exe().display()
             ),
             git,
             machine: format!(
