@@ -95,7 +95,6 @@ pub async fn relay(
         leader,
         write,
         assembler,
-        usage: None,
     };
     // Unmetered paths (model lists, batch results…) are piped, never buffered.
     if is_sse || route.endpoint == Endpoint::Passthrough {
@@ -121,8 +120,6 @@ struct Relay<'a> {
     /// Builds the complete message out of a stream (for the cache and
     /// non-stream followers).
     assembler: Option<Assembler>,
-    /// The usage applied, for the cache entry.
-    usage: Option<Usage>,
 }
 
 /// The provider's response headers minus framing and tollgate's own.
@@ -213,7 +210,7 @@ impl Relay<'_> {
             provider: e.provider.clone(),
             model: e.model.clone(),
             created_us: super::cache::now_us(),
-            usage: self.usage.unwrap_or_default(),
+            usage: e.usage,
             cost_nusd: e.cost_nusd,
             upstream_request_id: e.upstream_request_id.clone(),
         };
@@ -331,7 +328,6 @@ impl Relay<'_> {
 
     /// Applies usage and prices it into the draft.
     fn apply_usage(&mut self, usage: &Usage, model: Option<&str>) {
-        self.usage = Some(*usage);
         let e = &mut self.draft.event;
         if let Some(model) = model.filter(|m| !m.is_empty()) {
             model.clone_into(&mut e.model);
