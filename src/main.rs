@@ -1,6 +1,13 @@
 //! `tollgate`: the CLI. Thin: parse flags, load the config, build the
 //! services, hand them to pingora.
 
+/// jemalloc rather than glibc's malloc: measured on the dataplane bench
+/// (c=64, same run), +23% throughput and -17% proxy CPU per request, and memory
+/// freed after a burst goes back to the kernel (see `.cargo/config.toml`)
+/// instead of staying in glibc's per-thread arenas.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
