@@ -169,12 +169,17 @@ pub fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
 
 /// A new random key of `mode`.
 pub fn generate(mode: KeyMode) -> Result<String, getrandom::Error> {
-    let mut bytes = [0u8; KEY_BYTES];
-    getrandom::fill(&mut bytes)?;
-    let prefix = match mode {
+    generate_with_prefix(match mode {
         KeyMode::Live => LIVE_PREFIX,
         KeyMode::Test => TEST_PREFIX,
-    };
+    })
+}
+
+/// A new random secret: `prefix` and 256 bits from the OS RNG in hex
+/// (sidecar credentials `tgs_…`, admin tokens `tga_…`).
+pub fn generate_with_prefix(prefix: &str) -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; KEY_BYTES];
+    getrandom::fill(&mut bytes)?;
     Ok(format!("{prefix}{}", to_hex(&bytes)))
 }
 

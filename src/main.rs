@@ -90,6 +90,41 @@ enum Command {
     /// The CA of HTTPS_PROXY mode (name-constrained to the provider hosts).
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Run the control endpoint: accounts, plans, credentials, audit log.
+    ///
+    /// Examples:
+    ///   TOLLGATE_ADMIN_TOKEN=$(tollgate admin new-token | awk '/token/{print $2}') tollgate control
+    ///   tollgate control --config control.toml --listen 0.0.0.0:8790
+    ///   tollgate control --check-config --config control.toml
+    #[command(verbatim_doc_comment)]
+    Control(ControlArgs),
+    /// Administer a control endpoint (accounts, keys, sidecars, audit).
+    ///
+    /// Examples:
+    ///   tollgate admin new-token
+    ///   tollgate admin accounts create acme --plan starter
+    ///   tollgate admin keys create acme web
+    ///   tollgate admin keys revoke gk_0123456789abcdef
+    ///   tollgate admin sidecars create fleet-a --account acme
+    ///   tollgate admin audit --action gateway_key. --json
+    #[command(verbatim_doc_comment)]
+    Admin(tollgate::control::cli::AdminArgs),
+}
+
+#[derive(Args)]
+struct ControlArgs {
+    /// TOML config file (env TOLLGATE_CONTROL_CONFIG).
+    #[arg(long, env = "TOLLGATE_CONTROL_CONFIG")]
+    config: Option<PathBuf>,
+    /// API listener, e.g. 127.0.0.1:8790 (env TOLLGATE_CONTROL_LISTEN).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Directory of the control store (env TOLLGATE_CONTROL_DATA_DIR).
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Validate the configuration and exit: 0 when valid, 64 with every problem listed.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[derive(Subcommand)]
@@ -245,6 +280,8 @@ fn main() -> ExitCode {
         }
         Command::Ca(CaCommand::Init { config, dir }) => ca_init(&config, dir),
         Command::Ca(CaCommand::Show { config, dir }) => ca_show(&config, dir),
+        Command::Control(args) => control(args),
+        Command::Admin(args) => tollgate::control::cli::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -290,6 +327,27 @@ fn config_for(args: &ConfigArgs) -> Result<Config, ExitCode> {
         eprintln!("tollgate: invalid configuration:\n{e}");
         ExitCode::from(EXIT_BAD_CONFIG)
     })
+}
+
+fn control(args: ControlArgs) -> anyhow::Result<ExitCode> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let flags = config::control::ControlFlags {
+        listen: args.listen,
+        data_dir: args.data_dir,
+    };
+    let config = match config::control::load(args.config.as_deref(), &env, &flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tollgate: invalid configuration:\n{e}");
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
+    if args.check_config {
+        println!("configuration ok");
+        return Ok(ExitCode::SUCCESS);
+    }
+    tollgate::control::server::run(config)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn proxy(args: ProxyArgs) -> anyhow::Result<ExitCode> {

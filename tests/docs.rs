@@ -3,13 +3,14 @@
 //! shipped example config is valid.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-/// The (key, type, default) cells of the README's config table, in order;
-/// the default without the backticks around it.
-fn readme_config_table() -> Vec<(String, String, String)> {
+/// The (key, type, default) cells of the first config table after the
+/// README's `heading`, in order; the default without its backticks.
+fn readme_config_table(heading: &str) -> Vec<(String, String, String)> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
     let rows: Vec<(String, String, String)> = readme
         .lines()
+        .skip_while(|l| l.trim() != heading)
         .skip_while(|l| l.trim() != "| key | type | default | meaning |")
         .skip(2)
         .take_while(|l| l.starts_with('|'))
@@ -29,8 +30,22 @@ fn readme_config_table() -> Vec<(String, String, String)> {
 
 #[test]
 fn readme_config_table_matches_the_code() {
-    let table = readme_config_table();
-    for k in tollgate::config::keys() {
+    same_keys(
+        &readme_config_table("## Configuration"),
+        tollgate::config::keys().collect(),
+    );
+}
+
+#[test]
+fn readme_control_config_table_matches_the_code() {
+    same_keys(
+        &readme_config_table("## Control endpoint"),
+        tollgate::config::control::keys().collect(),
+    );
+}
+
+fn same_keys(table: &[(String, String, String)], keys: Vec<&tollgate::config::Key>) {
+    for k in &keys {
         let row = table.iter().find(|(key, ..)| key == k.key);
         let Some((_, ty, default)) = row else {
             panic!("README's config table lacks `{}`", k.key);
@@ -47,13 +62,13 @@ fn readme_config_table_matches_the_code() {
             k.key
         );
     }
-    for (key, ..) in &table {
+    for (key, ..) in table {
         assert!(
-            tollgate::config::keys().any(|k| k.key == key),
+            keys.iter().any(|k| k.key == key),
             "README's config table has `{key}`, which is not a config key"
         );
     }
-    let code: Vec<&str> = tollgate::config::keys().map(|k| k.key).collect();
+    let code: Vec<&str> = keys.iter().map(|k| k.key).collect();
     let readme: Vec<&str> = table.iter().map(|(k, ..)| k.as_str()).collect();
     assert_eq!(
         readme, code,
@@ -61,20 +76,35 @@ fn readme_config_table_matches_the_code() {
     );
 }
 
-#[test]
-fn shipped_example_config_is_valid() {
+/// `tollgate <subcommand> --check-config --config examples/<file>` passes.
+fn example_is_valid(subcommand: &str, file: &str, env: &[(&str, &str)]) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["proxy", "--check-config", "--config"])
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/tollgate.toml"
-        ))
+        .args([subcommand, "--check-config", "--config"])
+        .arg(format!("{}/examples/{file}", env!("CARGO_MANIFEST_DIR")))
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert_eq!(
         out.status.code(),
         Some(0),
-        "{}",
+        "{file}: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn shipped_example_config_is_valid() {
+    example_is_valid("proxy", "tollgate.toml", &[]);
+}
+
+#[test]
+fn shipped_example_control_config_is_valid() {
+    example_is_valid(
+        "control",
+        "control.toml",
+        &[(
+            "TOLLGATE_ADMIN_TOKEN",
+            "tga_an-example-token-of-enough-length",
+        )],
     );
 }

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, Layer)] = &[
     ("src/dialect/", Layer::Dialect),
     ("src/identity.rs", Layer::Domain),
+    ("src/plan.rs", Layer::Domain),
     ("src/scope.rs", Layer::Domain),
     ("src/limit.rs", Layer::Domain),
     ("src/keys.rs", Layer::Domain),
@@ -80,6 +81,7 @@ fn forbidden_modules(layer: Layer) -> &'static [&'static str] {
     match layer {
         Layer::Dialect => &[
             "identity",
+            "plan",
             "scope",
             "limit",
             "keys",

@@ -20,16 +20,19 @@ use toml::{Table, Value};
 use super::schema::{self, render_key, Key, Kind};
 use super::{ConfigError, Problem};
 
-/// Environment variables with the prefix that are not config keys.
-const NON_KEY_ENV: &[&str] = &["TOLLGATE_CONFIG", "TOLLGATE_LOG"];
-const ENV_PREFIX: &str = "TOLLGATE_";
-
 /// What the loader is told about the keys.
 pub(super) struct Schema<'a> {
     /// Every accepted key.
     pub keys: &'a [Key],
     /// Pairs of keys of one table that replace each other across layers.
     pub replacing: &'a [(&'a str, &'a str)],
+    /// Variables with this prefix are keys (`TOLLGATE_`).
+    pub env_prefix: &'a str,
+    /// Variables with the prefix that are not keys (`TOLLGATE_CONFIG`).
+    pub non_key_env: &'a [&'a str],
+    /// Longer prefixes that belong to another program's config (the
+    /// control endpoint's `TOLLGATE_CONTROL_` for the sidecar), skipped.
+    pub foreign_prefixes: &'a [&'a str],
 }
 
 /// The layers, lowest first.
@@ -75,7 +78,7 @@ pub(super) fn load<T>(
             Err(e) => problems.push(Problem::new(label, format!("not valid TOML: {e}"))),
         }
     }
-    let env_layer = env_layer(layers.env, schema.keys, &mut origins, &mut problems);
+    let env_layer = env_layer(layers.env, schema, &mut origins, &mut problems);
     merge(&mut tree, env_layer, schema, &mut Vec::new());
     let flags_layer = flags_layer(layers.flags, &mut origins);
     merge(&mut tree, flags_layer, schema, &mut Vec::new());
@@ -148,26 +151,33 @@ fn merge(base: &mut Table, overlay: Table, schema: &Schema<'_>, path: &mut Vec<S
     }
 }
 
-/// `TOLLGATE_*` variables as a TOML tree.
+/// The schema's `TOLLGATE_*` variables as a TOML tree.
 fn env_layer(
     env: &BTreeMap<String, String>,
-    keys: &[Key],
+    schema: &Schema<'_>,
     origins: &mut Origins,
     problems: &mut Vec<Problem>,
 ) -> Table {
+    let keys = schema.keys;
+    let prefix = schema.env_prefix;
     let mut layer = Table::new();
     for (name, raw) in env {
-        let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+        let Some(rest) = name.strip_prefix(prefix) else {
             continue;
         };
-        if NON_KEY_ENV.contains(&name.as_str()) {
+        if schema.non_key_env.contains(&name.as_str()) {
             continue;
         }
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if schema.foreign_prefixes.iter().any(|f| name.starts_with(f))
+            && schema::leaf(keys, &path).is_none()
+        {
+            continue;
+        }
         if path.iter().any(String::is_empty) {
             problems.push(Problem::new(
                 format!("env {name}"),
-                "not a config variable name (TOLLGATE_KEY, with __ between nested keys)",
+                format!("not a config variable name ({prefix}KEY, with __ between nested keys)"),
             ));
             continue;
         }

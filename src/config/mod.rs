@@ -37,6 +37,7 @@ use crate::meter::prices::PriceTable;
 
 mod budgets;
 mod cache;
+pub mod control;
 mod gateway_keys;
 mod limits;
 mod listeners;
@@ -182,6 +183,10 @@ fn assemble(
     let schema = loader::Schema {
         keys: &keys,
         replacing: providers::REPLACING,
+        env_prefix: "TOLLGATE_",
+        // The operator CLI's token and the control endpoint's own config.
+        non_key_env: &["TOLLGATE_CONFIG", "TOLLGATE_LOG", "TOLLGATE_ADMIN_TOKEN"],
+        foreign_prefixes: &[control::ENV_PREFIX],
     };
     let layers = loader::Layers {
         defaults: providers::defaults_layer(),

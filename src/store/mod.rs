@@ -88,3 +88,39 @@ pub trait KeyStore: Send + Sync {
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
 }
+
+/// An append-only log of opaque records (the control endpoint's audit
+/// log), numbered by the store in append order from 1.
+pub trait AppendLog: Send + Sync {
+    /// Appends `record`; returns its number.
+    fn append(&self, record: &[u8]) -> Result<u64, StoreError>;
+    /// Records numbered `from` and above, in order, until `f` returns false.
+    fn scan_from(&self, from: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool)
+        -> Result<(), StoreError>;
+    /// Makes everything appended so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// The control endpoint's records, each kind in its own table, and its
+/// audit log. The control logic sees only these traits.
+#[derive(Clone)]
+pub struct ControlRecords {
+    /// Accounts by name.
+    pub accounts: std::sync::Arc<dyn KeyStore>,
+    /// Gateway keys by the hex SHA-256 of the key.
+    pub gateway_keys: std::sync::Arc<dyn KeyStore>,
+    /// Sidecar credentials by the hex SHA-256 of the credential.
+    pub sidecars: std::sync::Arc<dyn KeyStore>,
+    /// The audit log.
+    pub audit: std::sync::Arc<dyn AppendLog>,
+}
+
+impl ControlRecords {
+    /// Makes every table durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.accounts.flush()?;
+        self.gateway_keys.flush()?;
+        self.sidecars.flush()?;
+        self.audit.flush()
+    }
+}

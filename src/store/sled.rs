@@ -4,7 +4,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use super::{CacheKey, CacheRecords, EventRecords, KeyStore, StoreError};
+use super::{
+    AppendLog, CacheKey, CacheRecords, ControlRecords, EventRecords, KeyStore, StoreError,
+};
 use crate::budget::{SpendError, SpendRecords};
 
 impl From<sled::Error> for StoreError {
@@ -320,6 +322,79 @@ impl EventRecords for EventTree {
     }
 }
 
+/// An [`AppendLog`] in one sled tree, keyed by the big-endian number.
+pub struct LogTree {
+    tree: sled::Tree,
+    /// The last number given; appends are numbered under this lock.
+    last: std::sync::Mutex<u64>,
+}
+
+impl LogTree {
+    /// The log in `tree`, numbering on from its last record.
+    pub fn new(tree: sled::Tree) -> Result<LogTree, StoreError> {
+        let last = match tree.last()? {
+            Some((k, _)) => k
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| StoreError("a log record key is not 8 bytes".into()))?,
+            None => 0,
+        };
+        Ok(LogTree {
+            tree,
+            last: std::sync::Mutex::new(last),
+        })
+    }
+}
+
+impl AppendLog for LogTree {
+    fn append(&self, record: &[u8]) -> Result<u64, StoreError> {
+        let mut last = self
+            .last
+            .lock()
+            .map_err(|_| StoreError("the log's lock is poisoned".into()))?;
+        let n = *last + 1;
+        self.tree.insert(n.to_be_bytes(), record)?;
+        *last = n;
+        Ok(n)
+    }
+
+    fn scan_from(
+        &self,
+        from: u64,
+        f: &mut dyn FnMut(u64, &[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        for item in self.tree.range(from.to_be_bytes()..) {
+            let (k, v) = item?;
+            let Ok(n) = k.as_ref().try_into().map(u64::from_be_bytes) else {
+                continue;
+            };
+            if !f(n, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
+/// The control endpoint's records in the sled database `db`, one tree each.
+pub fn control_records(db: &sled::Db) -> Result<ControlRecords, StoreError> {
+    let table = |name: &str| -> Result<std::sync::Arc<dyn KeyStore>, StoreError> {
+        Ok(std::sync::Arc::new(KeyTree::new(db.open_tree(name)?)))
+    };
+    Ok(ControlRecords {
+        accounts: table("accounts")?,
+        gateway_keys: table("gateway_keys")?,
+        sidecars: table("sidecars")?,
+        audit: std::sync::Arc::new(LogTree::new(db.open_tree("audit")?)?),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -362,6 +437,24 @@ mod tests {
             let tree = sled::open(dir.path()).unwrap().open_tree("keys").unwrap();
             (dir, KeyTree::new(tree))
         });
+    }
+
+    #[test]
+    fn append_log_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::store::suite::append_log(|| {
+            let db = sled::open(dir.path().join(uuid::Uuid::now_v7().to_string())).unwrap();
+            let tree = db.open_tree("audit").unwrap();
+            (db.clone(), LogTree::new(tree).unwrap())
+        });
+        // Numbering goes on after a reopen.
+        let db = sled::open(dir.path().join("reopen")).unwrap();
+        let log = LogTree::new(db.open_tree("audit").unwrap()).unwrap();
+        assert_eq!(log.append(b"a").unwrap(), 1);
+        assert_eq!(log.append(b"b").unwrap(), 2);
+        drop(log);
+        let log = LogTree::new(db.open_tree("audit").unwrap()).unwrap();
+        assert_eq!(log.append(b"c").unwrap(), 3);
     }
 
     #[test]

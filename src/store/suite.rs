@@ -4,7 +4,7 @@
 //! directory).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use super::{CacheKey, CacheRecords, EventRecords, KeyStore};
+use super::{AppendLog, CacheKey, CacheRecords, EventRecords, KeyStore};
 use crate::budget::SpendRecords;
 
 fn key(n: u8) -> CacheKey {
@@ -146,4 +146,33 @@ pub(crate) fn event_records<G, S: EventRecords>(fresh: impl Fn() -> (G, S)) {
         vec![b"deux".to_vec(), b"three".to_vec()]
     );
     s.flush().unwrap();
+}
+
+/// [`AppendLog`]: numbered from 1 in append order, scanned from a number.
+pub(crate) fn append_log<G, S: AppendLog>(fresh: impl Fn() -> (G, S)) {
+    let (_g, log) = fresh();
+    let mut seen = Vec::new();
+    log.scan_from(0, &mut |n, r| {
+        seen.push((n, r.to_vec()));
+        true
+    })
+    .unwrap();
+    assert!(seen.is_empty());
+    for (i, r) in [b"one", b"two", b"six"].iter().enumerate() {
+        assert_eq!(log.append(*r).unwrap(), i as u64 + 1);
+    }
+    log.scan_from(2, &mut |n, r| {
+        seen.push((n, r.to_vec()));
+        true
+    })
+    .unwrap();
+    assert_eq!(seen, vec![(2, b"two".to_vec()), (3, b"six".to_vec())]);
+    seen.clear();
+    log.scan_from(0, &mut |n, r| {
+        seen.push((n, r.to_vec()));
+        false
+    })
+    .unwrap();
+    assert_eq!(seen, vec![(1, b"one".to_vec())]);
+    log.flush().unwrap();
 }

@@ -1,0 +1,378 @@
+//! `tollgate admin`: the operator's CLI over the control API. Tables for
+//! people, `--json` for scripts. Part of the CLI edge (errors are anyhow).
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use super::auth::ADMIN_PREFIX;
+
+/// Where the control endpoint is and who is calling.
+#[derive(Args, Debug)]
+pub struct AdminArgs {
+    /// The control endpoint.
+    #[arg(
+        long,
+        env = "TOLLGATE_CONTROL_URL",
+        default_value = "http://127.0.0.1:8790"
+    )]
+    pub control: String,
+    /// An admin token (or a gateway key, for the calls it may make).
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: AdminCommand,
+}
+
+/// `tollgate admin …`
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Print a fresh admin token and its SHA-256 (for admin_token_sha256); calls nothing.
+    NewToken,
+    /// Who the token is.
+    Whoami,
+    /// The plans and their limits.
+    Plans,
+    /// Accounts.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+    /// Gateway keys (tg_live_… / tg_test_…) of an account.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Sidecar credentials (tgs_…).
+    #[command(subcommand)]
+    Sidecars(SidecarsCommand),
+    /// The audit log of administrative changes.
+    Audit(AuditArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountsCommand {
+    /// Every account.
+    List,
+    /// Create an account.
+    Create {
+        name: String,
+        /// Default: the control endpoint's default_plan.
+        #[arg(long)]
+        plan: Option<String>,
+    },
+    /// One account.
+    Show { name: String },
+    /// Move an account to another plan.
+    SetPlan { name: String, plan: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// The account's gateway keys (revoked ones too).
+    List { account: String },
+    /// Mint a gateway key; the key is printed this once.
+    Create {
+        account: String,
+        name: String,
+        /// A tg_test_… key instead of tg_live_….
+        #[arg(long)]
+        test: bool,
+    },
+    /// Revoke a gateway key by id (gk_…).
+    Revoke { id: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SidecarsCommand {
+    /// Every sidecar credential (revoked ones too).
+    List,
+    /// Mint a sidecar credential; it is printed this once.
+    Create {
+        name: String,
+        /// An account it serves (repeat; none: all).
+        #[arg(long = "account")]
+        accounts: Vec<String>,
+    },
+    /// Revoke a sidecar credential by id (sc_…).
+    Revoke { id: String },
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// An action, or a prefix ending in "." (gateway_key.).
+    #[arg(long)]
+    pub action: Option<String>,
+    #[arg(long)]
+    pub target: Option<String>,
+    /// RFC 3339.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// RFC 3339.
+    #[arg(long)]
+    pub until: Option<String>,
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// Runs one `tollgate admin` command; prints its result.
+pub fn run(args: AdminArgs) -> anyhow::Result<()> {
+    if let AdminCommand::NewToken = args.command {
+        let token = crate::keys::generate_with_prefix(ADMIN_PREFIX)
+            .map_err(|e| anyhow::anyhow!("the OS random number generator failed: {e}"))?;
+        let hash = crate::keys::to_hex(&crate::keys::sha256(&token));
+        println!("token:  {token}\nsha256: {hash}");
+        return Ok(());
+    }
+    let client = Client {
+        base: args.control.trim_end_matches('/').to_string(),
+        token: args
+            .token
+            .clone()
+            .context("no token: pass --token or set TOLLGATE_ADMIN_TOKEN")?,
+    };
+    let (value, columns): (Value, &[&str]) = match args.command {
+        AdminCommand::NewToken => return Ok(()),
+        AdminCommand::Whoami => (client.call("GET", "/api/v1/whoami", None)?, &[]),
+        AdminCommand::Plans => (
+            client.call("GET", "/api/v1/plans", None)?,
+            &[
+                "name",
+                "max_gateway_keys",
+                "rpm",
+                "tpm",
+                "batch",
+                "cache",
+                "max_budget_nusd",
+            ],
+        ),
+        AdminCommand::Accounts(c) => match c {
+            AccountsCommand::List => (
+                client.call("GET", "/api/v1/accounts", None)?,
+                ACCOUNT_COLUMNS,
+            ),
+            AccountsCommand::Create { name, plan } => (
+                client.call(
+                    "POST",
+                    "/api/v1/accounts",
+                    Some(serde_json::json!({"name": name, "plan": plan})),
+                )?,
+                ACCOUNT_COLUMNS,
+            ),
+            AccountsCommand::Show { name } => (
+                client.call("GET", &format!("/api/v1/accounts/{name}"), None)?,
+                ACCOUNT_COLUMNS,
+            ),
+            AccountsCommand::SetPlan { name, plan } => (
+                client.call(
+                    "PATCH",
+                    &format!("/api/v1/accounts/{name}"),
+                    Some(serde_json::json!({ "plan": plan })),
+                )?,
+                ACCOUNT_COLUMNS,
+            ),
+        },
+        AdminCommand::Keys(c) => match c {
+            KeysCommand::List { account } => (
+                client.call(
+                    "GET",
+                    &format!("/api/v1/accounts/{account}/gateway-keys"),
+                    None,
+                )?,
+                KEY_COLUMNS,
+            ),
+            KeysCommand::Create {
+                account,
+                name,
+                test,
+            } => (
+                client.call(
+                    "POST",
+                    &format!("/api/v1/accounts/{account}/gateway-keys"),
+                    Some(serde_json::json!({
+                        "name": name, "mode": if test { "test" } else { "live" }
+                    })),
+                )?,
+                KEY_COLUMNS,
+            ),
+            KeysCommand::Revoke { id } => (
+                client.call("DELETE", &format!("/api/v1/gateway-keys/{id}"), None)?,
+                KEY_COLUMNS,
+            ),
+        },
+        AdminCommand::Sidecars(c) => match c {
+            SidecarsCommand::List => (
+                client.call("GET", "/api/v1/sidecars", None)?,
+                SIDECAR_COLUMNS,
+            ),
+            SidecarsCommand::Create { name, accounts } => (
+                client.call(
+                    "POST",
+                    "/api/v1/sidecars",
+                    Some(serde_json::json!({"name": name, "accounts": accounts})),
+                )?,
+                SIDECAR_COLUMNS,
+            ),
+            SidecarsCommand::Revoke { id } => (
+                client.call("DELETE", &format!("/api/v1/sidecars/{id}"), None)?,
+                SIDECAR_COLUMNS,
+            ),
+        },
+        AdminCommand::Audit(a) => {
+            let mut q = Vec::new();
+            for (k, v) in [
+                ("actor", a.actor),
+                ("action", a.action),
+                ("target", a.target),
+                ("since", a.since),
+                ("until", a.until),
+                ("limit", a.limit.map(|l| l.to_string())),
+            ] {
+                if let Some(v) = v {
+                    q.push(format!("{k}={}", encode_query(&v)));
+                }
+            }
+            let path = if q.is_empty() {
+                "/api/v1/audit".to_string()
+            } else {
+                format!("/api/v1/audit?{}", q.join("&"))
+            };
+            (
+                client.call("GET", &path, None)?,
+                &["seq", "ts", "actor", "action", "target"],
+            )
+        }
+    };
+    if args.json || columns.is_empty() {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", table(&value, columns));
+        // A secret is shown once, under the table, so it is not cut off.
+        if let Some(secret) = value.get("secret").and_then(Value::as_str) {
+            println!("\n{secret}\n(shown once: store it now; only its hash is kept)");
+        }
+    }
+    Ok(())
+}
+
+const ACCOUNT_COLUMNS: &[&str] = &["name", "plan", "gateway_keys", "created_at"];
+const KEY_COLUMNS: &[&str] = &[
+    "id",
+    "account",
+    "name",
+    "mode",
+    "created_at",
+    "last_used_at",
+    "revoked_at",
+];
+const SIDECAR_COLUMNS: &[&str] = &[
+    "id",
+    "name",
+    "accounts",
+    "created_at",
+    "last_used_at",
+    "revoked_at",
+];
+
+/// A table of `value` (an object or a list of them) by `columns`.
+fn table(value: &Value, columns: &[&str]) -> String {
+    let rows: Vec<&Value> = match value {
+        Value::Array(items) => items.iter().collect(),
+        other => vec![other],
+    };
+    let mut lines = vec![columns.iter().map(|c| c.to_string()).collect::<Vec<_>>()];
+    for row in rows {
+        lines.push(
+            columns
+                .iter()
+                .map(|c| match row.get(*c) {
+                    None | Some(Value::Null) => "-".to_string(),
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Array(a)) if a.is_empty() => "all".to_string(),
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    Some(v) => v.to_string(),
+                })
+                .collect(),
+        );
+    }
+    crate::table::render(&lines, usize::MAX)
+}
+
+fn encode_query(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+struct Client {
+    base: String,
+    token: String,
+}
+
+impl Client {
+    /// One call; the JSON answer, or the API's error message.
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let url = format!("{}{path}", self.base);
+        runtime.block_on(async {
+            let method = reqwest::Method::from_bytes(method.as_bytes())?;
+            let mut req = reqwest::Client::new()
+                .request(method, &url)
+                .bearer_auth(&self.token);
+            if let Some(b) = body {
+                req = req
+                    .header("content-type", "application/json")
+                    .body(serde_json::to_vec(&b)?);
+            }
+            let resp = req
+                .send()
+                .await
+                .with_context(|| format!("calling the control endpoint at {url}"))?;
+            let status = resp.status();
+            let text = resp.text().await?;
+            let value: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{url} answered {status} with no JSON"))?;
+            if !status.is_success() {
+                let msg = value
+                    .pointer("/error/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&text);
+                bail!("{status}: {msg}");
+            }
+            Ok(value)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_and_queries() {
+        let v = serde_json::json!([
+            {"id": "gk_1", "accounts": [], "revoked_at": null},
+            {"id": "gk_2", "accounts": ["a", "b"], "revoked_at": "2026-01-01T00:00:00Z"}
+        ]);
+        let t = table(&v, &["id", "accounts", "revoked_at"]);
+        assert!(t.contains("gk_1  all       -"), "{t}");
+        assert!(t.contains("gk_2  a,b       2026-01-01T00:00:00Z"), "{t}");
+        assert_eq!(encode_query("gateway_key."), "gateway_key.");
+        assert_eq!(
+            encode_query("2026-12-03T00:00:00+01:00"),
+            "2026-12-03T00%3A00%3A00%2B01%3A00"
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! The control endpoint's own `/metrics`.
+
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Metric handles of the control endpoint.
+#[derive(Clone)]
+pub struct ControlMetrics {
+    registry: Registry,
+    /// Requests by route (the matched path pattern), method and status.
+    pub requests: IntCounterVec,
+    /// Calls refused for their credential: `unauthorized` (401) or
+    /// `forbidden` (403, a valid credential without the right).
+    pub auth_failures: IntCounterVec,
+    /// Accounts in the store.
+    pub accounts: IntGauge,
+    /// Audit entries appended since start.
+    pub audit_entries: IntCounter,
+}
+
+impl ControlMetrics {
+    /// Registers every metric.
+    pub fn new() -> Result<ControlMetrics, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_control_requests_total",
+                "Control API requests by route, method and status.",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "tollgate_control_auth_failures_total",
+                "Control API calls refused for their credential (unauthorized: 401, forbidden: 403).",
+            ),
+            &["reason"],
+        )?;
+        let accounts = IntGauge::new(
+            "tollgate_control_accounts",
+            "Accounts in the control store.",
+        )?;
+        let audit_entries = IntCounter::new(
+            "tollgate_control_audit_entries_total",
+            "Audit log entries appended since start.",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(accounts.clone()))?;
+        registry.register(Box::new(audit_entries.clone()))?;
+        for reason in ["unauthorized", "forbidden"] {
+            auth_failures.with_label_values(&[reason]);
+        }
+        Ok(ControlMetrics {
+            registry,
+            requests,
+            auth_failures,
+            accounts,
+            audit_entries,
+        })
+    }
+
+    /// The registry in Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4 * 1024);
+        if let Err(e) =
+            prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)
+        {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
