@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod control;
 pub mod dialect;
+pub mod envelope;
 pub mod identity;
 pub mod keys;
 pub mod limit;

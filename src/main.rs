@@ -112,7 +112,10 @@ enum Command {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 struct ControlArgs {
+    #[command(subcommand)]
+    action: Option<ControlAction>,
     /// TOML config file (env TOLLGATE_CONTROL_CONFIG).
     #[arg(long, env = "TOLLGATE_CONTROL_CONFIG")]
     config: Option<PathBuf>,
@@ -329,7 +332,53 @@ fn config_for(args: &ConfigArgs) -> Result<Config, ExitCode> {
     })
 }
 
+#[derive(Subcommand)]
+enum ControlAction {
+    /// Print a fresh master key (base64) for master_key_env / master_key_file.
+    NewMasterKey,
+    /// Re-wrap every stored provider key under a new master key, on the
+    /// running control endpoint (no restart).
+    ///
+    /// Examples:
+    ///   tollgate control new-master-key > new.key
+    ///   tollgate control rotate-master-key --new-key-file new.key
+    #[command(verbatim_doc_comment)]
+    RotateMasterKey {
+        /// The control endpoint.
+        #[arg(
+            long,
+            env = "TOLLGATE_CONTROL_URL",
+            default_value = "http://127.0.0.1:8790"
+        )]
+        control: String,
+        /// An admin token.
+        #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// File holding the new master key.
+        #[arg(long)]
+        new_key_file: PathBuf,
+    },
+}
+
 fn control(args: ControlArgs) -> anyhow::Result<ExitCode> {
+    match args.action {
+        Some(ControlAction::NewMasterKey) => {
+            let key = tollgate::envelope::MasterKey::generate()?;
+            println!("{key}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(ControlAction::RotateMasterKey {
+            control,
+            token,
+            new_key_file,
+        }) => {
+            let new_key = std::fs::read_to_string(&new_key_file)
+                .with_context(|| format!("reading {}", new_key_file.display()))?;
+            tollgate::control::cli::rotate_master_key(&control, &token, &new_key)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        None => {}
+    }
     let env: BTreeMap<String, String> = std::env::vars().collect();
     let flags = config::control::ControlFlags {
         listen: args.listen,

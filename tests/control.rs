@@ -437,3 +437,158 @@ async fn serves_https_when_configured() {
         .await;
     assert!(plain.is_err() || !plain.unwrap().status().is_success());
 }
+
+/// `POST /api/v1/byok/keys` as the admin: (status, body).
+async fn put_provider_key(
+    control: &Control,
+    account: &str,
+    provider: &str,
+    key: &str,
+) -> (u16, Value) {
+    control
+        .call(
+            Method::POST,
+            "/api/v1/byok/keys",
+            Some(ADMIN_TOKEN),
+            Some(json!({"account": account, "provider": provider, "key": key})),
+        )
+        .await
+}
+
+fn new_master_key() -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["control", "new-master-key"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// BYOK: provider keys are sealed at rest, never returned, survive a
+/// master-key rotation on the running endpoint, and a wrong or missing
+/// master key stops the start with a clear message.
+#[tokio::test]
+async fn byok_keys_are_sealed_rotatable_and_need_the_right_master_key() {
+    let (m1, m2) = (new_master_key(), new_master_key());
+    assert_ne!(m1, m2);
+    let mut control = Control::start_env("", None, "http", &[("TOLLGATE_MASTER_KEY", &m1)]);
+    control.admin_json(&["accounts", "create", "acme"]);
+    control.admin_json(&["accounts", "create", "beta"]);
+    let provider_key = "sk-ant-api03-BYOKSECRET-0123456789-WXYZ";
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["admin", "--json", "--control", &control.url()])
+        .args(["byok", "add", "acme", "anthropic", "--key-env", "THE_KEY"])
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("THE_KEY", provider_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stored["last4"], "WXYZ");
+    assert_eq!(stored["id"], "acme/anthropic");
+    let first_master = stored["master_key_id"].as_str().unwrap().to_string();
+    let (s, _) = put_provider_key(&control, "beta", "openai", "sk-proj-OTHERSECRET-9876").await;
+    assert_eq!(s, 201);
+    // An unknown account, a short key: refused; nothing echoes a key.
+    let (s, body) = put_provider_key(&control, "nobody", "openai", "sk-proj-NOSUCHACCOUNT").await;
+    assert_eq!(s, 404, "{body}");
+    assert!(!body.to_string().contains("NOSUCHACCOUNT"));
+    let (s, body) = put_provider_key(&control, "acme", "openai", "short").await;
+    assert_eq!(s, 400, "{body}");
+    // Listing shows no key; a gateway key reads only its own account's.
+    let listed = control.admin_json(&["byok", "list"]);
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    assert!(!listed.to_string().contains("BYOKSECRET"));
+    let gk = control.admin_json(&["keys", "create", "acme", "app"])["secret"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, own) = control
+        .call(
+            Method::GET,
+            "/api/v1/byok/keys?account=acme",
+            Some(&gk),
+            None,
+        )
+        .await;
+    assert_eq!((s, own.as_array().unwrap().len()), (200, 1));
+    let (s, _) = control
+        .call(
+            Method::GET,
+            "/api/v1/byok/keys?account=beta",
+            Some(&gk),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403);
+
+    // Rotation on the running endpoint re-wraps both keys.
+    let key_file = control.data_dir.parent().unwrap().join("new.key");
+    std::fs::write(&key_file, &m2).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["control", "rotate-master-key", "--control", &control.url()])
+        .arg("--new-key-file")
+        .arg(&key_file)
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("re-wrapped 2 provider keys"));
+    let listed = control.admin_json(&["byok", "list"]);
+    assert!(listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|k| k["master_key_id"] != first_master.as_str()));
+    // New keys are sealed under the new master key while it runs.
+    control.admin_json(&["accounts", "create", "gamma"]);
+    let (s, _) = put_provider_key(&control, "gamma", "anthropic", "sk-ant-GAMMASECRET-1").await;
+    assert_eq!(s, 201);
+    assert!(control.stop());
+
+    // The old master key no longer opens the store: a clear refusal.
+    let (code, log) = control.start_failing(&[("TOLLGATE_MASTER_KEY", &m1)]);
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("sealed under master key") && log.contains("but the configured master key is"),
+        "{log}"
+    );
+    let (_, log) = control.start_failing(&[]);
+    assert!(log.contains("no master key is configured"), "{log}");
+    let (_, log) = control.start_failing(&[("TOLLGATE_MASTER_KEY", "not-a-key")]);
+    assert!(log.contains("a master key is 32 bytes"), "{log}");
+    // The new one opens every stored key (checked at start).
+    control.start_again(&[("TOLLGATE_MASTER_KEY", &m2)]);
+    assert_eq!(
+        control
+            .admin_json(&["byok", "list"])
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let rotations = control.admin_json(&["audit", "--action", "master_key.rotate"]);
+    assert_eq!(rotations[0]["after"]["rewrapped"], 2, "{rotations}");
+    let creates = control.admin_json(&["audit", "--action", "byok_key."]);
+    assert_eq!(creates.as_array().unwrap().len(), 3);
+    assert!(!creates.to_string().contains("SECRET"));
+    assert!(control.stop());
+
+    // Nothing secret at rest or in the logs (debug level).
+    let log = control.log();
+    for (path, bytes) in files_under(&control.data_dir) {
+        for secret in ["BYOKSECRET", "OTHERSECRET", "GAMMASECRET", &m1, &m2] {
+            assert!(!contains(&bytes, secret), "{path} holds {secret}");
+        }
+    }
+    for secret in [
+        "BYOKSECRET",
+        "OTHERSECRET",
+        "GAMMASECRET",
+        &m1,
+        &m2,
+        ADMIN_TOKEN,
+    ] {
+        assert!(!log.contains(secret), "the log holds {secret}");
+    }
+}

@@ -17,6 +17,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("src/dialect/", Layer::Dialect),
     ("src/identity.rs", Layer::Domain),
     ("src/plan.rs", Layer::Domain),
+    ("src/envelope.rs", Layer::Domain),
     ("src/scope.rs", Layer::Domain),
     ("src/limit.rs", Layer::Domain),
     ("src/keys.rs", Layer::Domain),
@@ -82,6 +83,7 @@ fn forbidden_modules(layer: Layer) -> &'static [&'static str] {
         Layer::Dialect => &[
             "identity",
             "plan",
+            "envelope",
             "scope",
             "limit",
             "keys",

@@ -14,6 +14,7 @@ use super::loader;
 use super::schema::{Key, Type};
 use super::values::{name, socket_addr};
 use super::{ConfigError, Problem};
+use crate::envelope::MasterKey;
 use crate::meter::money::parse_usd;
 use crate::plan::Plan;
 
@@ -21,6 +22,8 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:8790";
 const DEFAULT_DATA_DIR: &str = "tollgate-control-data";
 const DEFAULT_ADMIN_TOKEN_ENV: &str = "TOLLGATE_ADMIN_TOKEN";
 const DEFAULT_PLAN: &str = "trial";
+const DEFAULT_MASTER_KEY_ENV: &str = "TOLLGATE_MASTER_KEY";
+const DEFAULT_PREVIOUS_MASTER_KEY_ENV: &str = "TOLLGATE_PREVIOUS_MASTER_KEY";
 /// Shortest bootstrap admin token accepted: guessable tokens are refused.
 const MIN_TOKEN_CHARS: usize = 24;
 
@@ -58,6 +61,12 @@ static KEYS: &[Key] = &[
      "File holding a bootstrap admin token, like admin_token_env."),
     Key::new("admin_token_sha256", Type::Strings, "[]",
      "Hex SHA-256 digests of further admin tokens."),
+    Key::new("master_key_env", Type::Str, DEFAULT_MASTER_KEY_ENV,
+     "Environment variable holding the master key that wraps every stored provider key (32 bytes as base64 or 64 hex digits; `tollgate control new-master-key`). Never stored. Without one, BYOK is off."),
+    Key::new("master_key_file", Type::Path, "\"\"",
+     "File holding the master key, instead of master_key_env."),
+    Key::new("previous_master_key_env", Type::Str, DEFAULT_PREVIOUS_MASTER_KEY_ENV,
+     "Environment variable holding the master key before the last rotation, for keys a rotation did not finish re-wrapping."),
     Key::new("default_plan", Type::Str, DEFAULT_PLAN,
      "Plan of accounts created without one."),
     Key::new("plans.<name>.max_gateway_keys", Type::Integer, "trial 2, starter 10, growth 50, pro 500",
@@ -90,6 +99,9 @@ struct Raw {
     admin_token_env: Option<String>,
     admin_token_file: Option<String>,
     admin_token_sha256: Option<Vec<String>>,
+    master_key_env: Option<String>,
+    master_key_file: Option<String>,
+    previous_master_key_env: Option<String>,
     default_plan: Option<String>,
     plans: Option<BTreeMap<String, RawPlan>>,
 }
@@ -116,6 +128,10 @@ pub struct ControlConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// SHA-256 of each bootstrap admin token.
     pub admin_tokens: Vec<[u8; 32]>,
+    /// Wraps stored provider keys; `None`: BYOK is off.
+    pub master_key: Option<MasterKey>,
+    /// The master key before the last rotation, if given.
+    pub previous_master_key: Option<MasterKey>,
     /// Plan of accounts created without one.
     pub default_plan: String,
     /// Plans by name.
@@ -238,6 +254,7 @@ fn validate(
         }
     };
     let admin_tokens = admin_tokens(&raw, env, problems);
+    let (master_key, previous_master_key) = master_keys(&raw, env, problems);
     let plans = plans(raw.plans.clone().unwrap_or_default(), problems);
     let default_plan = raw
         .default_plan
@@ -257,6 +274,8 @@ fn validate(
         data_dir,
         tls,
         admin_tokens,
+        master_key,
+        previous_master_key,
         default_plan,
         plans,
     })
@@ -316,6 +335,58 @@ fn admin_tokens(
         ));
     }
     hashes
+}
+
+/// The master key (env or file) and the previous one (env). A malformed
+/// key is a problem whose message never shows it.
+fn master_keys(
+    raw: &Raw,
+    env: &BTreeMap<String, String>,
+    problems: &mut Vec<Problem>,
+) -> (Option<MasterKey>, Option<MasterKey>) {
+    let parse = |key: String, text: &str, problems: &mut Vec<Problem>| {
+        MasterKey::parse(text)
+            .map_err(|e| problems.push(Problem::new(key, e.to_string())))
+            .ok()
+    };
+    let env_name = raw
+        .master_key_env
+        .as_deref()
+        .unwrap_or(DEFAULT_MASTER_KEY_ENV);
+    let file = raw.master_key_file.as_deref().filter(|f| !f.is_empty());
+    let current = match (env.get(env_name).filter(|v| !v.is_empty()), file) {
+        (Some(_), Some(_)) => {
+            problems.push(Problem::new(
+                "master_key_file",
+                format!("set either it or {env_name}, not both"),
+            ));
+            None
+        }
+        (Some(v), None) => parse(format!("master_key_env ({env_name})"), v, problems),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(v) => parse("master_key_file".into(), &v, problems),
+            Err(e) => {
+                problems.push(Problem::new(
+                    "master_key_file",
+                    format!("cannot read {path}: {e}"),
+                ));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let prev_name = raw
+        .previous_master_key_env
+        .as_deref()
+        .unwrap_or(DEFAULT_PREVIOUS_MASTER_KEY_ENV);
+    let previous = env.get(prev_name).filter(|v| !v.is_empty()).and_then(|v| {
+        parse(
+            format!("previous_master_key_env ({prev_name})"),
+            v,
+            problems,
+        )
+    });
+    (current, previous)
 }
 
 fn plans(raw: BTreeMap<String, RawPlan>, problems: &mut Vec<Problem>) -> BTreeMap<String, Plan> {

@@ -185,7 +185,14 @@ fn assemble(
         replacing: providers::REPLACING,
         env_prefix: "TOLLGATE_",
         // The operator CLI's token and the control endpoint's own config.
-        non_key_env: &["TOLLGATE_CONFIG", "TOLLGATE_LOG", "TOLLGATE_ADMIN_TOKEN"],
+        non_key_env: &[
+            "TOLLGATE_CONFIG",
+            "TOLLGATE_LOG",
+            "TOLLGATE_ADMIN_TOKEN",
+            "TOLLGATE_MASTER_KEY",
+            "TOLLGATE_PREVIOUS_MASTER_KEY",
+            "TOLLGATE_NEW_MASTER_KEY",
+        ],
         foreign_prefixes: &[control::ENV_PREFIX],
     };
     let layers = loader::Layers {

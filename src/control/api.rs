@@ -15,6 +15,7 @@ use axum::{Json, Router};
 
 use super::accounts::{AccountPatch, NewAccount};
 use super::audit::AuditQuery;
+use super::byok::{NewProviderKey, ProviderKeyView, Rotation};
 use super::credentials::{NewGatewayKey, NewSidecar};
 use super::model::{AccountView, AuditView, CredentialView};
 use super::{auth, ApiError, Control, Principal};
@@ -115,6 +116,18 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             delete(revoke_sidecar),
         ),
         (Method::GET, "/api/v1/audit", get(audit)),
+        (Method::GET, "/api/v1/byok/keys", get(list_provider_keys)),
+        (Method::POST, "/api/v1/byok/keys", post(put_provider_key)),
+        (
+            Method::DELETE,
+            "/api/v1/byok/keys/{account}/{provider}",
+            delete(remove_provider_key),
+        ),
+        (
+            Method::POST,
+            "/api/v1/byok/rotate-master-key",
+            post(rotate_master_key),
+        ),
     ]
 }
 
@@ -300,4 +313,65 @@ async fn audit(
     p.admin()?;
     let q = query(q)?;
     Ok(Json(blocking(&c, move |c| c.audit_entries(&q)).await?))
+}
+
+/// `?account=` of the BYOK listing.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccountFilter {
+    account: Option<String>,
+}
+
+async fn list_provider_keys(
+    State(c): State<AppState>,
+    p: Principal,
+    q: Result<Query<AccountFilter>, QueryRejection>,
+) -> Result<Json<Vec<ProviderKeyView>>, ApiError> {
+    let q = query(q)?;
+    match &q.account {
+        Some(a) => p.reads_account(a)?,
+        None => {
+            p.admin()?;
+        }
+    }
+    Ok(Json(
+        blocking(&c, move |c| c.provider_keys(q.account.as_deref())).await?,
+    ))
+}
+
+async fn put_provider_key(
+    State(c): State<AppState>,
+    p: Principal,
+    b: Result<Json<NewProviderKey>, JsonRejection>,
+) -> Result<(StatusCode, Json<ProviderKeyView>), ApiError> {
+    let actor = p.admin()?;
+    let req = body(b)?;
+    let view = blocking(&c, move |c| c.put_provider_key(&actor, req)).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn remove_provider_key(
+    State(c): State<AppState>,
+    p: Principal,
+    Path((account, provider)): Path<(String, String)>,
+) -> Result<Json<ProviderKeyView>, ApiError> {
+    let actor = p.admin()?;
+    Ok(Json(
+        blocking(&c, move |c| {
+            c.remove_provider_key(&actor, &account, &provider)
+        })
+        .await?,
+    ))
+}
+
+async fn rotate_master_key(
+    State(c): State<AppState>,
+    p: Principal,
+    b: Result<Json<Rotation>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let actor = p.admin()?;
+    let req = body(b)?;
+    Ok(Json(
+        blocking(&c, move |c| c.rotate_master_key(&actor, req)).await?,
+    ))
 }

@@ -47,6 +47,32 @@ pub enum AdminCommand {
     Sidecars(SidecarsCommand),
     /// The audit log of administrative changes.
     Audit(AuditArgs),
+    /// Accounts' own provider keys (BYOK), stored sealed.
+    #[command(subcommand)]
+    Byok(ByokCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ByokCommand {
+    /// Stored keys (provider, last four characters, dates; never the key).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Store (or replace) an account's key for a provider. The key is read
+    /// from a file or an environment variable, never from the command line.
+    Add {
+        account: String,
+        provider: String,
+        /// File holding the key.
+        #[arg(long, conflicts_with = "key_env")]
+        key_file: Option<std::path::PathBuf>,
+        /// Environment variable holding the key.
+        #[arg(long)]
+        key_env: Option<String>,
+    },
+    /// Remove an account's key for a provider.
+    Remove { account: String, provider: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -219,6 +245,52 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 SIDECAR_COLUMNS,
             ),
         },
+        AdminCommand::Byok(c) => match c {
+            ByokCommand::List { account } => {
+                let path = match account {
+                    Some(a) => format!("/api/v1/byok/keys?account={}", encode_query(&a)),
+                    None => "/api/v1/byok/keys".into(),
+                };
+                (client.call("GET", &path, None)?, BYOK_COLUMNS)
+            }
+            ByokCommand::Add {
+                account,
+                provider,
+                key_file,
+                key_env,
+            } => {
+                let key = match (key_file, key_env) {
+                    (Some(f), _) => std::fs::read_to_string(&f)
+                        .with_context(|| format!("reading {}", f.display()))?,
+                    (None, Some(v)) => {
+                        std::env::var(&v).with_context(|| format!("${v} is not set"))?
+                    }
+                    (None, None) => bail!("give the key with --key-file or --key-env"),
+                };
+                (
+                    client.call(
+                        "POST",
+                        "/api/v1/byok/keys",
+                        Some(serde_json::json!({
+                            "account": account, "provider": provider, "key": key.trim()
+                        })),
+                    )?,
+                    BYOK_COLUMNS,
+                )
+            }
+            ByokCommand::Remove { account, provider } => (
+                client.call(
+                    "DELETE",
+                    &format!(
+                        "/api/v1/byok/keys/{}/{}",
+                        encode_query(&account),
+                        encode_query(&provider)
+                    ),
+                    None,
+                )?,
+                BYOK_COLUMNS,
+            ),
+        },
         AdminCommand::Audit(a) => {
             let mut q = Vec::new();
             for (k, v) in [
@@ -256,6 +328,7 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+const BYOK_COLUMNS: &[&str] = &["id", "last4", "master_key_id", "created_at", "last_used_at"];
 const ACCOUNT_COLUMNS: &[&str] = &["name", "plan", "gateway_keys", "created_at"];
 const KEY_COLUMNS: &[&str] = &[
     "id",
@@ -312,6 +385,27 @@ fn encode_query(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// `tollgate control rotate-master-key`: re-wraps every stored provider
+/// key under the new master key, on the running endpoint (no restart; give
+/// it the new key in master_key_env / master_key_file before its next start).
+pub fn rotate_master_key(control: &str, token: &str, new_key: &str) -> anyhow::Result<()> {
+    let client = Client {
+        base: control.trim_end_matches('/').to_string(),
+        token: token.to_string(),
+    };
+    let out = client.call(
+        "POST",
+        "/api/v1/byok/rotate-master-key",
+        Some(serde_json::json!({ "new_master_key": new_key.trim() })),
+    )?;
+    println!(
+        "re-wrapped {} provider keys; master key is now {}",
+        out["rewrapped"], out["master_key_id"]
+    );
+    println!("set the new key in master_key_env / master_key_file before the next start");
+    Ok(())
 }
 
 struct Client {

@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod byok;
 pub mod cli;
 pub mod credentials;
 pub mod metrics;
@@ -19,7 +20,7 @@ pub mod model;
 pub mod server;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 use axum::http::StatusCode;
 
@@ -40,12 +41,19 @@ pub struct Control {
     /// When each credential's `last_used_at` was last written: written at
     /// most once a minute per credential, not on every request.
     last_used: Mutex<HashMap<String, i64>>,
+    /// The master keys that seal and open stored provider keys.
+    masters: RwLock<byok::Masters>,
 }
 
 impl Control {
     /// The control endpoint over `records`.
     pub fn new(config: ControlConfig, records: ControlRecords, metrics: ControlMetrics) -> Control {
+        let masters = RwLock::new(byok::Masters {
+            current: config.master_key.clone(),
+            previous: config.previous_master_key.clone(),
+        });
         Control {
+            masters,
             config,
             records,
             metrics,

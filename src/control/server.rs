@@ -28,6 +28,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: String, source: io::Error },
+    #[error("BYOK: {0}")]
+    MasterKey(String),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("metrics: {0}")]
@@ -89,17 +91,24 @@ async fn serve(config: ControlConfig) -> Result<(), ServeError> {
         Some((cert, key)) => Some(tls_config(cert, key)?),
         None => None,
     };
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: config.listen.to_string(),
-            source,
-        })?;
     let listen = config.listen;
     let control = Arc::new(Control::new(config, records, ControlMetrics::new()?));
     control
         .count_accounts()
         .map_err(|e| StoreError(e.message))?;
+    // A wrong master key must stop the start, not look like a broken store.
+    let sealed = control.check_master_keys().map_err(ServeError::MasterKey)?;
+    tracing::info!(
+        provider_keys = sealed,
+        master_key = control.config().master_key.as_ref().map(|k| k.id()),
+        "stored provider keys open under the configured master key"
+    );
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServeError::Listen {
+            addr: listen.to_string(),
+            source,
+        })?;
     let router = api::router(control.clone());
     tracing::info!(%listen, tls = tls.is_some(), "tollgate control listening");
     match tls {

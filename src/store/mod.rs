@@ -111,6 +111,8 @@ pub struct ControlRecords {
     pub gateway_keys: std::sync::Arc<dyn KeyStore>,
     /// Sidecar credentials by the hex SHA-256 of the credential.
     pub sidecars: std::sync::Arc<dyn KeyStore>,
+    /// Sealed provider keys (BYOK) by `<account>/<provider>`.
+    pub provider_keys: std::sync::Arc<dyn KeyStore>,
     /// The audit log.
     pub audit: std::sync::Arc<dyn AppendLog>,
 }
@@ -121,6 +123,7 @@ impl ControlRecords {
         self.accounts.flush()?;
         self.gateway_keys.flush()?;
         self.sidecars.flush()?;
+        self.provider_keys.flush()?;
         self.audit.flush()
     }
 }

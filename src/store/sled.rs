@@ -391,6 +391,7 @@ pub fn control_records(db: &sled::Db) -> Result<ControlRecords, StoreError> {
         accounts: table("accounts")?,
         gateway_keys: table("gateway_keys")?,
         sidecars: table("sidecars")?,
+        provider_keys: table("provider_keys")?,
         audit: std::sync::Arc::new(LogTree::new(db.open_tree("audit")?)?),
     })
 }

@@ -19,6 +19,8 @@ pub struct Control {
     pub log_path: PathBuf,
     config: String,
     scheme: &'static str,
+    /// Extra environment (master keys).
+    pub env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
@@ -31,6 +33,16 @@ impl Control {
     /// Starts one; `data_dir` to restart on a store, `scheme` "https" when
     /// `config` sets TLS.
     pub fn start_in(config: &str, data_dir: Option<&Path>, scheme: &'static str) -> Control {
+        Control::start_env(config, data_dir, scheme, &[])
+    }
+
+    /// Starts one with extra environment variables.
+    pub fn start_env(
+        config: &str,
+        data_dir: Option<&Path>,
+        scheme: &'static str,
+        env: &[(&str, &str)],
+    ) -> Control {
         super::install_tls_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = data_dir
@@ -44,6 +56,10 @@ impl Control {
             log_path,
             config: config.to_string(),
             scheme,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _dir: dir,
         };
         c.spawn();
@@ -51,6 +67,57 @@ impl Control {
     }
 
     fn spawn(&mut self) {
+        let child = self.command().spawn().expect("spawn tollgate control");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(self.addr).is_err() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("tollgate control exited early ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "control did not start:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts it (stopped) with `env` instead, expecting it to fail:
+    /// returns its exit code and what it logged.
+    pub fn start_failing(&mut self, env: &[(&str, &str)]) -> (Option<i32>, String) {
+        assert!(self.child.is_none(), "stop it first");
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut child = self.command().spawn().expect("run tollgate control");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let status = loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("it started and kept running:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "it started:\n{}", self.log());
+        (status.code(), self.log())
+    }
+
+    /// Starts it (stopped) again with `env`.
+    pub fn start_again(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.spawn();
+    }
+
+    fn command(&mut self) -> Command {
         let config_path = self._dir.path().join("control.toml");
         std::fs::write(
             &config_path,
@@ -67,29 +134,20 @@ impl Control {
             .append(true)
             .open(&self.log_path)
             .expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .arg("control")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.arg("control")
             .arg("--config")
             .arg(&config_path)
+            .env_remove("TOLLGATE_MASTER_KEY")
+            .env_remove("TOLLGATE_PREVIOUS_MASTER_KEY")
             .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("TOLLGATE_LOG", "debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn tollgate control");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(self.addr).is_err() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("tollgate control exited early ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "control did not start:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            .stderr(Stdio::from(log));
+        for (k, v) in &self.env {
+            cmd.env(k, v);
         }
+        cmd
     }
 
     /// `http://127.0.0.1:PORT`.
