@@ -873,7 +873,7 @@ impl TollgateView {
             added_mean_us: mean("tollgate_added_latency_seconds", 1e6),
             flush_mean_us: mean("tollgate_outbox_flush_seconds", 1e6),
             batch_mean: mean("tollgate_outbox_batch_events", 1.0),
-            outbox_events: b.get("tollgate_outbox_events").copied().unwrap_or(0.0),
+            outbox_events: b.get("tollgate_outbox_depth").copied().unwrap_or(0.0),
         }
     }
 }
@@ -1614,7 +1614,7 @@ fn report(
         w,
         "\n-- tollgate's own metrics over each measured run (deltas of /metrics): \
          tollgate_added_latency_seconds, tollgate_outbox_flush_seconds (batch write + flush), \
-         tollgate_outbox_batch_events, tollgate_outbox_events at the end --"
+         tollgate_outbox_batch_events, tollgate_outbox_depth at the end --"
     );
     let _ = writeln!(
         w,

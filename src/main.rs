@@ -258,9 +258,28 @@ struct ProxyArgs {
 struct UsageArgs {
     #[command(flatten)]
     config: ConfigArgs,
-    /// Group by these dimensions: account, model, day, provider, status.
+    /// Group by these dimensions: account, workload, model, day, provider,
+    /// tag, cache, route, status.
     #[arg(long, default_value = "account,model,day")]
     by: String,
+    /// Read the control endpoint's ledger instead of the local one.
+    #[arg(long, env = "TOLLGATE_CONTROL_URL")]
+    control: Option<String>,
+    /// With --control: an admin token (any account) or a gateway key (its own).
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// With --control: only this account.
+    #[arg(long)]
+    account: Option<String>,
+    /// With --control: RFC 3339 or YYYY-MM-DD, events at or after.
+    #[arg(long)]
+    from: Option<String>,
+    /// With --control: RFC 3339 or YYYY-MM-DD, events before.
+    #[arg(long)]
+    to: Option<String>,
+    /// With --control: table (default), json or csv.
+    #[arg(long, default_value = "table")]
+    format: String,
 }
 
 fn main() -> ExitCode {
@@ -446,8 +465,10 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     ));
     // Budget spend is persisted with the usage journal's watermark, and what
     // an earlier run left in the journal is recovered into both.
+    let event_tree: Arc<dyn tollgate::store::EventRecords> =
+        Arc::new(EventTree::open(&db).context("opening the usage outbox")?);
     let (outbox, recovery) = Outbox::open(
-        Arc::new(EventTree::open(&db).context("opening the usage outbox")?),
+        event_tree.clone(),
         &config.data_dir.join(journal::DIR),
         OutboxOptions {
             retention: config.outbox.retention,
@@ -539,6 +560,18 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         AlertService::new(alert_rx, metrics.budget_alert_failures.clone()),
     ));
 
+    if let Some(link) = &config.control {
+        server.add_service(pingora::services::background::background_service(
+            "usage shipping",
+            tollgate::proxy::ship::Shipper::new(
+                link.clone(),
+                event_tree.clone(),
+                metrics.outbox.depth.clone(),
+                metrics.ship.clone(),
+            ),
+        ));
+    }
+
     if let Some(addr) = config.admin_listen {
         let admin = Admin {
             metrics: metrics.clone(),
@@ -579,6 +612,20 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
 }
 
 fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
+    if let Some(control) = &args.control {
+        let token = args.token.as_deref().context(
+            "--control needs --token (or TOLLGATE_ADMIN_TOKEN): an admin token or a gateway key",
+        )?;
+        let q = tollgate::control::cli::UsageRequest {
+            group_by: &args.by,
+            account: args.account.as_deref(),
+            from: args.from.as_deref(),
+            to: args.to.as_deref(),
+            format: &args.format,
+        };
+        print!("{}", tollgate::control::cli::usage(control, token, &q)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let config = match config_for(&args.config) {
         Ok(c) => c,
         Err(code) => return Ok(code),

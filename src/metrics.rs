@@ -66,6 +66,21 @@ pub struct Metrics {
     pub key_rejections: IntCounterVec,
     /// The exact cache.
     pub cache: CacheMetrics,
+    /// Shipping usage to the control endpoint.
+    pub ship: ShipMetrics,
+}
+
+/// Shipping usage to the control endpoint.
+#[derive(Clone)]
+pub struct ShipMetrics {
+    /// Events the control endpoint acknowledged.
+    pub shipped: IntCounter,
+    /// Shipping attempts that failed (unreachable, refused, timed out).
+    pub errors: IntCounter,
+    /// Age of the oldest event not yet acknowledged, seconds (0: none).
+    pub lag_seconds: prometheus::Gauge,
+    /// Events dropped because the outbox passed `ship.max_outbox_events`.
+    pub dropped: IntCounter,
 }
 
 impl Metrics {
@@ -130,7 +145,7 @@ impl Metrics {
         )?;
         let outbox = OutboxMetrics {
             depth: IntGauge::new(
-                "tollgate_outbox_events",
+                "tollgate_outbox_depth",
                 "Usage events held in the local outbox.",
             )?,
             errors: IntCounter::new(
@@ -228,6 +243,28 @@ impl Metrics {
                 "Cache store reads or writes that failed; the request went on uncached.",
             )?,
         };
+        let ship = ShipMetrics {
+            shipped: IntCounter::new(
+                "tollgate_shipped_events_total",
+                "Usage events the control endpoint acknowledged.",
+            )?,
+            errors: IntCounter::new(
+                "tollgate_ship_errors_total",
+                "Shipping attempts that failed (control endpoint unreachable, refusing, or slow).",
+            )?,
+            lag_seconds: prometheus::Gauge::new(
+                "tollgate_ship_lag_seconds",
+                "Age of the oldest usage event not yet acknowledged by the control endpoint (0 when none).",
+            )?,
+            dropped: IntCounter::new(
+                "tollgate_outbox_dropped_total",
+                "Usage events dropped because the outbox passed ship.max_outbox_events.",
+            )?,
+        };
+        registry.register(Box::new(ship.shipped.clone()))?;
+        registry.register(Box::new(ship.errors.clone()))?;
+        registry.register(Box::new(ship.lag_seconds.clone()))?;
+        registry.register(Box::new(ship.dropped.clone()))?;
         registry.register(Box::new(cache.requests.clone()))?;
         registry.register(Box::new(cache.saved_usd.clone()))?;
         registry.register(Box::new(cache.entries.clone()))?;
@@ -277,6 +314,7 @@ impl Metrics {
             rate_limited,
             key_rejections,
             cache,
+            ship,
         })
     }
 

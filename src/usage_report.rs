@@ -1,5 +1,7 @@
-//! `tollgate usage`: the usage table (requests, tokens, cost) grouped by
-//! account / model / day / provider / status, read from the outbox.
+//! The usage table (requests, tokens by kind, cost, saved) grouped by any
+//! of account / workload / model / day / provider / tag / cache / route /
+//! status: `tollgate usage` over the local outbox, and the control
+//! endpoint's ledger rollups (text, JSON, CSV).
 
 use std::collections::BTreeMap;
 
@@ -11,29 +13,52 @@ use crate::store::outbox::OutboxError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dim {
     Account,
+    Workload,
     Model,
     Day,
     Provider,
+    /// The event's tags, `k=v` joined by `,` (sorted by key).
+    Tag,
+    Cache,
+    Route,
     Status,
 }
 
+/// Every dimension, by name.
+const DIMS: &[(&str, Dim)] = &[
+    ("account", Dim::Account),
+    ("workload", Dim::Workload),
+    ("model", Dim::Model),
+    ("day", Dim::Day),
+    ("provider", Dim::Provider),
+    ("tag", Dim::Tag),
+    ("cache", Dim::Cache),
+    ("route", Dim::Route),
+    ("status", Dim::Status),
+];
+
 impl Dim {
     fn name(self) -> &'static str {
-        match self {
-            Dim::Account => "account",
-            Dim::Model => "model",
-            Dim::Day => "day",
-            Dim::Provider => "provider",
-            Dim::Status => "status",
-        }
+        DIMS.iter()
+            .find(|(_, d)| *d == self)
+            .map_or("?", |(n, _)| n)
     }
 
     fn value(self, e: &UsageEvent) -> String {
         match self {
             Dim::Account => e.account.clone(),
+            Dim::Workload => e.workload.clone(),
             Dim::Model => e.model.clone(),
             Dim::Day => day_of(e.ts),
             Dim::Provider => e.provider.clone(),
+            Dim::Tag => e
+                .tags
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            Dim::Cache => e.cache.as_str().to_string(),
+            Dim::Route => e.route.as_str().to_string(),
             Dim::Status => e.status.as_str().to_string(),
         }
     }
@@ -45,7 +70,7 @@ pub struct GroupBy(pub Vec<Dim>);
 
 /// A bad `--by` value.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown group-by dimension {0:?} (use account, model, day, provider, status)")]
+#[error("unknown group-by dimension {0:?} (use account, workload, model, day, provider, tag, cache, route, status)")]
 pub struct BadDim(String);
 
 impl GroupBy {
@@ -53,14 +78,12 @@ impl GroupBy {
     pub fn parse(s: &str) -> Result<GroupBy, BadDim> {
         let mut dims = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            dims.push(match part {
-                "account" => Dim::Account,
-                "model" => Dim::Model,
-                "day" => Dim::Day,
-                "provider" => Dim::Provider,
-                "status" => Dim::Status,
-                other => return Err(BadDim(other.to_string())),
-            });
+            let dim = DIMS
+                .iter()
+                .find(|(n, _)| *n == part)
+                .map(|(_, d)| *d)
+                .ok_or_else(|| BadDim(part.to_string()))?;
+            dims.push(dim);
         }
         Ok(GroupBy(dims))
     }
@@ -75,6 +98,20 @@ pub struct Totals {
     pub cache_write_tokens: u64,
     pub cache_read_tokens: u64,
     pub cost_nusd: u64,
+    /// What cache hits would have cost.
+    pub saved_nusd: u64,
+}
+
+impl Totals {
+    fn absorb(&mut self, t: &Totals) {
+        self.requests += t.requests;
+        self.input_tokens += t.input_tokens;
+        self.output_tokens += t.output_tokens;
+        self.cache_write_tokens += t.cache_write_tokens;
+        self.cache_read_tokens += t.cache_read_tokens;
+        self.cost_nusd += t.cost_nusd;
+        self.saved_nusd += t.saved_nusd;
+    }
 }
 
 /// The grouped totals.
@@ -108,13 +145,61 @@ impl UsageReport {
     /// Counts one event.
     pub fn add(&mut self, e: &UsageEvent) {
         let key = self.dims.iter().map(|d| d.value(e)).collect();
-        let t = self.rows.entry(key).or_default();
-        t.requests += 1;
-        t.input_tokens += e.usage.input_tokens;
-        t.output_tokens += e.usage.output_tokens;
-        t.cache_write_tokens += e.usage.cache_creation_input_tokens;
-        t.cache_read_tokens += e.usage.cache_read_input_tokens;
-        t.cost_nusd += e.cost_nusd;
+        self.rows.entry(key).or_default().absorb(&Totals {
+            requests: 1,
+            input_tokens: e.usage.input_tokens,
+            output_tokens: e.usage.output_tokens,
+            cache_write_tokens: e.usage.cache_creation_input_tokens,
+            cache_read_tokens: e.usage.cache_read_input_tokens,
+            cost_nusd: e.cost_nusd,
+            saved_nusd: e.saved_nusd,
+        });
+    }
+
+    /// The grand total.
+    pub fn total(&self) -> Totals {
+        let mut total = Totals::default();
+        for t in self.rows.values() {
+            total.absorb(t);
+        }
+        total
+    }
+
+    /// The rows as JSON objects: the group values by dimension name, then
+    /// the totals (money as exact decimal strings and as nano-USD).
+    pub fn to_json(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|(key, t)| {
+                let mut row = serde_json::Map::new();
+                for (d, v) in self.dims.iter().zip(key) {
+                    row.insert(d.name().into(), v.clone().into());
+                }
+                for (name, value) in numbers_json(t) {
+                    row.insert(name.into(), value);
+                }
+                serde_json::Value::Object(row)
+            })
+            .collect();
+        let total: serde_json::Map<String, serde_json::Value> = numbers_json(&self.total())
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        serde_json::json!({ "group_by": self.dims.iter().map(|d| d.name()).collect::<Vec<_>>(), "rows": rows, "total": total })
+    }
+
+    /// The rows as CSV (RFC 4180), a header first.
+    pub fn to_csv(&self) -> Result<String, csv::Error> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let mut header: Vec<String> = self.dims.iter().map(|d| d.name().to_string()).collect();
+        header.extend(COLUMNS.iter().map(|c| c.to_string()));
+        w.write_record(&header)?;
+        for (key, t) in &self.rows {
+            w.write_record(key.iter().cloned().chain(numbers(t)))?;
+        }
+        let bytes = w.into_inner().map_err(|e| e.into_error())?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// The rows, keyed by the group values.
@@ -125,20 +210,8 @@ impl UsageReport {
     /// A fixed-width text table with a total line.
     pub fn render(&self) -> String {
         let mut header: Vec<String> = self.dims.iter().map(|d| d.name().to_string()).collect();
-        header.extend(
-            [
-                "requests",
-                "input",
-                "output",
-                "cache_write",
-                "cache_read",
-                "cost_usd",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
+        header.extend(COLUMNS.iter().map(|s| s.to_string()));
         let mut lines = vec![header];
-        let mut total = Totals::default();
         for (key, t) in &self.rows {
             let mut line: Vec<String> = key
                 .iter()
@@ -146,13 +219,8 @@ impl UsageReport {
                 .collect();
             line.extend(numbers(t));
             lines.push(line);
-            total.requests += t.requests;
-            total.input_tokens += t.input_tokens;
-            total.output_tokens += t.output_tokens;
-            total.cache_write_tokens += t.cache_write_tokens;
-            total.cache_read_tokens += t.cache_read_tokens;
-            total.cost_nusd += t.cost_nusd;
         }
+        let total = self.total();
         let mut last: Vec<String> = self
             .dims
             .iter()
@@ -175,9 +243,20 @@ impl UsageReport {
         last.extend(numbers(&total));
         lines.push(last);
         let cols = lines[0].len();
-        crate::table::render(&lines, cols - 6)
+        crate::table::render(&lines, cols - COLUMNS.len())
     }
 }
+
+/// The totals' columns.
+const COLUMNS: &[&str] = &[
+    "requests",
+    "input",
+    "output",
+    "cache_write",
+    "cache_read",
+    "cost_usd",
+    "saved_usd",
+];
 
 fn numbers(t: &Totals) -> Vec<String> {
     vec![
@@ -187,6 +266,21 @@ fn numbers(t: &Totals) -> Vec<String> {
         t.cache_write_tokens.to_string(),
         t.cache_read_tokens.to_string(),
         format_usd(t.cost_nusd),
+        format_usd(t.saved_nusd),
+    ]
+}
+
+fn numbers_json(t: &Totals) -> Vec<(&'static str, serde_json::Value)> {
+    vec![
+        ("requests", t.requests.into()),
+        ("input_tokens", t.input_tokens.into()),
+        ("output_tokens", t.output_tokens.into()),
+        ("cache_write_tokens", t.cache_write_tokens.into()),
+        ("cache_read_tokens", t.cache_read_tokens.into()),
+        ("cost_usd", format_usd(t.cost_nusd).into()),
+        ("cost_nusd", t.cost_nusd.into()),
+        ("saved_usd", format_usd(t.saved_nusd).into()),
+        ("saved_nusd", t.saved_nusd.into()),
     ]
 }
 

@@ -213,14 +213,8 @@ async fn credentials_are_scoped_and_failures_counted() {
     let control = Control::start("");
     control.admin_json(&["accounts", "create", "a"]);
     control.admin_json(&["accounts", "create", "b", "--plan", "pro"]);
-    let key_a = control.admin_json(&["keys", "create", "a", "app"])["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sidecar = control.admin_json(&["sidecars", "create", "s"])["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key_a = control.admin_secret(&["keys", "create", "a", "app"]);
+    let sidecar = control.admin_secret(&["sidecars", "create", "s"]);
 
     let (s, me) = control
         .call(Method::GET, "/api/v1/whoami", Some(&key_a), None)
@@ -309,14 +303,8 @@ async fn credentials_are_scoped_and_failures_counted() {
 async fn credentials_are_stored_hashed_and_survive_a_restart() {
     let mut control = Control::start("");
     control.admin_json(&["accounts", "create", "acme"]);
-    let key = control.admin_json(&["keys", "create", "acme", "web"])["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sc = control.admin_json(&["sidecars", "create", "s"])["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let key = control.admin_secret(&["keys", "create", "acme", "web"]);
+    let sc = control.admin_secret(&["sidecars", "create", "s"]);
     control.restart();
     let (s, me) = control
         .call(Method::GET, "/api/v1/whoami", Some(&key), None)
@@ -499,10 +487,7 @@ async fn byok_keys_are_sealed_rotatable_and_need_the_right_master_key() {
     let listed = control.admin_json(&["byok", "list"]);
     assert_eq!(listed.as_array().unwrap().len(), 2);
     assert!(!listed.to_string().contains("BYOKSECRET"));
-    let gk = control.admin_json(&["keys", "create", "acme", "app"])["secret"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let gk = control.admin_secret(&["keys", "create", "acme", "app"]);
     let (s, own) = control
         .call(
             Method::GET,

@@ -38,6 +38,7 @@ use crate::meter::prices::PriceTable;
 mod budgets;
 mod cache;
 pub mod control;
+mod fleet;
 mod gateway_keys;
 mod limits;
 mod listeners;
@@ -52,6 +53,7 @@ mod sources;
 mod timeouts;
 mod values;
 
+pub use fleet::{ControlLink, Ship};
 pub use listeners::{ForwardProxy, TunnelPolicy};
 pub use outbox::OutboxConfig;
 pub use problem::{ConfigError, Problem};
@@ -67,6 +69,7 @@ static SECTIONS: &[&[Key]] = &[
     sidecar::KEYS,
     timeouts::KEYS,
     outbox::KEYS,
+    fleet::KEYS,
     providers::KEYS,
     prices::KEYS,
     gateway_keys::KEYS,
@@ -117,6 +120,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Local usage-event outbox.
     pub outbox: OutboxConfig,
+    /// The control endpoint usage is shipped to; `None`: standalone.
+    pub control: Option<ControlLink>,
     /// Enabled providers, sorted by name.
     pub providers: Vec<Provider>,
     /// Built-in prices with the config's overrides and fallback.
@@ -218,6 +223,7 @@ fn validate(
     let sidecar = sidecar::validate(take(&mut tree, sidecar::KEYS, problems), env, problems);
     let timeouts = timeouts::validate(take(&mut tree, timeouts::KEYS, problems), problems);
     let outbox = outbox::validate(take(&mut tree, outbox::KEYS, problems), problems);
+    let control = fleet::validate(take(&mut tree, fleet::KEYS, problems), env, problems);
     let providers = providers::validate(take(&mut tree, providers::KEYS, problems), env, problems);
     let prices = prices::validate(take(&mut tree, prices::KEYS, problems), problems);
     let (gateway_keys, key_rules) =
@@ -246,6 +252,7 @@ fn validate(
         shutdown_grace: sidecar.shutdown_grace,
         timeouts: timeouts?,
         outbox: outbox?,
+        control: control?,
         providers,
         prices,
         gateway_keys,

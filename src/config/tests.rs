@@ -398,6 +398,14 @@ threads = 1
 shutdown_grace = "1s"
 gateway_keys_mode = "any"
 budget_default_max_tokens = 100
+control_url = "https://control.example.com:8790/"
+control_credential_env = "C"
+control_credential_file = ""
+[ship]
+batch = 10
+interval = "2s"
+max_backoff = "5s"
+max_outbox_events = 100
 [[gateway_keys]]
 account = "a"
 sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
@@ -462,7 +470,12 @@ scope = "model:m"
 mode = "off"
 ttl = "1m"
 "#;
-    ok(all, &[]);
+    let c = ok(all, &[("C", "tgs_abc")]);
+    let link = c.control.unwrap();
+    assert_eq!(link.url, "https://control.example.com:8790");
+    assert_eq!(link.credential.expose(), "tgs_abc");
+    assert_eq!(link.ship.batch, 10);
+    assert_eq!(link.ship.max_outbox_events, 100);
     fn leaves(
         t: &Table,
         path: &mut Vec<String>,
@@ -538,5 +551,36 @@ ttl = "1m"
     assert_eq!(
         u64::from(fb.batch_multiplier_ppm) * 1_000,
         money::parse_usd(default_of("price_fallback.batch_multiplier")).unwrap()
+    );
+}
+
+#[test]
+fn control_link_problems() {
+    let err = |toml: &str, vars: &[(&str, &str)]| problems(toml, vars).join("\n");
+    let e = err("control_url = \"ftp://x\"\n[ship]\nbatch = 0\n", &[]);
+    assert!(e.contains("ship.batch: must be at least 1"), "{e}");
+    let e = err("control_url = \"ftp://x\"\n", &[]);
+    assert!(e.contains("control_url: not an http(s) URL"), "{e}");
+    let e = err("control_url = \"http://c:1\"\n", &[]);
+    assert!(
+        e.contains("needs this sidecar's credential (tgs_…) in TOLLGATE_CONTROL_CREDENTIAL"),
+        "{e}"
+    );
+    assert!(!e.contains("tgs_x"));
+    let c = ok(
+        "control_url = \"http://c:1\"\n",
+        &[("TOLLGATE_CONTROL_CREDENTIAL", "tgs_x")],
+    );
+    assert_eq!(
+        c.control.unwrap().ship.interval,
+        std::time::Duration::from_secs(1)
+    );
+    // The control endpoint's own variables are not the sidecar's keys.
+    ok(
+        "",
+        &[
+            ("TOLLGATE_CONTROL_LISTEN", "0.0.0.0:1"),
+            ("TOLLGATE_MASTER_KEY", "x"),
+        ],
     );
 }

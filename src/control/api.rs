@@ -17,11 +17,15 @@ use super::accounts::{AccountPatch, NewAccount};
 use super::audit::AuditQuery;
 use super::byok::{NewProviderKey, ProviderKeyView, Rotation};
 use super::credentials::{NewGatewayKey, NewSidecar};
+use super::ledger::{Ack, UsageQuery};
 use super::model::{AccountView, AuditView, CredentialView};
 use super::{auth, ApiError, Control, Principal};
 use crate::plan::Plan;
 
 type AppState = Arc<Control>;
+
+/// Largest usage batch accepted (MessagePack).
+const MAX_INGEST_BYTES: usize = 16 << 20;
 
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -128,6 +132,12 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             "/api/v1/byok/rotate-master-key",
             post(rotate_master_key),
         ),
+        (
+            Method::POST,
+            "/api/v1/ingest",
+            post(ingest).layer(axum::extract::DefaultBodyLimit::max(MAX_INGEST_BYTES)),
+        ),
+        (Method::GET, "/api/v1/llm/usage", get(usage)),
     ]
 }
 
@@ -374,4 +384,38 @@ async fn rotate_master_key(
     Ok(Json(
         blocking(&c, move |c| c.rotate_master_key(&actor, req)).await?,
     ))
+}
+
+async fn ingest(
+    State(c): State<AppState>,
+    p: Principal,
+    body: axum::body::Bytes,
+) -> Result<Json<Ack>, ApiError> {
+    Ok(Json(blocking(&c, move |c| c.ingest(&p, &body)).await?))
+}
+
+async fn usage(
+    State(c): State<AppState>,
+    p: Principal,
+    q: Result<Query<UsageQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "format: json or csv, not {other:?}"
+            )))
+        }
+    };
+    let report = blocking(&c, move |c| c.usage(&p, &q)).await?;
+    if csv {
+        let text = report
+            .to_csv()
+            .map_err(|e| ApiError::internal(format!("writing CSV: {e}")))?;
+        Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response())
+    } else {
+        Ok(Json(report.to_json()).into_response())
+    }
 }

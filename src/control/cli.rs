@@ -387,6 +387,95 @@ fn encode_query(s: &str) -> String {
         .collect()
 }
 
+/// What `tollgate usage --control` asks.
+pub struct UsageRequest<'a> {
+    pub group_by: &'a str,
+    pub account: Option<&'a str>,
+    pub from: Option<&'a str>,
+    pub to: Option<&'a str>,
+    /// `table`, `json` or `csv`.
+    pub format: &'a str,
+}
+
+/// `tollgate usage --control URL`: the ledger rollup as a table (the local
+/// report's columns, with a total line), JSON or CSV.
+pub fn usage(control: &str, token: &str, q: &UsageRequest<'_>) -> anyhow::Result<String> {
+    let client = Client {
+        base: control.trim_end_matches('/').to_string(),
+        token: token.to_string(),
+    };
+    let mut query = vec![format!("group_by={}", encode_query(q.group_by))];
+    for (k, v) in [("account", q.account), ("from", q.from), ("to", q.to)] {
+        if let Some(v) = v {
+            query.push(format!("{k}={}", encode_query(v)));
+        }
+    }
+    if q.format == "csv" {
+        query.push("format=csv".into());
+        return client.text(&format!("/api/v1/llm/usage?{}", query.join("&")));
+    }
+    let v = client.call(
+        "GET",
+        &format!("/api/v1/llm/usage?{}", query.join("&")),
+        None,
+    )?;
+    match q.format {
+        "json" => Ok(format!("{}\n", serde_json::to_string_pretty(&v)?)),
+        "table" => Ok(rollup_table(&v)),
+        other => bail!("--format: table, json or csv, not {other:?}"),
+    }
+}
+
+/// The rollup's rows and total as a text table.
+fn rollup_table(v: &Value) -> String {
+    let dims: Vec<String> = v["group_by"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d.as_str().map(str::to_owned))
+        .collect();
+    let numbers = [
+        ("requests", "requests"),
+        ("input_tokens", "input"),
+        ("output_tokens", "output"),
+        ("cache_write_tokens", "cache_write"),
+        ("cache_read_tokens", "cache_read"),
+        ("cost_usd", "cost_usd"),
+        ("saved_usd", "saved_usd"),
+    ];
+    let cell = |row: &Value, k: &str| match &row[k] {
+        Value::String(s) if s.is_empty() => "-".to_string(),
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_string(),
+        other => other.to_string(),
+    };
+    let mut header: Vec<String> = dims.clone();
+    header.extend(numbers.iter().map(|(_, h)| h.to_string()));
+    let mut lines = vec![header];
+    for row in v["rows"].as_array().into_iter().flatten() {
+        let mut line: Vec<String> = dims.iter().map(|d| cell(row, d)).collect();
+        line.extend(numbers.iter().map(|(k, _)| cell(row, k)));
+        lines.push(line);
+    }
+    let mut total: Vec<String> = (0..dims.len().max(1))
+        .map(|i| {
+            if i == 0 {
+                "TOTAL".into()
+            } else {
+                String::new()
+            }
+        })
+        .collect();
+    if dims.is_empty() {
+        for line in &mut lines {
+            line.insert(0, String::new());
+        }
+    }
+    total.extend(numbers.iter().map(|(k, _)| cell(&v["total"], k)));
+    lines.push(total);
+    crate::table::render(&lines, dims.len().max(1))
+}
+
 /// `tollgate control rotate-master-key`: re-wraps every stored provider
 /// key under the new master key, on the running endpoint (no restart; give
 /// it the new key in master_key_env / master_key_file before its next start).
@@ -414,6 +503,28 @@ struct Client {
 }
 
 impl Client {
+    /// One GET whose answer is text (CSV).
+    fn text(&self, path: &str) -> anyhow::Result<String> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let url = format!("{}{path}", self.base);
+        runtime.block_on(async {
+            let resp = reqwest::Client::new()
+                .get(&url)
+                .bearer_auth(&self.token)
+                .send()
+                .await
+                .with_context(|| format!("calling the control endpoint at {url}"))?;
+            let status = resp.status();
+            let text = resp.text().await?;
+            if !status.is_success() {
+                bail!("{status}: {text}");
+            }
+            Ok(text)
+        })
+    }
+
     /// One call; the JSON answer, or the API's error message.
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let runtime = tokio::runtime::Builder::new_current_thread()

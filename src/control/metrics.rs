@@ -15,6 +15,12 @@ pub struct ControlMetrics {
     pub accounts: IntGauge,
     /// Audit entries appended since start.
     pub audit_entries: IntCounter,
+    /// Usage events received: `new` or `duplicate` (already in the ledger).
+    pub ingest_events: IntCounterVec,
+    /// Usage batches acknowledged.
+    pub ingest_batches: IntCounter,
+    /// Events in the ledger.
+    pub ledger_events: IntGauge,
 }
 
 impl ControlMetrics {
@@ -43,6 +49,24 @@ impl ControlMetrics {
             "tollgate_control_audit_entries_total",
             "Audit log entries appended since start.",
         )?;
+        let ingest_events = IntCounterVec::new(
+            Opts::new(
+                "tollgate_control_ingest_events_total",
+                "Usage events received from sidecars: new, or duplicate (already in the ledger).",
+            ),
+            &["result"],
+        )?;
+        let ingest_batches = IntCounter::new(
+            "tollgate_control_ingest_batches_total",
+            "Usage batches acknowledged.",
+        )?;
+        let ledger_events = IntGauge::new(
+            "tollgate_control_ledger_events",
+            "Usage events in the ledger.",
+        )?;
+        registry.register(Box::new(ingest_events.clone()))?;
+        registry.register(Box::new(ingest_batches.clone()))?;
+        registry.register(Box::new(ledger_events.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(accounts.clone()))?;
@@ -56,6 +80,9 @@ impl ControlMetrics {
             auth_failures,
             accounts,
             audit_entries,
+            ingest_events,
+            ingest_batches,
+            ledger_events,
         })
     }
 

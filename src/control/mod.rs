@@ -15,6 +15,7 @@ pub mod auth;
 pub mod byok;
 pub mod cli;
 pub mod credentials;
+pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod server;

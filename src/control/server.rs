@@ -95,6 +95,7 @@ async fn serve(config: ControlConfig) -> Result<(), ServeError> {
     let control = Arc::new(Control::new(config, records, ControlMetrics::new()?));
     control
         .count_accounts()
+        .and_then(|()| control.count_ledger())
         .map_err(|e| StoreError(e.message))?;
     // A wrong master key must stop the start, not look like a broken store.
     let sealed = control.check_master_keys().map_err(ServeError::MasterKey)?;

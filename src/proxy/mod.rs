@@ -38,6 +38,7 @@ pub mod meter;
 pub mod receipt;
 pub mod recorder;
 pub mod respond;
+pub mod ship;
 pub mod state;
 
 use std::sync::Arc;

@@ -101,6 +101,31 @@ pub trait AppendLog: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
+/// The control endpoint's usage ledger: each event once, under a key the
+/// caller derives from the event alone (account, time, event id), so a
+/// re-sent event lands on its own key and one account's period is one
+/// key range.
+pub trait LedgerRecords: Send + Sync {
+    /// Stores every (key, event); returns how many keys were new (the
+    /// others held the same event already).
+    fn insert_new(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<usize, StoreError>;
+    /// Events with keys in `from..to`, in key order, until `f` returns false.
+    fn scan_range(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        f: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+    /// Events stored.
+    fn len(&self) -> Result<usize, StoreError>;
+    /// Whether there are none.
+    fn is_empty(&self) -> Result<bool, StoreError> {
+        Ok(self.len()? == 0)
+    }
+    /// Makes everything stored so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
 /// The control endpoint's records, each kind in its own table, and its
 /// audit log. The control logic sees only these traits.
 #[derive(Clone)]
@@ -115,6 +140,8 @@ pub struct ControlRecords {
     pub provider_keys: std::sync::Arc<dyn KeyStore>,
     /// The audit log.
     pub audit: std::sync::Arc<dyn AppendLog>,
+    /// The usage ledger.
+    pub ledger: std::sync::Arc<dyn LedgerRecords>,
 }
 
 impl ControlRecords {
@@ -124,6 +151,7 @@ impl ControlRecords {
         self.gateway_keys.flush()?;
         self.sidecars.flush()?;
         self.provider_keys.flush()?;
+        self.ledger.flush()?;
         self.audit.flush()
     }
 }

@@ -5,7 +5,8 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::{
-    AppendLog, CacheKey, CacheRecords, ControlRecords, EventRecords, KeyStore, StoreError,
+    AppendLog, CacheKey, CacheRecords, ControlRecords, EventRecords, KeyStore, LedgerRecords,
+    StoreError,
 };
 use crate::budget::{SpendError, SpendRecords};
 
@@ -382,6 +383,55 @@ impl AppendLog for LogTree {
     }
 }
 
+/// A [`LedgerRecords`] in one sled tree.
+pub struct LedgerTree {
+    tree: sled::Tree,
+}
+
+impl LedgerTree {
+    /// The ledger in `tree`.
+    pub fn new(tree: sled::Tree) -> LedgerTree {
+        LedgerTree { tree }
+    }
+}
+
+impl LedgerRecords for LedgerTree {
+    fn insert_new(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<usize, StoreError> {
+        let mut new = 0;
+        for (k, v) in rows {
+            // Per key atomic: a concurrent copy of the same event counts once.
+            if self.tree.insert(k, v)?.is_none() {
+                new += 1;
+            }
+        }
+        Ok(new)
+    }
+
+    fn scan_range(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        f: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(), StoreError> {
+        for item in self.tree.range(from..to) {
+            let (_, v) = item?;
+            if !f(&v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn len(&self) -> Result<usize, StoreError> {
+        Ok(self.tree.len())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
 /// The control endpoint's records in the sled database `db`, one tree each.
 pub fn control_records(db: &sled::Db) -> Result<ControlRecords, StoreError> {
     let table = |name: &str| -> Result<std::sync::Arc<dyn KeyStore>, StoreError> {
@@ -393,6 +443,7 @@ pub fn control_records(db: &sled::Db) -> Result<ControlRecords, StoreError> {
         sidecars: table("sidecars")?,
         provider_keys: table("provider_keys")?,
         audit: std::sync::Arc::new(LogTree::new(db.open_tree("audit")?)?),
+        ledger: std::sync::Arc::new(LedgerTree::new(db.open_tree("ledger")?)),
     })
 }
 
@@ -456,6 +507,15 @@ mod tests {
         drop(log);
         let log = LogTree::new(db.open_tree("audit").unwrap()).unwrap();
         assert_eq!(log.append(b"c").unwrap(), 3);
+    }
+
+    #[test]
+    fn ledger_records_suite() {
+        crate::store::suite::ledger_records(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let tree = sled::open(dir.path()).unwrap().open_tree("ledger").unwrap();
+            (dir, LedgerTree::new(tree))
+        });
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! directory).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use super::{AppendLog, CacheKey, CacheRecords, EventRecords, KeyStore};
+use super::{AppendLog, CacheKey, CacheRecords, EventRecords, KeyStore, LedgerRecords};
 use crate::budget::SpendRecords;
 
 fn key(n: u8) -> CacheKey {
@@ -175,4 +175,37 @@ pub(crate) fn append_log<G, S: AppendLog>(fresh: impl Fn() -> (G, S)) {
     .unwrap();
     assert_eq!(seen, vec![(1, b"one".to_vec())]);
     log.flush().unwrap();
+}
+
+/// [`LedgerRecords`]: a key stored twice counts once; ranges are half-open
+/// and in key order.
+pub(crate) fn ledger_records<G, S: LedgerRecords>(fresh: impl Fn() -> (G, S)) {
+    let (_g, l) = fresh();
+    assert!(l.is_empty().unwrap());
+    let row = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+    assert_eq!(
+        l.insert_new(vec![row("a1", "x"), row("a2", "y"), row("b1", "z")])
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        l.insert_new(vec![row("a2", "y"), row("a3", "w")]).unwrap(),
+        1
+    );
+    assert_eq!(l.len().unwrap(), 4);
+    let mut seen = Vec::new();
+    l.scan_range(b"a", b"a3", &mut |v| {
+        seen.push(v.to_vec());
+        true
+    })
+    .unwrap();
+    assert_eq!(seen, vec![b"x".to_vec(), b"y".to_vec()]);
+    seen.clear();
+    l.scan_range(b"a", b"c", &mut |v| {
+        seen.push(v.to_vec());
+        seen.len() < 2
+    })
+    .unwrap();
+    assert_eq!(seen.len(), 2);
+    l.flush().unwrap();
 }

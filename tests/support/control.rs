@@ -179,6 +179,14 @@ impl Control {
         }
     }
 
+    /// `kill -9`: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops and starts it again on the same store and port.
     pub fn restart(&mut self) {
         assert!(self.stop(), "control did not stop cleanly:\n{}", self.log());
@@ -208,6 +216,14 @@ impl Control {
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("admin --json prints JSON")
+    }
+
+    /// The secret a `tollgate admin … create` shows once.
+    pub fn admin_secret(&self, args: &[&str]) -> String {
+        self.admin_json(args)["secret"]
+            .as_str()
+            .expect("a secret in the answer")
+            .to_string()
     }
 
     /// One API call with `token` (none: unauthenticated): (status, JSON body).

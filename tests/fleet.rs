@@ -1,0 +1,303 @@
+//! Sidecars and the control endpoint together: usage shipped from real
+//! sidecars into one ledger, exactly once, across a control endpoint that
+//! is killed and restarted while the sidecars keep serving.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use support::control::{Control, ADMIN_TOKEN};
+use support::fake_provider::FakeProvider;
+use support::tollgate::{Builder, Tollgate};
+
+const ANTHROPIC_KEY: &str = "sk-ant-injected-FLEET-7c1e";
+
+fn nusd(usd: &str) -> u64 {
+    let (int, frac) = usd.split_once('.').unwrap_or((usd, ""));
+    let frac = format!("{frac:0<9}");
+    int.parse::<u64>().unwrap() * 1_000_000_000 + frac[..9].parse::<u64>().unwrap()
+}
+
+fn sidecar(fake: &FakeProvider, control: &Control, credential: &str) -> Tollgate {
+    Builder::new(&fake.base_url())
+        .no_cache()
+        .top(&format!("control_url = \"{}\"", control.url()))
+        .config("[ship]\ninterval = \"100ms\"\nmax_backoff = \"300ms\"\n")
+        .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        .env("TOLLGATE_CONTROL_CREDENTIAL", credential)
+        .start()
+}
+
+/// One request for `account`; its receipt's cost in nano-USD.
+async fn send(t: &Tollgate, account: &str) -> u64 {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/messages", t.url()))
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
+        .header("x-tollgate-account", account)
+        .body(r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hello"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let cost = resp.headers()["x-tollgate-cost-usd"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    resp.bytes().await.unwrap();
+    nusd(&cost)
+}
+
+/// The ledger's (requests, cost_nusd) total, as the admin sees it.
+async fn ledger_total(control: &Control, query: &str) -> (u64, u64) {
+    let (s, v) = control
+        .call(
+            Method::GET,
+            &format!("/api/v1/llm/usage?{query}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    (
+        v["total"]["requests"].as_u64().unwrap(),
+        v["total"]["cost_nusd"].as_u64().unwrap(),
+    )
+}
+
+async fn wait_ledger(control: &Control, requests: u64) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let t = ledger_total(control, "group_by=account").await;
+        if t.0 >= requests {
+            return t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ledger holds {t:?}, want {requests} requests"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sidecars_ship_into_one_ledger_exactly_once_across_a_control_crash() {
+    let fake = FakeProvider::start().await;
+    let mut control = Control::start("");
+    control.admin_json(&["accounts", "create", "acme"]);
+    control.admin_json(&["accounts", "create", "beta", "--plan", "pro"]);
+    let cred = control.admin_secret(&[
+        "sidecars",
+        "create",
+        "fleet",
+        "--account",
+        "acme",
+        "--account",
+        "beta",
+    ]);
+    let a = sidecar(&fake, &control, &cred);
+    let b = sidecar(&fake, &control, &cred);
+
+    let mut receipts = std::collections::BTreeMap::<&str, u64>::new();
+    for i in 0..20 {
+        let (t, account) = if i % 2 == 0 {
+            (&a, "acme")
+        } else {
+            (&b, if i % 3 == 0 { "acme" } else { "beta" })
+        };
+        *receipts.entry(account).or_default() += send(t, account).await;
+    }
+    let (requests, cost) = wait_ledger(&control, 20).await;
+    assert_eq!(requests, 20);
+    assert_eq!(
+        cost,
+        receipts.values().sum::<u64>(),
+        "ledger total = the receipts' sum"
+    );
+    for (account, sum) in &receipts {
+        let (_, c) = ledger_total(&control, &format!("account={account}")).await;
+        assert_eq!(c, *sum, "{account}");
+    }
+    // Shipped events leave the outbox.
+    for t in [&a, &b] {
+        let m = t.metrics().await;
+        assert_eq!(metric(&m, "tollgate_outbox_depth"), 0.0, "{m}");
+        assert_eq!(metric(&m, "tollgate_shipped_events_total"), 10.0);
+    }
+
+    // The control endpoint dies; the sidecars keep serving and recording.
+    control.kill9();
+    for i in 0..20 {
+        let (t, account) = if i % 2 == 0 {
+            (&a, "acme")
+        } else {
+            (&b, "beta")
+        };
+        *receipts.entry(account).or_default() += send(t, account).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let m = a.metrics().await;
+    assert!(metric(&m, "tollgate_ship_errors_total") >= 1.0, "{m}");
+    assert_eq!(metric(&m, "tollgate_outbox_depth"), 10.0);
+    assert!(metric(&m, "tollgate_ship_lag_seconds") > 0.0);
+
+    control.start_again(&[]);
+    let (requests, cost) = wait_ledger(&control, 40).await;
+    // Settled: nothing more arrives, nothing counted twice.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        ledger_total(&control, "group_by=account").await,
+        (requests, cost)
+    );
+    assert_eq!(requests, 40);
+    assert_eq!(
+        fake.requests().len(),
+        40,
+        "one event per request the provider served"
+    );
+    assert_eq!(cost, receipts.values().sum::<u64>());
+
+    // The same table from the CLI, with exact costs.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["usage", "--by", "account", "--control", &control.url()])
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    let total_line = table.lines().find(|l| l.starts_with("TOTAL")).unwrap();
+    assert!(total_line.contains(" 40 "), "{table}");
+    let total_usd = format!("{}.{:09}", cost / 1_000_000_000, cost % 1_000_000_000);
+    assert!(
+        total_line.contains(total_usd.trim_end_matches('0')),
+        "{table} lacks {total_usd}"
+    );
+    let csv = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "usage",
+            "--by",
+            "account,model",
+            "--format",
+            "csv",
+            "--control",
+            &control.url(),
+        ])
+        .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&csv.stdout);
+    assert!(
+        csv.starts_with(
+            "account,model,requests,input,output,cache_write,cache_read,cost_usd,saved_usd"
+        ),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), 3, "{csv}");
+
+    // A gateway key reads its own account's usage only.
+    let key = control.admin_secret(&["keys", "create", "beta", "reader"]);
+    let (s, own) = control
+        .call(
+            Method::GET,
+            "/api/v1/llm/usage?group_by=account",
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(own["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(own["rows"][0]["account"], "beta");
+    let (s, _) = control
+        .call(
+            Method::GET,
+            "/api/v1/llm/usage?account=acme",
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = control
+        .call(Method::GET, "/api/v1/llm/usage", Some(&cred), None)
+        .await;
+    assert_eq!(s, 403, "a sidecar credential reads no usage");
+}
+
+/// Ingest is idempotent by event id, and a sidecar credential writes only
+/// the accounts it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_is_idempotent_and_scoped() {
+    let fake = FakeProvider::start().await;
+    // A standalone sidecar makes real events.
+    let t = Builder::new(&fake.base_url())
+        .no_cache()
+        .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        .start();
+    for _ in 0..3 {
+        send(&t, "acme").await;
+    }
+    let events: Vec<tollgate::meter::event::UsageEvent> =
+        serde_json::from_value(Value::Array(t.wait_events(3).await)).unwrap();
+    let batch = rmp_serde::to_vec_named(&events).unwrap();
+
+    let control = Control::start("");
+    control.admin_json(&["accounts", "create", "acme"]);
+    control.admin_json(&["accounts", "create", "other"]);
+    let cred = control.admin_secret(&["sidecars", "create", "s", "--account", "acme"]);
+    let other = control.admin_secret(&["sidecars", "create", "o", "--account", "other"]);
+    let post = |token: String, body: Vec<u8>| {
+        let url = format!("{}/api/v1/ingest", control.url());
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", "application/msgpack")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(
+        post(cred.clone(), batch.clone()).await,
+        (200, json!({"accepted": 3, "duplicates": 0}))
+    );
+    assert_eq!(
+        post(cred.clone(), batch.clone()).await,
+        (200, json!({"accepted": 0, "duplicates": 3}))
+    );
+    assert_eq!(ledger_total(&control, "").await.0, 3);
+    let (s, body) = post(other, batch.clone()).await;
+    assert_eq!(s, 403, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("\"acme\""));
+    let (s, _) = post(ADMIN_TOKEN.to_string(), batch).await;
+    assert_eq!(s, 403, "only sidecars ship");
+    let (s, _) = post(cred, b"not msgpack".to_vec()).await;
+    assert_eq!(s, 400);
+    let (_, m) = control.call(Method::GET, "/metrics", None, None).await;
+    let m = m.as_str().unwrap().to_string();
+    assert_eq!(metric(&m, "tollgate_control_ledger_events"), 3.0, "{m}");
+    assert_eq!(
+        metric(
+            &m,
+            "tollgate_control_ingest_events_total{result=\"duplicate\"}"
+        ),
+        3.0
+    );
+}
