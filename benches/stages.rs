@@ -191,8 +191,12 @@ fn run(
                 for _ in 0..iterations {
                     let mut req = ingress::parse(&route, body.clone()).expect("parse");
                     let t0 = Instant::now();
-                    let id = identify::identify(&header, &state.default_identity, &state.keys)
-                        .expect("identify");
+                    let id = identify::identify(
+                        &header,
+                        &state.default_identity,
+                        &state.fleet.keyring(),
+                    )
+                    .expect("identify");
                     let admission = limit::admit(&state, &id, &req).expect("limit");
                     let guard = budget::reserve(&state, &id, &route, &http::Method::POST, &mut req)
                         .expect("budget");

@@ -103,16 +103,37 @@ pub enum KeyError {
 pub struct KeyRing {
     keys: Vec<GatewayKey>,
     accept: AcceptMode,
+    /// Keys are required even when none is valid (every key of a fleet's
+    /// accounts revoked must not open the sidecar to keyless requests).
+    required: bool,
 }
 
 impl KeyRing {
     pub fn new(keys: Vec<GatewayKey>, accept: AcceptMode) -> KeyRing {
-        KeyRing { keys, accept }
+        KeyRing {
+            keys,
+            accept,
+            required: false,
+        }
     }
 
-    /// True when keys are configured (requests must present one).
+    /// Keys that are required even if `keys` is empty.
+    pub fn required(keys: Vec<GatewayKey>, accept: AcceptMode) -> KeyRing {
+        KeyRing {
+            keys,
+            accept,
+            required: true,
+        }
+    }
+
+    /// The accepted mode.
+    pub fn accept(&self) -> AcceptMode {
+        self.accept
+    }
+
+    /// True when requests must present a key.
     pub fn enabled(&self) -> bool {
-        !self.keys.is_empty()
+        self.required || !self.keys.is_empty()
     }
 
     /// The key entry matching `presented`.

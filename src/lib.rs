@@ -21,6 +21,7 @@ pub mod plan;
 pub mod proxy;
 pub mod scope;
 pub mod secret;
+pub mod snapshot;
 pub mod store;
 pub mod table;
 pub mod usage_report;

@@ -324,8 +324,11 @@ fn init_logging() {
     let capped = format!("{filter},pingora=info,pingora_core=info,pingora_proxy=info,pingora_pool=info,h2=info,hyper=info,rustls=info");
     let env_filter = tracing_subscriber::EnvFilter::try_new(&capped)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(env_filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .init();
 }
@@ -507,6 +510,20 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         in_flight.clone(),
     ));
 
+    if let Some(link) = &config.control {
+        match tollgate::proxy::sync::start(&state.fleet, link, &config.data_dir, &metrics) {
+            Ok(Some(source)) => tracing::info!(
+                version = state.fleet.version(),
+                from = source,
+                "serving the control endpoint's accounts, gateway keys and provider keys"
+            ),
+            Ok(None) => tracing::warn!(
+                "no snapshot from the control endpoint yet: serving the local config until one arrives"
+            ),
+            Err(e) => anyhow::bail!("syncing with the control endpoint: {e}"),
+        }
+    }
+
     let conf = ServerConf {
         threads: config.threads,
         // tollgate drains in its own SIGTERM handler (see proxy::lifecycle).
@@ -534,7 +551,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
             )
         })?;
         let mut http =
-            pingora::proxy::http_proxy(&server.configuration, Tollgate::intercepted(state));
+            pingora::proxy::http_proxy(&server.configuration, Tollgate::intercepted(state.clone()));
         // Intercepted h2 connections close when idle, like everything else.
         let mut options = pingora::apps::HttpServerOptions::default();
         options.h2_idle_timeout = Some(config.timeouts.idle);
@@ -561,6 +578,15 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     ));
 
     if let Some(link) = &config.control {
+        server.add_service(pingora::services::background::background_service(
+            "control sync",
+            tollgate::proxy::sync::SyncService {
+                fleet: state.fleet.clone(),
+                link: link.clone(),
+                data_dir: config.data_dir.clone(),
+                metrics: metrics.clone(),
+            },
+        ));
         server.add_service(pingora::services::background::background_service(
             "usage shipping",
             tollgate::proxy::ship::Shipper::new(

@@ -68,6 +68,10 @@ pub struct Metrics {
     pub cache: CacheMetrics,
     /// Shipping usage to the control endpoint.
     pub ship: ShipMetrics,
+    /// The version of the control endpoint's snapshot in use (0: none).
+    pub sync_version: IntGauge,
+    /// Sync attempts that failed.
+    pub sync_errors: IntCounter,
 }
 
 /// Shipping usage to the control endpoint.
@@ -261,6 +265,16 @@ impl Metrics {
                 "Usage events dropped because the outbox passed ship.max_outbox_events.",
             )?,
         };
+        let sync_version = IntGauge::new(
+            "tollgate_sync_version",
+            "Version of the control endpoint's snapshot in use (0: none).",
+        )?;
+        let sync_errors = IntCounter::new(
+            "tollgate_sync_errors_total",
+            "Syncs with the control endpoint that failed.",
+        )?;
+        registry.register(Box::new(sync_version.clone()))?;
+        registry.register(Box::new(sync_errors.clone()))?;
         registry.register(Box::new(ship.shipped.clone()))?;
         registry.register(Box::new(ship.errors.clone()))?;
         registry.register(Box::new(ship.lag_seconds.clone()))?;
@@ -315,6 +329,8 @@ impl Metrics {
             key_rejections,
             cache,
             ship,
+            sync_version,
+            sync_errors,
         })
     }
 

@@ -15,23 +15,6 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Every file under `dir`, as bytes.
-fn files_under(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out
-}
-
 fn contains(hay: &[u8], needle: &str) -> bool {
     hay.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
@@ -322,7 +305,7 @@ async fn credentials_are_stored_hashed_and_survive_a_restart() {
         let d = sha2::Sha256::digest(s.as_bytes());
         d.iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
-    let files = files_under(&control.data_dir);
+    let files = support::files_under(&control.data_dir);
     assert!(!files.is_empty());
     for (path, bytes) in &files {
         for secret in [key.as_str(), sc.as_str(), ADMIN_TOKEN] {
@@ -561,7 +544,7 @@ async fn byok_keys_are_sealed_rotatable_and_need_the_right_master_key() {
 
     // Nothing secret at rest or in the logs (debug level).
     let log = control.log();
-    for (path, bytes) in files_under(&control.data_dir) {
+    for (path, bytes) in support::files_under(&control.data_dir) {
         for secret in ["BYOKSECRET", "OTHERSECRET", "GAMMASECRET", &m1, &m2] {
             assert!(!contains(&bytes, secret), "{path} holds {secret}");
         }

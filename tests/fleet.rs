@@ -31,17 +31,22 @@ fn sidecar(fake: &FakeProvider, control: &Control, credential: &str) -> Tollgate
         .start()
 }
 
-/// One request for `account`; its receipt's cost in nano-USD.
-async fn send(t: &Tollgate, account: &str) -> u64 {
-    let resp = reqwest::Client::new()
+/// One Messages request with `header`: its response.
+async fn request(t: &Tollgate, header: (&str, &str)) -> reqwest::Response {
+    reqwest::Client::new()
         .post(format!("{}/v1/messages", t.url()))
         .header("content-type", "application/json")
         .header("anthropic-version", "2023-06-01")
-        .header("x-tollgate-account", account)
+        .header(header.0, header.1)
         .body(r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hello"}]}"#)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// One request for `account`; its receipt's cost in nano-USD.
+async fn send(t: &Tollgate, account: &str) -> u64 {
+    let resp = request(t, ("x-tollgate-account", account)).await;
     assert_eq!(resp.status(), 200);
     let cost = resp.headers()["x-tollgate-cost-usd"]
         .to_str()
@@ -300,4 +305,190 @@ async fn ingest_is_idempotent_and_scoped() {
         ),
         3.0
     );
+}
+
+/// The x-api-key the fake provider saw on its latest request.
+fn last_upstream_key(fake: &FakeProvider) -> String {
+    let reqs = fake.requests();
+    let last = reqs.last().expect("a request reached the provider");
+    last.headers
+        .iter()
+        .find(|(k, _)| k == "x-api-key")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default()
+}
+
+/// A request with gateway key `key`: its status.
+async fn with_key(t: &Tollgate, key: &str) -> u16 {
+    let resp = request(t, ("x-api-key", key)).await;
+    let status = resp.status().as_u16();
+    resp.bytes().await.unwrap();
+    status
+}
+
+/// Polls both sidecars until `key` gets `want` from each; the time it took.
+async fn until_status(sidecars: &[&Tollgate], key: &str, want: u16) -> Duration {
+    let start = Instant::now();
+    for t in sidecars {
+        while with_key(t, key).await != want {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{key} never got {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    start.elapsed()
+}
+
+/// Gateway keys and BYOK provider keys come from the control endpoint: the
+/// app never holds the provider key; a revocation and a key change reach
+/// running sidecars in under 2 s; a sidecar restarted with the control
+/// endpoint down serves from its sealed snapshot; no secret is ever at
+/// rest or in a log in the clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_brings_keys_to_running_sidecars_and_survives_a_control_outage() {
+    let master = {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["control", "new-master-key"])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let fake = FakeProvider::start().await;
+    let mut control = Control::start_env("", None, "http", &[("TOLLGATE_MASTER_KEY", &master)]);
+    control.admin_json(&["accounts", "create", "acme", "--plan", "growth"]);
+    let byok1 = "sk-ant-BYOK-FIRST-0001";
+    let byok2 = "sk-ant-BYOK-SECOND-0002";
+    let put_byok = |key: &'static str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args([
+                "admin",
+                "--control",
+                &control.url(),
+                "byok",
+                "add",
+                "acme",
+                "anthropic",
+                "--key-env",
+                "K",
+            ])
+            .env("TOLLGATE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("K", key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    put_byok(byok1);
+    let k1 = control.admin_secret(&["keys", "create", "acme", "web"]);
+    let cred = control.admin_secret(&["sidecars", "create", "fleet", "--account", "acme"]);
+    let control_url = control.url();
+    let start = |data_dir: Option<&std::path::Path>| {
+        let mut b = Builder::new(&fake.base_url())
+            .no_cache()
+            .top(&format!("control_url = \"{control_url}\""))
+            .config("[ship]\ninterval = \"100ms\"\n")
+            .env("TOLLGATE_CONTROL_CREDENTIAL", &cred);
+        if let Some(d) = data_dir {
+            b = b.data_dir(d);
+        }
+        b.start()
+    };
+    // A's data dir outlives the process (a restart below reuses it).
+    let a_dir = tempfile::tempdir().unwrap();
+    let a = start(Some(&a_dir.path().join("data")));
+    let b = start(None);
+
+    // The app presents only its gateway key; the provider sees the BYOK key.
+    for t in [&a, &b] {
+        assert_eq!(with_key(t, &k1).await, 200);
+        assert_eq!(last_upstream_key(&fake), byok1);
+        assert_eq!(with_key(t, "tg_live_not-a-key").await, 401);
+        assert!(
+            t.log().contains("from=\"the control endpoint\""),
+            "{}",
+            t.log()
+        );
+    }
+    let keyless = reqwest::Client::new()
+        .post(format!("{}/v1/messages", a.url()))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"claude-sonnet-4-5","max_tokens":16,"messages":[]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(keyless.status(), 401);
+
+    // Revoking the key takes effect on both running sidecars in under 2 s.
+    let id = control.admin_json(&["keys", "list", "acme"])[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let k2 = control.admin_secret(&["keys", "create", "acme", "web2"]);
+    until_status(&[&a, &b], &k2, 200).await;
+    control.admin_json(&["keys", "revoke", &id]);
+    let took = until_status(&[&a, &b], &k1, 401).await;
+    assert!(took < Duration::from_secs(2), "revocation took {took:?}");
+    // A new provider key too.
+    let t0 = Instant::now();
+    put_byok(byok2);
+    loop {
+        assert_eq!(with_key(&a, &k2).await, 200);
+        if last_upstream_key(&fake) == byok2 {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "the new provider key took over 2 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(with_key(&b, &k2).await, 200);
+    assert_eq!(last_upstream_key(&fake), byok2);
+
+    // The control endpoint goes away; a sidecar restarted now starts from
+    // its sealed snapshot and still serves the synced keys.
+    let dir = a.data_dir.clone();
+    let a_log = a.log();
+    drop(a);
+    assert!(control.stop());
+    let a = start(Some(&dir));
+    assert_eq!(with_key(&a, &k2).await, 200);
+    assert_eq!(last_upstream_key(&fake), byok2);
+    assert_eq!(with_key(&a, &k1).await, 401);
+    assert!(
+        a.log().contains("the sealed snapshot in the data dir"),
+        "{}",
+        a.log()
+    );
+
+    // No secret in the clear in any data dir or log.
+    let logs = [a_log, a.log(), b.log(), control.log()].join("\n");
+    let secrets = [
+        byok1,
+        byok2,
+        k1.as_str(),
+        k2.as_str(),
+        cred.as_str(),
+        master.as_str(),
+        ADMIN_TOKEN,
+    ];
+    for s in secrets {
+        assert!(!logs.contains(s), "a log holds a secret");
+    }
+    for d in [&dir, &b.data_dir, &control.data_dir] {
+        for (entry, bytes) in support::files_under(d) {
+            for s in secrets {
+                assert!(
+                    !bytes.windows(s.len()).any(|w| w == s.as_bytes()),
+                    "{entry} holds a secret in the clear"
+                );
+            }
+        }
+    }
+    assert!(dir.join("control-snapshot").exists());
 }

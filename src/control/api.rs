@@ -138,6 +138,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             post(ingest).layer(axum::extract::DefaultBodyLimit::max(MAX_INGEST_BYTES)),
         ),
         (Method::GET, "/api/v1/llm/usage", get(usage)),
+        (Method::GET, "/api/v1/sync", get(sync)),
     ]
 }
 
@@ -418,4 +419,30 @@ async fn usage(
     } else {
         Ok(Json(report.to_json()).into_response())
     }
+}
+
+/// `GET /api/v1/sync` query.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncQuery {
+    /// The version the sidecar holds; absent: answer at once.
+    version: Option<u64>,
+    /// Seconds to wait for a change (at most 30).
+    wait: Option<u64>,
+}
+
+async fn sync(
+    State(c): State<AppState>,
+    p: Principal,
+    q: Result<Query<SyncQuery>, QueryRejection>,
+) -> Result<Json<crate::snapshot::Snapshot>, ApiError> {
+    let q = query(q)?;
+    if !matches!(p, Principal::Sidecar { .. }) {
+        return Err(ApiError::forbidden("only a sidecar credential syncs"));
+    }
+    if let Some(seen) = q.version {
+        let wait = std::time::Duration::from_secs(q.wait.unwrap_or(0));
+        c.wait_for_change(seen, wait).await;
+    }
+    Ok(Json(blocking(&c, move |c| c.snapshot(&p)).await?))
 }

@@ -65,11 +65,13 @@ impl Control {
             before: before.and_then(|b| serde_json::to_string(b).ok()),
             after: after.and_then(|a| serde_json::to_string(a).ok()),
         };
-        self.records.audit.append(&model::encode(&entry)?)?;
+        let seq = self.records.audit.append(&model::encode(&entry)?)?;
         // The change and its entry are durable before the caller hears
         // of either.
         self.records.flush()?;
         self.metrics.audit_entries.inc();
+        // Sidecars long-polling for changes wake up now.
+        self.version.send_replace(seq);
         Ok(())
     }
 

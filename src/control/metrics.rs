@@ -21,6 +21,8 @@ pub struct ControlMetrics {
     pub ingest_batches: IntCounter,
     /// Events in the ledger.
     pub ledger_events: IntGauge,
+    /// Sidecars waiting in a sync long poll right now.
+    pub sync_clients: IntGauge,
 }
 
 impl ControlMetrics {
@@ -64,6 +66,11 @@ impl ControlMetrics {
             "tollgate_control_ledger_events",
             "Usage events in the ledger.",
         )?;
+        let sync_clients = IntGauge::new(
+            "tollgate_control_sync_clients",
+            "Sidecars waiting in a sync long poll right now.",
+        )?;
+        registry.register(Box::new(sync_clients.clone()))?;
         registry.register(Box::new(ingest_events.clone()))?;
         registry.register(Box::new(ingest_batches.clone()))?;
         registry.register(Box::new(ledger_events.clone()))?;
@@ -83,6 +90,7 @@ impl ControlMetrics {
             ingest_events,
             ingest_batches,
             ledger_events,
+            sync_clients,
         })
     }
 

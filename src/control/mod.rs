@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod model;
 pub mod server;
+pub mod sync;
 
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
@@ -44,6 +45,11 @@ pub struct Control {
     last_used: Mutex<HashMap<String, i64>>,
     /// The master keys that seal and open stored provider keys.
     masters: RwLock<byok::Masters>,
+    /// What sidecars sync: the audit log's last number, bumped by every
+    /// administrative change (long polls wait on it).
+    version: tokio::sync::watch::Sender<u64>,
+    /// Set when the endpoint is stopping: long polls answer at once.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Control {
@@ -53,7 +59,10 @@ impl Control {
             current: config.master_key.clone(),
             previous: config.previous_master_key.clone(),
         });
+        let version = records.audit.last().unwrap_or(0);
         Control {
+            version: tokio::sync::watch::Sender::new(version),
+            stopping: tokio::sync::watch::Sender::new(false),
             masters,
             config,
             records,
@@ -71,6 +80,11 @@ impl Control {
     /// Its metrics.
     pub fn metrics(&self) -> &ControlMetrics {
         &self.metrics
+    }
+
+    /// Ends every long poll now (the endpoint is stopping).
+    pub fn begin_stop(&self) {
+        self.stopping.send_replace(true);
     }
 
     /// Makes everything written durable (at shutdown).

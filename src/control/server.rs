@@ -112,15 +112,20 @@ async fn serve(config: ControlConfig) -> Result<(), ServeError> {
         })?;
     let router = api::router(control.clone());
     tracing::info!(%listen, tls = tls.is_some(), "tollgate control listening");
+    let stopper = control.clone();
+    let stop = async move {
+        stop_signal().await;
+        stopper.begin_stop();
+    };
     match tls {
         None => axum::serve(listener, router)
-            .with_graceful_shutdown(stop_signal())
+            .with_graceful_shutdown(stop)
             .await
             .map_err(|e| ServeError::Listen {
                 addr: listen.to_string(),
                 source: e,
             })?,
-        Some(tls) => serve_tls(listener, router, tls).await,
+        Some(tls) => serve_tls(listener, router, tls, stop).await,
     }
     control.flush()?;
     tracing::info!("tollgate control stopped");
@@ -129,9 +134,14 @@ async fn serve(config: ControlConfig) -> Result<(), ServeError> {
 
 /// The TLS accept loop: each connection's handshake and requests run in
 /// their own task; a failed handshake only ends that connection.
-async fn serve_tls(listener: TcpListener, router: axum::Router, tls: rustls::ServerConfig) {
+async fn serve_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: rustls::ServerConfig,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let mut stop = std::pin::pin!(stop_signal());
+    let mut stop = std::pin::pin!(stop);
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let (tcp, peer) = tokio::select! {

@@ -113,7 +113,7 @@ pub fn plan(
         return Ok(Plan::bypass());
     }
     let betas = anthropic_betas(req);
-    let credential = passed_through_credential(state, route, req);
+    let credential = passed_through_credential(state, &identity.account, route, req);
     let parts = crate::cache::key::KeyParts {
         account: &identity.account,
         provider: &route.provider.name,
@@ -168,10 +168,11 @@ fn anthropic_betas(req: &RequestHeader) -> Option<String> {
 /// key; the credential itself is never stored.
 fn passed_through_credential(
     state: &State,
+    account: &str,
     route: &Route,
     req: &RequestHeader,
 ) -> Option<[u8; 32]> {
-    if route.provider.api_key.is_some() || state.keys.enabled() {
+    if super::injected_key(state, account, route).is_some() || state.fleet.keyring().enabled() {
         return None;
     }
     let mut h = blake3::Hasher::new();

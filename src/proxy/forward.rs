@@ -230,11 +230,24 @@ fn connect_error(provider: &Provider, e: &pingora::Error) -> ProxyError {
 /// negotiation, `x-tollgate-*` and the client's credentials when tollgate
 /// holds a key for this provider or when they are a gateway key
 /// (`gateway_key`: never sent to a provider); plus the provider key.
+/// Whether a credential header holds a tollgate gateway key (bare or after
+/// `Bearer `): such a key is never sent to a provider, whatever the config.
+fn is_gateway_key(value: &[u8]) -> bool {
+    let v = value.trim_ascii();
+    let v = v
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
+        .map_or(v, |_| v[7..].trim_ascii_start());
+    v.starts_with(crate::keys::LIVE_PREFIX.as_bytes())
+        || v.starts_with(crate::keys::TEST_PREFIX.as_bytes())
+}
+
 pub fn build_request(
     route: &Route,
     client: &RequestHeader,
     body_len: usize,
     gateway_key: bool,
+    injected: Option<&crate::secret::Secret>,
 ) -> Result<RequestHeader, ProxyError> {
     let provider = &route.provider;
     let internal = |e: Box<pingora::Error>| ProxyError::Internal(e.to_string());
@@ -244,7 +257,7 @@ pub fn build_request(
         Some(client.headers.len() + 2),
     )
     .map_err(internal)?;
-    let inject = provider.api_key.is_some();
+    let inject = injected.is_some();
     let strip_credentials = inject || gateway_key;
     for (name, value) in client.headers.iter() {
         let n = name.as_str();
@@ -252,7 +265,8 @@ pub fn build_request(
             || n.starts_with(headers::TOLLGATE_PREFIX)
             // The tap must see plain bytes.
             || n == "accept-encoding"
-            || (strip_credentials && (n == anthropic::X_API_KEY || n == openai::AUTHORIZATION))
+            || ((n == anthropic::X_API_KEY || n == openai::AUTHORIZATION)
+                && (strip_credentials || is_gateway_key(value.as_bytes())))
         {
             continue;
         }
@@ -265,7 +279,7 @@ pub fn build_request(
         req.insert_header(http::header::CONTENT_LENGTH, body_len.to_string())
             .map_err(internal)?;
     }
-    if let Some(key) = &provider.api_key {
+    if let Some(key) = injected {
         let mut value = http::HeaderValue::from_str(&provider.dialect.auth_value(key.expose()))
             .map_err(|_| {
                 ProxyError::Internal(format!(
@@ -278,4 +292,20 @@ pub fn build_request(
             .map_err(internal)?;
     }
     Ok(req)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_gateway_key;
+
+    #[test]
+    fn gateway_keys_are_recognised_in_both_credential_forms() {
+        assert!(is_gateway_key(b"tg_live_abc"));
+        assert!(is_gateway_key(b"  tg_test_abc "));
+        assert!(is_gateway_key(b"Bearer tg_live_abc"));
+        assert!(is_gateway_key(b"bearer   tg_test_abc"));
+        assert!(!is_gateway_key(b"sk-ant-api03-x"));
+        assert!(!is_gateway_key(b"Bearer sk-proj-x"));
+        assert!(!is_gateway_key(b""));
+    }
 }

@@ -40,6 +40,7 @@ pub mod recorder;
 pub mod respond;
 pub mod ship;
 pub mod state;
+pub mod sync;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -131,8 +132,12 @@ impl Tollgate {
             self,
             session,
             x,
-            identify::identify(session.req_header(), &state.default_identity, &state.keys)
-                .inspect_err(|e| self.count_key_rejection(e))
+            identify::identify(
+                session.req_header(),
+                &state.default_identity,
+                &state.fleet.keyring()
+            )
+            .inspect_err(|e| self.count_key_rejection(e))
         );
         let draft = &mut x.draft;
         draft.event.account.clone_from(&identity.account);
@@ -215,7 +220,8 @@ impl Tollgate {
                 &route,
                 session.req_header(),
                 request.body.len(),
-                state.keys.enabled(),
+                state.fleet.keyring().enabled(),
+                injected_key(state, &identity.account, &route).as_ref(),
             )
         );
         // On record (durably, with outbox.sync) before the first byte
@@ -367,4 +373,17 @@ impl ProxyHttp for Tollgate {
             "tollgate forwards from request_filter",
         ))
     }
+}
+
+/// The provider key tollgate sends for `account`: its own (BYOK, from the
+/// control endpoint) if it has one, else the provider's configured key.
+pub(crate) fn injected_key(
+    state: &State,
+    account: &str,
+    route: &ingress::Route,
+) -> Option<crate::secret::Secret> {
+    state
+        .fleet
+        .provider_key(account, &route.provider.name)
+        .or_else(|| route.provider.api_key.clone())
 }

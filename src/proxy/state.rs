@@ -8,7 +8,6 @@ use super::{forward, ingress};
 use crate::budget::Ledger;
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::keys::KeyRing;
 use crate::limit::Limiter;
 use crate::metrics::Metrics;
 use crate::proxy::recorder::Recorder;
@@ -25,8 +24,9 @@ pub struct State {
     pub recorder: Arc<Recorder>,
     pub metrics: Metrics,
     pub in_flight: InFlight,
-    /// Gateway keys (none: requests need none).
-    pub keys: KeyRing,
+    /// Gateway keys and BYOK provider keys in force (the config's, or the
+    /// control endpoint's snapshot).
+    pub fleet: Arc<super::sync::Fleet>,
     pub limiter: Arc<Limiter>,
     pub ledger: Arc<Ledger>,
     /// Output bound of requests without one when a budget applies.
@@ -59,7 +59,7 @@ impl State {
             recorder,
             metrics,
             in_flight,
-            keys: config.gateway_keys.clone(),
+            fleet: Arc::new(super::sync::Fleet::new(config.gateway_keys.clone())),
             limiter: Arc::new(Limiter::new(config.rate_limits.clone())),
             ledger,
             budget_default_max_tokens: config.budget_default_max_tokens,

@@ -94,6 +94,8 @@ pub trait KeyStore: Send + Sync {
 pub trait AppendLog: Send + Sync {
     /// Appends `record`; returns its number.
     fn append(&self, record: &[u8]) -> Result<u64, StoreError>;
+    /// The number of the last record (0 when empty).
+    fn last(&self) -> Result<u64, StoreError>;
     /// Records numbered `from` and above, in order, until `f` returns false.
     fn scan_from(&self, from: u64, f: &mut dyn FnMut(u64, &[u8]) -> bool)
         -> Result<(), StoreError>;

@@ -360,6 +360,13 @@ impl AppendLog for LogTree {
         Ok(n)
     }
 
+    fn last(&self) -> Result<u64, StoreError> {
+        self.last
+            .lock()
+            .map(|l| *l)
+            .map_err(|_| StoreError("the log's lock is poisoned".into()))
+    }
+
     fn scan_from(
         &self,
         from: u64,

@@ -174,6 +174,7 @@ pub(crate) fn append_log<G, S: AppendLog>(fresh: impl Fn() -> (G, S)) {
     })
     .unwrap();
     assert_eq!(seen, vec![(1, b"one".to_vec())]);
+    assert_eq!(log.last().unwrap(), 3);
     log.flush().unwrap();
 }
 
