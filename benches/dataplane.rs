@@ -1200,13 +1200,20 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
         }
     }
 
+    // Memory freed after the load goes back to the kernel within about a
+    // second with tollgate's allocator settings: read it again once idle.
+    std::thread::sleep(Duration::from_secs(2));
+    let settled: Vec<(String, u64)> = std::iter::once(&fake)
+        .chain(&proxies)
+        .map(|t| (t.label(), t.proc.rss_kib().0))
+        .collect();
     let mut facts = Facts::gather(o, args, big_bytes, big_len);
     facts.disk = fdatasync;
     facts.machine.push_str(&format!(
         "\n           load average (1/5/15 min) at start {load_start}, at end {}",
         loadavg()
     ));
-    print!("{}", report(o, &facts, &cells, &framing, &memory));
+    print!("{}", report(o, &facts, &cells, &framing, &memory, &settled));
     Ok(())
 }
 
@@ -1361,6 +1368,7 @@ fn report(
     cells: &[Cell],
     framing: &[(String, Workload, &'static str)],
     memory: &[Memory],
+    settled: &[(String, u64)],
 ) -> String {
     let mut s = String::new();
     let w = &mut s;
@@ -1658,7 +1666,7 @@ fn report(
     };
     let _ = writeln!(
         w,
-        "\n-- memory after the last row (VmRSS) and peak (VmHWM){restarted} --"
+        "\n-- memory after the last row (VmRSS), after 2 s idle, and peak (VmHWM){restarted} --"
     );
     let mut labels: Vec<&str> = Vec::new();
     for (label, _, _) in memory {
@@ -1670,11 +1678,17 @@ fn report(
         let rows = memory.iter().filter(|m| m.0 == label);
         let last = rows.clone().next_back().map_or(0, |m| m.1);
         let peak = rows.map(|m| m.2).max().unwrap_or(0);
+        let idle = settled
+            .iter()
+            .rev()
+            .find(|(l, _)| l == label)
+            .map_or(0, |(_, r)| *r);
         let _ = writeln!(
             w,
-            "{:<20} {:>8.1} MiB  (peak {:.1} MiB)",
+            "{:<20} {:>8.1} MiB  (after 2 s idle {:.1} MiB, peak {:.1} MiB)",
             label,
             last as f64 / 1024.0,
+            idle as f64 / 1024.0,
             peak as f64 / 1024.0
         );
     }
