@@ -361,6 +361,8 @@ async fn run(o: &Options, control: &ControlProc) -> Result<()> {
     );
 
     // 3. long polls
+    // Let the allocator return what the rollup freed before measuring.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let (rss0, _) = usage_of(control.pid());
     let version = reqwest::Client::new()
         .get(format!("{base}/api/v1/sync"))

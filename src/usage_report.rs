@@ -44,7 +44,8 @@ impl Dim {
             .map_or("?", |(n, _)| n)
     }
 
-    fn value(self, e: &UsageEvent) -> String {
+    /// This dimension's value for `e`.
+    pub fn value(self, e: &UsageEvent) -> String {
         match self {
             Dim::Account => e.account.clone(),
             Dim::Workload => e.workload.clone(),
@@ -103,6 +104,45 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// The totals of one event.
+    pub fn of(e: &UsageEvent) -> Totals {
+        Totals {
+            requests: 1,
+            input_tokens: e.usage.input_tokens,
+            output_tokens: e.usage.output_tokens,
+            cache_write_tokens: e.usage.cache_creation_input_tokens,
+            cache_read_tokens: e.usage.cache_read_input_tokens,
+            cost_nusd: e.cost_nusd,
+            saved_nusd: e.saved_nusd,
+        }
+    }
+
+    /// As `[requests, input, output, cache_write, cache_read, cost, saved]`.
+    pub fn to_array(&self) -> [u64; 7] {
+        [
+            self.requests,
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_write_tokens,
+            self.cache_read_tokens,
+            self.cost_nusd,
+            self.saved_nusd,
+        ]
+    }
+
+    /// From [`Totals::to_array`]'s form.
+    pub fn from_array(a: [u64; 7]) -> Totals {
+        Totals {
+            requests: a[0],
+            input_tokens: a[1],
+            output_tokens: a[2],
+            cache_write_tokens: a[3],
+            cache_read_tokens: a[4],
+            cost_nusd: a[5],
+            saved_nusd: a[6],
+        }
+    }
+
     fn absorb(&mut self, t: &Totals) {
         self.requests += t.requests;
         self.input_tokens += t.input_tokens;
@@ -145,15 +185,14 @@ impl UsageReport {
     /// Counts one event.
     pub fn add(&mut self, e: &UsageEvent) {
         let key = self.dims.iter().map(|d| d.value(e)).collect();
-        self.rows.entry(key).or_default().absorb(&Totals {
-            requests: 1,
-            input_tokens: e.usage.input_tokens,
-            output_tokens: e.usage.output_tokens,
-            cache_write_tokens: e.usage.cache_creation_input_tokens,
-            cache_read_tokens: e.usage.cache_read_input_tokens,
-            cost_nusd: e.cost_nusd,
-            saved_nusd: e.saved_nusd,
-        });
+        self.rows.entry(key).or_default().absorb(&Totals::of(e));
+    }
+
+    /// Counts a group's totals already summed elsewhere (a ledger rollup
+    /// row); `value` gives the group's value of each dimension.
+    pub fn add_group(&mut self, value: &dyn Fn(Dim) -> String, t: &Totals) {
+        let key = self.dims.iter().map(|d| value(*d)).collect();
+        self.rows.entry(key).or_default().absorb(t);
     }
 
     /// The grand total.
@@ -285,7 +324,7 @@ fn numbers_json(t: &Totals) -> Vec<(&'static str, serde_json::Value)> {
 }
 
 /// `YYYY-MM-DD` (UTC) of a timestamp in microseconds.
-fn day_of(ts_us: i64) -> String {
+pub fn day_of(ts_us: i64) -> String {
     let secs = ts_us.div_euclid(1_000_000);
     match time::OffsetDateTime::from_unix_timestamp(secs) {
         Ok(t) => format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day()),

@@ -285,6 +285,27 @@ async fn ingest_is_idempotent_and_scoped() {
         (200, json!({"accepted": 0, "duplicates": 3}))
     );
     assert_eq!(ledger_total(&control, "").await.0, 3);
+    // Whole days are read from the rollup rows, a range inside a day from
+    // the events: the same answer.
+    let q = "group_by=account,workload,model,day,provider,tag,cache,route,status";
+    let (_, by_rollups) = control
+        .call(
+            Method::GET,
+            &format!("/api/v1/llm/usage?{q}&from=2020-01-01"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    let (_, by_events) = control
+        .call(
+            Method::GET,
+            &format!("/api/v1/llm/usage?{q}&from=2020-01-01T00:00:00.000001Z"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(by_rollups["total"]["requests"], 3, "{by_rollups}");
+    assert_eq!(by_rollups, by_events);
     let (s, body) = post(other, batch.clone()).await;
     assert_eq!(s, 403, "{body}");
     assert!(body["error"]["message"]

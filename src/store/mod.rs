@@ -103,20 +103,33 @@ pub trait AppendLog: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
+/// Totals kept per rollup row: requests, input, output, cache-write and
+/// cache-read tokens, cost and saved (nano-USD).
+pub type RollupTotals = [u64; 7];
+
 /// The control endpoint's usage ledger: each event once, under a key the
 /// caller derives from the event alone (account, time, event id), so a
 /// re-sent event lands on its own key and one account's period is one
-/// key range.
+/// key range; and per-day rollup rows, added to in the same atomic step
+/// as the events they count, so rollups count each event exactly once.
 pub trait LedgerRecords: Send + Sync {
-    /// Stores every (key, event); returns how many keys were new (the
-    /// others held the same event already).
-    fn insert_new(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<usize, StoreError>;
+    /// Stores every `(key, event, rollup key, totals)` whose key is new and
+    /// adds its totals to its rollup row, all or nothing; returns how many
+    /// were new (the others were there already and change nothing).
+    fn insert_new(&self, rows: Vec<LedgerRow>) -> Result<usize, StoreError>;
     /// Events with keys in `from..to`, in key order, until `f` returns false.
     fn scan_range(
         &self,
         from: &[u8],
         to: &[u8],
         f: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<(), StoreError>;
+    /// Rollup rows with keys in `from..to`, in key order, until `f` returns false.
+    fn scan_rollups(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        f: &mut dyn FnMut(&[u8], RollupTotals) -> bool,
     ) -> Result<(), StoreError>;
     /// Events stored.
     fn len(&self) -> Result<usize, StoreError>;
@@ -126,6 +139,15 @@ pub trait LedgerRecords: Send + Sync {
     }
     /// Makes everything stored so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+}
+
+/// One event for [`LedgerRecords::insert_new`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LedgerRow {
+    pub key: Vec<u8>,
+    pub event: Vec<u8>,
+    pub rollup_key: Vec<u8>,
+    pub totals: RollupTotals,
 }
 
 /// The control endpoint's records, each kind in its own table, and its

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::{
     AppendLog, CacheKey, CacheRecords, ControlRecords, EventRecords, KeyStore, LedgerRecords,
-    StoreError,
+    LedgerRow, RollupTotals, StoreError,
 };
 use crate::budget::{SpendError, SpendRecords};
 
@@ -390,28 +390,65 @@ impl AppendLog for LogTree {
     }
 }
 
-/// A [`LedgerRecords`] in one sled tree.
+/// A [`LedgerRecords`] in two sled trees: the events, and the rollup rows
+/// (each a little-endian `[u64; 7]`), written together in one transaction.
 pub struct LedgerTree {
-    tree: sled::Tree,
+    events: sled::Tree,
+    rollups: sled::Tree,
 }
 
 impl LedgerTree {
-    /// The ledger in `tree`.
-    pub fn new(tree: sled::Tree) -> LedgerTree {
-        LedgerTree { tree }
+    /// The ledger in `events` and `rollups`.
+    pub fn new(events: sled::Tree, rollups: sled::Tree) -> LedgerTree {
+        LedgerTree { events, rollups }
     }
 }
 
+fn totals_from(bytes: &[u8]) -> RollupTotals {
+    let mut t = [0u64; 7];
+    for (i, chunk) in bytes.chunks_exact(8).take(7).enumerate() {
+        t[i] = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+    }
+    t
+}
+
+fn totals_bytes(t: &RollupTotals) -> [u8; 56] {
+    let mut b = [0u8; 56];
+    for (i, v) in t.iter().enumerate() {
+        b[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
 impl LedgerRecords for LedgerTree {
-    fn insert_new(&self, rows: Vec<(Vec<u8>, Vec<u8>)>) -> Result<usize, StoreError> {
-        let mut new = 0;
-        for (k, v) in rows {
-            // Per key atomic: a concurrent copy of the same event counts once.
-            if self.tree.insert(k, v)?.is_none() {
+    fn insert_new(&self, rows: Vec<LedgerRow>) -> Result<usize, StoreError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+        let result = (&self.events, &self.rollups).transaction(|(events, rollups)| {
+            let mut new = 0;
+            for r in &rows {
+                if events.get(&r.key)?.is_some() {
+                    continue;
+                }
+                events.insert(r.key.as_slice(), r.event.as_slice())?;
+                let mut t = rollups
+                    .get(&r.rollup_key)?
+                    .map(|b| totals_from(&b))
+                    .unwrap_or_default();
+                for (sum, add) in t.iter_mut().zip(r.totals) {
+                    *sum = sum.saturating_add(add);
+                }
+                rollups.insert(r.rollup_key.as_slice(), &totals_bytes(&t)[..])?;
                 new += 1;
             }
+            Ok::<usize, ConflictableTransactionError<()>>(new)
+        });
+        match result {
+            Ok(n) => Ok(n),
+            Err(TransactionError::Storage(e)) => Err(e.into()),
+            Err(TransactionError::Abort(())) => {
+                Err(StoreError("the ledger transaction aborted".into()))
+            }
         }
-        Ok(new)
     }
 
     fn scan_range(
@@ -420,7 +457,7 @@ impl LedgerRecords for LedgerTree {
         to: &[u8],
         f: &mut dyn FnMut(&[u8]) -> bool,
     ) -> Result<(), StoreError> {
-        for item in self.tree.range(from..to) {
+        for item in self.events.range(from..to) {
             let (_, v) = item?;
             if !f(&v) {
                 break;
@@ -429,12 +466,28 @@ impl LedgerRecords for LedgerTree {
         Ok(())
     }
 
+    fn scan_rollups(
+        &self,
+        from: &[u8],
+        to: &[u8],
+        f: &mut dyn FnMut(&[u8], RollupTotals) -> bool,
+    ) -> Result<(), StoreError> {
+        for item in self.rollups.range(from..to) {
+            let (k, v) = item?;
+            if !f(&k, totals_from(&v)) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     fn len(&self) -> Result<usize, StoreError> {
-        Ok(self.tree.len())
+        Ok(self.events.len())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.tree.flush()?;
+        self.events.flush()?;
+        self.rollups.flush()?;
         Ok(())
     }
 }
@@ -450,7 +503,10 @@ pub fn control_records(db: &sled::Db) -> Result<ControlRecords, StoreError> {
         sidecars: table("sidecars")?,
         provider_keys: table("provider_keys")?,
         audit: std::sync::Arc::new(LogTree::new(db.open_tree("audit")?)?),
-        ledger: std::sync::Arc::new(LedgerTree::new(db.open_tree("ledger")?)),
+        ledger: std::sync::Arc::new(LedgerTree::new(
+            db.open_tree("ledger")?,
+            db.open_tree("ledger_rollups")?,
+        )),
     })
 }
 
@@ -520,8 +576,9 @@ mod tests {
     fn ledger_records_suite() {
         crate::store::suite::ledger_records(|| {
             let dir = tempfile::tempdir().unwrap();
-            let tree = sled::open(dir.path()).unwrap().open_tree("ledger").unwrap();
-            (dir, LedgerTree::new(tree))
+            let db = sled::open(dir.path()).unwrap();
+            let tree = LedgerTree::new(db.open_tree("ledger").unwrap(), db.open_tree("r").unwrap());
+            (dir, tree)
         });
     }
 

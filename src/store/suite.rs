@@ -178,19 +178,30 @@ pub(crate) fn append_log<G, S: AppendLog>(fresh: impl Fn() -> (G, S)) {
     log.flush().unwrap();
 }
 
-/// [`LedgerRecords`]: a key stored twice counts once; ranges are half-open
-/// and in key order.
+/// [`LedgerRecords`]: a key stored twice counts once, in the events and in
+/// the rollups; ranges are half-open and in key order.
 pub(crate) fn ledger_records<G, S: LedgerRecords>(fresh: impl Fn() -> (G, S)) {
+    use super::LedgerRow;
     let (_g, l) = fresh();
     assert!(l.is_empty().unwrap());
-    let row = |k: &str, v: &str| (k.as_bytes().to_vec(), v.as_bytes().to_vec());
+    let row = |k: &str, v: &str, r: &str, n: u64| LedgerRow {
+        key: k.as_bytes().to_vec(),
+        event: v.as_bytes().to_vec(),
+        rollup_key: r.as_bytes().to_vec(),
+        totals: [1, n, 0, 0, 0, 10 * n, 0],
+    };
     assert_eq!(
-        l.insert_new(vec![row("a1", "x"), row("a2", "y"), row("b1", "z")])
-            .unwrap(),
+        l.insert_new(vec![
+            row("a1", "x", "ra", 1),
+            row("a2", "y", "ra", 2),
+            row("b1", "z", "rb", 5)
+        ])
+        .unwrap(),
         3
     );
     assert_eq!(
-        l.insert_new(vec![row("a2", "y"), row("a3", "w")]).unwrap(),
+        l.insert_new(vec![row("a2", "y", "ra", 2), row("a3", "w", "ra", 4)])
+            .unwrap(),
         1
     );
     assert_eq!(l.len().unwrap(), 4);
@@ -208,5 +219,18 @@ pub(crate) fn ledger_records<G, S: LedgerRecords>(fresh: impl Fn() -> (G, S)) {
     })
     .unwrap();
     assert_eq!(seen.len(), 2);
+    let mut rollups = Vec::new();
+    l.scan_rollups(b"r", b"s", &mut |k, t| {
+        rollups.push((k.to_vec(), t));
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        rollups,
+        vec![
+            (b"ra".to_vec(), [3, 7, 0, 0, 0, 70, 0]),
+            (b"rb".to_vec(), [1, 5, 0, 0, 0, 50, 0])
+        ]
+    );
     l.flush().unwrap();
 }
