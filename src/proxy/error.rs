@@ -23,6 +23,21 @@ pub enum ProxyError {
         path: String,
         dialect: Dialect,
     },
+    /// A path with no normal form to route on (see `ingress::path`).
+    #[error("cannot route path {path:?}: {reason}")]
+    BadPath {
+        path: String,
+        reason: super::ingress::path::PathError,
+    },
+    /// An endpoint the provider bills but tollgate cannot meter.
+    #[error("tollgate does not meter {provider}'s {path} endpoint; {hint}")]
+    UnsupportedEndpoint {
+        provider: String,
+        path: String,
+        hint: &'static str,
+        /// The dialect the endpoint speaks (the client's).
+        dialect: Dialect,
+    },
     /// A request inside an intercepted HTTPS_PROXY tunnel named another host
     /// than the tunnel's (the one its certificate was minted for).
     #[error("this connection is for {tunnel}, not {authority}; open a tunnel to {authority}")]
@@ -85,6 +100,8 @@ impl ProxyError {
             ProxyError::TooLarge { .. } => "body_too_large",
             ProxyError::UnknownRoute { .. } => "unknown_route",
             ProxyError::Misdirected { .. } => "misdirected",
+            ProxyError::BadPath { .. } => "bad_path",
+            ProxyError::UnsupportedEndpoint { .. } => "unsupported_endpoint",
             ProxyError::ClientRead(_) => "client_read",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
@@ -107,6 +124,8 @@ impl ProxyError {
             ProxyError::TooLarge { .. } => 413,
             ProxyError::UnknownRoute { .. } => 404,
             ProxyError::Misdirected { .. } => 421,
+            ProxyError::BadPath { .. } => 400,
+            ProxyError::UnsupportedEndpoint { .. } => 404,
             ProxyError::ClientRead(_) => 400,
             ProxyError::UpstreamUnreachable { .. } => 502,
             ProxyError::UpstreamTimeout { .. } => 504,
@@ -127,10 +146,13 @@ impl ProxyError {
             ProxyError::BadJson(_)
             | ProxyError::BadIdentity(_)
             | ProxyError::Misdirected { .. }
+            | ProxyError::BadPath { .. }
             | ProxyError::ClientRead(_)
             | ProxyError::BadHeader(_) => ErrorClass::InvalidRequest,
             ProxyError::TooLarge { .. } => ErrorClass::TooLarge,
-            ProxyError::UnknownRoute { .. } => ErrorClass::NotFound,
+            ProxyError::UnknownRoute { .. } | ProxyError::UnsupportedEndpoint { .. } => {
+                ErrorClass::NotFound
+            }
             ProxyError::UpstreamTimeout { .. } => ErrorClass::Timeout,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamProtocol { .. }
@@ -161,6 +183,8 @@ impl ProxyError {
             | ProxyError::TooLarge { .. }
             | ProxyError::UnknownRoute { .. }
             | ProxyError::Misdirected { .. }
+            | ProxyError::BadPath { .. }
+            | ProxyError::UnsupportedEndpoint { .. }
             | ProxyError::ClientRead(_)
             | ProxyError::Unauthorized(_)
             | ProxyError::Forbidden(_)

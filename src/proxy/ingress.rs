@@ -2,10 +2,16 @@
 //! the bounded body read, and the one parse of the body into the
 //! [`RequestModel`] that every later stage reads.
 //!
-//! Paths: `/{provider}/v1/...` picks a configured provider by name; an
-//! unprefixed `/v1/messages…` (or any request carrying `anthropic-version`)
-//! goes to the default Anthropic provider, any other unprefixed `/v1/...` to
-//! the default OpenAI-compatible one.
+//! Paths: routed (and sent upstream) in their normal form ([`path`]), which
+//! is refused when there is none. `/{provider}/v1/...` picks a configured
+//! provider by name; an unprefixed `/v1/messages…` (or any unprefixed
+//! `/v1/...` carrying `anthropic-version`) goes to the default Anthropic
+//! provider, any other unprefixed `/v1/...` to the default
+//! OpenAI-compatible one. A provider's endpoint in the other dialect
+//! (Anthropic's OpenAI-compatible chat completions) is refused: it is
+//! billed, and tollgate meters each provider in its own dialect only.
+
+pub mod path;
 
 use std::sync::Arc;
 
@@ -81,31 +87,36 @@ impl Routes {
     /// request came through an intercepted HTTPS_PROXY tunnel to this host,
     /// which names the provider (a request naming another host is refused).
     pub fn resolve(&self, req: &RequestHeader, tunnel: Option<&str>) -> Result<Route, ProxyError> {
-        let path = req.uri.path();
+        let raw = req.uri.path();
+        let path = path::normalise(raw).map_err(|reason| ProxyError::BadPath {
+            path: raw.to_string(),
+            reason,
+        })?;
+        let path: &str = &path;
         let unknown = || ProxyError::UnknownRoute {
             method: req.method.to_string(),
-            path: path.to_string(),
+            path: raw.to_string(),
             dialect: guess_dialect(req),
         };
         let by_host = match tunnel {
-            Some(host) => Some(self.intercepted(req, host)?.ok_or_else(unknown)?),
+            Some(host) => Some(self.intercepted(req, path, host)?.ok_or_else(unknown)?),
             None => None,
         };
         let (provider, rest) = match by_host.or_else(|| self.prefixed(path)) {
             Some(found) => found,
-            None => {
+            // Unprefixed: the providers' own `/v1/...` API only.
+            None if path.starts_with("/v1/") => {
                 let anthropic = path.starts_with("/v1/messages")
                     || path == "/v1/complete"
                     || req.headers.contains_key(crate::dialect::anthropic::VERSION);
                 let provider = if anthropic {
                     self.default_anthropic.as_ref()
-                } else if path.starts_with("/v1/") {
-                    self.default_openai.as_ref()
                 } else {
-                    None
+                    self.default_openai.as_ref()
                 };
                 (provider.ok_or_else(unknown)?.clone(), path)
             }
+            None => return Err(unknown()),
         };
         let post = req.method == http::Method::POST;
         // Relative to the API root: "/v1/messages" for "/anthropic/v1/messages".
@@ -114,6 +125,15 @@ impl Routes {
             (Dialect::Anthropic, true, "/v1/messages/count_tokens") => Endpoint::CountTokens,
             (Dialect::OpenAi, true, "/v1/chat/completions" | "/chat/completions") => {
                 Endpoint::ChatCompletions
+            }
+            (Dialect::Anthropic, _, "/v1/chat/completions" | "/chat/completions") => {
+                return Err(ProxyError::UnsupportedEndpoint {
+                    provider: provider.name.clone(),
+                    path: rest.to_string(),
+                    hint: "send Messages API calls (/v1/messages) to it, or chat completions \
+                           to an OpenAI-compatible provider",
+                    dialect: Dialect::OpenAi,
+                });
             }
             _ => Endpoint::Passthrough,
         };
@@ -132,7 +152,8 @@ impl Routes {
     /// the tunnel's: the client verified a certificate for that name only.
     fn intercepted<'p>(
         &self,
-        req: &'p RequestHeader,
+        req: &RequestHeader,
+        path: &'p str,
         tunnel: &str,
     ) -> Result<Option<(Arc<Provider>, &'p str)>, ProxyError> {
         let authority = req
@@ -156,7 +177,6 @@ impl Routes {
         else {
             return Ok(None);
         };
-        let path = req.uri.path();
         let base = provider.upstream.base_path.as_str();
         let rest = match path.strip_prefix(base) {
             Some(r) if !base.is_empty() && (r.is_empty() || r.starts_with('/')) => r,

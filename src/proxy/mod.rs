@@ -269,9 +269,9 @@ impl Tollgate {
             mut draft, leader, ..
         } = x;
         let dialect = match &err {
-            ProxyError::UnknownRoute { dialect, .. } | ProxyError::Misdirected { dialect, .. } => {
-                *dialect
-            }
+            ProxyError::UnknownRoute { dialect, .. }
+            | ProxyError::Misdirected { dialect, .. }
+            | ProxyError::UnsupportedEndpoint { dialect, .. } => *dialect,
             _ => draft.client_dialect,
         };
         match err.level() {

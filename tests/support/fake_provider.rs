@@ -141,10 +141,7 @@ pub struct Recorded {
 impl Recorded {
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        first_header(&self.headers, name)
     }
 
     /// The request body parsed as JSON (`Value::Null` when it is not JSON).
@@ -177,6 +174,14 @@ impl Recorded {
             "client_gone": self.client_gone,
         })
     }
+}
+
+/// First value of header `name` (case-insensitive) in a list of pairs.
+pub fn first_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
 }
 
 /// Token usage in Anthropic terms (what the fake reported for one call).

@@ -3,6 +3,7 @@
 
 pub mod control;
 pub mod fake_provider;
+pub mod raw;
 pub mod tollgate;
 
 /// reqwest is built without a crypto provider (tollgate installs ring at

@@ -1,0 +1,83 @@
+//! A bare HTTP/1.1 client over a TCP socket: for requests an HTTP library
+//! would not send as written (odd paths, malformed bodies, slow senders).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A response read to the end of its connection.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    /// Lower-case names, in order.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        super::fake_provider::first_header(&self.headers, name)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// Sends `head` lines (request line first, no trailing blank line) and
+/// `body` with `content-length` and `connection: close`, reads the whole
+/// answer (at most `timeout`).
+pub async fn send(addr: &str, head: &[&str], body: &[u8], timeout: Duration) -> Response {
+    let mut conn = TcpStream::connect(addr).await.expect("connect");
+    let mut req = head.join("\r\n");
+    req.push_str(&format!(
+        "\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    ));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    conn.write_all(&bytes).await.expect("write");
+    read_response(&mut conn, timeout).await
+}
+
+/// Reads a response until the connection closes (at most `timeout`).
+pub async fn read_response(conn: &mut TcpStream, timeout: Duration) -> Response {
+    let mut raw = Vec::new();
+    tokio::time::timeout(timeout, conn.read_to_end(&mut raw))
+        .await
+        .expect("the answer within the timeout")
+        .expect("read");
+    parse(&raw)
+}
+
+/// Parses one response (its body as given by `content-length`, else all that follows).
+pub fn parse(raw: &[u8]) -> Response {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no response head in {:?}", String::from_utf8_lossy(raw)));
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = &raw[end + 4..];
+    let len = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(rest.len())
+        .min(rest.len());
+    Response {
+        status,
+        headers,
+        body: rest[..len].to_vec(),
+    }
+}
