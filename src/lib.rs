@@ -10,6 +10,7 @@ pub mod ca;
 pub mod cache;
 pub mod config;
 pub mod control;
+pub mod data_dir;
 pub mod dialect;
 pub mod envelope;
 pub mod identity;

@@ -445,8 +445,17 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     }
     let metrics = Metrics::new().context("registering metrics")?;
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    // Private before anything is opened in it (issue 12: prompts and the ledger).
+    tollgate::data_dir::private_umask();
+    if let tollgate::data_dir::Found::Existing {
+        readable_by_others: true,
+    } = tollgate::data_dir::prepare(&config.data_dir)?
+    {
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            "the data dir is readable by others (its files are not); chmod 700 it unless that is intended"
+        );
+    }
     // sled's default page cache is 1 GiB: far more than a sidecar should hold.
     let db = tollgate::store::sled::open_db(&config.data_dir, LEDGER_CACHE_BYTES)?.with_context(
         || {
@@ -492,6 +501,11 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
             .context("opening the cache store")?
             .context("the cache store is in use by another process")?,
     );
+    // Files an earlier run (or the stores just now) made with looser modes.
+    let tightened = tollgate::data_dir::restrict_contents(&config.data_dir)?;
+    if tightened > 0 {
+        tracing::info!(tightened, "made the data dir's files private (0600 / 0700)");
+    }
     let cache = Arc::new(
         Cache::open(
             cache_records.clone(),

@@ -183,3 +183,144 @@ async fn unmetered_anthropic_endpoints_and_unknown_prefixes_are_refused() {
     assert_eq!(r.status, 200);
     assert_eq!(fake.requests().len(), 2);
 }
+
+// === item 8: a private data dir ===
+
+/// The permission bits of `path`.
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Every file and directory below `dir` (itself excluded).
+fn tree(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        out.push(path.clone());
+        if path.is_dir() {
+            tree(&path, out);
+        }
+    }
+}
+
+/// Even under a umask that hides nothing, the data dir (ledger, journal,
+/// cached prompts and answers) is the owner's alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_is_created_private_whatever_the_umask() {
+    let fake = FakeProvider::start().await;
+    let parent = tempfile::tempdir().unwrap();
+    let data = parent.path().join("a").join("data");
+    let mut t = Builder::new(&fake.base_url())
+        .data_dir(&data)
+        .umask(0)
+        .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        .start();
+    // A cached answer and a ledger entry on disk.
+    let r = post(&t, "/v1/messages", true, &messages_body()).await;
+    assert_eq!(r.status, 200);
+    t.wait_event(r.header("x-tollgate-request-id").unwrap())
+        .await;
+    assert_eq!(mode(&data), 0o700, "data dir");
+    let mut files = Vec::new();
+    tree(&data, &mut files);
+    assert!(files.len() > 3, "{files:?}");
+    for f in &files {
+        let m = mode(f);
+        assert_eq!(m & 0o077, 0, "{} is {m:o}", f.display());
+    }
+    t.stop();
+    // What the run created after start is private too (the sweep at the
+    // next start, or the modes it was created with).
+    let mut files = Vec::new();
+    tree(&data, &mut files);
+    for f in &files {
+        let m = mode(f);
+        assert_eq!(m & 0o077, 0, "{} is {m:o} after the run", f.display());
+    }
+}
+
+/// Runs `cmd` to its exit (killed after `timeout`: `None`), with its stderr.
+fn run_to_exit(mut cmd: std::process::Command, timeout: Duration) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (status, err)
+}
+
+/// Anyone who can write to the data dir can rewrite the ledger or plant
+/// cached answers: tollgate refuses to start there, and says why.
+#[test]
+fn a_group_or_world_writable_data_dir_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    for bits in [0o777, 0o770, 0o703] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(bits)).unwrap();
+        let port = support::tollgate::free_port();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        cmd.args(["proxy", "--admin-listen", "", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&data)
+            .current_dir(dir.path());
+        let (status, err) = run_to_exit(cmd, Duration::from_secs(10));
+        assert_eq!(status, Some(1), "{bits:o}: {err}");
+        assert!(err.contains(&data.display().to_string()), "{err}");
+        assert!(err.contains("writable"), "{err}");
+        assert!(err.contains("chmod 700"), "{err}");
+        // Nothing was opened (or created) inside it.
+        assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "{err}");
+    }
+}
+
+/// A data dir others can read (an operator's choice, e.g. for a backup
+/// agent) is used, with a warning; the files tollgate keeps in it are not
+/// readable by others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_readable_by_others_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let fake = FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let t = Builder::new(&fake.base_url())
+        .data_dir(&data)
+        .umask(0)
+        .log_level("info")
+        .start();
+    let log = t.log();
+    assert!(
+        log.contains("WARN") && log.contains("readable by others"),
+        "{log}"
+    );
+    assert_eq!(mode(&data), 0o755, "the operator's choice is kept");
+    let mut files = Vec::new();
+    tree(&data, &mut files);
+    for f in &files {
+        let m = mode(f);
+        assert_eq!(m & 0o077, 0, "{} is {m:o}", f.display());
+    }
+}

@@ -40,6 +40,8 @@ const LAYERS: &[(&str, Layer)] = &[
     ("src/cache/store.rs", Layer::Storage),
     ("src/cache/writer.rs", Layer::Storage),
     ("src/store/", Layer::Storage),
+    // The data dir's own modes, before any store opens in it.
+    ("src/data_dir.rs", Layer::Storage),
     ("src/metrics.rs", Layer::Service),
     ("src/config/", Layer::Service),
     ("src/usage_report.rs", Layer::Service),

@@ -22,6 +22,7 @@ pub struct Builder {
     env: Vec<(String, String)>,
     data_dir: Option<PathBuf>,
     log_level: String,
+    umask: Option<u32>,
 }
 
 /// A running tollgate.
@@ -45,6 +46,7 @@ impl Builder {
             env: Vec::new(),
             data_dir: None,
             log_level: "debug".into(),
+            umask: None,
         }
     }
 
@@ -85,6 +87,12 @@ impl Builder {
         self
     }
 
+    /// Runs the process under this umask (through `sh`, which then execs it).
+    pub fn umask(mut self, mask: u32) -> Builder {
+        self.umask = Some(mask);
+        self
+    }
+
     /// Starts the binary and waits until both listeners accept.
     pub fn start(self) -> Tollgate {
         super::install_tls_provider();
@@ -105,7 +113,17 @@ impl Builder {
         std::fs::write(&config_path, config).expect("write config");
         let log_path = dir.path().join("tollgate.log");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        let bin = env!("CARGO_BIN_EXE_tollgate");
+        let mut cmd = match self.umask {
+            Some(mask) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("umask {mask:03o} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                sh
+            }
+            None => Command::new(bin),
+        };
         cmd.arg("proxy")
             .arg("--config")
             .arg(&config_path)
