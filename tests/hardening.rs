@@ -324,3 +324,52 @@ async fn a_data_dir_readable_by_others_is_warned_about() {
         assert_eq!(m & 0o077, 0, "{} is {m:o}", f.display());
     }
 }
+
+// === item 4: invalid UTF-8 ===
+
+/// A JSON text is UTF-8 (RFC 8259 §8.1); a body with invalid bytes inside
+/// a string (one tollgate does not read, such as a message's text) is
+/// refused as the provider would, before anything is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_utf8_in_a_json_string_is_refused_before_sending() {
+    let fake = FakeProvider::start().await;
+    let t = start(&fake);
+    let with = |prefix: &str, bad: &[u8], suffix: &str| {
+        let mut b = prefix.as_bytes().to_vec();
+        b.extend_from_slice(bad);
+        b.extend_from_slice(suffix.as_bytes());
+        b
+    };
+    let messages =
+        r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{"role":"user","content":"Hel"#;
+    let chat = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hel"#;
+    for bad in [&b"\xff"[..], b"\xc3\x28", b"\xed\xa0\x80", b"\xf0\x9f\x98"] {
+        for path in ["/v1/messages", "/v1/messages/count_tokens"] {
+            let r = post(&t, path, true, &with(messages, bad, r#"lo"}]}"#)).await;
+            assert_anthropic_error(&r, 400, "bad_request");
+            assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+        }
+        let r = post(
+            &t,
+            "/v1/chat/completions",
+            false,
+            &with(chat, bad, r#"lo"}]}"#),
+        )
+        .await;
+        assert_openai_error(&r, 400, "bad_request");
+        // In a field tollgate never reads, too.
+        let body = with(
+            r#"{"model":"gpt-4o","metadata":{"k":""#,
+            bad,
+            r#""},"messages":[]}"#,
+        );
+        let r = post(&t, "/v1/chat/completions", false, &body).await;
+        assert_openai_error(&r, 400, "bad_request");
+    }
+    assert!(fake.requests().is_empty(), "nothing reaches the provider");
+    // Valid multi-byte UTF-8 still passes.
+    let ok = with(messages, "ö😀".as_bytes(), r#"lo"}]}"#);
+    let r = post(&t, "/v1/messages", true, &ok).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(fake.requests()[0].body, ok);
+}

@@ -65,8 +65,17 @@ struct StreamOptions {
 
 /// Reads the head of a messages or chat-completions body.
 pub fn parse_head(body: &[u8]) -> Result<RequestHead, RequestError> {
+    // JSON is UTF-8 (RFC 8259 §8.1), and serde_json checks only the strings
+    // it materialises: the fields it skips (a message's text) would reach
+    // the provider, which refuses them, malformed.
+    let text = std::str::from_utf8(body).map_err(|e| {
+        RequestError::BadJson(format!(
+            "the body is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
+    })?;
     let head: Head<'_> =
-        serde_json::from_slice(body).map_err(|e| RequestError::BadJson(e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| RequestError::BadJson(e.to_string()))?;
     let max_tokens_field = if head.max_tokens.is_some() {
         Some("max_tokens")
     } else if head.max_completion_tokens.is_some() {
@@ -149,6 +158,13 @@ mod tests {
             (Some(5), Some("max_completion_tokens"), 1)
         );
         assert!(matches!(parse_head(b"{"), Err(RequestError::BadJson(_))));
+        // Invalid UTF-8 in a string the head does not read.
+        assert_eq!(
+            parse_head(b"{\"model\":\"m\",\"messages\":[\"a\xffb\"]}"),
+            Err(RequestError::BadJson(
+                "the body is not valid UTF-8 (at byte 27)".into()
+            ))
+        );
     }
 
     #[test]
