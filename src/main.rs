@@ -548,11 +548,15 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let mut proxy = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Tollgate::new(state.clone()),
-        "tollgate proxy",
-    );
+    // Behind a deadline for request heads (slow clients get a 408).
+    let listener = tollgate::proxy::ingress::deadline::Listener {
+        http: Arc::new(pingora::proxy::http_proxy(
+            &server.configuration,
+            Tollgate::new(state.clone()),
+        )),
+        request_head: config.timeouts.request_head,
+    };
+    let mut proxy = Service::new("tollgate proxy".to_string(), listener);
     proxy.add_tcp(&config.listen.to_string());
     server.add_service(proxy);
 

@@ -17,8 +17,14 @@ const OPENAI_KEY: &str = "sk-openai-injected-HARDEN-9e2b";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn start(fake: &FakeProvider) -> Tollgate {
+    start_with(fake, "")
+}
+
+/// With `toml` (tables) added to the config.
+fn start_with(fake: &FakeProvider, toml: &str) -> Tollgate {
     Builder::new(&fake.base_url())
         .no_cache()
+        .config(toml)
         .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
         .env("OPENAI_API_KEY", OPENAI_KEY)
         .start()
@@ -372,4 +378,123 @@ async fn invalid_utf8_in_a_json_string_is_refused_before_sending() {
     let r = post(&t, "/v1/messages", true, &ok).await;
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
     assert_eq!(fake.requests()[0].body, ok);
+}
+
+// === item 6: slow clients ===
+
+/// Writes `parts` one by one, `gap` apart, ignoring write errors (the
+/// server may have answered and closed meanwhile); then reads the answer.
+async fn trickle(
+    conn: tokio::net::TcpStream,
+    parts: Vec<Vec<u8>>,
+    gap: Duration,
+) -> (Vec<u8>, Duration) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = std::time::Instant::now();
+    let (mut rd, mut wr) = conn.into_split();
+    let writer = tokio::spawn(async move {
+        for p in parts {
+            if wr.write_all(&p).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(gap).await;
+        }
+        // Keep the write side open: a slow client does not hang up.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(wr);
+    });
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(WAIT, rd.read_to_end(&mut got)).await;
+    writer.abort();
+    assert!(read.is_ok(), "no answer within {WAIT:?}: {got:?}");
+    (got, started.elapsed())
+}
+
+/// One header line at a time, 300 ms apart, never finishing: the head must
+/// be complete within `timeouts.request_head`, else 408 in the shape of the
+/// dialect the bytes so far speak; on a fresh and on a reused connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_sent_too_slowly_is_answered_408() {
+    let fake = FakeProvider::start().await;
+    let t = start_with(&fake, "[timeouts]\nrequest_head = \"1s\"\n");
+    let lines = |first: &str| -> Vec<Vec<u8>> {
+        let mut v = vec![first.as_bytes().to_vec()];
+        for i in 0..40 {
+            v.push(format!("x-slow-{i}: {i}\r\n").into_bytes());
+        }
+        v
+    };
+    // Fresh connection, Anthropic.
+    let conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    let (got, took) = trickle(
+        conn,
+        lines("POST /v1/messages HTTP/1.1\r\nanthropic-version: 2023-06-01\r\n"),
+        Duration::from_millis(300),
+    )
+    .await;
+    let r = raw::parse(&got);
+    assert_anthropic_error(&r, 408, "request_timeout");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    // One byte at a time, OpenAI.
+    let conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    let bytes =
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n";
+    let parts = bytes.bytes().map(|b| vec![b]).collect();
+    let (got, took) = trickle(conn, parts, Duration::from_millis(100)).await;
+    let r = raw::parse(&got);
+    assert_openai_error(&r, 408, "request_timeout");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    // A reused connection: a prompt first request, then a slow one.
+    let conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    let body = chat_body();
+    let mut first = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    first.extend_from_slice(&body);
+    let mut parts = vec![first];
+    parts.extend(lines("GET /v1/models HTTP/1.1\r\n"));
+    let (got, took) = trickle(conn, parts, Duration::from_millis(300)).await;
+    assert_eq!(raw::parse(&got).status, 200, "the first answer");
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.contains("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("x-tollgate-error: request_timeout"), "{text}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(fake.requests().len(), 1, "only the prompt request was sent");
+}
+
+/// A body that stops arriving, or trickles in, is cut at
+/// `timeouts.request_body` with a 408 (nothing is sent upstream) and the
+/// refusal is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stalls_or_trickles_is_answered_408() {
+    let fake = FakeProvider::start().await;
+    let t = start_with(&fake, "[timeouts]\nrequest_body = \"1s\"\n");
+    let body = messages_body();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nanthropic-version: 2023-06-01\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    // Stalls after 10 bytes.
+    let conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    let mut part = head.clone().into_bytes();
+    part.extend_from_slice(&body[..10]);
+    let (got, took) = trickle(conn, vec![part], Duration::from_millis(10)).await;
+    let r = raw::parse(&got);
+    assert_anthropic_error(&r, 408, "request_timeout");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    let id = r.header("x-tollgate-request-id").unwrap().to_string();
+    let e = t.wait_event(&id).await;
+    assert_eq!(e["status"], "proxy_error", "{e}");
+    assert_eq!(e["error"], "request_timeout", "{e}");
+    // Trickles: one byte every 100 ms never finishes within 1 s.
+    let conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    let mut parts = vec![head.into_bytes()];
+    parts.extend(body.iter().map(|b| vec![*b]));
+    let (got, took) = trickle(conn, parts, Duration::from_millis(100)).await;
+    let r = raw::parse(&got);
+    assert_anthropic_error(&r, 408, "request_timeout");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    assert!(fake.requests().is_empty(), "nothing reaches the provider");
 }

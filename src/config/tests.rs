@@ -34,6 +34,8 @@ fn defaults_without_file_or_env() {
             first_byte: Duration::from_secs(600),
             idle: Duration::from_secs(300),
             handshake: Duration::from_secs(10),
+            request_head: Duration::from_secs(10),
+            request_body: Duration::from_secs(30),
         }
     );
     assert_eq!(c.forward_proxy, None);
@@ -429,6 +431,8 @@ connect = "1s"
 first_byte = "1s"
 idle = "1s"
 handshake = "1s"
+request_head = "1s"
+request_body = "1s"
 [outbox]
 retention = "1s"
 sync = true
@@ -534,6 +538,8 @@ ttl = "1m"
         ("timeouts.connect", c.timeouts.connect),
         ("timeouts.first_byte", c.timeouts.first_byte),
         ("timeouts.idle", c.timeouts.idle),
+        ("timeouts.request_head", c.timeouts.request_head),
+        ("timeouts.request_body", c.timeouts.request_body),
         ("outbox.retention", c.outbox.retention),
     ] {
         assert_eq!(humantime::parse_duration(default_of(k)).unwrap(), d, "{k}");

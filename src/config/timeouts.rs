@@ -1,5 +1,5 @@
-//! `[timeouts]`: upstream connect, first byte, idle gaps, and the
-//! HTTPS_PROXY mode handshake.
+//! `[timeouts]`: upstream connect, first byte, idle gaps, the HTTPS_PROXY
+//! mode handshake, and how long a client may take to send its request.
 
 use std::time::Duration;
 
@@ -13,6 +13,8 @@ const DEFAULT_CONNECT: &str = "5s";
 const DEFAULT_FIRST_BYTE: &str = "600s";
 const DEFAULT_IDLE: &str = "300s";
 const DEFAULT_HANDSHAKE: &str = "10s";
+const DEFAULT_REQUEST_HEAD: &str = "10s";
+const DEFAULT_REQUEST_BODY: &str = "30s";
 
 #[rustfmt::skip]
 pub(super) static KEYS: &[Key] = &[
@@ -24,6 +26,10 @@ pub(super) static KEYS: &[Key] = &[
      "Longest gap between two chunks of an upstream response (and of a blind tunnel, both ways)."),
     Key::new("timeouts.handshake", Type::Duration, DEFAULT_HANDSHAKE,
      "HTTPS_PROXY mode: longest a client may take to send its CONNECT and to finish the TLS handshake."),
+    Key::new("timeouts.request_head", Type::Duration, DEFAULT_REQUEST_HEAD,
+     "Longest a client may take to send a request's head (from the connection, or on a kept-alive one from the request's first byte); then 408."),
+    Key::new("timeouts.request_body", Type::Duration, DEFAULT_REQUEST_BODY,
+     "Longest a client may take to send a request's whole body; then 408."),
 ];
 
 /// The section as written.
@@ -41,9 +47,11 @@ pub struct RawTimeouts {
     pub first_byte: Option<String>,
     pub idle: Option<String>,
     pub handshake: Option<String>,
+    pub request_head: Option<String>,
+    pub request_body: Option<String>,
 }
 
-/// Upstream timeouts.
+/// Upstream timeouts, and the client's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// TCP + TLS connect.
@@ -54,6 +62,10 @@ pub struct Timeouts {
     pub idle: Duration,
     /// HTTPS_PROXY mode: CONNECT line and TLS handshake.
     pub handshake: Duration,
+    /// The client's request head (slow clients get a 408).
+    pub request_head: Duration,
+    /// The client's request body, all of it.
+    pub request_body: Duration,
 }
 
 pub(super) fn validate(raw: RawSection, problems: &mut Vec<Problem>) -> Option<Timeouts> {
@@ -73,10 +85,22 @@ pub(super) fn validate(raw: RawSection, problems: &mut Vec<Problem>) -> Option<T
         t.handshake.as_deref(),
         DEFAULT_HANDSHAKE,
     );
+    let request_head = each(
+        "timeouts.request_head",
+        t.request_head.as_deref(),
+        DEFAULT_REQUEST_HEAD,
+    );
+    let request_body = each(
+        "timeouts.request_body",
+        t.request_body.as_deref(),
+        DEFAULT_REQUEST_BODY,
+    );
     Some(Timeouts {
         connect: connect?,
         first_byte: first_byte?,
         idle: idle?,
         handshake: handshake?,
+        request_head: request_head?,
+        request_body: request_body?,
     })
 }

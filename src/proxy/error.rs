@@ -48,6 +48,12 @@ pub enum ProxyError {
     },
     #[error("reading the request body failed: {0}")]
     ClientRead(String),
+    /// The client took too long to send its request (`timeouts.request_*`).
+    #[error("the client did not send {what} within {} s", limit.as_secs_f64())]
+    ClientTimeout {
+        what: &'static str,
+        limit: std::time::Duration,
+    },
     #[error("upstream {provider} is unreachable: {detail}")]
     UpstreamUnreachable {
         provider: String,
@@ -103,6 +109,7 @@ impl ProxyError {
             ProxyError::BadPath { .. } => "bad_path",
             ProxyError::UnsupportedEndpoint { .. } => "unsupported_endpoint",
             ProxyError::ClientRead(_) => "client_read",
+            ProxyError::ClientTimeout { .. } => "request_timeout",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
@@ -127,6 +134,7 @@ impl ProxyError {
             ProxyError::BadPath { .. } => 400,
             ProxyError::UnsupportedEndpoint { .. } => 404,
             ProxyError::ClientRead(_) => 400,
+            ProxyError::ClientTimeout { .. } => 408,
             ProxyError::UpstreamUnreachable { .. } => 502,
             ProxyError::UpstreamTimeout { .. } => 504,
             ProxyError::UpstreamProtocol { .. } => 502,
@@ -148,6 +156,7 @@ impl ProxyError {
             | ProxyError::Misdirected { .. }
             | ProxyError::BadPath { .. }
             | ProxyError::ClientRead(_)
+            | ProxyError::ClientTimeout { .. }
             | ProxyError::BadHeader(_) => ErrorClass::InvalidRequest,
             ProxyError::TooLarge { .. } => ErrorClass::TooLarge,
             ProxyError::UnknownRoute { .. } | ProxyError::UnsupportedEndpoint { .. } => {
@@ -186,6 +195,7 @@ impl ProxyError {
             | ProxyError::BadPath { .. }
             | ProxyError::UnsupportedEndpoint { .. }
             | ProxyError::ClientRead(_)
+            | ProxyError::ClientTimeout { .. }
             | ProxyError::Unauthorized(_)
             | ProxyError::Forbidden(_)
             | ProxyError::RateLimited(_)

@@ -11,9 +11,11 @@
 //! (Anthropic's OpenAI-compatible chat completions) is refused: it is
 //! billed, and tollgate meters each provider in its own dialect only.
 
+pub mod deadline;
 pub mod path;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use pingora::http::RequestHeader;
@@ -245,8 +247,23 @@ fn upstream_path(base_path: &str, rest: &str, query: Option<&str>) -> String {
     out
 }
 
-/// Reads the whole request body, refusing more than `limit` bytes.
-pub async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, ProxyError> {
+/// Reads the whole request body, refusing more than `limit` bytes or
+/// taking longer than `timeout` (pingora only bounds each read, so a body
+/// that trickles in would never end).
+pub async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, ProxyError> {
+    tokio::time::timeout(timeout, read_body_untimed(session, limit))
+        .await
+        .unwrap_or(Err(ProxyError::ClientTimeout {
+            what: "the request body",
+            limit: timeout,
+        }))
+}
+
+async fn read_body_untimed(session: &mut Session, limit: usize) -> Result<Bytes, ProxyError> {
     let declared = session
         .req_header()
         .headers

@@ -17,6 +17,9 @@
 //! (returns Ok(true): pingora's own upstream phases are not used; see below)
 //! ```
 //!
+//! Before any hook, the base-URL listener's connections are on a clock for
+//! their request heads (`ingress::deadline`: slow clients get a 408).
+//!
 //! Why everything happens in `request_filter`: the route, the key and later
 //! the cache and budget all depend on the parsed body, and pingora only
 //! re-sends a body read this early when it fits its 64 KiB retry buffer. So
@@ -147,7 +150,7 @@ impl Tollgate {
             self,
             session,
             x,
-            ingress::read_body(session, state.max_body_bytes).await
+            ingress::read_body(session, state.max_body_bytes, state.request_body_timeout).await
         );
         let mut request = or_fail!(self, session, x, ingress::parse(&route, body));
         x.draft.event.model.clone_from(&request.model);
@@ -304,6 +307,10 @@ impl Tollgate {
             draft.event.usage_incomplete = true;
         }
         let client_gone = matches!(err, ProxyError::ClientRead(_));
+        if matches!(err, ProxyError::ClientTimeout { .. }) {
+            // The rest of its body may still come: not a next request.
+            give_up_on_client(session);
+        }
         if !client_gone {
             draft.event.http_status = err.status();
         }
@@ -350,6 +357,7 @@ impl ProxyHttp for Tollgate {
         // keeps that byte for the next request instead of dropping it (which
         // turned `POST` into `OST`).
         session.downstream_session.set_pipelining_enabled(true);
+        ingress::deadline::head_read(session);
         let dialect = ingress::guess_dialect(session.req_header());
         let x = Exchange::new(&self.state, started, dialect);
         self.handle(session, x).await;
@@ -359,6 +367,7 @@ impl ProxyHttp for Tollgate {
             // client would take for this one.
             give_up_on_client(session);
         }
+        ingress::deadline::exchange_done(session);
         Ok(true)
     }
 

@@ -18,6 +18,8 @@ pub struct State {
     /// Identity of requests that carry no identity headers.
     pub default_identity: crate::identity::Identity,
     pub max_body_bytes: usize,
+    /// Longest the client may take to send a whole body.
+    pub request_body_timeout: std::time::Duration,
     pub stream_receipt: bool,
     pub routes: ingress::Routes,
     pub upstreams: forward::Upstreams,
@@ -53,6 +55,7 @@ impl State {
                 key: None,
             },
             max_body_bytes: config.max_body_bytes,
+            request_body_timeout: config.timeouts.request_body,
             stream_receipt: config.stream_receipt,
             routes: ingress::Routes::new(config),
             upstreams: forward::Upstreams::new(config.timeouts.clone(), &config.providers),

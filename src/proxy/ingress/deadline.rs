@@ -1,0 +1,371 @@
+//! Slow clients: a request head must arrive within `timeouts.request_head`.
+//! pingora bounds each read of the head (60 s), not the whole head, so a
+//! client sending a byte every few seconds would hold its connection for
+//! ever.
+//!
+//! The base-URL listener wraps each connection in [`Clocked`]. Its clock
+//! runs from the accept (on a kept-alive connection, from the next
+//! request's first byte) until `request_filter` has the head
+//! ([`head_read`]); [`exchange_done`] sets it up for the next request. When
+//! time runs out, `Clocked` writes a 408 itself, in the shape of the dialect
+//! the bytes so far speak, and fails the read: pingora then closes the
+//! connection. (A client that sent nothing at all is just closed.)
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::Stream;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::proxy::{HttpProxy, Session};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::super::error::ProxyError;
+use super::super::Tollgate;
+use crate::dialect::Dialect;
+
+/// How much of a head is kept to tell its dialect.
+const SNIFF_BYTES: usize = 4096;
+
+/// The base-URL listener: pingora's HTTP proxy behind a head deadline.
+pub struct Listener {
+    pub http: Arc<HttpProxy<Tollgate>>,
+    pub request_head: Duration,
+}
+
+#[async_trait]
+impl ServerApp for Listener {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let clocked: Stream = Box::new(Clocked::new(stream, self.request_head));
+        self.http.process_new(clocked, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.http.cleanup().await;
+    }
+}
+
+/// `request_filter` has the head: the clock stops.
+pub fn head_read(session: &Session) {
+    if let Some(c) = clocked(session) {
+        *c.phase() = Phase::Served;
+    }
+}
+
+/// The exchange is over: the next request's clock starts at its first byte.
+pub fn exchange_done(session: &Session) {
+    if let Some(c) = clocked(session) {
+        *c.phase() = Phase::Idle;
+    }
+}
+
+fn clocked(session: &Session) -> Option<&Clocked> {
+    // The stream itself, not its box, is the `Clocked`.
+    let stream: &Stream = session.downstream_session.stream()?;
+    (**stream).as_any().downcast_ref::<Clocked>()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Between requests: nothing of the next one has arrived.
+    Idle,
+    /// A head is arriving; it must be complete by then.
+    Head(Instant),
+    /// The head is in; the exchange runs (its body has a bound of its own).
+    Served,
+}
+
+/// A client connection whose request heads are on the clock.
+pub struct Clocked {
+    inner: Stream,
+    limit: Duration,
+    /// Shared with `request_filter`, which sees the stream through `&`.
+    phase: Mutex<Phase>,
+    timer: Option<(Instant, Pin<Box<Sleep>>)>,
+    /// The start of the current head, to tell its dialect.
+    seen: Vec<u8>,
+    /// The 408 being written, and how much of it is out.
+    refusal: Option<(Vec<u8>, usize)>,
+}
+
+impl Clocked {
+    fn new(inner: Stream, limit: Duration) -> Clocked {
+        Clocked {
+            inner,
+            limit,
+            phase: Mutex::new(Phase::Head(Instant::now() + limit)),
+            timer: None,
+            seen: Vec::new(),
+            refusal: None,
+        }
+    }
+
+    fn phase(&self) -> MutexGuard<'_, Phase> {
+        // A poisoned lock still holds a valid phase.
+        self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the head's deadline has passed (registering for it if not).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Phase::Head(deadline) = *self.phase() else {
+            return false;
+        };
+        let timer = match &mut self.timer {
+            Some((at, sleep)) if *at == deadline => sleep,
+            slot => {
+                let (_, sleep) =
+                    slot.insert((deadline, Box::pin(tokio::time::sleep_until(deadline))));
+                sleep
+            }
+        };
+        timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// Notes bytes just read: the first of a new head starts its clock.
+    fn saw(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut phase = self.phase();
+        match *phase {
+            Phase::Idle => {
+                *phase = Phase::Head(Instant::now() + self.limit);
+                drop(phase);
+                self.seen.clear();
+            }
+            Phase::Head(_) => drop(phase),
+            Phase::Served => return,
+        }
+        let room = SNIFF_BYTES.saturating_sub(self.seen.len());
+        self.seen.extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// Writes the 408 (nothing for a client that sent nothing), then fails
+    /// the read.
+    fn poll_refuse(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let limit = self.limit;
+        let seen = &self.seen;
+        let (bytes, written) = self
+            .refusal
+            .get_or_insert_with(|| (refusal(seen, limit), 0));
+        while *written < bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => break,
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if Pin::new(&mut self.inner).poll_flush(cx).is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("request head not complete within {limit:?}"),
+        )))
+    }
+}
+
+/// The 408 for a head that did not arrive in time, as HTTP/1.1 bytes.
+fn refusal(seen: &[u8], limit: Duration) -> Vec<u8> {
+    if seen.is_empty() {
+        return Vec::new();
+    }
+    let err = ProxyError::ClientTimeout {
+        what: "the request head",
+        limit,
+    };
+    let id = uuid::Uuid::now_v7().to_string();
+    let (header, body) = err.response(sniff_dialect(seen), &id);
+    tracing::debug!(request_id = %id, error = %err, "request refused");
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        header.status.as_u16(),
+        header.status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in header.headers.iter() {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"connection: close\r\n\r\n");
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The dialect of a partial head, as `ingress::guess_dialect` tells it of
+/// a whole one.
+fn sniff_dialect(head: &[u8]) -> Dialect {
+    let lower = head.to_ascii_lowercase();
+    let has = |needle: &[u8]| lower.windows(needle.len()).any(|w| w == needle);
+    if has(b"\nanthropic-version:") || has(b"\nx-api-key:") || has(b"/messages") {
+        Dialect::Anthropic
+    } else {
+        Dialect::OpenAi
+    }
+}
+
+// === impl Clocked: pingora's transport ===
+
+impl std::fmt::Debug for Clocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clocked")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl AsyncRead for Clocked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.refusal.is_some() || this.expired(cx) {
+            return this.poll_refuse(cx);
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = read {
+            this.saw(&buf.filled()[before..]);
+        }
+        read
+    }
+}
+
+impl AsyncWrite for Clocked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Clocked {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await;
+    }
+}
+
+impl UniqueID for Clocked {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Clocked {}
+
+impl GetTimingDigest for Clocked {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Clocked {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest);
+    }
+}
+
+impl GetSocketDigest for Clocked {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, socket_digest: SocketDigest) {
+        self.inner.set_socket_digest(socket_digest);
+    }
+}
+
+impl Peek for Clocked {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partial_head_tells_its_dialect() {
+        assert_eq!(
+            sniff_dialect(b"POST /v1/messages HTTP/1.1\r\n"),
+            Dialect::Anthropic
+        );
+        assert_eq!(
+            sniff_dialect(b"POST /x HTTP/1.1\r\nAnthropic-Version: 2023"),
+            Dialect::Anthropic
+        );
+        assert_eq!(
+            sniff_dialect(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n"),
+            Dialect::OpenAi
+        );
+    }
+
+    #[test]
+    fn the_refusal_is_a_whole_http_response() {
+        assert!(refusal(b"", Duration::from_secs(1)).is_empty());
+        let r = refusal(b"POST /v1/messages HTTP/1.1\r\n", Duration::from_secs(10));
+        let text = String::from_utf8_lossy(&r);
+        assert!(
+            text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x-tollgate-error: request_timeout\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("connection: close\r\n\r\n{"), "{text}");
+        assert!(text.contains("\"type\":\"error\""), "{text}");
+    }
+}
