@@ -498,3 +498,99 @@ async fn a_request_body_that_stalls_or_trickles_is_answered_408() {
     assert!(took < Duration::from_secs(4), "took {took:?}");
     assert!(fake.requests().is_empty(), "nothing reaches the provider");
 }
+
+// === item 2: shutdown mid-stream ===
+
+/// A stream still running when `shutdown_grace` is over is ended with the
+/// dialect's error event, and recorded with what was seen (the input of
+/// `message_start`, the output so far) under a status of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_by_shutdown_ends_with_an_error_event_and_keeps_its_usage() {
+    use futures_util::StreamExt;
+    let fake = FakeProvider::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut t = Builder::new(&fake.base_url())
+        .no_cache()
+        .data_dir(data.path())
+        .env("TOLLGATE_SHUTDOWN_GRACE", "1s")
+        .start();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/messages", t.url()))
+        .header("anthropic-version", "2023-06-01")
+        .header("x-fake-scenario", "slow")
+        .header("x-fake-delay-ms", "1000")
+        .header("x-fake-usage", "input=1000")
+        .json(
+            &json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": true,
+                      "messages": [{"role": "user", "content": "Hello"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = resp
+        .headers()
+        .get("x-tollgate-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let reader = tokio::spawn(async move {
+        let mut body = Vec::new();
+        let mut s = resp.bytes_stream();
+        while let Some(Ok(chunk)) = s.next().await {
+            body.extend_from_slice(&chunk);
+        }
+        body
+    });
+    // And one still waiting for its answer's head.
+    let url = t.url();
+    let waiting = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(format!("{url}/v1/messages"))
+            .header("anthropic-version", "2023-06-01")
+            .header("x-fake-scenario", "hang")
+            .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 64,
+                          "messages": [{"role": "user", "content": "Hello"}]}))
+            .send()
+            .await
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    t.signal(15);
+    let body = tokio::time::timeout(Duration::from_secs(10), reader)
+        .await
+        .expect("the stream ends soon after the grace period")
+        .unwrap();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    assert!(text.contains("event: message_start"), "{text}");
+    assert!(!text.contains("event: message_stop"), "{text}");
+    assert!(text.contains("event: error"), "no error event: {text}");
+    let r = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("answered soon after the grace period")
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let waiting_id = r.headers()["x-tollgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(r.headers()["x-tollgate-error"], "shutting_down");
+    assert_eq!(r.json::<Value>().await.unwrap()["type"], "error");
+    let status = t.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status}");
+    let t2 = Builder::new(&fake.base_url())
+        .no_cache()
+        .data_dir(data.path())
+        .start();
+    let e = t2.wait_event(&waiting_id).await;
+    assert_eq!(e["status"], "shutdown", "{e}");
+    assert_eq!(e["usage_incomplete"], true, "{e}");
+    let e = t2.wait_event(&id).await;
+    assert_eq!(e["status"], "shutdown", "{e}");
+    assert_eq!(e["input_tokens"], 1000, "{e}");
+    assert!(e["output_tokens"].as_u64().unwrap() >= 1, "{e}");
+    assert!(e["cost_nusd"].as_u64().unwrap() > 0, "{e}");
+    assert_eq!(e["usage_incomplete"], true, "{e}");
+    assert_eq!(e["error"], "shutdown", "{e}");
+}

@@ -18,6 +18,9 @@ pub enum Status {
     UpstreamAborted,
     /// tollgate itself failed the request (bad input, upstream unreachable, timeout…).
     ProxyError,
+    /// The sidecar shut down (SIGTERM, `shutdown_grace` over) while the
+    /// answer was still coming: recorded with the usage seen so far.
+    Shutdown,
     /// The sidecar stopped (crash, kill) while the request was at the
     /// provider: recorded at start-up from its open record, at its reserved
     /// worst case (see `crate::store::journal`).
@@ -33,6 +36,7 @@ impl Status {
             Status::ClientAborted => "client_aborted",
             Status::UpstreamAborted => "upstream_aborted",
             Status::ProxyError => "proxy_error",
+            Status::Shutdown => "shutdown",
             Status::Interrupted => "interrupted",
         }
     }

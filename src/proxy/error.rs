@@ -70,6 +70,9 @@ pub enum ProxyError {
     UpstreamProtocol { provider: String, detail: String },
     #[error("internal error: {0}")]
     Internal(String),
+    /// The sidecar is shutting down and its grace is over.
+    #[error("tollgate is shutting down; the answer was cut")]
+    ShuttingDown,
     #[error("{0}")]
     Unauthorized(#[from] crate::keys::KeyError),
     #[error("{0}")]
@@ -114,6 +117,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
             ProxyError::Internal(_) => "internal",
+            ProxyError::ShuttingDown => "shutting_down",
             ProxyError::Unauthorized(_) => "unauthorized",
             ProxyError::Forbidden(_) => "forbidden",
             ProxyError::RateLimited(_) => "rate_limited",
@@ -139,6 +143,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => 504,
             ProxyError::UpstreamProtocol { .. } => 502,
             ProxyError::Internal(_) => 500,
+            ProxyError::ShuttingDown => 503,
             ProxyError::Unauthorized(_) => 401,
             ProxyError::Forbidden(_) => 403,
             ProxyError::RateLimited(_) => 429,
@@ -165,6 +170,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout { .. } => ErrorClass::Timeout,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::ShuttingDown
             | ProxyError::Internal(_) => ErrorClass::Server,
             ProxyError::Unauthorized(_) => ErrorClass::Authentication,
             ProxyError::Forbidden(_) => ErrorClass::Permission,
@@ -204,6 +210,7 @@ impl ProxyError {
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::UpstreamProtocol { .. }
+            | ProxyError::ShuttingDown
             | ProxyError::Shared { .. } => Level::Warn,
             ProxyError::Internal(_) => Level::Error,
         }

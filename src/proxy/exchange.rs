@@ -27,6 +27,8 @@ pub enum Cut {
     BudgetExceeded,
     /// A non-streaming answer too large to read whole: piped unmetered.
     TooLargeToMeter,
+    /// The sidecar shut down before the answer's end.
+    Shutdown,
 }
 
 impl Cut {
@@ -37,6 +39,7 @@ impl Cut {
             Cut::UpstreamCut => "upstream_cut",
             Cut::BudgetExceeded => "budget_exceeded",
             Cut::TooLargeToMeter => "response_too_large_to_meter",
+            Cut::Shutdown => "shutdown",
         }
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! On SIGTERM tollgate reports not-ready (`/readyz` 503), keeps serving until
 //! the requests in flight have finished or `shutdown_grace` has passed, and
-//! only then lets pingora close its listeners and stop. SIGINT stops at once.
+//! only then lets pingora close its listeners and stop. Answers still
+//! coming when the grace is over are cut by their relays first (the
+//! client's stream ends with an error event, the event keeps the usage seen
+//! and says `shutdown`), for at most [`CUT_WAIT`]. SIGINT stops at once.
 //! Either way every request's usage event reaches the outbox (a request cut
 //! short records itself when dropped) and `main` flushes the outbox last.
 
@@ -14,6 +17,11 @@ use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use prometheus::IntGauge;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+/// How long the relays cut at the end of the grace get to end their
+/// answers and record them.
+pub const CUT_WAIT: Duration = Duration::from_secs(2);
 
 /// Counts requests in flight and whether the sidecar is draining.
 #[derive(Clone)]
@@ -25,6 +33,8 @@ struct InFlightInner {
     count: AtomicUsize,
     draining: AtomicBool,
     gauge: IntGauge,
+    /// Turns true when the grace is over: relays still running cut short.
+    cut: watch::Sender<bool>,
 }
 
 /// Held by a request while it is in flight.
@@ -39,6 +49,7 @@ impl InFlight {
                 count: AtomicUsize::new(0),
                 draining: AtomicBool::new(false),
                 gauge,
+                cut: watch::channel(false).0,
             }),
         }
     }
@@ -62,6 +73,19 @@ impl InFlight {
 
     fn start_draining(&self) {
         self.inner.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Resolves when the requests still in flight must end (the grace is over).
+    pub async fn cut(&self) {
+        let mut rx = self.inner.cut.subscribe();
+        // Err: the sender is gone with the process; never resolves then.
+        if rx.wait_for(|cut| *cut).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn cut_all(&self) {
+        self.inner.cut.send_replace(true);
     }
 }
 
@@ -104,6 +128,11 @@ impl ShutdownSignalWatch for Shutdown {
                     }
                     if Instant::now() >= deadline {
                         tracing::warn!(in_flight = self.in_flight.count(), "grace period over; cutting the remaining requests");
+                        self.in_flight.cut_all();
+                        let cut_deadline = Instant::now() + CUT_WAIT;
+                        while self.in_flight.count() > 0 && Instant::now() < cut_deadline {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
                         break;
                     }
                     tokio::select! {

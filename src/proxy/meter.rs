@@ -45,6 +45,8 @@ enum ReadFailure {
     ClientGone,
     /// A budget cannot pay for the stream's real input (`message_start`).
     Budget(String),
+    /// The sidecar is shutting down and the grace is over.
+    Shutdown,
 }
 
 /// Relays the response of `call` to the client and records the request.
@@ -142,6 +144,7 @@ impl Relay<'_> {
             // The client left and now every follower has too: stop paying.
             return Err(ReadFailure::ClientGone);
         }
+        let in_flight = &self.state.in_flight;
         if self.client_open {
             // The client's next request arriving early is kept by pingora
             // (pipelining); after that its leaving shows only as a failed write.
@@ -153,9 +156,13 @@ impl Relay<'_> {
                     // Unexpected bytes from the client: stop watching, keep relaying.
                     Ok(_) => self.client_open = false,
                 },
+                () = in_flight.cut() => return Err(ReadFailure::Shutdown),
             }
         }
-        classify(self.call.session.read_response_body().await)
+        tokio::select! {
+            r = self.call.session.read_response_body() => classify(r),
+            () = in_flight.cut() => Err(ReadFailure::Shutdown),
+        }
     }
 
     /// The client went away while coalesced followers wait on this call: it
@@ -419,12 +426,17 @@ impl Relay<'_> {
             self.call.session.shutdown().await;
             return;
         }
-        if self.draft.event.status == Status::UpstreamAborted {
+        let status = self.draft.event.status;
+        if matches!(status, Status::UpstreamAborted | Status::Shutdown) {
             // A partial JSON body is useless to the client: say what happened.
             self.call.session.shutdown().await;
-            let err = super::error::ProxyError::UpstreamProtocol {
-                provider: self.draft.event.provider.clone(),
-                detail: self.draft.event.error.clone().unwrap_or_default(),
+            let err = if status == Status::Shutdown {
+                super::error::ProxyError::ShuttingDown
+            } else {
+                super::error::ProxyError::UpstreamProtocol {
+                    provider: self.draft.event.provider.clone(),
+                    detail: self.draft.event.error.clone().unwrap_or_default(),
+                }
             };
             let (header, body) =
                 err.response(self.draft.client_dialect, &self.draft.event.event_id);
@@ -515,7 +527,7 @@ impl Relay<'_> {
                 give_up_on_client(self.session);
                 self.call.session.shutdown().await;
             }
-            Status::UpstreamAborted => {
+            Status::UpstreamAborted | Status::Shutdown => {
                 self.call.session.shutdown().await;
                 self.session.as_downstream_mut().shutdown().await;
             }
@@ -542,6 +554,11 @@ impl Relay<'_> {
                 tracing::warn!(request_id = %d.event.event_id, provider = %d.event.provider, error = %detail, "upstream response cut");
                 d.event.status = Status::UpstreamAborted;
                 d.cut(Cut::UpstreamCut);
+            }
+            ReadFailure::Shutdown => {
+                tracing::warn!(request_id = %d.event.event_id, "answer cut by the shutdown");
+                d.event.status = Status::Shutdown;
+                d.cut(Cut::Shutdown);
             }
             ReadFailure::Budget(message) => {
                 tracing::info!(request_id = %d.event.event_id, reason = %message, "stream ended by a budget at message_start");
@@ -710,11 +727,12 @@ impl Relay<'_> {
             let d = self.draft.client_dialect;
             tail.extend_from_slice(&d.error_event(d.error_type(ErrorClass::Budget), message));
         }
-        if status == Status::UpstreamAborted {
+        if matches!(status, Status::UpstreamAborted | Status::Shutdown) {
             let message = match self.draft.cut {
                 Some(Cut::IdleTimeout) => {
                     "upstream stream stalled past the idle timeout (tollgate)"
                 }
+                Some(Cut::Shutdown) => "tollgate is shutting down; the stream was cut",
                 _ => "upstream stream ended before its final event (tollgate)",
             };
             let d = self.draft.client_dialect;
@@ -729,7 +747,7 @@ impl Relay<'_> {
             .session
             .write_response_body(Some(tail.freeze()), true)
             .await;
-        if status == Status::UpstreamAborted || budget_cut.is_some() {
+        if matches!(status, Status::UpstreamAborted | Status::Shutdown) || budget_cut.is_some() {
             // Stops the upstream generation.
             self.call.session.shutdown().await;
         } else if self.call.session.response_done() {

@@ -240,10 +240,11 @@ impl Tollgate {
             self,
             session,
             x,
-            state
-                .upstreams
-                .send(&route.provider, upstream_req, &request.body)
-                .await
+            tokio::select! {
+                r = state.upstreams.send(&route.provider, upstream_req, &request.body) => r,
+                // Still waiting for the answer's head when the grace is over.
+                () = state.in_flight.cut() => Err(ProxyError::ShuttingDown),
+            }
         );
         // meter
         meter::relay(state, session, &route, &request, call, x, pre_upstream).await;
@@ -288,7 +289,10 @@ impl Tollgate {
                 tracing::error!(request_id = %draft.event.event_id, error = %err, "request failed")
             }
         }
-        draft.event.status = Status::ProxyError;
+        draft.event.status = match err {
+            ProxyError::ShuttingDown => Status::Shutdown,
+            _ => Status::ProxyError,
+        };
         draft.event.error = Some(err.kind().to_string());
         // Nothing reached a provider it could not connect to.
         if matches!(
