@@ -144,6 +144,7 @@ fn event() -> UsageEvent {
         error: None,
         priced: true,
         usage_incomplete: false,
+        estimated: Default::default(),
         latency_us: 0,
         ttfb_us: 0,
         upstream_request_id: None,

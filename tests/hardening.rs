@@ -112,8 +112,7 @@ async fn odd_spellings_of_a_metered_path_are_normalised_and_metered() {
         let sent = fake.requests();
         assert_eq!(sent.len(), 1, "{path}");
         assert_eq!(sent[0].path, "/v1/messages", "{path} was forwarded as is");
-        let id = r.header("x-tollgate-request-id").unwrap().to_string();
-        let e = t.wait_event(&id).await;
+        let e = event_of(&t, &r).await;
         assert_eq!(e["model"], "claude-sonnet-4-5", "{path}: {e}");
         assert!(e["cost_nusd"].as_u64().unwrap() > 0, "{path}: {e}");
         assert_eq!(e["status"], "ok", "{path}: {e}");
@@ -123,9 +122,7 @@ async fn odd_spellings_of_a_metered_path_are_normalised_and_metered() {
     let r = post(&t, "/v1/./chat//completions?x=1", false, &chat_body()).await;
     assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
     assert_eq!(fake.requests()[0].path, "/v1/chat/completions?x=1");
-    let e = t
-        .wait_event(r.header("x-tollgate-request-id").unwrap())
-        .await;
+    let e = event_of(&t, &r).await;
     assert_eq!(e["model"], "gpt-4o", "{e}");
 }
 
@@ -228,8 +225,7 @@ async fn the_data_dir_is_created_private_whatever_the_umask() {
     // A cached answer and a ledger entry on disk.
     let r = post(&t, "/v1/messages", true, &messages_body()).await;
     assert_eq!(r.status, 200);
-    t.wait_event(r.header("x-tollgate-request-id").unwrap())
-        .await;
+    event_of(&t, &r).await;
     assert_eq!(mode(&data), 0o700, "data dir");
     let mut files = Vec::new();
     tree(&data, &mut files);
@@ -484,8 +480,7 @@ async fn a_request_body_that_stalls_or_trickles_is_answered_408() {
     let r = raw::parse(&got);
     assert_anthropic_error(&r, 408, "request_timeout");
     assert!(took < Duration::from_secs(4), "took {took:?}");
-    let id = r.header("x-tollgate-request-id").unwrap().to_string();
-    let e = t.wait_event(&id).await;
+    let e = event_of(&t, &r).await;
     assert_eq!(e["status"], "proxy_error", "{e}");
     assert_eq!(e["error"], "request_timeout", "{e}");
     // Trickles: one byte every 100 ms never finishes within 1 s.
@@ -593,4 +588,142 @@ async fn a_stream_cut_by_shutdown_ends_with_an_error_event_and_keeps_its_usage()
     assert!(e["cost_nusd"].as_u64().unwrap() > 0, "{e}");
     assert_eq!(e["usage_incomplete"], true, "{e}");
     assert_eq!(e["error"], "shutdown", "{e}");
+}
+
+// === item 3: unreadable usage is not free ===
+
+/// An upstream that answers every request with `answer` (a raw HTTP/1.1
+/// response) and closes; returns its base URL.
+async fn canned_upstream(answer: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // Read the request head and its (small) body, then answer.
+                let mut buf = vec![0u8; 65536];
+                let mut got = Vec::new();
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got);
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse::<usize>().ok())?
+                            })
+                            .unwrap_or(0);
+                        if got.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let _ = conn.write_all(answer).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// The usage event of the request `r` answered.
+async fn event_of(t: &Tollgate, r: &raw::Response) -> Value {
+    t.wait_event(r.header("x-tollgate-request-id").unwrap())
+        .await
+}
+
+/// Input from the request's size, output its bound (64), both estimated.
+fn assert_charged_the_request_bound(e: &Value, body: &[u8]) {
+    assert_eq!(e["input_tokens"], body.len() as u64, "{e}");
+    assert_eq!(e["output_tokens"], 64, "the request's bound: {e}");
+    assert_eq!(e["estimated"]["input"], true, "{e}");
+    assert_eq!(e["estimated"]["output"], true, "{e}");
+}
+
+/// The usage of a 200 whose JSON cannot be read is charged at the best
+/// bound available, and the event says which figures are estimated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_whose_usage_cannot_be_read_is_charged_its_bound() {
+    support::install_tls_provider();
+    let garbage: &[&'static [u8]] = &[
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 26\r\n\r\n{\"id\":\"msg_1\",\"type\":\"mess",
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 9\r\n\r\nnot json!",
+    ];
+    for answer in garbage {
+        let base = canned_upstream(answer).await;
+        let t = Builder::new(&base).no_cache().start();
+        let body = messages_body();
+        let r = post(&t, "/v1/messages", true, &body).await;
+        assert_eq!(r.status, 200);
+        let e = event_of(&t, &r).await;
+        assert_eq!(e["usage_incomplete"], true, "{e}");
+        assert_charged_the_request_bound(&e, &body);
+        // claude-sonnet-4-5: $3 / MTok in, $15 / MTok out.
+        assert_eq!(
+            e["cost_nusd"],
+            body.len() as u64 * 3_000 + 64 * 15_000,
+            "{e}"
+        );
+    }
+}
+
+/// A JSON answer over the metering limit, and an OpenAI stream cut before
+/// its usage chunk, are charged their bound too: input from the request,
+/// output the request's bound (nothing countable) or the deltas seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_answers_and_cut_openai_streams_are_charged_their_bound() {
+    let fake = FakeProvider::start().await;
+    let t = Builder::new(&fake.base_url())
+        .no_cache()
+        .top("max_body_bytes = 300")
+        .start();
+    let body = messages_body();
+    let r = post(&t, "/v1/messages", true, &body).await;
+    assert_eq!(r.status, 200);
+    let e = event_of(&t, &r).await;
+    assert_eq!(e["error"], "response_too_large_to_meter", "{e}");
+    assert_charged_the_request_bound(&e, &body);
+    assert!(e["cost_nusd"].as_u64().unwrap() > 0, "{e}");
+    // A stream cut after two content deltas, before its usage chunk.
+    let chat = json!({"model": "gpt-4o", "max_tokens": 64, "stream": true,
+                      "messages": [{"role": "user", "content": "Hi"}]})
+    .to_string()
+    .into_bytes();
+    let line = "POST /v1/chat/completions HTTP/1.1";
+    let r = raw::send(
+        &addr(&t),
+        &[
+            line,
+            "content-type: application/json",
+            "x-fake-scenario: cut",
+        ],
+        &chat,
+        WAIT,
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let e = event_of(&t, &r).await;
+    assert_eq!(e["status"], "upstream_aborted", "{e}");
+    assert!(e["input_tokens"].as_u64().unwrap() > 0, "{e}");
+    assert_eq!(e["estimated"]["input"], true, "{e}");
+    assert_eq!(e["output_tokens"], 2, "the deltas seen: {e}");
+    assert_eq!(e["estimated"]["output"], true, "{e}");
+    assert!(e["cost_nusd"].as_u64().unwrap() > 0, "{e}");
+    // Complete usage is measured, not estimated.
+    let r = raw::send(
+        &addr(&t),
+        &[line, "content-type: application/json"],
+        &chat,
+        WAIT,
+    )
+    .await;
+    let e = event_of(&t, &r).await;
+    assert_eq!(e["estimated"]["input"], false, "{e}");
+    assert_eq!(e["estimated"]["output"], false, "{e}");
 }

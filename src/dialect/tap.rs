@@ -171,6 +171,11 @@ impl StreamTap {
         self.meter.usage()
     }
 
+    /// Content events seen: a lower bound of the output tokens.
+    pub fn deltas(&self) -> u64 {
+        self.facts.deltas
+    }
+
     /// Whether any usage was seen at all.
     pub fn saw_usage(&self) -> bool {
         self.facts.saw_usage

@@ -58,4 +58,8 @@ pub(crate) struct StreamFacts {
     pub(crate) error: Option<String>,
     pub(crate) model: Option<String>,
     pub(crate) id: Option<String>,
+    /// Content events seen (Anthropic `content_block_delta`, OpenAI content
+    /// chunks): each carries at least a token, so a lower bound of the
+    /// output when the stream's own usage never comes.
+    pub(crate) deltas: u64,
 }

@@ -134,6 +134,10 @@ pub struct UsageEvent {
     /// True when the usage is a lower bound (the stream ended before its final usage).
     #[serde(default)]
     pub usage_incomplete: bool,
+    /// Which token figures are tollgate's estimates, not the provider's
+    /// (its usage could not be read); both false for measured usage.
+    #[serde(default)]
+    pub estimated: Estimated,
     /// Whole request, microseconds.
     pub latency_us: u64,
     /// Time to the upstream's first response byte, microseconds (0 if none).
@@ -142,6 +146,21 @@ pub struct UsageEvent {
     pub upstream_request_id: Option<String>,
     /// The client's `idempotency-key` header, if any.
     pub idempotency_key: Option<String>,
+}
+
+/// Which of an event's token figures are estimates: the provider billed
+/// a call whose usage tollgate could not read (truncated or unreadable
+/// JSON, a body over the metering limit, a stream cut before its usage), so
+/// the event carries the best bound available instead of nothing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Estimated {
+    /// `input_tokens` is the request's bound (its size), not the provider's count.
+    #[serde(default)]
+    pub input: bool,
+    /// `output_tokens` is the deltas seen, or the request's output bound
+    /// when nothing could be counted.
+    #[serde(default)]
+    pub output: bool,
 }
 
 /// Money a request holds or spent in one budget period.
@@ -222,6 +241,7 @@ impl OpenRecord {
             error: None,
             priced: true,
             usage_incomplete: true,
+            estimated: Estimated::default(),
             latency_us: 0,
             ttfb_us: 0,
             upstream_request_id: None,

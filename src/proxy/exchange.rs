@@ -94,6 +94,7 @@ impl Draft {
                 error: None,
                 priced: true,
                 usage_incomplete: false,
+                estimated: Default::default(),
                 latency_us: 0,
                 ttfb_us: 0,
                 upstream_request_id: None,

@@ -26,7 +26,7 @@ use crate::dialect::Assembler;
 use crate::dialect::Usage;
 use crate::dialect::{usage_from_json, StreamTap};
 use crate::dialect::{Dialect, ErrorClass};
-use crate::meter::event::Status;
+use crate::meter::event::{Estimated, Status};
 use crate::proxy::recorder::UpstreamTimes;
 
 /// A read's outcome; the idle timeout is pingora's per-read timeout,
@@ -102,7 +102,7 @@ pub async fn relay(
     if is_sse || route.endpoint == Endpoint::Passthrough {
         relay.stream(route, request, upstream_header, is_sse).await;
     } else {
-        relay.buffered(route, upstream_header).await;
+        relay.buffered(route, request, upstream_header).await;
     }
 }
 
@@ -345,6 +345,63 @@ impl Relay<'_> {
         e.priced = cost.priced;
     }
 
+    /// A billed answer whose usage could not be read (or only in part) is
+    /// charged the best bound available rather than nothing: input from the
+    /// request's size when none was seen, output at least `seen_output` (a
+    /// stream's deltas) or, when nothing could be counted, the request's
+    /// output bound. The event says which figures are estimates; budgets
+    /// settle such a request at its worst case anyway.
+    fn bound_unread_usage(
+        &mut self,
+        route: &Route,
+        request: &RequestModel,
+        seen_output: Option<u64>,
+    ) {
+        let e = &self.draft.event;
+        let billed = matches!(
+            route.endpoint,
+            Endpoint::Messages | Endpoint::ChatCompletions
+        ) && e.usage_incomplete
+            && self.draft.sent_upstream
+            && e.status != Status::ProviderError
+            && (200..300).contains(&e.http_status);
+        if !billed {
+            return;
+        }
+        let max_tokens = request
+            .max_tokens
+            .unwrap_or(self.state.budget_default_max_tokens);
+        let model = if e.model.is_empty() {
+            request.model.as_str()
+        } else {
+            e.model.as_str()
+        };
+        let bound = crate::budget::estimate::estimate(
+            self.state.recorder.prices(),
+            model,
+            &request.body,
+            max_tokens,
+            request.choices,
+        );
+        let mut usage = e.usage;
+        let mut estimated = Estimated::default();
+        if usage.input_tokens + usage.cache_read_input_tokens + usage.cache_creation_input_tokens
+            == 0
+        {
+            usage.input_tokens = bound.input_tokens;
+            estimated.input = true;
+        }
+        let output = seen_output.unwrap_or(max_tokens.saturating_mul(bound.choices));
+        if output > usage.output_tokens {
+            usage.output_tokens = output;
+            estimated.output = true;
+        }
+        if estimated != Estimated::default() {
+            self.draft.event.estimated = estimated;
+            self.apply_usage(&usage, None);
+        }
+    }
+
     /// Settles and queues the event (the caller then sends the last bytes).
     fn record(&mut self) {
         let times = UpstreamTimes {
@@ -354,7 +411,7 @@ impl Relay<'_> {
         self.draft.record(Some(times));
     }
 
-    async fn buffered(mut self, route: &Route, upstream: ResponseHeader) {
+    async fn buffered(mut self, route: &Route, request: &RequestModel, upstream: ResponseHeader) {
         let mut body = BytesMut::new();
         let mut failure = None;
         loop {
@@ -362,7 +419,9 @@ impl Relay<'_> {
                 Ok(Some(chunk)) => {
                     body.extend_from_slice(&chunk);
                     if body.len() > self.state.max_body_bytes {
-                        return self.oversized(upstream, body.freeze()).await;
+                        return self
+                            .oversized(route, request, upstream, body.freeze())
+                            .await;
                     }
                 }
                 Ok(None) => break,
@@ -420,6 +479,7 @@ impl Relay<'_> {
             }
         }
         let client_gone = self.draft.event.status == Status::ClientAborted;
+        self.bound_unread_usage(route, request, None);
         self.record();
         if client_gone {
             give_up_on_client(self.session);
@@ -461,7 +521,13 @@ impl Relay<'_> {
     /// A non-streaming answer larger than `max_body_bytes`: stop buffering,
     /// send what arrived and pipe the rest. Its usage cannot be read, so the
     /// event says so (`usage_incomplete`) and no cost header is sent.
-    async fn oversized(mut self, upstream: ResponseHeader, head: Bytes) {
+    async fn oversized(
+        mut self,
+        route: &Route,
+        request: &RequestModel,
+        upstream: ResponseHeader,
+        head: Bytes,
+    ) {
         // Too large to share: followers call the provider themselves.
         if let Some(leader) = self.leader.take() {
             leader.finish(Outcome::Abandoned);
@@ -494,6 +560,7 @@ impl Relay<'_> {
         if let Some(f) = failure {
             self.fail_midway(f);
         }
+        self.bound_unread_usage(route, request, None);
         self.record();
         self.end_piped().await;
     }
@@ -702,6 +769,8 @@ impl Relay<'_> {
                     "stream ended before its final event".into(),
                 ));
             }
+            let deltas = (metered && tap.deltas() > 0).then(|| tap.deltas());
+            self.bound_unread_usage(route, request, deltas);
             self.record();
         } else if let Some(ReadFailure::ClientGone) = failure {
             // Recorded as complete; only the last write failed. The ledger keeps the truth (the call was paid for).

@@ -427,6 +427,7 @@ mod tests {
             error: None,
             priced: true,
             usage_incomplete: false,
+            estimated: Default::default(),
             latency_us: 1,
             ttfb_us: 1,
             upstream_request_id: None,

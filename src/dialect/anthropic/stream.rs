@@ -42,6 +42,7 @@ impl Meter {
                 }
             }
             "message_stop" => facts.complete = true,
+            "content_block_delta" => facts.deltas += 1,
             "error" if facts.error.is_none() => {
                 let kind = from_str::<ErrorEvent>(data)
                     .ok()

@@ -48,7 +48,8 @@ impl Meter {
         }
         let first = !self.first_chunk_seen;
         if !first && !FINDERS.has_usage(bytes) && !FINDERS.has_error(bytes) {
-            // A content chunk: nothing to read.
+            // A content chunk: nothing to read but its being there.
+            facts.deltas += 1;
             return false;
         }
         self.first_chunk_seen = true;
