@@ -549,7 +549,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     server.bootstrap();
 
     // Behind a deadline for request heads (slow clients get a 408).
-    let listener = tollgate::proxy::ingress::deadline::Listener {
+    let listener = tollgate::proxy::ingress::head::Listener {
         http: Arc::new(pingora::proxy::http_proxy(
             &server.configuration,
             Tollgate::new(state.clone()),

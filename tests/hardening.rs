@@ -727,3 +727,76 @@ async fn oversized_answers_and_cut_openai_streams_are_charged_their_bound() {
     assert_eq!(e["estimated"]["input"], false, "{e}");
     assert_eq!(e["estimated"]["output"], false, "{e}");
 }
+
+// === item 5: parser-level errors ===
+
+/// Sends `bytes` as they are, reads the answer to the connection's end.
+async fn send_raw(t: &Tollgate, bytes: &[u8]) -> raw::Response {
+    use tokio::io::AsyncWriteExt;
+    let mut conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    // The server may answer and close before it has read everything.
+    let _ = conn.write_all(bytes).await;
+    raw::read_response(&mut conn, WAIT).await
+}
+
+/// An error tollgate made, whatever the dialect: its kind, a JSON error body.
+fn assert_tollgate_error(r: &raw::Response, status: u16, kind: &str) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.header("x-tollgate-error"), Some(kind), "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json"), "{r:?}");
+    assert!(r.json()["error"]["message"].is_string(), "{r:?}");
+}
+
+/// What pingora's HTTP parser refuses gets tollgate's error kind and, where
+/// the dialect shows, the provider's error shape; nothing is forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_parser_refuses_get_a_provider_shaped_error() {
+    let fake = FakeProvider::start().await;
+    let t = start(&fake);
+    let anthropic = "POST /v1/messages HTTP/1.1\r\nhost: x\r\nanthropic-version: 2023-06-01\r\n";
+    // A malformed chunk size.
+    let r = send_raw(
+        &t,
+        format!("{anthropic}transfer-encoding: chunked\r\n\r\nZZZ\r\nhello\r\n0\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_anthropic_error(&r, 400, "malformed_request");
+    // A NUL in a header value.
+    let r = send_raw(&t, format!("{anthropic}x-a: a\0b\r\n\r\n").as_bytes()).await;
+    assert_anthropic_error(&r, 400, "malformed_request");
+    // 1,000 headers.
+    let many: String = (0..1000).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let r = send_raw(&t, format!("{anthropic}{many}\r\n").as_bytes()).await;
+    assert!(r.status == 400 || r.status == 431, "{r:?}");
+    assert_anthropic_error(&r, r.status, "malformed_request");
+    // A 1 MB header.
+    let big = "a".repeat(1 << 20);
+    let r = send_raw(&t, format!("{anthropic}x-big: {big}\r\n\r\n").as_bytes()).await;
+    assert!(r.status == 400 || r.status == 431, "{}", r.status);
+    assert_anthropic_error(&r, r.status, "malformed_request");
+    // An 800 KB header block (100 headers of 8 KB): within pingora's
+    // limits, so the (empty) body is what is refused.
+    let block: String = (0..100)
+        .map(|i| format!("x-b{i}: {}\r\n", "b".repeat(8 << 10)))
+        .collect();
+    let r = send_raw(
+        &t,
+        format!("{anthropic}connection: close\r\n{block}\r\n").as_bytes(),
+    )
+    .await;
+    assert_anthropic_error(&r, 400, "bad_request");
+    // A garbage request line, and TLS on the plain port.
+    let r = send_raw(&t, b"\x01\x02garbage garbage\r\n\r\n").await;
+    assert_tollgate_error(&r, 400, "malformed_request");
+    let r = send_raw(&t, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03").await;
+    assert_tollgate_error(&r, 400, "malformed_request");
+    // CONNECT on the base-URL port (HTTPS_PROXY mode is another listener).
+    let r = send_raw(
+        &t,
+        b"CONNECT api.openai.com:443 HTTP/1.1\r\nhost: api.openai.com:443\r\n\r\n",
+    )
+    .await;
+    assert_openai_error(&r, 405, "method_not_allowed");
+    assert!(fake.requests().is_empty(), "nothing reaches the provider");
+}

@@ -48,6 +48,13 @@ pub enum ProxyError {
     },
     #[error("reading the request body failed: {0}")]
     ClientRead(String),
+    /// What pingora's HTTP parser refused (request line, headers, chunked
+    /// framing), with the status it would have answered.
+    #[error("tollgate could not parse the request: {detail}")]
+    MalformedRequest { status: u16, detail: String },
+    /// `CONNECT` on the base-URL listener.
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// The client took too long to send its request (`timeouts.request_*`).
     #[error("the client did not send {what} within {} s", limit.as_secs_f64())]
     ClientTimeout {
@@ -113,6 +120,8 @@ impl ProxyError {
             ProxyError::UnsupportedEndpoint { .. } => "unsupported_endpoint",
             ProxyError::ClientRead(_) => "client_read",
             ProxyError::ClientTimeout { .. } => "request_timeout",
+            ProxyError::MalformedRequest { .. } => "malformed_request",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
@@ -139,6 +148,8 @@ impl ProxyError {
             ProxyError::UnsupportedEndpoint { .. } => 404,
             ProxyError::ClientRead(_) => 400,
             ProxyError::ClientTimeout { .. } => 408,
+            ProxyError::MalformedRequest { status, .. } => *status,
+            ProxyError::MethodNotAllowed(_) => 405,
             ProxyError::UpstreamUnreachable { .. } => 502,
             ProxyError::UpstreamTimeout { .. } => 504,
             ProxyError::UpstreamProtocol { .. } => 502,
@@ -162,6 +173,8 @@ impl ProxyError {
             | ProxyError::BadPath { .. }
             | ProxyError::ClientRead(_)
             | ProxyError::ClientTimeout { .. }
+            | ProxyError::MalformedRequest { .. }
+            | ProxyError::MethodNotAllowed(_)
             | ProxyError::BadHeader(_) => ErrorClass::InvalidRequest,
             ProxyError::TooLarge { .. } => ErrorClass::TooLarge,
             ProxyError::UnknownRoute { .. } | ProxyError::UnsupportedEndpoint { .. } => {
@@ -202,6 +215,8 @@ impl ProxyError {
             | ProxyError::UnsupportedEndpoint { .. }
             | ProxyError::ClientRead(_)
             | ProxyError::ClientTimeout { .. }
+            | ProxyError::MalformedRequest { .. }
+            | ProxyError::MethodNotAllowed(_)
             | ProxyError::Unauthorized(_)
             | ProxyError::Forbidden(_)
             | ProxyError::RateLimited(_)

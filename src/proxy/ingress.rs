@@ -11,7 +11,7 @@
 //! (Anthropic's OpenAI-compatible chat completions) is refused: it is
 //! billed, and tollgate meters each provider in its own dialect only.
 
-pub mod deadline;
+pub mod head;
 pub mod path;
 
 use std::sync::Arc;
@@ -276,10 +276,17 @@ async fn read_body_untimed(session: &mut Session, limit: usize) -> Result<Bytes,
     let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
     loop {
-        let chunk = session
-            .read_request_body()
-            .await
-            .map_err(|e| ProxyError::ClientRead(e.to_string()))?;
+        let chunk = session.read_request_body().await.map_err(|e| {
+            // pingora's names for broken chunked framing (its constants
+            // are private): the client is there, its request is malformed.
+            match e.etype.as_str() {
+                "InvalidChunk" | "InvalidTrailerEnd" => ProxyError::MalformedRequest {
+                    status: 400,
+                    detail: e.to_string(),
+                },
+                _ => ProxyError::ClientRead(e.to_string()),
+            }
+        })?;
         let Some(chunk) = chunk else { break };
         let total = first.as_ref().map_or(0, Bytes::len) + buf.len() + chunk.len();
         if total > limit {

@@ -18,7 +18,7 @@
 //! ```
 //!
 //! Before any hook, the base-URL listener's connections are on a clock for
-//! their request heads (`ingress::deadline`: slow clients get a 408).
+//! their request heads (`ingress::head`: slow clients get a 408).
 //!
 //! Why everything happens in `request_filter`: the route, the key and later
 //! the cache and budget all depend on the parsed body, and pingora only
@@ -311,8 +311,11 @@ impl Tollgate {
             draft.event.usage_incomplete = true;
         }
         let client_gone = matches!(err, ProxyError::ClientRead(_));
-        if matches!(err, ProxyError::ClientTimeout { .. }) {
-            // The rest of its body may still come: not a next request.
+        if matches!(
+            err,
+            ProxyError::ClientTimeout { .. } | ProxyError::MalformedRequest { .. }
+        ) {
+            // What follows on the connection is not a next request.
             give_up_on_client(session);
         }
         if !client_gone {
@@ -361,7 +364,7 @@ impl ProxyHttp for Tollgate {
         // keeps that byte for the next request instead of dropping it (which
         // turned `POST` into `OST`).
         session.downstream_session.set_pipelining_enabled(true);
-        ingress::deadline::head_read(session);
+        ingress::head::head_read(session);
         let dialect = ingress::guess_dialect(session.req_header());
         let x = Exchange::new(&self.state, started, dialect);
         self.handle(session, x).await;
@@ -371,7 +374,7 @@ impl ProxyHttp for Tollgate {
             // client would take for this one.
             give_up_on_client(session);
         }
-        ingress::deadline::exchange_done(session);
+        ingress::head::exchange_done(session);
         Ok(true)
     }
 

@@ -1,3 +1,6 @@
+//! The request head before `request_filter` sees it: its deadline, and
+//! pingora's own answers to heads it refuses.
+//!
 //! Slow clients: a request head must arrive within `timeouts.request_head`.
 //! pingora bounds each read of the head (60 s), not the whole head, so a
 //! client sending a byte every few seconds would hold its connection for
@@ -10,6 +13,13 @@
 //! time runs out, `Clocked` writes a 408 itself, in the shape of the dialect
 //! the bytes so far speak, and fails the read: pingora then closes the
 //! connection. (A client that sent nothing at all is just closed.)
+//!
+//! Refused heads: what pingora's parser refuses (a garbage request line,
+//! NUL in a header, too many or too large headers) and `CONNECT` it answers
+//! itself, before any hook, with a bare status. Anything written before
+//! `request_filter` has the head is such an answer, so `Clocked` writes
+//! tollgate's own instead: the same status, `x-tollgate-error`, the error
+//! shape of the dialect the bytes so far speak.
 
 use std::future::Future;
 use std::io;
@@ -101,6 +111,9 @@ pub struct Clocked {
     seen: Vec<u8>,
     /// The 408 being written, and how much of it is out.
     refusal: Option<(Vec<u8>, usize)>,
+    /// tollgate's answer written in place of pingora's, and how much of it
+    /// is out.
+    replacement: Option<(Vec<u8>, usize)>,
 }
 
 impl Clocked {
@@ -112,6 +125,7 @@ impl Clocked {
             timer: None,
             seen: Vec::new(),
             refusal: None,
+            replacement: None,
         }
     }
 
@@ -163,22 +177,73 @@ impl Clocked {
         let (bytes, written) = self
             .refusal
             .get_or_insert_with(|| (refusal(seen, limit), 0));
-        while *written < bytes.len() {
-            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
-                Poll::Ready(Ok(0)) => break,
-                Poll::Ready(Ok(n)) => *written += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
-        if Pin::new(&mut self.inner).poll_flush(cx).is_pending() {
-            return Poll::Pending;
-        }
+        std::task::ready!(poll_write_all(&mut self.inner, cx, bytes, written))?;
         Poll::Ready(Err(io::Error::new(
             io::ErrorKind::TimedOut,
             format!("request head not complete within {limit:?}"),
         )))
     }
+
+    /// pingora is writing its own answer to a head it refused (`first`: the
+    /// start of what it writes): writes tollgate's instead and reports
+    /// pingora's `len` bytes written. None: not such an answer.
+    fn poll_replace(
+        &mut self,
+        cx: &mut Context<'_>,
+        first: &[u8],
+        len: usize,
+    ) -> Option<Poll<io::Result<usize>>> {
+        if self.replacement.is_none() {
+            if *self.phase() == Phase::Served {
+                return None;
+            }
+            let status = status_of(first)?;
+            self.replacement = Some((replacement(status, &self.seen), 0));
+        }
+        let (bytes, written) = self.replacement.as_mut()?;
+        // pingora's own bytes (its status line, headers, empty body) go nowhere.
+        Some(poll_write_all(&mut self.inner, cx, bytes, written).map_ok(|()| len))
+    }
+}
+
+/// Writes `bytes[*written..]` to `inner` and flushes it.
+fn poll_write_all(
+    inner: &mut Stream,
+    cx: &mut Context<'_>,
+    bytes: &[u8],
+    written: &mut usize,
+) -> Poll<io::Result<()>> {
+    while *written < bytes.len() {
+        match std::task::ready!(Pin::new(&mut *inner).poll_write(cx, &bytes[*written..])) {
+            Ok(0) => break,
+            Ok(n) => *written += n,
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+    Pin::new(inner).poll_flush(cx)
+}
+
+/// The status of an HTTP/1 response head (`HTTP/1.1 400 …`).
+fn status_of(head: &[u8]) -> Option<u16> {
+    let rest = head.strip_prefix(b"HTTP/1.")?;
+    let code = rest.get(2..5)?;
+    std::str::from_utf8(code).ok()?.parse().ok()
+}
+
+/// tollgate's answer for a head pingora refused with `status`.
+fn replacement(status: u16, seen: &[u8]) -> Vec<u8> {
+    let err = match status {
+        405 => ProxyError::MethodNotAllowed(
+            "CONNECT is served by tollgate's HTTPS_PROXY listener (forward_proxy_listen), \
+             not the base-URL one"
+                .into(),
+        ),
+        _ => ProxyError::MalformedRequest {
+            status,
+            detail: "malformed request line, headers or framing".into(),
+        },
+    };
+    http1_response(&err, sniff_dialect(seen))
 }
 
 /// The 408 for a head that did not arrive in time, as HTTP/1.1 bytes.
@@ -190,8 +255,13 @@ fn refusal(seen: &[u8], limit: Duration) -> Vec<u8> {
         what: "the request head",
         limit,
     };
+    http1_response(&err, sniff_dialect(seen))
+}
+
+/// `err`'s response, closing the connection, as HTTP/1.1 bytes.
+fn http1_response(err: &ProxyError, dialect: Dialect) -> Vec<u8> {
     let id = uuid::Uuid::now_v7().to_string();
-    let (header, body) = err.response(sniff_dialect(seen), &id);
+    let (header, body) = err.response(dialect, &id);
     tracing::debug!(request_id = %id, error = %err, "request refused");
     let mut out = format!(
         "HTTP/1.1 {} {}\r\n",
@@ -257,6 +327,9 @@ impl AsyncWrite for Clocked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(replaced) = self.poll_replace(cx, buf, buf.len()) {
+            return replaced;
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -273,6 +346,14 @@ impl AsyncWrite for Clocked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        let len = bufs.iter().map(|b| b.len()).sum();
+        if let Some(replaced) = self.poll_replace(cx, first, len) {
+            return replaced;
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -352,20 +433,48 @@ mod tests {
         );
     }
 
+    /// `bytes` is a whole response: `status_line`, `kind`, a JSON error
+    /// body in Anthropic's shape (when `anthropic`), the connection closed.
+    fn assert_response(bytes: &[u8], status_line: &str, kind: &str, anthropic: bool) {
+        let text = String::from_utf8_lossy(bytes);
+        assert!(text.starts_with(status_line), "{text}");
+        let marker = format!("x-tollgate-error: {kind}\r\n");
+        assert!(text.contains(&marker), "{text}");
+        assert!(text.contains("connection: close\r\n\r\n{"), "{text}");
+        assert_eq!(text.contains("\"type\":\"error\""), anthropic, "{text}");
+    }
+
+    #[test]
+    fn pingoras_bare_answers_are_replaced_by_tollgates() {
+        assert_eq!(status_of(b"HTTP/1.1 400 Bad Request\r\n"), Some(400));
+        assert_eq!(status_of(b"HTTP/1.0 405 "), Some(405));
+        assert_eq!(status_of(b"data: x"), None);
+        assert_eq!(status_of(b"HTTP/1.1 4"), None);
+        let r = replacement(405, b"CONNECT api.openai.com:443 HTTP/1.1\r\n");
+        assert_response(
+            &r,
+            "HTTP/1.1 405 Method Not Allowed\r\n",
+            "method_not_allowed",
+            false,
+        );
+        let r = replacement(400, b"POST /v1/messages HTTP/1.1\r\nx-a: \0");
+        assert_response(
+            &r,
+            "HTTP/1.1 400 Bad Request\r\n",
+            "malformed_request",
+            true,
+        );
+    }
+
     #[test]
     fn the_refusal_is_a_whole_http_response() {
         assert!(refusal(b"", Duration::from_secs(1)).is_empty());
         let r = refusal(b"POST /v1/messages HTTP/1.1\r\n", Duration::from_secs(10));
-        let text = String::from_utf8_lossy(&r);
-        assert!(
-            text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
-            "{text}"
+        assert_response(
+            &r,
+            "HTTP/1.1 408 Request Timeout\r\n",
+            "request_timeout",
+            true,
         );
-        assert!(
-            text.contains("x-tollgate-error: request_timeout\r\n"),
-            "{text}"
-        );
-        assert!(text.contains("connection: close\r\n\r\n{"), "{text}");
-        assert!(text.contains("\"type\":\"error\""), "{text}");
     }
 }
