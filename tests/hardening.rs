@@ -800,3 +800,57 @@ async fn requests_the_parser_refuses_get_a_provider_shaped_error() {
     assert_openai_error(&r, 405, "method_not_allowed");
     assert!(fake.requests().is_empty(), "nothing reaches the provider");
 }
+
+// === item 7: compressed upstream answers ===
+
+/// A raw HTTP/1.1 200 carrying `body` gzip-compressed.
+fn gzipped_answer(content_type: &str, body: &str) -> &'static [u8] {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(body.as_bytes()).unwrap();
+    let gz = gz.finish().unwrap();
+    let mut out = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: {content_type}\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
+        gz.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&gz);
+    Box::leak(out.into_boxed_slice())
+}
+
+/// An upstream that compresses although tollgate asked for plain bytes:
+/// the tap reads the decoded answer, and the client gets it decoded, marked
+/// as such, stream and JSON alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_encoded_answers_are_decoded_for_the_tap_and_the_client() {
+    support::install_tls_provider();
+    let usage = r#""usage":{"input_tokens":100,"output_tokens":1}"#;
+    let sse = format!(
+        "event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],{usage}}}}}\n\n\
+         event: content_block_start\ndata: {{\"type\":\"content_block_start\",\"index\":0,\"content_block\":{{\"type\":\"text\",\"text\":\"\"}}}}\n\n\
+         event: content_block_delta\ndata: {{\"type\":\"content_block_delta\",\"index\":0,\"delta\":{{\"type\":\"text_delta\",\"text\":\"Hi\"}}}}\n\n\
+         event: content_block_stop\ndata: {{\"type\":\"content_block_stop\",\"index\":0}}\n\n\
+         event: message_delta\ndata: {{\"type\":\"message_delta\",\"delta\":{{\"stop_reason\":\"end_turn\"}},\"usage\":{{\"output_tokens\":7}}}}\n\n\
+         event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+    );
+    let json_answer = r#"{"id":"msg_2","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":100,"output_tokens":7}}"#;
+    for (answer, plain) in [
+        (gzipped_answer("text/event-stream", &sse), sse.as_str()),
+        (gzipped_answer("application/json", json_answer), json_answer),
+    ] {
+        let base = canned_upstream(answer).await;
+        let t = Builder::new(&base).no_cache().start();
+        let r = post(&t, "/v1/messages", true, &messages_body()).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-encoding"), None, "{r:?}");
+        let text = String::from_utf8_lossy(&r.body).into_owned();
+        assert!(text.starts_with(plain), "{text}");
+        assert!(!text.contains("event: error"), "{text}");
+        let e = event_of(&t, &r).await;
+        assert_eq!(e["status"], "ok", "{e}");
+        assert_eq!(e["usage_incomplete"], false, "{e}");
+        assert_eq!(e["input_tokens"], 100, "{e}");
+        assert_eq!(e["output_tokens"], 7, "{e}");
+        assert_eq!(e["cost_nusd"], 100 * 3_000 + 7 * 15_000, "{e}");
+    }
+}

@@ -8,6 +8,9 @@
 //!   incomplete trailing event when a usage chunk must be cut out.
 //! - Non-streaming JSON is read whole (it must be: its cost goes in a
 //!   header), then priced, recorded and sent with `content-length`.
+//! - An answer compressed anyway is decoded first ([`decode`]).
+
+mod decode;
 
 use std::time::Duration;
 
@@ -65,9 +68,10 @@ pub async fn relay(
     draft.event.ttfb_us = call.ttfb.as_micros() as u64;
     call.session
         .set_read_timeout(Some(state.upstreams.idle_timeout()));
-    let Some(upstream_header) = call.session.response_header().cloned() else {
+    let Some(mut upstream_header) = call.session.response_header().cloned() else {
         return;
     };
+    let body = decode::Body::of(&mut upstream_header);
     let status = upstream_header.status.as_u16();
     draft.event.http_status = status;
     let id_header = route.dialect().request_id_header();
@@ -97,6 +101,7 @@ pub async fn relay(
         leader,
         write,
         assembler,
+        body,
     };
     // Unmetered paths (model lists, batch results…) are piped, never buffered.
     if is_sse || route.endpoint == Endpoint::Passthrough {
@@ -122,6 +127,8 @@ struct Relay<'a> {
     /// Builds the complete message out of a stream (for the cache and
     /// non-stream followers).
     assembler: Option<Assembler>,
+    /// The upstream body's coding (decoded for the tap when compressed).
+    body: decode::Body,
 }
 
 /// The provider's response headers minus framing and tollgate's own.
@@ -138,8 +145,20 @@ fn provider_headers(upstream: &ResponseHeader) -> Vec<(http::HeaderName, http::H
 }
 
 impl Relay<'_> {
-    /// The next upstream chunk, the idle timeout, or the client going away.
+    /// The next upstream chunk (decoded), the idle timeout, or the client
+    /// going away.
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, ReadFailure> {
+        match self.next_raw_chunk().await? {
+            Some(chunk) => Ok(Some(self.body.chunk(chunk))),
+            None => {
+                let tail = self.body.finish();
+                Ok((!tail.is_empty()).then_some(tail))
+            }
+        }
+    }
+
+    /// The next upstream chunk as it came.
+    async fn next_raw_chunk(&mut self) -> Result<Option<Bytes>, ReadFailure> {
         if self.kept_for_followers() && !self.leader.as_ref().is_some_and(Leader::has_followers) {
             // The client left and now every follower has too: stop paying.
             return Err(ReadFailure::ClientGone);
@@ -642,8 +661,12 @@ impl Relay<'_> {
         upstream: ResponseHeader,
         sse: bool,
     ) {
-        let metered =
-            sse && route.endpoint != Endpoint::Passthrough && upstream.status.is_success();
+        let meterable = sse && route.endpoint != Endpoint::Passthrough;
+        let metered = meterable && upstream.status.is_success() && self.body.readable();
+        if meterable && !self.body.readable() {
+            // Billed, but in a coding the tap cannot read.
+            self.draft.event.usage_incomplete = true;
+        }
         // A piped non-SSE body keeps the provider's framing when it had one.
         let length = if sse {
             None

@@ -69,6 +69,16 @@ pub fn parse(raw: &[u8]) -> Response {
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
     let rest = &raw[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        return Response {
+            status,
+            headers,
+            body: dechunk(rest),
+        };
+    }
     let len = headers
         .iter()
         .find(|(n, _)| n == "content-length")
@@ -80,4 +90,22 @@ pub fn parse(raw: &[u8]) -> Response {
         headers,
         body: rest[..len].to_vec(),
     }
+}
+
+/// The payload of a chunked body (as much of it as is there).
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&rest[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok());
+        let Some(size) = size.filter(|n| *n > 0) else {
+            break;
+        };
+        let start = eol + 2;
+        let end = (start + size).min(rest.len());
+        body.extend_from_slice(&rest[start..end]);
+        rest = rest.get(end + 2..).unwrap_or(&[]);
+    }
+    body
 }
