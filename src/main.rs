@@ -581,6 +581,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
             auth_sha256: f.auth_sha256,
             handshake: config.timeouts.handshake,
             idle: config.timeouts.idle,
+            request_head: config.timeouts.request_head,
             guard_local: !f.listen.ip().is_loopback(),
             tls: Default::default(),
         };

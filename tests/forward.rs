@@ -515,3 +515,85 @@ async fn plain_http_requests_are_forwarded_but_never_to_a_provider_in_the_clear(
     assert_eq!(text(&out), "403");
     assert!(fake.requests().is_empty());
 }
+
+/// A request head trickling into an HTTP/1.1 tunnel is cut at
+/// `timeouts.request_head` with a 408 in the provider's shape, as on the
+/// base-URL listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_head_in_a_tunnel_is_answered_408() {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    support::install_tls_provider();
+    let fake = FakeProvider::start().await;
+    let ca = ca_dir();
+    let port = free_port();
+    let t = Builder::new(&fake.base_url())
+        .top(&format!(
+            "forward_proxy_listen = \"127.0.0.1:{port}\"\nca_dir = \"{}\"\n",
+            ca.path().join("ca").display()
+        ))
+        .env("TOLLGATE_TIMEOUTS__REQUEST_HEAD", "1s")
+        .start();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut tcp = loop {
+        if let Ok(c) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no forward proxy:\n{}", t.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tcp.write_all(b"CONNECT api.anthropic.com:443 HTTP/1.1\r\nhost: api.anthropic.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = Vec::new();
+    while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut b = [0u8; 256];
+        let n = tcp.read(&mut b).await.unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&reply));
+        reply.extend_from_slice(&b[..n]);
+    }
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from_pem_file(ca_pem(ca.path())).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from("api.anthropic.com").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        let mut lines =
+            vec!["POST /v1/messages HTTP/1.1\r\nanthropic-version: 2023-06-01\r\n".to_string()];
+        lines.extend((0..40).map(|i| format!("x-slow-{i}: {i}\r\n")));
+        for l in lines {
+            if wr.write_all(l.as_bytes()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), rd.read_to_end(&mut got)).await;
+    writer.abort();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("x-tollgate-error: request_timeout"), "{text}");
+    assert!(text.contains("\"type\":\"error\""), "{text}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(fake.requests().is_empty());
+}

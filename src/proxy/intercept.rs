@@ -51,6 +51,8 @@ pub struct Intercept {
     pub auth_sha256: Option<[u8; 32]>,
     pub handshake: Duration,
     pub idle: Duration,
+    /// `timeouts.request_head`, for HTTP/1 tunnels' requests.
+    pub request_head: Duration,
     /// The listener is reachable from other machines: tunnels and forwarded
     /// requests must not reach this host's own services (the admin API) or
     /// a cloud metadata endpoint on their behalf (see `is_local`).
@@ -249,12 +251,19 @@ impl Intercept {
                     Some(Box::new(TunnelHost(host))),
                 ))
             });
+        let alpn_h2 = alpn == Some(ALPN::H2);
         let stream: Stream = Box::new(Intercepted {
             tls,
             alpn,
             id: next_id(),
             digest,
         });
+        // Request heads on the clock, as on the base-URL listener.
+        let stream = if alpn_h2 {
+            stream
+        } else {
+            super::ingress::head::clocked(stream, self.request_head)
+        };
         // pingora's HTTP app serves the connection to its end (keep-alive, h2).
         let _ = self.http.process_new(stream, shutdown).await;
     }

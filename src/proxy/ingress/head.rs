@@ -6,7 +6,9 @@
 //! client sending a byte every few seconds would hold its connection for
 //! ever.
 //!
-//! The base-URL listener wraps each connection in [`Clocked`]. Its clock
+//! The base-URL listener wraps each connection in [`Clocked`] (so does
+//! HTTPS_PROXY mode each HTTP/1 tunnel; h2 multiplexes requests on one
+//! connection, and pingora's h2 server bounds idle connections itself). Its clock
 //! runs from the accept (on a kept-alive connection, from the next
 //! request's first byte) until `request_filter` has the head
 //! ([`head_read`]); [`exchange_done`] sets it up for the next request. When
@@ -31,11 +33,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora::apps::ServerApp;
 use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::Stream;
+use pingora::protocols::tls::{SslDigest, TlsRef};
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
     TimingDigest, UniqueID, UniqueIDType,
 };
+use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::{HttpProxy, Session};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -61,8 +64,9 @@ impl ServerApp for Listener {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let clocked: Stream = Box::new(Clocked::new(stream, self.request_head));
-        self.http.process_new(clocked, shutdown).await
+        self.http
+            .process_new(clocked(stream, self.request_head), shutdown)
+            .await
     }
 
     async fn cleanup(&self) {
@@ -70,21 +74,26 @@ impl ServerApp for Listener {
     }
 }
 
+/// `stream` with its request heads on a `limit` clock.
+pub fn clocked(stream: Stream, limit: Duration) -> Stream {
+    Box::new(Clocked::new(stream, limit))
+}
+
 /// `request_filter` has the head: the clock stops.
 pub fn head_read(session: &Session) {
-    if let Some(c) = clocked(session) {
+    if let Some(c) = clock_of(session) {
         *c.phase() = Phase::Served;
     }
 }
 
 /// The exchange is over: the next request's clock starts at its first byte.
 pub fn exchange_done(session: &Session) {
-    if let Some(c) = clocked(session) {
+    if let Some(c) = clock_of(session) {
         *c.phase() = Phase::Idle;
     }
 }
 
-fn clocked(session: &Session) -> Option<&Clocked> {
+fn clock_of(session: &Session) -> Option<&Clocked> {
     // The stream itself, not its box, is the `Clocked`.
     let stream: &Stream = session.downstream_session.stream()?;
     (**stream).as_any().downcast_ref::<Clocked>()
@@ -375,7 +384,19 @@ impl UniqueID for Clocked {
     }
 }
 
-impl Ssl for Clocked {}
+impl Ssl for Clocked {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
 
 impl GetTimingDigest for Clocked {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
