@@ -458,6 +458,7 @@ async fn a_request_head_sent_too_slowly_is_answered_408() {
     assert!(text.contains("x-tollgate-error: request_timeout"), "{text}");
     assert!(took < Duration::from_secs(5), "took {took:?}");
     assert_eq!(fake.requests().len(), 1, "only the prompt request was sent");
+    assert_no_error_lines(&t);
 }
 
 /// A body that stops arriving, or trickles in, is cut at
@@ -798,7 +799,23 @@ async fn requests_the_parser_refuses_get_a_provider_shaped_error() {
     )
     .await;
     assert_openai_error(&r, 405, "method_not_allowed");
+    // Connections closed before or amid their first request.
+    for partial in [&b""[..], b"POST /v1/mess", b"GET / HTTP/1.1\r\nhost: x\r\n"] {
+        use tokio::io::AsyncWriteExt;
+        let mut conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+        conn.write_all(partial).await.unwrap();
+        drop(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(fake.requests().is_empty(), "nothing reaches the provider");
+    assert_no_error_lines(&t);
+}
+
+/// Nothing a client did was logged at ERROR (pingora's or tollgate's).
+fn assert_no_error_lines(t: &Tollgate) {
+    let log = t.log();
+    let errors: Vec<&str> = log.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
 }
 
 // === item 7: compressed upstream answers ===

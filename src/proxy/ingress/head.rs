@@ -8,13 +8,14 @@
 //!
 //! The base-URL listener wraps each connection in [`Clocked`] (so does
 //! HTTPS_PROXY mode each HTTP/1 tunnel; h2 multiplexes requests on one
-//! connection, and pingora's h2 server bounds idle connections itself). Its clock
-//! runs from the accept (on a kept-alive connection, from the next
-//! request's first byte) until `request_filter` has the head
-//! ([`head_read`]); [`exchange_done`] sets it up for the next request. When
-//! time runs out, `Clocked` writes a 408 itself, in the shape of the dialect
-//! the bytes so far speak, and fails the read: pingora then closes the
-//! connection. (A client that sent nothing at all is just closed.)
+//! connection, and pingora's h2 server bounds idle connections itself).
+//! Its clock runs from the accept (on a kept-alive connection, from the
+//! next request's first byte) until `request_filter` has the head
+//! ([`head_read`]); [`exchange_done`] sets it up for the next request.
+//! When time runs out, `Clocked` writes a 408 itself, in the shape of the
+//! dialect the bytes so far speak, and ends the stream for pingora, which
+//! closes the connection. (A client that sent nothing at all is just
+//! closed.)
 //!
 //! Refused heads: what pingora's parser refuses (a garbage request line,
 //! NUL in a header, too many or too large headers) and `CONNECT` it answers
@@ -123,6 +124,8 @@ pub struct Clocked {
     /// tollgate's answer written in place of pingora's, and how much of it
     /// is out.
     replacement: Option<(Vec<u8>, usize)>,
+    /// The stream has ended for pingora (see [`Clocked::hang_up`]).
+    hung_up: bool,
 }
 
 impl Clocked {
@@ -135,6 +138,7 @@ impl Clocked {
             seen: Vec::new(),
             refusal: None,
             replacement: None,
+            hung_up: false,
         }
     }
 
@@ -178,19 +182,35 @@ impl Clocked {
         self.seen.extend_from_slice(&bytes[..bytes.len().min(room)]);
     }
 
-    /// Writes the 408 (nothing for a client that sent nothing), then fails
-    /// the read.
+    /// Writes the 408 (nothing for a client that sent nothing).
     fn poll_refuse(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let limit = self.limit;
         let seen = &self.seen;
         let (bytes, written) = self
             .refusal
             .get_or_insert_with(|| (refusal(seen, limit), 0));
-        std::task::ready!(poll_write_all(&mut self.inner, cx, bytes, written))?;
-        Poll::Ready(Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("request head not complete within {limit:?}"),
-        )))
+        poll_write_all(&mut self.inner, cx, bytes, written)
+    }
+
+    /// Part of a head arrived and no more will (the client left, or was
+    /// refused): pingora is to drop the connection quietly. It logs a head
+    /// cut short at ERROR but one it cannot parse at debug, and only a
+    /// client's own mistake is worth the latter: so it is handed a NUL,
+    /// which no head may contain, and whatever it answers goes nowhere.
+    /// Then the stream ends.
+    fn hang_up(&mut self, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let first = !self.hung_up;
+        self.hung_up = true;
+        if first && !self.seen.is_empty() && buf.remaining() > 0 {
+            self.replacement = Some((Vec::new(), 0));
+            buf.put_slice(b"\0");
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// A head is partly in.
+    fn mid_head(&self) -> bool {
+        matches!(*self.phase(), Phase::Head(_)) && !self.seen.is_empty()
     }
 
     /// pingora is writing its own answer to a head it refused (`first`: the
@@ -318,15 +338,26 @@ impl AsyncRead for Clocked {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.hung_up {
+            return this.hang_up(buf);
+        }
         if this.refusal.is_some() || this.expired(cx) {
-            return this.poll_refuse(cx);
+            std::task::ready!(this.poll_refuse(cx))?;
+            return this.hang_up(buf);
         }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = read {
-            this.saw(&buf.filled()[before..]);
+        match read {
+            Poll::Ready(Ok(())) if buf.filled().len() == before && this.mid_head() => {
+                this.hang_up(buf)
+            }
+            Poll::Ready(Err(_)) if this.mid_head() => this.hang_up(buf),
+            Poll::Ready(Ok(())) => {
+                this.saw(&buf.filled()[before..]);
+                read
+            }
+            _ => read,
         }
-        read
     }
 }
 
