@@ -505,20 +505,25 @@ async fn a_stream_cut_by_shutdown_ends_with_an_error_event_and_keeps_its_usage()
     use futures_util::StreamExt;
     let fake = FakeProvider::start().await;
     let data = tempfile::tempdir().unwrap();
+    let budget =
+        "[[budgets]]\nname = \"day\"\nscope = \"all\"\nperiod = \"day\"\nlimit_usd = \"100\"\n";
     let mut t = Builder::new(&fake.base_url())
         .no_cache()
+        .config(budget)
         .data_dir(data.path())
         .env("TOLLGATE_SHUTDOWN_GRACE", "1s")
         .start();
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/messages", t.url()))
         .header("anthropic-version", "2023-06-01")
+        .header("content-type", "application/json")
         .header("x-fake-scenario", "slow")
         .header("x-fake-delay-ms", "1000")
         .header("x-fake-usage", "input=1000")
-        .json(
-            &json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": true,
-                      "messages": [{"role": "user", "content": "Hello"}]}),
+        .body(
+            json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": true,
+                   "messages": [{"role": "user", "content": "Hello"}]})
+            .to_string(),
         )
         .send()
         .await
@@ -541,13 +546,15 @@ async fn a_stream_cut_by_shutdown_ends_with_an_error_event_and_keeps_its_usage()
     });
     // And one still waiting for its answer's head.
     let url = t.url();
+    let waiting_body = messages_body();
+    let waiting_len = waiting_body.len() as u64;
     let waiting = tokio::spawn(async move {
         reqwest::Client::new()
             .post(format!("{url}/v1/messages"))
             .header("anthropic-version", "2023-06-01")
+            .header("content-type", "application/json")
             .header("x-fake-scenario", "hang")
-            .json(&json!({"model": "claude-sonnet-4-5", "max_tokens": 64,
-                          "messages": [{"role": "user", "content": "Hello"}]}))
+            .body(waiting_body)
             .send()
             .await
             .unwrap()
@@ -577,8 +584,15 @@ async fn a_stream_cut_by_shutdown_ends_with_an_error_event_and_keeps_its_usage()
     assert!(status.success(), "{status}");
     let t2 = Builder::new(&fake.base_url())
         .no_cache()
+        .config(budget)
         .data_dir(data.path())
         .start();
+    // Both settled at their worst case ($3 / $15 per MTok; 64 output
+    // tokens each): the waiting one's input bound is its size, the
+    // stream's grew to its real input at message_start.
+    let spent = t2.budgets().await;
+    let worst = (waiting_len * 3_000 + 64 * 15_000) + (1000 * 3_000 + 64 * 15_000);
+    assert_eq!(spent[0]["spent_nusd"], worst, "{spent}");
     let e = t2.wait_event(&waiting_id).await;
     assert_eq!(e["status"], "shutdown", "{e}");
     assert_eq!(e["usage_incomplete"], true, "{e}");

@@ -237,13 +237,22 @@ impl Tollgate {
 
     /// Latest usage events (admin `/events`).
     pub async fn events(&self) -> Vec<serde_json::Value> {
-        let url = format!("{}/events?limit=100000", self.admin_url());
-        reqwest::get(url)
+        serde_json::from_value(self.admin_json("/events?limit=100000").await).expect("events")
+    }
+
+    /// Budget statuses (admin `/budgets`).
+    pub async fn budgets(&self) -> serde_json::Value {
+        self.admin_json("/budgets").await
+    }
+
+    /// GET `path` on the admin listener, as JSON.
+    async fn admin_json(&self, path: &str) -> serde_json::Value {
+        reqwest::get(format!("{}{path}", self.admin_url()))
             .await
-            .expect("events")
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
             .json()
             .await
-            .expect("events json")
+            .unwrap_or_else(|e| panic!("{path} json: {e}"))
     }
 
     /// Waits until at least `n` events are recorded, returns them all.
