@@ -1050,3 +1050,50 @@ async fn mutated_bodies_never_crash_and_never_forward_malformed_json() {
     let r = post(&t, "/v1/messages", true, &messages_body()).await;
     assert_eq!(r.status, 200);
 }
+
+/// A client that stops reading a stream holds its relay in a write when
+/// the grace is over: the relay is dropped, and its event still says
+/// `shutdown` and keeps the input `message_start` reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_stuck_on_a_slow_reader_at_shutdown_keeps_its_usage() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = FakeProvider::start().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut t = Builder::new(&fake.base_url())
+        .no_cache()
+        .data_dir(data.path())
+        .env("TOLLGATE_SHUTDOWN_GRACE", "1s")
+        .start();
+    let body = json!({"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": true,
+                      "messages": [{"role": "user", "content": "Hello"}]})
+    .to_string();
+    let mut conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: x\r\nanthropic-version: 2023-06-01\r\ncontent-type: application/json\r\nx-fake-scenario: big\r\nx-fake-usage: input=1000\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    // Read the head and a little, then stop reading.
+    let mut first = vec![0u8; 4096];
+    let n = conn.read(&mut first).await.unwrap();
+    let text = String::from_utf8_lossy(&first[..n]).into_owned();
+    let id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("x-tollgate-request-id: "))
+        .unwrap_or_else(|| panic!("{text}"))
+        .trim()
+        .to_string();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    t.signal(15);
+    let status = t.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status}");
+    drop(conn);
+    let t2 = Builder::new(&fake.base_url())
+        .no_cache()
+        .data_dir(data.path())
+        .start();
+    let e = t2.wait_event(&id).await;
+    assert_eq!(e["status"], "shutdown", "{e}");
+    assert_eq!(e["input_tokens"], 1000, "{e}");
+    assert_eq!(e["usage_incomplete"], true, "{e}");
+}

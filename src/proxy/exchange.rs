@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::budget;
-use super::lifecycle::InFlightGuard;
+use super::lifecycle::{InFlight, InFlightGuard};
 use super::State;
 use crate::cache::flight::Leader;
 use crate::cache::CacheWrite;
@@ -104,6 +104,7 @@ impl Draft {
             client_dialect: dialect,
             recorder: state.recorder.clone(),
             recorded: false,
+            in_flight: state.in_flight.clone(),
             guard: None,
             admission: None,
             sent_upstream: false,
@@ -124,6 +125,8 @@ pub struct Draft {
     pub client_dialect: Dialect,
     recorder: Arc<Recorder>,
     recorded: bool,
+    /// Tells a request dropped by the shutdown from one its client left.
+    in_flight: InFlight,
     /// The budget reservation, settled when the event is recorded.
     pub guard: Option<budget::Guard>,
     /// The rate-limit charge, corrected when the event is recorded.
@@ -186,7 +189,12 @@ impl Drop for Draft {
             return;
         }
         if self.event.status == Status::Ok {
-            self.event.status = Status::ClientAborted;
+            // Dropped after the grace: the shutdown's doing, not the client's.
+            self.event.status = if self.in_flight.cutting() {
+                Status::Shutdown
+            } else {
+                Status::ClientAborted
+            };
             self.event.usage_incomplete = true;
         }
         self.record(None);

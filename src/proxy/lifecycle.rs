@@ -84,6 +84,11 @@ impl InFlight {
         }
     }
 
+    /// Whether the grace is over (requests still in flight are being cut).
+    pub fn cutting(&self) -> bool {
+        *self.inner.cut.borrow()
+    }
+
     fn cut_all(&self) {
         self.inner.cut.send_replace(true);
     }

@@ -693,6 +693,7 @@ impl Relay<'_> {
         let mut recorded = false;
         let mut failure = None;
         let mut budget_cut: Option<String> = None;
+        let mut usage_seen = false;
         // Chunks read so far (the head goes to followers with the first).
         let mut tap_fed = 0usize;
         loop {
@@ -712,6 +713,13 @@ impl Relay<'_> {
                 (true, None) => tap.feed(chunk),
                 (true, Some(asm)) => tap.feed_with(chunk, |name, data| asm.on_event(name, data)),
             };
+            if metered && tap.saw_usage() && !usage_seen {
+                // Kept at once (Anthropic's input is in `message_start`):
+                // a relay dropped from here on still records it.
+                usage_seen = true;
+                let model = tap.model().map(str::to_string);
+                self.apply_usage(&tap.usage(), model.as_deref());
+            }
             if metered && tap.saw_usage() {
                 // Checked once, at the first usage seen.
                 let held = self
