@@ -25,6 +25,21 @@ pub struct Snapshot {
     /// minted for a served account (revoking them all keeps keys required).
     pub gateway_keys_required: bool,
     pub accounts: Vec<SyncedAccount>,
+    /// Budgets of the served accounts.
+    #[serde(default)]
+    pub budgets: Vec<SyncedBudget>,
+}
+
+/// A budget held by the control endpoint: one account's spend per period.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedBudget {
+    pub name: String,
+    pub account: String,
+    /// `request`, `day` or `month`.
+    pub period: String,
+    pub limit_nusd: u64,
+    /// `deny` or `clamp`.
+    pub on_insufficient: String,
 }
 
 /// An account as a sidecar needs it.
@@ -119,6 +134,7 @@ mod tests {
                     key: "sk-ant-PLAINTEXT".into(),
                 }],
             }],
+            budgets: vec![],
         };
         let sealed = s.seal("tgs_one").unwrap();
         assert!(!sealed.windows(9).any(|w| w == b"PLAINTEXT"));

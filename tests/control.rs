@@ -223,6 +223,11 @@ async fn credentials_are_scoped_and_failures_counted() {
     for (method, path, token) in [
         (Method::GET, "/api/v1/accounts/b", &key_a),
         (Method::GET, "/api/v1/accounts/b/gateway-keys", &key_a),
+        (Method::GET, "/api/v1/budgets?account=b", &key_a),
+        (Method::GET, "/api/v1/byok/keys?account=b", &key_a),
+        (Method::GET, "/api/v1/llm/usage?account=b", &key_a),
+        (Method::POST, "/api/v1/budgets", &key_a),
+        (Method::GET, "/api/v1/budgets", &sidecar),
         (Method::GET, "/api/v1/accounts", &key_a),
         (Method::POST, "/api/v1/accounts", &key_a),
         (Method::GET, "/api/v1/audit", &key_a),

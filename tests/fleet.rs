@@ -471,6 +471,40 @@ async fn sync_brings_keys_to_running_sidecars_and_survives_a_control_outage() {
     assert_eq!(with_key(&b, &k2).await, 200);
     assert_eq!(last_upstream_key(&fake), byok2);
 
+    // A budget created and then raised with `tollgate admin` binds and frees
+    // both running sidecars in under 2 s; the plan caps its size.
+    let over = control.admin(
+        ADMIN_TOKEN,
+        &[
+            "budgets",
+            "create",
+            "big",
+            "--account",
+            "acme",
+            "--limit-usd",
+            "20000",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&over.stderr).contains("plan \"growth\" allows budgets up to"),
+        "{}",
+        String::from_utf8_lossy(&over.stderr)
+    );
+    control.admin_json(&[
+        "budgets",
+        "create",
+        "acme-month",
+        "--account",
+        "acme",
+        "--limit-usd",
+        "0.000001",
+    ]);
+    let took = until_status(&[&a, &b], &k2, 402).await;
+    assert!(took < Duration::from_secs(2), "the budget took {took:?}");
+    control.admin_json(&["budgets", "set-limit", "acme-month", "100"]);
+    let took = until_status(&[&a, &b], &k2, 200).await;
+    assert!(took < Duration::from_secs(2), "the new limit took {took:?}");
+
     // The control endpoint goes away; a sidecar restarted now starts from
     // its sealed snapshot and still serves the synced keys.
     let dir = a.data_dir.clone();

@@ -117,6 +117,9 @@ pub struct Budget {
     /// Where alerts are POSTed; `None` = metric and log only.
     pub alert_webhook: Option<String>,
     pub on_insufficient: OnInsufficient,
+    /// Removed by the control endpoint: applies to nothing, but keeps its
+    /// slot (reservations name budgets by slot) and its stored spend.
+    pub retired: bool,
 }
 
 /// The source of "now" (UTC unix seconds); injected in tests.
@@ -286,7 +289,11 @@ pub struct SpendError(pub String);
 
 /// Budgets and their state.
 pub struct Ledger {
-    budgets: Vec<Budget>,
+    /// Append-only slots: a budget keeps its index for life, so a
+    /// reservation's parts stay valid across a sync that changes the set.
+    budgets: arc_swap::ArcSwap<Vec<Budget>>,
+    /// Names of the budgets that came from the control endpoint.
+    synced: Mutex<std::collections::BTreeSet<String>>,
     state: Mutex<Vec<BudgetState>>,
     store: Option<Arc<dyn SpendRecords>>,
     clock: Arc<dyn Clock>,
@@ -321,7 +328,8 @@ impl Ledger {
     ) -> Ledger {
         let state = budgets.iter().map(|_| BudgetState::default()).collect();
         let ledger = Ledger {
-            budgets,
+            budgets: arc_swap::ArcSwap::from_pointee(budgets),
+            synced: Mutex::new(std::collections::BTreeSet::new()),
             state: Mutex::new(state),
             store,
             clock,
@@ -331,7 +339,7 @@ impl Ledger {
         // Load the current periods now so the gauges are right from the start.
         let now = ledger.clock.now();
         let mut state = ledger.lock();
-        for i in 0..ledger.budgets.len() {
+        for i in 0..ledger.budgets.load().len() {
             ledger.roll(&mut state[i], i, now);
             ledger.update_gauges(&state[i], i);
         }
@@ -339,14 +347,62 @@ impl Ledger {
         ledger
     }
 
-    /// The configured budgets.
-    pub fn budgets(&self) -> &[Budget] {
-        &self.budgets
+    /// The budgets in force (local and synced).
+    pub fn budgets(&self) -> Vec<Budget> {
+        self.budgets
+            .load()
+            .iter()
+            .filter(|b| !b.retired)
+            .cloned()
+            .collect()
     }
 
-    /// True when no budget is configured (the stage is skipped).
+    /// True when no budget is in force (the stage is skipped).
     pub fn is_empty(&self) -> bool {
-        self.budgets.is_empty()
+        self.budgets.load().iter().all(|b| b.retired)
+    }
+
+    /// Puts the control endpoint's budgets in force: changed ones in
+    /// place (their spend so far is kept), new ones added, missing ones
+    /// retired. A synced budget never replaces a local one of the same name.
+    pub fn sync_budgets(&self, synced: Vec<Budget>) {
+        let mut state = self.lock();
+        let mut names = match self.synced.lock() {
+            Ok(n) => n,
+            Err(p) => p.into_inner(),
+        };
+        let mut list: Vec<Budget> = (**self.budgets.load()).clone();
+        for b in list.iter_mut() {
+            if names.contains(&b.name) && !synced.iter().any(|s| s.name == b.name) {
+                b.retired = true;
+            }
+        }
+        let now = self.clock.now();
+        for b in synced {
+            match list.iter().position(|x| x.name == b.name) {
+                Some(i) if !names.contains(&b.name) => {
+                    tracing::warn!(budget = %b.name, "a synced budget has a local budget's name; the local one stays");
+                    let _ = i;
+                }
+                Some(i) => {
+                    if list[i].period != b.period {
+                        // Another period: its state starts from the store.
+                        state[i] = BudgetState::default();
+                    }
+                    list[i] = b;
+                }
+                None => {
+                    names.insert(b.name.clone());
+                    list.push(b);
+                    state.push(BudgetState::default());
+                }
+            }
+        }
+        self.budgets.store(Arc::new(list));
+        for i in 0..state.len() {
+            self.roll(&mut state[i], i, now);
+            self.update_gauges(&state[i], i);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<BudgetState>> {
@@ -366,7 +422,10 @@ impl Ledger {
         {
             return;
         }
-        let b = &self.budgets[i];
+        let budgets = self.budgets.load();
+        let Some(b) = budgets.get(i) else {
+            return;
+        };
         let Some((key, start, end)) = b.period.window(now) else {
             return;
         };
@@ -393,8 +452,9 @@ impl Ledger {
     /// Reserves the worst case of a request against every budget that
     /// applies to `id`, or refuses it.
     pub fn reserve(&self, id: &Identity, est: &Estimate) -> Decision {
-        let applicable: Vec<usize> = (0..self.budgets.len())
-            .filter(|&i| self.budgets[i].scope.instance(id).is_some())
+        let budgets = self.budgets.load();
+        let applicable: Vec<usize> = (0..budgets.len())
+            .filter(|&i| !budgets[i].retired && budgets[i].scope.instance(id).is_some())
             .collect();
         if applicable.is_empty() {
             return Decision::Admit(Reservation::default());
@@ -404,7 +464,7 @@ impl Ledger {
         // What each budget can still take.
         let mut room = Vec::with_capacity(applicable.len());
         for &i in &applicable {
-            let b = &self.budgets[i];
+            let b = &budgets[i];
             let available = match b.period {
                 Period::Request => b.limit_nusd,
                 _ => {
@@ -428,7 +488,7 @@ impl Ledger {
             .collect();
         if !short.is_empty() {
             let deny = |(i, available): (usize, u64)| {
-                let b = &self.budgets[i];
+                let b = &budgets[i];
                 Decision::Deny(Denied {
                     budget: b.name.clone(),
                     scope: b.scope.to_string(),
@@ -441,7 +501,7 @@ impl Ledger {
             // A deny budget that is short refuses outright.
             if let Some(&s) = short
                 .iter()
-                .find(|(i, _)| self.budgets[*i].on_insufficient == OnInsufficient::Deny)
+                .find(|(i, _)| budgets[*i].on_insufficient == OnInsufficient::Deny)
             {
                 return deny(s);
             }
@@ -464,7 +524,7 @@ impl Ledger {
             ..Reservation::default()
         };
         for (i, _) in room {
-            if self.budgets[i].period == Period::Request {
+            if budgets[i].period == Period::Request {
                 res.request_ceilings.push(i);
                 continue;
             }
@@ -475,7 +535,7 @@ impl Ledger {
             self.update_gauges(&state[i], i);
         }
         match clamped {
-            Some((n, i)) => Decision::Clamp(res, n, self.budgets[i].name.clone()),
+            Some((n, i)) => Decision::Clamp(res, n, budgets[i].name.clone()),
             None => Decision::Admit(res),
         }
     }
@@ -483,6 +543,7 @@ impl Ledger {
     /// Grows a reservation by `extra` (when the real input turned out larger
     /// than estimated), if every budget can take it. All or nothing.
     pub fn extend(&self, res: &mut Reservation, extra: u64) -> Result<(), Denied> {
+        let budgets = self.budgets.load();
         if extra == 0 || res.is_empty() {
             return Ok(());
         }
@@ -491,13 +552,13 @@ impl Ledger {
         // Refusals state what the budget could hold for this request and
         // what it now needs in all.
         for &i in &res.request_ceilings {
-            let b = &self.budgets[i];
+            let b = &budgets[i];
             if wanted > b.limit_nusd {
                 return Err(self.denied(i, b.limit_nusd, wanted));
             }
         }
         for (i, key, _) in &res.parts {
-            let b = &self.budgets[*i];
+            let b = &budgets[*i];
             let st = &state[*i];
             let p = st
                 .current
@@ -527,7 +588,8 @@ impl Ledger {
     }
 
     fn denied(&self, i: usize, remaining: u64, needed: u64) -> Denied {
-        let b = &self.budgets[i];
+        let budgets = self.budgets.load();
+        let b = &budgets[i];
         Denied {
             budget: b.name.clone(),
             scope: b.scope.to_string(),
@@ -541,6 +603,7 @@ impl Ledger {
     /// Replaces a reservation by the real cost `actual_nusd`, and fires the
     /// soft thresholds the spend crossed.
     pub fn settle(&self, res: Reservation, actual_nusd: u64) {
+        let budgets = self.budgets.load();
         if res.parts.is_empty() {
             return;
         }
@@ -548,7 +611,7 @@ impl Ledger {
         {
             let mut state = self.lock();
             for (i, key, amount) in &res.parts {
-                let b = &self.budgets[*i];
+                let b = &budgets[*i];
                 let st = &mut state[*i];
                 if let Some(p) = period_mut(st, key) {
                     p.reserved = p.reserved.saturating_sub(*amount);
@@ -585,10 +648,11 @@ impl Ledger {
     }
 
     fn update_gauges(&self, st: &BudgetState, i: usize) {
+        let budgets = self.budgets.load();
         let (Some(g), Some(cur)) = (self.metrics.gauges.get(i), st.current.as_ref()) else {
             return;
         };
-        let b = &self.budgets[i];
+        let b = &budgets[i];
         let usd = |n: u64| n as f64 / 1e9;
         g.spent_usd.set(usd(cur.stored.spent));
         g.reserved_usd.set(usd(cur.reserved));
@@ -601,10 +665,11 @@ impl Ledger {
     /// What `res` holds (`nusd` = `None`) or spent (`Some`) per budget
     /// period, for the usage journal.
     pub fn charges(&self, res: &Reservation, nusd: Option<u64>) -> Vec<Charge> {
+        let budgets = self.budgets.load();
         res.parts
             .iter()
             .map(|(i, key, amount)| Charge {
-                budget: self.budgets[*i].name.clone(),
+                budget: budgets[*i].name.clone(),
                 period: key.clone(),
                 nusd: nusd.unwrap_or(*amount),
             })
@@ -614,13 +679,14 @@ impl Ledger {
     /// Adds spend found in the usage journal at start-up (no alerts fire:
     /// the money was spent before).
     pub fn charge(&self, charges: &[Charge]) {
+        let budgets = self.budgets.load();
         let mut state = self.lock();
         for c in charges {
-            let Some(i) = self.budgets.iter().position(|b| b.name == c.budget) else {
+            let Some(i) = budgets.iter().position(|b| b.name == c.budget) else {
                 tracing::warn!(budget = %c.budget, "journaled spend for a budget no longer configured; ignored");
                 continue;
             };
-            if self.budgets[i].period == Period::Request {
+            if budgets[i].period == Period::Request {
                 continue;
             }
             let st = &mut state[i];
@@ -672,14 +738,16 @@ impl Ledger {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        if self.budgets.is_empty() {
+        let budgets = self.budgets.load();
+        if budgets.is_empty() {
             return Ok(());
         }
         let mut writes = Vec::new();
         {
             let mut state = self.lock();
             for (i, st) in state.iter_mut().enumerate() {
-                let name = &self.budgets[i].name;
+                let Some(b) = budgets.get(i) else { continue };
+                let name = &b.name;
                 for p in st.current.iter_mut().chain(st.older.iter_mut()) {
                     if p.dirty {
                         p.dirty = false;
@@ -717,16 +785,21 @@ impl Ledger {
 
     /// Whether any budget applies to requests of `id`.
     pub fn applies(&self, id: &Identity) -> bool {
-        self.budgets.iter().any(|b| b.scope.instance(id).is_some())
+        self.budgets
+            .load()
+            .iter()
+            .any(|b| !b.retired && b.scope.instance(id).is_some())
     }
 
     /// Every budget's figures now.
     pub fn status(&self) -> Vec<Status> {
         let now = self.clock.now();
+        let budgets = self.budgets.load();
         let mut state = self.lock();
-        (0..self.budgets.len())
+        (0..budgets.len())
+            .filter(|&i| !budgets[i].retired)
             .map(|i| {
-                let b = &self.budgets[i];
+                let b = &budgets[i];
                 self.roll(&mut state[i], i, now);
                 self.update_gauges(&state[i], i);
                 let (key, spent, reserved) = state[i]
@@ -829,6 +902,7 @@ mod tests {
             soft_thresholds: vec![0.5, 0.8],
             alert_webhook: None,
             on_insufficient: on,
+            retired: false,
         }
     }
 
@@ -863,6 +937,65 @@ mod tests {
             AlertSink::default(),
             LedgerMetrics::default(),
         )
+    }
+
+    #[test]
+    fn synced_budgets_change_in_place_and_retire_without_losing_reservations() {
+        let clock = Arc::new(FakeClock(AtomicI64::new(at("2026-11-23T12:00:00Z"))));
+        let l = ledger(
+            vec![budget(
+                "local",
+                Period::Day,
+                1_000_000,
+                OnInsufficient::Deny,
+            )],
+            None,
+            clock,
+        );
+        assert_eq!(l.budgets().len(), 1);
+        // A synced budget joins; a synced budget never replaces a local one.
+        l.sync_budgets(vec![
+            budget("fleet", Period::Day, 2_000, OnInsufficient::Deny),
+            budget("local", Period::Day, 1, OnInsufficient::Deny),
+        ]);
+        assert_eq!(l.budgets().len(), 2);
+        assert_eq!(l.status()[0].limit_nusd, 1_000_000);
+        let held = match l.reserve(&acme(), &est(1_500)) {
+            Decision::Admit(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert!(
+            matches!(l.reserve(&acme(), &est(1_500)), Decision::Deny(d) if d.budget == "fleet")
+        );
+        // Raising the limit takes effect at once, spend and holds kept.
+        l.sync_budgets(vec![budget(
+            "fleet",
+            Period::Day,
+            4_000,
+            OnInsufficient::Deny,
+        )]);
+        let second = match l.reserve(&acme(), &est(1_500)) {
+            Decision::Admit(r) => r,
+            other => panic!("{other:?}"),
+        };
+        // Retired: it applies to nothing, and what it held still settles.
+        l.sync_budgets(vec![]);
+        assert_eq!(l.budgets().len(), 1);
+        assert!(matches!(
+            l.reserve(&acme(), &est(900_000)),
+            Decision::Admit(_)
+        ));
+        l.settle(held, 100);
+        l.settle(second, 100);
+        // Back again under the same name: its spend this period was kept.
+        l.sync_budgets(vec![budget(
+            "fleet",
+            Period::Day,
+            4_000,
+            OnInsufficient::Deny,
+        )]);
+        let fleet = l.status().into_iter().find(|s| s.name == "fleet").unwrap();
+        assert_eq!((fleet.spent_nusd, fleet.reserved_nusd), (200, 0));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use axum::{Json, Router};
 
 use super::accounts::{AccountPatch, NewAccount};
 use super::audit::AuditQuery;
+use super::budgets::{BudgetPatch, BudgetView, NewBudget};
 use super::byok::{NewProviderKey, ProviderKeyView, Rotation};
 use super::credentials::{NewGatewayKey, NewSidecar};
 use super::ledger::{Ack, UsageQuery};
@@ -139,6 +140,18 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
         ),
         (Method::GET, "/api/v1/llm/usage", get(usage)),
         (Method::GET, "/api/v1/sync", get(sync)),
+        (Method::GET, "/api/v1/budgets", get(list_budgets)),
+        (Method::POST, "/api/v1/budgets", post(create_budget)),
+        (
+            Method::PATCH,
+            "/api/v1/budgets/{name}",
+            patch(update_budget),
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/budgets/{name}",
+            delete(delete_budget),
+        ),
     ]
 }
 
@@ -326,11 +339,21 @@ async fn audit(
     Ok(Json(blocking(&c, move |c| c.audit_entries(&q)).await?))
 }
 
-/// `?account=` of the BYOK listing.
+/// `?account=` of a listing: one account (its gateway keys may read it),
+/// or all (admins only).
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AccountFilter {
     account: Option<String>,
+}
+
+impl AccountFilter {
+    fn allowed_for(&self, p: &Principal) -> Result<(), ApiError> {
+        match &self.account {
+            Some(a) => p.reads_account(a),
+            None => p.admin().map(|_| ()),
+        }
+    }
 }
 
 async fn list_provider_keys(
@@ -339,12 +362,7 @@ async fn list_provider_keys(
     q: Result<Query<AccountFilter>, QueryRejection>,
 ) -> Result<Json<Vec<ProviderKeyView>>, ApiError> {
     let q = query(q)?;
-    match &q.account {
-        Some(a) => p.reads_account(a)?,
-        None => {
-            p.admin()?;
-        }
-    }
+    q.allowed_for(&p)?;
     Ok(Json(
         blocking(&c, move |c| c.provider_keys(q.account.as_deref())).await?,
     ))
@@ -445,4 +463,51 @@ async fn sync(
         c.wait_for_change(seen, wait).await;
     }
     Ok(Json(blocking(&c, move |c| c.snapshot(&p)).await?))
+}
+
+async fn list_budgets(
+    State(c): State<AppState>,
+    p: Principal,
+    q: Result<Query<AccountFilter>, QueryRejection>,
+) -> Result<Json<Vec<BudgetView>>, ApiError> {
+    let q = query(q)?;
+    q.allowed_for(&p)?;
+    Ok(Json(
+        blocking(&c, move |c| c.budgets(q.account.as_deref())).await?,
+    ))
+}
+
+async fn create_budget(
+    State(c): State<AppState>,
+    p: Principal,
+    b: Result<Json<NewBudget>, JsonRejection>,
+) -> Result<(StatusCode, Json<BudgetView>), ApiError> {
+    let actor = p.admin()?;
+    let req = body(b)?;
+    let view = blocking(&c, move |c| c.create_budget(&actor, req)).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn update_budget(
+    State(c): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    b: Result<Json<BudgetPatch>, JsonRejection>,
+) -> Result<Json<BudgetView>, ApiError> {
+    let actor = p.admin()?;
+    let req = body(b)?;
+    Ok(Json(
+        blocking(&c, move |c| c.update_budget(&actor, &name, req)).await?,
+    ))
+}
+
+async fn delete_budget(
+    State(c): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<BudgetView>, ApiError> {
+    let actor = p.admin()?;
+    Ok(Json(
+        blocking(&c, move |c| c.delete_budget(&actor, &name)).await?,
+    ))
 }

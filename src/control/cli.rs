@@ -50,6 +50,37 @@ pub enum AdminCommand {
     /// Accounts' own provider keys (BYOK), stored sealed.
     #[command(subcommand)]
     Byok(ByokCommand),
+    /// Budgets held by the control endpoint and synced to sidecars.
+    #[command(subcommand)]
+    Budgets(BudgetsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BudgetsCommand {
+    /// Budgets (of one account, or all).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Create a budget for an account (within its plan's largest budget).
+    Create {
+        name: String,
+        #[arg(long)]
+        account: String,
+        /// request, day or month.
+        #[arg(long, default_value = "month")]
+        period: String,
+        /// Decimal USD.
+        #[arg(long)]
+        limit_usd: String,
+        /// Lower max_tokens to what remains instead of refusing.
+        #[arg(long)]
+        clamp: bool,
+    },
+    /// Change a budget's limit.
+    SetLimit { name: String, limit_usd: String },
+    /// Remove a budget.
+    Delete { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -291,6 +322,49 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 BYOK_COLUMNS,
             ),
         },
+        AdminCommand::Budgets(c) => match c {
+            BudgetsCommand::List { account } => {
+                let path = match account {
+                    Some(a) => format!("/api/v1/budgets?account={}", encode_query(&a)),
+                    None => "/api/v1/budgets".into(),
+                };
+                (client.call("GET", &path, None)?, BUDGET_COLUMNS)
+            }
+            BudgetsCommand::Create {
+                name,
+                account,
+                period,
+                limit_usd,
+                clamp,
+            } => (
+                client.call(
+                    "POST",
+                    "/api/v1/budgets",
+                    Some(serde_json::json!({
+                        "name": name, "account": account, "period": period,
+                        "limit_usd": limit_usd,
+                        "on_insufficient": if clamp { "clamp" } else { "deny" },
+                    })),
+                )?,
+                BUDGET_COLUMNS,
+            ),
+            BudgetsCommand::SetLimit { name, limit_usd } => (
+                client.call(
+                    "PATCH",
+                    &format!("/api/v1/budgets/{}", encode_query(&name)),
+                    Some(serde_json::json!({ "limit_usd": limit_usd })),
+                )?,
+                BUDGET_COLUMNS,
+            ),
+            BudgetsCommand::Delete { name } => (
+                client.call(
+                    "DELETE",
+                    &format!("/api/v1/budgets/{}", encode_query(&name)),
+                    None,
+                )?,
+                BUDGET_COLUMNS,
+            ),
+        },
         AdminCommand::Audit(a) => {
             let mut q = Vec::new();
             for (k, v) in [
@@ -328,6 +402,14 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+const BUDGET_COLUMNS: &[&str] = &[
+    "name",
+    "account",
+    "period",
+    "limit_usd",
+    "on_insufficient",
+    "created_at",
+];
 const BYOK_COLUMNS: &[&str] = &["id", "last4", "master_key_id", "created_at", "last_used_at"];
 const ACCOUNT_COLUMNS: &[&str] = &["name", "plan", "gateway_keys", "created_at"];
 const KEY_COLUMNS: &[&str] = &[

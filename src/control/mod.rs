@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod budgets;
 pub mod byok;
 pub mod cli;
 pub mod credentials;

@@ -90,10 +90,17 @@ impl Control {
                 provider_keys,
             });
         }
+        let budgets = self
+            .budget_records()?
+            .into_iter()
+            .filter(|b| serves(&b.budget.account))
+            .map(|b| b.budget)
+            .collect();
         Ok(Snapshot {
             version,
             gateway_keys_required: !keys.is_empty(),
             accounts,
+            budgets,
         })
     }
 }

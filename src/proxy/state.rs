@@ -62,7 +62,10 @@ impl State {
             recorder,
             metrics,
             in_flight,
-            fleet: Arc::new(super::sync::Fleet::new(config.gateway_keys.clone())),
+            fleet: Arc::new(super::sync::Fleet::new(
+                config.gateway_keys.clone(),
+                ledger.clone(),
+            )),
             limiter: Arc::new(Limiter::new(config.rate_limits.clone())),
             ledger,
             budget_default_max_tokens: config.budget_default_max_tokens,

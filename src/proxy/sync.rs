@@ -6,7 +6,9 @@
 //!
 //! - gateway keys: the control endpoint's replace `[[gateway_keys]]`;
 //! - provider keys: an account's BYOK key for a provider replaces the
-//!   provider's own key for that account's requests.
+//!   provider's own key for that account's requests;
+//! - budgets: the control endpoint's join the config's (a synced budget
+//!   never replaces a local one of the same name).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -61,12 +63,15 @@ struct Applied {
 pub struct Fleet {
     current: ArcSwap<Applied>,
     accept: AcceptMode,
+    /// Where synced budgets go.
+    ledger: Arc<crate::budget::Ledger>,
 }
 
 impl Fleet {
-    /// Standalone: the config's gateway keys, no BYOK.
-    pub fn new(local_keys: KeyRing) -> Fleet {
+    /// Standalone: the config's gateway keys, no BYOK, the config's budgets.
+    pub fn new(local_keys: KeyRing, ledger: Arc<crate::budget::Ledger>) -> Fleet {
         Fleet {
+            ledger,
             accept: local_keys.accept(),
             current: ArcSwap::from_pointee(Applied {
                 version: 0,
@@ -124,6 +129,30 @@ impl Fleet {
                 );
             }
         }
+        let mut budgets = Vec::new();
+        for b in &snap.budgets {
+            let (Some(period), on) = (
+                crate::budget::Period::parse(&b.period),
+                match b.on_insufficient.as_str() {
+                    "clamp" => crate::budget::OnInsufficient::Clamp,
+                    _ => crate::budget::OnInsufficient::Deny,
+                },
+            ) else {
+                tracing::warn!(budget = %b.name, period = %b.period, "a synced budget has an unknown period; skipped");
+                continue;
+            };
+            budgets.push(crate::budget::Budget {
+                name: b.name.clone(),
+                scope: crate::scope::Scope::Account(b.account.clone()),
+                period,
+                limit_nusd: b.limit_nusd,
+                soft_thresholds: Vec::new(),
+                alert_webhook: None,
+                on_insufficient: on,
+                retired: false,
+            });
+        }
+        self.ledger.sync_budgets(budgets);
         let keys = if snap.gateway_keys_required {
             KeyRing::required(keys, self.accept)
         } else {

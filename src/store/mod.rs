@@ -162,6 +162,8 @@ pub struct ControlRecords {
     pub sidecars: std::sync::Arc<dyn KeyStore>,
     /// Sealed provider keys (BYOK) by `<account>/<provider>`.
     pub provider_keys: std::sync::Arc<dyn KeyStore>,
+    /// Budgets by name.
+    pub budgets: std::sync::Arc<dyn KeyStore>,
     /// The audit log.
     pub audit: std::sync::Arc<dyn AppendLog>,
     /// The usage ledger.
@@ -175,6 +177,7 @@ impl ControlRecords {
         self.gateway_keys.flush()?;
         self.sidecars.flush()?;
         self.provider_keys.flush()?;
+        self.budgets.flush()?;
         self.ledger.flush()?;
         self.audit.flush()
     }

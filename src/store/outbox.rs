@@ -457,6 +457,7 @@ mod tests {
                 soft_thresholds: vec![],
                 alert_webhook: None,
                 on_insufficient: OnInsufficient::Deny,
+                retired: false,
             }],
             Some(Arc::new(crate::store::sled::SpendTree::open(db).unwrap())),
             Arc::new(SystemClock),

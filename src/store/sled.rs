@@ -502,6 +502,7 @@ pub fn control_records(db: &sled::Db) -> Result<ControlRecords, StoreError> {
         gateway_keys: table("gateway_keys")?,
         sidecars: table("sidecars")?,
         provider_keys: table("provider_keys")?,
+        budgets: table("budgets")?,
         audit: std::sync::Arc::new(LogTree::new(db.open_tree("audit")?)?),
         ledger: std::sync::Arc::new(LedgerTree::new(
             db.open_tree("ledger")?,
