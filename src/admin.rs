@@ -30,12 +30,28 @@ pub struct Admin {
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
-    Response::builder()
+    let mut r = Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, content_type)
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .body(body)
-        .unwrap_or_else(|_| Response::new(Vec::new()))
+        .header(http::header::CONTENT_LENGTH, body.len());
+    // Like every answer tollgate makes itself, an error says its kind.
+    if let Some(kind) = error_kind(status) {
+        r = r.header("x-tollgate-error", kind);
+    }
+    r.body(body).unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+/// The `x-tollgate-error` kind of an admin error status.
+fn error_kind(status: u16) -> Option<&'static str> {
+    Some(match status {
+        400 => "bad_request",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        503 => "unavailable",
+        s if s >= 500 => "internal_error",
+        s if s >= 400 => "bad_request",
+        _ => return None,
+    })
 }
 
 #[async_trait]

@@ -1097,3 +1097,68 @@ async fn a_stream_stuck_on_a_slow_reader_at_shutdown_keeps_its_usage() {
     assert_eq!(e["input_tokens"], 1000, "{e}");
     assert_eq!(e["usage_incomplete"], true, "{e}");
 }
+
+/// Item 9: after 2,000 idle connections open and close, the sidecar's RSS
+/// returns near where it started (jemalloc hands freed pages back within
+/// about a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_is_given_back_after_2000_idle_connections() {
+    let fake = FakeProvider::start().await;
+    let t = start(&fake);
+    // Warm up: one request, so that lazily built state is counted at start.
+    let r = post(&t, "/v1/messages", true, &messages_body()).await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let start_kib = t.rss_kib();
+    let mut conns = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        let mut s = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+        // One byte of a request head: pingora reads (and buffers) for it.
+        tokio::io::AsyncWriteExt::write_all(&mut s, b"G")
+            .await
+            .unwrap();
+        conns.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let held_kib = t.rss_kib();
+    drop(conns);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut after_kib = t.rss_kib();
+    while after_kib > start_kib + 8 * 1024 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after_kib = t.rss_kib();
+    }
+    eprintln!("RSS: start {start_kib} KiB, 2,000 idle connections {held_kib} KiB, after they close {after_kib} KiB");
+    assert!(
+        held_kib > start_kib,
+        "the connections cost nothing? {held_kib} vs {start_kib}"
+    );
+    assert!(
+        after_kib <= start_kib + 8 * 1024,
+        "RSS stayed up: start {start_kib} KiB, held {held_kib} KiB, after {after_kib} KiB"
+    );
+    // Still serving.
+    let r = post(&t, "/v1/messages", true, &messages_body()).await;
+    assert_eq!(r.status, 200);
+}
+
+/// Item 5: the admin listener's own errors say their kind too.
+#[tokio::test]
+async fn admin_errors_carry_their_kind() {
+    let fake = FakeProvider::start().await;
+    let t = start(&fake);
+    let r = reqwest::get(format!("{}/nope", t.admin_url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-tollgate-error"], "not_found");
+    let r = reqwest::get(format!("{}/cache/purge", t.admin_url()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["x-tollgate-error"], "method_not_allowed");
+    let ok = reqwest::get(format!("{}/healthz", t.admin_url()))
+        .await
+        .unwrap();
+    assert!(ok.headers().get("x-tollgate-error").is_none());
+}
