@@ -547,3 +547,47 @@ async fn sync_brings_keys_to_running_sidecars_and_survives_a_control_outage() {
     }
     assert!(dir.join("control-snapshot").exists());
 }
+
+/// A plan without the cache: its accounts are never answered from it, on
+/// the same sidecar that answers other accounts' repeats from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_without_cache_is_never_answered_from_it() {
+    let fake = FakeProvider::start().await;
+    let control = Control::start("[plans.nocache]\nmax_gateway_keys = 5\ncache = false\n");
+    control.admin_json(&["accounts", "create", "free", "--plan", "nocache"]);
+    control.admin_json(&["accounts", "create", "paid", "--plan", "pro"]);
+    let cred = control.admin_secret(&["sidecars", "create", "s"]);
+    let t = Builder::new(&fake.base_url())
+        .top(&format!("control_url = \"{}\"", control.url()))
+        .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+        .env("TOLLGATE_CONTROL_CREDENTIAL", &cred)
+        .start();
+    let cache_of = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-tollgate-cache")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut seen = Vec::new();
+    for account in ["paid", "paid", "free", "free"] {
+        let r = request(&t, ("x-tollgate-account", account)).await;
+        assert_eq!(r.status(), 200);
+        seen.push((account, cache_of(&r)));
+        r.bytes().await.unwrap();
+    }
+    assert_eq!(
+        seen,
+        [
+            ("paid", "miss".to_string()),
+            ("paid", "hit".into()),
+            ("free", "bypass".into()),
+            ("free", "bypass".into())
+        ]
+    );
+    assert_eq!(
+        fake.requests().len(),
+        3,
+        "the free account's repeat went to the provider"
+    );
+}

@@ -109,7 +109,10 @@ pub fn plan(
     let opt = opt_out(req)?;
     let config = &state.cache.config;
     let (mode, ttl) = config.policy(&identity.account, &identity.workload, &request.model);
-    if mode == Mode::Off || opt == Some(CacheOutcome::Bypass) {
+    if mode == Mode::Off
+        || opt == Some(CacheOutcome::Bypass)
+        || state.fleet.cache_off(&identity.account)
+    {
         return Ok(Plan::bypass());
     }
     let betas = anthropic_betas(req);

@@ -8,7 +8,8 @@
 //! - provider keys: an account's BYOK key for a provider replaces the
 //!   provider's own key for that account's requests;
 //! - budgets: the control endpoint's join the config's (a synced budget
-//!   never replaces a local one of the same name).
+//!   never replaces a local one of the same name);
+//! - the cache: an account whose plan has none is never served from it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,8 @@ struct Applied {
     keys: Arc<KeyRing>,
     /// (account, provider) → the account's own key.
     provider_keys: HashMap<(String, String), Secret>,
+    /// Accounts whose plan has no cache.
+    no_cache: std::collections::HashSet<String>,
 }
 
 /// The gateway keys and provider keys in force: the local config's, or a
@@ -77,6 +80,7 @@ impl Fleet {
                 version: 0,
                 keys: Arc::new(local_keys),
                 provider_keys: HashMap::new(),
+                no_cache: Default::default(),
             }),
         }
     }
@@ -98,6 +102,12 @@ impl Fleet {
             .cloned()
     }
 
+    /// Whether `account`'s plan leaves the exact cache out.
+    pub fn cache_off(&self, account: &str) -> bool {
+        let current = self.current.load();
+        !current.no_cache.is_empty() && current.no_cache.contains(account)
+    }
+
     /// The version in force (0: none).
     pub fn version(&self) -> u64 {
         self.current.load().version
@@ -107,6 +117,12 @@ impl Fleet {
     pub fn apply(&self, snap: &Snapshot) {
         let mut keys = Vec::new();
         let mut provider_keys = HashMap::new();
+        let no_cache = snap
+            .accounts
+            .iter()
+            .filter(|a| !a.plan.cache)
+            .map(|a| a.name.clone())
+            .collect();
         for a in &snap.accounts {
             for k in &a.gateway_keys {
                 match crate::keys::parse_sha256_hex(&k.sha256) {
@@ -162,6 +178,7 @@ impl Fleet {
             version: snap.version,
             keys: Arc::new(keys),
             provider_keys,
+            no_cache,
         }));
     }
 }
