@@ -208,8 +208,8 @@ fn run(
                     if let Some(g) = guard {
                         g.settle(&ev, true);
                     }
-                    if let Some(a) = admission {
-                        state.limiter.settle(&a, 50, Instant::now());
+                    if let Some((limiter, a)) = admission {
+                        limiter.settle(&a, 50, Instant::now());
                     }
                     settle.push(t1.elapsed().as_nanos() as u64);
                 }

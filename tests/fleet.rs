@@ -549,11 +549,12 @@ async fn sync_brings_keys_to_running_sidecars_and_survives_a_control_outage() {
 }
 
 /// A plan without the cache: its accounts are never answered from it, on
-/// the same sidecar that answers other accounts' repeats from it.
+/// the same sidecar that answers other accounts' repeats from it; a plan's
+/// rpm binds its accounts there too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plan_without_cache_is_never_answered_from_it() {
     let fake = FakeProvider::start().await;
-    let control = Control::start("[plans.nocache]\nmax_gateway_keys = 5\ncache = false\n");
+    let control = Control::start("[plans.nocache]\nmax_gateway_keys = 5\ncache = false\nrpm = 2\n");
     control.admin_json(&["accounts", "create", "free", "--plan", "nocache"]);
     control.admin_json(&["accounts", "create", "paid", "--plan", "pro"]);
     let cred = control.admin_secret(&["sidecars", "create", "s"]);

@@ -160,10 +160,9 @@ impl Tollgate {
             RouteKind::Sync
         };
         // limit
-        if let Some(admission) =
-            or_fail!(self, session, x, limit::admit(state, &identity, &request))
+        if let Some(admitted) = or_fail!(self, session, x, limit::admit(state, &identity, &request))
         {
-            x.draft.admission = Some((state.limiter.clone(), admission));
+            x.draft.admission = Some(admitted);
         }
         // cache
         let plan = or_fail!(

@@ -8,7 +8,6 @@ use super::{forward, ingress};
 use crate::budget::Ledger;
 use crate::cache::Cache;
 use crate::config::Config;
-use crate::limit::Limiter;
 use crate::metrics::Metrics;
 use crate::proxy::recorder::Recorder;
 
@@ -29,7 +28,6 @@ pub struct State {
     /// Gateway keys and BYOK provider keys in force (the config's, or the
     /// control endpoint's snapshot).
     pub fleet: Arc<super::sync::Fleet>,
-    pub limiter: Arc<Limiter>,
     pub ledger: Arc<Ledger>,
     /// Output bound of requests without one when a budget applies.
     pub budget_default_max_tokens: u64,
@@ -64,9 +62,9 @@ impl State {
             in_flight,
             fleet: Arc::new(super::sync::Fleet::new(
                 config.gateway_keys.clone(),
+                config.rate_limits.clone(),
                 ledger.clone(),
             )),
-            limiter: Arc::new(Limiter::new(config.rate_limits.clone())),
             ledger,
             budget_default_max_tokens: config.budget_default_max_tokens,
             cache,

@@ -9,7 +9,8 @@
 //!   provider's own key for that account's requests;
 //! - budgets: the control endpoint's join the config's (a synced budget
 //!   never replaces a local one of the same name);
-//! - the cache: an account whose plan has none is never served from it.
+//! - the cache: an account whose plan has none is never served from it;
+//! - rate limits: each account's plan rpm / tpm join the config's limits.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -51,7 +52,6 @@ pub enum SyncError {
 }
 
 /// What the current snapshot says, ready for the request path.
-#[derive(Debug)]
 struct Applied {
     version: u64,
     keys: Arc<KeyRing>,
@@ -59,6 +59,8 @@ struct Applied {
     provider_keys: HashMap<(String, String), Secret>,
     /// Accounts whose plan has no cache.
     no_cache: std::collections::HashSet<String>,
+    /// The config's rate limits and the plans' per-account rpm / tpm.
+    limiter: Arc<crate::limit::Limiter>,
 }
 
 /// The gateway keys and provider keys in force: the local config's, or a
@@ -66,13 +68,19 @@ struct Applied {
 pub struct Fleet {
     current: ArcSwap<Applied>,
     accept: AcceptMode,
+    /// The config's rate limits (gateway keys' own included).
+    local_rules: Vec<crate::limit::Rule>,
     /// Where synced budgets go.
     ledger: Arc<crate::budget::Ledger>,
 }
 
 impl Fleet {
-    /// Standalone: the config's gateway keys, no BYOK, the config's budgets.
-    pub fn new(local_keys: KeyRing, ledger: Arc<crate::budget::Ledger>) -> Fleet {
+    /// Standalone: the config's gateway keys, rate limits and budgets, no BYOK.
+    pub fn new(
+        local_keys: KeyRing,
+        local_rules: Vec<crate::limit::Rule>,
+        ledger: Arc<crate::budget::Ledger>,
+    ) -> Fleet {
         Fleet {
             ledger,
             accept: local_keys.accept(),
@@ -81,7 +89,9 @@ impl Fleet {
                 keys: Arc::new(local_keys),
                 provider_keys: HashMap::new(),
                 no_cache: Default::default(),
+                limiter: Arc::new(crate::limit::Limiter::new(local_rules.clone())),
             }),
+            local_rules,
         }
     }
 
@@ -100,6 +110,11 @@ impl Fleet {
             .provider_keys
             .get(&(account.to_string(), provider.to_string()))
             .cloned()
+    }
+
+    /// The rate limiter in force.
+    pub fn limiter(&self) -> Arc<crate::limit::Limiter> {
+        self.current.load().limiter.clone()
     }
 
     /// Whether `account`'s plan leaves the exact cache out.
@@ -174,11 +189,28 @@ impl Fleet {
         } else {
             KeyRing::new(keys, self.accept)
         };
+        // Plans' rpm / tpm per account join the config's limits. A new
+        // snapshot starts the limiter's windows afresh (they are a minute
+        // long; snapshots change only with administrative changes).
+        let mut rules = self.local_rules.clone();
+        rules.extend(
+            snap.accounts
+                .iter()
+                .filter(|a| a.plan.rpm.is_some() || a.plan.tpm.is_some())
+                .map(|a| crate::limit::Rule {
+                    scope: crate::limit::RuleScope::Scope(crate::scope::Scope::Account(
+                        a.name.clone(),
+                    )),
+                    rpm: a.plan.rpm,
+                    tpm: a.plan.tpm,
+                }),
+        );
         self.current.store(Arc::new(Applied {
             version: snap.version,
             keys: Arc::new(keys),
             provider_keys,
             no_cache,
+            limiter: Arc::new(crate::limit::Limiter::new(rules)),
         }));
     }
 }
