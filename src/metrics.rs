@@ -85,6 +85,8 @@ pub struct ShipMetrics {
     pub lag_seconds: prometheus::Gauge,
     /// Events dropped because the outbox passed `ship.max_outbox_events`.
     pub dropped: IntCounter,
+    /// Events the control endpoint refused: accounts the credential does not serve.
+    pub refused: IntCounter,
 }
 
 impl Metrics {
@@ -264,6 +266,10 @@ impl Metrics {
                 "tollgate_outbox_dropped_total",
                 "Usage events dropped because the outbox passed ship.max_outbox_events.",
             )?,
+            refused: IntCounter::new(
+                "tollgate_ship_refused_total",
+                "Usage events the control endpoint refused: accounts this sidecar's credential does not serve.",
+            )?,
         };
         let sync_version = IntGauge::new(
             "tollgate_sync_version",
@@ -279,6 +285,7 @@ impl Metrics {
         registry.register(Box::new(ship.errors.clone()))?;
         registry.register(Box::new(ship.lag_seconds.clone()))?;
         registry.register(Box::new(ship.dropped.clone()))?;
+        registry.register(Box::new(ship.refused.clone()))?;
         registry.register(Box::new(cache.requests.clone()))?;
         registry.register(Box::new(cache.saved_usd.clone()))?;
         registry.register(Box::new(cache.entries.clone()))?;

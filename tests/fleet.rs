@@ -278,11 +278,11 @@ async fn ingest_is_idempotent_and_scoped() {
     };
     assert_eq!(
         post(cred.clone(), batch.clone()).await,
-        (200, json!({"accepted": 3, "duplicates": 0}))
+        (200, json!({"accepted": 3, "duplicates": 0, "refused": 0}))
     );
     assert_eq!(
         post(cred.clone(), batch.clone()).await,
-        (200, json!({"accepted": 0, "duplicates": 3}))
+        (200, json!({"accepted": 0, "duplicates": 3, "refused": 0}))
     );
     assert_eq!(ledger_total(&control, "").await.0, 3);
     // Whole days are read from the rollup rows, a range inside a day from
@@ -306,12 +306,12 @@ async fn ingest_is_idempotent_and_scoped() {
         .await;
     assert_eq!(by_rollups["total"]["requests"], 3, "{by_rollups}");
     assert_eq!(by_rollups, by_events);
-    let (s, body) = post(other, batch.clone()).await;
-    assert_eq!(s, 403, "{body}");
-    assert!(body["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("\"acme\""));
+    // Another account's events are never stored: refused, acknowledged.
+    assert_eq!(
+        post(other, batch.clone()).await,
+        (200, json!({"accepted": 0, "duplicates": 0, "refused": 3}))
+    );
+    assert_eq!(ledger_total(&control, "").await.0, 3);
     let (s, _) = post(ADMIN_TOKEN.to_string(), batch).await;
     assert_eq!(s, 403, "only sidecars ship");
     let (s, _) = post(cred, b"not msgpack".to_vec()).await;
@@ -504,6 +504,46 @@ async fn sync_brings_keys_to_running_sidecars_and_survives_a_control_outage() {
     control.admin_json(&["budgets", "set-limit", "acme-month", "100"]);
     let took = until_status(&[&a, &b], &k2, 200).await;
     assert!(took < Duration::from_secs(2), "the new limit took {took:?}");
+
+    // Both sidecars shipped every call they made for the account: the
+    // ledger's successful requests are the provider's, and its cost is
+    // theirs at the receipts' price.
+    let one = request(&a, ("x-api-key", k2.as_str())).await;
+    assert_eq!(one.status(), 200);
+    let price = nusd(one.headers()["x-tollgate-cost-usd"].to_str().unwrap());
+    one.bytes().await.unwrap();
+    let served = fake.requests().len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, v) = control
+            .call(
+                Method::GET,
+                "/api/v1/llm/usage?account=acme&group_by=status",
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        let ok = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["status"] == "ok")
+            .map(|r| {
+                (
+                    r["requests"].as_u64().unwrap(),
+                    r["cost_nusd"].as_u64().unwrap(),
+                )
+            });
+        if ok == Some((served, served * price)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ledger {ok:?}, provider served {served} at {price} each"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The control endpoint goes away; a sidecar restarted now starts from
     // its sealed snapshot and still serves the synced keys.

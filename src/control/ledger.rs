@@ -47,6 +47,11 @@ pub struct Ack {
     pub accepted: usize,
     /// Events the ledger held already (re-sent after a lost ack).
     pub duplicates: usize,
+    /// Events for accounts this credential does not serve (a request the
+    /// sidecar refused before it knew the account, say): not stored, and
+    /// acknowledged so they do not block the sidecar's outbox.
+    #[serde(default)]
+    pub refused: usize,
 }
 
 /// The ledger key of `e`.
@@ -106,9 +111,9 @@ fn parse_when(key: &str, s: &str) -> Result<i64, ApiError> {
 }
 
 impl Control {
-    /// Stores a batch of MessagePack-encoded events from a sidecar: all of
-    /// them or (when one is for an account the sidecar does not serve)
-    /// none. Durable before the ack.
+    /// Stores a batch of MessagePack-encoded events from a sidecar: those
+    /// of the accounts its credential serves; the others are refused.
+    /// Durable before the ack.
     pub fn ingest(&self, sidecar: &Principal, body: &[u8]) -> Result<Ack, ApiError> {
         let Principal::Sidecar { accounts, .. } = sidecar else {
             return Err(ApiError::forbidden("only a sidecar credential ships usage"));
@@ -116,14 +121,19 @@ impl Control {
         let events: Vec<UsageEvent> = rmp_serde::from_slice(body).map_err(|e| {
             ApiError::invalid(format!("not a MessagePack array of usage events: {e}"))
         })?;
-        if let Some(e) = events
-            .iter()
-            .find(|e| !accounts.is_empty() && !accounts.contains(&e.account))
-        {
-            return Err(ApiError::forbidden(format!(
-                "this sidecar credential does not serve account {:?}",
-                e.account
-            )));
+        // Another account's ledger is never written; those events are
+        // acknowledged as refused (and counted) so the outbox moves on.
+        let total_received = events.len();
+        let events: Vec<UsageEvent> = events
+            .into_iter()
+            .filter(|e| accounts.is_empty() || accounts.contains(&e.account))
+            .collect();
+        let refused = total_received - events.len();
+        if refused > 0 {
+            self.metrics
+                .ingest_events
+                .with_label_values(&["refused"])
+                .inc_by(refused as u64);
         }
         let mut rows = Vec::with_capacity(events.len());
         for e in &events {
@@ -151,6 +161,7 @@ impl Control {
         Ok(Ack {
             accepted,
             duplicates: total - accepted,
+            refused,
         })
     }
 

@@ -15,7 +15,8 @@ pub struct ControlMetrics {
     pub accounts: IntGauge,
     /// Audit entries appended since start.
     pub audit_entries: IntCounter,
-    /// Usage events received: `new` or `duplicate` (already in the ledger).
+    /// Usage events received: `new`, `duplicate` (already in the ledger) or
+    /// `refused` (an account the credential does not serve).
     pub ingest_events: IntCounterVec,
     /// Usage batches acknowledged.
     pub ingest_batches: IntCounter,
@@ -54,7 +55,7 @@ impl ControlMetrics {
         let ingest_events = IntCounterVec::new(
             Opts::new(
                 "tollgate_control_ingest_events_total",
-                "Usage events received from sidecars: new, or duplicate (already in the ledger).",
+                "Usage events received from sidecars: new, duplicate (already in the ledger) or refused (an account the credential does not serve).",
             ),
             &["result"],
         )?;

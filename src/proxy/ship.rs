@@ -186,6 +186,19 @@ impl Shipper {
             });
         }
         let n = batch.keys.len();
+        // The control endpoint keeps only the accounts this sidecar's
+        // credential serves; the rest are acknowledged as refused.
+        let ack: serde_json::Value = match resp.bytes().await {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if let Some(refused) = ack["refused"].as_u64().filter(|r| *r > 0) {
+            self.metrics.refused.inc_by(refused);
+            tracing::warn!(
+                refused,
+                "the control endpoint refused usage events of accounts this sidecar's credential does not serve"
+            );
+        }
         let events = self.events.clone();
         let keys = batch.keys;
         tokio::task::spawn_blocking(move || -> Result<(), ShipError> {
