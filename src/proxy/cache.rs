@@ -175,7 +175,12 @@ fn passed_through_credential(
     route: &Route,
     req: &RequestHeader,
 ) -> Option<[u8; 32]> {
-    if super::injected_key(state, account, route).is_some() || state.fleet.keyring().enabled() {
+    let injected = route.provider.api_key.is_some()
+        || state
+            .fleet
+            .provider_key(account, &route.provider.name)
+            .is_some();
+    if injected || state.fleet.keyring().enabled() {
         return None;
     }
     let mut h = blake3::Hasher::new();

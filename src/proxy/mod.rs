@@ -213,7 +213,11 @@ impl Tollgate {
             x.draft.clamped_max_tokens = guard.clamped;
             x.draft.guard = Some(guard);
         }
-        // forward
+        // forward: the account's own key (BYOK) if the control endpoint
+        // holds one, else the provider's configured key.
+        let byok = state
+            .fleet
+            .provider_key(&identity.account, &route.provider.name);
         let upstream_req = or_fail!(
             self,
             session,
@@ -223,7 +227,7 @@ impl Tollgate {
                 session.req_header(),
                 request.body.len(),
                 state.fleet.keyring().enabled(),
-                injected_key(state, &identity.account, &route).as_ref(),
+                byok.as_deref().or(route.provider.api_key.as_ref()),
             )
         );
         // On record (durably, with outbox.sync) before the first byte
@@ -388,17 +392,4 @@ impl ProxyHttp for Tollgate {
             "tollgate forwards from request_filter",
         ))
     }
-}
-
-/// The provider key tollgate sends for `account`: its own (BYOK, from the
-/// control endpoint) if it has one, else the provider's configured key.
-pub(crate) fn injected_key(
-    state: &State,
-    account: &str,
-    route: &ingress::Route,
-) -> Option<crate::secret::Secret> {
-    state
-        .fleet
-        .provider_key(account, &route.provider.name)
-        .or_else(|| route.provider.api_key.clone())
 }

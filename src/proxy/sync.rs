@@ -55,8 +55,9 @@ pub enum SyncError {
 struct Applied {
     version: u64,
     keys: Arc<KeyRing>,
-    /// (account, provider) → the account's own key.
-    provider_keys: HashMap<(String, String), Secret>,
+    /// account → provider → the account's own key (nested so that a
+    /// lookup on the request path allocates nothing).
+    provider_keys: HashMap<String, HashMap<String, Arc<Secret>>>,
     /// Accounts whose plan has no cache.
     no_cache: std::collections::HashSet<String>,
     /// The config's rate limits and the plans' per-account rpm / tpm.
@@ -101,14 +102,12 @@ impl Fleet {
     }
 
     /// `account`'s own key for `provider`, if the control endpoint holds one.
-    pub fn provider_key(&self, account: &str, provider: &str) -> Option<Secret> {
-        let current = self.current.load();
-        if current.provider_keys.is_empty() {
-            return None;
-        }
-        current
+    pub fn provider_key(&self, account: &str, provider: &str) -> Option<Arc<Secret>> {
+        self.current
+            .load()
             .provider_keys
-            .get(&(account.to_string(), provider.to_string()))
+            .get(account)?
+            .get(provider)
             .cloned()
     }
 
@@ -154,10 +153,10 @@ impl Fleet {
                 }
             }
             for p in &a.provider_keys {
-                provider_keys.insert(
-                    (a.name.clone(), p.provider.clone()),
-                    Secret::new(p.key.clone()),
-                );
+                provider_keys
+                    .entry(a.name.clone())
+                    .or_insert_with(HashMap::new)
+                    .insert(p.provider.clone(), Arc::new(Secret::new(p.key.clone())));
             }
         }
         let mut budgets = Vec::new();
