@@ -6,7 +6,10 @@
 //! 2. rollup: one account's month of events (spread over 30 days), rolled
 //!    up by model and day: the answer time;
 //! 3. long poll: P simulated sidecars hold `GET /api/v1/sync` open: memory
-//!    per waiting sidecar, and the time for one change to reach all of them.
+//!    per waiting sidecar, and the time for one change to reach all of them;
+//! 4. leases: N simulated sidecars renew budget leases as fast as grants
+//!    come back, all against one budget, then spread over 1,000 budgets:
+//!    grants/s and grant p50/p99.
 //!
 //! ```sh
 //! CARGO_TARGET_DIR=target/bench cargo bench --bench control
@@ -446,5 +449,107 @@ async fn run(o: &Options, control: &ControlProc) -> Result<()> {
         percentile(&arrivals, 0.5),
         arrivals.last().copied().unwrap_or(f64::NAN)
     );
+
+    // 4. lease renewals
+    leases(o, &c, &base, &cred).await
+}
+
+/// `o.sidecars` simulated sidecars renew leases as fast as grants come
+/// back, against one shared budget, then against 1,000 budgets.
+async fn leases(o: &Options, c: &reqwest::Client, base: &str, cred: &str) -> Result<()> {
+    api(
+        c,
+        base,
+        reqwest::Method::POST,
+        "/api/v1/budgets",
+        Some(json!({"name": "lease-one", "account": "month", "period": "month", "limit_usd": "1000000"})),
+    )
+    .await?;
+    for i in 0..1000 {
+        api(
+            c,
+            base,
+            reqwest::Method::POST,
+            "/api/v1/budgets",
+            Some(json!({"name": format!("lease-{i}"), "account": format!("acme-{}", i % 10), "period": "month", "limit_usd": "1000"})),
+        )
+        .await?;
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let period = tollgate::budget::Period::Month
+        .window(now)
+        .context("this month")?
+        .0;
+    println!(
+        "\n-- lease renewals: {} sidecars, {} s each --",
+        o.sidecars, o.duration
+    );
+    for budgets in [1usize, 1000] {
+        let deadline = Instant::now() + Duration::from_secs(o.duration);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for s in 0..o.sidecars {
+            let (c, base, cred, period) = (
+                c.clone(),
+                base.to_string(),
+                cred.to_string(),
+                period.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut consumed = std::collections::HashMap::<usize, u64>::new();
+                let mut lat = Vec::new();
+                let mut n = s;
+                while Instant::now() < deadline {
+                    let b = if budgets == 1 {
+                        0
+                    } else {
+                        (n * 7919) % budgets
+                    };
+                    n += 1;
+                    let name = if budgets == 1 {
+                        "lease-one".to_string()
+                    } else {
+                        format!("lease-{b}")
+                    };
+                    let spent = consumed.entry(b).or_default();
+                    *spent += 1000;
+                    let body = json!({
+                        "sidecar_id": format!("sim-{s}"),
+                        "instance": format!("i-{s}"),
+                        "leases": [{"budget": name, "period": period, "consumed_nusd": *spent,
+                                    "reserved_nusd": 0, "want_nusd": 10_000_000, "need_nusd": 0}],
+                    });
+                    let t = Instant::now();
+                    let resp = c
+                        .post(format!("{base}/api/v1/leases"))
+                        .bearer_auth(&cred)
+                        .json(&body)
+                        .send()
+                        .await
+                        .expect("a renewal");
+                    assert!(resp.status().is_success(), "renewal: {}", resp.status());
+                    let v: Value = resp.json().await.expect("a grant");
+                    assert!(v["leases"][0]["error"].is_null(), "{v}");
+                    lat.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                lat
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await?);
+        }
+        let secs = started.elapsed().as_secs_f64();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        println!(
+            "{:>5} budget(s): {:.0} grants/s, grant p50 {:.2} ms, p99 {:.2} ms (each durable before its answer)",
+            budgets,
+            lat.len() as f64 / secs,
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+    }
     Ok(())
 }

@@ -149,6 +149,7 @@ fn event() -> UsageEvent {
         ttfb_us: 0,
         upstream_request_id: None,
         idempotency_key: None,
+        charges: Vec::new(),
     }
 }
 
@@ -200,6 +201,7 @@ fn run(
                     .expect("identify");
                     let admission = limit::admit(&state, &id, &req).expect("limit");
                     let guard = budget::reserve(&state, &id, &route, &http::Method::POST, &mut req)
+                        .await
                         .expect("budget");
                     admit.push(t0.elapsed().as_nanos() as u64);
                     // The upstream call: every task's reservation is outstanding here.

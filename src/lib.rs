@@ -15,6 +15,7 @@ pub mod dialect;
 pub mod envelope;
 pub mod identity;
 pub mod keys;
+pub mod lease;
 pub mod limit;
 pub mod meter;
 pub mod metrics;

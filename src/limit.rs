@@ -154,6 +154,27 @@ impl Limiter {
         }
     }
 
+    /// A limiter over `rules` that keeps this one's buckets for every rule
+    /// it still has unchanged: a new snapshot does not refill a window that
+    /// a burst just emptied.
+    pub fn succeed(&self, rules: Vec<Rule>) -> Limiter {
+        let mut carried = HashMap::new();
+        if let Ok(old) = self.state.lock() {
+            for ((i, instance), b) in old.iter() {
+                let Some(rule) = self.rules.get(*i) else {
+                    continue;
+                };
+                if let Some(j) = rules.iter().position(|r| r == rule) {
+                    carried.insert((j, instance.clone()), *b);
+                }
+            }
+        }
+        Limiter {
+            rules,
+            state: Mutex::new(carried),
+        }
+    }
+
     /// True when no rule is configured (the stage is skipped).
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
@@ -371,6 +392,23 @@ mod tests {
             .admit(&id("late"), 0, t0 + Duration::from_secs(60))
             .is_ok());
         assert!(l.state.lock().unwrap().len() <= 1);
+    }
+
+    #[test]
+    fn a_successor_keeps_the_windows_of_unchanged_rules() {
+        let now = Instant::now();
+        let l = Limiter::new(vec![rule("account:acme", Some(1), None)]);
+        assert!(l.admit(&id("acme"), 1, now).is_ok());
+        assert!(l.admit(&id("acme"), 1, now).is_err());
+        // Same rule, another added: still empty. A changed rule starts afresh.
+        let next = l.succeed(vec![
+            rule("account:beta", Some(1), None),
+            rule("account:acme", Some(1), None),
+        ]);
+        assert!(next.admit(&id("acme"), 1, now).is_err());
+        assert!(next.admit(&id("beta"), 1, now).is_ok());
+        let changed = next.succeed(vec![rule("account:acme", Some(2), None)]);
+        assert!(changed.admit(&id("acme"), 1, now).is_ok());
     }
 
     #[test]

@@ -214,11 +214,14 @@ enum BudgetCommand {
     /// Print each budget's period, limit, spent, reserved and remaining.
     ///
     /// Reads the data directory directly when no proxy holds it (nothing is
-    /// reserved then), else asks the running proxy's admin listener.
+    /// reserved then), else asks the running proxy's admin listener. With
+    /// --control: the control endpoint's budgets, fleet-wide (limit, spent,
+    /// leased per sidecar, left).
     ///
     /// Examples:
     ///   tollgate budget status --config tollgate.toml
     ///   tollgate budget status --config tollgate.toml --json
+    ///   tollgate budget status --control http://127.0.0.1:8790 --token $TOKEN
     #[command(verbatim_doc_comment)]
     Status {
         #[command(flatten)]
@@ -226,6 +229,14 @@ enum BudgetCommand {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Ask this control endpoint instead of the local sidecar.
+        #[arg(long, env = "TOLLGATE_CONTROL_URL")]
+        control: Option<String>,
+        /// With --control: an admin token (any budget) or a gateway key (its account's).
+        #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// With --control: only these budgets.
+        names: Vec<String>,
     },
 }
 
@@ -295,7 +306,16 @@ fn main() -> ExitCode {
             name,
             test,
         }) => keys_new(&account, name.as_deref(), test),
-        Command::Budget(BudgetCommand::Status { config, json }) => budget_status(&config, json),
+        Command::Budget(BudgetCommand::Status {
+            config,
+            json,
+            control,
+            token,
+            names,
+        }) => match control {
+            Some(control) => fleet_budget_status(&control, token, &names, json),
+            None => budget_status(&config, json),
+        },
         Command::Cache(CacheCommand::Stats { config, json }) => cache_stats(&config, json),
         Command::Cache(CacheCommand::Purge { config, account }) => {
             cache_purge(&config, account.as_deref())
@@ -596,6 +616,22 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         AlertService::new(alert_rx, metrics.budget_alert_failures.clone()),
     ));
 
+    let leases = match &config.control {
+        Some(link) => Some(tollgate::proxy::lease::LeaseService {
+            ledger: ledger.clone(),
+            leases: state.leases.clone(),
+            link: link.clone(),
+            sidecar_id: config.sidecar_id.clone(),
+            instance: tollgate::proxy::lease::instance_id(&config.data_dir)?,
+        }),
+        None => None,
+    };
+    if let Some(service) = &leases {
+        server.add_service(pingora::services::background::background_service(
+            "budget leases",
+            service.clone(),
+        ));
+    }
     if let Some(link) = &config.control {
         server.add_service(pingora::services::background::background_service(
             "control sync",
@@ -647,6 +683,10 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     });
     outbox.close();
     ledger.persist().context("writing budget state")?;
+    // Every request has settled: what is unused goes back to the fleet.
+    if let Some(service) = leases {
+        return_leases(&service);
+    }
     db.flush().context("final flush of the store")?;
     if !cache.writer.drain(std::time::Duration::from_secs(5)) {
         tracing::warn!("cache writer did not drain in time; the newest answers are not cached");
@@ -654,6 +694,28 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     cache_records.flush().context("final flush of the cache")?;
     tracing::info!("tollgate stopped");
     Ok(())
+}
+
+/// Returns the sidecar's leases at shutdown, within a few seconds.
+fn return_leases(service: &tollgate::proxy::lease::LeaseService) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "leases not returned: no runtime");
+            return;
+        }
+    };
+    let returned = runtime.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(3), service.return_all()).await
+    });
+    match returned {
+        Ok(Ok(())) => tracing::info!("returned the unused budget leases"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "budget leases not returned; they expire"),
+        Err(_) => tracing::warn!("budget leases not returned in time; they expire"),
+    }
 }
 
 fn usage(args: UsageArgs) -> anyhow::Result<ExitCode> {
@@ -713,6 +775,22 @@ fn keys_new(account: &str, name: Option<&str>, test: bool) -> anyhow::Result<Exi
     println!("# Give the key above to the app (e.g. ANTHROPIC_API_KEY); it is shown only once.");
     println!("# Add this to the sidecar's config:");
     print!("{}", gateway_keys::config_entry(&key, account, &name));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn fleet_budget_status(
+    control: &str,
+    token: Option<String>,
+    names: &[String],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let token = token.context(
+        "--control needs --token (or TOLLGATE_ADMIN_TOKEN): an admin token or a gateway key",
+    )?;
+    print!(
+        "{}",
+        tollgate::control::cli::budget_status(control, &token, names, json)?
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -72,6 +72,29 @@ pub struct Metrics {
     pub sync_version: IntGauge,
     /// Sync attempts that failed.
     pub sync_errors: IntCounter,
+    /// Leases of fleet budgets.
+    pub lease: LeaseMetrics,
+}
+
+/// Leases of budgets held by the control endpoint.
+#[derive(Clone)]
+pub struct LeaseMetrics {
+    /// Unused lease (granted − consumed − reserved), USD, by budget.
+    pub held_usd: GaugeVec,
+    /// This sidecar's consumption in the current period, USD, by budget.
+    pub consumed_usd: GaugeVec,
+    /// Requests that waited for a grant, by outcome (granted|denied).
+    pub waits: IntCounterVec,
+    /// How long those waits took.
+    pub wait_seconds: Histogram,
+    /// Requests refused because the lease could not cover them, by budget.
+    pub denials: IntCounterVec,
+    /// Renewals, by outcome (ok|unreachable|refused).
+    pub renewals: IntCounterVec,
+    /// Time the control endpoint was unreachable for renewals, seconds.
+    pub unreachable_seconds: prometheus::Counter,
+    /// 1 while the last renewal could not reach the control endpoint.
+    pub unreachable: IntGauge,
 }
 
 /// Shipping usage to the control endpoint.
@@ -279,6 +302,66 @@ impl Metrics {
             "tollgate_sync_errors_total",
             "Syncs with the control endpoint that failed.",
         )?;
+        let lease = LeaseMetrics {
+            held_usd: GaugeVec::new(
+                Opts::new(
+                    "tollgate_lease_held_usd",
+                    "Unused lease of a fleet budget (granted, less consumed and reserved), USD, by budget.",
+                ),
+                &["budget"],
+            )?,
+            consumed_usd: GaugeVec::new(
+                Opts::new(
+                    "tollgate_lease_consumed_usd",
+                    "This sidecar's spend from a fleet budget in the current period, USD, by budget.",
+                ),
+                &["budget"],
+            )?,
+            waits: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_lease_waits_total",
+                    "Requests that waited for a lease grant (lease_wait at most), by outcome (granted, denied).",
+                ),
+                &["outcome"],
+            )?,
+            wait_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_lease_wait_seconds",
+                    "How long requests waited for a lease grant.",
+                )
+                .buckets(OVERHEAD_BUCKETS.to_vec()),
+            )?,
+            denials: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_lease_denials_total",
+                    "Requests refused because this sidecar's lease of a fleet budget could not cover them, by budget.",
+                ),
+                &["budget"],
+            )?,
+            renewals: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_lease_renewals_total",
+                    "Lease renewals with the control endpoint, by outcome (ok, unreachable, refused).",
+                ),
+                &["outcome"],
+            )?,
+            unreachable_seconds: prometheus::Counter::new(
+                "tollgate_lease_unreachable_seconds_total",
+                "Time the control endpoint could not be reached for lease renewals, seconds.",
+            )?,
+            unreachable: IntGauge::new(
+                "tollgate_lease_unreachable",
+                "1 while the last lease renewal could not reach the control endpoint, else 0.",
+            )?,
+        };
+        registry.register(Box::new(lease.held_usd.clone()))?;
+        registry.register(Box::new(lease.consumed_usd.clone()))?;
+        registry.register(Box::new(lease.waits.clone()))?;
+        registry.register(Box::new(lease.wait_seconds.clone()))?;
+        registry.register(Box::new(lease.denials.clone()))?;
+        registry.register(Box::new(lease.renewals.clone()))?;
+        registry.register(Box::new(lease.unreachable_seconds.clone()))?;
+        registry.register(Box::new(lease.unreachable.clone()))?;
         registry.register(Box::new(sync_version.clone()))?;
         registry.register(Box::new(sync_errors.clone()))?;
         registry.register(Box::new(ship.shipped.clone()))?;
@@ -338,6 +421,7 @@ impl Metrics {
             ship,
             sync_version,
             sync_errors,
+            lease,
         })
     }
 

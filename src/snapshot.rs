@@ -17,7 +17,7 @@ const AT_REST_LABEL: &str = "tollgate sidecar snapshot v1";
 const AAD: &[u8] = b"tollgate snapshot";
 
 /// One sync answer.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
     /// Grows with every administrative change (the audit log's number).
     pub version: u64,
@@ -31,7 +31,7 @@ pub struct Snapshot {
 }
 
 /// A budget held by the control endpoint: one account's spend per period.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SyncedBudget {
     pub name: String,
     pub account: String,
@@ -40,6 +40,25 @@ pub struct SyncedBudget {
     pub limit_nusd: u64,
     /// `deny` or `clamp`.
     pub on_insufficient: String,
+    /// `deny` or `allow`: what a sidecar does once its lease is spent and
+    /// the control endpoint cannot be reached (see [`crate::lease`]).
+    #[serde(default = "deny")]
+    pub on_control_unreachable: String,
+    /// With `allow`: the most the whole fleet may spend beyond its leases
+    /// while the control endpoint is unreachable, nano-USD.
+    #[serde(default)]
+    pub unreachable_allowance_nusd: u64,
+    /// Fractions of the limit that alert once per period, fleet-wide (the
+    /// control endpoint fires them, not the sidecars).
+    #[serde(default)]
+    pub soft_thresholds: Vec<f64>,
+    /// Where the control endpoint POSTs those alerts.
+    #[serde(default)]
+    pub alert_webhook: Option<String>,
+}
+
+fn deny() -> String {
+    "deny".into()
 }
 
 /// An account as a sidecar needs it.

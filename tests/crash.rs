@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 use support::fake_provider::FakeProvider;
 use support::tollgate::{Builder, Tollgate};
+use support::Rng;
 
 const STREAM_CLIENTS: usize = 6;
 const SYNC_CLIENTS: usize = 6;
@@ -29,23 +30,6 @@ fn budget(limit_usd: &str) -> String {
 const INPUT_NUSD: u64 = 3_000;
 const OUTPUT_NUSD: u64 = 15_000;
 const MAX_TOKENS: u64 = 64;
-
-/// A small xorshift: random kill moments without a dependency; the seed is
-/// printed so a failing run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn body(stream: bool, marker: &str) -> String {
     format!(

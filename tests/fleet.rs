@@ -546,7 +546,11 @@ async fn sync_brings_keys_to_running_sidecars_and_survives_a_control_outage() {
     }
 
     // The control endpoint goes away; a sidecar restarted now starts from
-    // its sealed snapshot and still serves the synced keys.
+    // its sealed snapshot and still serves the synced keys. (The fleet
+    // budget goes first: a sidecar that cannot reach the control endpoint
+    // holds no lease of it, and its `deny` would refuse; see leases.rs.)
+    control.admin_json(&["budgets", "delete", "acme-month"]);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let dir = a.data_dir.clone();
     let a_log = a.log();
     drop(a);

@@ -17,6 +17,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("src/dialect/", Layer::Dialect),
     ("src/identity.rs", Layer::Domain),
     ("src/plan.rs", Layer::Domain),
+    ("src/lease.rs", Layer::Domain),
     ("src/envelope.rs", Layer::Domain),
     ("src/snapshot.rs", Layer::Domain),
     ("src/scope.rs", Layer::Domain),

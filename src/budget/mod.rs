@@ -117,9 +117,57 @@ pub struct Budget {
     /// Where alerts are POSTed; `None` = metric and log only.
     pub alert_webhook: Option<String>,
     pub on_insufficient: OnInsufficient,
+    /// Held by the control endpoint and spent from leases (see
+    /// [`crate::lease`]): what to do when the lease is gone and the
+    /// control endpoint cannot be reached. `None`: a local budget.
+    pub lease: Option<OnUnreachable>,
     /// Removed by the control endpoint: applies to nothing, but keeps its
     /// slot (reservations name budgets by slot) and its stored spend.
     pub retired: bool,
+}
+
+/// What a leased budget does once its lease is spent (or expired) and the
+/// control endpoint cannot be reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnUnreachable {
+    /// Refuse what the lease cannot cover.
+    Deny,
+    /// Spend up to this sidecar's share of the budget's allowance beyond
+    /// the lease, reported when the control endpoint is back.
+    Allow,
+}
+
+/// This sidecar's lease of a budget period, as last granted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    /// Total grant for the period (consumption included), nano-USD.
+    pub granted: u64,
+    /// Spend allowed beyond `granted` while the control endpoint is unreachable.
+    pub overdraft: u64,
+    /// The limit the grant was made under (another one voids it).
+    pub limit: u64,
+    /// Good until (the renewal's send time plus its TTL).
+    pub valid_until: std::time::Instant,
+    /// Renew when the room left falls below this.
+    pub low_water: u64,
+}
+
+/// A leased budget period as the renewal task sees it.
+#[derive(Clone, Debug)]
+pub struct LeaseView {
+    pub budget: String,
+    pub period: String,
+    pub limit_nusd: u64,
+    pub consumed_nusd: u64,
+    pub reserved_nusd: u64,
+    /// The current lease, if any.
+    pub held: Option<Held>,
+    /// The largest worst case of a request waiting for a grant (0: none).
+    pub need_nusd: u64,
+    /// A request was refused for lack of lease: return the unused room.
+    pub starved: bool,
+    /// The largest worst case reserved lately (decays).
+    pub peak_worst_nusd: u64,
 }
 
 /// The source of "now" (UTC unix seconds); injected in tests.
@@ -168,6 +216,49 @@ struct PeriodState {
     stored: Stored,
     reserved: u64,
     dirty: bool,
+    /// Leased budgets: the lease and what the renewal task should know.
+    lease: Option<Held>,
+    need: u64,
+    starved: bool,
+    peak_worst: u64,
+}
+
+impl PeriodState {
+    fn new(stored: Stored, key: String, start: i64, end: i64) -> PeriodState {
+        PeriodState {
+            key,
+            start,
+            end,
+            stored,
+            reserved: 0,
+            dirty: false,
+            lease: None,
+            need: 0,
+            starved: false,
+            peak_worst: 0,
+        }
+    }
+
+    /// What can still be reserved under `b`'s rules.
+    fn room(&self, b: &Budget, unreachable: bool, now: std::time::Instant) -> u64 {
+        let used = self.stored.spent.saturating_add(self.reserved);
+        let cap = match b.lease {
+            None => b.limit_nusd,
+            Some(on) => match &self.lease {
+                Some(l) if l.limit == b.limit_nusd => {
+                    if unreachable && on == OnUnreachable::Allow {
+                        l.granted.saturating_add(l.overdraft)
+                    } else if now < l.valid_until {
+                        l.granted
+                    } else {
+                        0
+                    }
+                }
+                _ => 0,
+            },
+        };
+        cap.saturating_sub(used)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -188,6 +279,8 @@ pub struct Denied {
     pub remaining_nusd: u64,
     /// The worst case that did not fit.
     pub needed_nusd: u64,
+    /// The budget is leased and its lease could not cover the request.
+    pub lease: bool,
 }
 
 impl fmt::Display for Denied {
@@ -234,6 +327,9 @@ pub enum Decision {
     /// Forward with `max_tokens` lowered to this, for the named budget.
     Clamp(Reservation, u64, String),
     Deny(Denied),
+    /// A leased budget's lease cannot cover it yet: a grant was asked for;
+    /// try again when one lands (see [`Ledger::reserve_or_wait`]).
+    AwaitLease,
 }
 
 /// A budget's figures now, for `tollgate budget status` and `/budgets`.
@@ -299,6 +395,10 @@ pub struct Ledger {
     clock: Arc<dyn Clock>,
     alerts: AlertSink,
     metrics: LedgerMetrics,
+    /// Wakes the lease renewal task (set once it runs).
+    lease_wake: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    /// The last renewal failed to reach the control endpoint.
+    unreachable: std::sync::atomic::AtomicBool,
 }
 
 fn load(store: Option<&dyn SpendRecords>, budget: &str, period: &str) -> Stored {
@@ -335,6 +435,8 @@ impl Ledger {
             clock,
             alerts,
             metrics,
+            lease_wake: std::sync::OnceLock::new(),
+            unreachable: std::sync::atomic::AtomicBool::new(false),
         };
         // Load the current periods now so the gauges are right from the start.
         let now = ledger.clock.now();
@@ -438,20 +540,24 @@ impl Ledger {
         let pos = st.older.iter().position(|p| p.key == key);
         st.current = Some(match pos {
             Some(pos) => st.older.swap_remove(pos),
-            None => PeriodState {
-                stored: load(self.store.as_deref(), &b.name, &key),
-                key,
-                start,
-                end,
-                reserved: 0,
-                dirty: false,
-            },
+            None => PeriodState::new(load(self.store.as_deref(), &b.name, &key), key, start, end),
         });
     }
 
     /// Reserves the worst case of a request against every budget that
     /// applies to `id`, or refuses it.
     pub fn reserve(&self, id: &Identity, est: &Estimate) -> Decision {
+        self.reserve_with(id, est, false)
+    }
+
+    /// [`Ledger::reserve`], except that when only a leased budget's lease
+    /// is short it asks the renewal task for a grant and answers
+    /// [`Decision::AwaitLease`] instead of clamping or refusing.
+    pub fn reserve_or_wait(&self, id: &Identity, est: &Estimate) -> Decision {
+        self.reserve_with(id, est, true)
+    }
+
+    fn reserve_with(&self, id: &Identity, est: &Estimate, may_wait: bool) -> Decision {
         let budgets = self.budgets.load();
         let applicable: Vec<usize> = (0..budgets.len())
             .filter(|&i| !budgets[i].retired && budgets[i].scope.instance(id).is_some())
@@ -460,6 +566,8 @@ impl Ledger {
             return Decision::Admit(Reservation::default());
         }
         let now = self.clock.now();
+        let instant = std::time::Instant::now();
+        let unreachable = self.is_unreachable();
         let mut state = self.lock();
         // What each budget can still take.
         let mut room = Vec::with_capacity(applicable.len());
@@ -470,14 +578,38 @@ impl Ledger {
                 _ => {
                     self.roll(&mut state[i], i, now);
                     let cur = state[i].current.as_ref();
-                    cur.map_or(0, |c| {
-                        b.limit_nusd
-                            .saturating_sub(c.stored.spent)
-                            .saturating_sub(c.reserved)
-                    })
+                    cur.map_or(0, |c| c.room(b, unreachable, instant))
                 }
             };
             room.push((i, available));
+        }
+        // A short lease is asked to grow before anything is refused.
+        let short_leases: Vec<usize> = room
+            .iter()
+            .filter(|&&(i, a)| a < est.worst_nusd && budgets[i].lease.is_some())
+            .map(|&(i, _)| i)
+            .collect();
+        if !short_leases.is_empty() {
+            if may_wait && !unreachable {
+                for &i in &short_leases {
+                    if let Some(c) = state[i].current.as_mut() {
+                        c.need = c.need.max(est.worst_nusd);
+                    }
+                }
+                drop(state);
+                self.wake_leases();
+                return Decision::AwaitLease;
+            }
+            if !may_wait {
+                // Refused for good: the unused room goes back to the fleet.
+                for &i in &short_leases {
+                    if let Some(c) = state[i].current.as_mut() {
+                        c.need = 0;
+                        c.starved = true;
+                    }
+                }
+                self.wake_leases();
+            }
         }
         let mut amount = est.worst_nusd;
         let mut clamped: Option<(u64, usize)> = None;
@@ -496,6 +628,7 @@ impl Ledger {
                     limit_nusd: b.limit_nusd,
                     remaining_nusd: available,
                     needed_nusd: est.worst_nusd,
+                    lease: b.lease.is_some(),
                 })
             };
             // A deny budget that is short refuses outright.
@@ -523,7 +656,8 @@ impl Ledger {
             amount,
             ..Reservation::default()
         };
-        for (i, _) in room {
+        let mut low = false;
+        for (i, available) in room {
             if budgets[i].period == Period::Request {
                 res.request_ceilings.push(i);
                 continue;
@@ -531,8 +665,18 @@ impl Ledger {
             if let Some(cur) = state[i].current.as_mut() {
                 cur.reserved += amount;
                 res.parts.push((i, cur.key.clone(), amount));
+                if budgets[i].lease.is_some() {
+                    cur.peak_worst = cur.peak_worst.max(amount);
+                    cur.starved = false;
+                    let left = available.saturating_sub(amount);
+                    low |= cur.lease.as_ref().is_none_or(|l| left < l.low_water);
+                }
             }
             self.update_gauges(&state[i], i);
+        }
+        if low {
+            drop(state);
+            self.wake_leases();
         }
         match clamped {
             Some((n, i)) => Decision::Clamp(res, n, budgets[i].name.clone()),
@@ -557,6 +701,8 @@ impl Ledger {
                 return Err(self.denied(i, b.limit_nusd, wanted));
             }
         }
+        let unreachable = self.is_unreachable();
+        let instant = std::time::Instant::now();
         for (i, key, _) in &res.parts {
             let b = &budgets[*i];
             let st = &state[*i];
@@ -565,11 +711,7 @@ impl Ledger {
                 .iter()
                 .chain(st.older.iter())
                 .find(|p| p.key == *key);
-            let available = p.map_or(0, |p| {
-                b.limit_nusd
-                    .saturating_sub(p.stored.spent)
-                    .saturating_sub(p.reserved)
-            });
+            let available = p.map_or(0, |p| p.room(b, unreachable, instant));
             if available < extra {
                 return Err(self.denied(*i, available.saturating_add(res.amount), wanted));
             }
@@ -597,6 +739,7 @@ impl Ledger {
             limit_nusd: b.limit_nusd,
             remaining_nusd: remaining,
             needed_nusd: needed,
+            lease: b.lease.is_some(),
         }
     }
 
@@ -691,15 +834,13 @@ impl Ledger {
             }
             let st = &mut state[i];
             if period_mut(st, &c.period).is_none() {
-                st.older.push(PeriodState {
-                    stored: load(self.store.as_deref(), &c.budget, &c.period),
-                    key: c.period.clone(),
-                    // Only the current period's bounds are ever consulted.
-                    start: 0,
-                    end: 0,
-                    reserved: 0,
-                    dirty: false,
-                });
+                // Only the current period's bounds are ever consulted.
+                st.older.push(PeriodState::new(
+                    load(self.store.as_deref(), &c.budget, &c.period),
+                    c.period.clone(),
+                    0,
+                    0,
+                ));
             }
             if let Some(p) = period_mut(st, &c.period) {
                 p.stored.spent = p.stored.spent.saturating_add(c.nusd);
@@ -814,6 +955,82 @@ impl Ledger {
     }
 }
 
+impl Ledger {
+    /// Registers what wakes the lease renewal task.
+    pub fn on_lease_wanted(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.lease_wake.set(wake);
+    }
+
+    fn wake_leases(&self) {
+        if let Some(wake) = self.lease_wake.get() {
+            wake();
+        }
+    }
+
+    /// Whether the last renewal could not reach the control endpoint.
+    pub fn is_unreachable(&self) -> bool {
+        self.unreachable.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records whether the control endpoint answered the last renewal.
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.unreachable
+            .store(unreachable, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Every leased budget's current period, for the renewal task. Lets
+    /// the largest recent worst case decay, so one big request does not
+    /// size leases for ever.
+    pub fn lease_views(&self) -> Vec<LeaseView> {
+        let now = self.clock.now();
+        let budgets = self.budgets.load();
+        let mut state = self.lock();
+        let mut out = Vec::new();
+        for (i, b) in budgets.iter().enumerate() {
+            if b.retired || b.lease.is_none() || b.period == Period::Request {
+                continue;
+            }
+            self.roll(&mut state[i], i, now);
+            let Some(c) = state[i].current.as_mut() else {
+                continue;
+            };
+            out.push(LeaseView {
+                budget: b.name.clone(),
+                period: c.key.clone(),
+                limit_nusd: b.limit_nusd,
+                consumed_nusd: c.stored.spent,
+                reserved_nusd: c.reserved,
+                held: c.lease.clone(),
+                need_nusd: c.need,
+                starved: c.starved,
+                peak_worst_nusd: c.peak_worst,
+            });
+            c.peak_worst -= c.peak_worst / 16;
+        }
+        out
+    }
+
+    /// Puts a grant in force for `budget`'s `period`. A grant counting
+    /// more consumption than this sidecar knows of (its spend was lost in
+    /// a crash) raises the local figure to it.
+    pub fn apply_lease(&self, budget: &str, period: &str, held: Held, consumed: u64) {
+        let budgets = self.budgets.load();
+        let Some(i) = budgets.iter().position(|b| b.name == budget) else {
+            return;
+        };
+        let mut state = self.lock();
+        if let Some(p) = period_mut(&mut state[i], period) {
+            p.lease = Some(held);
+            p.need = 0;
+            p.starved = false;
+            if consumed > p.stored.spent {
+                p.stored.spent = consumed;
+                p.dirty = true;
+            }
+        }
+    }
+}
+
 fn period_mut<'a>(st: &'a mut BudgetState, key: &str) -> Option<&'a mut PeriodState> {
     if st.current.as_ref().is_some_and(|c| c.key == key) {
         return st.current.as_mut();
@@ -902,6 +1119,7 @@ mod tests {
             soft_thresholds: vec![0.5, 0.8],
             alert_webhook: None,
             on_insufficient: on,
+            lease: None,
             retired: false,
         }
     }

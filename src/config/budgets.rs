@@ -177,6 +177,7 @@ fn budgets(raw: Vec<RawBudget>, problems: &mut Vec<Problem>) -> Vec<Budget> {
                 soft_thresholds: thresholds,
                 alert_webhook,
                 on_insufficient,
+                lease: None,
                 retired: false,
             });
         }

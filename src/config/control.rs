@@ -67,6 +67,10 @@ static KEYS: &[Key] = &[
      "File holding the master key, instead of master_key_env."),
     Key::new("previous_master_key_env", Type::Str, DEFAULT_PREVIOUS_MASTER_KEY_ENV,
      "Environment variable holding the master key before the last rotation, for keys a rotation did not finish re-wrapping."),
+    Key::new("lease_ttl", Type::Duration, "60s",
+     "How long a budget lease granted to a sidecar is good for; sidecars renew at half of it, or sooner when their lease runs low."),
+    Key::new("lease_reclaim_after", Type::Str, "\"never\"",
+     "How long after a lease expired with no word from its sidecar its unspent part is given to others: a duration, or \"never\" (the safe default: a sidecar cut off from the control endpoint may have spent its whole lease, so reclaiming it early risks overshooting by that much)."),
     Key::new("default_plan", Type::Str, DEFAULT_PLAN,
      "Plan of accounts created without one."),
     Key::new("plans.<name>.max_gateway_keys", Type::Integer, "trial 2, starter 10, growth 50, pro 500",
@@ -104,6 +108,8 @@ struct Raw {
     previous_master_key_env: Option<String>,
     default_plan: Option<String>,
     plans: Option<BTreeMap<String, RawPlan>>,
+    lease_ttl: Option<String>,
+    lease_reclaim_after: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -136,6 +142,10 @@ pub struct ControlConfig {
     pub default_plan: String,
     /// Plans by name.
     pub plans: BTreeMap<String, Plan>,
+    /// How long a lease is good for.
+    pub lease_ttl: std::time::Duration,
+    /// When an expired lease's unspent part is free again (`None`: never).
+    pub lease_reclaim_after: Option<std::time::Duration>,
 }
 
 /// Flags of `tollgate control` that set keys.
@@ -269,7 +279,17 @@ fn validate(
             ),
         ));
     }
+    let lease_ttl =
+        super::values::duration("lease_ttl", raw.lease_ttl.as_deref(), "60s", true, problems);
+    let lease_reclaim_after = match raw.lease_reclaim_after.as_deref() {
+        None | Some("never") => Some(None),
+        Some(s) => {
+            super::values::duration("lease_reclaim_after", Some(s), "0s", false, problems).map(Some)
+        }
+    };
     Some(ControlConfig {
+        lease_ttl: lease_ttl?,
+        lease_reclaim_after: lease_reclaim_after?,
         listen: listen?,
         data_dir,
         tls,

@@ -16,6 +16,8 @@ const DEFAULT_SHIP_INTERVAL: &str = "1s";
 const DEFAULT_SHIP_MAX_BACKOFF: &str = "60s";
 const DEFAULT_SHIP_BATCH: i64 = 1000;
 const DEFAULT_OUTBOX_MAX_EVENTS: i64 = 1_000_000;
+/// Longest a request waits for a lease grant, by default.
+pub const DEFAULT_LEASE_WAIT: Duration = Duration::from_millis(50);
 
 #[rustfmt::skip]
 pub(super) static KEYS: &[Key] = &[
@@ -25,6 +27,8 @@ pub(super) static KEYS: &[Key] = &[
      "Environment variable holding this sidecar's credential (tgs_…, from `tollgate admin sidecars create`)."),
     Key::new("control_credential_file", Type::Path, "\"\"",
      "File holding the credential, instead of control_credential_env."),
+    Key::new("lease_wait", Type::Duration, "50ms",
+     "Longest a request waits for a grant when this sidecar's lease of a control-endpoint budget cannot cover its worst case; then it is refused with 402."),
     Key::new("ship.batch", Type::Integer, "1000",
      "Most usage events per shipped batch."),
     Key::new("ship.interval", Type::Duration, DEFAULT_SHIP_INTERVAL,
@@ -42,6 +46,7 @@ pub struct RawFleet {
     pub control_url: Option<String>,
     pub control_credential_env: Option<String>,
     pub control_credential_file: Option<String>,
+    pub lease_wait: Option<String>,
     pub ship: Option<RawShip>,
 }
 
@@ -64,6 +69,8 @@ pub struct ControlLink {
     pub credential: Secret,
     /// Shipping of usage events.
     pub ship: Ship,
+    /// Longest a request waits for a lease grant.
+    pub lease_wait: Duration,
 }
 
 /// How usage events are shipped.
@@ -114,6 +121,13 @@ pub(super) fn validate(
             problems,
         )?,
     };
+    let lease_wait = duration(
+        "lease_wait",
+        raw.lease_wait.as_deref(),
+        "50ms",
+        false,
+        problems,
+    )?;
     let url = raw.control_url.unwrap_or_default();
     if url.is_empty() {
         return Some(None);
@@ -161,5 +175,6 @@ pub(super) fn validate(
         url: url.trim_end_matches('/').to_string(),
         credential: Secret::new(credential),
         ship,
+        lease_wait,
     }))
 }

@@ -53,7 +53,7 @@ mod sources;
 mod timeouts;
 mod values;
 
-pub use fleet::{ControlLink, Ship};
+pub use fleet::{ControlLink, Ship, DEFAULT_LEASE_WAIT};
 pub use listeners::{ForwardProxy, TunnelPolicy};
 pub use outbox::OutboxConfig;
 pub use problem::{ConfigError, Problem};

@@ -403,6 +403,7 @@ budget_default_max_tokens = 100
 control_url = "https://control.example.com:8790/"
 control_credential_env = "C"
 control_credential_file = ""
+lease_wait = "50ms"
 [ship]
 batch = 10
 interval = "2s"

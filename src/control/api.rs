@@ -152,6 +152,12 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             "/api/v1/budgets/{name}",
             delete(delete_budget),
         ),
+        (
+            Method::GET,
+            "/api/v1/budgets/{name}/status",
+            get(budget_status),
+        ),
+        (Method::POST, "/api/v1/leases", post(renew_leases)),
     ]
 }
 
@@ -510,4 +516,23 @@ async fn delete_budget(
     Ok(Json(
         blocking(&c, move |c| c.delete_budget(&actor, &name)).await?,
     ))
+}
+
+async fn budget_status(
+    State(c): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<super::leases::BudgetStatus>, ApiError> {
+    Ok(Json(
+        blocking(&c, move |c| c.budget_status(&p, &name)).await?,
+    ))
+}
+
+async fn renew_leases(
+    State(c): State<AppState>,
+    p: Principal,
+    b: Result<Json<crate::lease::LeaseRequest>, JsonRejection>,
+) -> Result<Json<crate::lease::LeaseResponse>, ApiError> {
+    let req = body(b)?;
+    Ok(Json(blocking(&c, move |c| c.renew_leases(&p, &req)).await?))
 }

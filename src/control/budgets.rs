@@ -10,7 +10,7 @@ use crate::meter::money::{format_usd, parse_usd};
 use crate::snapshot::SyncedBudget;
 
 /// A stored budget.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BudgetRecord {
     pub budget: SyncedBudget,
     pub created_at: i64,
@@ -24,6 +24,11 @@ pub struct BudgetView {
     pub period: String,
     pub limit_usd: String,
     pub on_insufficient: String,
+    pub on_control_unreachable: String,
+    pub unreachable_allowance_usd: String,
+    pub soft_thresholds: Vec<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alert_webhook: Option<String>,
     pub created_at: String,
 }
 
@@ -35,6 +40,10 @@ impl BudgetRecord {
             period: self.budget.period.clone(),
             limit_usd: format_usd(self.budget.limit_nusd),
             on_insufficient: self.budget.on_insufficient.clone(),
+            on_control_unreachable: self.budget.on_control_unreachable.clone(),
+            unreachable_allowance_usd: format_usd(self.budget.unreachable_allowance_nusd),
+            soft_thresholds: self.budget.soft_thresholds.clone(),
+            alert_webhook: self.budget.alert_webhook.clone(),
             created_at: model::rfc3339(self.created_at),
         }
     }
@@ -52,6 +61,16 @@ pub struct NewBudget {
     pub limit_usd: String,
     /// `deny` (default) or `clamp`.
     pub on_insufficient: Option<String>,
+    /// `deny` (default) or `allow`: what sidecars do once their lease is
+    /// spent and the control endpoint cannot be reached.
+    pub on_control_unreachable: Option<String>,
+    /// With `allow`: the most the fleet may spend beyond its leases
+    /// while the control endpoint is unreachable (decimal USD, default 0).
+    pub unreachable_allowance_usd: Option<String>,
+    /// Fractions of the limit (0 < t ≤ 1) that alert once per period.
+    pub soft_thresholds: Option<Vec<f64>>,
+    /// Where those alerts are POSTed (http or https URL).
+    pub alert_webhook: Option<String>,
 }
 
 /// `PATCH /api/v1/budgets/{name}` (the period is fixed at creation).
@@ -60,6 +79,11 @@ pub struct NewBudget {
 pub struct BudgetPatch {
     pub limit_usd: Option<String>,
     pub on_insufficient: Option<String>,
+    pub on_control_unreachable: Option<String>,
+    pub unreachable_allowance_usd: Option<String>,
+    pub soft_thresholds: Option<Vec<f64>>,
+    /// `""` removes it.
+    pub alert_webhook: Option<String>,
 }
 
 fn limit(s: &str) -> Result<u64, ApiError> {
@@ -71,6 +95,43 @@ fn on_insufficient(s: Option<&str>) -> Result<String, ApiError> {
         v @ ("deny" | "clamp") => Ok(v.to_string()),
         other => Err(ApiError::invalid(format!(
             "on_insufficient: deny or clamp, not {other:?}"
+        ))),
+    }
+}
+
+fn on_unreachable(s: Option<&str>) -> Result<String, ApiError> {
+    match s.unwrap_or("deny") {
+        v @ ("deny" | "allow") => Ok(v.to_string()),
+        other => Err(ApiError::invalid(format!(
+            "on_control_unreachable: deny or allow, not {other:?}"
+        ))),
+    }
+}
+
+fn allowance(s: &str) -> Result<u64, ApiError> {
+    parse_usd(s).map_err(|e| ApiError::invalid(format!("unreachable_allowance_usd: {e}")))
+}
+
+fn thresholds(t: Vec<f64>) -> Result<Vec<f64>, ApiError> {
+    if t.len() > 16 || t.iter().any(|x| !(*x > 0.0 && *x <= 1.0)) {
+        return Err(ApiError::invalid(
+            "soft_thresholds: at most 16 fractions of the limit, each above 0 and at most 1",
+        ));
+    }
+    let mut t = t;
+    t.sort_by(f64::total_cmp);
+    t.dedup();
+    Ok(t)
+}
+
+fn webhook(url: String) -> Result<Option<String>, ApiError> {
+    if url.is_empty() {
+        return Ok(None);
+    }
+    match reqwest::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(Some(url)),
+        _ => Err(ApiError::invalid(format!(
+            "alert_webhook: not an http(s) URL: {url:?}"
         ))),
     }
 }
@@ -104,6 +165,13 @@ impl Control {
         }
         let limit_nusd = limit(&req.limit_usd)?;
         let on = on_insufficient(req.on_insufficient.as_deref())?;
+        let unreachable = on_unreachable(req.on_control_unreachable.as_deref())?;
+        let allowance_nusd = match &req.unreachable_allowance_usd {
+            Some(a) => allowance(a)?,
+            None => 0,
+        };
+        let soft_thresholds = thresholds(req.soft_thresholds.unwrap_or_default())?;
+        let alert_webhook = webhook(req.alert_webhook.unwrap_or_default())?;
         let _w = self.write_lock()?;
         self.plan_allows(&req.account, limit_nusd)?;
         if self.records.budgets.get(&name)?.is_some() {
@@ -116,6 +184,10 @@ impl Control {
                 period: req.period,
                 limit_nusd,
                 on_insufficient: on,
+                on_control_unreachable: unreachable,
+                unreachable_allowance_nusd: allowance_nusd,
+                soft_thresholds,
+                alert_webhook,
             },
             created_at: model::now(),
         };
@@ -169,6 +241,19 @@ impl Control {
         }
         if patch.on_insufficient.is_some() {
             record.budget.on_insufficient = on_insufficient(patch.on_insufficient.as_deref())?;
+        }
+        if patch.on_control_unreachable.is_some() {
+            record.budget.on_control_unreachable =
+                on_unreachable(patch.on_control_unreachable.as_deref())?;
+        }
+        if let Some(a) = &patch.unreachable_allowance_usd {
+            record.budget.unreachable_allowance_nusd = allowance(a)?;
+        }
+        if let Some(t) = patch.soft_thresholds {
+            record.budget.soft_thresholds = thresholds(t)?;
+        }
+        if let Some(w) = patch.alert_webhook {
+            record.budget.alert_webhook = webhook(w)?;
         }
         self.records.budgets.put(name, &model::encode(&record)?)?;
         let after = record.view();

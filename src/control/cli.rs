@@ -76,9 +76,43 @@ pub enum BudgetsCommand {
         /// Lower max_tokens to what remains instead of refusing.
         #[arg(long)]
         clamp: bool,
+        /// deny (default) or allow: what sidecars do once their lease is
+        /// spent and the control endpoint cannot be reached.
+        #[arg(long)]
+        on_control_unreachable: Option<String>,
+        /// With allow: the most the fleet may spend beyond its leases
+        /// while the control endpoint is unreachable (decimal USD).
+        #[arg(long)]
+        unreachable_allowance_usd: Option<String>,
+        /// A fraction of the limit that alerts once per period, fleet-wide (repeatable).
+        #[arg(long = "soft-threshold")]
+        soft_thresholds: Vec<f64>,
+        /// Where those alerts are POSTed.
+        #[arg(long)]
+        alert_webhook: Option<String>,
     },
     /// Change a budget's limit.
     SetLimit { name: String, limit_usd: String },
+    /// Change a budget's other settings.
+    Update {
+        name: String,
+        #[arg(long)]
+        limit_usd: Option<String>,
+        /// deny or allow.
+        #[arg(long)]
+        on_control_unreachable: Option<String>,
+        #[arg(long)]
+        unreachable_allowance_usd: Option<String>,
+        /// Replaces the thresholds (repeatable).
+        #[arg(long = "soft-threshold")]
+        soft_thresholds: Option<Vec<f64>>,
+        /// "" removes it.
+        #[arg(long)]
+        alert_webhook: Option<String>,
+    },
+    /// A budget's current period across the fleet: limit, spent, leased
+    /// per sidecar and left.
+    Status { name: String },
     /// Remove a budget.
     Delete { name: String },
 }
@@ -336,6 +370,10 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 period,
                 limit_usd,
                 clamp,
+                on_control_unreachable,
+                unreachable_allowance_usd,
+                soft_thresholds,
+                alert_webhook,
             } => (
                 client.call(
                     "POST",
@@ -344,10 +382,58 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                         "name": name, "account": account, "period": period,
                         "limit_usd": limit_usd,
                         "on_insufficient": if clamp { "clamp" } else { "deny" },
+                        "on_control_unreachable": on_control_unreachable,
+                        "unreachable_allowance_usd": unreachable_allowance_usd,
+                        "soft_thresholds": soft_thresholds,
+                        "alert_webhook": alert_webhook,
                     })),
                 )?,
                 BUDGET_COLUMNS,
             ),
+            BudgetsCommand::Update {
+                name,
+                limit_usd,
+                on_control_unreachable,
+                unreachable_allowance_usd,
+                soft_thresholds,
+                alert_webhook,
+            } => {
+                let mut patch = serde_json::Map::new();
+                for (k, v) in [
+                    ("limit_usd", limit_usd),
+                    ("on_control_unreachable", on_control_unreachable),
+                    ("unreachable_allowance_usd", unreachable_allowance_usd),
+                    ("alert_webhook", alert_webhook),
+                ] {
+                    if let Some(v) = v {
+                        patch.insert(k.into(), Value::String(v));
+                    }
+                }
+                if let Some(t) = soft_thresholds {
+                    patch.insert("soft_thresholds".into(), serde_json::json!(t));
+                }
+                (
+                    client.call(
+                        "PATCH",
+                        &format!("/api/v1/budgets/{}", encode_query(&name)),
+                        Some(Value::Object(patch)),
+                    )?,
+                    BUDGET_COLUMNS,
+                )
+            }
+            BudgetsCommand::Status { name } => {
+                let v = client.call(
+                    "GET",
+                    &format!("/api/v1/budgets/{}/status", encode_query(&name)),
+                    None,
+                )?;
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    print!("{}", status_tables(std::slice::from_ref(&v)));
+                }
+                return Ok(());
+            }
             BudgetsCommand::SetLimit { name, limit_usd } => (
                 client.call(
                     "PATCH",
@@ -429,6 +515,77 @@ const SIDECAR_COLUMNS: &[&str] = &[
     "last_used_at",
     "revoked_at",
 ];
+
+/// Budget statuses as a summary table, then each budget's sidecars.
+fn status_tables(statuses: &[Value]) -> String {
+    let mut out = table(
+        &Value::Array(statuses.to_vec()),
+        &[
+            "name",
+            "account",
+            "period_key",
+            "limit_usd",
+            "spent_usd",
+            "leased_usd",
+            "left_usd",
+        ],
+    );
+    for s in statuses {
+        if s["sidecars"].as_array().is_some_and(|a| !a.is_empty()) {
+            out.push_str(&format!("\n{}:\n", s["name"].as_str().unwrap_or("?")));
+            out.push_str(&table(
+                &s["sidecars"],
+                &[
+                    "sidecar",
+                    "granted_usd",
+                    "spent_usd",
+                    "held_usd",
+                    "expires_at",
+                ],
+            ));
+        }
+    }
+    out
+}
+
+/// `tollgate budget status --control URL`: every budget the token may
+/// read (or those named), fleet-wide.
+pub fn budget_status(
+    control: &str,
+    token: &str,
+    names: &[String],
+    json: bool,
+) -> anyhow::Result<String> {
+    let client = Client {
+        base: control.trim_end_matches('/').to_string(),
+        token: token.to_string(),
+    };
+    let names: Vec<String> = if names.is_empty() {
+        client
+            .call("GET", "/api/v1/budgets", None)?
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        names.to_vec()
+    };
+    let mut statuses = Vec::new();
+    for n in &names {
+        statuses.push(client.call(
+            "GET",
+            &format!("/api/v1/budgets/{}/status", encode_query(n)),
+            None,
+        )?);
+    }
+    if json {
+        return Ok(format!("{}\n", serde_json::to_string_pretty(&statuses)?));
+    }
+    Ok(status_tables(&statuses))
+}
 
 /// A table of `value` (an object or a list of them) by `columns`.
 fn table(value: &Value, columns: &[&str]) -> String {

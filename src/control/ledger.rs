@@ -115,7 +115,7 @@ impl Control {
     /// of the accounts its credential serves; the others are refused.
     /// Durable before the ack.
     pub fn ingest(&self, sidecar: &Principal, body: &[u8]) -> Result<Ack, ApiError> {
-        let Principal::Sidecar { accounts, .. } = sidecar else {
+        let Principal::Sidecar { accounts, name, .. } = sidecar else {
             return Err(ApiError::forbidden("only a sidecar credential ships usage"));
         };
         let events: Vec<UsageEvent> = rmp_serde::from_slice(body).map_err(|e| {
@@ -147,8 +147,12 @@ impl Control {
             });
         }
         let total = rows.len();
-        let accepted = self.records.ledger.insert_new(rows)?;
+        let new = self.records.ledger.insert_new(rows)?;
         self.records.ledger.flush()?;
+        let accepted = new.len();
+        // Each event's charges count once, when it is first stored.
+        let fresh: Vec<&UsageEvent> = new.iter().filter_map(|&i| events.get(i)).collect();
+        self.ship_charges(name, accounts, &fresh)?;
         let m = &self.metrics;
         m.ingest_batches.inc();
         m.ingest_events

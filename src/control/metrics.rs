@@ -24,6 +24,14 @@ pub struct ControlMetrics {
     pub ledger_events: IntGauge,
     /// Sidecars waiting in a sync long poll right now.
     pub sync_clients: IntGauge,
+    /// Lease renewals answered, by result (granted, conflict).
+    pub lease_renewals: IntCounterVec,
+    /// Time to answer a renewal, durable write included.
+    pub lease_seconds: prometheus::Histogram,
+    /// Fleet-wide soft-threshold alerts fired.
+    pub alerts: IntCounter,
+    /// Alert webhook deliveries that gave up.
+    pub alert_failures: IntCounter,
 }
 
 impl ControlMetrics {
@@ -71,6 +79,34 @@ impl ControlMetrics {
             "tollgate_control_sync_clients",
             "Sidecars waiting in a sync long poll right now.",
         )?;
+        let lease_renewals = IntCounterVec::new(
+            Opts::new(
+                "tollgate_control_lease_renewals_total",
+                "Budget lease renewals answered, by result (granted, conflict).",
+            ),
+            &["result"],
+        )?;
+        let lease_seconds = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "tollgate_control_lease_seconds",
+                "Time to answer a lease renewal, its durable write included.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            ]),
+        )?;
+        let alerts = IntCounter::new(
+            "tollgate_control_budget_alerts_total",
+            "Fleet-wide budget soft-threshold alerts fired (once per budget, threshold and period).",
+        )?;
+        let alert_failures = IntCounter::new(
+            "tollgate_control_budget_alert_failures_total",
+            "Budget alert webhook deliveries that gave up.",
+        )?;
+        registry.register(Box::new(lease_renewals.clone()))?;
+        registry.register(Box::new(lease_seconds.clone()))?;
+        registry.register(Box::new(alerts.clone()))?;
+        registry.register(Box::new(alert_failures.clone()))?;
         registry.register(Box::new(sync_clients.clone()))?;
         registry.register(Box::new(ingest_events.clone()))?;
         registry.register(Box::new(ingest_batches.clone()))?;
@@ -92,6 +128,10 @@ impl ControlMetrics {
             ingest_batches,
             ledger_events,
             sync_clients,
+            lease_renewals,
+            lease_seconds,
+            alerts,
+            alert_failures,
         })
     }
 

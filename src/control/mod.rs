@@ -16,6 +16,7 @@ pub mod budgets;
 pub mod byok;
 pub mod cli;
 pub mod credentials;
+pub mod leases;
 pub mod ledger;
 pub mod metrics;
 pub mod model;
@@ -51,6 +52,11 @@ pub struct Control {
     version: tokio::sync::watch::Sender<u64>,
     /// Set when the endpoint is stopping: long polls answer at once.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Lease books by `<budget>/<period>`, as stored (read through).
+    leases: Mutex<HashMap<String, crate::lease::Book>>,
+    /// Fleet-wide budget alerts, delivered by a task the server starts.
+    alerts: crate::budget::alerts::AlertSink,
+    alert_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::budget::alerts::Alert>>>,
 }
 
 impl Control {
@@ -61,7 +67,11 @@ impl Control {
             previous: config.previous_master_key.clone(),
         });
         let version = records.audit.last().unwrap_or(0);
+        let (alerts, alert_rx) = crate::budget::alerts::AlertSink::channel();
         Control {
+            leases: Mutex::new(HashMap::new()),
+            alerts,
+            alert_rx: Mutex::new(Some(alert_rx)),
             version: tokio::sync::watch::Sender::new(version),
             stopping: tokio::sync::watch::Sender::new(false),
             masters,

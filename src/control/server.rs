@@ -110,6 +110,12 @@ async fn serve(config: ControlConfig) -> Result<(), ServeError> {
             addr: listen.to_string(),
             source,
         })?;
+    if let Some(rx) = control.take_alerts() {
+        tokio::spawn(crate::budget::alerts::deliver(
+            rx,
+            control.metrics().alert_failures.clone(),
+        ));
+    }
     let router = api::router(control.clone());
     tracing::info!(%listen, tls = tls.is_some(), "tollgate control listening");
     let stopper = control.clone();

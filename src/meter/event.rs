@@ -146,6 +146,10 @@ pub struct UsageEvent {
     pub upstream_request_id: Option<String>,
     /// The client's `idempotency-key` header, if any.
     pub idempotency_key: Option<String>,
+    /// What it spent per budget period (the control endpoint counts the
+    /// charges to its leased budgets from these; empty when none applied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub charges: Vec<Charge>,
 }
 
 /// Which of an event's token figures are estimates: the provider billed
@@ -246,6 +250,7 @@ impl OpenRecord {
             ttfb_us: 0,
             upstream_request_id: None,
             idempotency_key: self.idempotency_key.clone(),
+            charges: self.reserved.clone(),
         }
     }
 }

@@ -32,7 +32,7 @@ pub struct Guard {
 
 /// Reserves the request's worst case, rewriting its `max_tokens` when a
 /// budget clamps it or when it has none. `None` when no budget applies.
-pub fn reserve(
+pub async fn reserve(
     state: &State,
     id: &Identity,
     route: &Route,
@@ -68,7 +68,7 @@ pub fn reserve(
         max_tokens,
         request.choices,
     );
-    let (reservation, clamped) = match ledger.reserve(id, &est) {
+    let (reservation, clamped) = match decide(state, id, &est).await {
         Decision::Admit(r) => (r, None),
         Decision::Clamp(r, n, budget) => {
             state
@@ -84,8 +84,18 @@ pub fn reserve(
                 .budget_denials
                 .with_label_values(&[&denied.budget, "denied"])
                 .inc();
+            if denied.lease {
+                state
+                    .leases
+                    .metrics
+                    .denials
+                    .with_label_values(&[&denied.budget])
+                    .inc();
+            }
             return Err(ProxyError::BudgetExceeded(denied));
         }
+        // `decide` never answers this.
+        Decision::AwaitLease => return Err(ProxyError::Internal("lease wait".into())),
     };
     if reservation.is_empty() {
         return Ok(None);
@@ -108,6 +118,49 @@ pub fn reserve(
         guard.estimate = guard.estimate.with_max_tokens(n);
     }
     Ok(Some(guard))
+}
+
+/// The ledger's decision; when a leased budget's lease is short, after
+/// waiting at most `lease_wait` for the renewal task to grant more.
+async fn decide(state: &State, id: &Identity, est: &Estimate) -> Decision {
+    let ledger = &state.ledger;
+    let leases = &state.leases;
+    // Subscribed before asking, so a grant landing in between is seen.
+    let mut changed = leases.subscribe();
+    changed.borrow_and_update();
+    let first = ledger.reserve_or_wait(id, est);
+    if !matches!(first, Decision::AwaitLease) {
+        return first;
+    }
+    let started = std::time::Instant::now();
+    let deadline = tokio::time::Instant::now() + leases.wait;
+    // The first renewal to land may have left before this request asked;
+    // the second surely carried its need. After it, the answer is final.
+    let mut renewals = 0;
+    let decision = loop {
+        if tokio::time::timeout_at(deadline, changed.changed())
+            .await
+            .is_err()
+        {
+            break ledger.reserve(id, est);
+        }
+        renewals += 1;
+        if renewals >= 2 {
+            break ledger.reserve(id, est);
+        }
+        match ledger.reserve_or_wait(id, est) {
+            Decision::AwaitLease => continue,
+            d => break d,
+        }
+    };
+    let m = &leases.metrics;
+    m.wait_seconds.observe(started.elapsed().as_secs_f64());
+    let outcome = match decision {
+        Decision::Deny(_) => "denied",
+        _ => "granted",
+    };
+    m.waits.with_label_values(&[outcome]).inc();
+    decision
 }
 
 /// The worst case of a request no budget reserved for (its open record

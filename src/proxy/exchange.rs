@@ -99,6 +99,7 @@ impl Draft {
                 ttfb_us: 0,
                 upstream_request_id: None,
                 idempotency_key: None,
+                charges: Vec::new(),
             },
             started,
             client_dialect: dialect,
@@ -161,6 +162,9 @@ impl Draft {
         // Settled before the event is queued: the journal's watermark
         // counts on it (see `crate::store::journal`).
         let charges = self.settle();
+        if !charges.is_empty() {
+            self.event.charges = charges.clone();
+        }
         self.recorder.record(self.event.clone(), charges, times);
     }
 

@@ -35,6 +35,7 @@ pub mod headers;
 pub mod identify;
 pub mod ingress;
 pub mod intercept;
+pub mod lease;
 pub mod lifecycle;
 pub mod limit;
 pub mod meter;
@@ -199,7 +200,7 @@ impl Tollgate {
             self,
             session,
             x,
-            budget::reserve(state, &identity, &route, &method, &mut request)
+            budget::reserve(state, &identity, &route, &method, &mut request).await
         ) {
             if guard.bound_rewritten {
                 // The output bound is this request's budget's, not the

@@ -29,6 +29,8 @@ pub struct State {
     /// control endpoint's snapshot).
     pub fleet: Arc<super::sync::Fleet>,
     pub ledger: Arc<Ledger>,
+    /// Leases of the control endpoint's budgets.
+    pub leases: Arc<super::lease::Leases>,
     /// Output bound of requests without one when a budget applies.
     pub budget_default_max_tokens: u64,
     /// The exact cache.
@@ -58,6 +60,14 @@ impl State {
             routes: ingress::Routes::new(config),
             upstreams: forward::Upstreams::new(config.timeouts.clone(), &config.providers),
             recorder,
+            leases: Arc::new(super::lease::Leases::new(
+                &ledger,
+                config
+                    .control
+                    .as_ref()
+                    .map_or(crate::config::DEFAULT_LEASE_WAIT, |l| l.lease_wait),
+                metrics.lease.clone(),
+            )),
             metrics,
             in_flight,
             fleet: Arc::new(super::sync::Fleet::new(

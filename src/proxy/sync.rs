@@ -179,6 +179,14 @@ impl Fleet {
                 soft_thresholds: Vec::new(),
                 alert_webhook: None,
                 on_insufficient: on,
+                // Day and month budgets are spent from leases; a
+                // per-request ceiling needs no coordination.
+                lease: (period != crate::budget::Period::Request).then_some(
+                    match b.on_control_unreachable.as_str() {
+                        "allow" => crate::budget::OnUnreachable::Allow,
+                        _ => crate::budget::OnUnreachable::Deny,
+                    },
+                ),
                 retired: false,
             });
         }
@@ -188,9 +196,8 @@ impl Fleet {
         } else {
             KeyRing::new(keys, self.accept)
         };
-        // Plans' rpm / tpm per account join the config's limits. A new
-        // snapshot starts the limiter's windows afresh (they are a minute
-        // long; snapshots change only with administrative changes).
+        // Plans' rpm / tpm per account join the config's limits; the
+        // windows of rules the snapshot left unchanged carry over.
         let mut rules = self.local_rules.clone();
         rules.extend(
             snap.accounts
@@ -209,7 +216,7 @@ impl Fleet {
             keys: Arc::new(keys),
             provider_keys,
             no_cache,
-            limiter: Arc::new(crate::limit::Limiter::new(rules)),
+            limiter: Arc::new(self.current.load().limiter.succeed(rules)),
         }));
     }
 }

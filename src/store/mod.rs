@@ -114,9 +114,10 @@ pub type RollupTotals = [u64; 7];
 /// as the events they count, so rollups count each event exactly once.
 pub trait LedgerRecords: Send + Sync {
     /// Stores every `(key, event, rollup key, totals)` whose key is new and
-    /// adds its totals to its rollup row, all or nothing; returns how many
-    /// were new (the others were there already and change nothing).
-    fn insert_new(&self, rows: Vec<LedgerRow>) -> Result<usize, StoreError>;
+    /// adds its totals to its rollup row, all or nothing; returns the
+    /// indexes of the rows that were new (the others were there already
+    /// and change nothing).
+    fn insert_new(&self, rows: Vec<LedgerRow>) -> Result<Vec<usize>, StoreError>;
     /// Events with keys in `from..to`, in key order, until `f` returns false.
     fn scan_range(
         &self,
@@ -164,6 +165,8 @@ pub struct ControlRecords {
     pub provider_keys: std::sync::Arc<dyn KeyStore>,
     /// Budgets by name.
     pub budgets: std::sync::Arc<dyn KeyStore>,
+    /// Lease books (`crate::lease::Book`) by `<budget>/<period>`.
+    pub leases: std::sync::Arc<dyn KeyStore>,
     /// The audit log.
     pub audit: std::sync::Arc<dyn AppendLog>,
     /// The usage ledger.
@@ -178,6 +181,7 @@ impl ControlRecords {
         self.sidecars.flush()?;
         self.provider_keys.flush()?;
         self.budgets.flush()?;
+        self.leases.flush()?;
         self.ledger.flush()?;
         self.audit.flush()
     }

@@ -432,6 +432,7 @@ mod tests {
             ttfb_us: 1,
             upstream_request_id: None,
             idempotency_key: None,
+            charges: Vec::new(),
         }
     }
 
@@ -457,6 +458,7 @@ mod tests {
                 soft_thresholds: vec![],
                 alert_webhook: None,
                 on_insufficient: OnInsufficient::Deny,
+                lease: None,
                 retired: false,
             }],
             Some(Arc::new(crate::store::sled::SpendTree::open(db).unwrap())),

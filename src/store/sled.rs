@@ -421,11 +421,12 @@ fn totals_bytes(t: &RollupTotals) -> [u8; 56] {
 }
 
 impl LedgerRecords for LedgerTree {
-    fn insert_new(&self, rows: Vec<LedgerRow>) -> Result<usize, StoreError> {
+    fn insert_new(&self, rows: Vec<LedgerRow>) -> Result<Vec<usize>, StoreError> {
         use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
         let result = (&self.events, &self.rollups).transaction(|(events, rollups)| {
-            let mut new = 0;
-            for r in &rows {
+            // Built afresh by each attempt: a conflicting transaction reruns.
+            let mut new = Vec::new();
+            for (i, r) in rows.iter().enumerate() {
                 if events.get(&r.key)?.is_some() {
                     continue;
                 }
@@ -438,9 +439,9 @@ impl LedgerRecords for LedgerTree {
                     *sum = sum.saturating_add(add);
                 }
                 rollups.insert(r.rollup_key.as_slice(), &totals_bytes(&t)[..])?;
-                new += 1;
+                new.push(i);
             }
-            Ok::<usize, ConflictableTransactionError<()>>(new)
+            Ok::<Vec<usize>, ConflictableTransactionError<()>>(new)
         });
         match result {
             Ok(n) => Ok(n),
@@ -503,6 +504,7 @@ pub fn control_records(db: &sled::Db) -> Result<ControlRecords, StoreError> {
         sidecars: table("sidecars")?,
         provider_keys: table("provider_keys")?,
         budgets: table("budgets")?,
+        leases: table("leases")?,
         audit: std::sync::Arc::new(LogTree::new(db.open_tree("audit")?)?),
         ledger: std::sync::Arc::new(LedgerTree::new(
             db.open_tree("ledger")?,

@@ -197,12 +197,12 @@ pub(crate) fn ledger_records<G, S: LedgerRecords>(fresh: impl Fn() -> (G, S)) {
             row("b1", "z", "rb", 5)
         ])
         .unwrap(),
-        3
+        vec![0, 1, 2]
     );
     assert_eq!(
         l.insert_new(vec![row("a2", "y", "ra", 2), row("a3", "w", "ra", 4)])
             .unwrap(),
-        1
+        vec![1]
     );
     assert_eq!(l.len().unwrap(), 4);
     let mut seen = Vec::new();

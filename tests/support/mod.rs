@@ -6,6 +6,29 @@ pub mod fake_provider;
 pub mod raw;
 pub mod tollgate;
 
+/// A small xorshift: reproducible random sizes and moments without a
+/// dependency (tests print or fix the seed).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// In `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// In `lo..=hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+}
+
 /// reqwest is built without a crypto provider (tollgate installs ring at
 /// start): test clients need the same, once per process.
 pub fn install_tls_provider() {

@@ -120,8 +120,15 @@ impl Builder {
             .clone()
             .unwrap_or_else(|| dir.path().join("data"));
         let config_path = dir.path().join("tollgate.toml");
+        // One sidecar_id per process unless the test names one: sidecars
+        // sharing a control credential must not share it (leases).
+        let id = if self.top.contains("sidecar_id") {
+            String::new()
+        } else {
+            format!("sidecar_id = \"tg-{port}\"\n")
+        };
         let config = format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndata_dir = \"{}\"\nshutdown_grace = \"5s\"\nthreads = 2\n{}\n{}",
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndata_dir = \"{}\"\nshutdown_grace = \"5s\"\nthreads = 2\n{id}{}\n{}",
             data_dir.display(),
             self.top,
             self.config
