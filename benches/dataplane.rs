@@ -15,7 +15,13 @@
 //!   events: `outbox.sync = true`), key injection on, admin listener on,
 //!   log level `warn`;
 //! * `tollgate-nosync`: the same with `outbox.sync = false`, which isolates
-//!   the cost of waiting for the group commit's fsync.
+//!   the cost of waiting for the group commit's fsync;
+//! * `tollgate-budget`: `tollgate` with a local monthly budget on every
+//!   request (reserve before, settle after);
+//! * `tollgate-leased`: the same budget held by a control endpoint (a
+//!   `tollgate control` process on loopback) and spent from a lease: with
+//!   the lease warm, no request waits on the control endpoint, so this row
+//!   should match `tollgate-budget`.
 //!
 //! Every server is its own process so that the driver's CPU is not mixed in:
 //! the fake and the bare passthrough are this binary re-executed with the
@@ -165,6 +171,10 @@ enum Kind {
     TollgateMiss,
     /// The exact cache on, every request the same: hits.
     TollgateHit,
+    /// A local budget on every request.
+    TollgateBudget,
+    /// The same budget held by a control endpoint, spent from a lease.
+    TollgateLeased,
 }
 
 impl Kind {
@@ -176,8 +186,10 @@ impl Kind {
             "tollgate-nosync" => Kind::TollgateNoSync,
             "tollgate-miss" => Kind::TollgateMiss,
             "tollgate-hit" => Kind::TollgateHit,
+            "tollgate-budget" => Kind::TollgateBudget,
+            "tollgate-leased" => Kind::TollgateLeased,
             other => {
-                bail!("unknown target {other:?} (direct, bare, tollgate, tollgate-nosync, tollgate-miss, tollgate-hit)")
+                bail!("unknown target {other:?} (direct, bare, tollgate, tollgate-nosync, tollgate-miss, tollgate-hit, tollgate-budget, tollgate-leased)")
             }
         })
     }
@@ -190,6 +202,8 @@ impl Kind {
             Kind::TollgateNoSync => "tollgate-nosync",
             Kind::TollgateMiss => "tollgate-miss",
             Kind::TollgateHit => "tollgate-hit",
+            Kind::TollgateBudget => "tollgate-budget",
+            Kind::TollgateLeased => "tollgate-leased",
         }
     }
 
@@ -597,6 +611,8 @@ struct Target {
     addr: SocketAddr,
     admin: Option<SocketAddr>,
     proc: Proc,
+    /// The control endpoint of a `tollgate-leased` target.
+    _control: Option<Proc>,
 }
 
 impl Target {
@@ -626,6 +642,7 @@ fn start_fake(dir: &Path, threads: usize) -> Result<Target> {
         addr: loopback(port),
         admin: None,
         proc,
+        _control: None,
     })
 }
 
@@ -652,6 +669,7 @@ fn start_bare(dir: &Path, fake: SocketAddr, threads: usize) -> Result<Target> {
         addr: loopback(port),
         admin: None,
         proc,
+        _control: None,
     })
 }
 
@@ -668,6 +686,18 @@ fn start_tollgate(
     let name = format!("{}-t{threads}-{generation}", kind.name());
     let data_dir = dir.join(format!("{name}-data"));
     let sync = kind != Kind::TollgateNoSync;
+    // A month's budget far larger than any run spends.
+    let budgets = if kind == Kind::TollgateBudget {
+        "\n[[budgets]]\nname = \"bench-month\"\nscope = \"account:bench\"\nperiod = \"month\"\nlimit_usd = \"1000000000\"\n"
+    } else {
+        ""
+    };
+    let (control, top, credential) = if kind == Kind::TollgateLeased {
+        let (proc, url, credential) = start_control(dir, &name)?;
+        (Some(proc), format!("control_url = \"{url}\"\n"), credential)
+    } else {
+        (None, String::new(), String::new())
+    };
     // The data-plane rows measure the path to the provider: cache off.
     let cache = if matches!(kind, Kind::TollgateMiss | Kind::TollgateHit) {
         "all"
@@ -676,10 +706,10 @@ fn start_tollgate(
     };
     let config = format!(
         "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\n\
-         data_dir = \"{}\"\nthreads = {threads}\n\n[outbox]\nsync = {sync}\n\n\
+         data_dir = \"{}\"\nthreads = {threads}\ndefault_account = \"bench\"\n{top}\n[outbox]\nsync = {sync}\n\n\
          [cache]\nmode = \"{cache}\"\n\n\
          [providers.anthropic]\nbase_url = \"http://{fake}\"\n\n\
-         [providers.openai]\nbase_url = \"http://{fake}/v1\"\n",
+         [providers.openai]\nbase_url = \"http://{fake}/v1\"\n{budgets}",
         data_dir.display()
     );
     let config_path = dir.join(format!("{name}.toml"));
@@ -703,6 +733,7 @@ fn start_tollgate(
         &[
             ("ANTHROPIC_API_KEY", INJECTED_KEY),
             ("TOLLGATE_LOG", "warn"),
+            ("TOLLGATE_CONTROL_CREDENTIAL", &credential),
         ],
         &inherited,
     )?;
@@ -715,7 +746,61 @@ fn start_tollgate(
         addr,
         admin: Some(admin),
         proc,
+        _control: control,
     })
+}
+
+/// A control endpoint holding account `bench` and its month budget, and
+/// a sidecar credential for it: (process, URL, credential).
+fn start_control(dir: &Path, name: &str) -> Result<(Proc, String, String)> {
+    const TOKEN: &str = "tga_bench0123456789abcdef0123456789abcdef";
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let exe = tollgate_exe();
+    let args = [
+        "control".to_owned(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".to_owned(),
+        dir.join(format!("{name}-control")).display().to_string(),
+    ];
+    let mut proc = Proc::spawn(
+        &format!("{name} control"),
+        &exe,
+        &args,
+        dir.join(format!("{name}-control.log")),
+        &[("TOLLGATE_ADMIN_TOKEN", TOKEN), ("TOLLGATE_LOG", "warn")],
+        &[],
+    )?;
+    proc.wait_ready(&[loopback(port)])?;
+    let admin = |args: &[&str]| -> Result<serde_json::Value> {
+        let out = Command::new(&exe)
+            .args(["admin", "--control", &url, "--token", TOKEN, "--json"])
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "tollgate admin {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    admin(&["accounts", "create", "bench", "--plan", "pro"])?;
+    admin(&[
+        "budgets",
+        "create",
+        "bench-month",
+        "--account",
+        "bench",
+        "--limit-usd",
+        "1000000000",
+    ])?;
+    let credential = admin(&["sidecars", "create", "bench", "--account", "bench"])?["secret"]
+        .as_str()
+        .context("a sidecar credential")?
+        .to_owned();
+    Ok((proc, url, credential))
 }
 
 // ---------------------------------------------------------------------------

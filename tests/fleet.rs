@@ -635,4 +635,47 @@ async fn a_plan_without_cache_is_never_answered_from_it() {
         3,
         "the free account's repeat went to the provider"
     );
+
+    // A plan without batch access (trial) gets a clear 403 from the batch
+    // APIs, in the provider's shape; one with it goes through.
+    control.admin_json(&["accounts", "create", "tri", "--plan", "trial"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let batch = |account: &'static str, path: &'static str| {
+        let url = format!("{}{path}", t.url());
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("anthropic-version", "2023-06-01")
+                .header("x-tollgate-account", account)
+                .body(r#"{"requests":[{"custom_id":"a","params":{"model":"claude-sonnet-4-5","max_tokens":8,"messages":[{"role":"user","content":"Hi"}]}}]}"#)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for path in [
+        "/v1/messages/batches",
+        "/anthropic/v1/messages/batches/msgbatch_1/cancel",
+    ] {
+        let r = batch("tri", path).await;
+        assert_eq!(r.status(), 403, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["type"], "permission_error", "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("without batch access"),
+            "{v}"
+        );
+    }
+    let before = fake.requests().len();
+    let r = batch("paid", "/v1/messages/batches").await;
+    assert_ne!(r.status(), 403);
+    assert_eq!(
+        fake.requests().len(),
+        before + 1,
+        "a batch of a plan with access is forwarded"
+    );
 }

@@ -51,6 +51,19 @@ impl Route {
     pub fn dialect(&self) -> Dialect {
         self.provider.dialect
     }
+
+    /// A call to a provider's batch API (Anthropic Message Batches, OpenAI
+    /// Batch), whatever the base path before it.
+    pub fn is_batch(&self) -> bool {
+        let path = self
+            .upstream_path
+            .split_once('?')
+            .map_or(self.upstream_path.as_str(), |(p, _)| p);
+        ["/v1/messages/batches", "/v1/batches"].iter().any(|b| {
+            path.match_indices(b)
+                .any(|(i, _)| matches!(path.as_bytes().get(i + b.len()), None | Some(b'/')))
+        })
+    }
 }
 
 /// The providers by name, shared by every request.
@@ -414,6 +427,22 @@ mod tests {
             req.insert_header("host", h).expect("host");
         }
         req
+    }
+
+    #[test]
+    fn batch_paths_are_known_by_their_tail() {
+        let r = routes();
+        let batch = |uri: &str| {
+            r.resolve(&request("POST", uri, None), None)
+                .expect("route")
+                .is_batch()
+        };
+        assert!(batch("/v1/messages/batches"));
+        assert!(batch("/v1/messages/batches/msgbatch_1/results?x=1"));
+        assert!(batch("/openai/v1/batches"));
+        assert!(!batch("/v1/messages"));
+        assert!(!batch("/v1/messages/batchesque"));
+        assert!(!batch("/v1/chat/completions"));
     }
 
     #[test]

@@ -147,6 +147,14 @@ impl Tollgate {
         draft.event.account.clone_from(&identity.account);
         draft.event.workload.clone_from(&identity.workload);
         draft.event.tags.clone_from(&identity.tags);
+        // plan: the batch APIs only for plans that include them
+        if route.is_batch() && state.fleet.batch_off(&identity.account) {
+            let err = ProxyError::Forbidden(format!(
+                "account {:?} is on a plan without batch access; ask for a plan that includes batches",
+                identity.account
+            ));
+            return self.fail(session, x, err).await;
+        }
         let body = or_fail!(
             self,
             session,

@@ -10,6 +10,8 @@
 //! - budgets: the control endpoint's join the config's (a synced budget
 //!   never replaces a local one of the same name);
 //! - the cache: an account whose plan has none is never served from it;
+//! - batches: an account whose plan has no batch access gets 403 from the
+//!   batch APIs;
 //! - rate limits: each account's plan rpm / tpm join the config's limits.
 
 use std::collections::HashMap;
@@ -60,6 +62,8 @@ struct Applied {
     provider_keys: HashMap<String, HashMap<String, Arc<Secret>>>,
     /// Accounts whose plan has no cache.
     no_cache: std::collections::HashSet<String>,
+    /// Accounts whose plan has no batch access.
+    no_batch: std::collections::HashSet<String>,
     /// The config's rate limits and the plans' per-account rpm / tpm.
     limiter: Arc<crate::limit::Limiter>,
 }
@@ -90,6 +94,7 @@ impl Fleet {
                 keys: Arc::new(local_keys),
                 provider_keys: HashMap::new(),
                 no_cache: Default::default(),
+                no_batch: Default::default(),
                 limiter: Arc::new(crate::limit::Limiter::new(local_rules.clone())),
             }),
             local_rules,
@@ -122,6 +127,12 @@ impl Fleet {
         !current.no_cache.is_empty() && current.no_cache.contains(account)
     }
 
+    /// Whether `account`'s plan leaves the batch APIs out.
+    pub fn batch_off(&self, account: &str) -> bool {
+        let current = self.current.load();
+        !current.no_batch.is_empty() && current.no_batch.contains(account)
+    }
+
     /// The version in force (0: none).
     pub fn version(&self) -> u64 {
         self.current.load().version
@@ -135,6 +146,12 @@ impl Fleet {
             .accounts
             .iter()
             .filter(|a| !a.plan.cache)
+            .map(|a| a.name.clone())
+            .collect();
+        let no_batch = snap
+            .accounts
+            .iter()
+            .filter(|a| !a.plan.batch)
             .map(|a| a.name.clone())
             .collect();
         for a in &snap.accounts {
@@ -216,6 +233,7 @@ impl Fleet {
             keys: Arc::new(keys),
             provider_keys,
             no_cache,
+            no_batch,
             limiter: Arc::new(self.current.load().limiter.succeed(rules)),
         }));
     }
