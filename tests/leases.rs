@@ -577,6 +577,25 @@ async fn a_changed_limit_reaches_the_fleet_within_two_seconds() {
     let took = until(200).await;
     assert!(took < Duration::from_secs(2), "raising took {took:?}");
     assert!(billed(&fake).1 > before);
+
+    // A sidecar that stops gracefully hands its unused lease back.
+    let holder = |v: &Value, name: &str| {
+        v["sidecars"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["sidecar"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let v = status(&control, "fleet-month").await;
+    assert_ne!(holder(&v, "fleet/s0")["held_usd"], "0.00", "{v}");
+    let mut sidecars = sidecars;
+    assert!(sidecars[0].stop().success());
+    let v = status(&control, "fleet-month").await;
+    let s0 = holder(&v, "fleet/s0");
+    assert_eq!(s0["held_usd"], "0.00", "{v}");
+    assert_eq!(s0["granted_usd"], s0["spent_usd"], "{v}");
 }
 
 /// Soft thresholds fire once per budget and period for the whole fleet,
