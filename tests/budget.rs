@@ -571,3 +571,57 @@ async fn every_refusal_and_failure_leaves_the_budget_consistent() {
     assert_eq!(s["spent_nusd"], worst_nusd(&b, 100));
     assert_eq!(s["reserved_nusd"], 0);
 }
+
+/// Embeddings have no output: a budget reserves their input estimate
+/// (every body byte a token) and never adds an output bound to the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_reserve_their_input_and_get_no_output_bound() {
+    let fake = FakeProvider::start().await;
+    let small = r#"{"model":"text-embedding-3-large","input":"hi"}"#;
+    let big = format!(
+        r#"{{"model":"text-embedding-3-large","input":"{}"}}"#,
+        "word ".repeat(100)
+    );
+    // $0.13 / MTok = 130 nano-USD a token: the small body fits, the big one not.
+    let ceiling = small.len() as u64 * 130;
+    let t = Builder::new(&fake.base_url())
+        .no_cache()
+        .env("OPENAI_API_KEY", "sk-openai-BUDGET-emb")
+        .config(&format!(
+            "[[budgets]]\nname = \"per-call\"\nscope = \"all\"\nperiod = \"request\"\nlimit_usd = \"{}\"\n\n\
+             [[budgets]]\nname = \"day\"\nscope = \"all\"\nperiod = \"day\"\nlimit_usd = \"1\"\n",
+            usd(ceiling)
+        ))
+        .start();
+    let send = |body: String| {
+        let url = format!("{}/v1/embeddings", t.url());
+        async move {
+            client()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-fake-usage", "input=2")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let ok = send(small.to_string()).await;
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.headers()["x-tollgate-cost-usd"], "0.00000026");
+    ok.bytes().await.unwrap();
+    let sent: Value = serde_json::from_slice(&fake.requests()[0].body).unwrap();
+    assert_eq!(sent, serde_json::from_str::<Value>(small).unwrap());
+    let refused = send(big).await;
+    assert_eq!(refused.status(), 402);
+    let v: Value = refused.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "budget_exceeded", "{v}");
+    assert_eq!(fake.requests().len(), 1);
+    // The day budget was charged the real cost.
+    let day = budgets(&t)
+        .await
+        .into_iter()
+        .find(|b| b["name"] == "day")
+        .unwrap();
+    assert_eq!(day["spent_nusd"], 260, "{day}");
+}

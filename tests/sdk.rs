@@ -1450,6 +1450,76 @@ async fn openai_sdk_reads_cached_answers_in_either_form() {
     assert_eq!(fake.requests().len(), 2);
 }
 
+/// Embeddings through the official SDK: its default (base64) and `float`
+/// encodings, metered at the embedding model's price, the injected key
+/// only, a repeat answered from the cache and decoded by the SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_embeddings_are_metered_and_cached() {
+    let python = sdk_python("openai").await;
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let plan = json!([
+        {"name": "emb_default", "op": "embeddings", "input": "metered words", "usage": "input=40"},
+        {"name": "emb_float", "op": "embeddings", "input": "metered words", "encoding_format": "float",
+         "usage": "input=40"},
+        {"name": "emb_many", "op": "embeddings", "input": ["one", "two", "three"],
+         "model": "text-embedding-3-large", "usage": "input=9"},
+        {"name": "emb_repeat", "op": "embeddings", "input": "metered words"},
+    ]);
+    let url = format!("{}/v1", t.url());
+    let run = run_script(
+        &python,
+        "openai_calls.py",
+        &[("OPENAI_API_KEY", CLIENT_KEY), ("OPENAI_BASE_URL", &url)],
+        &plan,
+    )
+    .await;
+    let seen = fake.requests();
+    // The SDK asks for base64 unless told otherwise; both decode alike.
+    let default = run.ok("emb_default");
+    let sent: Value = serde_json::from_slice(&one_seen(&seen, "emb_default").body).unwrap();
+    assert_eq!(sent["encoding_format"], "base64");
+    assert_eq!(default["vectors"], run.ok("emb_float")["vectors"]);
+    assert_eq!(default["vectors"][0].as_array().unwrap().len(), 8);
+    assert_eq!(run.ok("emb_many")["vectors"].as_array().unwrap().len(), 3);
+    // $0.02 and $0.13 per million input tokens; nothing for output.
+    assert_eq!(hdr(default, "x-tollgate-cost-usd"), "0.0000008");
+    assert_eq!(hdr(run.ok("emb_many"), "x-tollgate-cost-usd"), "0.00000117");
+    for name in ["emb_default", "emb_float", "emb_many"] {
+        let r = one_seen(&seen, name);
+        assert_clean_upstream(r);
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {OPENAI_KEY}").as_str())
+        );
+        assert_eq!(hdr(run.ok(name), "x-tollgate-cache"), "miss");
+    }
+    // The repeat is a hit: the SDK decodes the stored answer.
+    let repeat = run.ok("emb_repeat");
+    assert_eq!(hdr(repeat, "x-tollgate-cache"), "hit");
+    assert_eq!(repeat["vectors"], default["vectors"]);
+    assert!(seen_for(&seen, "emb_repeat").is_empty());
+    // The events carry the tokens and cost.
+    let id = hdr(default, "x-tollgate-request-id").to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = t.events().await;
+        if events.iter().any(|e| e["event_id"] == id.as_str()) {
+            break events;
+        }
+        assert!(std::time::Instant::now() < deadline, "no event {id}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let e = event(&events, &id);
+    assert_eq!(e["model"], "text-embedding-3-small");
+    assert_eq!(e["input_tokens"], 40);
+    assert_eq!(e["output_tokens"], 0);
+    assert_eq!(e["cost_nusd"], 800);
+    assert_eq!(e["route"], "sync");
+    assert_eq!(e["priced"], true);
+    assert_no_keys_in_log(&t);
+}
+
 // ---------------------------------------------------------------------------
 // HTTPS_PROXY mode: the SDKs with their default base URLs
 

@@ -272,6 +272,10 @@ const OPENAI_ROWS: &[(&str, [u64; 3])] = &[
     ("gpt-5", [1_250, 125, 10_000]),
     ("gpt-5-mini", [250, 25, 2_000]),
     ("gpt-5-nano", [50, 5, 400]),
+    // Embeddings bill input only (providers.md 8.4).
+    ("text-embedding-3-small", [20, 20, 0]),
+    ("text-embedding-3-large", [130, 130, 0]),
+    ("text-embedding-ada-002", [100, 100, 0]),
 ];
 
 /// Batch APIs bill every token kind at half price.

@@ -58,9 +58,14 @@ pub async fn reserve(
     if route.endpoint == Endpoint::CountTokens {
         return Ok(None);
     }
-    let max_tokens = request
-        .max_tokens
-        .unwrap_or(state.budget_default_max_tokens);
+    // Embeddings have no output to bound: their worst case is their input.
+    let has_output = route.endpoint.has_output();
+    let max_tokens = match has_output {
+        true => request
+            .max_tokens
+            .unwrap_or(state.budget_default_max_tokens),
+        false => 0,
+    };
     let est = estimate(
         state.recorder.prices(),
         &request.model,
@@ -110,7 +115,7 @@ pub async fn reserve(
         start_checked: false,
         bound_rewritten: false,
     };
-    let bound = clamped.or(request.max_tokens.is_none().then_some(max_tokens));
+    let bound = clamped.or((has_output && request.max_tokens.is_none()).then_some(max_tokens));
     if let Some(n) = bound {
         guard.bound_rewritten = true;
         // The bound reserved must be the bound sent.
@@ -168,15 +173,15 @@ async fn decide(state: &State, id: &Identity, est: &Estimate) -> Decision {
 /// the output bound is the request's, else `budget_default_max_tokens`.
 /// Unmetered endpoints cost nothing tollgate can price.
 pub fn worst_case(state: &State, route: &Route, request: &RequestModel) -> u64 {
-    if !matches!(
-        route.endpoint,
-        Endpoint::Messages | Endpoint::ChatCompletions
-    ) {
+    if !route.endpoint.is_metered() {
         return 0;
     }
-    let max_tokens = request
-        .max_tokens
-        .unwrap_or(state.budget_default_max_tokens);
+    let max_tokens = match route.endpoint.has_output() {
+        true => request
+            .max_tokens
+            .unwrap_or(state.budget_default_max_tokens),
+        false => 0,
+    };
     estimate(
         state.recorder.prices(),
         &request.model,

@@ -34,8 +34,25 @@ pub enum Endpoint {
     CountTokens,
     /// OpenAI `POST /v1/chat/completions`.
     ChatCompletions,
+    /// OpenAI `POST /v1/embeddings` (input tokens only).
+    Embeddings,
     /// Anything else of the provider's API: forwarded as is, unmetered.
     Passthrough,
+}
+
+impl Endpoint {
+    /// Billed by the provider and metered by tollgate.
+    pub fn is_metered(self) -> bool {
+        matches!(
+            self,
+            Endpoint::Messages | Endpoint::ChatCompletions | Endpoint::Embeddings
+        )
+    }
+
+    /// Has an output bound (`max_tokens`) that budgets reserve for.
+    pub fn has_output(self) -> bool {
+        matches!(self, Endpoint::Messages | Endpoint::ChatCompletions)
+    }
 }
 
 /// Where a request goes.
@@ -141,6 +158,7 @@ impl Routes {
             (Dialect::OpenAi, true, "/v1/chat/completions" | "/chat/completions") => {
                 Endpoint::ChatCompletions
             }
+            (Dialect::OpenAi, true, "/v1/embeddings" | "/embeddings") => Endpoint::Embeddings,
             (Dialect::Anthropic, _, "/v1/chat/completions" | "/chat/completions") => {
                 return Err(ProxyError::UnsupportedEndpoint {
                     provider: provider.name.clone(),

@@ -377,19 +377,21 @@ impl Relay<'_> {
         seen_output: Option<u64>,
     ) {
         let e = &self.draft.event;
-        let billed = matches!(
-            route.endpoint,
-            Endpoint::Messages | Endpoint::ChatCompletions
-        ) && e.usage_incomplete
+        let billed = route.endpoint.is_metered()
+            && e.usage_incomplete
             && self.draft.sent_upstream
             && e.status != Status::ProviderError
             && (200..300).contains(&e.http_status);
         if !billed {
             return;
         }
-        let max_tokens = request
-            .max_tokens
-            .unwrap_or(self.state.budget_default_max_tokens);
+        let max_tokens = if route.endpoint.has_output() {
+            request
+                .max_tokens
+                .unwrap_or(self.state.budget_default_max_tokens)
+        } else {
+            0
+        };
         let model = if e.model.is_empty() {
             request.model.as_str()
         } else {
@@ -457,11 +459,7 @@ impl Relay<'_> {
         match failure {
             None => {
                 // count_tokens is free: nothing to meter, and nothing unknown.
-                if matches!(
-                    route.endpoint,
-                    Endpoint::Messages | Endpoint::ChatCompletions
-                ) && ok
-                {
+                if route.endpoint.is_metered() && ok {
                     match usage_from_json(route.dialect(), &body) {
                         Some(summary) => self.apply_usage(&summary.usage, summary.model.as_deref()),
                         None => self.draft.event.usage_incomplete = true,

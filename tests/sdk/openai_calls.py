@@ -4,7 +4,9 @@ Usage: python openai_calls.py < plan.json
 
 The plan is a JSON list of calls; each is an object with
   name      echoed in the result (and sent as header `x-test-call`)
-  op        create | create_stream | stream_helper | models
+  op        create | create_stream | stream_helper | models | embeddings
+            (embeddings: `input`, `encoding_format` when given, else the
+            SDK's default; the model defaults to text-embedding-3-small)
   scenario  the fake provider's `x-fake-scenario` (optional)
   usage     the fake provider's `x-fake-usage` (optional)
   include_usage  send `stream_options={"include_usage": <this>}` (streams)
@@ -105,6 +107,18 @@ def run(client, call):
             completion = stream.get_final_completion()
         out["event_types"] = sorted(set(kinds))
         out["completion"] = dump(completion)
+    elif op == "embeddings":
+        p = {"model": call.get("model", "text-embedding-3-small"), "input": call.get("input", "hello world")}
+        if "encoding_format" in call:
+            p["encoding_format"] = call["encoding_format"]
+        p["extra_headers"] = params(call)["extra_headers"]
+        raw = client.embeddings.with_raw_response.create(**p)
+        out["headers"] = headers_of(raw)
+        out["status"] = raw.status_code
+        parsed = raw.parse()
+        out["vectors"] = [list(d.embedding) for d in parsed.data]
+        out["usage"] = dump(parsed.usage)
+        out["model"] = parsed.model
     elif op == "models":
         raw = client.models.with_raw_response.list(extra_headers=params(call)["extra_headers"])
         out["headers"] = headers_of(raw)

@@ -6,7 +6,11 @@
 //!   has `"stream": true`; any query string such as `?beta=true` is accepted),
 //!   `POST /v1/messages/count_tokens` and `GET /v1/models`.
 //! * **OpenAI-compatible chat**: `POST /v1/chat/completions` (JSON or
-//!   data-only SSE) and `GET /v1/models`, with an OpenRouter flavour.
+//!   data-only SSE) and `GET /v1/models`, with an OpenRouter flavour;
+//!   `POST /v1/embeddings` (one vector per input, `float` arrays or, with
+//!   `encoding_format: "base64"`, little-endian f32 bytes in base64;
+//!   `dimensions` long, default 8; `usage.prompt_tokens` is the
+//!   `x-fake-usage` input, else the default input).
 //!
 //! Routing looks at the end of the path only, so any prefix works
 //! (`/api/v1/chat/completions` is served like `/v1/chat/completions`).
@@ -544,6 +548,7 @@ enum Endpoint {
     Messages,
     CountTokens,
     ChatCompletions,
+    Embeddings,
     Models,
     Unknown,
 }
@@ -806,6 +811,8 @@ async fn respond(
         Endpoint::Messages
     } else if path.ends_with("/chat/completions") {
         Endpoint::ChatCompletions
+    } else if path.ends_with("/embeddings") {
+        Endpoint::Embeddings
     } else if path.ends_with("/models") {
         Endpoint::Models
     } else {
@@ -813,7 +820,7 @@ async fn respond(
     };
     let dialect = match endpoint {
         Endpoint::Messages | Endpoint::CountTokens => Dialect::Anthropic,
-        Endpoint::ChatCompletions => Dialect::OpenAi,
+        Endpoint::ChatCompletions | Endpoint::Embeddings => Dialect::OpenAi,
         Endpoint::Models | Endpoint::Unknown => {
             if headers.contains_key("anthropic-version") || headers.contains_key("x-api-key") {
                 Dialect::Anthropic
@@ -888,6 +895,7 @@ async fn respond(
         (&Method::POST, Endpoint::Messages)
             | (&Method::POST, Endpoint::CountTokens)
             | (&Method::POST, Endpoint::ChatCompletions)
+            | (&Method::POST, Endpoint::Embeddings)
             | (&Method::GET, Endpoint::Models)
     );
     if !routed {
@@ -930,6 +938,9 @@ async fn respond(
 
     if endpoint == Endpoint::CountTokens {
         return count_tokens_reply(&call);
+    }
+    if endpoint == Endpoint::Embeddings {
+        return embeddings_reply(&call, &request);
     }
     match (dialect, call.stream) {
         (Dialect::Anthropic, false) => anthropic_message_reply(&call),
@@ -1566,6 +1577,54 @@ fn finish_reason(script: &Script) -> &'static str {
     } else {
         "stop"
     }
+}
+
+/// `POST /v1/embeddings`: one deterministic vector per input.
+fn embeddings_reply(call: &Call, request: &Value) -> Reply {
+    use base64::Engine as _;
+    let inputs = match request.get("input") {
+        Some(Value::Array(items)) if !items.is_empty() => items.len(),
+        Some(Value::String(_)) => 1,
+        _ => {
+            return error_reply(
+                call,
+                StatusCode::BAD_REQUEST,
+                "'input' must be a string or a non-empty array",
+            )
+        }
+    };
+    let dims = request
+        .get("dimensions")
+        .and_then(Value::as_u64)
+        .unwrap_or(8)
+        .clamp(1, 4096) as usize;
+    let base64 = request.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let data: Vec<Value> = (0..inputs)
+        .map(|i| {
+            let v: Vec<f32> = (0..dims)
+                .map(|d| ((i * dims + d) as f32) / 16.0 - 0.25)
+                .collect();
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let mut usage = call.usage.resolve(0);
+    usage.output_tokens = 0;
+    usage.cache_read_input_tokens = 0;
+    usage.cache_creation_input_tokens = 0;
+    usage.cache_creation_1h_input_tokens = 0;
+    let body = json!({
+        "object": "list",
+        "data": data,
+        "model": call.model,
+        "usage": {"prompt_tokens": usage.input_tokens, "total_tokens": usage.input_tokens},
+    });
+    openai_headers(call, Reply::json(StatusCode::OK, &body)).with_usage(Some(usage), None)
 }
 
 fn openai_completion_reply(call: &Call) -> Reply {
