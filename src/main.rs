@@ -569,11 +569,15 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     server.bootstrap();
 
     // Behind a deadline for request heads (slow clients get a 408).
+    // HTTP/1.1, and h2c with prior knowledge (local HTTP/2 clients).
+    let mut base_url_http =
+        pingora::proxy::http_proxy(&server.configuration, Tollgate::new(state.clone()));
+    let mut options = pingora::apps::HttpServerOptions::default();
+    options.h2c = true;
+    options.h2_idle_timeout = Some(config.timeouts.idle);
+    base_url_http.server_options = Some(options);
     let listener = tollgate::proxy::ingress::head::Listener {
-        http: Arc::new(pingora::proxy::http_proxy(
-            &server.configuration,
-            Tollgate::new(state.clone()),
-        )),
+        http: Arc::new(base_url_http),
         request_head: config.timeouts.request_head,
     };
     let mut proxy = Service::new("tollgate proxy".to_string(), listener);

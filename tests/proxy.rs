@@ -1250,3 +1250,99 @@ async fn a_request_sent_during_a_stream_is_served_whole_after_it() {
     let events = t.wait_events(2).await;
     assert!(events.iter().all(|e| e["status"] == "ok"), "{events:?}");
 }
+
+/// h2c with prior knowledge on the base-URL listener (local HTTP/2
+/// clients): chat completions, JSON and stream, metered like HTTP/1.1;
+/// HTTP/1 on the same listener is unchanged, even a head shorter than
+/// the HTTP/2 preface.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_is_served_and_metered() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
+    let dir = tempfile::tempdir().unwrap();
+    let curl = |name: &str, stream: bool| {
+        let head = dir.path().join(format!("{name}.head"));
+        let body = dir.path().join(format!("{name}.body"));
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--http2-prior-knowledge",
+                "-w",
+                "%{http_version}",
+                "-D",
+            ])
+            .arg(&head)
+            .arg("-o")
+            .arg(&body)
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-H",
+                &format!("authorization: Bearer {CLIENT_KEY}"),
+                "-H",
+                "x-fake-usage: input=100,output=20",
+                "--data",
+                &chat_body(stream).to_string(),
+                &format!("{}/v1/chat/completions", t.url()),
+            ])
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "2", "not HTTP/2");
+        (
+            std::fs::read_to_string(head).unwrap().to_lowercase(),
+            std::fs::read_to_string(body).unwrap(),
+        )
+    };
+    // gpt-4o: $2.50 / $10 per MTok → 100·2500 + 20·10000 nano-USD.
+    let (head, body) = curl("json", false);
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(head.contains("x-tollgate-cost-usd: 0.00045"), "{head}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["usage"]["prompt_tokens"], 100);
+    let (head, body) = curl("stream", true);
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    assert!(body.contains("data: [DONE]"), "{body}");
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 2);
+    for r in &seen {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {OPENAI_KEY}").as_str())
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = t.events().await;
+        if events.len() >= 2 {
+            break events;
+        }
+        assert!(Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut routes: Vec<&str> = events
+        .iter()
+        .map(|e| e["route"].as_str().unwrap())
+        .collect();
+    routes.sort_unstable();
+    assert_eq!(routes, ["stream", "sync"]);
+    for e in &events {
+        assert_eq!(e["cost_nusd"], 450_000, "{e}");
+        assert_eq!(e["output_tokens"], 20, "{e}");
+    }
+    // HTTP/1: a head shorter than the preface is answered at once.
+    let mut conn = tokio::net::TcpStream::connect(t.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut conn, b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let r = support::raw::read_response(&mut conn, Duration::from_secs(5)).await;
+    assert_eq!(r.status, 404);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_no_keys_in_log(&t);
+}

@@ -872,6 +872,11 @@ mod tests {
         let t = PriceTable::builtin();
         for (id, p) in &t.rows {
             assert_eq!(p.batch_multiplier_ppm, 500_000, "{id}");
+            if id.starts_with("text-embedding-") {
+                // Input only: no output, no cache discount.
+                assert!(p.rates.input > 0 && p.rates.output == 0, "{id}");
+                continue;
+            }
             assert!(p.rates.input > 0 && p.rates.output >= p.rates.input, "{id}");
             assert!(p.rates.cache_read < p.rates.input, "{id}");
         }

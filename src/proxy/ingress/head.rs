@@ -17,6 +17,13 @@
 //! closes the connection. (A client that sent nothing at all is just
 //! closed.)
 //!
+//! h2c: a cleartext connection that opens with the HTTP/2 preface (prior
+//! knowledge) is handed to pingora's h2 server, which bounds idle
+//! connections itself; its clock stops at the preface. Telling the two
+//! apart reads only as far as the bytes can still be the preface (an
+//! HTTP/1 request line differs within its first two bytes), within the
+//! head deadline, and replays what it read.
+//!
 //! Refused heads: what pingora's parser refuses (a garbage request line,
 //! NUL in a header, too many or too large headers) and `CONNECT` it answers
 //! itself, before any hook, with a bare status. Anything written before
@@ -51,6 +58,8 @@ use crate::dialect::Dialect;
 
 /// How much of a head is kept to tell its dialect.
 const SNIFF_BYTES: usize = 4096;
+/// The start of every HTTP/2 connection (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// The base-URL listener: pingora's HTTP proxy behind a head deadline.
 pub struct Listener {
@@ -126,6 +135,10 @@ pub struct Clocked {
     replacement: Option<(Vec<u8>, usize)>,
     /// The stream has ended for pingora (see [`Clocked::hang_up`]).
     hung_up: bool,
+    /// Bytes read to tell h2c from HTTP/1, not yet handed to pingora.
+    peeked: Vec<u8>,
+    /// The connection speaks HTTP/2: no head clock.
+    h2: bool,
 }
 
 impl Clocked {
@@ -139,6 +152,8 @@ impl Clocked {
             refusal: None,
             replacement: None,
             hung_up: false,
+            peeked: Vec::new(),
+            h2: false,
         }
     }
 
@@ -168,8 +183,18 @@ impl Clocked {
         if bytes.is_empty() {
             return;
         }
+        if self.seen.is_empty()
+            && bytes.starts_with(&H2_PREFACE[..H2_PREFACE.len().min(bytes.len())])
+        {
+            if self.h2 || bytes.len() >= H2_PREFACE.len() {
+                self.h2 = true;
+                *self.phase() = Phase::Served;
+                return;
+            }
+        }
         let mut phase = self.phase();
         match *phase {
+            Phase::Idle if self.h2 => return,
             Phase::Idle => {
                 *phase = Phase::Head(Instant::now() + self.limit);
                 drop(phase);
@@ -345,6 +370,13 @@ impl AsyncRead for Clocked {
             std::task::ready!(this.poll_refuse(cx))?;
             return this.hang_up(buf);
         }
+        if !this.peeked.is_empty() {
+            let n = this.peeked.len().min(buf.remaining());
+            let bytes: Vec<u8> = this.peeked.drain(..n).collect();
+            buf.put_slice(&bytes);
+            this.saw(&bytes);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let read = Pin::new(&mut this.inner).poll_read(cx, buf);
         match read {
@@ -463,7 +495,33 @@ impl GetSocketDigest for Clocked {
     }
 }
 
-impl Peek for Clocked {}
+#[async_trait]
+impl Peek for Clocked {
+    /// Fills `buf` with the connection's first bytes as far as they can
+    /// still be the h2 preface, the rest zeros (so pingora sees the
+    /// preface exactly when it is there); what was read is replayed.
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        use tokio::io::AsyncReadExt as _;
+        let deadline = match *self.phase() {
+            Phase::Head(d) => d,
+            _ => Instant::now() + self.limit,
+        };
+        let mut n = self.peeked.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.peeked[..n]);
+        while n < buf.len() && buf[..n] == H2_PREFACE[..n.min(H2_PREFACE.len())] {
+            let read = tokio::time::timeout_at(deadline, self.inner.read(&mut buf[n..]))
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no request in time"))??;
+            if read == 0 {
+                break;
+            }
+            self.peeked.extend_from_slice(&buf[n..n + read]);
+            n += read;
+        }
+        buf[n..].fill(0);
+        Ok(true)
+    }
+}
 
 #[cfg(test)]
 mod tests {
