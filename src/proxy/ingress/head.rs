@@ -183,18 +183,14 @@ impl Clocked {
         if bytes.is_empty() {
             return;
         }
-        if self.seen.is_empty()
-            && bytes.starts_with(&H2_PREFACE[..H2_PREFACE.len().min(bytes.len())])
-        {
-            if self.h2 || bytes.len() >= H2_PREFACE.len() {
-                self.h2 = true;
-                *self.phase() = Phase::Served;
-                return;
-            }
+        // The whole preface, in the first bytes of the connection: HTTP/2.
+        if self.h2 || (self.seen.is_empty() && bytes.starts_with(H2_PREFACE)) {
+            self.h2 = true;
+            *self.phase() = Phase::Served;
+            return;
         }
         let mut phase = self.phase();
         match *phase {
-            Phase::Idle if self.h2 => return,
             Phase::Idle => {
                 *phase = Phase::Head(Instant::now() + self.limit);
                 drop(phase);
