@@ -1520,6 +1520,105 @@ async fn openai_sdk_embeddings_are_metered_and_cached() {
     assert_no_keys_in_log(&t);
 }
 
+/// The Responses API through the official SDK: `responses.create` with and
+/// without `stream=True` and the `responses.stream()` helper, metered from
+/// the terminal event (cached input at its own rate); an `incomplete`
+/// answer metered with what it carries; a budget reserves the worst case
+/// from `max_output_tokens` (adding one when absent) and refuses in
+/// OpenAI's shape.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_responses_are_metered_and_budgeted() {
+    let python = sdk_python("openai").await;
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).config(
+        "[[budgets]]\nname = \"day\"\nscope = \"all\"\nperiod = \"day\"\nlimit_usd = \"10\"\n\n\
+         [[budgets]]\nname = \"per-call\"\nscope = \"all\"\nperiod = \"request\"\nlimit_usd = \"0.05\"\n",
+    )
+    .start();
+    let usage = "input=100,output=20,cache_read=40";
+    let plan = json!([
+        {"name": "r_json", "op": "responses_create", "usage": usage, "store": false},
+        {"name": "r_stream", "op": "responses_stream", "usage": usage, "max_output_tokens": 64},
+        {"name": "r_helper", "op": "responses_helper", "usage": usage},
+        {"name": "r_incomplete", "op": "responses_create", "usage": usage, "max_output_tokens": 3},
+        // gpt-5 output is $10 / MTok: 10,000 tokens cannot fit a $0.05 call.
+        {"name": "r_denied", "op": "responses_create", "max_output_tokens": 10000,
+         "raises": "APIStatusError"},
+    ]);
+    let url = format!("{}/v1", t.url());
+    let run = run_script(
+        &python,
+        "openai_calls.py",
+        &[("OPENAI_API_KEY", CLIENT_KEY), ("OPENAI_BASE_URL", &url)],
+        &plan,
+    )
+    .await;
+    // gpt-5: input $1.25, cached input $0.125, output $10 per MTok.
+    let cost = 100 * 1250 + 40 * 125 + 20 * 10_000;
+    assert_eq!(cost, 330_000);
+    let json_call = run.ok("r_json");
+    assert_eq!(hdr(json_call, "x-tollgate-cost-usd"), "0.00033");
+    assert_eq!(json_call["response"]["output_text"], Value::Null);
+    assert_eq!(json_call["response"]["usage"]["input_tokens"], 140);
+    let stream = run.ok("r_stream");
+    assert_eq!(
+        stream["event_types"].as_array().unwrap().last().unwrap(),
+        "response.completed"
+    );
+    let helper = run.ok("r_helper");
+    assert_eq!(helper["text"], "Hello there!");
+    let seen = fake.requests();
+    for name in ["r_json", "r_stream", "r_helper", "r_incomplete"] {
+        let r = one_seen(&seen, name);
+        assert_clean_upstream(r);
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {OPENAI_KEY}").as_str())
+        );
+    }
+    // A request without a bound gets the budget's default one, in the
+    // Responses API's own field.
+    let sent: Value = serde_json::from_slice(&one_seen(&seen, "r_json").body).unwrap();
+    assert!(sent["max_output_tokens"].as_u64().is_some(), "{sent}");
+    assert!(sent.get("max_tokens").is_none(), "{sent}");
+    let denied = run.get("r_denied");
+    assert_eq!(denied["raised_expected"], true, "{denied}");
+    assert_eq!(denied["status_code"], 402);
+    assert_eq!(denied["body"]["code"], "budget_exceeded", "{denied}");
+    assert!(seen_for(&seen, "r_denied").is_empty());
+    // The events: exact tokens and cost, the right route.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = t.events().await;
+        if events.len() >= 5 {
+            break events;
+        }
+        assert!(std::time::Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for (name, route) in [
+        ("r_json", "sync"),
+        ("r_stream", "stream"),
+        ("r_helper", "stream"),
+    ] {
+        let id = hdr(run.ok(name), "x-tollgate-request-id");
+        let e = event(&events, id);
+        assert_eq!(e["route"], route, "{name}");
+        assert_eq!(e["model"], "gpt-5", "{name}");
+        assert_eq!(e["input_tokens"], 100, "{name}");
+        assert_eq!(e["cache_read_input_tokens"], 40, "{name}");
+        assert_eq!(e["output_tokens"], 20, "{name}");
+        assert_eq!(e["cost_nusd"], cost, "{name}");
+        assert_eq!(e["usage_incomplete"], false, "{name}");
+    }
+    let inc = run.ok("r_incomplete");
+    assert_eq!(inc["response"]["status"], "incomplete");
+    let e = event(&events, hdr(inc, "x-tollgate-request-id"));
+    assert_eq!(e["output_tokens"], 3);
+    assert_eq!(e["cost_nusd"], 100 * 1250 + 40 * 125 + 3 * 10_000);
+    assert_no_keys_in_log(&t);
+}
+
 // ---------------------------------------------------------------------------
 // HTTPS_PROXY mode: the SDKs with their default base URLs
 

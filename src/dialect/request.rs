@@ -51,6 +51,9 @@ struct Head<'a> {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
+    /// The Responses API's bound.
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
     #[serde(default)]
     n: Option<u64>,
     #[serde(default)]
@@ -80,6 +83,8 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, RequestError> {
         Some("max_tokens")
     } else if head.max_completion_tokens.is_some() {
         Some("max_completion_tokens")
+    } else if head.max_output_tokens.is_some() {
+        Some("max_output_tokens")
     } else {
         None
     };
@@ -89,7 +94,8 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, RequestError> {
         max_tokens: match (head.max_tokens, head.max_completion_tokens) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
-        },
+        }
+        .or(head.max_output_tokens),
         max_tokens_field,
         both_bounds: head.max_tokens.is_some() && head.max_completion_tokens.is_some(),
         choices: head.n.unwrap_or(1).max(1),

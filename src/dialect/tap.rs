@@ -33,6 +33,8 @@ pub fn usage_from_json(dialect: Dialect, body: &[u8]) -> Option<JsonSummary> {
 enum Meter {
     Anthropic(anthropic::stream::Meter),
     OpenAi(openai::stream::Meter),
+    /// OpenAI's Responses API: named events, usage in the terminal one.
+    Responses(openai::responses::Meter),
 }
 
 impl Meter {
@@ -47,6 +49,7 @@ impl Meter {
         match self {
             Meter::Anthropic(m) => m.usage(),
             Meter::OpenAi(m) => m.usage(),
+            Meter::Responses(m) => m.usage(),
         }
     }
 
@@ -59,6 +62,10 @@ impl Meter {
                 false
             }
             Meter::OpenAi(m) => m.on_event(data, facts),
+            Meter::Responses(m) => {
+                m.on_event(name, data, facts);
+                false
+            }
         }
     }
 }
@@ -92,6 +99,19 @@ impl StreamTap {
             meter: Meter::new(dialect),
             facts: StreamFacts::default(),
             strip: strip_usage_chunk && dialect == Dialect::OpenAi,
+            held: BytesMut::new(),
+            held_start: 0,
+            cuts: Vec::new(),
+        }
+    }
+
+    /// Taps a Responses API stream (OpenAI dialect; nothing is stripped).
+    pub fn responses() -> Self {
+        Self {
+            parser: SseParser::new(),
+            meter: Meter::Responses(openai::responses::Meter::default()),
+            facts: StreamFacts::default(),
+            strip: false,
             held: BytesMut::new(),
             held_start: 0,
             cuts: Vec::new(),

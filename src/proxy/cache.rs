@@ -16,7 +16,7 @@ use pingora::proxy::Session;
 
 use super::error::ProxyError;
 use super::exchange::Cut;
-use super::ingress::{RequestModel, Route};
+use super::ingress::{Endpoint, RequestModel, Route};
 use super::respond::{give_up_on_client, send_whole, send_with_tail};
 use super::{headers, receipt, Draft, Exchange, State};
 use crate::cache::flight::{Follower, Head, Outcome, Role};
@@ -100,7 +100,9 @@ pub fn plan(
     req: &RequestHeader,
     request: &RequestModel,
 ) -> Result<Plan, ProxyError> {
-    if !route.endpoint.is_metered() {
+    // Responses are not cached yet: an answer may depend on state the
+    // body does not hold (`store`, `previous_response_id`, conversations).
+    if !route.endpoint.is_metered() || route.endpoint == Endpoint::Responses {
         return Ok(Plan::bypass());
     }
     let opt = opt_out(req)?;

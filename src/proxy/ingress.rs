@@ -36,6 +36,8 @@ pub enum Endpoint {
     ChatCompletions,
     /// OpenAI `POST /v1/embeddings` (input tokens only).
     Embeddings,
+    /// OpenAI `POST /v1/responses` (the Responses API).
+    Responses,
     /// Anything else of the provider's API: forwarded as is, unmetered.
     Passthrough,
 }
@@ -45,13 +47,19 @@ impl Endpoint {
     pub fn is_metered(self) -> bool {
         matches!(
             self,
-            Endpoint::Messages | Endpoint::ChatCompletions | Endpoint::Embeddings
+            Endpoint::Messages
+                | Endpoint::ChatCompletions
+                | Endpoint::Embeddings
+                | Endpoint::Responses
         )
     }
 
     /// Has an output bound (`max_tokens`) that budgets reserve for.
     pub fn has_output(self) -> bool {
-        matches!(self, Endpoint::Messages | Endpoint::ChatCompletions)
+        matches!(
+            self,
+            Endpoint::Messages | Endpoint::ChatCompletions | Endpoint::Responses
+        )
     }
 }
 
@@ -159,6 +167,7 @@ impl Routes {
                 Endpoint::ChatCompletions
             }
             (Dialect::OpenAi, true, "/v1/embeddings" | "/embeddings") => Endpoint::Embeddings,
+            (Dialect::OpenAi, true, "/v1/responses" | "/responses") => Endpoint::Responses,
             (Dialect::Anthropic, _, "/v1/chat/completions" | "/chat/completions") => {
                 return Err(ProxyError::UnsupportedEndpoint {
                     provider: provider.name.clone(),
@@ -404,7 +413,11 @@ pub fn parse(route: &Route, body: Bytes) -> Result<RequestModel, ProxyError> {
         stream: head.stream,
         max_tokens: head.max_tokens,
         strip_usage_chunk: false,
-        max_tokens_field: head.max_tokens_field,
+        // A bound added to a Responses request goes in its own field.
+        max_tokens_field: match route.endpoint {
+            Endpoint::Responses => Some("max_output_tokens"),
+            _ => head.max_tokens_field,
+        },
         both_bounds: head.both_bounds,
         choices: head.choices,
     };

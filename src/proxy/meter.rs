@@ -460,7 +460,11 @@ impl Relay<'_> {
             None => {
                 // count_tokens is free: nothing to meter, and nothing unknown.
                 if route.endpoint.is_metered() && ok {
-                    match usage_from_json(route.dialect(), &body) {
+                    let summary = match route.endpoint {
+                        Endpoint::Responses => crate::dialect::openai::responses::from_json(&body),
+                        _ => usage_from_json(route.dialect(), &body),
+                    };
+                    match summary {
                         Some(summary) => self.apply_usage(&summary.usage, summary.model.as_deref()),
                         None => self.draft.event.usage_incomplete = true,
                     }
@@ -687,7 +691,10 @@ impl Relay<'_> {
             self.call.session.shutdown().await;
             return;
         }
-        let mut tap = StreamTap::new(route.dialect(), metered && request.strip_usage_chunk);
+        let mut tap = match route.endpoint {
+            Endpoint::Responses => StreamTap::responses(),
+            _ => StreamTap::new(route.dialect(), metered && request.strip_usage_chunk),
+        };
         let mut recorded = false;
         let mut failure = None;
         let mut budget_cut: Option<String> = None;

@@ -4,7 +4,10 @@ Usage: python openai_calls.py < plan.json
 
 The plan is a JSON list of calls; each is an object with
   name      echoed in the result (and sent as header `x-test-call`)
-  op        create | create_stream | stream_helper | models | embeddings
+  op        create | create_stream | stream_helper | models | embeddings |
+            responses_create | responses_stream | responses_helper (the
+            Responses API: `prompt`, `max_output_tokens`, `store`; model
+            default gpt-5)
             (embeddings: `input`, `encoding_format` when given, else the
             SDK's default; the model defaults to text-embedding-3-small)
   scenario  the fake provider's `x-fake-scenario` (optional)
@@ -79,6 +82,15 @@ def params(call, stream=None):
     return p
 
 
+def responses_params(call):
+    p = {"model": call.get("model", "gpt-5"), "input": call.get("prompt", "Say hello.")}
+    for key in ("max_output_tokens", "store"):
+        if key in call:
+            p[key] = call[key]
+    p["extra_headers"] = params(call)["extra_headers"]
+    return p
+
+
 def run(client, call):
     op = call["op"]
     out = {"name": call.get("name"), "op": op, "scenario": call.get("scenario")}
@@ -119,6 +131,27 @@ def run(client, call):
         out["vectors"] = [list(d.embedding) for d in parsed.data]
         out["usage"] = dump(parsed.usage)
         out["model"] = parsed.model
+    elif op == "responses_create":
+        raw = client.responses.with_raw_response.create(**responses_params(call))
+        out["headers"] = headers_of(raw)
+        out["status"] = raw.status_code
+        out["response"] = dump(raw.parse())
+    elif op == "responses_stream":
+        stream = client.responses.create(**responses_params(call), stream=True)
+        out["headers"] = headers_of(stream.response)
+        events = [dump(e) for e in stream]
+        out["event_types"] = [e["type"] for e in events]
+        out["response"] = events[-1].get("response") if events else None
+    elif op == "responses_helper":
+        with client.responses.stream(**responses_params(call)) as stream:
+            response = getattr(stream, "_response", None)
+            if response is not None:
+                out["headers"] = headers_of(response)
+            kinds = [event.type for event in stream]
+            final = stream.get_final_response()
+        out["event_types"] = kinds
+        out["response"] = dump(final)
+        out["text"] = final.output_text
     elif op == "models":
         raw = client.models.with_raw_response.list(extra_headers=params(call)["extra_headers"])
         out["headers"] = headers_of(raw)

@@ -11,6 +11,11 @@
 //!   `encoding_format: "base64"`, little-endian f32 bytes in base64;
 //!   `dimensions` long, default 8; `usage.prompt_tokens` is the
 //!   `x-fake-usage` input, else the default input).
+//! * **OpenAI Responses**: `POST /v1/responses`, a JSON `response` or named
+//!   SSE events (`response.created` … `response.completed`, each with
+//!   `type` and `sequence_number`, no `[DONE]`); `max_output_tokens` below
+//!   the output makes it end `incomplete`; `cut` aborts before the
+//!   terminal event. `x-fake-usage` `cache_read` is `cached_tokens`.
 //!
 //! Routing looks at the end of the path only, so any prefix works
 //! (`/api/v1/chat/completions` is served like `/v1/chat/completions`).
@@ -549,6 +554,7 @@ enum Endpoint {
     CountTokens,
     ChatCompletions,
     Embeddings,
+    Responses,
     Models,
     Unknown,
 }
@@ -813,6 +819,8 @@ async fn respond(
         Endpoint::ChatCompletions
     } else if path.ends_with("/embeddings") {
         Endpoint::Embeddings
+    } else if path.ends_with("/responses") {
+        Endpoint::Responses
     } else if path.ends_with("/models") {
         Endpoint::Models
     } else {
@@ -820,7 +828,7 @@ async fn respond(
     };
     let dialect = match endpoint {
         Endpoint::Messages | Endpoint::CountTokens => Dialect::Anthropic,
-        Endpoint::ChatCompletions | Endpoint::Embeddings => Dialect::OpenAi,
+        Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::Responses => Dialect::OpenAi,
         Endpoint::Models | Endpoint::Unknown => {
             if headers.contains_key("anthropic-version") || headers.contains_key("x-api-key") {
                 Dialect::Anthropic
@@ -896,6 +904,7 @@ async fn respond(
             | (&Method::POST, Endpoint::CountTokens)
             | (&Method::POST, Endpoint::ChatCompletions)
             | (&Method::POST, Endpoint::Embeddings)
+            | (&Method::POST, Endpoint::Responses)
             | (&Method::GET, Endpoint::Models)
     );
     if !routed {
@@ -941,6 +950,9 @@ async fn respond(
     }
     if endpoint == Endpoint::Embeddings {
         return embeddings_reply(&call, &request);
+    }
+    if endpoint == Endpoint::Responses {
+        return responses_reply(&call, &request);
     }
     match (dialect, call.stream) {
         (Dialect::Anthropic, false) => anthropic_message_reply(&call),
@@ -1625,6 +1637,120 @@ fn embeddings_reply(call: &Call, request: &Value) -> Reply {
         "usage": {"prompt_tokens": usage.input_tokens, "total_tokens": usage.input_tokens},
     });
     openai_headers(call, Reply::json(StatusCode::OK, &body)).with_usage(Some(usage), None)
+}
+
+/// `POST /v1/responses`: the text script as a `response`, JSON or events.
+fn responses_reply(call: &Call, request: &Value) -> Reply {
+    let mut usage = call
+        .usage
+        .resolve(TEXT_PARTS.len() as u64 + OUTPUT_OVERHEAD);
+    let limit = request.get("max_output_tokens").and_then(Value::as_u64);
+    let incomplete = limit.is_some_and(|l| usage.output_tokens > l);
+    if let Some(l) = limit {
+        usage.output_tokens = usage.output_tokens.min(l);
+    }
+    let id = format!("resp_{}", &call.message_id[9..]);
+    let item_id = format!("msg_{}", &call.message_id[9..]);
+    let text: String = TEXT_PARTS.concat();
+    let cached = usage.cache_read_input_tokens;
+    let usage_json = json!({
+        "input_tokens": usage.input_tokens + cached,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": usage.output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": usage.input_tokens + cached + usage.output_tokens,
+    });
+    let message = |status: &str, text: &str| {
+        json!({
+            "type": "message", "id": item_id, "status": status, "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}],
+        })
+    };
+    let response = |status: &str, output: Value, usage: Value| {
+        json!({
+            "id": id, "object": "response", "created_at": call.created, "status": status,
+            "background": false, "error": null,
+            "incomplete_details": if status == "incomplete" { json!({"reason": "max_output_tokens"}) } else { Value::Null },
+            "instructions": null, "max_output_tokens": limit, "model": call.model,
+            "output": output, "parallel_tool_calls": true, "previous_response_id": null,
+            "reasoning": {"effort": null, "summary": null}, "service_tier": "default",
+            "store": request.get("store").cloned().unwrap_or(json!(true)),
+            "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto",
+            "tools": [], "top_p": 1.0, "truncation": "disabled", "usage": usage,
+            "metadata": {},
+        })
+    };
+    let status = if incomplete {
+        "incomplete"
+    } else {
+        "completed"
+    };
+    let final_response = response(status, json!([message("completed", &text)]), usage_json);
+    if !call.stream {
+        return openai_headers(call, Reply::json(StatusCode::OK, &final_response))
+            .with_usage(Some(usage), None);
+    }
+    let mut seq = 0u64;
+    let mut frames = Vec::new();
+    let mut event = |name: &str, mut data: Value| {
+        data["type"] = json!(name);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        frames.push(sse_event(name, &data));
+    };
+    event(
+        "response.created",
+        json!({"response": response("in_progress", json!([]), Value::Null)}),
+    );
+    event(
+        "response.in_progress",
+        json!({"response": response("in_progress", json!([]), Value::Null)}),
+    );
+    event(
+        "response.output_item.added",
+        json!({"output_index": 0, "item": message("in_progress", "")}),
+    );
+    event(
+        "response.content_part.added",
+        json!({"item_id": item_id, "output_index": 0, "content_index": 0,
+        "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}),
+    );
+    for part in TEXT_PARTS {
+        event(
+            "response.output_text.delta",
+            json!({"item_id": item_id, "output_index": 0,
+            "content_index": 0, "delta": part, "logprobs": []}),
+        );
+    }
+    if call.scenario == Scenario::Cut {
+        return openai_headers(
+            call,
+            Reply::event_stream(paced(frames, Some(Frame::Abort), pacing(call))),
+        )
+        .with_usage(None, None);
+    }
+    event(
+        "response.output_text.done",
+        json!({"item_id": item_id, "output_index": 0,
+        "content_index": 0, "text": text, "logprobs": []}),
+    );
+    event(
+        "response.content_part.done",
+        json!({"item_id": item_id, "output_index": 0, "content_index": 0,
+        "part": {"type": "output_text", "text": text, "annotations": [], "logprobs": []}}),
+    );
+    event(
+        "response.output_item.done",
+        json!({"output_index": 0, "item": message("completed", &text)}),
+    );
+    let terminal = if incomplete {
+        "response.incomplete"
+    } else {
+        "response.completed"
+    };
+    event(terminal, json!({"response": final_response}));
+    openai_headers(call, Reply::event_stream(paced(frames, None, pacing(call))))
+        .with_usage(Some(usage), None)
 }
 
 fn openai_completion_reply(call: &Call) -> Reply {

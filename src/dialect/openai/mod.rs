@@ -6,6 +6,7 @@ pub mod assemble;
 pub mod error;
 pub mod replay;
 pub mod request;
+pub mod responses;
 pub mod stream;
 pub mod usage;
 

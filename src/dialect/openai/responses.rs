@@ -1,0 +1,215 @@
+//! The OpenAI Responses API (`POST /v1/responses`): its usage, in a JSON
+//! response and in a stream of named events.
+//!
+//! Usage (`input_tokens` including `input_tokens_details.cached_tokens` and
+//! `cache_write_tokens`; `output_tokens` including reasoning) comes only in
+//! a whole `response` object: the JSON body, or in a stream the terminal
+//! `response.completed`, `response.incomplete` or `response.failed` event.
+//! A stream has no `[DONE]`: its terminal event completes it. A mid-stream
+//! `error` event, or `response.failed`, names the error.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+use crate::dialect::json::{lenient_u64, set_once_str, ErrorField};
+use crate::dialect::usage::{JsonSummary, StreamFacts, Usage};
+
+/// `usage` of a response.
+#[derive(Deserialize)]
+struct WireUsage {
+    #[serde(default, deserialize_with = "lenient_u64")]
+    input_tokens: Option<u64>,
+    input_tokens_details: Option<InputDetails>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    output_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct InputDetails {
+    #[serde(default, deserialize_with = "lenient_u64")]
+    cached_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    cache_write_tokens: Option<u64>,
+}
+
+impl WireUsage {
+    fn usage(&self) -> Usage {
+        let d = self.input_tokens_details.as_ref();
+        let cached = d.and_then(|d| d.cached_tokens).unwrap_or(0);
+        let written = d.and_then(|d| d.cache_write_tokens).unwrap_or(0);
+        Usage {
+            // `input_tokens` counts cache reads and writes too.
+            input_tokens: self
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_sub(cached)
+                .saturating_sub(written),
+            output_tokens: self.output_tokens.unwrap_or(0),
+            cache_creation_input_tokens: written,
+            cache_creation_1h_input_tokens: 0,
+            cache_read_input_tokens: cached,
+            reported_cost_nusd: None,
+        }
+    }
+}
+
+/// A `response` object: what the meter reads of it.
+#[derive(Deserialize)]
+struct WireResponse<'a> {
+    #[serde(borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    usage: Option<WireUsage>,
+    error: Option<ErrorField>,
+}
+
+/// Reads a JSON response body. `None` without a `usage` object.
+pub fn from_json(body: &[u8]) -> Option<JsonSummary> {
+    let r: WireResponse<'_> = serde_json::from_slice(body).ok()?;
+    Some(JsonSummary {
+        usage: r.usage?.usage(),
+        model: r.model.map(Cow::into_owned),
+        id: r.id.map(Cow::into_owned),
+    })
+}
+
+/// A stream event's data: the `response` it carries, or an error.
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(borrow)]
+    response: Option<WireResponse<'a>>,
+    /// An `error` event's own fields.
+    #[serde(borrow)]
+    code: Option<Cow<'a, str>>,
+}
+
+/// Reads one Responses stream.
+#[derive(Debug, Default)]
+pub(crate) struct Meter {
+    usage: Option<Usage>,
+}
+
+impl Meter {
+    pub(crate) fn usage(&self) -> Usage {
+        self.usage.unwrap_or_default()
+    }
+
+    /// Handles one event (by its `event:` name, which matches its `type`).
+    pub(crate) fn on_event(&mut self, name: &str, data: &str, facts: &mut StreamFacts) {
+        match name {
+            "response.output_text.delta"
+            | "response.function_call_arguments.delta"
+            | "response.reasoning_summary_text.delta"
+            | "response.refusal.delta" => facts.deltas += 1,
+            "response.created" | "response.in_progress" => {
+                if let Ok(Event {
+                    response: Some(r), ..
+                }) = serde_json::from_str::<Event<'_>>(data)
+                {
+                    set_once_str(&mut facts.id, r.id);
+                    set_once_str(&mut facts.model, r.model);
+                }
+            }
+            "response.completed" | "response.incomplete" | "response.failed" => {
+                facts.complete = true;
+                let Ok(Event {
+                    response: Some(r), ..
+                }) = serde_json::from_str::<Event<'_>>(data)
+                else {
+                    return;
+                };
+                set_once_str(&mut facts.id, r.id);
+                // The terminal event names the model that answered.
+                if let Some(m) = r.model {
+                    facts.model = Some(m.into_owned());
+                }
+                if name == "response.failed" && facts.error.is_none() {
+                    facts.error = Some(
+                        r.error
+                            .map_or_else(|| "response_failed".to_string(), |e| e.kind()),
+                    );
+                }
+                if let Some(u) = r.usage {
+                    self.usage = Some(u.usage());
+                    facts.saw_usage = true;
+                }
+            }
+            "error" if facts.error.is_none() => {
+                let code = serde_json::from_str::<Event<'_>>(data)
+                    .ok()
+                    .and_then(|e| e.code.map(Cow::into_owned));
+                facts.error = Some(code.unwrap_or_else(|| "error".into()));
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const USAGE: &str = r#"{"input_tokens":120,"input_tokens_details":{"cached_tokens":20,"cache_write_tokens":30},"output_tokens":15,"output_tokens_details":{"reasoning_tokens":5},"total_tokens":135}"#;
+
+    fn expected() -> Usage {
+        Usage {
+            input_tokens: 70,
+            output_tokens: 15,
+            cache_creation_input_tokens: 30,
+            cache_read_input_tokens: 20,
+            ..Usage::default()
+        }
+    }
+
+    #[test]
+    fn a_json_response_gives_its_usage() {
+        let body = format!(
+            r#"{{"id":"resp_1","object":"response","status":"completed","model":"gpt-5","output":[],"usage":{USAGE}}}"#
+        );
+        let s = from_json(body.as_bytes()).unwrap();
+        assert_eq!(s.usage, expected());
+        assert_eq!(s.model.as_deref(), Some("gpt-5"));
+        assert_eq!(s.id.as_deref(), Some("resp_1"));
+        assert!(from_json(br#"{"error":{"type":"x"}}"#).is_none());
+    }
+
+    #[test]
+    fn a_stream_is_complete_at_its_terminal_event() {
+        let mut m = Meter::default();
+        let mut f = StreamFacts::default();
+        m.on_event(
+            "response.created",
+            r#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_2","model":"gpt-5","usage":null}}"#,
+            &mut f,
+        );
+        m.on_event(
+            "response.output_text.delta",
+            r#"{"type":"response.output_text.delta","delta":"Hi","sequence_number":1}"#,
+            &mut f,
+        );
+        assert!(!f.complete && !f.saw_usage);
+        m.on_event(
+            "response.incomplete",
+            &format!(
+                r#"{{"type":"response.incomplete","sequence_number":2,"response":{{"id":"resp_2","model":"gpt-5-2025","usage":{USAGE}}}}}"#
+            ),
+            &mut f,
+        );
+        assert!(f.complete && f.saw_usage);
+        assert_eq!(m.usage(), expected());
+        assert_eq!(f.deltas, 1);
+        assert_eq!(f.model.as_deref(), Some("gpt-5-2025"));
+        assert_eq!(f.id.as_deref(), Some("resp_2"));
+        assert!(f.error.is_none());
+        let mut f = StreamFacts::default();
+        m.on_event(
+            "error",
+            r#"{"type":"error","code":"server_error","message":"x","sequence_number":3}"#,
+            &mut f,
+        );
+        assert_eq!(f.error.as_deref(), Some("server_error"));
+    }
+}
