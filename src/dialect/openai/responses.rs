@@ -12,6 +12,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
+use super::usage::split_input;
 use crate::dialect::json::{lenient_u64, set_once_str, ErrorField};
 use crate::dialect::usage::{JsonSummary, StreamFacts, Usage};
 
@@ -36,21 +37,12 @@ struct InputDetails {
 impl WireUsage {
     fn usage(&self) -> Usage {
         let d = self.input_tokens_details.as_ref();
-        let cached = d.and_then(|d| d.cached_tokens).unwrap_or(0);
-        let written = d.and_then(|d| d.cache_write_tokens).unwrap_or(0);
-        Usage {
-            // `input_tokens` counts cache reads and writes too.
-            input_tokens: self
-                .input_tokens
-                .unwrap_or(0)
-                .saturating_sub(cached)
-                .saturating_sub(written),
-            output_tokens: self.output_tokens.unwrap_or(0),
-            cache_creation_input_tokens: written,
-            cache_creation_1h_input_tokens: 0,
-            cache_read_input_tokens: cached,
-            reported_cost_nusd: None,
-        }
+        split_input(
+            self.input_tokens.unwrap_or(0),
+            d.and_then(|d| d.cached_tokens).unwrap_or(0),
+            d.and_then(|d| d.cache_write_tokens).unwrap_or(0),
+            self.output_tokens.unwrap_or(0),
+        )
     }
 }
 

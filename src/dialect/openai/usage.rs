@@ -42,20 +42,26 @@ pub(crate) struct PromptTokensDetails {
 impl WireUsage {
     pub(crate) fn usage(&self) -> Usage {
         let details = self.prompt_tokens_details.as_ref();
-        let cached = details.and_then(|d| d.cached_tokens).unwrap_or(0);
-        let written = details.and_then(|d| d.cache_write_tokens).unwrap_or(0);
-        Usage {
-            // `prompt_tokens` counts cache reads and (OpenRouter) cache writes too.
-            input_tokens: self
-                .prompt_tokens
-                .unwrap_or(0)
-                .saturating_sub(cached)
-                .saturating_sub(written),
-            output_tokens: self.completion_tokens.unwrap_or(0),
-            cache_creation_input_tokens: written,
-            cache_creation_1h_input_tokens: 0,
-            cache_read_input_tokens: cached,
-            reported_cost_nusd: self.cost,
-        }
+        let mut usage = split_input(
+            self.prompt_tokens.unwrap_or(0),
+            details.and_then(|d| d.cached_tokens).unwrap_or(0),
+            details.and_then(|d| d.cache_write_tokens).unwrap_or(0),
+            self.completion_tokens.unwrap_or(0),
+        );
+        usage.reported_cost_nusd = self.cost;
+        usage
+    }
+}
+
+/// OpenAI's input total counts cache reads and cache writes too: the
+/// uncached rest is what bills at the input rate.
+pub(crate) fn split_input(total_input: u64, cached: u64, written: u64, output: u64) -> Usage {
+    Usage {
+        input_tokens: total_input.saturating_sub(cached).saturating_sub(written),
+        output_tokens: output,
+        cache_creation_input_tokens: written,
+        cache_creation_1h_input_tokens: 0,
+        cache_read_input_tokens: cached,
+        reported_cost_nusd: None,
     }
 }
