@@ -136,6 +136,8 @@ fn event() -> UsageEvent {
             cache_creation_1h_input_tokens: 0,
             cache_read_input_tokens: 0,
             reported_cost_nusd: None,
+            fast: false,
+            us_only: false,
         },
         cost_nusd: 510_000,
         saved_nusd: 0,

@@ -1346,3 +1346,68 @@ async fn h2c_prior_knowledge_is_served_and_metered() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_no_keys_in_log(&t);
 }
+
+/// Anthropic's premiums, as the usage reports them: fast mode ×2 and
+/// US-only inference ×1.1 on every token, JSON and stream; a budget
+/// reserves at the premium the request asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fast_mode_and_us_only_inference_are_priced_at_their_premium() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
+    // claude-opus-5-5: $4 / $20 per MTok → 1000·4000 + 100·20000 nano-USD.
+    let base: u64 = 1000 * 4000 + 100 * 20_000;
+    let call = |extra: Value, stream: bool| {
+        let mut body = json!({"model": "claude-opus-5-5", "max_tokens": 256, "stream": stream,
+                              "messages": [{"role": "user", "content": "Hello"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let url = format!("{}/v1/messages", t.url());
+        async move {
+            let r = client()
+                .post(url)
+                .header("anthropic-version", "2023-06-01")
+                .header("x-fake-usage", "input=1000,output=100")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let id = header(&r, "x-tollgate-request-id").to_string();
+            r.bytes().await.unwrap();
+            id
+        }
+    };
+    let cases = [
+        (json!({}), base),
+        (json!({"speed": "fast"}), base * 2),
+        (json!({"inference_geo": "us"}), base * 11 / 10),
+        (
+            json!({"speed": "fast", "inference_geo": "us"}),
+            base * 22 / 10,
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (extra, cost) in &cases {
+        for stream in [false, true] {
+            ids.push((call(extra.clone(), stream).await, *cost, extra.clone()));
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = t.events().await;
+        if events.len() >= ids.len() {
+            break events;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for (id, cost, extra) in &ids {
+        let e = events
+            .iter()
+            .find(|e| e["event_id"] == id.as_str())
+            .unwrap();
+        assert_eq!(e["cost_nusd"], *cost, "{extra} {e}");
+        assert_eq!(e["fast"] == true, extra.get("speed").is_some(), "{e}");
+    }
+}

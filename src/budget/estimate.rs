@@ -94,21 +94,29 @@ pub fn estimate(
     // more than plain input: price it at the dearest rate it can reach.
     let caching = has(b"\"cache_control\"");
     let one_hour = caching && has(b"\"1h\"");
+    // Fast mode and US-only inference bill every token at a premium.
+    let fast = has(b"\"speed\"") && has(b"\"fast\"");
+    let us_only = has(b"\"inference_geo\"") && has(b"\"us\"");
     let (price, _) = prices.price_or_fallback(model);
     let plain = Usage {
         input_tokens: input,
+        fast,
+        us_only,
         ..Usage::default()
     };
     let written = Usage {
         cache_creation_input_tokens: input,
         cache_creation_1h_input_tokens: if one_hour { input } else { 0 },
+        fast,
+        us_only,
         ..Usage::default()
     };
     let mut input_nusd = price.cost(&plain, false);
     if caching {
         input_nusd = input_nusd.max(price.cost(&written, false));
     }
-    let output_rate = price.rates_for(input).output;
+    let output_rate =
+        crate::meter::prices::premium_rate(price.rates_for(input).output, fast, us_only);
     let typical = (body.len() as u64).div_ceil(4).saturating_add(max_tokens);
     Estimate {
         input_tokens: input,
@@ -162,5 +170,10 @@ mod tests {
         let n = estimate(&prices, "claude-sonnet-4-5", plain, 100, 3);
         assert_eq!(n.worst_nusd, n.input_nusd + 300 * 15_000);
         assert_eq!(n.affordable_max_tokens(n.input_nusd + 150 * 15_000), 50);
+        // Fast mode ×2 and US-only ×1.1 on every token.
+        let fast = br#"{"speed":"fast","inference_geo":"us","messages":[]}"#;
+        let f = estimate(&prices, "claude-opus-5-5", fast, 100, 1);
+        assert_eq!(f.input_nusd, fast.len() as u64 * 4_000 * 22 / 10);
+        assert_eq!(f.worst_nusd, f.input_nusd + 100 * 20_000 * 22 / 10);
     }
 }

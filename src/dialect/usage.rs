@@ -26,6 +26,16 @@ pub struct Usage {
     /// nano-USD; preferred over the price table when present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reported_cost_nusd: Option<u64>,
+    /// Billed in Anthropic's fast mode (`usage.speed: "fast"`): premium rates.
+    #[serde(skip_serializing_if = "is_false")]
+    pub fast: bool,
+    /// Billed with US-only inference (Anthropic `usage.inference_geo: "us"`).
+    #[serde(skip_serializing_if = "is_false")]
+    pub us_only: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Usage {

@@ -336,6 +336,8 @@ mod compat_tests {
                 cache_creation_1h_input_tokens: 3,
                 cache_read_input_tokens: 44,
                 reported_cost_nusd: None,
+                fast: false,
+                us_only: false,
             }
         );
         assert_eq!(

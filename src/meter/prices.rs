@@ -19,6 +19,11 @@ const TOKENS_PER_RATE_UNIT: u128 = 1_000_000;
 
 /// Parts per million: the unit of multipliers.
 const PPM: u64 = 1_000_000;
+/// Anthropic fast mode: ×2 on every token kind (Opus 5 and 5.5; the other
+/// fast models' prices are unpublished, and ×2 never under-charges them).
+const FAST_PPM: u64 = 2_000_000;
+/// Anthropic US-only inference (`inference_geo: "us"`): ×1.1 on every kind.
+const US_ONLY_PPM: u64 = 1_100_000;
 
 /// Per-kind rates of one model, each in nano-USD per million tokens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,7 +113,13 @@ impl ModelPrice {
             acc.saturating_add(u128::from(tokens).saturating_mul(u128::from(rate)))
         });
         let nusd = scaled.saturating_add(TOKENS_PER_RATE_UNIT / 2) / TOKENS_PER_RATE_UNIT;
-        let nusd = u64::try_from(nusd).unwrap_or(u64::MAX);
+        let mut nusd = u64::try_from(nusd).unwrap_or(u64::MAX);
+        if usage.fast {
+            nusd = mul_ppm(nusd, FAST_PPM);
+        }
+        if usage.us_only {
+            nusd = mul_ppm(nusd, US_ONLY_PPM);
+        }
         if batch {
             mul_ppm(nusd, u64::from(self.batch_multiplier_ppm))
         } else {
@@ -454,6 +465,18 @@ impl PriceTable {
 }
 
 /// `v × ppm / 1_000_000`, rounding half up, saturating.
+/// `rate` with the fast-mode and US-only premiums a call asks for.
+pub fn premium_rate(rate: u64, fast: bool, us_only: bool) -> u64 {
+    let mut r = rate;
+    if fast {
+        r = mul_ppm(r, FAST_PPM);
+    }
+    if us_only {
+        r = mul_ppm(r, US_ONLY_PPM);
+    }
+    r
+}
+
 fn mul_ppm(v: u64, ppm: u64) -> u64 {
     let scaled = u128::from(v) * u128::from(ppm) + u128::from(PPM / 2);
     u64::try_from(scaled / u128::from(PPM)).unwrap_or(u64::MAX)
@@ -647,6 +670,8 @@ mod tests {
             cache_creation_1h_input_tokens: 50,
             cache_read_input_tokens: 300,
             reported_cost_nusd: None,
+            fast: false,
+            us_only: false,
         };
         let t = PriceTable::builtin();
         let c = t.cost("claude-sonnet-4-5", &u, false);
@@ -691,6 +716,8 @@ mod tests {
             cache_creation_1h_input_tokens: 0,
             cache_read_input_tokens: 40_000,
             reported_cost_nusd: None,
+            fast: false,
+            us_only: false,
         };
         assert_eq!(
             t.cost("claude-sonnet-4-5-20250929", &u, false).nusd,
@@ -769,6 +796,8 @@ mod tests {
             cache_creation_1h_input_tokens: u64::MAX,
             cache_read_input_tokens: u64::MAX,
             reported_cost_nusd: None,
+            fast: false,
+            us_only: false,
         };
         let t = PriceTable::builtin();
         assert_eq!(t.cost("claude-opus-4-1", &u, false).nusd, u64::MAX);

@@ -203,7 +203,11 @@ impl Guard {
             ..*usage
         };
         let (price, _) = state.recorder.prices().price_or_fallback(model);
-        let rate = price.rates_for(input.total_input()).output;
+        let rate = crate::meter::prices::premium_rate(
+            price.rates_for(input.total_input()).output,
+            usage.fast,
+            usage.us_only,
+        );
         let needed = price
             .cost(&input, false)
             .saturating_add(output_cost(rate, self.estimate.max_tokens));

@@ -617,6 +617,9 @@ struct Call {
     /// `msg_…`, `chatcmpl-…` or `gen-…`.
     message_id: String,
     created: u64,
+    /// Anthropic `speed` and `inference_geo` asked for (echoed in usage).
+    speed: Option<String>,
+    geo: Option<String>,
 }
 
 /// What to send back, before it is turned into an HTTP response.
@@ -854,6 +857,8 @@ async fn respond(
         request_id,
         message_id: String::new(),
         created: unix_now(),
+        speed: None,
+        geo: None,
     };
 
     let Some(scenario) = Scenario::parse(scenario_name) else {
@@ -938,6 +943,14 @@ async fn respond(
     if let Some(model) = request.get("model").and_then(Value::as_str) {
         call.model = model.to_owned();
     }
+    call.speed = request
+        .get("speed")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    call.geo = request
+        .get("inference_geo")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
     call.stream =
         request.get("stream").and_then(Value::as_bool) == Some(true) && scenario != Scenario::Hang;
     call.include_usage = request
@@ -1103,8 +1116,8 @@ impl UsageOverride {
 }
 
 /// `message_start.message.usage`: the full input side, output placeholder 1.
-fn anthropic_start_usage(u: &FakeUsage) -> Value {
-    json!({
+fn anthropic_start_usage(call: &Call, u: &FakeUsage) -> Value {
+    let mut usage = json!({
         "input_tokens": u.input_tokens,
         "cache_creation_input_tokens": u.cache_creation_input_tokens,
         "cache_read_input_tokens": u.cache_read_input_tokens,
@@ -1112,7 +1125,19 @@ fn anthropic_start_usage(u: &FakeUsage) -> Value {
         "output_tokens": 1,
         "service_tier": "standard",
         "inference_geo": "global",
-    })
+    });
+    add_speed_and_geo(call, &mut usage);
+    usage
+}
+
+/// `usage.speed` and `usage.inference_geo` as the request asked.
+fn add_speed_and_geo(call: &Call, usage: &mut Value) {
+    if let Some(speed) = &call.speed {
+        usage["speed"] = json!(speed);
+    }
+    if let Some(geo) = &call.geo {
+        usage["inference_geo"] = json!(geo);
+    }
 }
 
 /// The usage object of a non-streaming `Message` (§1.3).
@@ -1128,6 +1153,7 @@ fn anthropic_full_usage(call: &Call, u: &FakeUsage, thinking_tokens: u64) -> Val
         "service_tier": "standard",
         "inference_geo": "global",
     });
+    add_speed_and_geo(call, &mut usage);
     add_openrouter_cost(call, u, &mut usage);
     usage
 }
@@ -1385,7 +1411,7 @@ fn anthropic_message_start(call: &Call, usage: &FakeUsage) -> Bytes {
         "model": call.model,
         "stop_reason": null,
         "stop_sequence": null,
-        "usage": anthropic_start_usage(usage),
+        "usage": anthropic_start_usage(call, usage),
     });
     if call.openrouter {
         message["provider"] = json!("Anthropic");

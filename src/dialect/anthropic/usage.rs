@@ -32,6 +32,8 @@ pub(crate) struct UsageAcc {
     ephemeral_5m: Option<u64>,
     ephemeral_1h: Option<u64>,
     cost_nusd: Option<u64>,
+    fast: Option<bool>,
+    us_only: Option<bool>,
 }
 
 impl UsageAcc {
@@ -51,6 +53,12 @@ impl UsageAcc {
             over(&mut self.ephemeral_1h, cc.ephemeral_1h_input_tokens);
         }
         over(&mut self.cost_nusd, u.cost);
+        if let Some(speed) = &u.speed {
+            self.fast = Some(speed == "fast");
+        }
+        if let Some(geo) = &u.inference_geo {
+            self.us_only = Some(geo == "us");
+        }
     }
 
     pub(crate) fn usage(&self) -> Usage {
@@ -68,6 +76,8 @@ impl UsageAcc {
             cache_creation_1h_input_tokens: self.ephemeral_1h.unwrap_or(0).min(cache_creation),
             cache_read_input_tokens: self.cache_read.unwrap_or(0),
             reported_cost_nusd: self.cost_nusd,
+            fast: self.fast.unwrap_or(false),
+            us_only: self.us_only.unwrap_or(false),
         }
     }
 }
@@ -106,6 +116,12 @@ pub(crate) struct WireUsage {
     cache_creation: Option<CacheCreation>,
     #[serde(default, deserialize_with = "lenient_cost")]
     cost: Option<u64>,
+    /// `standard` / `fast`: the speed billed.
+    #[serde(default)]
+    speed: Option<String>,
+    /// `global` / `us`: where inference ran (US-only bills ×1.1).
+    #[serde(default)]
+    inference_geo: Option<String>,
 }
 
 #[derive(Deserialize)]

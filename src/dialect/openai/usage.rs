@@ -63,5 +63,7 @@ pub(crate) fn split_input(total_input: u64, cached: u64, written: u64, output: u
         cache_creation_1h_input_tokens: 0,
         cache_read_input_tokens: cached,
         reported_cost_nusd: None,
+        fast: false,
+        us_only: false,
     }
 }

@@ -61,6 +61,8 @@ fn usage(input: u64, output: u64, write: u64, write_1h: u64, read: u64) -> Usage
         cache_creation_1h_input_tokens: write_1h,
         cache_read_input_tokens: read,
         reported_cost_nusd: None,
+        fast: false,
+        us_only: false,
     }
 }
 
