@@ -1411,3 +1411,55 @@ async fn fast_mode_and_us_only_inference_are_priced_at_their_premium() {
         assert_eq!(e["fast"] == true, extra.get("speed").is_some(), "{e}");
     }
 }
+
+/// Anthropic server-side fallback: each iteration is billed at the model
+/// that ran it, and the event names the model that answered, JSON and
+/// stream (whose `message_start` names the requested model).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_iterations_are_priced_per_model() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
+    // Opus 5.5 ($4 in) read the prompt, then Sonnet 4.5 ($3 / $15) answered.
+    let cost: u64 = 1000 * 4000 + (1000 * 3000 + 100 * 15_000);
+    let mut ids = Vec::new();
+    for stream in [false, true] {
+        let r = client()
+            .post(format!("{}/v1/messages", t.url()))
+            .header("anthropic-version", "2023-06-01")
+            .header("x-fake-usage", "input=1000,output=100")
+            .header("x-fake-fallback", "claude-sonnet-4-5")
+            .json(
+                &json!({"model": "claude-opus-5-5", "max_tokens": 256, "stream": stream,
+                          "messages": [{"role": "user", "content": "Hello"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        if !stream {
+            assert_eq!(header(&r, "x-tollgate-cost-usd"), "0.0085");
+            assert_eq!(header(&r, "x-tollgate-model"), "claude-sonnet-4-5");
+        }
+        ids.push(header(&r, "x-tollgate-request-id").to_string());
+        r.bytes().await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = t.events().await;
+        if events.len() >= 2 {
+            break events;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for id in &ids {
+        let e = events
+            .iter()
+            .find(|e| e["event_id"] == id.as_str())
+            .unwrap();
+        assert_eq!(e["cost_nusd"], cost, "{e}");
+        assert_eq!(e["model"], "claude-sonnet-4-5", "{e}");
+        assert_eq!(e["input_tokens"], 2000, "{e}");
+        assert_eq!(e["output_tokens"], 100, "{e}");
+    }
+}

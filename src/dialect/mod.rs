@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use assemble::Assembler;
 pub use replay::{replay, ReplayError};
 pub use tap::{usage_from_json, JsonSummary, StreamTap};
-pub use usage::Usage;
+pub use usage::{Iteration, Usage};
 
 /// The wire dialect a client or an upstream speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

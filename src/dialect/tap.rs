@@ -216,6 +216,11 @@ impl StreamTap {
         self.facts.error.as_deref()
     }
 
+    /// Anthropic's `usage.iterations[]` as last reported (empty: none).
+    pub fn iterations(&self) -> &[super::usage::Iteration] {
+        &self.facts.iterations
+    }
+
     /// Anthropic `message_start.message.model`; OpenAI first chunk's `model`.
     pub fn model(&self) -> Option<&str> {
         self.facts.model.as_deref()

@@ -52,12 +52,27 @@ impl Usage {
     }
 }
 
+/// One billed step of an Anthropic turn (beta `usage.iterations[]`): a
+/// sampling iteration, a server-side fallback, a compaction. Each is billed
+/// at the model that ran it; with iterations, the turn is billed from them
+/// rather than from the top-level fields.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Iteration {
+    /// `message`, `fallback_message`, `compaction`, `advisor_message`.
+    pub kind: String,
+    /// The model that ran it (`None`: the response's).
+    pub model: Option<String>,
+    pub usage: Usage,
+}
+
 /// Usage, model and id of a non-streamed response.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JsonSummary {
     pub usage: Usage,
     pub model: Option<String>,
     pub id: Option<String>,
+    /// Anthropic's `usage.iterations[]`, when the response has them.
+    pub iterations: Vec<Iteration>,
 }
 
 /// What a stream has said so far, whatever its dialect.
@@ -72,4 +87,6 @@ pub(crate) struct StreamFacts {
     /// chunks): each carries at least a token, so a lower bound of the
     /// output when the stream's own usage never comes.
     pub(crate) deltas: u64,
+    /// Anthropic's `usage.iterations[]`, as last reported.
+    pub(crate) iterations: Vec<Iteration>,
 }

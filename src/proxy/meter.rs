@@ -27,7 +27,7 @@ use crate::cache::flight::{Head, Leader, Outcome};
 use crate::cache::EntryMeta;
 use crate::dialect::Assembler;
 use crate::dialect::Usage;
-use crate::dialect::{usage_from_json, StreamTap};
+use crate::dialect::{usage_from_json, Iteration, StreamTap};
 use crate::dialect::{Dialect, ErrorClass};
 use crate::meter::event::{Estimated, Status};
 use crate::proxy::recorder::UpstreamTimes;
@@ -354,14 +354,59 @@ impl Relay<'_> {
 
     /// Applies usage and prices it into the draft.
     fn apply_usage(&mut self, usage: &Usage, model: Option<&str>) {
+        self.apply_billed(usage, model, &[]);
+    }
+
+    /// [`Self::apply_usage`]; with Anthropic iterations, the turn is billed
+    /// from them, each at the model that ran it, and the event names the
+    /// model that answered (a server-side fallback's, not the requested one
+    /// a stream's `message_start` names).
+    fn apply_billed(&mut self, usage: &Usage, model: Option<&str>, iterations: &[Iteration]) {
         let e = &mut self.draft.event;
         if let Some(model) = model.filter(|m| !m.is_empty()) {
             model.clone_into(&mut e.model);
         }
-        e.usage = *usage;
-        let cost = self.state.recorder.price(&e.model, usage);
-        e.cost_nusd = cost.nusd;
-        e.priced = cost.priced;
+        if iterations.is_empty() {
+            e.usage = *usage;
+            let cost = self.state.recorder.price(&e.model, usage);
+            e.cost_nusd = cost.nusd;
+            e.priced = cost.priced;
+            return;
+        }
+        let mut total = Usage {
+            fast: usage.fast,
+            us_only: usage.us_only,
+            ..Usage::default()
+        };
+        let (mut nusd, mut priced) = (0u64, true);
+        for it in iterations {
+            let m = it.model.as_deref().unwrap_or(&e.model);
+            // The turn's premiums (fast, US-only) apply to every step.
+            let u = Usage {
+                fast: usage.fast,
+                us_only: usage.us_only,
+                ..it.usage
+            };
+            let cost = self.state.recorder.price(m, &u);
+            nusd = nusd.saturating_add(cost.nusd);
+            priced &= cost.priced;
+            total.input_tokens += u.input_tokens;
+            total.output_tokens += u.output_tokens;
+            total.cache_creation_input_tokens += u.cache_creation_input_tokens;
+            total.cache_creation_1h_input_tokens += u.cache_creation_1h_input_tokens;
+            total.cache_read_input_tokens += u.cache_read_input_tokens;
+        }
+        if let Some(answered) = iterations
+            .iter()
+            .rev()
+            .find(|it| it.kind == "fallback_message")
+            .and_then(|it| it.model.as_deref())
+        {
+            answered.clone_into(&mut e.model);
+        }
+        e.usage = total;
+        e.cost_nusd = nusd;
+        e.priced = priced;
     }
 
     /// A billed answer whose usage could not be read (or only in part) is
@@ -465,7 +510,11 @@ impl Relay<'_> {
                         _ => usage_from_json(route.dialect(), &body),
                     };
                     match summary {
-                        Some(summary) => self.apply_usage(&summary.usage, summary.model.as_deref()),
+                        Some(summary) => self.apply_billed(
+                            &summary.usage,
+                            summary.model.as_deref(),
+                            &summary.iterations,
+                        ),
                         None => self.draft.event.usage_incomplete = true,
                     }
                 }
@@ -881,7 +930,7 @@ impl Relay<'_> {
     fn finish_stream(&mut self, tap: &StreamTap) {
         let usage = tap.usage();
         let model = tap.model().map(str::to_string);
-        self.apply_usage(&usage, model.as_deref());
+        self.apply_billed(&usage, model.as_deref(), tap.iterations());
         if let Some(err) = tap.error() {
             self.draft.event.status = Status::ProviderError;
             self.draft.event.error = Some(err.to_string());

@@ -33,6 +33,7 @@
 //! | `x-fake-big-bytes` | approximate body size of the `big` stream (default 100 000 000) |
 //! | `x-fake-retry-after` | `retry-after` value on 429/529 errors (default `1`) |
 //! | `x-fake-no-retry: 1` | adds `x-should-retry: false` to error responses |
+//! | `x-fake-fallback` | Anthropic server-side fallback to this model: `usage.iterations[]` gets a `message` entry (the requested model, the input, no output) and a `fallback_message` entry (this model, the input and the output); a JSON answer names this model, a stream's `message_start` the requested one |
 //!
 //! Every request (except the `/_fake/…` control endpoints) is recorded as a
 //! [`Recorded`], including the exact response bytes and the usage that was
@@ -1130,6 +1131,25 @@ fn anthropic_start_usage(call: &Call, u: &FakeUsage) -> Value {
     usage
 }
 
+/// `x-fake-fallback`: the turn's two iterations.
+fn add_iterations(call: &Call, u: &FakeUsage, usage: &mut Value) {
+    let Some(fallback) = header_str(&call.headers, "x-fake-fallback") else {
+        return;
+    };
+    let step = |kind: &str, model: &str, output: u64| {
+        json!({
+            "type": kind, "model": model,
+            "input_tokens": u.input_tokens,
+            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0,
+            "output_tokens": output,
+        })
+    };
+    usage["iterations"] = json!([
+        step("message", &call.model, 0),
+        step("fallback_message", fallback, u.output_tokens),
+    ]);
+}
+
 /// `usage.speed` and `usage.inference_geo` as the request asked.
 fn add_speed_and_geo(call: &Call, usage: &mut Value) {
     if let Some(speed) = &call.speed {
@@ -1154,6 +1174,7 @@ fn anthropic_full_usage(call: &Call, u: &FakeUsage, thinking_tokens: u64) -> Val
         "inference_geo": "global",
     });
     add_speed_and_geo(call, &mut usage);
+    add_iterations(call, u, &mut usage);
     add_openrouter_cost(call, u, &mut usage);
     usage
 }
@@ -1169,6 +1190,7 @@ fn anthropic_delta_usage(call: &Call, u: &FakeUsage, thinking_tokens: u64) -> Va
     if thinking_tokens > 0 {
         usage["output_tokens_details"] = json!({"thinking_tokens": thinking_tokens});
     }
+    add_iterations(call, u, &mut usage);
     add_openrouter_cost(call, u, &mut usage);
     usage
 }
@@ -1387,7 +1409,8 @@ fn anthropic_message_reply(call: &Call) -> Reply {
         "id": call.message_id,
         "type": "message",
         "role": "assistant",
-        "model": call.model,
+        // A fallback's JSON answer is relabelled with the model that served it.
+        "model": header_str(&call.headers, "x-fake-fallback").unwrap_or(&call.model),
         "content": content,
         "stop_reason": if script.tool_use { "tool_use" } else { "end_turn" },
         "stop_sequence": null,

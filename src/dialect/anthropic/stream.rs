@@ -38,6 +38,10 @@ impl Meter {
             "message_delta" => {
                 if let Ok(MessageDelta { usage: Some(usage) }) = from_str(data) {
                     self.usage.apply(&usage);
+                    let iterations = usage.iterations();
+                    if !iterations.is_empty() {
+                        facts.iterations = iterations;
+                    }
                     facts.saw_usage = true;
                 }
             }

@@ -7,18 +7,20 @@ use std::borrow::Cow;
 use serde::Deserialize;
 
 use crate::dialect::json::{lenient_cost, lenient_u64, JsonBody};
-use crate::dialect::usage::{JsonSummary, Usage};
+use crate::dialect::usage::{Iteration, JsonSummary, Usage};
 
 /// Usage, model and id of a non-streamed `Message`. `None` when the body is
 /// not a JSON object with a `usage` object (an error body, for instance).
 pub fn from_json(body: &[u8]) -> Option<JsonSummary> {
     let body: JsonBody<'_, WireUsage> = serde_json::from_slice(body).ok()?;
     let mut acc = UsageAcc::default();
-    acc.apply(&body.usage?);
+    let usage = body.usage?;
+    acc.apply(&usage);
     Some(JsonSummary {
         usage: acc.usage(),
         model: body.model.map(Cow::into_owned),
         id: body.id.map(Cow::into_owned),
+        iterations: usage.iterations(),
     })
 }
 
@@ -122,6 +124,39 @@ pub(crate) struct WireUsage {
     /// `global` / `us`: where inference ran (US-only bills ×1.1).
     #[serde(default)]
     inference_geo: Option<String>,
+    /// Beta: each billed step, with its own model and tokens.
+    #[serde(default)]
+    iterations: Option<Vec<WireIteration>>,
+}
+
+/// One `usage.iterations[]` entry.
+#[derive(Deserialize)]
+pub(crate) struct WireIteration {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(flatten)]
+    usage: Box<WireUsage>,
+}
+
+impl WireUsage {
+    /// Its iterations, each folded like a top-level usage.
+    pub(crate) fn iterations(&self) -> Vec<Iteration> {
+        self.iterations
+            .iter()
+            .flatten()
+            .map(|it| {
+                let mut acc = UsageAcc::default();
+                acc.apply(&it.usage);
+                Iteration {
+                    kind: it.kind.clone().unwrap_or_default(),
+                    model: it.model.clone(),
+                    usage: acc.usage(),
+                }
+            })
+            .collect()
+    }
 }
 
 #[derive(Deserialize)]

@@ -64,6 +64,7 @@ pub fn from_json(body: &[u8]) -> Option<JsonSummary> {
         usage: r.usage?.usage(),
         model: r.model.map(Cow::into_owned),
         id: r.id.map(Cow::into_owned),
+        iterations: Vec::new(),
     })
 }
 

@@ -16,6 +16,7 @@ pub fn from_json(body: &[u8]) -> Option<JsonSummary> {
         usage: body.usage?.usage(),
         model: body.model.map(Cow::into_owned),
         id: body.id.map(Cow::into_owned),
+        iterations: Vec::new(),
     })
 }
 

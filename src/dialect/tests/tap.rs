@@ -503,6 +503,7 @@ fn json_anthropic_message() {
             usage: usage(28, 106, 0, 0, 0),
             model: Some("claude-sonnet-4-5-20250929".into()),
             id: Some("msg_019Q1hrJbZG26Fb9BQhrkHEr".into()),
+            iterations: Vec::new(),
         }
     );
     let cached = r#"{"id":"m","model":"x","usage":{"input_tokens":3,"output_tokens":4,"cache_creation_input_tokens":500,"cache_read_input_tokens":60,"cache_creation":{"ephemeral_5m_input_tokens":200,"ephemeral_1h_input_tokens":300}}}"#;
@@ -528,6 +529,7 @@ fn json_openai_and_openrouter() {
             usage: usage(14, 30, 0, 0, 0),
             model: Some("gpt-4o-2024-08-06".into()),
             id: Some("chatcmpl-ABfw031mOJeYCSHe4yI2ZjOA6kMJL".into()),
+            iterations: Vec::new(),
         }
     );
     let cached = r#"{"usage":{"prompt_tokens":100,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":64}}}"#;
