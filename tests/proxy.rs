@@ -1463,3 +1463,62 @@ async fn fallback_iterations_are_priced_per_model() {
         assert_eq!(e["output_tokens"], 100, "{e}");
     }
 }
+
+/// A Responses stream that ends `response.failed` is metered with the usage
+/// it carries and recorded as the provider's error; one cut before its
+/// terminal event is charged its bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_streams_that_fail_or_are_cut_are_still_metered() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
+    let send = |header: (&'static str, &'static str)| {
+        let url = format!("{}/v1/responses", t.url());
+        async move {
+            let r = client()
+                .post(url)
+                .header("x-fake-usage", "input=100,output=20")
+                .header(header.0, header.1)
+                .json(&json!({"model": "gpt-5", "input": "Hi", "stream": true,
+                              "max_output_tokens": 50}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let id = header_of(&r, "x-tollgate-request-id");
+            let body = String::from_utf8_lossy(&r.bytes().await.unwrap_or_default()).to_string();
+            (id, body)
+        }
+    };
+    let (failed, body) = send(("x-fake-response-failed", "1")).await;
+    assert!(body.contains("event: response.failed"), "{body}");
+    let (cut, _) = send(("x-fake-scenario", "cut")).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = t.events().await;
+        if events.len() >= 2 {
+            break events;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let e = events
+        .iter()
+        .find(|e| e["event_id"] == failed.as_str())
+        .unwrap();
+    assert_eq!(e["status"], "provider_error", "{e}");
+    assert_eq!(e["error"], "server_error", "{e}");
+    assert_eq!(e["cost_nusd"], 100 * 1250 + 20 * 10_000, "{e}");
+    assert_eq!(e["usage_incomplete"], false, "{e}");
+    let e = events
+        .iter()
+        .find(|e| e["event_id"] == cut.as_str())
+        .unwrap();
+    assert_eq!(e["usage_incomplete"], true, "{e}");
+    // Charged its bound: the output cap at least.
+    assert!(e["output_tokens"].as_u64().unwrap() >= 2, "{e}");
+    assert!(e["cost_nusd"].as_u64().unwrap() > 0, "{e}");
+}
+
+fn header_of(r: &reqwest::Response, name: &str) -> String {
+    header(r, name).to_string()
+}

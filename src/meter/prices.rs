@@ -464,7 +464,6 @@ impl PriceTable {
     }
 }
 
-/// `v × ppm / 1_000_000`, rounding half up, saturating.
 /// `rate` with the fast-mode and US-only premiums a call asks for.
 pub fn premium_rate(rate: u64, fast: bool, us_only: bool) -> u64 {
     let mut r = rate;
@@ -477,6 +476,7 @@ pub fn premium_rate(rate: u64, fast: bool, us_only: bool) -> u64 {
     r
 }
 
+/// `v × ppm / 1_000_000`, rounding half up, saturating.
 fn mul_ppm(v: u64, ppm: u64) -> u64 {
     let scaled = u128::from(v) * u128::from(ppm) + u128::from(PPM / 2);
     u64::try_from(scaled / u128::from(PPM)).unwrap_or(u64::MAX)

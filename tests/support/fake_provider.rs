@@ -15,7 +15,9 @@
 //!   SSE events (`response.created` … `response.completed`, each with
 //!   `type` and `sequence_number`, no `[DONE]`); `max_output_tokens` below
 //!   the output makes it end `incomplete`; `cut` aborts before the
-//!   terminal event. `x-fake-usage` `cache_read` is `cached_tokens`.
+//!   terminal event; `x-fake-response-failed: 1` ends a stream with
+//!   `response.failed` (an error, and the usage so far). `x-fake-usage`
+//!   `cache_read` is `cached_tokens`.
 //!
 //! Routing looks at the end of the path only, so any prefix works
 //! (`/api/v1/chat/completions` is served like `/v1/chat/completions`).
@@ -1792,12 +1794,19 @@ fn responses_reply(call: &Call, request: &Value) -> Reply {
         "response.output_item.done",
         json!({"output_index": 0, "item": message("completed", &text)}),
     );
-    let terminal = if incomplete {
-        "response.incomplete"
+    if header_str(&call.headers, "x-fake-response-failed").is_some() {
+        let mut failed = final_response;
+        failed["status"] = json!("failed");
+        failed["error"] = json!({"code": "server_error", "message": "The model failed to finish."});
+        event("response.failed", json!({"response": failed}));
     } else {
-        "response.completed"
-    };
-    event(terminal, json!({"response": final_response}));
+        let terminal = if incomplete {
+            "response.incomplete"
+        } else {
+            "response.completed"
+        };
+        event(terminal, json!({"response": final_response}));
+    }
     openai_headers(call, Reply::event_stream(paced(frames, None, pacing(call))))
         .with_usage(Some(usage), None)
 }
