@@ -84,6 +84,28 @@ enum Command {
     /// Budgets: what each has spent, reserved and left this period.
     #[command(subcommand)]
     Budget(BudgetCommand),
+    /// Print the price table in force (built-in rows, `prices_file`, config
+    /// overrides), USD per million tokens.
+    ///
+    /// Examples:
+    ///   tollgate prices
+    ///   tollgate prices --model claude-sonnet-5-5 --at 2026-10-01
+    ///   tollgate prices --config tollgate.toml --json
+    #[command(verbatim_doc_comment)]
+    Prices {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Only the row that prices this model id (aliases, dated ids and
+        /// provider slugs resolve as when metering).
+        #[arg(long)]
+        model: Option<String>,
+        /// The table in force on this day (YYYY-MM-DD; default: now).
+        #[arg(long)]
+        at: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// The exact cache: its size, and purging it.
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -306,6 +328,12 @@ fn main() -> ExitCode {
             name,
             test,
         }) => keys_new(&account, name.as_deref(), test),
+        Command::Prices {
+            config,
+            model,
+            at,
+            json,
+        } => prices(&config, model.as_deref(), at.as_deref(), json),
         Command::Budget(BudgetCommand::Status {
             config,
             json,
@@ -779,6 +807,108 @@ fn keys_new(account: &str, name: Option<&str>, test: bool) -> anyhow::Result<Exi
     println!("# Give the key above to the app (e.g. ANTHROPIC_API_KEY); it is shown only once.");
     println!("# Add this to the sidecar's config:");
     print!("{}", gateway_keys::config_entry(&key, account, &name));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prices(
+    args: &ConfigArgs,
+    model: Option<&str>,
+    at: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = match config_for(args) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let at = match at {
+        Some(day) => time::Date::parse(
+            day,
+            time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .map(|d| d.midnight().assume_utc().unix_timestamp())
+        .with_context(|| format!("--at: not a YYYY-MM-DD day: {day:?}"))?,
+        None => time::OffsetDateTime::now_utc().unix_timestamp(),
+    };
+    let table = &config.prices;
+    let rows: Vec<(String, Option<i64>, tollgate::meter::prices::ModelPrice)> = match model {
+        Some(m) => match table.lookup_at(m, at) {
+            Some(p) => {
+                let from = table
+                    .in_force(at)
+                    .into_iter()
+                    .find(|(_, _, q)| *q == p)
+                    .and_then(|(_, from, _)| from);
+                vec![(m.to_string(), from, *p)]
+            }
+            None => {
+                let f = table.fallback();
+                eprintln!("{m} is not in the table: it is priced by price_fallback");
+                vec![(format!("{m} (fallback)"), None, *f)]
+            }
+        },
+        None => table
+            .in_force(at)
+            .into_iter()
+            .map(|(id, from, p)| (id.to_string(), from, *p))
+            .collect(),
+    };
+    let usd = |n: u64| tollgate::meter::money::format_usd(n);
+    let day = |from: Option<i64>| match from {
+        Some(t) => time::OffsetDateTime::from_unix_timestamp(t)
+            .map(|d| d.date().to_string())
+            .unwrap_or_default(),
+        None => "override".to_string(),
+    };
+    let tier = |p: &tollgate::meter::prices::ModelPrice| match &p.long_context {
+        None => "-".to_string(),
+        Some(t) => format!(
+            "{}>{}:whole:{}/{}/{}/{}/{}",
+            t.counts.as_str(),
+            t.threshold_input_tokens,
+            usd(t.rates.input),
+            usd(t.rates.output),
+            usd(t.rates.cache_write_5m),
+            usd(t.rates.cache_write_1h),
+            usd(t.rates.cache_read)
+        ),
+    };
+    if json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(id, from, p)| {
+                serde_json::json!({
+                    "model": id, "effective_from": day(*from),
+                    "input": usd(p.rates.input), "output": usd(p.rates.output),
+                    "write_5m": usd(p.rates.cache_write_5m), "write_1h": usd(p.rates.cache_write_1h),
+                    "read": usd(p.rates.cache_read),
+                    "batch": format!("{}", f64::from(p.batch_multiplier_ppm) / 1e6),
+                    "tier": tier(p),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut lines = vec![[
+        "model", "from", "input", "output", "write_5m", "write_1h", "read", "batch", "tier",
+    ]
+    .map(str::to_string)
+    .to_vec()];
+    for (id, from, p) in &rows {
+        lines.push(vec![
+            id.clone(),
+            day(*from),
+            usd(p.rates.input),
+            usd(p.rates.output),
+            usd(p.rates.cache_write_5m),
+            usd(p.rates.cache_write_1h),
+            usd(p.rates.cache_read),
+            format!("{}", f64::from(p.batch_multiplier_ppm) / 1e6),
+            tier(p),
+        ]);
+    }
+    print!("{}", tollgate::table::render(&lines, 2));
+    println!("(USD per million tokens)");
     Ok(ExitCode::SUCCESS)
 }
 

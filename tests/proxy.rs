@@ -1504,3 +1504,99 @@ async fn events_at_least(t: &Tollgate, n: usize) -> Vec<Value> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Prices as data: a `prices_file` row is in force from its
+/// `effective_from` on (a future row changes nothing today), `tollgate
+/// prices` shows the table in force, and a malformed row stops the start
+/// with its line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prices_file_is_in_force_from_its_dates() {
+    let fake = FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("prices.txt");
+    std::fs::write(
+        &file,
+        "# gpt-4o repriced today, and again in 2099\n\
+         gpt-4o  2020-01-01  1  2  1  1  0.5  0.5  -\n\
+         gpt-4o  2099-01-01  100  200  100  100  50  0.5  -\n",
+    )
+    .unwrap();
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache())
+        .top(&format!("prices_file = \"{}\"", file.display()))
+        .start();
+    let r = client()
+        .post(format!("{}/v1/chat/completions", t.url()))
+        .header("x-fake-usage", "input=1000,output=100")
+        .json(&chat_body(false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // $1 / $2 per MTok: 1000·1000 + 100·2000 nano-USD.
+    assert_eq!(header(&r, "x-tollgate-cost-usd"), "0.0012");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let prices_file = format!("prices_file = \"{}\"\n", file.display());
+    let cfg = dir.path().join("t.toml");
+    std::fs::write(&cfg, &prices_file).unwrap();
+    let cfg = cfg.display().to_string();
+    let (ok, out, err) = run(&["prices", "--config", &cfg, "--model", "gpt-4o"]);
+    assert!(ok.success(), "{err}");
+    assert!(
+        out.contains("gpt-4o") && out.contains("2020-01-01"),
+        "{out}"
+    );
+    let (_, out, _) = run(&[
+        "prices",
+        "--config",
+        &cfg,
+        "--model",
+        "gpt-4o",
+        "--at",
+        "2099-06-01",
+    ]);
+    assert!(out.contains("2099-01-01") && out.contains(" 100"), "{out}");
+    // The built-in rows, with their dates.
+    let (_, out, _) = run(&[
+        "prices",
+        "--model",
+        "claude-sonnet-5-5",
+        "--at",
+        "2026-10-01",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["read"], "0.20", "{v}");
+    let (_, out, _) = run(&[
+        "prices",
+        "--model",
+        "claude-sonnet-5-5",
+        "--at",
+        "2026-10-07",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["read"], "0.10", "{v}");
+    // A malformed row: the start is refused, naming the file and the line.
+    std::fs::write(
+        &file,
+        "gpt-4o 2020-01-01 1 2 1 1 0.5 0.5 -\ngpt-4o 2020-02-30 1 2 1 1 0.5 0.5 -\n",
+    )
+    .unwrap();
+    let (ok, out, err) = run(&["proxy", "--check-config", "--config", &cfg]);
+    assert!(!ok.success());
+    let all = format!("{out}{err}");
+    assert!(
+        all.contains("prices_file") && all.contains("line 2: effective_from"),
+        "{all}"
+    );
+}

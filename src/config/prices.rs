@@ -12,6 +12,8 @@ use crate::meter::prices::{self, ModelPrice, PriceError, PriceTable, RawPrice};
 
 #[rustfmt::skip]
 pub(super) static KEYS: &[Key] = &[
+    Key::new("prices_file", Type::Path, "\"\"",
+     "A price file in the built-in table's format (dated rows: see `tollgate prices`); each model it names gets exactly its rows, in force from their effective_from. Checked at start, a bad row named by its line."),
     Key::new("prices.<model>.input", Type::Usd, "built-in table",
      "USD per million uncached input tokens. <model> is the exact model id; overriding an alias also reprices its dated ids. Required for a model without a built-in price."),
     Key::new("prices.<model>.output", Type::Usd, "built-in table",
@@ -42,13 +44,26 @@ pub(super) static KEYS: &[Key] = &[
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSection {
+    pub prices_file: Option<String>,
     pub prices: Option<BTreeMap<String, RawPrice>>,
     pub price_fallback: Option<RawPrice>,
 }
 
 /// The built-in table with the overrides and fallback applied.
 pub(super) fn validate(raw: RawSection, problems: &mut Vec<Problem>) -> PriceTable {
-    let builtin = PriceTable::builtin();
+    let mut builtin = PriceTable::builtin();
+    if let Some(path) = raw.prices_file.as_deref().filter(|p| !p.is_empty()) {
+        match std::fs::read_to_string(path) {
+            Err(e) => problems.push(Problem::new(
+                "prices_file",
+                format!("cannot read {path}: {e}"),
+            )),
+            Ok(text) => match prices::parse_price_file(&text) {
+                Ok(rows) => builtin.add_rows(rows),
+                Err(e) => problems.push(Problem::new("prices_file", format!("{path}: {e}"))),
+            },
+        }
+    }
     let mut overrides = BTreeMap::new();
     for (model, rp) in raw.prices.unwrap_or_default() {
         let key = render_key(&["prices", model.as_str()]);

@@ -404,6 +404,7 @@ control_url = "https://control.example.com:8790/"
 control_credential_env = "C"
 control_credential_file = ""
 lease_wait = "50ms"
+prices_file = ""
 [ship]
 batch = 10
 interval = "2s"

@@ -54,13 +54,42 @@ impl Rates {
     }
 }
 
-/// The premium band of a model with a long-context beta.
+/// Which tokens a price tier counts against its threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TierCounts {
+    /// Uncached input + cache writes + cache reads.
+    Prompt,
+    /// Uncached input only.
+    Input,
+}
+
+impl TierCounts {
+    fn of(self, usage: &Usage) -> u64 {
+        match self {
+            TierCounts::Prompt => usage.total_input(),
+            TierCounts::Input => usage.input_tokens,
+        }
+    }
+
+    /// `prompt` / `input`, as in a price file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierCounts::Prompt => "prompt",
+            TierCounts::Input => "input",
+        }
+    }
+}
+
+/// A price tier: past a prompt-size threshold, the whole request bills at
+/// other rates (Sonnet 4 / 4.5's long context, Haiku 5.5 above 100K).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LongContext {
-    /// When the total input (uncached + cache writes + cache reads) exceeds
-    /// this, the whole request bills at [`LongContext::rates`].
+    /// When the tokens counted exceed this, the whole request bills at
+    /// [`LongContext::rates`].
     pub threshold_input_tokens: u64,
-    /// The premium rates.
+    /// Which tokens are counted.
+    pub counts: TierCounts,
+    /// The tier's rates.
     pub rates: Rates,
 }
 
@@ -93,11 +122,10 @@ impl ModelPrice {
     /// divided by one million once with rounding half up; then, for a batch
     /// call, the batch multiplier (rounding half up). Saturates at `u64::MAX`.
     pub fn cost(&self, usage: &Usage, batch: bool) -> u64 {
-        let total_input = usage
-            .input_tokens
-            .saturating_add(usage.cache_creation_input_tokens)
-            .saturating_add(usage.cache_read_input_tokens);
-        let r = self.rates_for(total_input);
+        let r = match &self.long_context {
+            Some(t) if t.counts.of(usage) > t.threshold_input_tokens => &t.rates,
+            _ => &self.rates,
+        };
         let writes_1h = usage
             .cache_creation_1h_input_tokens
             .min(usage.cache_creation_input_tokens);
@@ -146,7 +174,8 @@ pub struct Cost {
 /// (`[price_fallback]`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PriceTable {
-    rows: HashMap<Box<str>, ModelPrice>,
+    /// Each id's prices, by the Unix second they take effect, ascending.
+    rows: HashMap<Box<str>, Vec<(i64, ModelPrice)>>,
     fallback: ModelPrice,
 }
 
@@ -156,154 +185,140 @@ const fn m(milli_usd: u64) -> u64 {
     milli_usd * (NANOS_PER_USD / 1_000)
 }
 
-/// One built-in row: ids, then input, 5 m write, 1 h write, cache read,
-/// output in milli-USD per MTok, then whether the Sonnet 4 / 4.5 long-context
-/// premium applies.
-type BuiltinRow = (&'static [&'static str], [u64; 5], bool);
-
-/// The Anthropic rows of providers.md §7. Besides the API ids (aliases and
-/// dated ids) they list the undated forms that OpenRouter slugs normalise to
-/// (`anthropic/claude-opus-4.1` → `claude-opus-4-1`).
-const ANTHROPIC_ROWS: &[BuiltinRow] = &[
-    (
-        &["claude-opus-4-8"],
-        [5_000, 6_250, 10_000, 500, 25_000],
-        false,
-    ),
-    (
-        &["claude-opus-4-7"],
-        [5_000, 6_250, 10_000, 500, 25_000],
-        false,
-    ),
-    (
-        &["claude-opus-4-6"],
-        [5_000, 6_250, 10_000, 500, 25_000],
-        false,
-    ),
-    (
-        &["claude-opus-4-5", "claude-opus-4-5-20251101"],
-        [5_000, 6_250, 10_000, 500, 25_000],
-        false,
-    ),
-    (
-        &["claude-opus-4-1", "claude-opus-4-1-20250805"],
-        [15_000, 18_750, 30_000, 1_500, 75_000],
-        false,
-    ),
-    (
-        &["claude-opus-4-0", "claude-opus-4-20250514", "claude-opus-4"],
-        [15_000, 18_750, 30_000, 1_500, 75_000],
-        false,
-    ),
-    (
-        &["claude-sonnet-4-6"],
-        [3_000, 3_750, 6_000, 300, 15_000],
-        false,
-    ),
-    (
-        &["claude-sonnet-4-5", "claude-sonnet-4-5-20250929"],
-        [3_000, 3_750, 6_000, 300, 15_000],
-        true,
-    ),
-    (
-        &[
-            "claude-sonnet-4-0",
-            "claude-sonnet-4-20250514",
-            "claude-sonnet-4",
-        ],
-        [3_000, 3_750, 6_000, 300, 15_000],
-        true,
-    ),
-    (
-        &["claude-haiku-4-5", "claude-haiku-4-5-20251001"],
-        [1_000, 1_250, 2_000, 100, 5_000],
-        false,
-    ),
-    (
-        &[
-            "claude-3-5-haiku-20241022",
-            "claude-3-5-haiku-latest",
-            "claude-3-5-haiku",
-        ],
-        [800, 1_000, 1_600, 80, 4_000],
-        false,
-    ),
-    (
-        &["claude-3-haiku-20240307", "claude-3-haiku"],
-        [250, 300, 500, 30, 1_250],
-        false,
-    ),
-    (
-        &["claude-sonnet-5"],
-        [2_000, 2_500, 4_000, 200, 10_000],
-        false,
-    ),
-    // Cache read cut to $0.10 on 2026-10-07.
-    (
-        &["claude-sonnet-5-5"],
-        [2_000, 2_500, 4_000, 100, 10_000],
-        false,
-    ),
-    (
-        &["claude-opus-5"],
-        [5_000, 6_250, 10_000, 500, 25_000],
-        false,
-    ),
-    // Docs comparison table only ($4/$20); standard multipliers.
-    (
-        &["claude-opus-5-5"],
-        [4_000, 5_000, 8_000, 400, 20_000],
-        false,
-    ),
-    // "From $0.10/$0.50"; the higher rates above a 100k prompt are not published.
-    (&["claude-haiku-5-5"], [100, 125, 200, 10, 500], false),
-    (
-        &["claude-fable-5", "claude-mythos-5"],
-        [10_000, 12_500, 20_000, 1_000, 50_000],
-        false,
-    ),
-    // providers.md names these models without ids; ids follow the usual pattern.
-    (
-        &["claude-fable-5-1", "claude-mythos-5-1"],
-        [10_000, 12_500, 20_000, 250, 50_000],
-        false,
-    ),
-];
-
-/// Common OpenAI models: input, cached input, output in milli-USD per MTok.
-/// OpenAI has no separate cache-write price: writes bill as input.
-const OPENAI_ROWS: &[(&str, [u64; 3])] = &[
-    ("gpt-4o", [2_500, 1_250, 10_000]),
-    ("gpt-4o-mini", [150, 75, 600]),
-    ("gpt-4.1", [2_000, 500, 8_000]),
-    ("gpt-4.1-mini", [400, 100, 1_600]),
-    ("gpt-4.1-nano", [100, 25, 400]),
-    ("o3", [2_000, 500, 8_000]),
-    ("o4-mini", [1_100, 275, 4_400]),
-    ("gpt-5", [1_250, 125, 10_000]),
-    ("gpt-5-mini", [250, 25, 2_000]),
-    ("gpt-5-nano", [50, 5, 400]),
-    // Embeddings bill input only (providers.md 8.4).
-    ("text-embedding-3-small", [20, 20, 0]),
-    ("text-embedding-3-large", [130, 130, 0]),
-    ("text-embedding-ada-002", [100, 100, 0]),
-];
-
 /// Batch APIs bill every token kind at half price.
 const BATCH_HALF_PPM: u32 = 500_000;
 
-/// The threshold of the Sonnet 4 / 4.5 1M-context beta premium.
-const LONG_CONTEXT_THRESHOLD: u64 = 200_000;
+/// The built-in table: `prices.txt` next to this file (its format is
+/// described at its top), compiled in and checked by the tests.
+pub const BUILTIN_PRICES: &str = include_str!("prices.txt");
 
-/// Sonnet 4 / 4.5 long-context rates: input 6, output 22.50, cache read
-/// 0.60, 5 m write 7.50, 1 h write 12 (USD per MTok).
-const SONNET_LONG_CONTEXT: Rates = Rates {
-    input: m(6_000),
-    output: m(22_500),
-    cache_write_5m: m(7_500),
-    cache_write_1h: m(12_000),
-    cache_read: m(600),
-};
+/// One row of a price file: the ids it prices from a date on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PriceRow {
+    pub ids: Vec<String>,
+    /// `YYYY-MM-DD`.
+    pub effective_from: String,
+    /// The start of that day, Unix seconds (UTC).
+    pub from_unix: i64,
+    pub price: ModelPrice,
+}
+
+/// A malformed row of a price file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {message}")]
+pub struct PriceFileError {
+    pub line: usize,
+    pub message: String,
+}
+
+/// Reads a price file (see `prices.txt` for the format): every row, or
+/// the first malformed one with its line number.
+pub fn parse_price_file(text: &str) -> Result<Vec<PriceRow>, PriceFileError> {
+    let mut rows = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = i + 1;
+        let content = raw.split('#').next().unwrap_or("").trim();
+        if content.is_empty() {
+            continue;
+        }
+        let err = |message: String| PriceFileError { line, message };
+        let fields: Vec<&str> = content.split_whitespace().collect();
+        let [ids, date, input, output, w5, w1h, read, batch, tier] = fields[..] else {
+            return Err(err(format!(
+                "expected 9 fields (ids effective_from input output write_5m write_1h read batch tier), found {}",
+                fields.len()
+            )));
+        };
+        let ids: Vec<String> = ids.split(',').map(str::to_string).collect();
+        if ids.iter().any(|id| id.is_empty()) {
+            return Err(err("an empty model id".into()));
+        }
+        let from_unix = day_start(date)
+            .ok_or_else(|| err(format!("effective_from: not a YYYY-MM-DD date: {date:?}")))?;
+        let usd =
+            |field: &str, v: &str| money::parse_usd(v).map_err(|e| err(format!("{field}: {e}")));
+        let rates = Rates {
+            input: usd("input", input)?,
+            output: usd("output", output)?,
+            cache_write_5m: usd("write_5m", w5)?,
+            cache_write_1h: usd("write_1h", w1h)?,
+            cache_read: usd("read", read)?,
+        };
+        let batch_multiplier_ppm =
+            parse_multiplier(batch).map_err(|e| err(format!("batch: {e}")))?;
+        let long_context = match tier {
+            "-" => None,
+            t => Some(parse_tier(t).map_err(|m| err(format!("tier: {m}")))?),
+        };
+        rows.push(PriceRow {
+            ids,
+            effective_from: date.to_string(),
+            from_unix,
+            price: ModelPrice {
+                rates,
+                batch_multiplier_ppm,
+                long_context,
+            },
+        });
+    }
+    Ok(rows)
+}
+
+/// `COUNTS>THRESHOLD:whole:IN/OUT/W5M/W1H/READ`.
+fn parse_tier(t: &str) -> Result<LongContext, String> {
+    let mut parts = t.splitn(3, ':');
+    let (Some(cond), Some(mode), Some(rates)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(format!(
+            "expected COUNTS>THRESHOLD:whole:IN/OUT/W5M/W1H/READ, not {t:?}"
+        ));
+    };
+    let (counts, threshold) = cond
+        .split_once('>')
+        .ok_or_else(|| format!("expected COUNTS>THRESHOLD, not {cond:?}"))?;
+    let counts = match counts {
+        "prompt" => TierCounts::Prompt,
+        "input" => TierCounts::Input,
+        other => return Err(format!("counts: prompt or input, not {other:?}")),
+    };
+    let threshold: u64 = threshold
+        .parse()
+        .map_err(|_| format!("threshold: not a token count: {threshold:?}"))?;
+    if mode != "whole" {
+        return Err(format!(
+            "only tiers that reprice the whole request (`whole`) are supported, not {mode:?}"
+        ));
+    }
+    let r: Vec<&str> = rates.split('/').collect();
+    let [i, o, w5, w1h, rd] = r[..] else {
+        return Err(format!("expected IN/OUT/W5M/W1H/READ, not {rates:?}"));
+    };
+    let usd = |v: &str| money::parse_usd(v).map_err(|e| e.to_string());
+    Ok(LongContext {
+        threshold_input_tokens: threshold,
+        counts,
+        rates: Rates {
+            input: usd(i)?,
+            output: usd(o)?,
+            cache_write_5m: usd(w5)?,
+            cache_write_1h: usd(w1h)?,
+            cache_read: usd(rd)?,
+        },
+    })
+}
+
+/// The start of UTC day `YYYY-MM-DD`, Unix seconds.
+fn day_start(date: &str) -> Option<i64> {
+    let d = time::Date::parse(
+        date,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .ok()?;
+    Some(d.midnight().assume_utc().unix_timestamp())
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
 
 /// The conservative price of a model the table does not know: Opus 4.1
 /// rates (input $15, output $75 per MTok, standard cache multipliers), so an
@@ -319,54 +334,50 @@ pub fn fallback_default() -> ModelPrice {
 // === impl PriceTable ===
 
 impl PriceTable {
-    /// The built-in table (see the type's docs for the source) with
-    /// [`fallback_default`] for unknown models.
+    /// The built-in table (`prices.txt`) with [`fallback_default`] for
+    /// unknown models. (The file is checked by the tests; were it ever
+    /// unreadable, every model would bill at the fallback's high rates.)
     pub fn builtin() -> PriceTable {
-        let mut rows = HashMap::new();
-        for (ids, [input, w5, w1h, read, output], long) in ANTHROPIC_ROWS {
-            let price = ModelPrice {
-                rates: Rates {
-                    input: m(*input),
-                    output: m(*output),
-                    cache_write_5m: m(*w5),
-                    cache_write_1h: m(*w1h),
-                    cache_read: m(*read),
-                },
-                batch_multiplier_ppm: BATCH_HALF_PPM,
-                long_context: long.then_some(LongContext {
-                    threshold_input_tokens: LONG_CONTEXT_THRESHOLD,
-                    rates: SONNET_LONG_CONTEXT,
-                }),
-            };
-            for id in *ids {
-                rows.insert(Box::from(*id), price);
+        let rows = parse_price_file(BUILTIN_PRICES).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "the built-in price table is unreadable");
+            Vec::new()
+        });
+        PriceTable::from_rows(rows)
+    }
+
+    /// A table of `rows` (any order) and the default fallback.
+    pub fn from_rows(rows: Vec<PriceRow>) -> PriceTable {
+        let mut table = PriceTable {
+            rows: HashMap::new(),
+            fallback: fallback_default(),
+        };
+        table.add_rows(rows);
+        table
+    }
+
+    /// Puts `rows` in force: each id they name gets exactly their dated
+    /// prices (a price file replaces the built-in history of its ids).
+    pub fn add_rows(&mut self, rows: Vec<PriceRow>) {
+        let mut by_id: HashMap<Box<str>, Vec<(i64, ModelPrice)>> = HashMap::new();
+        for row in rows {
+            for id in &row.ids {
+                by_id
+                    .entry(Box::from(id.as_str()))
+                    .or_default()
+                    .push((row.from_unix, row.price));
             }
         }
-        for (id, [input, cached, output]) in OPENAI_ROWS {
-            let price = ModelPrice {
-                rates: Rates {
-                    input: m(*input),
-                    output: m(*output),
-                    cache_write_5m: m(*input),
-                    cache_write_1h: m(*input),
-                    cache_read: m(*cached),
-                },
-                batch_multiplier_ppm: BATCH_HALF_PPM,
-                long_context: None,
-            };
-            rows.insert(Box::from(*id), price);
-        }
-        PriceTable {
-            rows,
-            fallback: fallback_default(),
+        for (id, mut dated) in by_id {
+            dated.sort_by_key(|(from, _)| *from);
+            self.rows.insert(id, dated);
         }
     }
 
     /// Replaces rows and the fallback. An override replaces the row of its
-    /// exact id, and also the built-in dated ids of that alias that are not
-    /// overridden themselves (`claude-sonnet-4-5` also reprices
-    /// `claude-sonnet-4-5-20250929`), so a response echoing the dated id
-    /// bills at the configured price. New ids are added.
+    /// exact id at every date, and also the built-in dated ids of that
+    /// alias that are not overridden themselves (`claude-sonnet-4-5` also
+    /// reprices `claude-sonnet-4-5-20250929`), so a response echoing the
+    /// dated id bills at the configured price. New ids are added.
     pub fn with_overrides(
         mut self,
         overrides: BTreeMap<String, ModelPrice>,
@@ -379,15 +390,31 @@ impl PriceTable {
             let undated = strip_date(id);
             if undated.len() != id.len() {
                 if let Some(price) = overrides.get(undated) {
-                    *row = *price;
+                    *row = vec![(i64::MIN, *price)];
                 }
             }
         }
         for (id, price) in overrides {
-            self.rows.insert(id.into_boxed_str(), price);
+            self.rows
+                .insert(id.into_boxed_str(), vec![(i64::MIN, price)]);
         }
         self.fallback = fallback;
         self
+    }
+
+    /// Every id with the price in force at `at` (Unix seconds) and the date
+    /// it took effect (`None`: an override, in force at every date), by id.
+    pub fn in_force(&self, at: i64) -> Vec<(&str, Option<i64>, &ModelPrice)> {
+        let mut out: Vec<_> = self
+            .rows
+            .iter()
+            .filter_map(|(id, dated)| {
+                let (from, p) = dated.iter().rev().find(|(from, _)| *from <= at)?;
+                Some((&**id, (*from != i64::MIN).then_some(*from), p))
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(b.0));
+        out
     }
 
     /// The price used for models the table does not know.
@@ -411,6 +438,21 @@ impl PriceTable {
     /// and finally without a date suffix (`-20250929`, `-2024-08-06`) or
     /// `-latest`. Allocates only when a Claude id with dots misses exactly.
     pub fn lookup(&self, model: &str) -> Option<&ModelPrice> {
+        self.lookup_at(model, now_unix())
+    }
+
+    /// [`PriceTable::lookup`] at `at` (Unix seconds): the latest row of the
+    /// model in force then.
+    pub fn lookup_at(&self, model: &str, at: i64) -> Option<&ModelPrice> {
+        let dated = self.dated(model)?;
+        dated
+            .iter()
+            .rev()
+            .find(|(from, _)| *from <= at)
+            .map(|(_, p)| p)
+    }
+
+    fn dated(&self, model: &str) -> Option<&Vec<(i64, ModelPrice)>> {
         if let Some(p) = self.rows.get(model) {
             return Some(p);
         }
@@ -441,7 +483,12 @@ impl PriceTable {
     /// The price of `model`, or the fallback; the flag says whether the
     /// model was known.
     pub fn price_or_fallback(&self, model: &str) -> (&ModelPrice, bool) {
-        match self.lookup(model) {
+        self.price_or_fallback_at(model, now_unix())
+    }
+
+    /// [`PriceTable::price_or_fallback`] at `at` (Unix seconds).
+    pub fn price_or_fallback_at(&self, model: &str, at: i64) -> (&ModelPrice, bool) {
+        match self.lookup_at(model, at) {
             Some(p) => (p, true),
             None => (&self.fallback, false),
         }
@@ -453,10 +500,15 @@ impl PriceTable {
     /// price (see [`ModelPrice::cost`]); an unknown model is priced at the
     /// fallback with `priced = false`.
     pub fn cost(&self, model: &str, usage: &Usage, batch: bool) -> Cost {
+        self.cost_at(model, usage, batch, now_unix())
+    }
+
+    /// [`PriceTable::cost`] with the prices in force at `at` (Unix seconds).
+    pub fn cost_at(&self, model: &str, usage: &Usage, batch: bool, at: i64) -> Cost {
         if let Some(nusd) = usage.reported_cost_nusd {
             return Cost { nusd, priced: true };
         }
-        let (price, priced) = self.price_or_fallback(model);
+        let (price, priced) = self.price_or_fallback_at(model, at);
         Cost {
             nusd: price.cost(usage, batch),
             priced,
@@ -898,8 +950,10 @@ mod tests {
 
     #[test]
     fn every_builtin_row_is_consistent() {
+        let rows = parse_price_file(BUILTIN_PRICES).unwrap();
         let t = PriceTable::builtin();
-        for (id, p) in &t.rows {
+        for row in &rows {
+            let (id, p) = (&row.ids[0], &row.price);
             assert_eq!(p.batch_multiplier_ppm, 500_000, "{id}");
             if id.starts_with("text-embedding-") {
                 // Input only: no output, no cache discount.
@@ -908,18 +962,12 @@ mod tests {
             }
             assert!(p.rates.input > 0 && p.rates.output >= p.rates.input, "{id}");
             assert!(p.rates.cache_read < p.rates.input, "{id}");
-        }
-        // Claude rows follow the standard multipliers except Sonnet 5.5 and
-        // the 5.1 rows (cut cache reads) and Haiku 3 (older pricing).
-        for (ids, _, _) in ANTHROPIC_ROWS {
-            for id in *ids {
-                let p = t.lookup(id).unwrap();
+            // Claude writes follow the ×1.25 / ×2 rule (reads no longer
+            // follow ×0.1 everywhere: they are stored, never derived).
+            if id.starts_with("claude") && !id.starts_with("claude-3-haiku") {
                 let std = Rates::standard(p.rates.input, p.rates.output);
-                if !["claude-sonnet-5-5", "claude-fable-5-1", "claude-mythos-5-1"].contains(id)
-                    && !id.starts_with("claude-3-haiku")
-                {
-                    assert_eq!(p.rates, std, "{id}");
-                }
+                assert_eq!(p.rates.cache_write_5m, std.cache_write_5m, "{id}");
+                assert_eq!(p.rates.cache_write_1h, std.cache_write_1h, "{id}");
             }
         }
         for id in [
@@ -960,6 +1008,69 @@ mod tests {
         ] {
             assert!(t.rows.contains_key(id), "{id} missing");
         }
+    }
+
+    #[test]
+    fn rows_take_effect_on_their_date() {
+        let t = PriceTable::builtin();
+        let day = |d: &str| day_start(d).unwrap();
+        // Sonnet 5.5's cache read was cut on 2026-10-07.
+        let read = |at: i64| {
+            t.lookup_at("claude-sonnet-5-5", at)
+                .unwrap()
+                .rates
+                .cache_read
+        };
+        assert_eq!(read(day("2026-10-06") + 86_399), m(200));
+        assert_eq!(read(day("2026-10-07")), m(100));
+        // A model before its first row is not priced yet (the fallback is).
+        assert!(t.lookup_at("claude-fable-5-2", day("2026-11-08")).is_none());
+        assert!(t.lookup_at("claude-fable-5-2", day("2026-11-09")).is_some());
+        let u = Usage {
+            input_tokens: 1_000_000,
+            cache_read_input_tokens: 1_000_000,
+            ..Usage::default()
+        };
+        let before = t.cost_at("claude-sonnet-5-5", &u, false, day("2026-10-01"));
+        let after = t.cost_at("claude-sonnet-5-5", &u, false, day("2026-10-08"));
+        assert_eq!(before.nusd - after.nusd, m(100));
+    }
+
+    #[test]
+    fn a_tier_reprices_the_whole_request() {
+        let t = PriceTable::builtin();
+        // Haiku 5.5: above a 100K prompt every token bills at the higher row.
+        let at = |input: u64, read: u64| Usage {
+            input_tokens: input,
+            cache_read_input_tokens: read,
+            output_tokens: 1_000,
+            ..Usage::default()
+        };
+        let small = t.cost("claude-haiku-5-5", &at(90_000, 10_000), false);
+        assert_eq!(small.nusd, 90_000 * 100 + 10_000 * 10 + 1_000 * 500);
+        let big = t.cost("claude-haiku-5-5", &at(90_000, 10_001), false);
+        assert_eq!(big.nusd, 90_000 * 500 + 10_001 * 50 + 1_000 * 2_500);
+    }
+
+    #[test]
+    fn a_malformed_row_is_named_by_its_line() {
+        let bad = |text: &str| parse_price_file(text).unwrap_err().to_string();
+        assert_eq!(
+            bad("# c\n\nm 2026-01-01 1 2 3 4 5 0.5\n"),
+            "line 3: expected 9 fields (ids effective_from input output write_5m write_1h read batch tier), found 8"
+        );
+        assert!(bad("m 2026-13-01 1 2 3 4 5 0.5 -").starts_with("line 1: effective_from"));
+        assert!(bad("m 2026-01-01 x 2 3 4 5 0.5 -").starts_with("line 1: input:"));
+        assert!(bad("m 2026-01-01 1 2 3 4 5 2 -").starts_with("line 1: batch:"));
+        assert!(bad("m 2026-01-01 1 2 3 4 5 0.5 prompt>10:above:1/2/3/4/5")
+            .contains("only tiers that reprice the whole request"));
+        assert!(bad("m 2026-01-01 1 2 3 4 5 0.5 tokens>10:whole:1/2/3/4/5").contains("counts"));
+        assert!(bad("a,,b 2026-01-01 1 2 3 4 5 0.5 -").contains("empty model id"));
+        let ok =
+            parse_price_file("m,m-1 2026-01-01 1 2 3 4 0.1 0.5 input>5:whole:2/4/6/8/0.2 # note\n")
+                .unwrap();
+        assert_eq!(ok[0].ids, vec!["m", "m-1"]);
+        assert_eq!(ok[0].price.long_context.unwrap().counts, TierCounts::Input);
     }
 
     #[test]

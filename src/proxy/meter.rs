@@ -368,7 +368,10 @@ impl Relay<'_> {
         }
         if iterations.is_empty() {
             e.usage = *usage;
-            let cost = self.state.recorder.price(&e.model, usage);
+            let cost = self
+                .state
+                .recorder
+                .price_at(&e.model, usage, e.ts.div_euclid(1_000_000));
             e.cost_nusd = cost.nusd;
             e.priced = cost.priced;
             return;
@@ -387,7 +390,10 @@ impl Relay<'_> {
                 us_only: usage.us_only,
                 ..it.usage
             };
-            let cost = self.state.recorder.price(m, &u);
+            let cost = self
+                .state
+                .recorder
+                .price_at(m, &u, e.ts.div_euclid(1_000_000));
             nusd = nusd.saturating_add(cost.nusd);
             priced &= cost.priced;
             total.input_tokens += u.input_tokens;

@@ -51,7 +51,17 @@ impl Recorder {
     /// The cost of a call. An unknown model is priced by the fallback,
     /// counted in `tollgate_unpriced_requests_total` and warned about once.
     pub fn price(&self, model: &str, usage: &Usage) -> Cost {
-        let cost = self.prices.cost(model, usage, false);
+        self.price_at(
+            model,
+            usage,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        )
+    }
+
+    /// [`Recorder::price`] with the prices in force at `at` (Unix seconds):
+    /// a request is priced as of its start.
+    pub fn price_at(&self, model: &str, usage: &Usage, at: i64) -> Cost {
+        let cost = self.prices.cost_at(model, usage, false, at);
         if !cost.priced {
             self.metrics.unpriced.with_label_values(&[model]).inc();
             let first = self
