@@ -1755,3 +1755,59 @@ async fn sdks_with_only_https_proxy_and_ssl_cert_file() {
     assert_eq!(budgets[0]["spent_nusd"].as_u64().unwrap(), paid);
     assert_no_keys_in_log(&t);
 }
+
+/// LangChain's `ChatOpenAI(use_responses_api=True)`: invoke and stream are
+/// metered exactly, with the injected key only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn langchain_responses_api_is_metered_exactly() {
+    let python = sdk_python("langchain").await;
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/langchain_calls.py");
+    let out = tokio::time::timeout(
+        SCRIPT_TIMEOUT,
+        tokio::process::Command::new(&python)
+            .arg(&script)
+            .arg(format!("{}/v1", t.url()))
+            .env("OPENAI_API_KEY", CLIENT_KEY)
+            .env_remove("OPENAI_BASE_URL")
+            .output(),
+    )
+    .await
+    .expect("the script in time")
+    .expect("run the script");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let seen = fake.requests();
+    for name in ["lc_invoke", "lc_stream"] {
+        assert_eq!(v[name]["text"], "Hello there!", "{v}");
+        assert_eq!(v[name]["usage"]["input_tokens"], 140, "{v}");
+        let r = one_seen(&seen, name);
+        assert_clean_upstream(r);
+        assert_eq!(r.path, "/v1/responses");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = t.events().await;
+        if events.len() >= 2 {
+            break events;
+        }
+        assert!(std::time::Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut routes: Vec<&str> = events
+        .iter()
+        .map(|e| e["route"].as_str().unwrap())
+        .collect();
+    routes.sort_unstable();
+    assert_eq!(routes, ["stream", "sync"]);
+    for e in &events {
+        // gpt-5: 100·1250 + 40·125 + 20·10000 nano-USD.
+        assert_eq!(e["cost_nusd"], 330_000, "{e}");
+        assert_eq!(e["model"], "gpt-5", "{e}");
+    }
+}
