@@ -1316,7 +1316,7 @@ async fn h2c_prior_knowledge_is_served_and_metered() {
             Some(format!("Bearer {OPENAI_KEY}").as_str())
         );
     }
-    let events = events_at_least(&t, 2).await;
+    let events = t.events_at_least(2).await;
     let mut routes: Vec<&str> = events
         .iter()
         .map(|e| e["route"].as_str().unwrap())
@@ -1385,7 +1385,7 @@ async fn fast_mode_and_us_only_inference_are_priced_at_their_premium() {
             ids.push((call(extra.clone(), stream).await, *cost, extra.clone()));
         }
     }
-    let events = events_at_least(&t, ids.len()).await;
+    let events = t.events_at_least(ids.len()).await;
     for (id, cost, extra) in &ids {
         let e = events
             .iter()
@@ -1427,7 +1427,7 @@ async fn fallback_iterations_are_priced_per_model() {
         ids.push(header(&r, "x-tollgate-request-id").to_string());
         r.bytes().await.unwrap();
     }
-    let events = events_at_least(&t, 2).await;
+    let events = t.events_at_least(2).await;
     for id in &ids {
         let e = events
             .iter()
@@ -1468,7 +1468,7 @@ async fn responses_streams_that_fail_or_are_cut_are_still_metered() {
     let (failed, body) = send(("x-fake-response-failed", "1")).await;
     assert!(body.contains("event: response.failed"), "{body}");
     let (cut, _) = send(("x-fake-scenario", "cut")).await;
-    let events = events_at_least(&t, 2).await;
+    let events = t.events_at_least(2).await;
     let e = events
         .iter()
         .find(|e| e["event_id"] == failed.as_str())
@@ -1489,20 +1489,6 @@ async fn responses_streams_that_fail_or_are_cut_are_still_metered() {
 
 fn header_of(r: &reqwest::Response, name: &str) -> String {
     header(r, name).to_string()
-}
-
-/// The admin `/events` once it holds at least `n` events (folding is
-/// asynchronous).
-async fn events_at_least(t: &Tollgate, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let events = t.events().await;
-        if events.len() >= n {
-            return events;
-        }
-        assert!(Instant::now() < deadline, "{events:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Prices as data: a `prices_file` row is in force from its

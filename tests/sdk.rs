@@ -1587,15 +1587,7 @@ async fn openai_sdk_responses_are_metered_and_budgeted() {
     assert_eq!(denied["body"]["code"], "budget_exceeded", "{denied}");
     assert!(seen_for(&seen, "r_denied").is_empty());
     // The events: exact tokens and cost, the right route.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let events = loop {
-        let events = t.events().await;
-        if events.len() >= 5 {
-            break events;
-        }
-        assert!(std::time::Instant::now() < deadline, "{events:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let events = t.events_at_least(5).await;
     for (name, route) in [
         ("r_json", "sync"),
         ("r_stream", "stream"),
@@ -1790,15 +1782,7 @@ async fn langchain_responses_api_is_metered_exactly() {
         assert_clean_upstream(r);
         assert_eq!(r.path, "/v1/responses");
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let events = loop {
-        let events = t.events().await;
-        if events.len() >= 2 {
-            break events;
-        }
-        assert!(std::time::Instant::now() < deadline, "{events:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let events = t.events_at_least(2).await;
     let mut routes: Vec<&str> = events
         .iter()
         .map(|e| e["route"].as_str().unwrap())

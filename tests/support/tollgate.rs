@@ -263,6 +263,20 @@ impl Tollgate {
         serde_json::from_value(self.admin_json("/events?limit=100000").await).expect("events")
     }
 
+    /// The admin `/events` once it holds at least `n` events (folding into
+    /// the ledger is asynchronous); at most 10 s.
+    pub async fn events_at_least(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.events().await;
+            if events.len() >= n {
+                return events;
+            }
+            assert!(Instant::now() < deadline, "{events:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Budget statuses (admin `/budgets`).
     pub async fn budgets(&self) -> serde_json::Value {
         self.admin_json("/budgets").await
