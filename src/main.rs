@@ -659,6 +659,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     if let Some(service) = &leases {
+        settle_leases(service, true);
         server.add_service(pingora::services::background::background_service(
             "budget leases",
             service.clone(),
@@ -717,7 +718,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     ledger.persist().context("writing budget state")?;
     // Every request has settled: what is unused goes back to the fleet.
     if let Some(service) = leases {
-        return_leases(&service);
+        settle_leases(&service, false);
     }
     db.flush().context("final flush of the store")?;
     if !cache.writer.drain(std::time::Duration::from_secs(5)) {
@@ -728,25 +729,36 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Returns the sidecar's leases at shutdown, within a few seconds.
-fn return_leases(service: &tollgate::proxy::lease::LeaseService) {
+/// Takes the fleet budgets' leases before traffic (`take`), or returns
+/// them at shutdown, within a few seconds. Either may fail without harm:
+/// requests then wait for a lease (at most `lease_wait`), or the leases
+/// expire.
+fn settle_leases(service: &tollgate::proxy::lease::LeaseService, take: bool) {
+    let what = if take { "taken at start" } else { "returned" };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(error = %e, "leases not returned: no runtime");
+            tracing::warn!(error = %e, "budget leases not {what}: no runtime");
             return;
         }
     };
-    let returned = runtime.block_on(async {
-        tokio::time::timeout(std::time::Duration::from_secs(3), service.return_all()).await
+    let done = runtime.block_on(async {
+        let call = async {
+            if take {
+                service.warm().await
+            } else {
+                service.return_all().await
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(3), call).await
     });
-    match returned {
-        Ok(Ok(())) => tracing::info!("returned the unused budget leases"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "budget leases not returned; they expire"),
-        Err(_) => tracing::warn!("budget leases not returned in time; they expire"),
+    match done {
+        Ok(Ok(())) => tracing::info!("budget leases {what}"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "budget leases not {what}"),
+        Err(_) => tracing::warn!("budget leases not {what} in time"),
     }
 }
 

@@ -1611,6 +1611,73 @@ async fn openai_sdk_responses_are_metered_and_budgeted() {
     assert_no_keys_in_log(&t);
 }
 
+/// The exact cache for the Responses API: only a `store: false` request
+/// without server-side state is cached; a JSON entry is served to a stream
+/// (the SDK's helper rebuilds the same response) and a stream's entry as
+/// JSON; `previous_response_id` and stored responses always go upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_sdk_responses_are_cached_only_when_stateless() {
+    let python = sdk_python("openai").await;
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url())).start();
+    let usage = "input=100,output=20";
+    let plan = json!([
+        {"name": "json_miss", "op": "responses_create", "prompt": "cache me", "store": false, "usage": usage},
+        {"name": "json_hit", "op": "responses_create", "prompt": "cache me", "store": false},
+        {"name": "stream_hit", "op": "responses_stream", "prompt": "cache me", "store": false},
+        {"name": "helper_hit", "op": "responses_helper", "prompt": "cache me", "store": false},
+        {"name": "stream_miss", "op": "responses_stream", "prompt": "cache me too", "store": false, "usage": usage},
+        {"name": "json_from_stream", "op": "responses_create", "prompt": "cache me too", "store": false},
+        {"name": "stored_1", "op": "responses_create", "prompt": "cache me"},
+        {"name": "stored_2", "op": "responses_create", "prompt": "cache me"},
+        {"name": "chained_1", "op": "responses_create", "prompt": "cache me", "store": false,
+         "previous_response_id": "resp_earlier"},
+        {"name": "chained_2", "op": "responses_create", "prompt": "cache me", "store": false,
+         "previous_response_id": "resp_earlier"},
+    ]);
+    let url = format!("{}/v1", t.url());
+    let run = run_script(
+        &python,
+        "openai_calls.py",
+        &[("OPENAI_API_KEY", CLIENT_KEY), ("OPENAI_BASE_URL", &url)],
+        &plan,
+    )
+    .await;
+    let cache = |name: &str| hdr(run.ok(name), "x-tollgate-cache").to_string();
+    assert_eq!(cache("json_miss"), "miss");
+    for name in ["json_hit", "stream_hit", "helper_hit", "json_from_stream"] {
+        assert_eq!(cache(name), "hit", "{name}");
+    }
+    assert_eq!(cache("stream_miss"), "miss");
+    for name in ["stored_1", "stored_2", "chained_1", "chained_2"] {
+        assert_eq!(cache(name), "bypass", "{name}");
+    }
+    let miss = &run.ok("json_miss")["response"];
+    assert_eq!(run.ok("json_hit")["response"], *miss);
+    let helper = run.ok("helper_hit");
+    assert_eq!(helper["text"], "Hello there!");
+    assert_eq!(helper["response"]["id"], miss["id"]);
+    assert_eq!(helper["response"]["usage"], miss["usage"]);
+    let stream = run.ok("stream_hit");
+    assert_eq!(
+        stream["event_types"].as_array().unwrap().last().unwrap(),
+        "response.completed"
+    );
+    assert_eq!(stream["response"]["output"], miss["output"]);
+    // Served from the stream's entry: the stream's own final response.
+    assert_eq!(
+        run.ok("json_from_stream")["response"]["id"],
+        run.ok("stream_miss")["response"]["id"]
+    );
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 6, "two misses and four uncacheable calls");
+    // Hits cost nothing and say what they saved.
+    let events = t.events_at_least(10).await;
+    let hit = event(&events, hdr(run.ok("json_hit"), "x-tollgate-request-id"));
+    assert_eq!(hit["cost_nusd"], 0);
+    assert_eq!(hit["saved_nusd"], 100 * 1250 + 20 * 10_000);
+}
+
 // ---------------------------------------------------------------------------
 // HTTPS_PROXY mode: the SDKs with their default base URLs
 

@@ -7,6 +7,7 @@
 //! Open-ended parts are `serde_json::Value` (unknown fields are kept, never
 //! dropped); appends are amortised O(1).
 
+use super::json::Fail;
 use super::{anthropic, openai, Dialect};
 
 // ---------------------------------------------------------------------------------------
@@ -31,6 +32,9 @@ pub struct Assembler {
 enum Inner {
     Anthropic(anthropic::assemble::Accumulator),
     OpenAi(openai::assemble::Accumulator),
+    /// A Responses stream: its terminal `response.completed` event carries
+    /// the whole response.
+    Responses(Option<serde_json::Value>),
 }
 
 impl Assembler {
@@ -51,6 +55,18 @@ impl Assembler {
         }
     }
 
+    /// An assembler for a Responses API stream.
+    #[must_use]
+    pub fn responses(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            size: 0,
+            failed: false,
+            complete: false,
+            inner: Inner::Responses(None),
+        }
+    }
+
     /// Feeds one SSE event. Events after the stream completed or after assembly failed are
     /// ignored, so the caller can keep feeding without checking.
     pub fn on_event(&mut self, name: &str, data: &str) {
@@ -60,6 +76,7 @@ impl Assembler {
         let step = match &mut self.inner {
             Inner::Anthropic(acc) => acc.on_event(name, data, &mut self.size),
             Inner::OpenAi(acc) => acc.on_event(data, &mut self.size),
+            Inner::Responses(slot) => responses_step(slot, name, data, &mut self.size),
         };
         match step {
             Ok(done) if self.size <= self.max_bytes => self.complete = done,
@@ -67,7 +84,7 @@ impl Assembler {
                 self.failed = true;
                 // Release what was buffered: a failed assembly may live on for the rest of
                 // a long stream.
-                self.inner = Inner::empty(self.inner.dialect());
+                self.inner = self.inner.emptied();
             }
         }
     }
@@ -89,6 +106,7 @@ impl Assembler {
         let message = match self.inner {
             Inner::Anthropic(acc) => acc.finish()?,
             Inner::OpenAi(acc) => acc.finish()?,
+            Inner::Responses(response) => response?,
         };
         let bytes = serde_json::to_vec(&message).ok()?;
         (bytes.len() <= self.max_bytes).then_some(bytes)
@@ -96,6 +114,13 @@ impl Assembler {
 }
 
 impl Inner {
+    fn emptied(&self) -> Self {
+        match self {
+            Inner::Responses(_) => Inner::Responses(None),
+            other => Inner::empty(other.dialect()),
+        }
+    }
+
     fn empty(dialect: Dialect) -> Self {
         match dialect {
             Dialect::Anthropic => Inner::Anthropic(anthropic::assemble::Accumulator::default()),
@@ -106,7 +131,36 @@ impl Inner {
     fn dialect(&self) -> Dialect {
         match self {
             Inner::Anthropic(_) => Dialect::Anthropic,
-            Inner::OpenAi(_) => Dialect::OpenAi,
+            Inner::OpenAi(_) | Inner::Responses(_) => Dialect::OpenAi,
         }
+    }
+}
+
+/// One event of a Responses stream: done at a completed terminal event
+/// (which holds the whole response); an incomplete or failed one, or an
+/// error, is not cacheable.
+fn responses_step(
+    slot: &mut Option<serde_json::Value>,
+    name: &str,
+    data: &str,
+    size: &mut usize,
+) -> Result<bool, Fail> {
+    match name {
+        "response.completed" => {
+            let mut event: serde_json::Value = serde_json::from_str(data).map_err(|_| Fail)?;
+            let response = event.get_mut("response").map(serde_json::Value::take);
+            let ok = response
+                .as_ref()
+                .and_then(serde_json::Value::as_object)
+                .is_some_and(openai::responses::completed);
+            if !ok {
+                return Err(Fail);
+            }
+            *size += data.len();
+            *slot = response;
+            Ok(true)
+        }
+        "response.incomplete" | "response.failed" | "error" => Err(Fail),
+        _ => Ok(false),
     }
 }

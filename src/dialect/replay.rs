@@ -35,6 +35,12 @@ pub fn replay(dialect: Dialect, message: &[u8], include_usage: bool) -> Result<B
     let mut buf = BytesMut::with_capacity(message.len() + message.len() / 4 + 1024);
     match dialect {
         Dialect::Anthropic => anthropic::replay::replay(&message_map, &mut buf)?,
+        // A Responses API `response` has its own event sequence.
+        Dialect::OpenAi
+            if message_map.get("object").and_then(Value::as_str) == Some("response") =>
+        {
+            openai::responses::replay(&message_map, &mut buf)?
+        }
         Dialect::OpenAi => openai::replay::replay(&message_map, include_usage, &mut buf)?,
     }
     Ok(buf.freeze())

@@ -39,6 +39,9 @@ pub struct RequestHead {
     pub wants_usage: bool,
     /// OpenAI: the body has a `stream_options` object.
     pub had_stream_options: bool,
+    /// Responses API: `store: false` and no `previous_response_id` or
+    /// `conversation`, so the answer depends on the body alone.
+    pub stateless: bool,
 }
 
 #[derive(Deserialize)]
@@ -58,6 +61,12 @@ struct Head<'a> {
     n: Option<u64>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    store: Option<bool>,
+    #[serde(default)]
+    previous_response_id: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    conversation: Option<serde::de::IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -105,6 +114,9 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, RequestError> {
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         had_stream_options: head.stream_options.is_some(),
+        stateless: head.store == Some(false)
+            && head.previous_response_id.is_none()
+            && head.conversation.is_none(),
     })
 }
 

@@ -100,9 +100,10 @@ pub fn plan(
     req: &RequestHeader,
     request: &RequestModel,
 ) -> Result<Plan, ProxyError> {
-    // Responses are not cached yet: an answer may depend on state the
-    // body does not hold (`store`, `previous_response_id`, conversations).
-    if !route.endpoint.is_metered() || route.endpoint == Endpoint::Responses {
+    // A Responses answer may depend on state the body does not hold: only
+    // `store: false` without `previous_response_id` / `conversation` is cached.
+    if !route.endpoint.is_metered() || (route.endpoint == Endpoint::Responses && !request.stateless)
+    {
         return Ok(Plan::bypass());
     }
     let opt = opt_out(req)?;

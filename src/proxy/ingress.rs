@@ -363,6 +363,8 @@ pub struct RequestModel {
     /// Which field carried `max_tokens` (`max_completion_tokens` for newer
     /// OpenAI clients), if any.
     pub max_tokens_field: Option<&'static str>,
+    /// Responses API: the answer depends on the body alone (cacheable).
+    pub stateless: bool,
     /// Both `max_tokens` and `max_completion_tokens` were sent.
     pub both_bounds: bool,
     /// OpenAI `n` (at least 1): choices generated, each up to the bound.
@@ -404,6 +406,7 @@ pub fn parse(route: &Route, body: Bytes) -> Result<RequestModel, ProxyError> {
             max_tokens_field: None,
             both_bounds: false,
             choices: 1,
+            stateless: false,
         });
     }
     let head = request::parse_head(&body).map_err(bad_request)?;
@@ -414,6 +417,7 @@ pub fn parse(route: &Route, body: Bytes) -> Result<RequestModel, ProxyError> {
         max_tokens: head.max_tokens,
         strip_usage_chunk: false,
         // A bound added to a Responses request goes in its own field.
+        stateless: head.stateless,
         max_tokens_field: match route.endpoint {
             Endpoint::Responses => Some("max_output_tokens"),
             _ => head.max_tokens_field,

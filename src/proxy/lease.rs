@@ -251,9 +251,19 @@ impl LeaseService {
         }
     }
 
+    /// Takes a lease of every budget before traffic (at start), so the
+    /// first requests do not wait for one.
+    pub async fn warm(&self) -> Result<(), LeaseError> {
+        self.renew_all(true).await
+    }
+
     /// Returns every lease (asks for no room): at shutdown, after the
     /// last request settled.
     pub async fn return_all(&self) -> Result<(), LeaseError> {
+        self.renew_all(false).await
+    }
+
+    async fn renew_all(&self, take: bool) -> Result<(), LeaseError> {
         let views = self.ledger.lease_views();
         if views.is_empty() {
             return Ok(());
@@ -271,14 +281,19 @@ impl LeaseService {
                     period: v.period.clone(),
                     consumed_nusd: v.consumed_nusd,
                     reserved_nusd: v.reserved_nusd,
-                    want_nusd: 0,
+                    want_nusd: if take { want(v, 0.0) } else { 0 },
                     need_nusd: 0,
                 })
                 .collect(),
         };
+        let wants: HashMap<String, u64> = req
+            .leases
+            .iter()
+            .map(|a| (a.budget.clone(), a.want_nusd))
+            .collect();
         let sent = Instant::now();
         let resp = renew(&client, &self.link, &req).await?;
-        apply(&self.ledger, &resp, sent, &HashMap::new());
+        apply(&self.ledger, &resp, sent, &wants);
         Ok(())
     }
 }

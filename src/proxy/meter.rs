@@ -89,8 +89,12 @@ pub async fn relay(
     // outcome: until then they can still go their own way.
     let leader = x.leader;
     let write = x.cache_write;
-    let assembler = (is_sse && (write.is_some() || leader.is_some()))
-        .then(|| Assembler::new(route.dialect(), state.cache.config.max_entry_bytes as usize));
+    let max_entry = state.cache.config.max_entry_bytes as usize;
+    let assembler =
+        (is_sse && (write.is_some() || leader.is_some())).then(|| match route.endpoint {
+            Endpoint::Responses => Assembler::responses(max_entry),
+            _ => Assembler::new(route.dialect(), max_entry),
+        });
     let relay = Relay {
         state,
         session,
@@ -536,8 +540,11 @@ impl Relay<'_> {
             // ClientAborted with complete usage: the call went on for followers.
             let answered = failure_free && matches!(e.status, Status::Ok | Status::ClientAborted);
             if ok && answered {
-                // Shared either way; stored only with readable usage.
-                let store = !e.usage_incomplete;
+                // Shared either way; stored only with readable usage (and a
+                // Responses answer only when it completed).
+                let store = !e.usage_incomplete
+                    && (route.endpoint != Endpoint::Responses
+                        || !route.dialect().stopped_at_limit(&body));
                 self.conclude_ok(Some(body.clone()), store);
             } else if !ok && self.draft.event.status == Status::ProviderError {
                 if let Some(leader) = self.leader.take() {

@@ -84,7 +84,7 @@ def params(call, stream=None):
 
 def responses_params(call):
     p = {"model": call.get("model", "gpt-5"), "input": call.get("prompt", "Say hello.")}
-    for key in ("max_output_tokens", "store"):
+    for key in ("max_output_tokens", "store", "previous_response_id"):
         if key in call:
             p[key] = call[key]
     p["extra_headers"] = params(call)["extra_headers"]

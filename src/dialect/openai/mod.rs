@@ -20,6 +20,9 @@ pub const REQUEST_ID: &str = "x-request-id";
 /// Whether a complete `chat.completion` stopped at its output bound
 /// (`finish_reason: "length"` in any choice; no choices counts as stopped).
 pub fn stopped_at_limit(message: &Map<String, Value>) -> bool {
+    if message.get("object").and_then(Value::as_str) == Some("response") {
+        return !responses::completed(message);
+    }
     message
         .get("choices")
         .and_then(Value::as_array)

@@ -140,6 +140,124 @@ impl Meter {
     }
 }
 
+/// Whether a `response` object (a JSON answer, or a stream's terminal
+/// event's) completed: only those are cached.
+pub fn completed(response: &serde_json::Map<String, serde_json::Value>) -> bool {
+    response.get("object").and_then(serde_json::Value::as_str) == Some("response")
+        && response.get("status").and_then(serde_json::Value::as_str) == Some("completed")
+}
+
+/// Re-synthesises the event stream of a completed `response` (a cache hit
+/// served to a streaming client): `response.created`, `in_progress`, each
+/// output item added, its content (text in one delta, function-call
+/// arguments in one delta), done, then `response.completed` with the whole
+/// response; each event named by its `type`, with a `sequence_number`.
+pub(crate) fn replay(
+    response: &serde_json::Map<String, serde_json::Value>,
+    buf: &mut bytes::BytesMut,
+) -> Result<(), crate::dialect::ReplayError> {
+    use serde_json::{json, Value};
+    let output = response
+        .get("output")
+        .and_then(Value::as_array)
+        .ok_or(crate::dialect::ReplayError::MissingField("output"))?;
+    let mut seq = 0u64;
+    let mut event = |buf: &mut bytes::BytesMut, name: &str, mut data: Value| {
+        data["type"] = json!(name);
+        data["sequence_number"] = json!(seq);
+        seq += 1;
+        buf.extend_from_slice(b"event: ");
+        buf.extend_from_slice(name.as_bytes());
+        buf.extend_from_slice(b"\ndata: ");
+        buf.extend_from_slice(data.to_string().as_bytes());
+        buf.extend_from_slice(b"\n\n");
+    };
+    let mut pending = Value::Object(response.clone());
+    pending["status"] = json!("in_progress");
+    pending["output"] = json!([]);
+    pending["usage"] = Value::Null;
+    event(buf, "response.created", json!({"response": pending}));
+    event(buf, "response.in_progress", json!({"response": pending}));
+    for (i, item) in output.iter().enumerate() {
+        let id = item.get("id").cloned().unwrap_or(Value::Null);
+        let mut added = item.clone();
+        added["status"] = json!("in_progress");
+        match item.get("type").and_then(Value::as_str) {
+            Some("message") => {
+                let parts = item.get("content").and_then(Value::as_array);
+                added["content"] = json!([]);
+                event(
+                    buf,
+                    "response.output_item.added",
+                    json!({"output_index": i, "item": added}),
+                );
+                for (c, part) in parts.into_iter().flatten().enumerate() {
+                    let text = part.get("text").and_then(Value::as_str).unwrap_or("");
+                    let mut empty = part.clone();
+                    empty["text"] = json!("");
+                    event(
+                        buf,
+                        "response.content_part.added",
+                        json!({"item_id": id, "output_index": i, "content_index": c, "part": empty}),
+                    );
+                    if part.get("type").and_then(Value::as_str) == Some("output_text") {
+                        event(
+                            buf,
+                            "response.output_text.delta",
+                            json!({"item_id": id, "output_index": i, "content_index": c, "delta": text, "logprobs": []}),
+                        );
+                        event(
+                            buf,
+                            "response.output_text.done",
+                            json!({"item_id": id, "output_index": i, "content_index": c, "text": text, "logprobs": []}),
+                        );
+                    }
+                    event(
+                        buf,
+                        "response.content_part.done",
+                        json!({"item_id": id, "output_index": i, "content_index": c, "part": part}),
+                    );
+                }
+            }
+            Some("function_call") => {
+                let args = item.get("arguments").and_then(Value::as_str).unwrap_or("");
+                added["arguments"] = json!("");
+                event(
+                    buf,
+                    "response.output_item.added",
+                    json!({"output_index": i, "item": added}),
+                );
+                event(
+                    buf,
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": id, "output_index": i, "delta": args}),
+                );
+                event(
+                    buf,
+                    "response.function_call_arguments.done",
+                    json!({"item_id": id, "output_index": i, "arguments": args}),
+                );
+            }
+            _ => event(
+                buf,
+                "response.output_item.added",
+                json!({"output_index": i, "item": item}),
+            ),
+        }
+        event(
+            buf,
+            "response.output_item.done",
+            json!({"output_index": i, "item": item}),
+        );
+    }
+    event(
+        buf,
+        "response.completed",
+        json!({"response": Value::Object(response.clone())}),
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -167,6 +285,32 @@ mod tests {
         assert_eq!(s.model.as_deref(), Some("gpt-5"));
         assert_eq!(s.id.as_deref(), Some("resp_1"));
         assert!(from_json(br#"{"error":{"type":"x"}}"#).is_none());
+    }
+
+    #[test]
+    fn a_replayed_response_meters_and_reads_like_the_provider_s() {
+        let body = format!(
+            r#"{{"id":"resp_3","object":"response","status":"completed","model":"gpt-5","output":[{{"type":"message","id":"msg_3","status":"completed","role":"assistant","content":[{{"type":"output_text","text":"Hi!","annotations":[]}}]}}],"usage":{USAGE}}}"#
+        );
+        let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&body).unwrap();
+        assert!(completed(&map));
+        let mut buf = bytes::BytesMut::new();
+        replay(&map, &mut buf).unwrap();
+        let text = String::from_utf8(buf.to_vec()).unwrap();
+        let mut m = Meter::default();
+        let mut f = StreamFacts::default();
+        let mut names = Vec::new();
+        for ev in text.split("\n\n").filter(|e| !e.is_empty()) {
+            let (name, data) = ev.split_once("\ndata: ").unwrap();
+            let name = name.strip_prefix("event: ").unwrap();
+            names.push(name.to_string());
+            m.on_event(name, data, &mut f);
+        }
+        assert!(f.complete);
+        assert_eq!(m.usage(), expected());
+        assert_eq!(f.deltas, 1);
+        assert_eq!(names.first().unwrap(), "response.created");
+        assert_eq!(names.last().unwrap(), "response.completed");
     }
 
     #[test]
