@@ -18,6 +18,7 @@ use std::path::Path;
 use toml::{Table, Value};
 
 use super::schema::{self, render_key, Key, Kind};
+use super::service_links;
 use super::{ConfigError, Problem};
 
 /// What the loader is told about the keys.
@@ -169,9 +170,13 @@ fn env_layer(
             continue;
         }
         let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
-        if schema.foreign_prefixes.iter().any(|f| name.starts_with(f))
-            && schema::leaf(keys, &path).is_none()
-        {
+        let is_key = schema::leaf(keys, &path).is_some();
+        if schema.foreign_prefixes.iter().any(|f| name.starts_with(f)) && !is_key {
+            continue;
+        }
+        // Kubernetes puts these in for every Service of the namespace whose
+        // name starts with `tollgate`: not the operator's, never a problem.
+        if !is_key && service_links::is_service_link(name, raw) {
             continue;
         }
         if path.iter().any(String::is_empty) {

@@ -48,6 +48,7 @@ mod prices;
 mod problem;
 mod providers;
 mod schema;
+mod service_links;
 mod sidecar;
 mod sources;
 mod timeouts;
