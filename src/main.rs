@@ -120,6 +120,15 @@ enum Command {
     ///   tollgate control --check-config --config control.toml
     #[command(verbatim_doc_comment)]
     Control(ControlArgs),
+    /// Run the sidecar injector: a mutating admission webhook (HTTPS) that
+    /// adds the sidecar to pods annotated tollgate.dev/inject: "true".
+    ///
+    /// Examples:
+    ///   tollgate inject --config inject.toml
+    ///   TOLLGATE_INJECT_TLS_CERT=/tls/tls.crt TOLLGATE_INJECT_TLS_KEY=/tls/tls.key tollgate inject --listen 0.0.0.0:8443
+    ///   tollgate inject --check-config --config inject.toml
+    #[command(verbatim_doc_comment)]
+    Inject(InjectArgs),
     /// Administer a control endpoint (accounts, keys, sidecars, audit).
     ///
     /// Examples:
@@ -147,6 +156,19 @@ struct ControlArgs {
     /// Directory of the control store (env TOLLGATE_CONTROL_DATA_DIR).
     #[arg(long)]
     data_dir: Option<String>,
+    /// Validate the configuration and exit: 0 when valid, 64 with every problem listed.
+    #[arg(long)]
+    check_config: bool,
+}
+
+#[derive(Args)]
+struct InjectArgs {
+    /// TOML config file (env TOLLGATE_INJECT_CONFIG).
+    #[arg(long, env = "TOLLGATE_INJECT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Webhook listener, e.g. 0.0.0.0:8443 (env TOLLGATE_INJECT_LISTEN).
+    #[arg(long)]
+    listen: Option<String>,
     /// Validate the configuration and exit: 0 when valid, 64 with every problem listed.
     #[arg(long)]
     check_config: bool,
@@ -351,6 +373,7 @@ fn main() -> ExitCode {
         Command::Ca(CaCommand::Init { config, dir }) => ca_init(&config, dir),
         Command::Ca(CaCommand::Show { config, dir }) => ca_show(&config, dir),
         Command::Control(args) => control(args),
+        Command::Inject(args) => inject(args),
         Command::Admin(args) => tollgate::control::cli::run(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
@@ -466,6 +489,26 @@ fn control(args: ControlArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     tollgate::control::server::run(config)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let flags = config::inject::InjectFlags {
+        listen: args.listen,
+    };
+    let config = match config::inject::load(args.config.as_deref(), &env, &flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tollgate: invalid configuration:\n{e}");
+            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
+        }
+    };
+    if args.check_config {
+        println!("configuration ok");
+        return Ok(ExitCode::SUCCESS);
+    }
+    tollgate::inject::server::run(config, &env)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -44,6 +44,14 @@ fn readme_control_config_table_matches_the_code() {
     );
 }
 
+#[test]
+fn readme_inject_config_table_matches_the_code() {
+    same_keys(
+        &readme_config_table("## Sidecar injector"),
+        tollgate::config::inject::keys().collect(),
+    );
+}
+
 fn same_keys(table: &[(String, String, String)], keys: Vec<&tollgate::config::Key>) {
     for k in &keys {
         let row = table.iter().find(|(key, ..)| key == k.key);
@@ -107,4 +115,9 @@ fn shipped_example_control_config_is_valid() {
             "tga_an-example-token-of-enough-length",
         )],
     );
+}
+
+#[test]
+fn shipped_example_inject_config_is_valid() {
+    example_is_valid("inject", "inject.toml", &[]);
 }

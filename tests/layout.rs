@@ -25,6 +25,8 @@ const LAYERS: &[(&str, Layer)] = &[
     ("src/keys.rs", Layer::Domain),
     ("src/secret.rs", Layer::Domain),
     ("src/table.rs", Layer::Domain),
+    // Kubernetes value syntax (quantities, names) for the injector and its config.
+    ("src/kube_values.rs", Layer::Domain),
     ("src/budget/mod.rs", Layer::Domain),
     ("src/budget/estimate.rs", Layer::Domain),
     // A pingora background service of the sidecar.

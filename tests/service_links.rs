@@ -96,3 +96,48 @@ fn a_misspelt_key_is_still_reported_next_to_service_links() {
         assert_eq!(err.matches("unknown key").count(), 1, "{program}: {err}");
     }
 }
+
+/// No key of any program has an environment name of a service link's shape
+/// (`…_PORT`, `…_SERVICE_HOST`, `…_SERVICE_PORT…`, `…_PORT_<n>_<PROTO>…`):
+/// such a key would take the link's value instead of being left alone.
+#[test]
+fn no_key_is_named_like_a_service_link() {
+    let programs: [(&str, Vec<&tollgate::config::Key>); 3] = [
+        ("TOLLGATE_", tollgate::config::keys().collect()),
+        (
+            "TOLLGATE_CONTROL_",
+            tollgate::config::control::keys().collect(),
+        ),
+        (
+            "TOLLGATE_INJECT_",
+            tollgate::config::inject::keys().collect(),
+        ),
+    ];
+    for (prefix, keys) in programs {
+        assert!(!keys.is_empty());
+        for key in keys {
+            let name = format!(
+                "{prefix}{}",
+                key.key
+                    .replace("[]", "")
+                    .replace('.', "__")
+                    .replace("<name>", "x")
+                    .replace("<model>", "x")
+                    .to_ascii_uppercase()
+            );
+            let segments: Vec<&str> = name.split('_').collect();
+            let docker_link = segments.windows(3).any(|w| {
+                w[0] == "PORT"
+                    && w[1].bytes().all(|b| b.is_ascii_digit())
+                    && ["TCP", "UDP", "SCTP"].contains(&w[2])
+            });
+            assert!(
+                !(name.ends_with("_PORT")
+                    || name.ends_with("_SERVICE_HOST")
+                    || name.contains("_SERVICE_PORT")
+                    || docker_link),
+                "{name} has the shape of a Kubernetes service link"
+            );
+        }
+    }
+}

@@ -40,6 +40,7 @@ mod cache;
 pub mod control;
 mod fleet;
 mod gateway_keys;
+pub mod inject;
 mod limits;
 mod listeners;
 mod loader;
@@ -199,7 +200,7 @@ fn assemble(
             "TOLLGATE_PREVIOUS_MASTER_KEY",
             "TOLLGATE_NEW_MASTER_KEY",
         ],
-        foreign_prefixes: &[control::ENV_PREFIX],
+        foreign_prefixes: &[control::ENV_PREFIX, inject::ENV_PREFIX],
     };
     let layers = loader::Layers {
         defaults: providers::defaults_layer(),

@@ -139,8 +139,9 @@ async fn serve(config: ControlConfig) -> Result<(), ServeError> {
 }
 
 /// The TLS accept loop: each connection's handshake and requests run in
-/// their own task; a failed handshake only ends that connection.
-async fn serve_tls(
+/// their own task; a failed handshake only ends that connection. The
+/// injector serves its webhook with it too.
+pub(crate) async fn serve_tls(
     listener: TcpListener,
     router: axum::Router,
     tls: rustls::ServerConfig,
@@ -187,7 +188,7 @@ async fn serve_tls(
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

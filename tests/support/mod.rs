@@ -3,8 +3,10 @@
 
 pub mod control;
 pub mod fake_provider;
+pub mod inject;
 pub mod raw;
 pub mod tollgate;
+pub mod tools;
 
 /// A small xorshift: reproducible random sizes and moments without a
 /// dependency (tests print or fix the seed).
