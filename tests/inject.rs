@@ -73,23 +73,14 @@ fn check_schema(answer: &Value) {
         env!("CARGO_MANIFEST_DIR"),
         "/tests/k8s/admissionreview-v1.schema.json"
     );
-    let mut child = Command::new(python)
-        .args([
+    let out = tools::run_with_stdin(
+        Command::new(python).args([
             "-c",
             "import json,sys,jsonschema; jsonschema.validate(json.load(sys.stdin), json.load(open(sys.argv[1])))",
             schema,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(answer.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        ]),
+        answer.to_string().as_bytes(),
+    );
     assert!(
         out.status.success(),
         "answer does not match the AdmissionReview schema: {}\n{answer}",
@@ -162,6 +153,44 @@ fn env_names(c: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The sidecar's environment, as the kubelet would give it (downward API and
+/// Secret references resolved), is a config `tollgate proxy` accepts.
+fn sidecar_config_is_valid(sidecar: &Value) {
+    let env: Vec<(String, String)> = sidecar["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let value = match (e.get("value"), &e["valueFrom"]) {
+                (Some(v), _) => v.as_str().unwrap().to_string(),
+                (None, from) if from.get("fieldRef").is_some() => {
+                    match from["fieldRef"]["fieldPath"].as_str().unwrap() {
+                        "metadata.name" => "web-5d8f7c9b4-x2k9z".into(),
+                        "metadata.namespace" => "search".into(),
+                        "spec.serviceAccountName" => "search-app".into(),
+                        other => panic!("unexpected fieldRef {other}"),
+                    }
+                }
+                (None, from) if from.get("secretKeyRef").is_some() => "tgs_from_the_secret".into(),
+                (None, from) => panic!("unexpected valueFrom {from}"),
+            };
+            (e["name"].as_str().unwrap().to_string(), value)
+        })
+        .collect();
+    assert_eq!(sidecar["args"], json!(["proxy"]));
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["proxy", "--check-config"])
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the injected sidecar's config is refused: {}\n{env:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // === the captured review ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,6 +250,7 @@ async fn an_annotated_pod_gets_a_native_sidecar_and_the_base_urls() {
         "native"
     );
     assert_valid(&["1.29.0", NEWEST], &pod);
+    sidecar_config_is_valid(sidecar);
     // Native sidecars do not exist before 1.28: the strict schema says so.
     let old = valid_at("1.27.0", &pod).unwrap_err();
     assert!(old.contains("restartPolicy"), "{old}");
@@ -364,6 +394,7 @@ async fn https_proxy_mode_mounts_the_ca_certificate_never_its_key() {
     // Selected labels (app.kubernetes.io/name, app) become tags; others not.
     assert_eq!(env(sidecar, "TOLLGATE_DEFAULT_TAGS").unwrap(), "app=search");
     assert_valid(&["1.29.0", NEWEST], &pod);
+    sidecar_config_is_valid(sidecar);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

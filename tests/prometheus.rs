@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -95,25 +94,11 @@ async fn get(url: &str) -> String {
 
 /// `promtool check metrics` on `text`: exit 0 and nothing said.
 fn promtool_check(what: &str, text: &str) {
-    let mut child = Command::new(tools::promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = tools::run_with_stdin(
+        Command::new(tools::promtool()).args(["check", "metrics"]),
+        text.as_bytes(),
     );
+    let said = tools::said(&out);
     assert!(
         out.status.success() && said.trim().is_empty(),
         "{what}: promtool check metrics ({}):\n{said}",
@@ -139,20 +124,11 @@ async fn every_metrics_endpoint_passes_promtool() {
         documented(text);
     }
     // promtool does find problems: a counter without _total and no HELP.
-    let mut child = Command::new(tools::promtool())
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"# TYPE tollgate_bad counter\ntollgate_bad 1\n")
-        .unwrap();
-    assert!(!child.wait_with_output().unwrap().status.success());
+    let bad = tools::run_with_stdin(
+        Command::new(tools::promtool()).args(["check", "metrics"]),
+        b"# TYPE tollgate_bad counter\ntollgate_bad 1\n",
+    );
+    assert!(!bad.status.success(), "{}", tools::said(&bad));
 }
 
 /// Every metric family in `text` has a README row `| name | type | labels |`

@@ -31,7 +31,7 @@ const CA_DIR: &str = "/etc/tollgate/ca";
 const BUNDLE_DIR: &str = "/etc/tollgate/ca-bundle";
 /// The sidecar's user in base-URL mode (the image's `nonroot`).
 const SIDECAR_UID: i64 = 65532;
-/// Names of the pod IP variable `NO_PROXY` refers to (`$(…)` expansion).
+/// Name of the pod IP variable `NO_PROXY` refers to (`$(…)` expansion).
 const POD_IP_ENV: &str = "TOLLGATE_POD_IP";
 /// Suffixes that stay off the proxy in https-proxy mode: loopback and the
 /// cluster's own names (the pod's address is added through `POD_IP_ENV`).

@@ -150,8 +150,14 @@ pub fn decide(
     match allow.clone().with_patch(patch) {
         Ok(res) => (res, decision),
         // A patch of plain JSON values always serializes; if it ever did
-        // not, the pod goes through unchanged rather than being refused.
-        Err(_) => (allow, Decision::NotRequested),
+        // not, the pod is refused like any pod that cannot be injected.
+        Err(e) => {
+            let mut res = allow.deny(format!(
+                "tollgate sidecar injection: cannot encode the patch: {e}"
+            ));
+            res.result.code = 500;
+            (res, Decision::Denied)
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 /// `.ci/k8s-tools`'s cache: `$CI_TOOLS_CACHE`, else `~/.cache/tollgate-ci`.
 fn cache() -> PathBuf {
@@ -23,7 +23,7 @@ fn tool(var: &str, default: PathBuf) -> PathBuf {
     let path = std::env::var_os(var).map(PathBuf::from).unwrap_or(default);
     assert!(
         path.is_file(),
-        "{var}: {} is not installed; run `.ci/run` (or `eval \"$(.ci/k8s-tools)\"`), which installs it and exports {var}",
+        "{var}: {} is not installed; run `.ci/run` (or `eval \"$(.ci/k8s-tools)\"` and `eval \"$(.ci/kube-apiserver)\"`), which install it and export {var}",
         path.display()
     );
     path
@@ -48,28 +48,40 @@ pub fn prometheus() -> PathBuf {
     tool("CI_TOOL_PROMETHEUS", PathBuf::from("/usr/bin/prometheus"))
 }
 
-/// `kubernetes-validate --strict -k VERSION -` on `docs` (YAML or JSON,
-/// several documents allowed): `Err(output)` when it finds a problem.
-pub fn validate(version: &str, docs: &str) -> Result<(), String> {
-    let mut child = Command::new(kubernetes_validate())
-        .args(["--strict", "--quiet", "-k", version, "-"])
+/// Runs `cmd` with `input` on its standard input; its output.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run kubernetes-validate");
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     child
         .stdin
         .take()
         .expect("stdin")
-        .write_all(docs.as_bytes())
-        .expect("write to kubernetes-validate");
-    let out = child.wait_with_output().expect("kubernetes-validate");
-    let text = format!(
+        .write_all(input)
+        .unwrap_or_else(|e| panic!("writing to {cmd:?}: {e}"));
+    child.wait_with_output().expect("the tool's output")
+}
+
+/// Its standard output and error, as text.
+pub fn said(out: &Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `kubernetes-validate --strict -k VERSION -` on `docs` (YAML or JSON,
+/// several documents allowed): `Err(output)` when it finds a problem.
+pub fn validate(version: &str, docs: &str) -> Result<(), String> {
+    let out = run_with_stdin(
+        Command::new(kubernetes_validate()).args(["--strict", "--quiet", "-k", version, "-"]),
+        docs.as_bytes(),
     );
+    let text = said(&out);
     // It exits 0 on warnings too (e.g. an unknown version): only a clean,
     // silent pass counts.
     if out.status.success() && text.trim().is_empty() {
@@ -77,4 +89,39 @@ pub fn validate(version: &str, docs: &str) -> Result<(), String> {
     } else {
         Err(text)
     }
+}
+
+/// The YAML documents of `yaml` as JSON (PyYAML, from kubernetes-validate's
+/// venv), empty documents left out.
+pub fn parse_yaml(yaml: &str) -> Vec<serde_json::Value> {
+    let python = kubernetes_validate().with_file_name("python");
+    let out = run_with_stdin(
+        Command::new(python).args([
+            "-c",
+            "import json,sys,yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))",
+        ]),
+        yaml.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", said(&out));
+    serde_json::from_slice(&out.stdout).expect("JSON from PyYAML")
+}
+
+/// `.ci/kube-apiserver`'s build of kube-apiserver 1.20.
+pub fn kube_apiserver() -> PathBuf {
+    tool(
+        "CI_TOOL_KUBE_APISERVER",
+        cache().join("kube-1.20/bin/kube-apiserver"),
+    )
+}
+
+pub fn kube_controller_manager() -> PathBuf {
+    tool(
+        "CI_TOOL_KUBE_CONTROLLER_MANAGER",
+        cache().join("kube-1.20/bin/kube-controller-manager"),
+    )
+}
+
+/// Debian's etcd-server.
+pub fn etcd() -> PathBuf {
+    tool("CI_TOOL_ETCD", PathBuf::from("/usr/bin/etcd"))
 }
