@@ -46,6 +46,7 @@ fn error_kind(status: u16) -> Option<&'static str> {
     Some(match status {
         400 => "bad_request",
         404 => "not_found",
+        403 => "forbidden",
         405 => "method_not_allowed",
         503 => "unavailable",
         s if s >= 500 => "internal_error",
@@ -57,8 +58,23 @@ fn error_kind(status: u16) -> Option<&'static str> {
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        // Bound beyond loopback (in a pod, for probes and Prometheus), the
+        // listener serves only those to other hosts: usage, budgets, events
+        // and cache purges stay with whoever is inside (`kubectl exec`).
+        let local = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .is_none_or(|a| a.ip().is_loopback());
         let req = session.req_header();
         let path = req.uri.path().to_string();
+        if !local && !matches!(path.as_str(), "/metrics" | "/healthz" | "/readyz") {
+            return respond(
+                403,
+                "text/plain",
+                b"only /metrics, /healthz and /readyz are served to other hosts; ask from inside (loopback)\n"
+                    .to_vec(),
+            );
+        }
         let query = req.uri.query().unwrap_or("").to_string();
         match path.as_str() {
             "/metrics" => respond(200, "text/plain; version=0.0.4", self.metrics.render()),

@@ -1162,3 +1162,56 @@ async fn admin_errors_carry_their_kind() {
         .unwrap();
     assert!(ok.headers().get("x-tollgate-error").is_none());
 }
+
+/// An admin listener bound beyond loopback (a pod's, for probes and
+/// Prometheus) serves other hosts only /metrics, /healthz and /readyz:
+/// usage, events, budgets and cache purges are for loopback callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_loopback_admin_listener_serves_others_only_probes_and_metrics() {
+    let fake = FakeProvider::start().await;
+    let t = Builder::new(&fake.base_url())
+        .admin_on_all_addresses()
+        .start();
+    // This machine's own non-loopback address, if it has one.
+    let Some(ip) = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.254:9").map(|()| s))
+        .ok()
+        .and_then(|s| s.local_addr().ok())
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+    else {
+        panic!("this test needs a non-loopback IPv4 address on the machine");
+    };
+    let port = t.admin.port();
+    let client = reqwest::Client::new();
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let r = client
+            .get(format!("http://{ip}:{port}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    for (method, path) in [
+        ("GET", "/usage"),
+        ("GET", "/events"),
+        ("GET", "/budgets"),
+        ("GET", "/cache/stats"),
+        ("POST", "/cache/purge"),
+    ] {
+        let url = format!("http://{ip}:{port}{path}");
+        let r = match method {
+            "POST" => client.post(url).send().await.unwrap(),
+            _ => client.get(url).send().await.unwrap(),
+        };
+        assert_eq!(r.status(), 403, "{path}");
+        assert_eq!(r.headers()["x-tollgate-error"], "forbidden");
+        // From loopback the same paths answer.
+        let local = format!("http://127.0.0.1:{port}{path}");
+        let r = match method {
+            "POST" => client.post(local).send().await.unwrap(),
+            _ => client.get(local).send().await.unwrap(),
+        };
+        assert_eq!(r.status(), 200, "{path} from loopback");
+    }
+}

@@ -38,6 +38,8 @@ pub struct Builder {
     env: Vec<(String, String)>,
     data_dir: Option<PathBuf>,
     log_level: String,
+    /// Where the admin listener binds (loopback unless a test asks).
+    admin_host: &'static str,
     umask: Option<u32>,
 }
 
@@ -62,6 +64,7 @@ impl Builder {
             env: Vec::new(),
             data_dir: None,
             log_level: "debug".into(),
+            admin_host: "127.0.0.1",
             umask: None,
         }
     }
@@ -98,6 +101,12 @@ impl Builder {
         self
     }
 
+    /// Binds the admin listener on every address (as in a pod).
+    pub fn admin_on_all_addresses(mut self) -> Builder {
+        self.admin_host = "0.0.0.0";
+        self
+    }
+
     pub fn log_level(mut self, level: &str) -> Builder {
         self.log_level = level.into();
         self
@@ -128,7 +137,8 @@ impl Builder {
             format!("sidecar_id = \"tg-{port}\"\n")
         };
         let config = format!(
-            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\ndata_dir = \"{}\"\nshutdown_grace = \"5s\"\nthreads = 2\n{id}{}\n{}",
+            "listen = \"127.0.0.1:{port}\"\nadmin_listen = \"{}:{admin_port}\"\ndata_dir = \"{}\"\nshutdown_grace = \"5s\"\nthreads = 2\n{id}{}\n{}",
+            self.admin_host,
             data_dir.display(),
             self.top,
             self.config
