@@ -445,12 +445,15 @@ impl Metrics {
 
     /// The registry in Prometheus text exposition format.
     pub fn render(&self) -> Vec<u8> {
-        let mut out = String::with_capacity(8 * 1024);
-        if let Err(e) =
-            prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)
-        {
-            tracing::error!(error = %e, "encoding metrics failed");
-        }
-        out.into_bytes()
+        render_registry(&self.registry).into_bytes()
     }
+}
+
+/// `registry` in Prometheus text exposition format (every program's `/metrics`).
+pub fn render_registry(registry: &Registry) -> String {
+    let mut out = String::with_capacity(8 * 1024);
+    if let Err(e) = prometheus::TextEncoder::new().encode_utf8(&registry.gather(), &mut out) {
+        tracing::error!(error = %e, "encoding metrics failed");
+    }
+    out
 }

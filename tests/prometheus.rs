@@ -215,8 +215,10 @@ impl Prometheus {
             addr,
             _dir: dir,
         };
+        // Its port opens before its query API is up (503 meanwhile):
+        // wait for /-/ready.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
+        while !ready(addr) {
             assert!(
                 Instant::now() < deadline,
                 "prometheus did not start:\n{}",
@@ -315,4 +317,18 @@ async fn a_real_prometheus_scrapes_the_sidecar_the_control_endpoint_and_the_inje
             1.0,
         )
         .await;
+}
+
+/// Whether Prometheus at `addr` answers `/-/ready` with 200.
+fn ready(addr: SocketAddr) -> bool {
+    use std::io::{Read as _, Write as _};
+    let Ok(mut conn) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    if conn.write_all(b"GET /-/ready HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    conn.read_exact(&mut head).is_ok() && head.ends_with(b"200")
 }

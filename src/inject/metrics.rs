@@ -66,12 +66,6 @@ impl InjectMetrics {
 
     /// The registry in Prometheus text exposition format.
     pub fn render(&self) -> String {
-        let mut out = String::with_capacity(4 * 1024);
-        if let Err(e) =
-            prometheus::TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)
-        {
-            tracing::error!(error = %e, "encoding metrics failed");
-        }
-        out
+        crate::metrics::render_registry(&self.registry)
     }
 }
