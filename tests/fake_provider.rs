@@ -1355,3 +1355,833 @@ async fn default_scenario_applies_without_header() {
     assert_eq!(recorded[0].scenario, "tool_use");
     assert_eq!(recorded[1].scenario, "text");
 }
+
+// ---------------------------------------------------------------------------
+// batches (tests/support/fake_batches.rs)
+
+fn message_item(custom_id: &str, user_id: Option<&str>) -> Value {
+    let mut params = json!({
+        "model": "claude-haiku-4-5-20251001",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": "Hi"}],
+    });
+    if let Some(user_id) = user_id {
+        params["metadata"] = json!({"user_id": user_id});
+    }
+    json!({"custom_id": custom_id, "params": params})
+}
+
+async fn send(
+    fake: &FakeProvider,
+    method: reqwest::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = client().request(method, format!("{}{path}", fake.base_url()));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, json_body(response).await)
+}
+
+/// `POST /v1/messages/batches` with `requests`; status and body.
+async fn create_message_batch(
+    fake: &FakeProvider,
+    headers: &[(&str, &str)],
+    requests: Value,
+) -> (u16, Value) {
+    let headers = with(ANTHROPIC, headers);
+    let response = post(
+        fake,
+        "/v1/messages/batches",
+        &headers,
+        json!({ "requests": requests }).to_string(),
+    )
+    .await;
+    let status = response.status().as_u16();
+    (status, json_body(response).await)
+}
+
+/// Polls `path` until `field` equals `want` (or `WAIT` passes); the
+/// values of `field` seen, deduplicated in order, and the last body.
+async fn poll_until(
+    fake: &FakeProvider,
+    path: &str,
+    headers: &[(&str, &str)],
+    field: &str,
+    want: &str,
+) -> (Vec<String>, Value) {
+    let deadline = Instant::now() + WAIT;
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let (status, body) = send(fake, reqwest::Method::GET, path, headers).await;
+        assert_eq!(status, 200, "{body}");
+        let value = body[field].as_str().unwrap().to_owned();
+        if seen.last() != Some(&value) {
+            seen.push(value.clone());
+        }
+        if value == want || Instant::now() > deadline {
+            return (seen, body);
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+}
+
+fn jsonl(bytes: &[u8]) -> Vec<Value> {
+    std::str::from_utf8(bytes)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn by_custom_id(lines: &[Value], custom_id: &str) -> Value {
+    lines
+        .iter()
+        .find(|l| l["custom_id"] == custom_id)
+        .unwrap_or_else(|| panic!("no line for {custom_id}: {lines:?}"))
+        .clone()
+}
+
+#[tokio::test]
+async fn message_batch_create_is_validated_like_the_api() {
+    let fake = FakeProvider::start().await;
+    let long = "a".repeat(65);
+    let mut streaming = message_item("s", None);
+    streaming["params"]["stream"] = json!(true);
+    let mut no_max_tokens = message_item("m", None);
+    no_max_tokens["params"]
+        .as_object_mut()
+        .unwrap()
+        .remove("max_tokens");
+    let cases = [
+        (json!([]), "requests:"),
+        (json!([message_item(&long, None)]), "requests.0.custom_id"),
+        (json!([message_item("", None)]), "requests.0.custom_id"),
+        (json!([message_item("has space", None)]), "pattern"),
+        (
+            json!([message_item("a", None), message_item("a", None)]),
+            "requests.1.custom_id: Duplicate",
+        ),
+        (
+            json!([{"custom_id": "p"}]),
+            "requests.0.params: Field required",
+        ),
+        (json!([streaming]), "requests.0.params.stream"),
+        (json!([no_max_tokens]), "requests.0.params.max_tokens"),
+        (
+            json!([message_item("u", Some("x-fake-usage:bogus=1"))]),
+            "bad x-fake-usage",
+        ),
+    ];
+    for (requests, expected) in cases {
+        let (status, body) = create_message_batch(&fake, &[], requests.clone()).await;
+        assert_eq!(status, 400, "{requests}: {body}");
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+    }
+    let response = post(&fake, "/v1/messages/batches", ANTHROPIC, "{}").await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        json_body(response).await["error"]["message"],
+        "requests: Field required"
+    );
+    // 64 characters of the allowed alphabet pass.
+    let ok = format!("{}-_", "Az09".repeat(15) + "x");
+    assert_eq!(ok.len(), 63);
+    let (status, _) = create_message_batch(&fake, &[], json!([message_item(&ok, None)])).await;
+    assert_eq!(status, 200);
+
+    for (method, path) in [
+        (reqwest::Method::GET, "/v1/messages/batches/msgbatch_nope"),
+        (
+            reqwest::Method::GET,
+            "/v1/messages/batches/msgbatch_nope/results",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/messages/batches/msgbatch_nope/cancel",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/v1/messages/batches/msgbatch_nope",
+        ),
+    ] {
+        let (status, body) = send(&fake, method, path, ANTHROPIC).await;
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body["error"]["type"], "not_found_error");
+    }
+    // Nothing was created by the refused requests.
+    let truth = fake.batches();
+    assert_eq!(truth["anthropic"].as_object().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn message_batch_ends_on_time_with_an_absolute_results_url() {
+    let fake = FakeProvider::start().await;
+    let requests = json!([
+        message_item(
+            "ok-1",
+            Some("x-fake-usage:input=100,output=20,cache_write=10,cache_write_1h=4,cache_read=30")
+        ),
+        message_item("ok-2", None),
+        message_item("err-1", None),
+        message_item("exp-1", None),
+    ]);
+    let started = Instant::now();
+    let (status, created) = create_message_batch(
+        &fake,
+        &[
+            ("x-fake-batch-ms", "400"),
+            ("x-fake-usage", "input=7,output=3"),
+        ],
+        requests,
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("msgbatch_"), "{id}");
+    assert_eq!(created["type"], "message_batch");
+    assert_eq!(created["processing_status"], "in_progress");
+    assert_eq!(
+        created["request_counts"],
+        json!({"processing": 4, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0})
+    );
+    for field in [
+        "ended_at",
+        "archived_at",
+        "cancel_initiated_at",
+        "results_url",
+    ] {
+        assert!(created[field].is_null(), "{field}: {created}");
+    }
+    let created_at = humantime::parse_rfc3339(created["created_at"].as_str().unwrap()).unwrap();
+    let expires_at = humantime::parse_rfc3339(created["expires_at"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        expires_at.duration_since(created_at).unwrap(),
+        Duration::from_secs(24 * 3600)
+    );
+
+    // Before the end: no results, no delete (the API's errors).
+    let path = format!("/v1/messages/batches/{id}");
+    let (status, body) = send(
+        &fake,
+        reqwest::Method::GET,
+        &format!("{path}/results"),
+        ANTHROPIC,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    let (status, _) = send(&fake, reqwest::Method::DELETE, &path, ANTHROPIC).await;
+    assert_eq!(status, 400);
+    let truth = fake.batches();
+    assert_eq!(
+        truth["anthropic"][&id]["items"]["ok-1"]["outcome"],
+        "processing"
+    );
+    assert!(truth["anthropic"][&id]["items"]["ok-1"]["usage"].is_null());
+
+    let (seen, ended) = poll_until(&fake, &path, ANTHROPIC, "processing_status", "ended").await;
+    assert_eq!(seen, ["in_progress", "ended"]);
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    assert_eq!(
+        ended["request_counts"],
+        json!({"processing": 0, "succeeded": 2, "errored": 1, "canceled": 0, "expired": 1})
+    );
+    assert!(ended["ended_at"].is_string());
+    // Absolute, on the scheme and Host of the request that asked.
+    assert_eq!(
+        ended["results_url"],
+        format!("{}/v1/messages/batches/{id}/results", fake.base_url())
+    );
+    let (_, other_host) = send(
+        &fake,
+        reqwest::Method::GET,
+        &format!("/anthropic/v1/messages/batches/{id}"),
+        &with(ANTHROPIC, &[("host", "api.anthropic.test:8443")]),
+    )
+    .await;
+    assert_eq!(
+        other_host["results_url"],
+        format!("http://api.anthropic.test:8443/anthropic/v1/messages/batches/{id}/results")
+    );
+
+    let response = client()
+        .get(ended["results_url"].as_str().unwrap())
+        .header("x-api-key", "sk-ant-test")
+        .header("accept", "application/binary")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        header(&response, "content-type"),
+        Some("application/binary")
+    );
+    let lines = jsonl(&response.bytes().await.unwrap());
+    let order: Vec<&str> = lines
+        .iter()
+        .map(|l| l["custom_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["exp-1", "err-1", "ok-2", "ok-1"], "reverse order");
+    let ok1 = by_custom_id(&lines, "ok-1")["result"].clone();
+    assert_eq!(ok1["type"], "succeeded");
+    assert_eq!(ok1["message"]["type"], "message");
+    assert_eq!(ok1["message"]["model"], "claude-haiku-4-5-20251001");
+    let u = &ok1["message"]["usage"];
+    assert_eq!(
+        (u["input_tokens"].as_u64(), u["output_tokens"].as_u64()),
+        (Some(100), Some(20))
+    );
+    assert_eq!(u["cache_creation_input_tokens"], 10);
+    assert_eq!(u["cache_creation"]["ephemeral_1h_input_tokens"], 4);
+    assert_eq!(u["cache_read_input_tokens"], 30);
+    assert_eq!(u["service_tier"], "batch");
+    let ok2 = by_custom_id(&lines, "ok-2")["result"].clone();
+    assert_eq!(
+        ok2["message"]["usage"]["input_tokens"], 7,
+        "the batch's x-fake-usage"
+    );
+    assert_eq!(
+        by_custom_id(&lines, "err-1")["result"],
+        json!({"type": "errored", "error": {"type": "error", "error": {
+            "type": "invalid_request_error",
+            "message": "fake provider: this item errored (custom_id prefix err-)",
+        }, "request_id": null}})
+    );
+    assert_eq!(
+        by_custom_id(&lines, "exp-1")["result"],
+        json!({"type": "expired"})
+    );
+
+    // Ground truth: what each item billed.
+    let truth = fake.batches();
+    let items = &truth["anthropic"][&id]["items"];
+    assert_eq!(truth["anthropic"][&id]["status"], "ended");
+    assert_eq!(items["ok-1"]["outcome"], "succeeded");
+    assert_eq!(
+        items["ok-1"]["usage"],
+        json!({"input_tokens": 100, "output_tokens": 20, "cache_creation_input_tokens": 10,
+               "cache_creation_1h_input_tokens": 4, "cache_read_input_tokens": 30})
+    );
+    assert_eq!(items["ok-1"]["reported_usage"], *u);
+    assert_eq!(items["ok-2"]["usage"]["input_tokens"], 7);
+    assert_eq!(items["err-1"]["outcome"], "errored");
+    assert!(items["err-1"]["usage"].is_null());
+    assert_eq!(items["exp-1"]["outcome"], "expired");
+
+    let (status, deleted) = send(&fake, reqwest::Method::DELETE, &path, ANTHROPIC).await;
+    assert_eq!(status, 200);
+    assert_eq!(deleted, json!({"id": id, "type": "message_batch_deleted"}));
+    let (status, _) = send(&fake, reqwest::Method::GET, &path, ANTHROPIC).await;
+    assert_eq!(status, 404);
+
+    // Every call was recorded with its credential, and none was metered.
+    let recorded = fake.requests();
+    assert!(recorded
+        .iter()
+        .any(|r| r.path == "/v1/messages/batches" && r.method == "POST"));
+    assert!(recorded
+        .iter()
+        .all(|r| r.header("x-api-key") == Some("sk-ant-test") && r.usage.is_none()));
+}
+
+#[tokio::test]
+async fn message_batch_cancel_cancels_what_was_not_processed() {
+    let fake = FakeProvider::start().await;
+    let (_, created) = create_message_batch(
+        &fake,
+        &[("x-fake-batch-ms", "20"), ("x-fake-batch-cancel-ms", "250")],
+        json!([message_item("ok-1", None), message_item("hold-1", None)]),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/messages/batches/{id}");
+    // A held item keeps the batch running past its processing time.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (_, body) = send(&fake, reqwest::Method::GET, &path, ANTHROPIC).await;
+    assert_eq!(body["processing_status"], "in_progress");
+
+    let (status, canceling) = send(
+        &fake,
+        reqwest::Method::POST,
+        &format!("{path}/cancel"),
+        ANTHROPIC,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(canceling["processing_status"], "canceling");
+    assert!(canceling["cancel_initiated_at"].is_string());
+    assert_eq!(canceling["request_counts"]["processing"], 2);
+    let (seen, ended) = poll_until(&fake, &path, ANTHROPIC, "processing_status", "ended").await;
+    assert_eq!(seen, ["canceling", "ended"]);
+    assert_eq!(
+        ended["request_counts"],
+        json!({"processing": 0, "succeeded": 1, "errored": 0, "canceled": 1, "expired": 0})
+    );
+    let (status, body) = send(
+        &fake,
+        reqwest::Method::POST,
+        &format!("{path}/cancel"),
+        ANTHROPIC,
+    )
+    .await;
+    assert_eq!(status, 400, "an ended batch cannot be canceled: {body}");
+
+    let bytes = client()
+        .get(ended["results_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let lines = jsonl(&bytes);
+    assert_eq!(
+        by_custom_id(&lines, "hold-1")["result"],
+        json!({"type": "canceled"})
+    );
+    assert_eq!(by_custom_id(&lines, "ok-1")["result"]["type"], "succeeded");
+    let truth = fake.batches();
+    assert_eq!(
+        truth["anthropic"][&id]["items"]["hold-1"]["outcome"],
+        "canceled"
+    );
+
+    // A held batch that is never cancelled expires at x-fake-batch-expires-ms.
+    let (_, created) = create_message_batch(
+        &fake,
+        &[
+            ("x-fake-batch-ms", "10"),
+            ("x-fake-batch-expires-ms", "150"),
+        ],
+        json!([message_item("ok-1", None), message_item("hold-1", None)]),
+    )
+    .await;
+    let path = format!("/v1/messages/batches/{}", created["id"].as_str().unwrap());
+    let (_, ended) = poll_until(&fake, &path, ANTHROPIC, "processing_status", "ended").await;
+    assert_eq!(ended["request_counts"]["expired"], 1);
+    assert_eq!(ended["request_counts"]["succeeded"], 1);
+}
+
+#[tokio::test]
+async fn message_batches_list_newest_first_in_pages() {
+    let fake = FakeProvider::start().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let (_, created) =
+            create_message_batch(&fake, &[], json!([message_item(&format!("i-{n}"), None)])).await;
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let (status, page) = send(
+        &fake,
+        reqwest::Method::GET,
+        "/v1/messages/batches?limit=2",
+        ANTHROPIC,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let listed: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [ids[2].as_str(), ids[1].as_str()]);
+    assert_eq!(page["has_more"], true);
+    assert_eq!(page["first_id"], ids[2]);
+    assert_eq!(page["last_id"], ids[1]);
+    let (_, next) = send(
+        &fake,
+        reqwest::Method::GET,
+        &format!("/v1/messages/batches?limit=2&after_id={}", ids[1]),
+        ANTHROPIC,
+    )
+    .await;
+    assert_eq!(next["data"][0]["id"], ids[0]);
+    assert_eq!(next["has_more"], false);
+    let (_, back) = send(
+        &fake,
+        reqwest::Method::GET,
+        &format!("/v1/messages/batches?limit=1&before_id={}", ids[0]),
+        ANTHROPIC,
+    )
+    .await;
+    assert_eq!(back["data"][0]["id"], ids[1]);
+    assert_eq!(back["has_more"], true);
+    let (status, _) = send(
+        &fake,
+        reqwest::Method::GET,
+        "/v1/messages/batches?limit=0",
+        ANTHROPIC,
+    )
+    .await;
+    assert_eq!(status, 400);
+    // The plain Messages endpoint is still itself.
+    let response = post(&fake, "/v1/messages", ANTHROPIC, anthropic_request(false)).await;
+    assert_eq!(json_body(response).await["type"], "message");
+}
+
+/// A `multipart/form-data` upload as the OpenAI SDK sends it.
+async fn upload(fake: &FakeProvider, filename: &str, purpose: &str, data: &str) -> (u16, Value) {
+    let boundary = "fakeboundary7d3a";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\"\r\n\
+         Content-Type: application/octet-stream\r\n\r\n{data}\r\n--{boundary}--\r\n"
+    );
+    let response = client()
+        .post(format!("{}/v1/files", fake.base_url()))
+        .header("authorization", "Bearer sk-test")
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, json_body(response).await)
+}
+
+fn chat_line(custom_id: &str, usage: Option<&str>) -> String {
+    let mut body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]});
+    if let Some(usage) = usage {
+        body["user"] = json!(format!("x-fake-usage:{usage}"));
+    }
+    json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
+        .to_string()
+}
+
+async fn create_openai_batch(
+    fake: &FakeProvider,
+    headers: &[(&str, &str)],
+    body: Value,
+) -> (u16, Value) {
+    let headers = with(OPENAI, headers);
+    let response = post(fake, "/v1/batches", &headers, body.to_string()).await;
+    let status = response.status().as_u16();
+    (status, json_body(response).await)
+}
+
+async fn file_content(fake: &FakeProvider, id: &str) -> Vec<Value> {
+    let response = get(fake, &format!("/v1/files/{id}/content"), OPENAI).await;
+    assert_eq!(response.status(), 200);
+    jsonl(&response.bytes().await.unwrap())
+}
+
+#[tokio::test]
+async fn openai_files_and_batch_create_are_validated() {
+    let fake = FakeProvider::start().await;
+    let (status, file) = upload(&fake, "in.jsonl", "batch", &chat_line("a", None)).await;
+    assert_eq!(status, 200, "{file}");
+    let id = file["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("file-"));
+    assert_eq!(file["object"], "file");
+    assert_eq!(file["purpose"], "batch");
+    assert_eq!(file["filename"], "in.jsonl");
+    assert_eq!(file["bytes"], chat_line("a", None).len());
+    let (_, got) = send(
+        &fake,
+        reqwest::Method::GET,
+        &format!("/v1/files/{id}"),
+        OPENAI,
+    )
+    .await;
+    assert_eq!(got, file);
+    assert_eq!(file_content(&fake, &id).await[0]["custom_id"], "a");
+    let (_, list) = send(
+        &fake,
+        reqwest::Method::GET,
+        "/v1/files?purpose=batch",
+        OPENAI,
+    )
+    .await;
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], id);
+
+    let (status, body) = upload(&fake, "in.txt", "batch", "x").await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        body["error"]["message"],
+        "Invalid file format for Batch API. Must be .jsonl"
+    );
+    let (status, body) = upload(&fake, "in.jsonl", "assistants", "x").await;
+    assert_eq!((status, &body["purpose"]), (200, &json!("assistants")));
+    let other = body["id"].as_str().unwrap().to_owned();
+
+    let good = json!({"input_file_id": id, "endpoint": "/v1/chat/completions", "completion_window": "24h"});
+    let mut cases = Vec::new();
+    for (key, value, status, param) in [
+        ("input_file_id", Value::Null, 400, "input_file_id"),
+        ("endpoint", json!("/v1/images/edits"), 400, "endpoint"),
+        ("completion_window", json!("48h"), 400, "completion_window"),
+        ("input_file_id", json!("file-missing"), 404, "id"),
+        ("input_file_id", json!(other), 400, "input_file_id"),
+    ] {
+        let mut body = good.clone();
+        if value.is_null() {
+            body.as_object_mut().unwrap().remove(key);
+        } else {
+            body[key] = value;
+        }
+        cases.push((body, status, param));
+    }
+    for (body, status, param) in cases {
+        let (got, answer) = create_openai_batch(&fake, &[], body.clone()).await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert_eq!(answer["error"]["type"], "invalid_request_error");
+        assert_eq!(answer["error"]["param"], param, "{answer}");
+    }
+    let (status, body) = send(
+        &fake,
+        reqwest::Method::GET,
+        "/v1/batches/batch_nope",
+        OPENAI,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(body["error"]["message"].is_string());
+
+    let (status, deleted) = send(
+        &fake,
+        reqwest::Method::DELETE,
+        &format!("/v1/files/{other}"),
+        OPENAI,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        deleted,
+        json!({"id": other, "object": "file", "deleted": true})
+    );
+    let (status, _) = send(
+        &fake,
+        reqwest::Method::GET,
+        &format!("/v1/files/{other}"),
+        OPENAI,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(fake.batches()["openai"], json!({}));
+}
+
+#[tokio::test]
+async fn openai_batch_walks_its_states_and_writes_result_files() {
+    let fake = FakeProvider::start().await;
+    let lines = [
+        chat_line("ok-1", Some("input=100,output=20,cache_read=30")),
+        chat_line("ok-2", None),
+        chat_line("err-1", None),
+    ]
+    .join("\n");
+    let (_, file) = upload(&fake, "in.jsonl", "batch", &lines).await;
+    let (status, created) = create_openai_batch(
+        &fake,
+        &[("x-fake-batch-ms", "1200")],
+        json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+               "completion_window": "24h", "metadata": {"job": "nightly"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("batch_"));
+    assert_eq!(created["object"], "batch");
+    assert_eq!(created["status"], "validating");
+    assert_eq!(created["metadata"], json!({"job": "nightly"}));
+    assert_eq!(created["model"], "gpt-4o-mini");
+    assert_eq!(
+        created["expires_at"].as_u64().unwrap() - created["created_at"].as_u64().unwrap(),
+        24 * 3600
+    );
+    assert!(created["output_file_id"].is_null() && created["in_progress_at"].is_null());
+
+    let path = format!("/v1/batches/{id}");
+    let (seen, done) = poll_until(&fake, &path, OPENAI, "status", "completed").await;
+    assert_eq!(
+        seen,
+        ["validating", "in_progress", "finalizing", "completed"]
+    );
+    for field in ["in_progress_at", "finalizing_at", "completed_at"] {
+        assert!(done[field].is_u64(), "{field}: {done}");
+    }
+    assert!(done["failed_at"].is_null() && done["cancelled_at"].is_null());
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": 3, "completed": 2, "failed": 1})
+    );
+    // ok-1 (100 + 30 cached in, 20 out) + ok-2 (11 in, 6 out).
+    assert_eq!(
+        done["usage"],
+        json!({"input_tokens": 141, "input_tokens_details": {"cached_tokens": 30},
+               "output_tokens": 26, "output_tokens_details": {"reasoning_tokens": 0},
+               "total_tokens": 167})
+    );
+
+    let output = file_content(&fake, done["output_file_id"].as_str().unwrap()).await;
+    assert_eq!(output.len(), 2);
+    let ok1 = by_custom_id(&output, "ok-1");
+    assert!(ok1["id"].as_str().unwrap().starts_with("batch_req_"));
+    assert!(ok1["error"].is_null());
+    assert_eq!(ok1["response"]["status_code"], 200);
+    assert!(ok1["response"]["request_id"].is_string());
+    let body = &ok1["response"]["body"];
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["model"], "gpt-4o-mini");
+    assert_eq!(body["usage"]["prompt_tokens"], 130);
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 30);
+    assert_eq!(body["usage"]["completion_tokens"], 20);
+    let errors = file_content(&fake, done["error_file_id"].as_str().unwrap()).await;
+    let err = by_custom_id(&errors, "err-1");
+    assert_eq!(err["response"]["status_code"], 400);
+    assert_eq!(
+        err["response"]["body"]["error"]["type"],
+        "invalid_request_error"
+    );
+    assert!(err["error"].is_null());
+    let (_, out_file) = send(
+        &fake,
+        reqwest::Method::GET,
+        &format!("/v1/files/{}", done["output_file_id"].as_str().unwrap()),
+        OPENAI,
+    )
+    .await;
+    assert_eq!(out_file["purpose"], "batch_output");
+
+    let truth = fake.batches();
+    let items = &truth["openai"][&id]["items"];
+    assert_eq!(truth["openai"][&id]["status"], "completed");
+    assert_eq!(items["ok-1"]["outcome"], "succeeded");
+    assert_eq!(items["ok-1"]["usage"]["input_tokens"], 100);
+    assert_eq!(items["ok-1"]["usage"]["cache_read_input_tokens"], 30);
+    assert_eq!(items["ok-1"]["reported_usage"], body["usage"]);
+    assert_eq!(items["err-1"]["outcome"], "errored");
+
+    let (_, list) = send(&fake, reqwest::Method::GET, "/v1/batches?limit=1", OPENAI).await;
+    assert_eq!(list["data"][0]["id"], id);
+    assert_eq!(
+        (list["first_id"].clone(), list["has_more"].clone()),
+        (json!(id), json!(false))
+    );
+    let (status, _) = send(
+        &fake,
+        reqwest::Method::POST,
+        &format!("{path}/cancel"),
+        OPENAI,
+    )
+    .await;
+    assert_eq!(status, 400, "a completed batch cannot be cancelled");
+}
+
+#[tokio::test]
+async fn openai_batch_cancel_expiry_and_invalid_files() {
+    let fake = FakeProvider::start().await;
+    let lines = [chat_line("ok-1", None), chat_line("hold-1", None)].join("\n");
+    let (_, file) = upload(&fake, "in.jsonl", "batch", &lines).await;
+    let create = json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions",
+                        "completion_window": "24h"});
+    let (_, created) = create_openai_batch(
+        &fake,
+        &[("x-fake-batch-ms", "40"), ("x-fake-batch-cancel-ms", "200")],
+        create.clone(),
+    )
+    .await;
+    let path = format!("/v1/batches/{}", created["id"].as_str().unwrap());
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let (_, running) = send(&fake, reqwest::Method::GET, &path, OPENAI).await;
+    assert_eq!(running["status"], "in_progress", "held: {running}");
+    let (status, cancelling) = send(
+        &fake,
+        reqwest::Method::POST,
+        &format!("{path}/cancel"),
+        OPENAI,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(cancelling["status"], "cancelling");
+    assert!(cancelling["cancelling_at"].is_u64());
+    let (seen, cancelled) = poll_until(&fake, &path, OPENAI, "status", "cancelled").await;
+    assert_eq!(seen, ["cancelling", "cancelled"]);
+    assert!(cancelled["cancelled_at"].is_u64());
+    assert_eq!(
+        cancelled["request_counts"],
+        json!({"total": 2, "completed": 1, "failed": 1})
+    );
+    let errors = file_content(&fake, cancelled["error_file_id"].as_str().unwrap()).await;
+    let held = by_custom_id(&errors, "hold-1");
+    assert!(held["response"].is_null());
+    assert_eq!(held["error"]["code"], "batch_cancelled");
+    assert_eq!(
+        file_content(&fake, cancelled["output_file_id"].as_str().unwrap()).await[0]["custom_id"],
+        "ok-1"
+    );
+
+    // An exp- item: the batch expires, the item goes to the error file.
+    let lines = [chat_line("ok-1", None), chat_line("exp-1", None)].join("\n");
+    let (_, file) = upload(&fake, "in.jsonl", "batch", &lines).await;
+    let (_, created) = create_openai_batch(
+        &fake,
+        &[("x-fake-batch-ms", "40")],
+        json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}),
+    )
+    .await;
+    let path = format!("/v1/batches/{}", created["id"].as_str().unwrap());
+    let (_, expired) = poll_until(&fake, &path, OPENAI, "status", "expired").await;
+    assert_eq!(expired["status"], "expired");
+    assert!(expired["expired_at"].is_u64());
+    let errors = file_content(&fake, expired["error_file_id"].as_str().unwrap()).await;
+    assert_eq!(
+        by_custom_id(&errors, "exp-1")["error"]["code"],
+        "batch_expired"
+    );
+
+    // A malformed input file: the batch is created, then fails validating.
+    let bad = [
+        chat_line("a", None),
+        "{not json".to_owned(),
+        chat_line("a", None),
+        json!({"custom_id": "b", "method": "POST", "url": "/v1/embeddings", "body": {}})
+            .to_string(),
+        json!({"custom_id": "c", "method": "POST", "url": "/v1/chat/completions"}).to_string(),
+    ]
+    .join("\n");
+    let (_, file) = upload(&fake, "bad.jsonl", "batch", &bad).await;
+    let (status, created) = create_openai_batch(
+        &fake,
+        &[("x-fake-batch-ms", "400")],
+        json!({"input_file_id": file["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}),
+    )
+    .await;
+    assert_eq!(
+        (status, created["status"].as_str()),
+        (200, Some("validating"))
+    );
+    let path = format!("/v1/batches/{}", created["id"].as_str().unwrap());
+    let (seen, failed) = poll_until(&fake, &path, OPENAI, "status", "failed").await;
+    assert_eq!(seen, ["validating", "failed"]);
+    assert!(failed["failed_at"].is_u64() && failed["in_progress_at"].is_null());
+    assert_eq!(failed["errors"]["object"], "list");
+    let codes: Vec<(u64, &str)> = failed["errors"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["line"].as_u64().unwrap(), e["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            (2, "invalid_json_line"),
+            (3, "duplicate_custom_id"),
+            (4, "url_mismatch"),
+            (5, "missing_required_parameter"),
+        ]
+    );
+    assert_eq!(failed["request_counts"]["total"], 0);
+    assert!(failed["output_file_id"].is_null() && failed["error_file_id"].is_null());
+}

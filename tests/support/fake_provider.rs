@@ -18,6 +18,25 @@
 //!   terminal event; `x-fake-response-failed: 1` ends a stream with
 //!   `response.failed` (an error, and the usage so far). `x-fake-usage`
 //!   `cache_read` is `cached_tokens`.
+//! * **Anthropic Message Batches** (`fake_batches.rs`): `POST/GET
+//!   /v1/messages/batches`, `GET|DELETE …/{id}`, `POST …/{id}/cancel`,
+//!   `GET …/{id}/results` (JSONL, `application/binary`). `results_url` is
+//!   absolute on the request's own scheme, `Host` and path prefix, like the
+//!   real `https://api.anthropic.com/v1/messages/batches/{id}/results`.
+//! * **OpenAI Files + Batch** (`fake_batches.rs`): `POST/GET /v1/files`
+//!   (multipart upload), `GET|DELETE /v1/files/{id}`, `GET
+//!   /v1/files/{id}/content`; `POST/GET /v1/batches`, `GET
+//!   /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`, for the endpoints
+//!   `/v1/chat/completions`, `/v1/responses` and `/v1/embeddings`; output
+//!   and error files are files like the uploaded ones.
+//!
+//! Batches move through their states with the clock (no background task):
+//! Anthropic `in_progress` → `ended` (or `canceling` → `ended`), OpenAI
+//! `validating` → `in_progress` → `finalizing` → `completed` (or `failed`,
+//! `cancelling` → `cancelled`, `expired`). Each item is answered by the same
+//! code as a direct call to its endpoint (same usage, same `x-fake-usage`
+//! rules), so its tokens are known exactly. Results and output files list
+//! items in reverse submission order (match them by `custom_id`).
 //!
 //! Routing looks at the end of the path only, so any prefix works
 //! (`/api/v1/chat/completions` is served like `/v1/chat/completions`).
@@ -35,12 +54,32 @@
 //! | `x-fake-big-bytes` | approximate body size of the `big` stream (default 100 000 000) |
 //! | `x-fake-retry-after` | `retry-after` value on 429/529 errors (default `1`) |
 //! | `x-fake-no-retry: 1` | adds `x-should-retry: false` to error responses |
+//! | `x-fake-batch-ms` | on a batch create: processing time, default 200 (OpenAI: `validating` the first quarter, `finalizing` the last) |
+//! | `x-fake-batch-cancel-ms` | on a batch create: how long a cancel of it takes, default 100 |
+//! | `x-fake-batch-expires-ms` | on a batch create: when it expires, default 24 h (`expires_at`); a batch still running then ends, its unprocessed items expired |
 //! | `x-fake-fallback` | Anthropic server-side fallback to this model: `usage.iterations[]` gets a `message` entry (the requested model, the input, no output) and a `fallback_message` entry (this model, the input and the output); a JSON answer names this model, a stream's `message_start` the requested one |
+//!
+//! On a batch create, `x-fake-usage` and `x-fake-scenario` (`text`,
+//! `tool_use`, `thinking`) apply to every item. Per item, SDK-valid:
+//!
+//! | item control | effect |
+//! |---|---|
+//! | `custom_id` `err-…` | Anthropic `errored` (`invalid_request_error`); OpenAI error-file line, `response.status_code` 400, `error` null |
+//! | `custom_id` `exp-…` | `expired` (OpenAI: `batch_expired` line, batch status `expired`) |
+//! | `custom_id` `hold-…` | never processed: the batch runs until cancelled (item `canceled` / `batch_cancelled`) or expired |
+//! | user id `x-fake-usage:input=…,output=…,…` | this item's usage (Anthropic `params.metadata.user_id`, OpenAI `body.user`) |
+//!
+//! `GET /_fake/batches` is the ground truth: `{"anthropic": {BATCH_ID:
+//! {"status", "items": {CUSTOM_ID: ITEM}}}, "openai": {BATCH_ID: {"status",
+//! "endpoint", "items": {…}}}}`, where ITEM is `{"outcome"
+//! (processing|succeeded|errored|canceled|expired), "model", "usage"
+//! (a [`FakeUsage`] as JSON, succeeded items only, else null),
+//! "reported_usage" (the `usage` object as the result carries it)}`.
 //!
 //! Every request (except the `/_fake/…` control endpoints) is recorded as a
 //! [`Recorded`], including the exact response bytes and the usage that was
 //! reported. `GET /_fake/requests` returns the recorded list as JSON and
-//! `POST /_fake/clear` empties it.
+//! `POST /_fake/clear` empties it (batches and files stay).
 //!
 //! The wire formats follow the provider reference (Anthropic §1–§3, OpenAI §8,
 //! OpenRouter §9, checklist §11): every Anthropic SSE event is exactly
@@ -48,6 +87,10 @@
 //! event is written as its own body chunk (only `big` packs many events into
 //! one ~16 KiB chunk).
 #![allow(dead_code)]
+
+// Relative to this file, also when a bench includes it by `#[path]`.
+#[path = "fake_batches/mod.rs"]
+mod batches;
 
 use std::io;
 use std::net::SocketAddr;
@@ -270,7 +313,7 @@ impl FakeProvider {
         let addr = listener
             .local_addr()
             .expect("fake provider: listener address");
-        let (shared, app) = app(default_scenario);
+        let (shared, app) = app(default_scenario, false);
         let server = tokio::spawn(async move {
             // Only returns on an accept-loop failure; nothing to report then.
             let _ = axum::serve(listener, app).await;
@@ -312,7 +355,7 @@ impl FakeProvider {
         .expect("tls config");
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let (shared, app) = app(None);
+        let (shared, app) = app(None, true);
         let server = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let acceptor = acceptor.clone();
@@ -359,6 +402,12 @@ impl FakeProvider {
             .collect()
     }
 
+    /// `GET /_fake/batches`: per batch id and `custom_id`, each item's
+    /// outcome and the usage it reported (see `fake_batches.rs`).
+    pub fn batches(&self) -> Value {
+        self.shared.batches_json()
+    }
+
     /// Forgets every recorded request (in-flight ones stop being tracked).
     pub fn clear(&self) {
         self.shared.entries().clear();
@@ -392,6 +441,10 @@ impl Drop for FakeProvider {
 
 struct Shared {
     default_scenario: Option<String>,
+    /// Served over TLS: absolute URLs the fake hands out say `https`.
+    tls: bool,
+    /// Message Batches, OpenAI files and batches (see `fake_batches.rs`).
+    batches: Mutex<batches::Store>,
     entries: Mutex<Vec<Entry>>,
     /// Bumped on every state change that `wait_for` may care about.
     changes: watch::Sender<u64>,
@@ -625,6 +678,34 @@ struct Call {
     geo: Option<String>,
 }
 
+impl Call {
+    /// A call with the dialect's defaults, before the body says more.
+    fn new(dialect: Dialect, scenario: Scenario, headers: HeaderMap) -> Call {
+        Call {
+            dialect,
+            scenario,
+            openrouter: false,
+            model: match dialect {
+                Dialect::Anthropic => DEFAULT_ANTHROPIC_MODEL,
+                Dialect::OpenAi => DEFAULT_OPENAI_MODEL,
+            }
+            .to_owned(),
+            stream: false,
+            include_usage: false,
+            usage: UsageOverride::default(),
+            headers,
+            request_id: format!("req_{}", token()),
+            message_id: match dialect {
+                Dialect::Anthropic => format!("msg_{}", token()),
+                Dialect::OpenAi => format!("chatcmpl-{}", token()),
+            },
+            created: unix_now(),
+            speed: None,
+            geo: None,
+        }
+    }
+}
+
 /// What to send back, before it is turned into an HTTP response.
 struct Reply {
     status: StatusCode,
@@ -707,10 +788,12 @@ impl Reply {
 }
 
 /// The recorder state and the router serving it.
-fn app(default_scenario: Option<String>) -> (Arc<Shared>, Router) {
+fn app(default_scenario: Option<String>, tls: bool) -> (Arc<Shared>, Router) {
     let (changes, _) = watch::channel(0_u64);
     let shared = Arc::new(Shared {
         default_scenario,
+        tls,
+        batches: Mutex::new(batches::Store::default()),
         entries: Mutex::new(Vec::new()),
         changes,
         next_id: AtomicU64::new(0),
@@ -763,8 +846,9 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     // If the client goes away while this awaits (e.g. `hang`), hyper drops
     // this future and with it the tracker, which records `client_gone`.
     let reply = respond(
+        &shared,
         &parts.method,
-        parts.uri.path(),
+        &parts.uri,
         parts.headers,
         &body,
         &scenario,
@@ -773,9 +857,10 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     reply.into_response(tracker)
 }
 
-/// `GET /_fake/requests` and `POST /_fake/clear`.
+/// `GET /_fake/requests`, `POST /_fake/clear` and `GET /_fake/batches`.
 fn control(shared: &Shared, method: &Method, path: &str) -> Response {
     let reply = match (method, path) {
+        (&Method::GET, "/_fake/batches") => shared.batches_json(),
         (&Method::GET, "/_fake/requests") => {
             let list: Vec<Value> = shared
                 .entries()
@@ -811,12 +896,15 @@ fn control(shared: &Shared, method: &Method, path: &str) -> Response {
 
 /// Builds the reply for one recorded request.
 async fn respond(
+    shared: &Shared,
     method: &Method,
-    path: &str,
+    uri: &http::Uri,
     headers: HeaderMap,
     body: &[u8],
     scenario_name: &str,
 ) -> Reply {
+    let path = uri.path();
+    let batch_route = batches::Route::parse(path);
     let endpoint = if path.ends_with("/messages/count_tokens") {
         Endpoint::CountTokens
     } else if path.ends_with("/messages") {
@@ -832,38 +920,23 @@ async fn respond(
     } else {
         Endpoint::Unknown
     };
-    let dialect = match endpoint {
-        Endpoint::Messages | Endpoint::CountTokens => Dialect::Anthropic,
-        Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::Responses => Dialect::OpenAi,
-        Endpoint::Models | Endpoint::Unknown => {
-            if headers.contains_key("anthropic-version") || headers.contains_key("x-api-key") {
-                Dialect::Anthropic
-            } else {
+    let dialect = match (endpoint, &batch_route) {
+        (_, Some(route)) => route.dialect(),
+        (endpoint, None) => match endpoint {
+            Endpoint::Messages | Endpoint::CountTokens => Dialect::Anthropic,
+            Endpoint::ChatCompletions | Endpoint::Embeddings | Endpoint::Responses => {
                 Dialect::OpenAi
             }
-        }
+            Endpoint::Models | Endpoint::Unknown => {
+                if headers.contains_key("anthropic-version") || headers.contains_key("x-api-key") {
+                    Dialect::Anthropic
+                } else {
+                    Dialect::OpenAi
+                }
+            }
+        },
     };
-    let request_id = format!("req_{}", token());
-    let mut call = Call {
-        dialect,
-        scenario: Scenario::Text,
-        openrouter: false,
-        model: match dialect {
-            Dialect::Anthropic => DEFAULT_ANTHROPIC_MODEL,
-            Dialect::OpenAi => DEFAULT_OPENAI_MODEL,
-        }
-        .to_owned(),
-        stream: false,
-        include_usage: false,
-        usage: UsageOverride::default(),
-        headers,
-        request_id,
-        message_id: String::new(),
-        created: unix_now(),
-        speed: None,
-        geo: None,
-    };
-
+    let mut call = Call::new(dialect, Scenario::Text, headers);
     let Some(scenario) = Scenario::parse(scenario_name) else {
         return error_reply(
             &call,
@@ -873,11 +946,9 @@ async fn respond(
     };
     call.scenario = scenario;
     call.openrouter = scenario == Scenario::OpenRouter;
-    call.message_id = match (dialect, call.openrouter) {
-        (_, true) => format!("gen-{}-{}", call.created, &token()[12..]),
-        (Dialect::Anthropic, false) => format!("msg_{}", token()),
-        (Dialect::OpenAi, false) => format!("chatcmpl-{}", token()),
-    };
+    if call.openrouter {
+        call.message_id = format!("gen-{}-{}", call.created, &token()[12..]);
+    }
 
     if let Some(ttfb) = header_u64(&call.headers, "x-fake-ttfb-ms") {
         tokio::time::sleep(Duration::from_millis(ttfb)).await;
@@ -904,6 +975,10 @@ async fn respond(
             )
         }
         None => {}
+    }
+
+    if let Some(route) = batch_route {
+        return batches::respond(shared, route, method, uri, &call, body);
     }
 
     let routed = matches!(
@@ -943,6 +1018,13 @@ async fn respond(
             )
         }
     };
+    apply_request(&mut call, &request);
+    generation_reply(&call, endpoint, &request)
+}
+
+/// What the request body says about the answer: `model`, `speed`,
+/// `inference_geo`, `stream` and `stream_options.include_usage`.
+fn apply_request(call: &mut Call, request: &Value) {
     if let Some(model) = request.get("model").and_then(Value::as_str) {
         call.model = model.to_owned();
     }
@@ -954,27 +1036,30 @@ async fn respond(
         .get("inference_geo")
         .and_then(Value::as_str)
         .map(str::to_owned);
-    call.stream =
-        request.get("stream").and_then(Value::as_bool) == Some(true) && scenario != Scenario::Hang;
+    call.stream = request.get("stream").and_then(Value::as_bool) == Some(true)
+        && call.scenario != Scenario::Hang;
     call.include_usage = request
         .pointer("/stream_options/include_usage")
         .and_then(Value::as_bool)
         == Some(true);
+}
 
+/// The answer of a generation endpoint (or count_tokens) to `request`.
+fn generation_reply(call: &Call, endpoint: Endpoint, request: &Value) -> Reply {
     if endpoint == Endpoint::CountTokens {
-        return count_tokens_reply(&call);
+        return count_tokens_reply(call);
     }
     if endpoint == Endpoint::Embeddings {
-        return embeddings_reply(&call, &request);
+        return embeddings_reply(call, request);
     }
     if endpoint == Endpoint::Responses {
-        return responses_reply(&call, &request);
+        return responses_reply(call, request);
     }
-    match (dialect, call.stream) {
-        (Dialect::Anthropic, false) => anthropic_message_reply(&call),
-        (Dialect::Anthropic, true) => anthropic_stream_reply(&call),
-        (Dialect::OpenAi, false) => openai_completion_reply(&call),
-        (Dialect::OpenAi, true) => openai_stream_reply(&call),
+    match (call.dialect, call.stream) {
+        (Dialect::Anthropic, false) => anthropic_message_reply(call),
+        (Dialect::Anthropic, true) => anthropic_stream_reply(call),
+        (Dialect::OpenAi, false) => openai_completion_reply(call),
+        (Dialect::OpenAi, true) => openai_stream_reply(call),
     }
 }
 
