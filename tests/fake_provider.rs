@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use support::fake_provider::{
     FakeProvider, FakeUsage, Recorded, DEFAULT_ANTHROPIC_MODEL, RESPONSE_CAP,
 };
+use support::sdk::{run_script, sdk_python};
 
 const WAIT: Duration = Duration::from_secs(5);
 const SSE: &str = "text/event-stream; charset=utf-8";
@@ -2184,4 +2185,360 @@ async fn openai_batch_cancel_expiry_and_invalid_files() {
     );
     assert_eq!(failed["request_counts"]["total"], 0);
     assert!(failed["output_file_id"].is_null() && failed["error_file_id"].is_null());
+}
+
+// ---------------------------------------------------------------------------
+// batches through the official SDKs (tests/sdk/*_batches.py)
+
+const SDK_ANTHROPIC_KEY: &str = "sk-ant-batch-sdk-test";
+const SDK_OPENAI_KEY: &str = "sk-openai-batch-sdk-test";
+
+fn result_of<'a>(results: &'a [Value], custom_id: &str) -> &'a Value {
+    results
+        .iter()
+        .find(|r| r["custom_id"] == custom_id)
+        .unwrap_or_else(|| panic!("no result for {custom_id}: {results:?}"))
+}
+
+#[tokio::test]
+async fn anthropic_sdk_drives_message_batches() {
+    let python = sdk_python("anthropic-current").await;
+    let fake = FakeProvider::start().await;
+    let plan = json!([
+        {"name": "A", "op": "create", "headers": {"x-fake-batch-ms": "300"}, "requests": [
+            {"custom_id": "ok-1", "usage": "input=100,output=20,cache_write=10,cache_read=30"},
+            {"custom_id": "ok-2"},
+            {"custom_id": "err-1"},
+            {"custom_id": "exp-1"},
+        ]},
+        {"name": "early", "op": "results", "batch": "A"},
+        {"name": "A-ended", "op": "wait", "batch": "A"},
+        {"name": "A-results", "op": "results", "batch": "A"},
+        {"name": "B", "op": "create",
+         "headers": {"x-fake-batch-ms": "20", "x-fake-batch-cancel-ms": "200"},
+         "requests": [{"custom_id": "ok-1"}, {"custom_id": "hold-1"}]},
+        {"name": "B-cancel", "op": "cancel", "batch": "B"},
+        {"name": "B-ended", "op": "wait", "batch": "B"},
+        {"name": "B-results", "op": "results", "batch": "B"},
+        {"name": "list", "op": "list", "limit": 1},
+        {"name": "A-delete", "op": "delete", "batch": "A"},
+        {"name": "A-gone", "op": "retrieve", "batch": "A"},
+    ]);
+    let base = fake.base_url();
+    let run = run_script(
+        &python,
+        "anthropic_batches.py",
+        &[
+            ("ANTHROPIC_BASE_URL", &base),
+            ("ANTHROPIC_API_KEY", SDK_ANTHROPIC_KEY),
+        ],
+        &plan,
+    )
+    .await;
+
+    let created = &run.ok("A")["batch"];
+    let a = created["id"].as_str().unwrap();
+    assert_eq!(created["processing_status"], "in_progress");
+    assert!(created["results_url"].is_null());
+    // The SDK refuses results before the batch ended (no results_url yet).
+    let early = run.get("early");
+    assert_eq!(early["ok"], false);
+    assert_eq!(early["exception"], "AnthropicError", "{early}");
+    let ended = run.ok("A-ended");
+    assert_eq!(ended["seen"], json!(["in_progress", "ended"]));
+    assert_eq!(
+        ended["batch"]["results_url"],
+        format!("{base}/v1/messages/batches/{a}/results")
+    );
+    assert_eq!(
+        ended["batch"]["request_counts"],
+        json!({"processing": 0, "succeeded": 2, "errored": 1, "canceled": 0, "expired": 1})
+    );
+
+    let results = run.ok("A-results")["results"].as_array().unwrap().clone();
+    assert_eq!(results.len(), 4);
+    let ok1 = &result_of(&results, "ok-1")["result"];
+    assert_eq!(ok1["type"], "succeeded");
+    let usage = &ok1["message"]["usage"];
+    assert_eq!(
+        (
+            &usage["input_tokens"],
+            &usage["output_tokens"],
+            &usage["cache_creation_input_tokens"],
+            &usage["cache_read_input_tokens"],
+            &usage["service_tier"],
+        ),
+        (
+            &json!(100),
+            &json!(20),
+            &json!(10),
+            &json!(30),
+            &json!("batch")
+        )
+    );
+    assert_eq!(
+        result_of(&results, "ok-2")["result"]["message"]["usage"]["input_tokens"],
+        11
+    );
+    let errored = &result_of(&results, "err-1")["result"];
+    assert_eq!(errored["type"], "errored");
+    assert_eq!(errored["error"]["type"], "error");
+    assert_eq!(errored["error"]["error"]["type"], "invalid_request_error");
+    assert_eq!(result_of(&results, "exp-1")["result"]["type"], "expired");
+
+    let b = run.ok("B")["batch"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        run.ok("B-cancel")["batch"]["processing_status"],
+        "canceling"
+    );
+    let b_ended = run.ok("B-ended");
+    assert_eq!(b_ended["seen"], json!(["canceling", "ended"]));
+    assert_eq!(b_ended["batch"]["request_counts"]["canceled"], 1);
+    let b_results = run.ok("B-results")["results"].as_array().unwrap().clone();
+    assert_eq!(
+        result_of(&b_results, "hold-1")["result"]["type"],
+        "canceled"
+    );
+    assert_eq!(result_of(&b_results, "ok-1")["result"]["type"], "succeeded");
+
+    let list = run.ok("list");
+    assert_eq!(list["first_page"]["ids"], json!([b]));
+    assert_eq!(list["first_page"]["has_more"], true);
+    assert_eq!(list["ids"], json!([b, a]), "auto-pagination with after_id");
+    assert_eq!(
+        run.ok("A-delete")["deleted"],
+        json!({"id": a, "type": "message_batch_deleted"})
+    );
+    let gone = run.get("A-gone");
+    assert_eq!(
+        (gone["exception"].as_str(), gone["status_code"].as_u64()),
+        (Some("NotFoundError"), Some(404))
+    );
+
+    // Ground truth agrees with what the SDK read, item by item.
+    let truth = fake.batches();
+    let items = &truth["anthropic"][&b]["items"];
+    assert_eq!(items["hold-1"]["outcome"], "canceled");
+    // (The SDK's dump adds the fields its model declares, e.g. `speed`.)
+    let read = &result_of(&b_results, "ok-1")["result"]["message"]["usage"];
+    for field in [
+        "input_tokens",
+        "output_tokens",
+        "cache_read_input_tokens",
+        "service_tier",
+    ] {
+        assert_eq!(
+            items["ok-1"]["reported_usage"][field], read[field],
+            "{field}"
+        );
+    }
+    assert!(truth["anthropic"].get(a).is_none(), "deleted");
+
+    // The SDK followed the absolute results_url to the fake, with its key.
+    let seen = fake.requests();
+    let fetched: Vec<&Recorded> = seen
+        .iter()
+        .filter(|r| r.path.ends_with("/results"))
+        .collect();
+    assert_eq!(fetched.len(), 2);
+    assert_eq!(fetched[0].path, format!("/v1/messages/batches/{a}/results"));
+    assert_eq!(fetched[0].header("accept"), Some("application/binary"));
+    for r in &seen {
+        let credential = r
+            .header("x-api-key")
+            .or_else(|| r.header("authorization"))
+            .unwrap_or_default();
+        assert!(
+            credential.contains(SDK_ANTHROPIC_KEY),
+            "{} {}: {credential:?}",
+            r.method,
+            r.path
+        );
+        assert!(r.usage.is_none());
+    }
+}
+
+fn openai_line(custom_id: &str, url: &str, body: Value) -> String {
+    json!({"custom_id": custom_id, "method": "POST", "url": url, "body": body}).to_string()
+}
+
+#[tokio::test]
+async fn openai_sdk_drives_files_and_batches() {
+    let python = sdk_python("openai").await;
+    let fake = FakeProvider::start().await;
+    let chat = |id: &str, user: Option<&str>| {
+        let mut body =
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]});
+        if let Some(user) = user {
+            body["user"] = json!(user);
+        }
+        openai_line(id, "/v1/chat/completions", body)
+    };
+    let slow = json!({"x-fake-batch-ms": "400"});
+    let plan = json!([
+        {"name": "F1", "op": "upload", "lines": [
+            chat("ok-1", Some("x-fake-usage:input=100,output=20,cache_read=30")),
+            chat("ok-2", None),
+            chat("err-1", None),
+        ]},
+        {"name": "B1", "op": "create", "file": "F1", "headers": slow, "metadata": {"job": "nightly"}},
+        {"name": "B1-done", "op": "wait", "batch": "B1"},
+        {"name": "B1-out", "op": "content", "batch": "B1", "which": "output_file_id"},
+        {"name": "B1-err", "op": "content", "batch": "B1", "which": "error_file_id"},
+        {"name": "F2", "op": "upload", "lines": [chat("ok-1", None), chat("hold-1", None)]},
+        {"name": "B2", "op": "create", "file": "F2",
+         "headers": {"x-fake-batch-ms": "20", "x-fake-batch-cancel-ms": "200"}},
+        {"name": "B2-cancel", "op": "cancel", "batch": "B2"},
+        {"name": "B2-done", "op": "wait", "batch": "B2"},
+        {"name": "B2-err", "op": "content", "batch": "B2", "which": "error_file_id"},
+        {"name": "F3", "op": "upload", "lines": [
+            chat("a", None),
+            "{not json".to_owned(),
+            openai_line("b", "/v1/embeddings", json!({"model": "text-embedding-3-small", "input": "x"})),
+        ]},
+        {"name": "B3", "op": "create", "file": "F3", "headers": slow},
+        {"name": "B3-done", "op": "wait", "batch": "B3"},
+        {"name": "F4", "op": "upload", "lines": [
+            openai_line("e-1", "/v1/embeddings", json!({"model": "text-embedding-3-small", "input": ["a", "b"], "user": "x-fake-usage:input=8"})),
+        ]},
+        {"name": "B4", "op": "create", "file": "F4", "endpoint": "/v1/embeddings"},
+        {"name": "B4-done", "op": "wait", "batch": "B4"},
+        {"name": "B4-out", "op": "content", "batch": "B4", "which": "output_file_id"},
+        {"name": "F5", "op": "upload", "lines": [
+            openai_line("r-1", "/v1/responses", json!({"model": "gpt-4o-mini", "input": "Hi", "user": "x-fake-usage:input=40,output=9"})),
+        ]},
+        {"name": "B5", "op": "create", "file": "F5", "endpoint": "/v1/responses"},
+        {"name": "B5-done", "op": "wait", "batch": "B5"},
+        {"name": "B5-out", "op": "content", "batch": "B5", "which": "output_file_id"},
+        {"name": "list", "op": "list", "limit": 2},
+        {"name": "F1-get", "op": "file", "file": "F1"},
+        {"name": "F1-delete", "op": "delete_file", "file": "F1"},
+        {"name": "F1-gone", "op": "file", "file": "F1"},
+    ]);
+    let base = fake.openai_base_url();
+    let run = run_script(
+        &python,
+        "openai_batches.py",
+        &[
+            ("OPENAI_BASE_URL", &base),
+            ("OPENAI_API_KEY", SDK_OPENAI_KEY),
+        ],
+        &plan,
+    )
+    .await;
+
+    let f1 = run.ok("F1")["file"].clone();
+    assert_eq!(
+        (f1["object"].as_str(), f1["purpose"].as_str()),
+        (Some("file"), Some("batch"))
+    );
+    let b1 = run.ok("B1")["batch"].clone();
+    assert_eq!(b1["status"], "validating");
+    assert_eq!(b1["input_file_id"], f1["id"]);
+    assert_eq!(b1["metadata"], json!({"job": "nightly"}));
+    let done = run.ok("B1-done");
+    let seen: Vec<&str> = done["seen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let order = ["validating", "in_progress", "finalizing", "completed"];
+    assert!(
+        seen.windows(2)
+            .all(|w| order.iter().position(|s| *s == w[0]) < order.iter().position(|s| *s == w[1])),
+        "{seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&"completed"));
+    assert_eq!(
+        done["batch"]["request_counts"],
+        json!({"total": 3, "completed": 2, "failed": 1})
+    );
+    assert_eq!(done["batch"]["usage"]["input_tokens"], 141);
+    let out = run.ok("B1-out")["lines"].as_array().unwrap().clone();
+    let ok1 = result_of(&out, "ok-1");
+    assert_eq!(ok1["response"]["status_code"], 200);
+    let usage = &ok1["response"]["body"]["usage"];
+    assert_eq!(
+        (&usage["prompt_tokens"], &usage["completion_tokens"]),
+        (&json!(130), &json!(20))
+    );
+    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 30);
+    let err = run.ok("B1-err")["lines"].as_array().unwrap().clone();
+    assert_eq!(result_of(&err, "err-1")["response"]["status_code"], 400);
+
+    assert_eq!(run.ok("B2-cancel")["batch"]["status"], "cancelling");
+    let b2 = run.ok("B2-done");
+    assert_eq!(b2["seen"], json!(["cancelling", "cancelled"]));
+    assert_eq!(
+        b2["batch"]["request_counts"],
+        json!({"total": 2, "completed": 1, "failed": 1})
+    );
+    let b2_err = run.ok("B2-err")["lines"].as_array().unwrap().clone();
+    assert_eq!(
+        result_of(&b2_err, "hold-1")["error"]["code"],
+        "batch_cancelled"
+    );
+
+    let b3 = &run.ok("B3-done")["batch"];
+    assert_eq!(b3["status"], "failed");
+    let codes: Vec<&str> = b3["errors"]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["invalid_json_line", "url_mismatch"]);
+
+    assert_eq!(run.ok("B4-done")["batch"]["status"], "completed");
+    let e1 = &run.ok("B4-out")["lines"][0];
+    assert_eq!(e1["response"]["body"]["object"], "list");
+    assert_eq!(e1["response"]["body"]["data"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        e1["response"]["body"]["usage"],
+        json!({"prompt_tokens": 8, "total_tokens": 8})
+    );
+    let r1 = &run.ok("B5-out")["lines"][0]["response"]["body"];
+    assert_eq!(r1["object"], "response");
+    assert_eq!(
+        (&r1["usage"]["input_tokens"], &r1["usage"]["output_tokens"]),
+        (&json!(40), &json!(9))
+    );
+
+    let list = run.ok("list");
+    assert_eq!(list["first_page"]["ids"].as_array().unwrap().len(), 2);
+    assert_eq!(list["first_page"]["has_more"], true);
+    assert_eq!(
+        list["ids"].as_array().unwrap().len(),
+        5,
+        "auto-pagination with after"
+    );
+    assert_eq!(run.ok("F1-get")["file"]["id"], f1["id"]);
+    assert_eq!(run.ok("F1-delete")["deleted"]["deleted"], true);
+    assert_eq!(run.get("F1-gone")["status_code"], 404);
+
+    // Ground truth: per batch and custom_id, the usage each item reported.
+    let truth = fake.batches();
+    let b1_id = b1["id"].as_str().unwrap();
+    assert_eq!(
+        truth["openai"][b1_id]["items"]["ok-1"]["reported_usage"],
+        *usage
+    );
+    assert_eq!(
+        truth["openai"][b1_id]["items"]["err-1"]["outcome"],
+        "errored"
+    );
+    let seen = fake.requests();
+    assert!(seen
+        .iter()
+        .any(|r| r.path == "/v1/files" && r.method == "POST"));
+    for r in &seen {
+        assert_eq!(
+            r.header("authorization"),
+            Some(format!("Bearer {SDK_OPENAI_KEY}").as_str()),
+            "{} {}",
+            r.method,
+            r.path
+        );
+    }
 }
