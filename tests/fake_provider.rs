@@ -2542,3 +2542,49 @@ async fn openai_sdk_drives_files_and_batches() {
         );
     }
 }
+
+#[tokio::test]
+async fn message_batch_results_url_over_tls_is_https() {
+    let (fake, cert) = FakeProvider::start_tls().await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let base = format!("https://localhost:{}", fake.addr.port());
+    let created: Value = client
+        .post(format!("{base}/v1/messages/batches"))
+        .header("x-api-key", "sk-ant-test")
+        .header("x-fake-batch-ms", "10")
+        .json(&json!({"requests": [message_item("ok-1", None)]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let response = client
+        .get(format!("{base}/v1/messages/batches/{id}"))
+        .header("x-api-key", "sk-ant-test")
+        .send()
+        .await
+        .unwrap();
+    // h2 carries the authority in :authority, not in a Host header.
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    let ended: Value = response.json().await.unwrap();
+    let url = format!("{base}/v1/messages/batches/{id}/results");
+    assert_eq!(ended["results_url"], url);
+    let lines = jsonl(
+        &client
+            .get(&url)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(lines[0]["result"]["type"], "succeeded");
+}

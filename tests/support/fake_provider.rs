@@ -18,12 +18,12 @@
 //!   terminal event; `x-fake-response-failed: 1` ends a stream with
 //!   `response.failed` (an error, and the usage so far). `x-fake-usage`
 //!   `cache_read` is `cached_tokens`.
-//! * **Anthropic Message Batches** (`fake_batches.rs`): `POST/GET
+//! * **Anthropic Message Batches** (`fake_batches/`): `POST/GET
 //!   /v1/messages/batches`, `GET|DELETE …/{id}`, `POST …/{id}/cancel`,
 //!   `GET …/{id}/results` (JSONL, `application/binary`). `results_url` is
 //!   absolute on the request's own scheme, `Host` and path prefix, like the
 //!   real `https://api.anthropic.com/v1/messages/batches/{id}/results`.
-//! * **OpenAI Files + Batch** (`fake_batches.rs`): `POST/GET /v1/files`
+//! * **OpenAI Files + Batch** (`fake_batches/`): `POST/GET /v1/files`
 //!   (multipart upload), `GET|DELETE /v1/files/{id}`, `GET
 //!   /v1/files/{id}/content`; `POST/GET /v1/batches`, `GET
 //!   /v1/batches/{id}`, `POST /v1/batches/{id}/cancel`, for the endpoints
@@ -60,7 +60,9 @@
 //! | `x-fake-fallback` | Anthropic server-side fallback to this model: `usage.iterations[]` gets a `message` entry (the requested model, the input, no output) and a `fallback_message` entry (this model, the input and the output); a JSON answer names this model, a stream's `message_start` the requested one |
 //!
 //! On a batch create, `x-fake-usage` and `x-fake-scenario` (`text`,
-//! `tool_use`, `thinking`) apply to every item. Per item, SDK-valid:
+//! `tool_use`, `thinking`) apply to every item. On any batch or file call,
+//! `error-NNN` and `x-fake-ttfb-ms` fail or delay that call as usual. Per
+//! item, SDK-valid:
 //!
 //! | item control | effect |
 //! |---|---|
@@ -403,7 +405,7 @@ impl FakeProvider {
     }
 
     /// `GET /_fake/batches`: per batch id and `custom_id`, each item's
-    /// outcome and the usage it reported (see `fake_batches.rs`).
+    /// outcome and the usage it reported (see `fake_batches/`).
     pub fn batches(&self) -> Value {
         self.shared.batches_json()
     }
@@ -443,7 +445,7 @@ struct Shared {
     default_scenario: Option<String>,
     /// Served over TLS: absolute URLs the fake hands out say `https`.
     tls: bool,
-    /// Message Batches, OpenAI files and batches (see `fake_batches.rs`).
+    /// Message Batches, OpenAI files and batches (see `fake_batches/`).
     batches: Mutex<batches::Store>,
     entries: Mutex<Vec<Entry>>,
     /// Bumped on every state change that `wait_for` may care about.

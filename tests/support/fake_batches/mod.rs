@@ -22,19 +22,19 @@
 //!   also `expires_at`) a batch still running ends, its unprocessed items
 //!   `expired`.
 //!
-//! An item's `custom_id` prefix picks its outcome (types stay SDK-valid):
-//! `err-` errored (Anthropic `errored` with an `invalid_request_error`;
-//! OpenAI an error-file line with `status_code` 400), `exp-` expired (the
-//! batch ends on time, the item `expired` / `batch_expired`), `hold-` never
-//! processed (the batch stays running until it is cancelled or expires, so
-//! a test can cancel it deterministically). Anything else succeeds.
+//! The per-item controls (`custom_id` prefixes `err-`, `exp-`, `hold-`;
+//! `x-fake-usage:` user ids) and `GET /_fake/batches` are in the table of
+//! `fake_provider.rs`.
 //!
-//! Usage of an item: the create request's `x-fake-usage` applies to every
-//! item; an item overrides it with a user id `x-fake-usage:input=…,…`
-//! (Anthropic `params.metadata.user_id`, OpenAI `body.user`).
-//!
-//! Results and output files list items in **reverse** submission order (the
-//! real APIs promise no order; clients must match by `custom_id`).
+//! Where the reference is silent, the fake chooses (unverified against the
+//! real APIs): results of a batch not yet ended, deleting it, cancelling an
+//! ended batch, and cancelling a terminal OpenAI batch are 400
+//! `invalid_request_error`; OpenAI `request_counts.failed` counts every item
+//! that did not succeed (errored, cancelled, expired); the batch-create
+//! validation messages follow the API's pydantic style; Anthropic items
+//! report `usage.service_tier: "batch"`, OpenAI bodies keep the endpoint's
+//! own `service_tier`; results and output files list items in **reverse**
+//! submission order (the real APIs promise no order; match by `custom_id`).
 
 use std::collections::HashSet;
 use std::sync::MutexGuard;
