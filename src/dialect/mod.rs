@@ -11,7 +11,8 @@
 //! dialect; [`Dialect`] dispatches the rest.
 //!
 //! The exchange carries the client's dialect and the route the upstream's;
-//! they are equal until fallback across providers lands.
+//! when they differ, [`translate`] carries requests, answers, streams and
+//! errors across.
 
 pub mod anthropic;
 pub mod assemble;
@@ -22,6 +23,7 @@ pub mod replay;
 pub mod request;
 pub mod sse;
 pub mod tap;
+pub mod translate;
 pub mod usage;
 
 #[cfg(test)]
