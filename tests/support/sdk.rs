@@ -1,6 +1,7 @@
 //! The official SDKs' virtual environments and the scripts in `tests/sdk/`
-//! that drive them (used by `tests/sdk.rs` through tollgate, and by
-//! `tests/fake_provider.rs` against the fake directly).
+//! that drive them (used by `tests/sdk.rs` through tollgate, by
+//! `tests/fake_provider.rs` against the fake directly, and by
+//! `tests/translate_sdk.rs` against fixed translated answers).
 //!
 //! Each SDK set lives in its own virtual environment under
 //! `<target dir>/sdk-venv/<name>`, created on first use from the pinned
