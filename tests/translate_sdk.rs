@@ -110,79 +110,144 @@ fn assert_read(run: &SdkRun, name: &str, expected: &Value) {
     assert_within(expected, message, &format!("{} {name}", run.sdk));
 }
 
-/// What an Anthropic client must see from a translated message: the
-/// fields the SDK models (translated thinking blocks have an empty signature).
-fn anthropic_view(message: &Value) -> Value {
-    let mut message = message.clone();
-    if let Some(obj) = message.as_object_mut() {
-        obj.remove("stop_sequence");
-    }
-    message
+/// What one SDK is asked to read, and what must happen.
+struct Plan {
+    client: Dialect,
+    /// Cases whose `stream.out.sse` the SDK's stream helper must read whole.
+    streams: &'static [&'static str],
+    /// Cases whose `response.out.json` the SDK's `create` must read.
+    responses: &'static [&'static str],
+    /// `<case>/error-<status>.out.json`, the status, the SDK's exception class.
+    errors: &'static [(&'static str, u64, &'static str)],
+    /// Cases whose stream the SDK must raise on.
+    failing: &'static [&'static str],
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn anthropic_sdk_reads_translated_openai_answers() {
-    let base = start_server().await;
-    let python = sdk_python("anthropic-current").await;
+/// Runs `plan` with the SDK of `venv` against a server of the fixtures,
+/// checks what every plan says, and returns the run for spot checks.
+async fn run_plan(plan: &Plan, venv: &'static str) -> SdkRun {
+    let origin = start_server().await;
+    let python = sdk_python(venv).await;
+    let (sdk, env) = match plan.client {
+        Dialect::Anthropic => ("anthropic", ("ANTHROPIC_BASE_URL", origin)),
+        Dialect::OpenAi => ("openai", ("OPENAI_BASE_URL", format!("{origin}/v1"))),
+    };
+    let call = |name: String, op: &str, file: String, status: u64| json!({"name": name, "op": op, "file": file, "status": status});
     let mut calls = Vec::new();
-    let streams = [
-        "anthropic-client-text",
-        "anthropic-client-tools",
-        "anthropic-client-interleaved-tools",
-        "anthropic-client-thinking",
-        "anthropic-client-stop-content-filter",
-        "anthropic-client-cache-usage",
-    ];
-    let responses = [
-        "anthropic-client-text",
-        "anthropic-client-tools",
-        "anthropic-client-thinking",
-        "anthropic-client-stop-length",
-        "anthropic-client-stop-content-filter",
-        "anthropic-client-cache-usage",
-    ];
-    for case in streams {
-        calls.push(json!({"name": format!("stream {case}"), "op": "stream", "file": format!("{case}/stream.out.sse")}));
+    for case in plan.streams {
+        calls.push(call(
+            format!("stream {case}"),
+            "stream",
+            format!("{case}/stream.out.sse"),
+            200,
+        ));
     }
-    for case in responses {
-        calls.push(json!({"name": format!("create {case}"), "op": "create", "file": format!("{case}/response.out.json")}));
+    for case in plan.responses {
+        calls.push(call(
+            format!("create {case}"),
+            "create",
+            format!("{case}/response.out.json"),
+            200,
+        ));
     }
-    let errors = [
-        ("error-401", 401_u64, "AuthenticationError"),
-        ("error-402", 402, "PaymentRequiredError"),
-        ("error-429", 429, "RateLimitError"),
-        ("error-500", 500, "InternalServerError"),
-    ];
-    for (file, status, _) in errors {
-        calls.push(json!({"name": file, "op": "create", "status": status,
-            "file": format!("anthropic-client-error/{file}.out.json")}));
+    for (file, status, _) in plan.errors {
+        calls.push(call(
+            file.to_string(),
+            "create",
+            format!("{file}.out.json"),
+            *status,
+        ));
     }
-    for case in [
-        "anthropic-client-midstream-error",
-        "anthropic-client-truncated",
-    ] {
-        calls.push(json!({"name": case, "op": "stream", "file": format!("{case}/stream.out.sse")}));
+    for case in plan.failing {
+        calls.push(call(
+            case.to_string(),
+            "stream",
+            format!("{case}/stream.out.sse"),
+            200,
+        ));
     }
     let run = run_script(
         &python,
         "translate_calls.py",
-        &[("ANTHROPIC_BASE_URL", &base)],
-        &json!({"sdk": "anthropic", "calls": calls}),
+        &[(env.0, &env.1)],
+        &json!({"sdk": sdk, "calls": calls}),
     )
     .await;
 
-    for case in streams {
-        let file = format!("{case}/stream.out.sse");
-        assert_read(
-            &run,
-            &format!("stream {case}"),
-            &anthropic_view(&assembled(Dialect::Anthropic, &file)),
-        );
+    for case in plan.streams {
+        let want = assembled(plan.client, &format!("{case}/stream.out.sse"));
+        assert_read(&run, &format!("stream {case}"), &want);
     }
-    for case in responses {
-        let want = anthropic_view(&read_json(&format!("{case}/response.out.json")));
+    for case in plan.responses {
+        let want = read_json(&format!("{case}/response.out.json"));
         assert_read(&run, &format!("create {case}"), &want);
     }
+    for (file, status, class) in plan.errors {
+        let r = run.get(file);
+        assert_eq!(
+            (r["ok"].as_bool(), r["class"].as_str(), r["status"].as_u64()),
+            (Some(false), Some(*class), Some(*status)),
+            "{r:#}"
+        );
+        let body = read_json(&format!("{file}.out.json"));
+        // The OpenAI SDK keeps the `error` object as the exception's body.
+        let want = match plan.client {
+            Dialect::Anthropic => &body,
+            Dialect::OpenAi => &body["error"],
+        };
+        assert_eq!(&r["body"], want, "{r:#}");
+    }
+    for case in plan.failing {
+        assert_eq!(run.get(case)["ok"], false, "{case}: {:#}", run.get(case));
+    }
+    run
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anthropic_sdk_reads_translated_openai_answers() {
+    let plan = Plan {
+        client: Dialect::Anthropic,
+        streams: &[
+            "anthropic-client-text",
+            "anthropic-client-tools",
+            "anthropic-client-interleaved-tools",
+            "anthropic-client-thinking",
+            "anthropic-client-stop-content-filter",
+            "anthropic-client-cache-usage",
+        ],
+        responses: &[
+            "anthropic-client-text",
+            "anthropic-client-tools",
+            "anthropic-client-thinking",
+            "anthropic-client-stop-length",
+            "anthropic-client-stop-content-filter",
+            "anthropic-client-cache-usage",
+        ],
+        errors: &[
+            (
+                "anthropic-client-error/error-401",
+                401,
+                "AuthenticationError",
+            ),
+            (
+                "anthropic-client-error/error-402",
+                402,
+                "PaymentRequiredError",
+            ),
+            ("anthropic-client-error/error-429", 429, "RateLimitError"),
+            (
+                "anthropic-client-error/error-500",
+                500,
+                "InternalServerError",
+            ),
+        ],
+        failing: &[
+            "anthropic-client-midstream-error",
+            "anthropic-client-truncated",
+        ],
+    };
+    let run = run_plan(&plan, "anthropic-current").await;
+
     // Spot checks in the SDK's own terms.
     let tools = &run.ok("stream anthropic-client-tools")["message"];
     assert_eq!(
@@ -207,91 +272,46 @@ async fn anthropic_sdk_reads_translated_openai_answers() {
         "message_delta's input counts reach the SDK"
     );
     assert_eq!(streamed["cache_read_input_tokens"], 1920);
-
-    for (file, status, class) in errors {
-        let r = run.get(file);
-        assert_eq!(
-            (r["ok"].as_bool(), r["class"].as_str(), r["status"].as_u64()),
-            (Some(false), Some(class), Some(status)),
-            "{r:#}"
-        );
-        assert_eq!(
-            r["body"],
-            read_json(&format!("anthropic-client-error/{file}.out.json")),
-            "{r:#}"
-        );
-    }
     let mid = run.get("anthropic-client-midstream-error");
-    assert_eq!(mid["ok"], false, "{mid:#}");
     assert_eq!(mid["body"]["error"]["type"], "rate_limit_error", "{mid:#}");
     let cut = run.get("anthropic-client-truncated");
-    assert_eq!(cut["ok"], false, "{cut:#}");
     assert_eq!(cut["body"]["error"]["type"], "api_error", "{cut:#}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn openai_sdk_reads_translated_anthropic_answers() {
-    let base = format!("{}/v1", start_server().await);
-    let python = sdk_python("openai").await;
-    let streams = [
-        "openai-client-text",
-        "openai-client-tools",
-        "openai-client-thinking",
-        "openai-client-cache-usage",
-        "openai-client-no-usage",
-    ];
-    let responses = [
-        "openai-client-text",
-        "openai-client-tools",
-        "openai-client-thinking",
-        "openai-client-stop-sequence",
-        "openai-client-stop-max-tokens",
-        "openai-client-stop-refusal",
-        "openai-client-cache-usage",
-    ];
-    let mut calls = Vec::new();
-    for case in streams {
-        calls.push(json!({"name": format!("stream {case}"), "op": "stream", "file": format!("{case}/stream.out.sse")}));
-    }
-    for case in responses {
-        calls.push(json!({"name": format!("create {case}"), "op": "create", "file": format!("{case}/response.out.json")}));
-    }
-    let errors = [
-        ("error-400", 400_u64, "BadRequestError"),
-        ("error-429", 429, "RateLimitError"),
-        ("error-529", 529, "InternalServerError"),
-    ];
-    for (file, status, _) in errors {
-        calls.push(json!({"name": file, "op": "create", "status": status,
-            "file": format!("openai-client-error/{file}.out.json")}));
-    }
-    // The stream helper refuses a length-truncated answer itself.
-    for case in [
-        "openai-client-midstream-error",
-        "openai-client-truncated",
-        "openai-client-stop-max-tokens",
-    ] {
-        calls.push(json!({"name": case, "op": "stream", "file": format!("{case}/stream.out.sse")}));
-    }
-    let run = run_script(
-        &python,
-        "translate_calls.py",
-        &[("OPENAI_BASE_URL", &base)],
-        &json!({"sdk": "openai", "calls": calls}),
-    )
-    .await;
+    let plan = Plan {
+        client: Dialect::OpenAi,
+        streams: &[
+            "openai-client-text",
+            "openai-client-tools",
+            "openai-client-thinking",
+            "openai-client-cache-usage",
+            "openai-client-no-usage",
+        ],
+        responses: &[
+            "openai-client-text",
+            "openai-client-tools",
+            "openai-client-thinking",
+            "openai-client-stop-sequence",
+            "openai-client-stop-max-tokens",
+            "openai-client-stop-refusal",
+            "openai-client-cache-usage",
+        ],
+        errors: &[
+            ("openai-client-error/error-400", 400, "BadRequestError"),
+            ("openai-client-error/error-429", 429, "RateLimitError"),
+            ("openai-client-error/error-529", 529, "InternalServerError"),
+        ],
+        // The stream helper refuses a length-truncated answer itself.
+        failing: &[
+            "openai-client-midstream-error",
+            "openai-client-truncated",
+            "openai-client-stop-max-tokens",
+        ],
+    };
+    let run = run_plan(&plan, "openai").await;
 
-    for case in streams {
-        let want = assembled(Dialect::OpenAi, &format!("{case}/stream.out.sse"));
-        assert_read(&run, &format!("stream {case}"), &want);
-    }
-    for case in responses {
-        assert_read(
-            &run,
-            &format!("create {case}"),
-            &read_json(&format!("{case}/response.out.json")),
-        );
-    }
     let tools = &run.ok("stream openai-client-tools")["message"]["choices"][0];
     assert_eq!(tools["finish_reason"], "tool_calls");
     let call = &tools["message"]["tool_calls"][0]["function"];
@@ -306,26 +326,12 @@ async fn openai_sdk_reads_translated_anthropic_answers() {
         ),
         (&json!(2100), &json!(1920))
     );
-
-    for (file, status, class) in errors {
-        let r = run.get(file);
-        assert_eq!(
-            (r["ok"].as_bool(), r["class"].as_str(), r["status"].as_u64()),
-            (Some(false), Some(class), Some(status)),
-            "{r:#}"
-        );
-        let want = read_json(&format!("openai-client-error/{file}.out.json"));
-        assert_eq!(r["body"], want["error"], "{r:#}");
-    }
     let mid = run.get("openai-client-midstream-error");
     assert_eq!(
-        (mid["ok"].as_bool(), mid["class"].as_str()),
-        (Some(false), Some("APIError")),
+        (mid["class"].as_str(), mid["message"].as_str()),
+        (Some("APIError"), Some("Overloaded")),
         "{mid:#}"
     );
-    assert_eq!(mid["message"], "Overloaded", "{mid:#}");
-    let cut = run.get("openai-client-truncated");
-    assert_eq!(cut["ok"], false, "{cut:#}");
     let length = run.get("openai-client-stop-max-tokens");
     assert_eq!(length["class"], "LengthFinishReasonError", "{length:#}");
 }

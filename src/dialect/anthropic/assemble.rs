@@ -31,31 +31,31 @@ struct IndexIn {
 
 /// A `content_block_delta`, typed so that text borrows from the event where possible.
 #[derive(Deserialize)]
-struct BlockDeltaIn<'a> {
-    index: usize,
+pub(crate) struct BlockDeltaIn<'a> {
+    pub(crate) index: usize,
     #[serde(borrow)]
-    delta: DeltaIn<'a>,
+    pub(crate) delta: DeltaIn<'a>,
 }
 
 #[derive(Deserialize)]
-struct DeltaIn<'a> {
+pub(crate) struct DeltaIn<'a> {
     #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
+    pub(crate) kind: Cow<'a, str>,
     #[serde(default, borrow)]
-    text: Cow<'a, str>,
+    pub(crate) text: Cow<'a, str>,
     #[serde(default, borrow)]
-    partial_json: Cow<'a, str>,
+    pub(crate) partial_json: Cow<'a, str>,
     #[serde(default, borrow)]
-    thinking: Cow<'a, str>,
+    pub(crate) thinking: Cow<'a, str>,
     #[serde(default, borrow)]
-    signature: Cow<'a, str>,
+    pub(crate) signature: Cow<'a, str>,
     #[serde(default)]
-    citation: Option<Value>,
+    pub(crate) citation: Option<Value>,
     // compaction_delta (beta): replaces the block's `content` / `encrypted_content`.
     #[serde(default)]
-    content: Option<Value>,
+    pub(crate) content: Option<Value>,
     #[serde(default)]
-    encrypted_content: Option<Value>,
+    pub(crate) encrypted_content: Option<Value>,
 }
 
 fn append_str(block: &mut Map<String, Value>, key: &str, text: &str) -> Result<(), Fail> {

@@ -13,9 +13,9 @@ use crate::dialect::json::empty_object;
 // ----- Anthropic ------------------------------------------------------------------------
 
 #[derive(Serialize)]
-struct TypeOnly {
+pub(crate) struct TypeOnly {
     #[serde(rename = "type")]
-    kind: &'static str,
+    pub(crate) kind: &'static str,
 }
 
 #[derive(Serialize)]
@@ -26,15 +26,15 @@ struct MessageStartOut<'a> {
 }
 
 #[derive(Serialize)]
-struct BlockStartOut<B> {
+pub(crate) struct BlockStartOut<B> {
     #[serde(rename = "type")]
-    kind: &'static str,
-    index: usize,
-    content_block: B,
+    pub(crate) kind: &'static str,
+    pub(crate) index: usize,
+    pub(crate) content_block: B,
 }
 
 #[derive(Serialize)]
-struct BlockDeltaOut<'a> {
+pub(crate) struct BlockDeltaOut<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
     index: usize,
@@ -43,7 +43,7 @@ struct BlockDeltaOut<'a> {
 
 #[derive(Serialize)]
 #[serde(tag = "type")]
-enum DeltaOut<'a> {
+pub(crate) enum DeltaOut<'a> {
     #[serde(rename = "text_delta")]
     Text { text: &'a str },
     #[serde(rename = "input_json_delta")]
@@ -57,10 +57,10 @@ enum DeltaOut<'a> {
 }
 
 #[derive(Serialize)]
-struct BlockStopOut {
+pub(crate) struct BlockStopOut {
     #[serde(rename = "type")]
-    kind: &'static str,
-    index: usize,
+    pub(crate) kind: &'static str,
+    pub(crate) index: usize,
 }
 
 #[derive(Serialize)]
@@ -71,7 +71,7 @@ struct MessageDeltaOut<'a> {
     usage: &'a Map<String, Value>,
 }
 
-fn write_block_delta(
+pub(crate) fn write_block_delta(
     buf: &mut BytesMut,
     index: usize,
     delta: DeltaOut<'_>,

@@ -35,6 +35,17 @@ pub(super) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, TranslateE
     }
 }
 
+/// A JSON object.
+pub(super) type Object = Map<String, Value>;
+
+/// A request body as a map, and the translated body begun with the target's model.
+pub(super) fn begin_request(body: &[u8], model: &str) -> Result<(Object, Object), TranslateError> {
+    let req = parse_object(body)?;
+    let mut out = Map::new();
+    out.insert("model".to_owned(), Value::from(model));
+    Ok((req, out))
+}
+
 pub(super) fn to_bytes(value: &Value) -> bytes::Bytes {
     // Serialising an in-memory `Value` cannot fail.
     bytes::Bytes::from(serde_json::to_vec(value).unwrap_or_default())

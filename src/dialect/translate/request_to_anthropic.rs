@@ -4,7 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use super::mapping::{
-    as_array, as_object, as_str, budget_for_effort, invalid, parse_object, to_bytes,
+    as_array, as_object, as_str, begin_request, budget_for_effort, invalid, to_bytes,
     untranslatable, ANTHROPIC,
 };
 use super::{Target, TranslateError, TranslatedRequest};
@@ -26,9 +26,7 @@ pub(super) fn translate(
     body: &[u8],
     target: &Target<'_>,
 ) -> Result<TranslatedRequest, TranslateError> {
-    let req = parse_object(body)?;
-    let mut out = Map::new();
-    out.insert("model".to_owned(), Value::from(target.model));
+    let (req, mut out) = begin_request(body, target.model)?;
     let mut opts = Options::default();
     for (key, value) in &req {
         top_level(key, value, &mut out, &mut opts)?;

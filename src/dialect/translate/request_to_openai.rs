@@ -4,7 +4,7 @@
 use serde_json::{json, Map, Value};
 
 use super::mapping::{
-    as_array, as_object, as_str, effort_for_budget, invalid, parse_object, to_bytes,
+    as_array, as_object, as_str, begin_request, effort_for_budget, invalid, to_bytes,
     untranslatable, OPENAI,
 };
 use super::{Target, TranslateError, TranslatedRequest};
@@ -14,9 +14,7 @@ pub(super) fn translate(
     body: &[u8],
     target: &Target<'_>,
 ) -> Result<TranslatedRequest, TranslateError> {
-    let req = parse_object(body)?;
-    let mut out = Map::new();
-    out.insert("model".to_owned(), Value::from(target.model));
+    let (req, mut out) = begin_request(body, target.model)?;
     let mut messages = Vec::new();
     let mut stream = false;
     for (key, value) in &req {

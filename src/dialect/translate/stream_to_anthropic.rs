@@ -20,6 +20,9 @@ use super::mapping::{
     anthropic_usage, openai_reasoning_tokens, stop_reason, usage_from_openai, AnthropicUsageOut,
 };
 use super::StreamEnd;
+use crate::dialect::anthropic::replay::{
+    write_block_delta, BlockStartOut, BlockStopOut, DeltaOut, TypeOnly,
+};
 use crate::dialect::emit::write_event;
 use crate::dialect::{Dialect, Usage};
 
@@ -133,14 +136,6 @@ struct StartMessage<'a> {
 }
 
 #[derive(Serialize)]
-struct BlockStart<B> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    index: usize,
-    content_block: B,
-}
-
-#[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum StartBlock<'a> {
     Text {
@@ -161,32 +156,6 @@ enum StartBlock<'a> {
 struct Empty {}
 
 #[derive(Serialize)]
-struct BlockDelta<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    index: usize,
-    delta: Delta<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(tag = "type")]
-enum Delta<'a> {
-    #[serde(rename = "text_delta")]
-    Text { text: &'a str },
-    #[serde(rename = "thinking_delta")]
-    Thinking { thinking: &'a str },
-    #[serde(rename = "input_json_delta")]
-    InputJson { partial_json: &'a str },
-}
-
-#[derive(Serialize)]
-struct Indexed {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    index: usize,
-}
-
-#[derive(Serialize)]
 struct MessageDelta {
     #[serde(rename = "type")]
     kind: &'static str,
@@ -198,12 +167,6 @@ struct MessageDelta {
 struct StopDelta {
     stop_reason: &'static str,
     stop_sequence: Option<()>,
-}
-
-#[derive(Serialize)]
-struct TypeOnly {
-    #[serde(rename = "type")]
-    kind: &'static str,
 }
 
 /// Why a chunk could not be translated (the client gets an error event).
@@ -301,7 +264,7 @@ impl ToAnthropicStream {
         let reasoning = delta.reasoning.or(delta.reasoning_content);
         if let Some(text) = reasoning.as_deref().filter(|t| !t.is_empty()) {
             let index = self.open_block(Kind::Thinking, out)?;
-            emit_delta(out, index, Delta::Thinking { thinking: text })?;
+            emit_delta(out, index, DeltaOut::Thinking { thinking: text })?;
         }
         for text in [delta.content.as_deref(), delta.refusal.as_deref()]
             .into_iter()
@@ -309,7 +272,7 @@ impl ToAnthropicStream {
             .filter(|t| !t.is_empty())
         {
             let index = self.open_block(Kind::Text, out)?;
-            emit_delta(out, index, Delta::Text { text })?;
+            emit_delta(out, index, DeltaOut::Text { text })?;
         }
         if delta.refusal.as_deref().is_some_and(|t| !t.is_empty()) {
             self.refused = true;
@@ -344,7 +307,7 @@ impl ToAnthropicStream {
                 emit(
                     out,
                     "content_block_start",
-                    &BlockStart {
+                    &BlockStartOut {
                         kind: "content_block_start",
                         index: block,
                         content_block: StartBlock::ToolUse {
@@ -370,7 +333,7 @@ impl ToAnthropicStream {
             emit_delta(
                 out,
                 tool.block,
-                Delta::InputJson {
+                DeltaOut::InputJson {
                     partial_json: arguments,
                 },
             )?;
@@ -399,7 +362,7 @@ impl ToAnthropicStream {
         emit(
             out,
             "content_block_start",
-            &BlockStart {
+            &BlockStartOut {
                 kind: "content_block_start",
                 index,
                 content_block,
@@ -474,23 +437,15 @@ fn emit<T: Serialize>(out: &mut BytesMut, name: &str, event: &T) -> Result<(), B
     write_event(out, Some(name), event).map_err(|_| Broken("an event could not be encoded"))
 }
 
-fn emit_delta(out: &mut BytesMut, index: usize, delta: Delta<'_>) -> Result<(), Broken> {
-    emit(
-        out,
-        "content_block_delta",
-        &BlockDelta {
-            kind: "content_block_delta",
-            index,
-            delta,
-        },
-    )
+fn emit_delta(out: &mut BytesMut, index: usize, delta: DeltaOut<'_>) -> Result<(), Broken> {
+    write_block_delta(out, index, delta).map_err(|_| Broken("an event could not be encoded"))
 }
 
 fn emit_stop(out: &mut BytesMut, index: usize) -> Result<(), Broken> {
     emit(
         out,
         "content_block_stop",
-        &Indexed {
+        &BlockStopOut {
             kind: "content_block_stop",
             index,
         },

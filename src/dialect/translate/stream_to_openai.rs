@@ -18,6 +18,7 @@ use super::mapping::{
     anthropic_thinking_tokens, apply_anthropic_usage, finish_reason, openai_usage,
 };
 use super::StreamEnd;
+use crate::dialect::anthropic::assemble::BlockDeltaIn;
 use crate::dialect::anthropic::usage::UsageAcc;
 use crate::dialect::emit::write_event;
 use crate::dialect::Dialect;
@@ -76,25 +77,6 @@ struct BlockIn<'a> {
     text: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     thinking: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct BlockDeltaIn<'a> {
-    index: usize,
-    #[serde(borrow)]
-    delta: DeltaIn<'a>,
-}
-
-#[derive(Deserialize)]
-struct DeltaIn<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    thinking: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    partial_json: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -321,10 +303,10 @@ impl ToOpenAiStream {
     fn block_delta(&mut self, event: BlockDeltaIn<'_>, out: &mut BytesMut) -> Result<(), Broken> {
         let delta = event.delta;
         match delta.kind.as_ref() {
-            "text_delta" => self.text(delta.text.as_deref(), out),
-            "thinking_delta" => self.reasoning(delta.thinking.as_deref(), out),
+            "text_delta" => self.text(Some(&delta.text), out),
+            "thinking_delta" => self.reasoning(Some(&delta.thinking), out),
             "input_json_delta" => {
-                let arguments = delta.partial_json.as_deref().unwrap_or_default();
+                let arguments: &str = &delta.partial_json;
                 let Some(index) = self.tool_index.get(event.index).copied().flatten() else {
                     return Err(Broken("arguments for a block that is not a tool call"));
                 };
