@@ -224,6 +224,16 @@ fn main() {
         a_req.len(),
         o_req.len()
     );
+    // For scale: what any JSON rewrite of this body costs (parse + encode).
+    report(
+        "baseline: parse + re-encode the Anthropic body",
+        "",
+        measure(samples, 1.0, || {
+            let v: serde_json::Value =
+                serde_json::from_slice(black_box(&a_req)).unwrap_or_default();
+            black_box(serde_json::to_vec(&v).unwrap_or_default());
+        }),
+    );
     report(
         "request  Anthropic -> OpenAI",
         "",

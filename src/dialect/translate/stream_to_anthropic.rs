@@ -212,10 +212,16 @@ impl ToAnthropicStream {
 
     fn event(&mut self, data: &str, out: &mut BytesMut) -> Result<(), Broken> {
         if data.starts_with("[DONE]") {
-            return match self.stop {
-                Some(_) => self.close_message(out),
-                None => Err(Broken("the upstream stream ended without a finish reason")),
-            };
+            if self.stop.is_some() {
+                return self.close_message(out);
+            }
+            // Done before any finish reason: the answer is cut short.
+            out.put_slice(&local_event(
+                Dialect::Anthropic,
+                "the upstream stream ended without a finish reason",
+            ));
+            self.end = Some(StreamEnd::Truncated);
+            return Ok(());
         }
         let chunk: ChunkIn<'_> = serde_json::from_str(data)
             .map_err(|_| Broken("the upstream sent an unreadable chunk"))?;

@@ -348,6 +348,13 @@ fn openai_stream_edge_cases() {
         1,
         "{out}"
     );
+    // `[DONE]` before a finish reason.
+    let (out, end) = to_anthropic(&[
+        openai_chunk(r#"{"content":"x"}"#, None),
+        "[DONE]".to_owned(),
+    ]);
+    assert_eq!(end, StreamEnd::Truncated);
+    assert!(out.ends_with("\"type\":\"error\"}\n\n"), "{out}");
     // Nothing at all, or only an unreadable chunk.
     assert_eq!(to_anthropic(&[]).1, StreamEnd::Truncated);
     assert_eq!(to_anthropic(&["{".to_owned()]).1, StreamEnd::Untranslatable);
