@@ -36,7 +36,9 @@
 //!   "low"`, < 4096 → `"medium"`, else `"high"`; `adaptive` and `disabled`
 //!   send no effort (the target's default). `output_config.effort`
 //!   low/medium/high → the same `reasoning_effort`; `output_config.format`
-//!   (`json_schema`) → `response_format` `json_schema` (strict).
+//!   (`json_schema`) → `response_format` `json_schema` (strict). A target
+//!   model that does not reason refuses `reasoning_effort` itself (400): a
+//!   route should give thinking requests reasoning models.
 //! - Dropped: `cache_control` everywhere (caching hints: they move tokens
 //!   between input and cache in the bill, not the answer), `service_tier`,
 //!   `speed`, `diagnostics`, a text block's `citations`, `tool_result.is_error`
@@ -57,7 +59,9 @@
 //!   `assistant` content and `tool_calls` → text and `tool_use` blocks
 //!   (`arguments` parsed: it must be a JSON object); `tool` messages →
 //!   `tool_result` blocks of a user turn. Consecutive turns of one role are
-//!   merged (the Messages API wants tool results in one user turn).
+//!   merged (the Messages API wants tool results in one user turn); empty
+//!   text (`content: ""` beside tool calls) is left out, as the Messages API
+//!   refuses empty text blocks.
 //! - `max_completion_tokens` or `max_tokens` → `max_tokens`; neither →
 //!   [`Target::default_max_tokens`] (the Messages API requires a bound;
 //!   [`DEFAULT_MAX_TOKENS`] unless the route sets one). `stop` →

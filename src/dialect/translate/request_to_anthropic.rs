@@ -275,7 +275,11 @@ fn messages(turns: &[Value]) -> Result<(Option<Value>, Vec<Value>), TranslateErr
             "user" => push(&mut out, "user", blocks(content, true)?),
             "assistant" => {
                 let mut content = blocks(content, false)?;
-                if let Some(refusal) = turn.get("refusal").and_then(Value::as_str) {
+                if let Some(refusal) = turn
+                    .get("refusal")
+                    .and_then(Value::as_str)
+                    .filter(|r| !r.is_empty())
+                {
                     content.push(json!({"type": "text", "text": refusal}));
                 }
                 if let Some(calls) = turn.get("tool_calls").filter(|c| !c.is_null()) {
@@ -327,6 +331,9 @@ fn push(out: &mut Vec<Value>, role: &str, content: Vec<Value>) {
 fn blocks(content: &Value, images: bool) -> Result<Vec<Value>, TranslateError> {
     let parts = match content {
         Value::Null => return Ok(Vec::new()),
+        // The Messages API refuses empty text blocks; OpenAI clients send
+        // `""` beside tool calls.
+        Value::String(text) if text.is_empty() => return Ok(Vec::new()),
         Value::String(text) => return Ok(vec![json!({"type": "text", "text": text})]),
         Value::Array(parts) => parts,
         _ => return Err(invalid("messages[].content", "a string or parts")),
@@ -341,10 +348,13 @@ fn blocks(content: &Value, images: bool) -> Result<Vec<Value>, TranslateError> {
         match kind {
             // A refusal part of an earlier answer is its text.
             "text" | "refusal" => {
-                let text = part.get(kind).unwrap_or(&Value::Null);
-                out.push(
-                    json!({"type": "text", "text": as_str(text, "messages[].content[].text")?}),
-                );
+                let text = as_str(
+                    part.get(kind).unwrap_or(&Value::Null),
+                    "messages[].content[].text",
+                )?;
+                if !text.is_empty() {
+                    out.push(json!({"type": "text", "text": text}));
+                }
             }
             "image_url" if images => out.push(image(part)?),
             other => {
