@@ -29,9 +29,10 @@ fn fixtures() -> PathBuf {
 
 /// Answers with the fixture named by `x-test-file`, with `x-test-status`.
 async fn serve(request: Request) -> Response {
+    let (parts, body) = request.into_parts();
     let header = |name: &str| {
-        request
-            .headers()
+        parts
+            .headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
@@ -39,6 +40,9 @@ async fn serve(request: Request) -> Response {
     };
     let file = header("x-test-file");
     let status: u16 = header("x-test-status").parse().unwrap_or(200);
+    // Read the request to its end: hyper closes a connection whose request
+    // body was left unread, and the SDK may already be reusing it.
+    let _ = axum::body::to_bytes(body, 1 << 20).await;
     // Fixture names only: no way out of the fixtures directory.
     assert!(!file.contains(".."), "{file}");
     let body = std::fs::read(fixtures().join(&file)).unwrap_or_else(|e| panic!("{file}: {e}"));

@@ -46,6 +46,7 @@ def failure(e):
         "status": getattr(e, "status_code", None),
         "message": str(e),
         "body": getattr(e, "body", None),
+        "cause": repr(e.__cause__ or e.__context__),
     }
 
 
