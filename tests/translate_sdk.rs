@@ -1,6 +1,7 @@
 //! The translated answers of the golden fixtures (tests/fixtures/translate)
 //! read by the official Python SDKs, at the versions pinned in
-//! `tests/sdk/requirements-*.txt`: a tiny local server answers each call
+//! `tests/sdk/requirements-*.txt` (anthropic 2.x and the legacy 0.x, openai
+//! 3.x): a tiny local server answers each call
 //! with the expected output file the call names (JSON, SSE or an error
 //! body with its status), and `tests/sdk/translate_calls.py` reads it with
 //! `messages.create` / `messages.stream(...).get_final_message()` or
@@ -125,6 +126,10 @@ struct Plan {
     errors: &'static [(&'static str, u64, &'static str)],
     /// Cases whose stream the SDK must raise on.
     failing: &'static [&'static str],
+    /// An Anthropic SDK before ~0.51 reads only `output_tokens` from
+    /// `message_delta`: its streamed input counts stay at `message_start`'s
+    /// zeros (the module doc of `dialect::translate` says so).
+    input_usage_from_start_only: bool,
 }
 
 /// Runs `plan` with the SDK of `venv` against a server of the fixtures,
@@ -179,7 +184,16 @@ async fn run_plan(plan: &Plan, venv: &'static str) -> SdkRun {
     .await;
 
     for case in plan.streams {
-        let want = assembled(plan.client, &format!("{case}/stream.out.sse"));
+        let mut want = assembled(plan.client, &format!("{case}/stream.out.sse"));
+        if plan.input_usage_from_start_only {
+            for key in [
+                "input_tokens",
+                "cache_creation_input_tokens",
+                "cache_read_input_tokens",
+            ] {
+                want["usage"][key] = json!(0);
+            }
+        }
         assert_read(&run, &format!("stream {case}"), &want);
     }
     for case in plan.responses {
@@ -249,6 +263,7 @@ async fn anthropic_sdk_reads_translated_openai_answers() {
             "anthropic-client-midstream-error",
             "anthropic-client-truncated",
         ],
+        input_usage_from_start_only: false,
     };
     let run = run_plan(&plan, "anthropic-current").await;
 
@@ -313,6 +328,7 @@ async fn openai_sdk_reads_translated_anthropic_answers() {
             "openai-client-truncated",
             "openai-client-stop-max-tokens",
         ],
+        input_usage_from_start_only: false,
     };
     let run = run_plan(&plan, "openai").await;
 
@@ -338,4 +354,36 @@ async fn openai_sdk_reads_translated_anthropic_answers() {
     );
     let length = run.get("openai-client-stop-max-tokens");
     assert_eq!(length["class"], "LengthFinishReasonError", "{length:#}");
+}
+
+/// The legacy Anthropic SDK (0.x, `x-api-key`) reads the same answers; only
+/// a stream's input counts differ (they come in `message_delta`, which it
+/// reads `output_tokens` from).
+#[tokio::test(flavor = "multi_thread")]
+async fn legacy_anthropic_sdk_reads_translated_openai_answers() {
+    let plan = Plan {
+        client: Dialect::Anthropic,
+        streams: &[
+            "anthropic-client-text",
+            "anthropic-client-tools",
+            "anthropic-client-interleaved-tools",
+            "anthropic-client-cache-usage",
+        ],
+        responses: &["anthropic-client-tools", "anthropic-client-cache-usage"],
+        errors: &[
+            ("anthropic-client-error/error-402", 402, "APIStatusError"),
+            ("anthropic-client-error/error-429", 429, "RateLimitError"),
+        ],
+        failing: &[
+            "anthropic-client-midstream-error",
+            "anthropic-client-truncated",
+        ],
+        input_usage_from_start_only: true,
+    };
+    let run = run_plan(&plan, "anthropic-legacy").await;
+    let streamed = &run.ok("stream anthropic-client-cache-usage")["message"]["usage"];
+    assert_eq!(
+        (&streamed["input_tokens"], &streamed["output_tokens"]),
+        (&json!(0), &json!(9))
+    );
 }

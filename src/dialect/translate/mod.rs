@@ -108,7 +108,8 @@
 //! A stream from an OpenAI upstream reports its usage only at the end, so
 //! the Anthropic `message_start` carries zero input tokens and the final
 //! `message_delta` the real counts (current Anthropic SDKs take input and
-//! cache counts from it; SDKs before ~0.51 only read its `output_tokens`).
+//! cache counts from it; the legacy 0.50 only reads its `output_tokens`, so
+//! its streamed input counts stay 0: `tests/translate_sdk.rs` checks both).
 
 mod error;
 mod mapping;
