@@ -31,9 +31,10 @@ pub struct ToOpenAiStream {
     id: String,
     model: String,
     started: bool,
-    /// The OpenAI tool index of each `tool_use` block, by block index.
-    tool_index: Vec<Option<usize>>,
-    tools: usize,
+    /// The block index of each `tool_use` block, by OpenAI tool index (a
+    /// list, not a table by block index: an upstream's index is not trusted
+    /// to size memory).
+    tool_blocks: Vec<usize>,
     stop: Option<&'static str>,
     usage: UsageAcc,
     thinking_tokens: Option<u64>,
@@ -176,8 +177,7 @@ impl ToOpenAiStream {
             id: String::new(),
             model: String::new(),
             started: false,
-            tool_index: Vec::new(),
-            tools: 0,
+            tool_blocks: Vec::new(),
             stop: None,
             usage: UsageAcc::default(),
             thinking_tokens: None,
@@ -275,12 +275,8 @@ impl ToOpenAiStream {
                 let (Some(id), Some(name)) = (block.id.as_deref(), block.name.as_deref()) else {
                     return Err(Broken("a tool_use block without id or name"));
                 };
-                let index = self.tools;
-                self.tools += 1;
-                if self.tool_index.len() <= event.index {
-                    self.tool_index.resize(event.index + 1, None);
-                }
-                self.tool_index[event.index] = Some(index);
+                let index = self.tool_blocks.len();
+                self.tool_blocks.push(event.index);
                 let delta = ToolDelta {
                     tool_calls: [ToolCall {
                         index,
@@ -307,7 +303,7 @@ impl ToOpenAiStream {
             "thinking_delta" => self.reasoning(Some(&delta.thinking), out),
             "input_json_delta" => {
                 let arguments: &str = &delta.partial_json;
-                let Some(index) = self.tool_index.get(event.index).copied().flatten() else {
+                let Some(index) = self.tool_blocks.iter().position(|b| *b == event.index) else {
                     return Err(Broken("arguments for a block that is not a tool call"));
                 };
                 if arguments.is_empty() {

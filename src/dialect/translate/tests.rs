@@ -436,6 +436,22 @@ fn anthropic_stream_edge_cases() {
         false,
     );
     assert_eq!(end, StreamEnd::Untranslatable);
+    // A huge block index sizes nothing.
+    let (out, _) = to_openai(
+        &[
+            ("message_start", start),
+            (
+                "content_block_start",
+                r#"{"index":18446744073709551615,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}"#,
+            ),
+            (
+                "content_block_delta",
+                r#"{"index":18446744073709551615,"delta":{"type":"input_json_delta","partial_json":"{}"}}"#,
+            ),
+        ],
+        false,
+    );
+    assert!(out.contains(r#""function":{"arguments":"{}"}"#), "{out}");
     // Server tools cannot be carried.
     let (out, end) = to_openai(
         &[
