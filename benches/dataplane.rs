@@ -227,12 +227,17 @@ struct Options {
     /// The fake's time to first byte under load (`x-fake-ttfb-ms`), so
     /// requests overlap the way they do in front of a real provider.
     upstream_delay_ms: u64,
+    /// Sequential requests per target, workload and upstream delay in the
+    /// first-byte section (0 skips it).
+    first_byte_requests: usize,
+    /// The fake's time to first byte in each pass of the first-byte section.
+    first_byte_delays_ms: Vec<u64>,
 }
 
 const USAGE: &str = "usage: cargo bench --bench dataplane -- [--warmup SECS] [--duration SECS] \
 [--threads 1,2] [--concurrency 1,64] [--workloads nonstream,stream50[,stream11]] \
 [--targets direct,bare,tollgate,tollgate-nosync,tollgate-miss,tollgate-hit] [--fake-threads N] \
-[--wrk-threads N] [--fresh] [--upstream-delay-ms N]";
+[--wrk-threads N] [--fresh] [--upstream-delay-ms N] [--first-byte-requests N] [--first-byte-delays-ms 0,20]";
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options> {
@@ -252,6 +257,8 @@ impl Options {
             wrk_threads: 2,
             fresh: false,
             upstream_delay_ms: 0,
+            first_byte_requests: 300,
+            first_byte_delays_ms: vec![0, 20],
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -273,6 +280,10 @@ impl Options {
                 "--wrk-threads" => o.wrk_threads = value()?.parse()?,
                 "--fresh" => o.fresh = true,
                 "--upstream-delay-ms" => o.upstream_delay_ms = value()?.parse()?,
+                "--first-byte-requests" => o.first_byte_requests = value()?.parse()?,
+                "--first-byte-delays-ms" => {
+                    o.first_byte_delays_ms = list(&value()?, |s| Ok(s.parse()?))?;
+                }
                 "-h" | "--help" => bail!("{USAGE}"),
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
             }
@@ -863,6 +874,181 @@ async fn probe(
     })
 }
 
+/// One target's sequential (c=1) latencies for one workload and upstream
+/// delay, in µs: response head, first body byte, complete.
+struct FirstByteRow {
+    workload: Workload,
+    delay_ms: u64,
+    kind: Kind,
+    label: String,
+    head: Vec<f64>,
+    first: Vec<f64>,
+    total: Vec<f64>,
+}
+
+/// The first-byte section: for each upstream delay, workload and target,
+/// `first_byte_requests` requests one after another on one kept-alive
+/// connection, timed to the response head, the first body chunk and the
+/// end of the body (wrk only times complete responses).
+async fn first_byte_rows(
+    o: &Options,
+    targets: &[&Target],
+    big_bytes: u64,
+) -> Result<Vec<FirstByteRow>> {
+    let client = reqwest::Client::builder().no_proxy().build()?;
+    let mut rows = Vec::new();
+    for &delay_ms in &o.first_byte_delays_ms {
+        for &workload in &o.workloads {
+            for target in targets {
+                let url = format!("http://{}/v1/messages", target.addr);
+                let body = workload.body();
+                let mut headers = workload.headers(big_bytes);
+                if delay_ms > 0 {
+                    headers.push(("x-fake-ttfb-ms", delay_ms.to_string()));
+                }
+                let n = o.first_byte_requests;
+                let (mut head, mut first, mut total) = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
+                // A few unmeasured requests open the connection and warm up.
+                for i in 0..n + 20 {
+                    let mut request = client
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.clone());
+                    for (name, value) in &headers {
+                        request = request.header(*name, value);
+                    }
+                    let started = Instant::now();
+                    let mut response = request.send().await?;
+                    let t_head = started.elapsed();
+                    if !response.status().is_success() {
+                        bail!(
+                            "{}: first-byte probe answered {}",
+                            target.label(),
+                            response.status()
+                        );
+                    }
+                    let mut t_first = None;
+                    while let Some(chunk) = response.chunk().await? {
+                        if t_first.is_none() && !chunk.is_empty() {
+                            t_first = Some(started.elapsed());
+                        }
+                    }
+                    let t_total = started.elapsed();
+                    if i >= 20 {
+                        let us = |d: Duration| d.as_secs_f64() * 1e6;
+                        head.push(us(t_head));
+                        first.push(us(t_first.unwrap_or(t_total)));
+                        total.push(us(t_total));
+                    }
+                }
+                for v in [&mut head, &mut first, &mut total] {
+                    v.sort_by(f64::total_cmp);
+                }
+                rows.push(FirstByteRow {
+                    workload,
+                    delay_ms,
+                    kind: target.kind,
+                    label: target.label(),
+                    head,
+                    first,
+                    total,
+                });
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// The first-byte table, and the issue's c=1 goal: tollgate's added p50
+/// (first byte and total) ≤ bare's + one fdatasync (p50) + 50 µs.
+fn first_byte_report(rows: &[FirstByteRow], fsync_p50: Option<f64>) -> String {
+    let mut s = String::new();
+    if rows.is_empty() {
+        return s;
+    }
+    let w = &mut s;
+    let _ = writeln!(
+        w,
+        "\n-- c=1, sequential requests on one kept-alive connection (reqwest): time to the response head, the first body byte and the end; added = target − direct --"
+    );
+    let allowance = fsync_p50.map(|f| f + 50.0);
+    if let Some(a) = allowance {
+        let _ = writeln!(
+            w,
+            "goal: tollgate's added p50 (first byte and total) ≤ bare's added p50 + fdatasync p50 + 50 µs = bare + {a:.0} µs"
+        );
+    }
+    let _ = writeln!(
+        w,
+        "{:<10} {:>6}  {:<20} {:>8} {:>8} {:>8} {:>8} {:>8}  {:>10} {:>10}  goal",
+        "workload",
+        "delay",
+        "target",
+        "head p50",
+        "1st p50",
+        "1st p99",
+        "end p50",
+        "end p99",
+        "+1st p50",
+        "+end p50"
+    );
+    for r in rows {
+        let direct = rows.iter().find(|d| {
+            d.kind == Kind::Direct && d.workload == r.workload && d.delay_ms == r.delay_ms
+        });
+        let bare = rows
+            .iter()
+            .find(|d| d.kind == Kind::Bare && d.workload == r.workload && d.delay_ms == r.delay_ms);
+        let added = |of: &FirstByteRow, pick: fn(&FirstByteRow) -> &Vec<f64>| {
+            direct.map(|d| quantile(pick(of), 0.5) - quantile(pick(d), 0.5))
+        };
+        let first = added(r, |x| &x.first);
+        let end = added(r, |x| &x.total);
+        let goal = match (r.kind.is_tollgate(), bare, allowance) {
+            (true, Some(b), Some(a)) => {
+                let ok = |mine: Option<f64>, floor: Option<f64>| match (mine, floor) {
+                    (Some(m), Some(f)) => m <= f + a,
+                    _ => false,
+                };
+                let first_ok = ok(first, added(b, |x| &x.first));
+                let end_ok = ok(end, added(b, |x| &x.total));
+                format!("1st {} · end {}", verdict(first_ok), verdict(end_ok))
+            }
+            _ => String::new(),
+        };
+        let fmt_added = |v: Option<f64>| match v {
+            Some(v) if r.kind != Kind::Direct => format!("{v:+.0}"),
+            _ => "-".to_owned(),
+        };
+        let _ = writeln!(
+            w,
+            "{:<10} {:>4}ms  {:<20} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>8.0}  {:>10} {:>10}  {goal}",
+            r.workload.name(),
+            r.delay_ms,
+            r.label,
+            quantile(&r.head, 0.5),
+            quantile(&r.first, 0.5),
+            quantile(&r.first, 0.99),
+            quantile(&r.total, 0.5),
+            quantile(&r.total, 0.99),
+            fmt_added(first),
+            fmt_added(end),
+        );
+    }
+    s
+}
+
 /// The `x-fake-big-bytes` that makes the `big` scenario answer exactly
 /// [`STREAM_EVENTS`] SSE events, and that answer's size.
 async fn calibrate_big(client: &reqwest::Client, fake: SocketAddr) -> Result<(u64, usize)> {
@@ -1152,7 +1338,9 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
 
     // The data dirs live here: what a group commit costs on this disk.
     eprintln!("measuring fdatasync in {}…", dir.path().display());
-    let fdatasync = fdatasync_latency(dir.path())
+    let fsync = fdatasync_latency(dir.path());
+    let fsync_p50 = fsync.as_ref().ok().map(|&(p50, _)| p50);
+    let fdatasync = fsync
         .map(|(p50, p99)| {
             format!(
                 "fdatasync of a {FSYNC_PROBE_BYTES} B append in {} ({FSYNC_PROBES} samples): p50 {p50:.0} µs, p99 {p99:.0} µs",
@@ -1185,6 +1373,17 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
             framing.push((target.label(), w, f));
         }
     }
+
+    let first_bytes = if o.first_byte_requests > 0 {
+        eprintln!(
+            "first byte: {} sequential requests per target, workload and upstream delay {:?} ms…",
+            o.first_byte_requests, o.first_byte_delays_ms
+        );
+        let targets: Vec<&Target> = std::iter::once(&fake).chain(&proxies).collect();
+        runtime.block_on(first_byte_rows(o, &targets, big_bytes))?
+    } else {
+        Vec::new()
+    };
 
     let scripts: Vec<(Workload, PathBuf, PathBuf)> = o
         .workloads
@@ -1299,6 +1498,7 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
         loadavg()
     ));
     print!("{}", report(o, &facts, &cells, &framing, &memory, &settled));
+    print!("{}", first_byte_report(&first_bytes, fsync_p50));
     Ok(())
 }
 
