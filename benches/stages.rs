@@ -102,8 +102,20 @@ fn state(controls: bool, keys: bool, dir: &std::path::Path) -> anyhow::Result<Ar
         config.cache.clone(),
         metrics.cache.clone(),
     )?);
+    let idempotency = Arc::new(tollgate::idempotency::Idempotency::new(
+        Arc::new(tollgate::store::sled::IdempotencyTree::open(&db)?),
+        config.idempotency_ttl,
+        config.idempotency_wait,
+        metrics.idempotency.clone(),
+    ));
     Ok(Arc::new(State::new(
-        &config, recorder, ledger, cache, metrics, in_flight,
+        &config,
+        recorder,
+        ledger,
+        cache,
+        idempotency,
+        metrics,
+        in_flight,
     )))
 }
 

@@ -13,6 +13,7 @@ pub mod control;
 pub mod data_dir;
 pub mod dialect;
 pub mod envelope;
+pub mod idempotency;
 pub mod identity;
 pub mod inject;
 pub mod keys;

@@ -605,12 +605,24 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         )
         .context("opening the cache store")?,
     );
+    // Answers kept for Idempotency-Key retries: a tree of the sidecar's
+    // store (durable with its flushes), never the cache's.
+    let idempotency = Arc::new(tollgate::idempotency::Idempotency::new(
+        Arc::new(
+            tollgate::store::sled::IdempotencyTree::open(&db)
+                .context("opening the idempotency store")?,
+        ),
+        config.idempotency_ttl,
+        config.idempotency_wait,
+        metrics.idempotency.clone(),
+    ));
     let in_flight = InFlight::new(metrics.in_flight.clone());
     let state = Arc::new(State::new(
         &config,
         recorder,
         ledger.clone(),
         cache.clone(),
+        idempotency.clone(),
         metrics.clone(),
         in_flight.clone(),
     ));
@@ -686,6 +698,12 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         tracing::info!(listen = %f.listen, hosts = ?hosts, "HTTPS_PROXY mode on");
     }
 
+    server.add_service(pingora::services::background::background_service(
+        "idempotency sweep",
+        tollgate::proxy::idempotency::Sweeper {
+            keys: idempotency.clone(),
+        },
+    ));
     server.add_service(pingora::services::background::background_service(
         "budget alerts",
         AlertService::new(alert_rx, metrics.budget_alert_failures.clone()),
@@ -763,6 +781,9 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     if let Some(service) = leases {
         settle_leases(&service, false);
     }
+    idempotency
+        .flush()
+        .context("final flush of the idempotent answers")?;
     db.flush().context("final flush of the store")?;
     if !cache.writer.drain(std::time::Duration::from_secs(5)) {
         tracing::warn!("cache writer did not drain in time; the newest answers are not cached");

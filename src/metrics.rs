@@ -66,6 +66,9 @@ pub struct Metrics {
     pub key_rejections: IntCounterVec,
     /// The exact cache.
     pub cache: CacheMetrics,
+    /// Requests with an `Idempotency-Key`, by outcome
+    /// (first|replay|wait|conflict|mismatch).
+    pub idempotency: IntCounterVec,
     /// Shipping usage to the control endpoint.
     pub ship: ShipMetrics,
     /// The version of the control endpoint's snapshot in use (0: none).
@@ -245,6 +248,10 @@ impl Metrics {
             Opts::new("tollgate_gateway_key_rejections_total", "Requests refused for their gateway key, by reason (missing, invalid, wrong_mode, account)."),
             &["reason"],
         )?;
+        let idempotency = IntCounterVec::new(
+            Opts::new("tollgate_idempotency_requests_total", "Requests with an Idempotency-Key, by outcome: first (ran), replay (the stored answer), wait (waited for the first), conflict (409: the first still running), mismatch (422: the key was used with another request)."),
+            &["outcome"],
+        )?;
         let cache = CacheMetrics {
             requests: IntCounterVec::new(
                 Opts::new("tollgate_cache_requests_total", "Metered requests by what the exact cache did: hit, miss, bypass, refresh or coalesced."),
@@ -384,6 +391,7 @@ impl Metrics {
         registry.register(Box::new(budget_alert_failures.clone()))?;
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(key_rejections.clone()))?;
+        registry.register(Box::new(idempotency.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(cost_usd.clone()))?;
@@ -418,6 +426,7 @@ impl Metrics {
             rate_limited,
             key_rejections,
             cache,
+            idempotency,
             ship,
             sync_version,
             sync_errors,

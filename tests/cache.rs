@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use support::fake_provider::FakeProvider;
+use support::reply::{post, Reply};
 use support::tollgate::{Builder, Tollgate};
 
 fn client() -> reqwest::Client {
@@ -29,45 +30,6 @@ fn messages(prompt: &str, stream: bool) -> Value {
 fn chat(prompt: &str, stream: bool) -> Value {
     json!({"model": "gpt-4o", "stream": stream,
            "messages": [{"role": "user", "content": prompt}]})
-}
-
-struct Reply {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-    }
-
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8(self.body.clone()).unwrap()
-    }
-}
-
-async fn post(t: &Tollgate, path: &str, body: &Value, headers: &[(&str, &str)]) -> Reply {
-    let mut req = client().post(format!("{}{path}", t.url())).json(body);
-    if path.contains("/messages") {
-        req = req.header("anthropic-version", "2023-06-01");
-    }
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.unwrap();
-    Reply {
-        status: resp.status().as_u16(),
-        headers: resp.headers().clone(),
-        body: resp.bytes().await.unwrap().to_vec(),
-    }
 }
 
 /// `data:` payloads of an SSE body (JSON ones parsed; `[DONE]` as a string).

@@ -37,6 +37,8 @@ const LAYERS: &[(&str, Layer)] = &[
     ("src/meter/mod.rs", Layer::Domain),
     // The cache as the request path sees it: store, flights and writer.
     ("src/cache/mod.rs", Layer::Service),
+    ("src/idempotency/mod.rs", Layer::Service),
+    ("src/idempotency/key.rs", Layer::Domain),
     ("src/cache/key.rs", Layer::Domain),
     // In-flight coalescing: runtime machinery (tokio), not a rule.
     ("src/cache/flight.rs", Layer::Service),

@@ -118,6 +118,10 @@ pub struct Config {
     pub threads: usize,
     /// SIGTERM drain time.
     pub shutdown_grace: Duration,
+    /// How long an idempotent answer is kept.
+    pub idempotency_ttl: Duration,
+    /// How long a retry waits for the first request with its key.
+    pub idempotency_wait: Duration,
     /// Upstream timeouts.
     pub timeouts: Timeouts,
     /// Local usage-event outbox.
@@ -252,6 +256,8 @@ fn validate(
         stream_receipt: sidecar.stream_receipt,
         threads: sidecar.threads,
         shutdown_grace: sidecar.shutdown_grace,
+        idempotency_ttl: sidecar.idempotency_ttl,
+        idempotency_wait: sidecar.idempotency_wait,
         timeouts: timeouts?,
         outbox: outbox?,
         control: control?,

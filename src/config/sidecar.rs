@@ -17,6 +17,8 @@ const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 const DEFAULT_ACCOUNT: &str = "default";
 const DEFAULT_SIDECAR_ID: &str = "tollgate";
 const DEFAULT_SHUTDOWN_GRACE: &str = "10s";
+const DEFAULT_IDEMPOTENCY_TTL: &str = "24h";
+const DEFAULT_IDEMPOTENCY_WAIT: &str = "600s";
 const MAX_THREADS: i64 = 1024;
 
 #[rustfmt::skip]
@@ -39,6 +41,10 @@ pub(super) static KEYS: &[Key] = &[
      "Proxy worker threads; 0 = one per available CPU; at most 1024."),
     Key::new("shutdown_grace", Type::Duration, DEFAULT_SHUTDOWN_GRACE,
      "How long SIGTERM lets in-flight requests finish."),
+    Key::new("idempotency_ttl", Type::Duration, DEFAULT_IDEMPOTENCY_TTL,
+     "How long the answer to a request with an Idempotency-Key is kept for retries (scoped to the account, kept across restarts)."),
+    Key::new("idempotency_wait", Type::Duration, DEFAULT_IDEMPOTENCY_WAIT,
+     "How long a retry waits for the first request with its Idempotency-Key to finish before a 409."),
 ];
 
 /// The section as written.
@@ -54,6 +60,8 @@ pub struct RawSidecar {
     pub stream_receipt: Option<bool>,
     pub threads: Option<i64>,
     pub shutdown_grace: Option<String>,
+    pub idempotency_ttl: Option<String>,
+    pub idempotency_wait: Option<String>,
 }
 
 /// The validated section.
@@ -67,6 +75,8 @@ pub(super) struct Sidecar {
     pub stream_receipt: bool,
     pub threads: usize,
     pub shutdown_grace: Duration,
+    pub idempotency_ttl: Duration,
+    pub idempotency_wait: Duration,
 }
 
 /// `env` supplies `HOSTNAME`, the default `sidecar_id`.
@@ -123,6 +133,20 @@ pub(super) fn validate(
         false,
         problems,
     );
+    let idempotency_ttl = duration(
+        "idempotency_ttl",
+        raw.idempotency_ttl.as_deref(),
+        DEFAULT_IDEMPOTENCY_TTL,
+        true,
+        problems,
+    );
+    let idempotency_wait = duration(
+        "idempotency_wait",
+        raw.idempotency_wait.as_deref(),
+        DEFAULT_IDEMPOTENCY_WAIT,
+        false,
+        problems,
+    );
     Some(Sidecar {
         data_dir: data_dir?,
         max_body_bytes: max_body_bytes?,
@@ -133,6 +157,8 @@ pub(super) fn validate(
         stream_receipt: raw.stream_receipt.unwrap_or(true),
         threads: threads?,
         shutdown_grace: shutdown_grace?,
+        idempotency_ttl: idempotency_ttl?,
+        idempotency_wait: idempotency_wait?,
     })
 }
 

@@ -398,6 +398,8 @@ sidecar_id = "s"
 stream_receipt = true
 threads = 1
 shutdown_grace = "1s"
+idempotency_ttl = "1h"
+idempotency_wait = "1s"
 gateway_keys_mode = "any"
 budget_default_max_tokens = 100
 control_url = "https://control.example.com:8790/"
@@ -537,6 +539,8 @@ ttl = "1m"
     assert_eq!(default_of("threads"), "0");
     for (k, d) in [
         ("shutdown_grace", c.shutdown_grace),
+        ("idempotency_ttl", c.idempotency_ttl),
+        ("idempotency_wait", c.idempotency_wait),
         ("timeouts.connect", c.timeouts.connect),
         ("timeouts.first_byte", c.timeouts.first_byte),
         ("timeouts.idle", c.timeouts.idle),

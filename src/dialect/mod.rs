@@ -70,6 +70,8 @@ pub enum ErrorClass {
     Server,
     /// A budget cannot pay for the request.
     Budget,
+    /// The request collides with one still running (an idempotency key in use).
+    Conflict,
 }
 
 impl Dialect {

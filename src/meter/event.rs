@@ -52,6 +52,9 @@ pub enum RouteKind {
     Stream,
     /// A batch call (billed at the batch price).
     Batch,
+    /// A retry answered with the stored answer of its `Idempotency-Key`:
+    /// no provider call, no tokens, cost 0.
+    Replay,
 }
 
 impl RouteKind {
@@ -61,6 +64,7 @@ impl RouteKind {
             RouteKind::Sync => "sync",
             RouteKind::Stream => "stream",
             RouteKind::Batch => "batch",
+            RouteKind::Replay => "replay",
         }
     }
 }

@@ -454,8 +454,8 @@ enum Followed {
     Alone(Exchange),
 }
 
-/// What a follower's wait ended with.
-enum Waited<T> {
+/// What a follower's (or an idempotent retry's) wait ended with.
+pub(super) enum Waited<T> {
     Got(T),
     /// `cache.coalesce_wait` ran out.
     TimedOut,
@@ -465,7 +465,8 @@ enum Waited<T> {
 
 /// Waits for `fut` until `deadline`, watching the client: a follower whose
 /// client has gone stops waiting (and stops keeping the flight alive).
-async fn wait<T>(
+/// Idempotent retries wait on the first request the same way.
+pub(super) async fn wait<T>(
     session: &mut Session,
     deadline: tokio::time::Instant,
     fut: impl std::future::Future<Output = T>,

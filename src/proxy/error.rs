@@ -90,6 +90,13 @@ pub enum ProxyError {
     BudgetExceeded(crate::budget::Denied),
     #[error("bad header: {0}")]
     BadHeader(String),
+    /// The first request with this `Idempotency-Key` is still running (the
+    /// client asked not to wait, or the wait ran out).
+    #[error("a request with this Idempotency-Key is still in progress{}; retry later", if *.waited { " after waiting for it" } else { "" })]
+    IdempotencyInProgress { waited: bool },
+    /// The `Idempotency-Key` was used with another request (method, path or body).
+    #[error("this Idempotency-Key was already used with a different request (method, path or body); use a new key")]
+    IdempotencyMismatch,
     /// The error of the identical request this one was coalesced onto.
     #[error("{message}")]
     Shared {
@@ -132,6 +139,8 @@ impl ProxyError {
             ProxyError::RateLimited(_) => "rate_limited",
             ProxyError::BudgetExceeded(_) => "budget_exceeded",
             ProxyError::BadHeader(_) => "bad_header",
+            ProxyError::IdempotencyInProgress { .. } => "idempotency_in_progress",
+            ProxyError::IdempotencyMismatch => "idempotency_key_reused",
             ProxyError::Shared { kind, .. } => kind,
         }
     }
@@ -160,6 +169,8 @@ impl ProxyError {
             ProxyError::RateLimited(_) => 429,
             ProxyError::BudgetExceeded(_) => 402,
             ProxyError::BadHeader(_) => 400,
+            ProxyError::IdempotencyInProgress { .. } => 409,
+            ProxyError::IdempotencyMismatch => 422,
             ProxyError::Shared { status, .. } => *status,
         }
     }
@@ -175,7 +186,9 @@ impl ProxyError {
             | ProxyError::ClientTimeout { .. }
             | ProxyError::MalformedRequest { .. }
             | ProxyError::MethodNotAllowed(_)
-            | ProxyError::BadHeader(_) => ErrorClass::InvalidRequest,
+            | ProxyError::BadHeader(_)
+            | ProxyError::IdempotencyMismatch => ErrorClass::InvalidRequest,
+            ProxyError::IdempotencyInProgress { .. } => ErrorClass::Conflict,
             ProxyError::TooLarge { .. } => ErrorClass::TooLarge,
             ProxyError::UnknownRoute { .. } | ProxyError::UnsupportedEndpoint { .. } => {
                 ErrorClass::NotFound
@@ -221,7 +234,9 @@ impl ProxyError {
             | ProxyError::Forbidden(_)
             | ProxyError::RateLimited(_)
             | ProxyError::BudgetExceeded(_)
-            | ProxyError::BadHeader(_) => Level::Debug,
+            | ProxyError::BadHeader(_)
+            | ProxyError::IdempotencyInProgress { .. }
+            | ProxyError::IdempotencyMismatch => Level::Debug,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::UpstreamProtocol { .. }
@@ -257,6 +272,7 @@ impl ProxyError {
             ProxyError::RateLimited(r) => rate_limit_headers(&mut header, r),
             // Spending more will not make the budget fit: never retry.
             ProxyError::BudgetExceeded(_)
+            | ProxyError::IdempotencyMismatch
             | ProxyError::Unauthorized(_)
             | ProxyError::Forbidden(_) => {
                 let _ = header.insert_header(headers::X_SHOULD_RETRY, "false");

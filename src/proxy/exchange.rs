@@ -52,6 +52,9 @@ pub struct Exchange {
     pub leader: Option<Leader>,
     /// Where its complete answer is to be cached.
     pub cache_write: Option<CacheWrite>,
+    /// It is the first with its `Idempotency-Key`: its complete answer is
+    /// kept for retries (dropped unused, the key is released).
+    pub idempotency: Option<crate::idempotency::Claim>,
     /// Counts it in flight (the SIGTERM drain waits for it) until dropped.
     _in_flight: InFlightGuard,
 }
@@ -63,6 +66,7 @@ impl Exchange {
             draft: Draft::new(state, uuid::Uuid::now_v7(), started, dialect),
             leader: None,
             cache_write: None,
+            idempotency: None,
             _in_flight: state.in_flight.enter(),
         }
     }

@@ -23,8 +23,14 @@ pub const TOLLGATE_PREFIX: &str = "x-tollgate-";
 
 /// Read by both SDKs before retrying.
 pub const X_SHOULD_RETRY: &str = "x-should-retry";
-/// Recorded in the usage event when the client sends one.
+/// Request: makes a POST idempotent (see `proxy::idempotency`); recorded
+/// in the usage event.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Request: `false` asks for a 409 at once, rather than waiting, while the
+/// first request with the same key is still running.
+pub const IDEMPOTENCY_WAIT: &str = "idempotency-wait";
+/// Receipt: `true` on an answer replayed for an `Idempotency-Key` retry.
+pub const IDEMPOTENT_REPLAY: &str = "x-tollgate-idempotent-replay";
 
 /// Hop-by-hop and framing headers never copied between the two sides.
 pub const HOP_BY_HOP: &[&str] = &[

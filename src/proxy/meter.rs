@@ -20,6 +20,7 @@ use pingora::proxy::Session;
 
 use super::exchange::Cut;
 use super::forward::UpstreamCall;
+use super::idempotency::Recording;
 use super::ingress::{Endpoint, RequestModel, Route};
 use super::respond::give_up_on_client;
 use super::{headers, receipt, Draft, Exchange, State};
@@ -106,6 +107,7 @@ pub async fn relay(
         write,
         assembler,
         body,
+        idempotent: x.idempotency.map(Recording::new),
     };
     // Unmetered paths (model lists, batch results…) are piped, never buffered.
     if is_sse || route.endpoint == Endpoint::Passthrough {
@@ -133,6 +135,9 @@ struct Relay<'a> {
     assembler: Option<Assembler>,
     /// The upstream body's coding (decoded for the tap when compressed).
     body: decode::Body,
+    /// The first request with its `Idempotency-Key`: what its client gets,
+    /// kept for retries when complete (dropped, the key is released).
+    idempotent: Option<Recording>,
 }
 
 /// The provider's response headers minus framing and tollgate's own.
@@ -588,6 +593,13 @@ impl Relay<'_> {
         }
         let cost = (route.endpoint != Endpoint::Passthrough).then_some(self.draft.event.cost_nusd);
         let header = self.client_header(&upstream, cost, Some(body.len()));
+        if failure_free {
+            if let Some(rec) = self.idempotent.as_mut() {
+                rec.head(&header);
+                rec.body(&body);
+            }
+            self.keep_idempotent();
+        }
         let written = super::respond::send_whole(self.session, header, body).await;
         self.state
             .metrics
@@ -742,6 +754,9 @@ impl Relay<'_> {
                 .and_then(|v| v.parse::<usize>().ok())
         };
         let header = self.client_header(&upstream, None, length);
+        if let Some(rec) = self.idempotent.as_mut() {
+            rec.head(&header);
+        }
         if self
             .session
             .write_response_header(Box::new(header), false)
@@ -831,6 +846,9 @@ impl Relay<'_> {
                 }
                 leader.chunk(raw);
             }
+            if let Some(rec) = self.idempotent.as_mut() {
+                rec.body(&out);
+            }
             if !out.is_empty() && !self.write_client(out).await {
                 failure = Some(ReadFailure::ClientGone);
                 break;
@@ -842,6 +860,9 @@ impl Relay<'_> {
                 None => tap.finish(),
                 Some(asm) => tap.finish_with(|name, data| asm.on_event(name, data)),
             };
+            if let Some(rec) = self.idempotent.as_mut() {
+                rec.body(&rest);
+            }
             if !rest.is_empty()
                 && self
                     .session
@@ -852,6 +873,8 @@ impl Relay<'_> {
                 failure = Some(ReadFailure::ClientGone);
             }
         }
+        // Relayed whole, to the provider's last byte.
+        let relayed_all = failure.is_none();
         if !recorded {
             if metered {
                 self.finish_stream(&tap);
@@ -879,6 +902,9 @@ impl Relay<'_> {
             .added_seconds
             .observe(self.pre_upstream.as_secs_f64());
         if !sse {
+            if relayed_all {
+                self.keep_idempotent();
+            }
             return self.end_piped().await;
         }
         let status = self.draft.event.status;
@@ -910,6 +936,14 @@ impl Relay<'_> {
         if self.state.stream_receipt && metered {
             tail.extend_from_slice(&receipt::stream_comment(&self.draft.event));
         }
+        // A stream ended by a budget, or before its last event, is not kept.
+        let whole = !metered || tap.complete() || tap.error().is_some();
+        if relayed_all && whole && budget_cut.is_none() {
+            if let Some(rec) = self.idempotent.as_mut() {
+                rec.body(&tail);
+            }
+            self.keep_idempotent();
+        }
         let _ = self
             .session
             .write_response_body(Some(tail.freeze()), true)
@@ -919,6 +953,17 @@ impl Relay<'_> {
             self.call.session.shutdown().await;
         } else if self.call.session.response_done() {
             self.state.upstreams.release(self.call).await;
+        }
+    }
+
+    /// Keeps what the client got for `Idempotency-Key` retries, when the
+    /// provider answered in full (its answer, or its error).
+    fn keep_idempotent(&mut self) {
+        let Some(rec) = self.idempotent.take() else {
+            return;
+        };
+        if matches!(self.draft.event.status, Status::Ok | Status::ProviderError) {
+            rec.keep(&self.draft.event.model);
         }
     }
 

@@ -5,6 +5,8 @@
 //! ```text
 //! request_filter ─┬─ ingress   route, bounded body read, one parse → RequestModel
 //!                 ├─ identify  gateway key; account / workload / tags: x-tollgate-* headers, else defaults
+//!                 ├─ idempotency  Idempotency-Key: replay the kept answer, wait for the
+//!                 │            first request with the key, 409 / 422, or claim it
 //!                 ├─ limit     rpm / tpm token buckets → 429
 //!                 ├─ cache     exact cache: a hit is answered here; an identical
 //!                 │            request in flight is followed (coalescing)
@@ -32,6 +34,7 @@ pub mod error;
 pub mod exchange;
 pub mod forward;
 pub mod headers;
+pub mod idempotency;
 pub mod identify;
 pub mod ingress;
 pub mod intercept;
@@ -161,6 +164,12 @@ impl Tollgate {
             x,
             ingress::read_body(session, state.max_body_bytes, state.request_body_timeout).await
         );
+        // idempotency
+        x = match idempotency::begin(state, session, x, &identity.account, &route, &body).await {
+            idempotency::Begun::Run(x) => x,
+            idempotency::Begun::Answered => return,
+            idempotency::Begun::Refused(x, err) => return self.fail(session, x, err).await,
+        };
         let mut request = or_fail!(self, session, x, ingress::parse(&route, body));
         x.draft.event.model.clone_from(&request.model);
         x.draft.event.route = if request.stream {

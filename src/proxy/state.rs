@@ -35,6 +35,8 @@ pub struct State {
     pub budget_default_max_tokens: u64,
     /// The exact cache.
     pub cache: Arc<Cache>,
+    /// Idempotency keys in flight and the answers kept for them.
+    pub idempotency: Arc<crate::idempotency::Idempotency>,
 }
 
 impl State {
@@ -43,6 +45,7 @@ impl State {
         recorder: Arc<Recorder>,
         ledger: Arc<Ledger>,
         cache: Arc<Cache>,
+        idempotency: Arc<crate::idempotency::Idempotency>,
         metrics: Metrics,
         in_flight: InFlight,
     ) -> State {
@@ -78,6 +81,7 @@ impl State {
             ledger,
             budget_default_max_tokens: config.budget_default_max_tokens,
             cache,
+            idempotency,
         }
     }
 }

@@ -72,6 +72,22 @@ pub trait CacheRecords: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
+/// Answers kept for idempotent retries: one opaque record (an expiry
+/// prefix, then the answer) per account-scoped key.
+pub trait IdempotencyRecords: Send + Sync {
+    /// The record under `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, StoreError>;
+    /// Stores `record` under `key`, replacing any.
+    fn put(&self, key: &[u8], record: &[u8]) -> Result<(), StoreError>;
+    /// Removes the record under `key` only while it is still `expected`
+    /// (a sweep never removes an answer stored again since it looked).
+    fn remove_if(&self, key: &[u8], expected: &[u8]) -> Result<bool, StoreError>;
+    /// Calls `f` with every record, in key order, until it returns false.
+    fn scan(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError>;
+    /// Makes everything written so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+}
+
 /// Secrets kept for accounts: sealed provider keys (BYOK, an AEAD envelope
 /// made above this layer) and hashed credentials, each an opaque record
 /// under a namespaced id (`byok/acme/anthropic`, `sidecar/<hash>`). The

@@ -5,8 +5,8 @@ use std::path::Path;
 use bytes::Bytes;
 
 use super::{
-    AppendLog, CacheKey, CacheRecords, ControlRecords, EventRecords, KeyStore, LedgerRecords,
-    LedgerRow, RollupTotals, StoreError,
+    AppendLog, CacheKey, CacheRecords, ControlRecords, EventRecords, IdempotencyRecords, KeyStore,
+    LedgerRecords, LedgerRow, RollupTotals, StoreError,
 };
 use crate::budget::{SpendError, SpendRecords};
 
@@ -513,6 +513,59 @@ pub fn control_records(db: &sled::Db) -> Result<ControlRecords, StoreError> {
     })
 }
 
+const IDEMPOTENCY_TREE: &str = "idempotency";
+
+/// Answers kept for idempotent retries, in their own tree of the
+/// sidecar's store (never the cache's).
+pub struct IdempotencyTree {
+    tree: sled::Tree,
+}
+
+impl IdempotencyTree {
+    /// The records in `tree`.
+    pub fn new(tree: sled::Tree) -> IdempotencyTree {
+        IdempotencyTree { tree }
+    }
+
+    /// The idempotency tree of `db`.
+    pub fn open(db: &sled::Db) -> Result<IdempotencyTree, StoreError> {
+        Ok(IdempotencyTree::new(db.open_tree(IDEMPOTENCY_TREE)?))
+    }
+}
+
+impl IdempotencyRecords for IdempotencyTree {
+    fn get(&self, key: &[u8]) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.tree.get(key)?.map(Bytes::from_owner))
+    }
+
+    fn put(&self, key: &[u8], record: &[u8]) -> Result<(), StoreError> {
+        self.tree.insert(key, record)?;
+        Ok(())
+    }
+
+    fn remove_if(&self, key: &[u8], expected: &[u8]) -> Result<bool, StoreError> {
+        Ok(self
+            .tree
+            .compare_and_swap(key, Some(expected), None::<&[u8]>)?
+            .is_ok())
+    }
+
+    fn scan(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError> {
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            if !f(&k, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.tree.flush()?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -588,5 +641,17 @@ mod tests {
     #[test]
     fn cache_records_suite() {
         crate::store::suite::cache_records(cache_tree);
+    }
+
+    #[test]
+    fn idempotency_records_suite() {
+        crate::store::suite::idempotency_records(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let tree = sled::open(dir.path())
+                .unwrap()
+                .open_tree(IDEMPOTENCY_TREE)
+                .unwrap();
+            (dir, IdempotencyTree::new(tree))
+        });
     }
 }

@@ -4,7 +4,9 @@
 //! directory).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use super::{AppendLog, CacheKey, CacheRecords, EventRecords, KeyStore, LedgerRecords};
+use super::{
+    AppendLog, CacheKey, CacheRecords, EventRecords, IdempotencyRecords, KeyStore, LedgerRecords,
+};
 use crate::budget::SpendRecords;
 
 fn key(n: u8) -> CacheKey {
@@ -233,4 +235,44 @@ pub(crate) fn ledger_records<G, S: LedgerRecords>(fresh: impl Fn() -> (G, S)) {
         ]
     );
     l.flush().unwrap();
+}
+
+/// [`IdempotencyRecords`]: put replaces, `remove_if` removes only what it
+/// was shown, the scan sees everything and stops when asked.
+pub(crate) fn idempotency_records<G, S: IdempotencyRecords>(fresh: impl Fn() -> (G, S)) {
+    let (_g, s) = fresh();
+    assert!(s.get(b"a").unwrap().is_none());
+    s.put(b"a", b"one").unwrap();
+    s.put(b"b", b"two").unwrap();
+    assert_eq!(&s.get(b"a").unwrap().unwrap()[..], b"one");
+    s.put(b"a", b"uno").unwrap();
+    assert_eq!(&s.get(b"a").unwrap().unwrap()[..], b"uno");
+    // Stored again since the caller looked: kept.
+    assert!(!s.remove_if(b"a", b"one").unwrap());
+    assert!(s.get(b"a").unwrap().is_some());
+    assert!(s.remove_if(b"a", b"uno").unwrap());
+    assert!(s.get(b"a").unwrap().is_none());
+    assert!(!s.remove_if(b"zz", b"x").unwrap());
+    s.put(b"c", b"three").unwrap();
+    let mut seen = Vec::new();
+    s.scan(&mut |k, v| {
+        seen.push((k.to_vec(), v.to_vec()));
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            (b"b".to_vec(), b"two".to_vec()),
+            (b"c".to_vec(), b"three".to_vec())
+        ]
+    );
+    let mut count = 0;
+    s.scan(&mut |_, _| {
+        count += 1;
+        false
+    })
+    .unwrap();
+    assert_eq!(count, 1);
+    s.flush().unwrap();
 }

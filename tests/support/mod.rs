@@ -5,6 +5,7 @@ pub mod control;
 pub mod fake_provider;
 pub mod inject;
 pub mod raw;
+pub mod reply;
 pub mod sdk;
 pub mod tollgate;
 pub mod tools;

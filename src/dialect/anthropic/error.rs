@@ -17,6 +17,7 @@ pub fn error_type(class: ErrorClass) -> &'static str {
         ErrorClass::Timeout => "timeout_error",
         ErrorClass::Server => "api_error",
         ErrorClass::Budget => "budget_exceeded",
+        ErrorClass::Conflict => "conflict_error",
     }
 }
 

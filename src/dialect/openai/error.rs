@@ -13,7 +13,8 @@ pub fn error_type(class: ErrorClass) -> &'static str {
         | ErrorClass::Authentication
         | ErrorClass::Permission
         | ErrorClass::NotFound
-        | ErrorClass::TooLarge => "invalid_request_error",
+        | ErrorClass::TooLarge
+        | ErrorClass::Conflict => "invalid_request_error",
         ErrorClass::RateLimit => "requests",
         ErrorClass::Timeout | ErrorClass::Server => "server_error",
         ErrorClass::Budget => "budget_exceeded",
