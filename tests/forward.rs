@@ -597,3 +597,49 @@ async fn a_slow_request_head_in_a_tunnel_is_answered_408() {
     );
     assert!(fake.requests().is_empty());
 }
+
+/// `Idempotency-Key` works the same inside an intercepted tunnel (HTTP/2):
+/// the retry is a replay, the provider is called once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_retry_through_the_proxy_is_replayed() {
+    let fake = FakeProvider::start().await;
+    let ca = ca_dir();
+    let (_t, proxy) = start(&fake.base_url(), &ca.path().join("ca"), "");
+    let cacert = ca_pem(ca.path());
+    let send = || {
+        curl(&[
+            "--proxy",
+            &proxy,
+            "--cacert",
+            cacert.to_str().unwrap(),
+            "-H",
+            "anthropic-version: 2023-06-01",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "idempotency-key: tunnel-1",
+            "-H",
+            "x-tollgate-cache: bypass",
+            "-D",
+            "-",
+            "-d",
+            BODY,
+            "https://api.anthropic.com/v1/messages",
+        ])
+    };
+    let first = text(&send());
+    let again = text(&send());
+    assert!(!first.contains("x-tollgate-idempotent-replay"), "{first}");
+    assert!(
+        again.contains("x-tollgate-idempotent-replay: true"),
+        "{again}"
+    );
+    let body = |s: &str| s.split("\r\n\r\n").last().unwrap_or("").to_string();
+    assert_eq!(body(&first), body(&again));
+    let calls = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/v1/messages")
+        .count();
+    assert_eq!(calls, 1);
+}

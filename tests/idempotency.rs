@@ -157,12 +157,24 @@ async fn a_replay_survives_a_restart() {
     let first = send(&t, "/v1/messages", &messages("durable", false), &key).await;
     assert_eq!(first.status, 200);
     t.stop();
-    let t = start();
+    let mut t = start();
     let again = send(&t, "/v1/messages", &messages("durable", false), &key).await;
     assert_eq!(again.status, 200);
     assert!(replayed(&again));
     assert_eq!(again.body, first.body);
     assert_eq!(calls(&fake, "/v1/messages"), 1);
+    // A crash (kill -9) just after an answer: it was flushed right away.
+    let key = [("idempotency-key", "crash-1")];
+    let before = send(&t, "/v1/messages", &messages("crash", false), &key).await;
+    assert_eq!(before.status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    t.signal(9);
+    t.wait_exit(Duration::from_secs(10));
+    let t = start();
+    let after = send(&t, "/v1/messages", &messages("crash", false), &key).await;
+    assert!(replayed(&after));
+    assert_eq!(after.body, before.body);
+    assert_eq!(calls(&fake, "/v1/messages"), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,4 +333,71 @@ async fn a_retried_batch_create_creates_one_batch() {
     assert!(replayed(&again));
     assert_eq!(again.json()["id"], first.json()["id"]);
     assert_eq!(calls(&fake, "/v1/messages/batches"), 1);
+}
+
+/// The official `anthropic` SDK reads a replayed stream as the stream it
+/// first got: the same events, text and usage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anthropic_sdk_reads_a_replayed_stream() {
+    let python = support::sdk::sdk_python("anthropic-current").await;
+    let fake = FakeProvider::start().await;
+    let t = keyed(Builder::new(&fake.base_url()).no_cache()).start();
+    let call = |name: &str| {
+        json!({"name": name, "op": "create_stream", "prompt": "sdk stream",
+               "usage": "input=30,output=12",
+               "headers": {"idempotency-key": "sdk-stream-1"}})
+    };
+    let plan = json!([call("first"), call("retry")]);
+    let run = support::sdk::run_script(
+        &python,
+        "anthropic_calls.py",
+        &[
+            ("ANTHROPIC_BASE_URL", &t.url()),
+            ("ANTHROPIC_API_KEY", "sk-client-idem"),
+        ],
+        &plan,
+    )
+    .await;
+    let (first, retry) = (run.ok("first"), run.ok("retry"));
+    assert_eq!(retry["headers"][REPLAY], "true", "{retry:#}");
+    assert!(first["headers"].get(REPLAY).is_none());
+    assert!(!first["text"].as_str().unwrap().is_empty(), "{first:#}");
+    assert!(first["usage"].is_object(), "{first:#}");
+    for field in ["events", "text", "usage", "stop_reason"] {
+        assert_eq!(first[field], retry[field], "{field}");
+    }
+    assert_eq!(
+        retry["events"].as_array().unwrap().last().unwrap(),
+        "message_stop"
+    );
+    assert_eq!(calls(&fake, "/v1/messages"), 1);
+}
+
+/// A provider answer the SDKs retry (529 overloaded) is not kept: the
+/// retry runs; a final one (400) is kept and replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_provider_errors_are_not_kept_final_ones_are() {
+    let fake = FakeProvider::start().await;
+    let t = keyed(Builder::new(&fake.base_url()).no_cache()).start();
+    let body = messages("overloaded", false);
+    let overloaded = send(
+        &t,
+        "/v1/messages",
+        &body,
+        &[("idempotency-key", "o-1"), ("x-fake-scenario", "error-529")],
+    )
+    .await;
+    assert_eq!(overloaded.status, 529);
+    let retry = send(&t, "/v1/messages", &body, &[("idempotency-key", "o-1")]).await;
+    assert_eq!(retry.status, 200);
+    assert!(!replayed(&retry));
+    assert_eq!(calls(&fake, "/v1/messages"), 2);
+    let bad = [("idempotency-key", "b-1"), ("x-fake-scenario", "error-400")];
+    let refused = send(&t, "/v1/messages", &body, &bad).await;
+    assert_eq!(refused.status, 400);
+    let again = send(&t, "/v1/messages", &body, &[("idempotency-key", "b-1")]).await;
+    assert_eq!(again.status, 400);
+    assert!(replayed(&again));
+    assert_eq!(again.body, refused.body);
+    assert_eq!(calls(&fake, "/v1/messages"), 3);
 }

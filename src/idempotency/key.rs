@@ -52,6 +52,14 @@ pub fn fingerprint(method: &str, provider: &str, path: &str, body: &[u8]) -> Fin
     *h.finalize().as_bytes()
 }
 
+/// Whether a provider's answer with `status` is kept for retries: every
+/// answer but those the SDKs retry (408, 409, 429, 5xx: overloaded, rate
+/// limited, failed: nothing was done, and replaying them for a day would
+/// defeat the retry).
+pub fn keeps_status(status: u16) -> bool {
+    !(matches!(status, 408 | 409 | 429) || status >= 500)
+}
+
 /// Where the answer for `key` of `account` is kept: keys are scoped to the
 /// account, so two accounts may use the same key independently.
 pub fn slot_key(account: &str, key: &str) -> Vec<u8> {
@@ -152,6 +160,16 @@ mod tests {
             fingerprint("POST", "anthropic", "/v1/messages{}", b""),
         ] {
             assert_ne!(base, other);
+        }
+    }
+
+    #[test]
+    fn retryable_answers_are_not_kept() {
+        for kept in [200, 201, 400, 401, 403, 404, 413, 422] {
+            assert!(keeps_status(kept), "{kept}");
+        }
+        for retried in [408, 409, 429, 500, 502, 503, 504, 529] {
+            assert!(!keeps_status(retried), "{retried}");
         }
     }
 

@@ -280,8 +280,9 @@ impl Claim {
     }
 
     /// Keeps `record`: waiters get it at once; it is written to the store
-    /// on the blocking pool (off the request path), and the key stays in
-    /// memory until it is.
+    /// and flushed on the blocking pool (off the request path: the client
+    /// is not kept waiting for the disk), and the key stays in memory until
+    /// it is.
     pub fn store(mut self, record: Record) {
         self.settled = true;
         let record = Arc::new(record);
@@ -294,7 +295,12 @@ impl Claim {
         let write = move || {
             match record.encode() {
                 Ok(bytes) => {
-                    if let Err(e) = keys.records.put(&key, &bytes) {
+                    // Durable at once: a retry after a crash must not run again.
+                    if let Err(e) = keys
+                        .records
+                        .put(&key, &bytes)
+                        .and_then(|()| keys.records.flush())
+                    {
                         tracing::warn!(error = %e, "idempotent answer not stored; a retry runs again");
                     }
                 }

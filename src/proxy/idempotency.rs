@@ -16,12 +16,14 @@
 //!   `Idempotency-Wait: false`.
 //! - The same key with another request is a 422; a malformed key a 400.
 //!
-//! What is kept: any answer the provider gave in full, 2xx or an error
-//! status (it executed, or decided not to: the same answer again). Not
-//! kept, so a retry runs again: tollgate's own refusals and failures
-//! (400, 402, 403, 409, 429, 502, 504…, the key is released at once),
-//! answers cut short (upstream cut, idle timeout, shutdown, a stream ended
-//! by a budget at `message_start`, the client leaving mid-answer), answers
+//! What is kept: any answer the provider gave in full, 2xx or a final 4xx
+//! (it executed, or decided not to: the same answer again). Not kept, so a
+//! retry runs again: the provider's retryable answers (408, 409, 429, 5xx,
+//! a stream that ends with an `error` event: see
+//! [`crate::idempotency::key::keeps_status`]), tollgate's own refusals and
+//! failures (400, 402, 403, 409, 429, 502, 504…, the key is released at
+//! once), answers cut short (upstream cut, idle timeout, shutdown, a stream
+//! ended by a budget at `message_start`, the client leaving mid-answer), answers
 //! served without the provider (a cache hit or a coalesced request: a
 //! retry is answered by the cache again), and answers over
 //! [`MAX_RECORD_BYTES`].
@@ -37,7 +39,7 @@ use super::error::ProxyError;
 use super::ingress::Route;
 use super::respond::send_whole;
 use super::{headers, Exchange, State};
-use crate::idempotency::key::{fingerprint, parse_key, slot_key};
+use crate::idempotency::key::{fingerprint, keeps_status, parse_key, slot_key};
 use crate::idempotency::{Claim, Found, Outcome, Record, Settled};
 use crate::meter::event::{RouteKind, Status};
 
@@ -231,7 +233,7 @@ impl Recording {
 
     /// Keeps the complete answer (`model`: the one that answered).
     pub fn keep(self, model: &str) {
-        if self.over || self.status == 0 {
+        if self.over || !keeps_status(self.status) {
             // Dropping the claim releases the key.
             return;
         }

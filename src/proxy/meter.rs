@@ -936,8 +936,9 @@ impl Relay<'_> {
         if self.state.stream_receipt && metered {
             tail.extend_from_slice(&receipt::stream_comment(&self.draft.event));
         }
-        // A stream ended by a budget, or before its last event, is not kept.
-        let whole = !metered || tap.complete() || tap.error().is_some();
+        // A stream ended by a budget, an error event (overloaded…) or
+        // before its last event is not kept: a retry runs again.
+        let whole = !metered || (tap.complete() && tap.error().is_none());
         if relayed_all && whole && budget_cut.is_none() {
             if let Some(rec) = self.idempotent.as_mut() {
                 rec.body(&tail);
