@@ -24,6 +24,7 @@ pub mod meter;
 pub mod metrics;
 pub mod plan;
 pub mod proxy;
+pub mod route;
 pub mod scope;
 pub mod secret;
 pub mod snapshot;

@@ -35,6 +35,8 @@ const LAYERS: &[(&str, Layer)] = &[
     ("src/meter/prices.rs", Layer::Domain),
     ("src/meter/event.rs", Layer::Domain),
     ("src/meter/mod.rs", Layer::Domain),
+    // Routing: plans, retries, breakers; time and jitter passed in.
+    ("src/route/", Layer::Domain),
     // The cache as the request path sees it: store, flights and writer.
     ("src/cache/mod.rs", Layer::Service),
     ("src/idempotency/mod.rs", Layer::Service),
@@ -100,6 +102,7 @@ fn forbidden_modules(layer: Layer) -> &'static [&'static str] {
             "table",
             "budget",
             "meter",
+            "route",
             "cache",
             "store",
             "metrics",
