@@ -48,6 +48,7 @@ mod outbox;
 mod prices;
 mod problem;
 mod providers;
+mod routing;
 mod schema;
 mod service_links;
 mod sidecar;
@@ -78,6 +79,7 @@ static SECTIONS: &[&[Key]] = &[
     limits::KEYS,
     budgets::KEYS,
     cache::KEYS,
+    routing::KEYS,
 ];
 
 /// Every accepted key, in the README's order. `<name>` and `<model>` stand
@@ -142,6 +144,8 @@ pub struct Config {
     pub budget_default_max_tokens: u64,
     /// The exact cache.
     pub cache: crate::cache::CacheConfig,
+    /// Model aliases, retries and circuit breakers.
+    pub routing: crate::route::Routing,
 }
 
 impl Config {
@@ -238,6 +242,11 @@ fn validate(
     rate_limits.extend(key_rules);
     let budgets = budgets::validate(take(&mut tree, budgets::KEYS, problems), problems);
     let cache = cache::validate(take(&mut tree, cache::KEYS, problems), problems);
+    let known = routing::Known {
+        providers: &providers,
+        prices: &prices,
+    };
+    let routing = routing::validate(take(&mut tree, routing::KEYS, problems), &known, problems);
     if problems.len() != before {
         return None;
     }
@@ -268,6 +277,7 @@ fn validate(
         budgets: budgets.budgets,
         budget_default_max_tokens: budgets.default_max_tokens,
         cache: cache?,
+        routing,
     })
 }
 
