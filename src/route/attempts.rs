@@ -206,7 +206,12 @@ impl Attempts {
             return Next::Stop(StopReason::Exhausted);
         }
         if self.open_candidates().any(|c| !self.tried[c]) {
-            return self.pick(health, now, StepKind::FallBack, Duration::ZERO);
+            // Untried candidates whose breakers are all open leave a new
+            // round over the tried ones.
+            if let next @ Next::Try(_) = self.pick(health, now, StepKind::FallBack, Duration::ZERO)
+            {
+                return next;
+            }
         }
         let wait = backoff(self.backoff_base, self.backoff_max, self.retries, jitter);
         self.retries += 1;

@@ -43,7 +43,7 @@ pub use attempts::{Attempts, Next, Step, StepKind, StopReason};
 pub use breaker::{BreakerSettings, BreakerState, Transitions};
 pub use health::{Health, TargetStatus, MAX_TRACKED, TTFT_ALPHA};
 pub use policy::{order, worst_case, Policy, Sizing};
-pub use retry::{parse_retry_after, Jitter, Outcome, UpstreamError};
+pub use retry::{parse_retry_after, Jitter, Outcome, SplitMix, UpstreamError};
 pub use target::{parse_header, Target, TargetPattern, MAX_HEADER_TARGETS};
 
 /// The model name that resolves to the default alias.

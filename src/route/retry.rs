@@ -163,6 +163,49 @@ pub trait Jitter {
     fn upto(&mut self, max: u64) -> u64;
 }
 
+/// The production [`Jitter`]: SplitMix64, seeded from the OS (or, should
+/// that fail, the clock). Backoff needs spread, not secrecy; one per
+/// request, or per worker thread, so no lock is needed.
+#[derive(Clone, Debug)]
+pub struct SplitMix(u64);
+
+impl SplitMix {
+    /// Seeded from the OS.
+    pub fn from_entropy() -> SplitMix {
+        let mut b = [0u8; 8];
+        let seed = match getrandom::fill(&mut b) {
+            Ok(()) => u64::from_le_bytes(b),
+            Err(_) => SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+        };
+        SplitMix(seed)
+    }
+
+    /// Seeded with `seed` (tests, benchmarks).
+    pub fn with_seed(seed: u64) -> SplitMix {
+        SplitMix(seed)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+impl Jitter for SplitMix {
+    fn upto(&mut self, max: u64) -> u64 {
+        // The modulo bias is below 2^-40 for any wait in milliseconds.
+        match max.checked_add(1) {
+            Some(n) => self.next() % n,
+            None => self.next(),
+        }
+    }
+}
+
 /// The exponential backoff before retry number `retry` (0 = the first):
 /// full jitter, a uniform wait in `0..=min(base × 2^retry, max)`.
 pub fn backoff(base: Duration, max: Duration, retry: u32, jitter: &mut dyn Jitter) -> Duration {
@@ -305,5 +348,13 @@ mod tests {
         assert_eq!(waits, [200, 400, 800, 1600, 3200, 5000]);
         assert_eq!(backoff(base, max, 1, &mut Half), Duration::from_millis(200));
         assert_eq!(backoff(base, max, 200, &mut Max), max);
+        let mut rng = SplitMix::with_seed(7);
+        for n in 0..50 {
+            assert!(backoff(base, max, n, &mut rng) <= max);
+        }
+        let waits: std::collections::BTreeSet<u64> = (0..50).map(|_| rng.upto(1000)).collect();
+        assert!(waits.len() > 10 && waits.iter().all(|w| *w <= 1000));
+        assert_eq!(rng.upto(0), 0);
+        SplitMix::from_entropy().upto(u64::MAX);
     }
 }

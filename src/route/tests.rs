@@ -388,3 +388,31 @@ fn open_breakers_are_skipped_and_all_open_stops() {
     assert_eq!(snap[0].state, BreakerState::Closed);
     assert_eq!(snap[0].transitions.closed, 1);
 }
+
+#[test]
+fn open_untried_targets_leave_a_retry_of_the_tried_ones() {
+    let mut rt = routing();
+    rt.breaker.failures = 1;
+    let r = router(rt);
+    let t0 = Instant::now();
+    let gpt = Target::parse("openrouter/openai/gpt-5").unwrap();
+    let a = r.health().acquire(&gpt, t0).unwrap();
+    r.health().record(&gpt, a, breaker::Report::Failure, t0);
+    let mut a = plan(&r, "smart", None).attempts(r.routing(), t0);
+    assert_eq!(step(&a.first(r.health(), t0)).0, 0);
+    let n = a.report(r.health(), &Outcome::FirstByteTimeout, None, t0, &mut Max);
+    // Sonnet's own breaker opened too (one failure opens it here): nothing left.
+    assert_eq!(n, Next::Stop(StopReason::Exhausted));
+    // With a higher threshold, the retry goes back to Sonnet after the backoff.
+    let mut rt = routing();
+    rt.breaker.failures = 2;
+    let r = router(rt);
+    for _ in 0..2 {
+        let a = r.health().acquire(&gpt, t0).unwrap();
+        r.health().record(&gpt, a, breaker::Report::Failure, t0);
+    }
+    let mut a = plan(&r, "smart", None).attempts(r.routing(), t0);
+    a.first(r.health(), t0);
+    let n = a.report(r.health(), &upstream(529), None, t0, &mut Max);
+    assert_eq!(step(&n), (0, ms(200), StepKind::Retry));
+}
