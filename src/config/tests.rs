@@ -477,6 +477,25 @@ coalesce_wait = "600s"
 scope = "model:m"
 mode = "off"
 ttl = "1m"
+[aliases.x]
+targets = ["p/m"]
+policy = "cheapest"
+[aliases.x.overrides."p/m"]
+max_tokens = 1
+[routing]
+default_alias = "x"
+max_attempts = 1
+deadline = "1s"
+backoff_base = "1s"
+backoff_max = "1s"
+breaker_failures = 1
+breaker_window = "1s"
+breaker_open_for = "1s"
+breaker_probes = 1
+fallback_on_client_errors = true
+header_targets = ["*"]
+[routing.accounts.a]
+header_targets = ["q/*"]
 "#;
     let c = ok(all, &[("C", "tgs_abc")]);
     let link = c.control.unwrap();
@@ -537,6 +556,13 @@ ttl = "1m"
         c.stream_receipt
     );
     assert_eq!(default_of("threads"), "0");
+    for (k, n) in [
+        ("routing.max_attempts", c.routing.max_attempts),
+        ("routing.breaker_failures", c.routing.breaker.failures),
+        ("routing.breaker_probes", c.routing.breaker.probes),
+    ] {
+        assert_eq!(default_of(k).parse::<u32>().unwrap(), n, "{k}");
+    }
     for (k, d) in [
         ("shutdown_grace", c.shutdown_grace),
         ("idempotency_ttl", c.idempotency_ttl),
@@ -547,6 +573,11 @@ ttl = "1m"
         ("timeouts.request_head", c.timeouts.request_head),
         ("timeouts.request_body", c.timeouts.request_body),
         ("outbox.retention", c.outbox.retention),
+        ("routing.deadline", c.routing.deadline),
+        ("routing.backoff_base", c.routing.backoff_base),
+        ("routing.backoff_max", c.routing.backoff_max),
+        ("routing.breaker_window", c.routing.breaker.window),
+        ("routing.breaker_open_for", c.routing.breaker.open_for),
     ] {
         assert_eq!(humantime::parse_duration(default_of(k)).unwrap(), d, "{k}");
     }
