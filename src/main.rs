@@ -535,6 +535,13 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     {
         std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     }
+    if !config.routing.aliases.is_empty() || config.routing.default_alias.is_some() {
+        // Say so rather than let a configured fallback chain look active.
+        tracing::warn!(
+            aliases = config.routing.aliases.len(),
+            "model aliases and routing are validated but not acted on yet: requests go to the provider of their path with the model as sent"
+        );
+    }
     let metrics = Metrics::new().context("registering metrics")?;
     // Private before anything is opened in it (issue 12: prompts and the ledger).
     tollgate::data_dir::private_umask();
