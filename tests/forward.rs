@@ -21,16 +21,7 @@ const BODY: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":64,"messages":[{
 /// Creates a CA for the built-in providers' hosts in a fresh directory.
 pub fn ca_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["ca", "init", "--dir"])
-        .arg(dir.path().join("ca"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::tollgate::ca_init(&dir.path().join("ca"));
     dir
 }
 

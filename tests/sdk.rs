@@ -1484,16 +1484,7 @@ async fn openai_sdk_responses_are_cached_only_when_stateless() {
 /// A tollgate with HTTPS_PROXY mode on and a fresh CA; (tollgate, proxy URL, CA file).
 fn https_proxy(fake: &FakeProvider, extra: &str) -> (Tollgate, String, tempfile::TempDir) {
     let ca = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["ca", "init", "--dir"])
-        .arg(ca.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    support::tollgate::ca_init(ca.path());
     let port = support::tollgate::free_port();
     let t = with_keys(Builder::new(&fake.base_url()).top(&format!(
         "forward_proxy_listen = \"127.0.0.1:{port}\"\nca_dir = \"{}\"",

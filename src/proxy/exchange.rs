@@ -55,6 +55,10 @@ pub struct Exchange {
     /// It is the first with its `Idempotency-Key`: its complete answer is
     /// kept for retries (dropped unused, the key is released).
     pub idempotency: Option<crate::idempotency::Claim>,
+    /// Its answer holds Anthropic batch objects: their `results_url` are
+    /// pointed at this base (where the client reaches tollgate) before the
+    /// client sees them, so the results come through tollgate too.
+    pub results_base: Option<String>,
     /// Counts it in flight (the SIGTERM drain waits for it) until dropped.
     _in_flight: InFlightGuard,
 }
@@ -67,6 +71,7 @@ impl Exchange {
             leader: None,
             cache_write: None,
             idempotency: None,
+            results_base: None,
             _in_flight: state.in_flight.enter(),
         }
     }

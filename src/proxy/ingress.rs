@@ -251,6 +251,54 @@ fn authority_host(authority: &str) -> &str {
     host.strip_suffix('.').unwrap_or(host)
 }
 
+/// Where the client reaches tollgate, for the `results_url` of the batch
+/// objects in an Anthropic Message Batches answer (see
+/// [`crate::dialect::anthropic::batch`]): `scheme://<the client's
+/// authority><the client's path prefix>`, or `None` when the request is not
+/// one whose answer holds batch objects.
+///
+/// `intercepted`: the request came through an HTTPS_PROXY tunnel, so the
+/// client spoke TLS to the provider's own name and will fetch the URL
+/// through the proxy again (`https`); base-URL mode listens in plain HTTP.
+/// The authority is the one the client sent (`:authority`, else `Host`), so
+/// a client behind a port mapping gets the address it used; `local` (the
+/// listener's address) when it sent none that can go in a URL.
+pub fn batch_results_base(
+    req: &RequestHeader,
+    route: &Route,
+    intercepted: bool,
+    local: Option<std::net::SocketAddr>,
+) -> Option<String> {
+    if route.dialect() != Dialect::Anthropic || route.endpoint != Endpoint::Passthrough {
+        return None;
+    }
+    let normal = path::normalise(req.uri.path()).ok()?;
+    let prefix = crate::dialect::anthropic::batch::object_path_prefix(&normal)?;
+    let sent = req
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(http::header::HOST)?.to_str().ok())
+        .map(str::trim)
+        .filter(|a| url_authority(a));
+    let authority = match sent {
+        Some(a) => a.to_string(),
+        None => local?.to_string(),
+    };
+    let scheme = if intercepted { "https" } else { "http" };
+    Some(format!("{scheme}://{authority}{prefix}"))
+}
+
+/// Whether a `Host` value can go into a URL as is: a host name, an IPv4 or
+/// a bracketed IPv6 address, with an optional port; no user info, path or
+/// anything else a client could slip in.
+fn url_authority(a: &str) -> bool {
+    !a.is_empty()
+        && a.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':' | b'[' | b']')
+        })
+}
+
 /// The dialect a request most likely speaks, for errors before routing.
 pub fn guess_dialect(req: &RequestHeader) -> Dialect {
     if req.headers.contains_key(crate::dialect::anthropic::VERSION)
@@ -478,6 +526,65 @@ mod tests {
         assert!(!batch("/v1/messages"));
         assert!(!batch("/v1/messages/batchesque"));
         assert!(!batch("/v1/chat/completions"));
+    }
+
+    #[test]
+    fn batch_answers_point_back_at_the_listener_and_prefix_the_client_used() {
+        let r = routes();
+        let local: std::net::SocketAddr = ([127, 0, 0, 1], 4000).into();
+        let base = |method: &str, uri: &str, host: Option<&str>, tunnel: Option<&str>| {
+            let req = request(method, uri, host);
+            let route = r.resolve(&req, tunnel).expect("route");
+            batch_results_base(&req, &route, tunnel.is_some(), Some(local))
+        };
+        let h = Some("localhost:8080");
+        assert_eq!(
+            base("POST", "/v1/messages/batches", h, None).as_deref(),
+            Some("http://localhost:8080")
+        );
+        assert_eq!(
+            base("GET", "/anthropic/v1/messages/batches/b1?x=1", h, None).as_deref(),
+            Some("http://localhost:8080/anthropic")
+        );
+        assert_eq!(
+            base(
+                "POST",
+                "/anthropic//v1/messages/batches/b1/cancel/",
+                h,
+                None
+            )
+            .as_deref(),
+            Some("http://localhost:8080/anthropic"),
+            "the normal form's prefix"
+        );
+        // No usable Host: the listener's own address.
+        for host in [None, Some("a@b"), Some("x/y"), Some("")] {
+            assert_eq!(
+                base("GET", "/v1/messages/batches", host, None).as_deref(),
+                Some("http://127.0.0.1:4000"),
+                "{host:?}"
+            );
+        }
+        // Through an HTTPS_PROXY tunnel: https to the provider's own name.
+        assert_eq!(
+            base(
+                "GET",
+                "/v1/messages/batches/b1",
+                Some("api.anthropic.com"),
+                Some("api.anthropic.com")
+            )
+            .as_deref(),
+            Some("https://api.anthropic.com")
+        );
+        // Not batch objects: results (a stream), other endpoints, OpenAI batches.
+        for (m, uri) in [
+            ("GET", "/v1/messages/batches/b1/results"),
+            ("POST", "/v1/messages"),
+            ("GET", "/v1/models"),
+            ("GET", "/openai/v1/batches/b1"),
+        ] {
+            assert_eq!(base(m, uri, h, None), None, "{uri}");
+        }
     }
 
     #[test]

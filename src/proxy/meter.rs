@@ -9,6 +9,10 @@
 //! - Non-streaming JSON is read whole (it must be: its cost goes in a
 //!   header), then priced, recorded and sent with `content-length`.
 //! - An answer compressed anyway is decoded first ([`decode`]).
+//! - Anthropic batch objects (create, retrieve, list, cancel) are read whole
+//!   too, up to [`BATCH_OBJECT_CAP`], to point their `results_url` back at
+//!   tollgate; the results themselves (JSONL) are piped like any unmetered
+//!   answer.
 
 mod decode;
 
@@ -32,6 +36,11 @@ use crate::dialect::{usage_from_json, Iteration, StreamTap};
 use crate::dialect::{Dialect, ErrorClass};
 use crate::meter::event::{Estimated, Status};
 use crate::proxy::recorder::UpstreamTimes;
+
+/// The most of a batch-object answer read whole for its `results_url`. A
+/// list page of Anthropic's largest (1,000 batches) is well under 1 MiB;
+/// larger is not a batch answer, and is piped as it comes.
+const BATCH_OBJECT_CAP: usize = 4 << 20;
 
 /// A read's outcome; the idle timeout is pingora's per-read timeout,
 /// set once per response (cheaper than a tokio timer per chunk).
@@ -90,6 +99,8 @@ pub async fn relay(
     // outcome: until then they can still go their own way.
     let leader = x.leader;
     let write = x.cache_write;
+    // Only a body the tap can read can be rewritten.
+    let results_base = x.results_base.filter(|_| !is_sse && body.readable());
     let max_entry = state.cache.config.max_entry_bytes as usize;
     let assembler =
         (is_sse && (write.is_some() || leader.is_some())).then(|| match route.endpoint {
@@ -108,9 +119,10 @@ pub async fn relay(
         assembler,
         body,
         idempotent: x.idempotency.map(Recording::new),
+        results_base,
     };
     // Unmetered paths (model lists, batch results…) are piped, never buffered.
-    if is_sse || route.endpoint == Endpoint::Passthrough {
+    if relay.results_base.is_none() && (is_sse || route.endpoint == Endpoint::Passthrough) {
         relay.stream(route, request, upstream_header, is_sse).await;
     } else {
         relay.buffered(route, request, upstream_header).await;
@@ -138,6 +150,9 @@ struct Relay<'a> {
     /// The first request with its `Idempotency-Key`: what its client gets,
     /// kept for retries when complete (dropped, the key is released).
     idempotent: Option<Recording>,
+    /// Batch objects in the answer: their `results_url` are pointed at this
+    /// base (see `crate::dialect::anthropic::batch`).
+    results_base: Option<String>,
 }
 
 /// The provider's response headers minus framing and tollgate's own.
@@ -495,11 +510,15 @@ impl Relay<'_> {
     async fn buffered(mut self, route: &Route, request: &RequestModel, upstream: ResponseHeader) {
         let mut body = BytesMut::new();
         let mut failure = None;
+        let cap = match self.results_base {
+            Some(_) => BATCH_OBJECT_CAP,
+            None => self.state.max_body_bytes,
+        };
         loop {
             match self.next_chunk().await {
                 Ok(Some(chunk)) => {
                     body.extend_from_slice(&chunk);
-                    if body.len() > self.state.max_body_bytes {
+                    if body.len() > cap {
                         return self
                             .oversized(route, request, upstream, body.freeze())
                             .await;
@@ -512,7 +531,17 @@ impl Relay<'_> {
                 }
             }
         }
-        let body = body.freeze();
+        let mut body = body.freeze();
+        if let (Some(base), None) = (&self.results_base, &failure) {
+            // Before anything keeps the answer (idempotent replays included):
+            // every copy the client can get points back here. The length
+            // header is set from the new body below.
+            if let Some(rewritten) =
+                crate::dialect::anthropic::batch::rewrite_results_urls(&body, base)
+            {
+                body = Bytes::from(rewritten);
+            }
+        }
         let after_upstream = std::time::Instant::now();
         let ok = upstream.status.is_success();
         let failure_free = failure.is_none();
@@ -615,7 +644,9 @@ impl Relay<'_> {
 
     /// A non-streaming answer larger than `max_body_bytes`: stop buffering,
     /// send what arrived and pipe the rest. Its usage cannot be read, so the
-    /// event says so (`usage_incomplete`) and no cost header is sent.
+    /// event says so (`usage_incomplete`) and no cost header is sent. (A
+    /// batch answer past [`BATCH_OBJECT_CAP`] is piped the same way, its
+    /// `results_url` as they came.)
     async fn oversized(
         mut self,
         route: &Route,
@@ -628,9 +659,14 @@ impl Relay<'_> {
             leader.finish(Outcome::Abandoned);
         }
         self.write = None;
-        tracing::warn!(request_id = %self.draft.event.event_id, limit = self.state.max_body_bytes, "non-streaming response too large to meter; piping it unmetered");
-        self.draft.event.usage_incomplete = true;
-        self.draft.cut(Cut::TooLargeToMeter);
+        if self.results_base.is_none() {
+            tracing::warn!(request_id = %self.draft.event.event_id, limit = self.state.max_body_bytes, "non-streaming response too large to meter; piping it unmetered");
+            self.draft.event.usage_incomplete = true;
+            self.draft.cut(Cut::TooLargeToMeter);
+        } else {
+            // An unmetered answer read whole only for its batch objects.
+            tracing::warn!(request_id = %self.draft.event.event_id, limit = BATCH_OBJECT_CAP, "batch answer too large to rewrite its results_url; piping it as it came");
+        }
         if !upstream.status.is_success() {
             self.draft.event.status = Status::ProviderError;
         }

@@ -125,6 +125,13 @@ impl Tollgate {
             x,
             state.routes.resolve(session.req_header(), tunnel)
         );
+        // Batch objects' results_url point back here (see dialect::anthropic::batch).
+        x.results_base = ingress::batch_results_base(
+            session.req_header(),
+            &route,
+            self.intercepted,
+            session.server_addr().and_then(|a| a.as_inet()).copied(),
+        );
         let draft = &mut x.draft;
         draft.client_dialect = route.dialect();
         draft.event.provider.clone_from(&route.provider.name);

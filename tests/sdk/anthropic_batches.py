@@ -11,8 +11,8 @@ The plan is a JSON list of steps, run in order; each is an object with
   headers   extra headers (optional object), e.g. the fake's x-fake-batch-ms
   until     (wait) the processing_status to wait for (default "ended");
             timeout (seconds, default 20)
-  limit     (list) page size; the result has the first page and every id
-            seen by auto-pagination
+  limit     (list) page size; the result has the first page (its ids and
+            results_urls) and every id seen by auto-pagination
 The credential is the SDK's default (ANTHROPIC_API_KEY), the base URL
 ANTHROPIC_BASE_URL; no retries.
 
@@ -76,6 +76,7 @@ def run(client, step, batches):
             "has_more": page.has_more,
             "first_id": page.first_id,
             "last_id": page.last_id,
+            "results_urls": [x.results_url for x in page.data],
         }
         out["ids"] = [x.id for x in page]
     elif op == "delete":

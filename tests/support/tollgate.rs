@@ -31,6 +31,21 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// `tollgate ca init --dir <dir>`: a CA for HTTPS_PROXY mode (the built-in
+/// providers' hosts); panics with its stderr when it fails.
+pub fn ca_init(dir: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["ca", "init", "--dir"])
+        .arg(dir)
+        .output()
+        .expect("run tollgate ca init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Builds a tollgate process.
 pub struct Builder {
     top: String,

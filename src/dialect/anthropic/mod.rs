@@ -2,6 +2,7 @@
 //! events, complete-message assembly and replay, and error shapes.
 
 pub mod assemble;
+pub mod batch;
 pub mod error;
 pub mod replay;
 pub mod stream;
