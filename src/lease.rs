@@ -52,6 +52,12 @@ pub struct LeaseAsk {
     /// The worst case of a request waiting for this grant (0: none).
     #[serde(default)]
     pub need_nusd: u64,
+    /// The grant the sidecar holds while this renewal is in flight: it may
+    /// admit requests up to it until the answer arrives, so a smaller
+    /// answer only takes effect at its next renewal (0: nothing more will
+    /// be admitted, e.g. a lease returned at shutdown).
+    #[serde(default)]
+    pub held_nusd: u64,
 }
 
 /// The answer to a renewal.
@@ -97,6 +103,12 @@ pub struct Holder {
     pub expires_at_ms: i64,
     pub renewed_at_ms: i64,
     pub overdraft: u64,
+    /// The grant the holder held when its last renewal cut it: it may have
+    /// admitted requests up to that before the cut reached it, so the book
+    /// keeps it from others until the holder's next renewal (whose
+    /// consumption and reservations then cover those requests).
+    #[serde(default)]
+    pub shrunk_from: u64,
 }
 
 impl Holder {
@@ -105,7 +117,7 @@ impl Holder {
         self.reported.max(self.shipped)
     }
     fn holds(&self) -> u64 {
-        self.granted.max(self.consumed())
+        self.granted.max(self.shrunk_from).max(self.consumed())
     }
     fn live(&self, now_ms: i64) -> bool {
         now_ms < self.expires_at_ms
@@ -216,6 +228,11 @@ impl Book {
         let fair = ask.need_nusd.max(avail / sharing);
         let room = ask.want_nusd.min(fair).min(avail);
         h.granted = base.saturating_add(room);
+        h.shrunk_from = if h.granted < ask.held_nusd {
+            ask.held_nusd
+        } else {
+            0
+        };
         h.expires_at_ms = now_ms.saturating_add(terms.ttl_ms);
         h.renewed_at_ms = now_ms;
         h.overdraft = (terms.allowance_nusd / sharing)
@@ -280,7 +297,47 @@ mod tests {
             reserved_nusd: reserved,
             want_nusd: want,
             need_nusd: need,
+            held_nusd: 0,
         }
+    }
+
+    /// A holder may admit requests under its old grant while the renewal
+    /// that cuts it is in flight: the cut only frees room for others once
+    /// the holder renews again (its report then covers those requests).
+    #[test]
+    fn a_cut_grant_is_kept_from_others_until_the_next_renewal() {
+        let t = terms(1000);
+        let mut b = Book::default();
+        b.renew("a", "1", &ask(0, 0, 800, 0), &t, 0).unwrap();
+        // a returns room (nothing in flight) while holding 800.
+        let cut = LeaseAsk {
+            held_nusd: 800,
+            ..ask(100, 0, 0, 0)
+        };
+        assert_eq!(b.renew("a", "1", &cut, &t, 1).unwrap().granted_nusd, 100);
+        // Meanwhile a may have admitted up to 800: b gets only the rest.
+        assert_eq!(
+            b.renew("b", "2", &ask(0, 0, 900, 0), &t, 2)
+                .unwrap()
+                .granted_nusd,
+            200
+        );
+        assert_eq!(b.free(&t, 2), 0);
+        // a's next renewal reports what it admitted before the cut arrived
+        // (300 in flight) and holds the cut grant: the rest is free again.
+        let next = LeaseAsk {
+            held_nusd: 100,
+            ..ask(100, 300, 0, 0)
+        };
+        assert_eq!(b.renew("a", "1", &next, &t, 3).unwrap().granted_nusd, 400);
+        assert_eq!(b.free(&t, 3), 400);
+        // A lease returned at shutdown (held 0) frees its room at once.
+        let closing = ask(400, 0, 0, 0);
+        assert_eq!(
+            b.renew("a", "1", &closing, &t, 4).unwrap().granted_nusd,
+            400
+        );
+        assert_eq!(b.free(&t, 4), 400);
     }
 
     #[test]

@@ -1010,6 +1010,32 @@ impl Ledger {
         out
     }
 
+    /// Lowers `budget`'s lease for `period` to `cap` (never below what is
+    /// spent and reserved now) when a renewal asks for less than it holds:
+    /// room given back is not admitted meanwhile. Returns the grant that
+    /// stays in force until the answer (0: none).
+    pub fn cap_lease(&self, budget: &str, period: &str, cap: u64) -> u64 {
+        let budgets = self.budgets.load();
+        let Some(i) = budgets.iter().position(|b| b.name == budget) else {
+            return 0;
+        };
+        let mut state = self.lock();
+        let Some(p) = period_mut(&mut state[i], period) else {
+            return 0;
+        };
+        let used = p.stored.spent.saturating_add(p.reserved);
+        match p.lease.as_mut() {
+            Some(l)
+                if l.limit == budgets[i].limit_nusd
+                    && std::time::Instant::now() < l.valid_until =>
+            {
+                l.granted = l.granted.min(cap.max(used));
+                l.granted
+            }
+            _ => 0,
+        }
+    }
+
     /// Puts a grant in force for `budget`'s `period`. A grant counting
     /// more consumption than this sidecar knows of (its spend was lost in
     /// a crash) raises the local figure to it.

@@ -124,6 +124,15 @@ impl Rate {
 }
 
 /// Room wanted beyond what is consumed and in flight.
+/// The grant requests may still be admitted under while a renewal is in
+/// flight (the control endpoint keeps it from others until the next one).
+fn held_now(v: &LeaseView) -> u64 {
+    v.held
+        .as_ref()
+        .filter(|h| h.limit == v.limit_nusd && Instant::now() < h.valid_until)
+        .map_or(0, |h| h.granted)
+}
+
 fn want(v: &LeaseView, rate: f64) -> u64 {
     if v.starved {
         return 0;
@@ -283,6 +292,8 @@ impl LeaseService {
                     reserved_nusd: v.reserved_nusd,
                     want_nusd: if take { want(v, 0.0) } else { 0 },
                     need_nusd: 0,
+                    // Returned after the drain: nothing more is admitted.
+                    held_nusd: if take { held_now(v) } else { 0 },
                 })
                 .collect(),
         };
@@ -346,6 +357,13 @@ impl pingora::services::background::BackgroundService for LeaseService {
                     reserved_nusd: v.reserved_nusd,
                     want_nusd: w,
                     need_nusd: v.need_nusd,
+                    held_nusd: self.ledger.cap_lease(
+                        &v.budget,
+                        &v.period,
+                        v.consumed_nusd
+                            .saturating_add(v.reserved_nusd)
+                            .saturating_add(w),
+                    ),
                 });
             }
             if asks.is_empty() {
@@ -368,9 +386,26 @@ impl pingora::services::background::BackgroundService for LeaseService {
                     retry_at = None;
                     ttl = Duration::from_millis(resp.ttl_ms.max(1));
                     apply(&self.ledger, &resp, now, &wants);
+                    let mut cut = false;
                     for a in &req.leases {
-                        reported
-                            .insert((a.budget.clone(), a.period.clone()), (now, a.consumed_nusd));
+                        let key = (a.budget.clone(), a.period.clone());
+                        let granted = resp
+                            .leases
+                            .iter()
+                            .find(|g| g.budget == a.budget && g.period == a.period)
+                            .map(|g| g.granted_nusd);
+                        if granted.is_some_and(|g| g < a.held_nusd) {
+                            // The control endpoint keeps the old grant from
+                            // others until we confirm the cut: renew again
+                            // at once (never reported, so due).
+                            reported.remove(&key);
+                            cut = true;
+                        } else {
+                            reported.insert(key, (now, a.consumed_nusd));
+                        }
+                    }
+                    if cut {
+                        self.leases.wake.notify_one();
                     }
                 }
                 Err(LeaseError::Unreachable(e)) => {
