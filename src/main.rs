@@ -419,10 +419,26 @@ fn load_config(args: &ConfigArgs) -> Result<Config, config::ConfigError> {
 
 /// The configuration, or (having printed every problem) the exit code.
 fn config_for(args: &ConfigArgs) -> Result<Config, ExitCode> {
-    load_config(args).map_err(|e| {
-        eprintln!("tollgate: invalid configuration:\n{e}");
-        ExitCode::from(EXIT_BAD_CONFIG)
-    })
+    config_or_exit(load_config(args), false)
+}
+
+/// A loaded configuration to run with, or the exit code: 64 after printing
+/// every problem, or 0 after `--check-config` found none.
+fn config_or_exit<C, E: std::fmt::Display>(
+    loaded: Result<C, E>,
+    check_only: bool,
+) -> Result<C, ExitCode> {
+    match loaded {
+        Err(e) => {
+            eprintln!("tollgate: invalid configuration:\n{e}");
+            Err(ExitCode::from(EXIT_BAD_CONFIG))
+        }
+        Ok(_) if check_only => {
+            println!("configuration ok");
+            Err(ExitCode::SUCCESS)
+        }
+        Ok(c) => Ok(c),
+    }
 }
 
 #[derive(Subcommand)]
@@ -477,17 +493,11 @@ fn control(args: ControlArgs) -> anyhow::Result<ExitCode> {
         listen: args.listen,
         data_dir: args.data_dir,
     };
-    let config = match config::control::load(args.config.as_deref(), &env, &flags) {
+    let loaded = config::control::load(args.config.as_deref(), &env, &flags);
+    let config = match config_or_exit(loaded, args.check_config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("tollgate: invalid configuration:\n{e}");
-            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
-        }
+        Err(code) => return Ok(code),
     };
-    if args.check_config {
-        println!("configuration ok");
-        return Ok(ExitCode::SUCCESS);
-    }
     tollgate::control::server::run(config)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -497,17 +507,11 @@ fn inject(args: InjectArgs) -> anyhow::Result<ExitCode> {
     let flags = config::inject::InjectFlags {
         listen: args.listen,
     };
-    let config = match config::inject::load(args.config.as_deref(), &env, &flags) {
+    let loaded = config::inject::load(args.config.as_deref(), &env, &flags);
+    let config = match config_or_exit(loaded, args.check_config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("tollgate: invalid configuration:\n{e}");
-            return Ok(ExitCode::from(EXIT_BAD_CONFIG));
-        }
+        Err(code) => return Ok(code),
     };
-    if args.check_config {
-        println!("configuration ok");
-        return Ok(ExitCode::SUCCESS);
-    }
     tollgate::inject::server::run(config, &env)?;
     Ok(ExitCode::SUCCESS)
 }
