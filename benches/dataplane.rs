@@ -16,6 +16,11 @@
 //!   log level `warn`;
 //! * `tollgate-nosync`: the same with `outbox.sync = false`, which isolates
 //!   the cost of waiting for the group commit's fsync;
+//! * `tollgate-routed`: `tollgate` with the request's model an alias of one
+//!   target of the same dialect (the route stage and its body rewrite);
+//! * `tollgate-translated`: the alias's target speaks the other dialect
+//!   (OpenAI Chat Completions): the request, the answer and every stream
+//!   event are translated;
 //! * `tollgate-budget`: `tollgate` with a local monthly budget on every
 //!   request (reserve before, settle after);
 //! * `tollgate-leased`: the same budget held by a control endpoint (a
@@ -171,6 +176,10 @@ enum Kind {
     TollgateMiss,
     /// The exact cache on, every request the same: hits.
     TollgateHit,
+    /// The model is an alias of one same-dialect target.
+    TollgateRouted,
+    /// The model is an alias of one target in the other dialect.
+    TollgateTranslated,
     /// A local budget on every request.
     TollgateBudget,
     /// The same budget held by a control endpoint, spent from a lease.
@@ -186,10 +195,12 @@ impl Kind {
             "tollgate-nosync" => Kind::TollgateNoSync,
             "tollgate-miss" => Kind::TollgateMiss,
             "tollgate-hit" => Kind::TollgateHit,
+            "tollgate-routed" => Kind::TollgateRouted,
+            "tollgate-translated" => Kind::TollgateTranslated,
             "tollgate-budget" => Kind::TollgateBudget,
             "tollgate-leased" => Kind::TollgateLeased,
             other => {
-                bail!("unknown target {other:?} (direct, bare, tollgate, tollgate-nosync, tollgate-miss, tollgate-hit, tollgate-budget, tollgate-leased)")
+                bail!("unknown target {other:?} (direct, bare, tollgate, tollgate-nosync, tollgate-miss, tollgate-hit, tollgate-routed, tollgate-translated, tollgate-budget, tollgate-leased)")
             }
         })
     }
@@ -202,6 +213,8 @@ impl Kind {
             Kind::TollgateNoSync => "tollgate-nosync",
             Kind::TollgateMiss => "tollgate-miss",
             Kind::TollgateHit => "tollgate-hit",
+            Kind::TollgateRouted => "tollgate-routed",
+            Kind::TollgateTranslated => "tollgate-translated",
             Kind::TollgateBudget => "tollgate-budget",
             Kind::TollgateLeased => "tollgate-leased",
         }
@@ -709,6 +722,16 @@ fn start_tollgate(
     } else {
         (None, String::new(), String::new())
     };
+    // The request's model as an alias of one target.
+    let aliases = match kind {
+        Kind::TollgateRouted => {
+            format!("\n[aliases.\"{MODEL}\"]\ntargets = [\"anthropic/{MODEL}\"]\n")
+        }
+        Kind::TollgateTranslated => {
+            format!("\n[aliases.\"{MODEL}\"]\ntargets = [\"openai/gpt-5\"]\n")
+        }
+        _ => String::new(),
+    };
     // The data-plane rows measure the path to the provider: cache off.
     let cache = if matches!(kind, Kind::TollgateMiss | Kind::TollgateHit) {
         "all"
@@ -720,7 +743,7 @@ fn start_tollgate(
          data_dir = \"{}\"\nthreads = {threads}\ndefault_account = \"bench\"\n{top}\n[outbox]\nsync = {sync}\n\n\
          [cache]\nmode = \"{cache}\"\n\n\
          [providers.anthropic]\nbase_url = \"http://{fake}\"\n\n\
-         [providers.openai]\nbase_url = \"http://{fake}/v1\"\n{budgets}",
+         [providers.openai]\nbase_url = \"http://{fake}/v1\"\n{budgets}{aliases}",
         data_dir.display()
     );
     let config_path = dir.join(format!("{name}.toml"));
@@ -743,6 +766,8 @@ fn start_tollgate(
         dir.join(format!("{name}.log")),
         &[
             ("ANTHROPIC_API_KEY", INJECTED_KEY),
+            // A translated route's target needs a key of its own.
+            ("OPENAI_API_KEY", INJECTED_KEY),
             ("TOLLGATE_LOG", "warn"),
             ("TOLLGATE_CONTROL_CREDENTIAL", &credential),
         ],
@@ -1689,7 +1714,8 @@ fn report(
         "targets  : direct = the fake; bare = pingora ProxyHttp with only upstream_peer (the floor);\n           \
          tollgate = release binary, key injection, admin on, log warn, outbox.sync=true (open usage record fdatasync'd before the send);\n           \
          tollgate-nosync = same with outbox.sync=false (these two with cache.mode=off);\n           \
-         tollgate-miss = cache on, every request unique; tollgate-hit = cache on, every request identical; t = pingora worker threads"
+         tollgate-miss = cache on, every request unique; tollgate-hit = cache on, every request identical;\n           \
+         tollgate-routed = the model an alias of one same-dialect target; tollgate-translated = of one OpenAI-dialect target; t = pingora worker threads"
     );
     let _ = writeln!(
         w,
@@ -1782,7 +1808,14 @@ fn report(
         };
         let (a50, a99) = (c.wrk.p50 - direct.wrk.p50, c.wrk.p99 - direct.wrk.p99);
         let vs_bare = match (c.kind, find(c.workload, c.conc, Kind::Bare, c.threads)) {
-            (Kind::Tollgate | Kind::TollgateNoSync | Kind::TollgateMiss, Some(b)) => format!(
+            (
+                Kind::Tollgate
+                | Kind::TollgateNoSync
+                | Kind::TollgateMiss
+                | Kind::TollgateRouted
+                | Kind::TollgateTranslated,
+                Some(b),
+            ) => format!(
                 "{} / {}",
                 signed(c.wrk.p50 - b.wrk.p50),
                 signed(c.wrk.p99 - b.wrk.p99)

@@ -214,9 +214,10 @@ fn run(
                     )
                     .expect("identify");
                     let admission = limit::admit(&state, &id, &req).expect("limit");
-                    let guard = budget::reserve(&state, &id, &route, &http::Method::POST, &mut req)
-                        .await
-                        .expect("budget");
+                    let guard =
+                        budget::reserve(&state, &id, &route, &http::Method::POST, &mut req, None)
+                            .await
+                            .expect("budget");
                     admit.push(t0.elapsed().as_nanos() as u64);
                     // The upstream call: every task's reservation is outstanding here.
                     tokio::task::yield_now().await;

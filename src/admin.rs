@@ -4,7 +4,9 @@
 //! `tollgate usage` shows while the proxy holds the store) and `/events`, the
 //! latest usage events as JSON (`?limit=N`, default 100, oldest first), and
 //! `/budgets`, each budget's period, spent, reserved and remaining as JSON,
-//! `/cache/stats` (JSON) and `POST /cache/purge[?account=A]`.
+//! `/cache/stats` (JSON) and `POST /cache/purge[?account=A]`, and `/routes`,
+//! the aliases and each routing target's circuit breaker (what `tollgate
+//! status` shows).
 
 use std::sync::Arc;
 
@@ -27,6 +29,7 @@ pub struct Admin {
     pub in_flight: InFlight,
     pub ledger: Arc<Ledger>,
     pub cache: Arc<Cache>,
+    pub router: Arc<crate::route::Router>,
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -80,6 +83,10 @@ impl ServeHttp for Admin {
             "/metrics" => respond(200, "text/plain; version=0.0.4", self.metrics.render()),
             "/healthz" => respond(200, "text/plain", b"ok\n".to_vec()),
             "/budgets" => match serde_json::to_vec(&self.ledger.status()) {
+                Ok(body) => respond(200, "application/json", body),
+                Err(e) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
+            },
+            "/routes" => match serde_json::to_vec(&routes_json(&self.router)) {
                 Ok(body) => respond(200, "application/json", body),
                 Err(e) => respond(500, "text/plain", format!("{e}\n").into_bytes()),
             },
@@ -167,3 +174,40 @@ impl ServeHttp for Admin {
 
 /// Shared handle type for the admin app.
 pub type AdminApp = Arc<Admin>;
+
+/// `/routes`: the aliases as configured and every routing target's breaker
+/// state, transitions and time to first byte.
+fn routes_json(router: &crate::route::Router) -> serde_json::Value {
+    let routing = router.routing();
+    let aliases: serde_json::Map<String, serde_json::Value> = routing
+        .aliases
+        .iter()
+        .map(|(name, a)| {
+            let targets: Vec<String> = a.targets.iter().map(|t| t.target.to_string()).collect();
+            (
+                name.clone(),
+                serde_json::json!({"policy": a.policy.as_str(), "targets": targets}),
+            )
+        })
+        .collect();
+    let targets: Vec<serde_json::Value> = router
+        .health()
+        .snapshot(std::time::Instant::now())
+        .into_iter()
+        .map(|t| {
+            serde_json::json!({
+                "target": t.target.to_string(),
+                "state": t.state.as_str(),
+                "opened": t.transitions.opened,
+                "half_opened": t.transitions.half_opened,
+                "closed": t.transitions.closed,
+                "ttft_ms": t.ttft.map(|d| d.as_secs_f64() * 1e3),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "default_alias": routing.default_alias,
+        "aliases": aliases,
+        "targets": targets,
+    })
+}

@@ -109,6 +109,21 @@ enum Command {
     /// The exact cache: its size, and purging it.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Ask the running proxy for its routing state: the aliases and each
+    /// target's circuit breaker (closed, open, half_open), its transitions
+    /// and its time to first byte.
+    ///
+    /// Examples:
+    ///   tollgate status
+    ///   tollgate status --config tollgate.toml --json
+    #[command(verbatim_doc_comment)]
+    Status {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// The CA of HTTPS_PROXY mode (name-constrained to the provider hosts).
     #[command(subcommand)]
     Ca(CaCommand),
@@ -367,6 +382,7 @@ fn main() -> ExitCode {
             None => budget_status(&config, json),
         },
         Command::Cache(CacheCommand::Stats { config, json }) => cache_stats(&config, json),
+        Command::Status { config, json } => status(&config, json),
         Command::Cache(CacheCommand::Purge { config, account }) => {
             cache_purge(&config, account.as_deref())
         }
@@ -539,13 +555,6 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     {
         std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     }
-    if !config.routing.aliases.is_empty() || config.routing.default_alias.is_some() {
-        // Say so rather than let a configured fallback chain look active.
-        tracing::warn!(
-            aliases = config.routing.aliases.len(),
-            "model aliases and routing are validated but not acted on yet: requests go to the provider of their path with the model as sent"
-        );
-    }
     let metrics = Metrics::new().context("registering metrics")?;
     // Private before anything is opened in it (issue 12: prompts and the ledger).
     tollgate::data_dir::private_umask();
@@ -637,6 +646,8 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         metrics.clone(),
         in_flight.clone(),
     ));
+    tollgate::metrics::RouteCollector::register(&metrics.registry, state.router.clone())
+        .context("registering the routing metrics")?;
 
     if let Some(link) = &config.control {
         match tollgate::proxy::sync::start(&state.fleet, link, &config.data_dir, &metrics) {
@@ -765,6 +776,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
             in_flight: in_flight.clone(),
             ledger: ledger.clone(),
             cache: cache.clone(),
+            router: state.router.clone(),
         };
         let mut service = Service::new("tollgate admin".to_string(), admin);
         service.threads = Some(1);
@@ -1124,6 +1136,78 @@ fn cache_stats(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
         print!("{}", stats.render());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn status(args: &ConfigArgs, json: bool) -> anyhow::Result<ExitCode> {
+    let config = match config_for(args) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let admin = config.admin_listen.context(
+        "tollgate status asks the running proxy's admin listener, which is off (admin_listen)",
+    )?;
+    let text = fetch_admin(admin, "/routes")?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).context("reading the running proxy's /routes")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print!("{}", render_status(&v));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tollgate status` as text: aliases, then one row per routing target.
+fn render_status(v: &serde_json::Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let aliases = v["aliases"].as_object().cloned().unwrap_or_default();
+    if aliases.is_empty() {
+        out.push_str("aliases: none\n");
+    } else {
+        out.push_str("aliases:\n");
+        for (name, a) in &aliases {
+            let targets: Vec<&str> = a["targets"]
+                .as_array()
+                .map(|t| t.iter().filter_map(|x| x.as_str()).collect())
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {name} ({}): {}",
+                a["policy"].as_str().unwrap_or("?"),
+                targets.join(", ")
+            );
+        }
+    }
+    if let Some(d) = v["default_alias"].as_str() {
+        let _ = writeln!(out, "auto → {d}");
+    }
+    let targets = v["targets"].as_array().cloned().unwrap_or_default();
+    if targets.is_empty() {
+        out.push_str("targets: none tried yet\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<44} {:<10} {:>7} {:>12} {:>7} {:>10}",
+        "TARGET", "BREAKER", "OPENED", "HALF-OPENED", "CLOSED", "TTFB"
+    );
+    for t in &targets {
+        let ttfb = t["ttft_ms"]
+            .as_f64()
+            .map_or_else(|| "-".to_string(), |ms| format!("{ms:.1} ms"));
+        let _ = writeln!(
+            out,
+            "{:<44} {:<10} {:>7} {:>12} {:>7} {:>10}",
+            t["target"].as_str().unwrap_or("?"),
+            t["state"].as_str().unwrap_or("?"),
+            t["opened"].as_u64().unwrap_or(0),
+            t["half_opened"].as_u64().unwrap_or(0),
+            t["closed"].as_u64().unwrap_or(0),
+            ttfb
+        );
+    }
+    out
 }
 
 fn cache_purge(args: &ConfigArgs, account: Option<&str>) -> anyhow::Result<ExitCode> {

@@ -69,6 +69,8 @@ pub struct Metrics {
     /// Requests with an `Idempotency-Key`, by outcome
     /// (first|replay|wait|conflict|mismatch).
     pub idempotency: IntCounterVec,
+    /// Attempts of routed requests, by provider and outcome.
+    pub route_attempts: IntCounterVec,
     /// Shipping usage to the control endpoint.
     pub ship: ShipMetrics,
     /// The version of the control endpoint's snapshot in use (0: none).
@@ -252,6 +254,10 @@ impl Metrics {
             Opts::new("tollgate_idempotency_requests_total", "Requests with an Idempotency-Key, by outcome: first (ran), replay (the stored answer), wait (waited for the first), conflict (409: the first still running), mismatch (422: the key was used with another request)."),
             &["outcome"],
         )?;
+        let route_attempts = IntCounterVec::new(
+            Opts::new("tollgate_route_attempts_total", "Attempts of routed requests (aliases, x-tollgate-fallback), by the target's provider and outcome: success, upstream_error, connect_failure, first_byte_timeout, skipped (not sent: untranslatable, or no key for the provider)."),
+            &["provider", "outcome"],
+        )?;
         let cache = CacheMetrics {
             requests: IntCounterVec::new(
                 Opts::new("tollgate_cache_requests_total", "Metered requests by what the exact cache did: hit, miss, bypass, refresh or coalesced."),
@@ -393,6 +399,7 @@ impl Metrics {
         registry.register(Box::new(key_rejections.clone()))?;
         registry.register(Box::new(idempotency.clone()))?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(route_attempts.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(cost_usd.clone()))?;
         registry.register(Box::new(upstream_seconds.clone()))?;
@@ -427,6 +434,7 @@ impl Metrics {
             key_rejections,
             cache,
             idempotency,
+            route_attempts,
             ship,
             sync_version,
             sync_errors,
@@ -465,4 +473,82 @@ pub fn render_registry(registry: &Registry) -> String {
         tracing::error!(error = %e, "encoding metrics failed");
     }
     out
+}
+
+/// The routing targets' circuit breakers and latency, read from the router
+/// at each scrape (a breaker half-opens with time, not with traffic).
+pub struct RouteCollector {
+    router: std::sync::Arc<crate::route::Router>,
+    state: prometheus::IntGaugeVec,
+    transitions: IntCounterVec,
+    ttft: GaugeVec,
+}
+
+impl RouteCollector {
+    /// Registers the collector of `router` on `registry`.
+    pub fn register(
+        registry: &Registry,
+        router: std::sync::Arc<crate::route::Router>,
+    ) -> Result<(), prometheus::Error> {
+        let collector = RouteCollector {
+            router,
+            state: prometheus::IntGaugeVec::new(
+                Opts::new("tollgate_route_breaker_state", "Each routing target's circuit breaker: 1 for its current state (closed, open, half_open), 0 for the others."),
+                &["target", "state"],
+            )?,
+            transitions: IntCounterVec::new(
+                Opts::new("tollgate_route_breaker_transitions_total", "Circuit breaker transitions per routing target, by the state entered (open, half_open, closed)."),
+                &["target", "to"],
+            )?,
+            ttft: GaugeVec::new(
+                Opts::new("tollgate_route_ttft_seconds", "Moving average of each routing target's time to first byte (what the fastest policy orders by)."),
+                &["target"],
+            )?,
+        };
+        registry.register(Box::new(collector))
+    }
+}
+
+impl prometheus::core::Collector for RouteCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        let mut d = self.state.desc();
+        d.extend(self.transitions.desc());
+        d.extend(self.ttft.desc());
+        d
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use crate::route::BreakerState;
+        self.state.reset();
+        self.transitions.reset();
+        self.ttft.reset();
+        for t in self.router.health().snapshot(std::time::Instant::now()) {
+            let target = t.target.to_string();
+            for s in [
+                BreakerState::Closed,
+                BreakerState::Open,
+                BreakerState::HalfOpen,
+            ] {
+                self.state
+                    .with_label_values(&[&target, s.as_str()])
+                    .set(i64::from(s == t.state));
+            }
+            for (to, n) in [
+                ("open", t.transitions.opened),
+                ("half_open", t.transitions.half_opened),
+                ("closed", t.transitions.closed),
+            ] {
+                self.transitions.with_label_values(&[&target, to]).inc_by(n);
+            }
+            if let Some(ttft) = t.ttft {
+                self.ttft
+                    .with_label_values(&[&target])
+                    .set(ttft.as_secs_f64());
+            }
+        }
+        let mut out = self.state.collect();
+        out.extend(self.transitions.collect());
+        out.extend(self.ttft.collect());
+        out
+    }
 }

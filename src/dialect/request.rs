@@ -144,16 +144,51 @@ pub fn set_output_bound(
     let mut value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| RequestError::BadJson(e.to_string()))?;
     if let Some(obj) = value.as_object_mut() {
-        if both {
-            obj.insert("max_tokens".into(), serde_json::Value::from(n));
-            obj.insert("max_completion_tokens".into(), serde_json::Value::from(n));
-        } else {
-            obj.insert(field.to_string(), serde_json::Value::from(n));
-        }
+        put_bound(obj, n, field, both);
     }
-    serde_json::to_vec(&value)
+    encode(&value)
+}
+
+fn put_bound(
+    obj: &mut serde_json::Map<String, serde_json::Value>,
+    n: u64,
+    field: &str,
+    both: bool,
+) {
+    if both {
+        obj.insert("max_tokens".into(), serde_json::Value::from(n));
+        obj.insert("max_completion_tokens".into(), serde_json::Value::from(n));
+    } else {
+        obj.insert(field.to_string(), serde_json::Value::from(n));
+    }
+}
+
+fn encode(value: &serde_json::Value) -> Result<Bytes, RequestError> {
+    serde_json::to_vec(value)
         .map(Bytes::from)
         .map_err(|e| RequestError::Encode(e.to_string()))
+}
+
+/// The body sent to a routed target of the client's own dialect: `model`
+/// replaced, and the output bound set to `bound` (`(n, field, both)`, as
+/// [`set_output_bound`]) when a target caps it. One re-serialisation.
+pub fn retarget(
+    body: &[u8],
+    model: &str,
+    bound: Option<(u64, &str, bool)>,
+) -> Result<Bytes, RequestError> {
+    let mut value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| RequestError::BadJson(e.to_string()))?;
+    let Some(obj) = value.as_object_mut() else {
+        return Err(RequestError::BadJson(
+            "the body is not a JSON object".into(),
+        ));
+    };
+    obj.insert("model".into(), serde_json::Value::from(model));
+    if let Some((n, field, both)) = bound {
+        put_bound(obj, n, field, both);
+    }
+    encode(&value)
 }
 
 #[cfg(test)]
@@ -183,6 +218,32 @@ mod tests {
                 "the body is not valid UTF-8 (at byte 27)".into()
             ))
         );
+    }
+
+    #[test]
+    fn retarget_sets_the_model_and_caps_the_bound() {
+        let out = retarget(
+            br#"{"model":"fast","max_tokens":900,"messages":[]}"#,
+            "claude-x",
+            Some((100, "max_tokens", false)),
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (v["model"].as_str(), v["max_tokens"].as_u64()),
+            (Some("claude-x"), Some(100))
+        );
+        assert!(v["messages"].is_array());
+        let out = retarget(br#"{"model":"fast","max_tokens":9}"#, "m2", None).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (v["model"].as_str(), v["max_tokens"].as_u64()),
+            (Some("m2"), Some(9))
+        );
+        assert!(matches!(
+            retarget(b"[1]", "m", None),
+            Err(RequestError::BadJson(_))
+        ));
     }
 
     #[test]

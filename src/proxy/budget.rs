@@ -28,6 +28,9 @@ pub struct Guard {
     /// The output bound sent upstream is not the client's (a clamp, or
     /// `budget_default_max_tokens` for a request without one).
     pub bound_rewritten: bool,
+    /// What earlier attempts of a routed request may have been billed
+    /// without an answer (a first-byte timeout): settled with the rest.
+    pub also_spent: u64,
 }
 
 /// Reserves the request's worst case, rewriting its `max_tokens` when a
@@ -38,6 +41,7 @@ pub async fn reserve(
     route: &Route,
     method: &http::Method,
     request: &mut RequestModel,
+    routed: Option<&Estimate>,
 ) -> Result<Option<Guard>, ProxyError> {
     let ledger = &state.ledger;
     if ledger.is_empty() {
@@ -66,13 +70,17 @@ pub async fn reserve(
             .unwrap_or(state.budget_default_max_tokens),
         false => 0,
     };
-    let est = estimate(
-        state.recorder.prices(),
-        &request.model,
-        &request.body,
-        max_tokens,
-        request.choices,
-    );
+    // A routed request reserves the largest worst case among its targets.
+    let est = match routed {
+        Some(worst) => *worst,
+        None => estimate(
+            state.recorder.prices(),
+            &request.model,
+            &request.body,
+            max_tokens,
+            request.choices,
+        ),
+    };
     let (reservation, clamped) = match decide(state, id, &est).await {
         Decision::Admit(r) => (r, None),
         Decision::Clamp(r, n, budget) => {
@@ -114,6 +122,7 @@ pub async fn reserve(
         clamped,
         start_checked: false,
         bound_rewritten: false,
+        also_spent: 0,
     };
     let bound = clamped.or((has_output && request.max_tokens.is_none()).then_some(max_tokens));
     if let Some(n) = bound {
@@ -239,7 +248,8 @@ impl Guard {
             event.cost_nusd
         } else {
             event.cost_nusd.max(reservation.amount)
-        };
+        }
+        .saturating_add(self.also_spent);
         let charges = self.ledger.charges(&reservation, Some(actual));
         self.ledger.settle(reservation, actual);
         charges

@@ -292,8 +292,8 @@ fn message_response(
 ) -> (ResponseHeader, Option<Bytes>) {
     // The stream's receipt follows it as a write of its own: a stored
     // stream is sent as is, never copied to append it.
-    let receipt =
-        (request.stream && state.stream_receipt).then(|| receipt::stream_comment(&draft.event));
+    let receipt = (request.stream && state.stream_receipt)
+        .then(|| receipt::stream_comment(&draft.event, None));
     let len = body.len() + receipt.as_ref().map_or(0, Bytes::len);
     let mut header = headers::response_header(http::StatusCode::OK, 10);
     let content_type = if request.stream {
@@ -720,7 +720,7 @@ async fn follow_stream(
         draft.event.error = Some(err.to_string());
     }
     if state.stream_receipt {
-        tail.extend_from_slice(&receipt::stream_comment(&draft.event));
+        tail.extend_from_slice(&receipt::stream_comment(&draft.event, None));
     }
     count(state, &draft);
     draft.record_detached();

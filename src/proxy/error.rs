@@ -97,6 +97,17 @@ pub enum ProxyError {
     /// The `Idempotency-Key` was used with another request (method, path or body).
     #[error("this Idempotency-Key was already used with a different request (method, path or body); use a new key")]
     IdempotencyMismatch,
+    /// The router could not plan the request (a bad or disallowed
+    /// `x-tollgate-fallback`).
+    #[error("{0}")]
+    Route(#[from] crate::route::RouteError),
+    /// Every target of the request's route has its circuit breaker open.
+    #[error("every target of this route is failing (circuit breakers open); retry after {} s", retry_in.as_secs_f64().ceil())]
+    AllTargetsOpen { retry_in: std::time::Duration },
+    /// No target of the route could take the request (each one refused it
+    /// before anything was sent: untranslatable, no key for its provider).
+    #[error("no target of this route can take the request: {0}")]
+    NoTarget(String),
     /// The error of the identical request this one was coalesced onto.
     #[error("{message}")]
     Shared {
@@ -141,6 +152,9 @@ impl ProxyError {
             ProxyError::BadHeader(_) => "bad_header",
             ProxyError::IdempotencyInProgress { .. } => "idempotency_in_progress",
             ProxyError::IdempotencyMismatch => "idempotency_key_reused",
+            ProxyError::Route(e) => e.kind(),
+            ProxyError::AllTargetsOpen { .. } => "all_targets_open",
+            ProxyError::NoTarget(_) => "no_routable_target",
             ProxyError::Shared { kind, .. } => kind,
         }
     }
@@ -171,6 +185,9 @@ impl ProxyError {
             ProxyError::BadHeader(_) => 400,
             ProxyError::IdempotencyInProgress { .. } => 409,
             ProxyError::IdempotencyMismatch => 422,
+            ProxyError::Route(e) => e.status(),
+            ProxyError::AllTargetsOpen { .. } => 503,
+            ProxyError::NoTarget(_) => 400,
             ProxyError::Shared { status, .. } => *status,
         }
     }
@@ -187,7 +204,11 @@ impl ProxyError {
             | ProxyError::MalformedRequest { .. }
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::BadHeader(_)
-            | ProxyError::IdempotencyMismatch => ErrorClass::InvalidRequest,
+            | ProxyError::IdempotencyMismatch
+            | ProxyError::NoTarget(_) => ErrorClass::InvalidRequest,
+            ProxyError::Route(e) if e.status() == 403 => ErrorClass::Permission,
+            ProxyError::Route(_) => ErrorClass::InvalidRequest,
+            ProxyError::AllTargetsOpen { .. } => ErrorClass::Server,
             ProxyError::IdempotencyInProgress { .. } => ErrorClass::Conflict,
             ProxyError::TooLarge { .. } => ErrorClass::TooLarge,
             ProxyError::UnknownRoute { .. } | ProxyError::UnsupportedEndpoint { .. } => {
@@ -236,7 +257,10 @@ impl ProxyError {
             | ProxyError::BudgetExceeded(_)
             | ProxyError::BadHeader(_)
             | ProxyError::IdempotencyInProgress { .. }
-            | ProxyError::IdempotencyMismatch => Level::Debug,
+            | ProxyError::IdempotencyMismatch
+            | ProxyError::Route(_)
+            | ProxyError::NoTarget(_) => Level::Debug,
+            ProxyError::AllTargetsOpen { .. } => Level::Warn,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::UpstreamProtocol { .. }
@@ -274,8 +298,16 @@ impl ProxyError {
             ProxyError::BudgetExceeded(_)
             | ProxyError::IdempotencyMismatch
             | ProxyError::Unauthorized(_)
-            | ProxyError::Forbidden(_) => {
+            | ProxyError::Forbidden(_)
+            | ProxyError::Route(_)
+            | ProxyError::NoTarget(_) => {
                 let _ = header.insert_header(headers::X_SHOULD_RETRY, "false");
+            }
+            // The SDK retries after the first breaker half-opens.
+            ProxyError::AllTargetsOpen { retry_in } => {
+                let secs = retry_in.as_secs_f64().ceil().max(1.0) as u64;
+                let _ = header.insert_header(http::header::RETRY_AFTER, secs.to_string());
+                let _ = header.insert_header(headers::X_SHOULD_RETRY, "true");
             }
             _ => {}
         }

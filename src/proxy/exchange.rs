@@ -120,6 +120,7 @@ impl Draft {
             sent_upstream: false,
             clamped_max_tokens: None,
             cut: None,
+            attempts: None,
         }
     }
 }
@@ -147,6 +148,9 @@ pub struct Draft {
     pub clamped_max_tokens: Option<u64>,
     /// Why the relay was cut short, if it was.
     pub cut: Option<Cut>,
+    /// A routed request's attempts, `provider/model=outcome, …` (the
+    /// `x-tollgate-attempts` receipt).
+    pub attempts: Option<String>,
 }
 
 impl Draft {

@@ -21,7 +21,7 @@ use super::error::ProxyError;
 use super::headers;
 use super::ingress::Route;
 use crate::config::{Provider, Timeouts};
-use crate::dialect::{anthropic, openai};
+use crate::dialect::{anthropic, openai, Dialect};
 
 /// How long a resolved upstream address is reused.
 const DNS_TTL: Duration = Duration::from_secs(30);
@@ -242,23 +242,37 @@ fn is_gateway_key(value: &[u8]) -> bool {
         || v.starts_with(crate::keys::TEST_PREFIX.as_bytes())
 }
 
+///
+/// `foreign`: a routed attempt at another provider than the one the
+/// client's path named, with the client's dialect. The client's credentials
+/// are for its own provider and never go to another; when the dialects
+/// differ, the client dialect's own headers (`anthropic-*`, `openai-*`)
+/// stay behind and an Anthropic target gets its required `anthropic-version`.
 pub fn build_request(
     route: &Route,
     client: &RequestHeader,
     body_len: usize,
     gateway_key: bool,
     injected: Option<&crate::secret::Secret>,
+    foreign: Option<Dialect>,
 ) -> Result<RequestHeader, ProxyError> {
     let provider = &route.provider;
     let internal = |e: Box<pingora::Error>| ProxyError::Internal(e.to_string());
     let mut req = RequestHeader::build_no_case(
         client.method.clone(),
         route.upstream_path.as_bytes(),
-        Some(client.headers.len() + 2),
+        Some(client.headers.len() + 3),
     )
     .map_err(internal)?;
     let inject = injected.is_some();
-    let strip_credentials = inject || gateway_key;
+    let strip_credentials = inject || gateway_key || foreign.is_some();
+    let own_prefix = match foreign {
+        Some(d) if d != provider.dialect => Some(match d {
+            Dialect::Anthropic => "anthropic-",
+            Dialect::OpenAi => "openai-",
+        }),
+        _ => None,
+    };
     for (name, value) in client.headers.iter() {
         let n = name.as_str();
         if headers::HOP_BY_HOP.contains(&n)
@@ -267,10 +281,18 @@ pub fn build_request(
             || n == "accept-encoding"
             || ((n == anthropic::X_API_KEY || n == openai::AUTHORIZATION)
                 && (strip_credentials || is_gateway_key(value.as_bytes())))
+            || own_prefix.is_some_and(|p| n.starts_with(p))
         {
             continue;
         }
         req.append_header(name.clone(), value.clone())
+            .map_err(internal)?;
+    }
+    if own_prefix.is_some()
+        && provider.dialect == Dialect::Anthropic
+        && !req.headers.contains_key(anthropic::VERSION)
+    {
+        req.insert_header(anthropic::VERSION, anthropic::API_VERSION)
             .map_err(internal)?;
     }
     req.insert_header(http::header::HOST, provider.upstream.authority())

@@ -18,6 +18,10 @@ pub const CLAMPED_MAX_TOKENS: &str = "x-tollgate-clamped-max-tokens";
 pub const CACHE_REQUEST: &str = "x-tollgate-cache";
 /// Marks a response tollgate made itself; the value is the error kind.
 pub const ERROR: &str = "x-tollgate-error";
+/// A routed request's attempts: `provider/model=outcome, …` in order.
+pub const ATTEMPTS: &str = "x-tollgate-attempts";
+/// Fallback targets for one request: `provider/model,provider/model`.
+pub const FALLBACK: &str = "x-tollgate-fallback";
 /// Every client-sent header with this prefix is dropped at ingress.
 pub const TOLLGATE_PREFIX: &str = "x-tollgate-";
 

@@ -123,6 +123,27 @@ impl Routes {
         }
     }
 
+    /// The configured provider named `name`.
+    pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+
+    /// The route of a routed attempt at `provider`: its generation endpoint
+    /// (Messages or Chat Completions, by its dialect). `query`: the client's
+    /// query string, kept only for a provider of the client's own dialect
+    /// (Anthropic's `?beta=true` means nothing to an OpenAI upstream).
+    pub fn target_route(provider: &Arc<Provider>, query: Option<&str>) -> Route {
+        let (endpoint, rest) = match provider.dialect {
+            Dialect::Anthropic => (Endpoint::Messages, "/v1/messages"),
+            Dialect::OpenAi => (Endpoint::ChatCompletions, "/v1/chat/completions"),
+        };
+        Route {
+            provider: provider.clone(),
+            endpoint,
+            upstream_path: upstream_path(&provider.upstream.base_path, rest, query),
+        }
+    }
+
     /// Resolves the route of a request, or `UnknownRoute`. `tunnel`: the
     /// request came through an intercepted HTTPS_PROXY tunnel to this host,
     /// which names the provider (a request naming another host is refused).

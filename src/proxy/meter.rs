@@ -30,6 +30,7 @@ use super::respond::give_up_on_client;
 use super::{headers, receipt, Draft, Exchange, State};
 use crate::cache::flight::{Head, Leader, Outcome};
 use crate::cache::EntryMeta;
+use crate::dialect::translate::{self, StreamEnd, StreamTranslator};
 use crate::dialect::Assembler;
 use crate::dialect::Usage;
 use crate::dialect::{usage_from_json, Iteration, StreamTap};
@@ -62,7 +63,22 @@ enum ReadFailure {
     Shutdown,
 }
 
+/// A routed answer from an upstream of the other dialect: what the client
+/// gets is translated on the way (see [`crate::dialect::translate`]), while
+/// the tap meters the upstream's own bytes.
+pub struct Translation {
+    /// The client's dialect (the upstream speaks the other).
+    pub client: Dialect,
+    /// An OpenAI client asked for the stream's usage chunk.
+    pub include_usage: bool,
+    /// Unix seconds, an OpenAI client's `created`.
+    pub created: u64,
+}
+
 /// Relays the response of `call` to the client and records the request.
+/// `route` and `request` are the upstream's (a routed attempt's target);
+/// `translation` when the client speaks the other dialect.
+#[allow(clippy::too_many_arguments)]
 pub async fn relay(
     state: &State,
     session: &mut Session,
@@ -71,6 +87,7 @@ pub async fn relay(
     mut call: UpstreamCall,
     x: Exchange,
     pre_upstream: Duration,
+    translation: Option<Translation>,
 ) {
     // `x` stays in scope (it keeps the request counted in flight); its
     // parts go to the relay.
@@ -97,7 +114,12 @@ pub async fn relay(
         .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
     // The head reaches followers with the first chunk (a stream) or the
     // outcome: until then they can still go their own way.
-    let leader = x.leader;
+    let mut leader = x.leader;
+    if translation.is_some() && is_sse {
+        // Followers take the upstream's raw chunks, in the other dialect:
+        // they go their own way instead.
+        leader = None;
+    }
     let write = x.cache_write;
     // Only a body the tap can read can be rewritten.
     let results_base = x.results_base.filter(|_| !is_sse && body.readable());
@@ -105,8 +127,15 @@ pub async fn relay(
     let assembler =
         (is_sse && (write.is_some() || leader.is_some())).then(|| match route.endpoint {
             Endpoint::Responses => Assembler::responses(max_entry),
-            _ => Assembler::new(route.dialect(), max_entry),
+            // The cache keeps the answer the client got.
+            _ => Assembler::new(draft.client_dialect, max_entry),
         });
+    let translator = translation.as_ref().map(|t| {
+        (
+            StreamTranslator::new(t.client, t.include_usage, t.created),
+            StreamTap::new(t.client, false),
+        )
+    });
     let relay = Relay {
         state,
         session,
@@ -120,6 +149,8 @@ pub async fn relay(
         body,
         idempotent: x.idempotency.map(Recording::new),
         results_base,
+        translation,
+        translator,
     };
     // Unmetered paths (model lists, batch results…) are piped, never buffered.
     if relay.results_base.is_none() && (is_sse || route.endpoint == Endpoint::Passthrough) {
@@ -153,6 +184,11 @@ struct Relay<'a> {
     /// Batch objects in the answer: their `results_url` are pointed at this
     /// base (see `crate::dialect::anthropic::batch`).
     results_base: Option<String>,
+    /// The client speaks the other dialect than the upstream.
+    translation: Option<Translation>,
+    /// A translated stream: the translator, and a tap over its output in
+    /// the client's dialect (feeding the assembler, for the cache).
+    translator: Option<(StreamTranslator, StreamTap)>,
 }
 
 /// The provider's response headers minus framing and tollgate's own.
@@ -373,6 +409,7 @@ impl Relay<'_> {
         if let Some(n) = self.draft.clamped_max_tokens {
             let _ = header.insert_header(headers::CLAMPED_MAX_TOKENS, n.to_string());
         }
+        receipt::add_attempts(&mut header, self.draft.attempts.as_deref());
         header
     }
 
@@ -569,6 +606,24 @@ impl Relay<'_> {
             }
             Some(f) => self.fail_midway(f),
         }
+        if let (Some(t), true) = (&self.translation, failure_free) {
+            // Metered above in the upstream's dialect; the client, the
+            // cache and the followers get their own.
+            if ok {
+                match translate::response(t.client, &body, t.created) {
+                    Ok(translated) => body = translated,
+                    Err(e) => {
+                        tracing::warn!(request_id = %self.draft.event.event_id, error = %e, "routed answer could not be translated");
+                        self.draft.event.status = Status::UpstreamAborted;
+                        self.draft.event.error = Some(format!("untranslatable answer: {e}"));
+                    }
+                }
+            } else {
+                let id = self.draft.event.event_id.clone();
+                body = translate::error(t.client, upstream.status.as_u16(), &body, &id).body;
+            }
+        }
+        let failure_free = failure_free && self.draft.event.status != Status::UpstreamAborted;
         if self.leader.is_some() || self.write.is_some() {
             let e = &self.draft.event;
             // ClientAborted with complete usage: the call went on for followers.
@@ -826,10 +881,21 @@ impl Relay<'_> {
             let raw = self.leader.is_some().then(|| chunk.clone());
             let first = tap_fed == 0;
             tap_fed += 1;
-            let out = match (metered, self.assembler.as_mut()) {
-                (false, _) => chunk,
-                (true, None) => tap.feed(chunk),
-                (true, Some(asm)) => tap.feed_with(chunk, |name, data| asm.on_event(name, data)),
+            let out = match (metered, self.assembler.as_mut(), self.translator.as_mut()) {
+                (true, asm, Some((tr, client_tap))) => {
+                    let mut buf = BytesMut::new();
+                    tap.feed_with(chunk, |name, data| tr.on_event(name, data, &mut buf));
+                    let out = buf.freeze();
+                    if let Some(asm) = asm {
+                        client_tap.feed_with(out.clone(), |name, data| asm.on_event(name, data));
+                    }
+                    out
+                }
+                (false, _, _) => chunk,
+                (true, None, None) => tap.feed(chunk),
+                (true, Some(asm), None) => {
+                    tap.feed_with(chunk, |name, data| asm.on_event(name, data))
+                }
             };
             if metered && tap.saw_usage() && !usage_seen {
                 // Kept at once (Anthropic's input is in `message_start`):
@@ -846,7 +912,7 @@ impl Relay<'_> {
                     .as_ref()
                     .filter(|g| !g.start_checked)
                     .map(super::budget::Guard::reserved_nusd);
-                if let Err(message) = self.check_stream_start(&tap) {
+                if let Err(message) = self.check_stream_start(&tap, route.dialect()) {
                     // Ended at once: this chunk is not sent, the error event is.
                     budget_cut = Some(message.clone());
                     failure = Some(ReadFailure::Budget(message));
@@ -891,10 +957,23 @@ impl Relay<'_> {
             }
         }
         let upstream_done = failure.is_none();
+        // How a translated stream ended (its translator closes the client's).
+        let mut translated_end = None;
         if upstream_done && metered {
-            let rest = match self.assembler.as_mut() {
-                None => tap.finish(),
-                Some(asm) => tap.finish_with(|name, data| asm.on_event(name, data)),
+            let rest = match (self.assembler.as_mut(), self.translator.as_mut()) {
+                (asm, Some((tr, client_tap))) => {
+                    let mut buf = BytesMut::new();
+                    tap.finish_with(|name, data| tr.on_event(name, data, &mut buf));
+                    translated_end = Some(tr.finish(&mut buf));
+                    let out = buf.freeze();
+                    if let Some(asm) = asm {
+                        client_tap.feed_with(out.clone(), |name, data| asm.on_event(name, data));
+                        client_tap.finish_with(|name, data| asm.on_event(name, data));
+                    }
+                    out
+                }
+                (None, None) => tap.finish(),
+                (Some(asm), None) => tap.finish_with(|name, data| asm.on_event(name, data)),
             };
             if let Some(rec) = self.idempotent.as_mut() {
                 rec.body(&rest);
@@ -956,7 +1035,12 @@ impl Relay<'_> {
             let d = self.draft.client_dialect;
             tail.extend_from_slice(&d.error_event(d.error_type(ErrorClass::Budget), message));
         }
-        if matches!(status, Status::UpstreamAborted | Status::Shutdown) {
+        // A translator that closed a truncated stream already told the client.
+        let told = matches!(
+            translated_end,
+            Some(StreamEnd::Truncated | StreamEnd::Untranslatable)
+        );
+        if matches!(status, Status::UpstreamAborted | Status::Shutdown) && !told {
             let message = match self.draft.cut {
                 Some(Cut::IdleTimeout) => {
                     "upstream stream stalled past the idle timeout (tollgate)"
@@ -970,7 +1054,10 @@ impl Relay<'_> {
         // Shared before the receipt: that is this client's alone.
         self.conclude_stream(metered, &tap, &tail);
         if self.state.stream_receipt && metered {
-            tail.extend_from_slice(&receipt::stream_comment(&self.draft.event));
+            tail.extend_from_slice(&receipt::stream_comment(
+                &self.draft.event,
+                self.draft.attempts.as_deref(),
+            ));
         }
         // A stream ended by a budget, an error event (overloaded…) or
         // before its last event is not kept: a retry runs again.
@@ -1006,11 +1093,11 @@ impl Relay<'_> {
 
     /// Once a stream's usage first shows (Anthropic `message_start` carries
     /// the real input), checks that its budgets can pay for it.
-    fn check_stream_start(&mut self, tap: &StreamTap) -> Result<(), String> {
+    fn check_stream_start(&mut self, tap: &StreamTap, upstream: Dialect) -> Result<(), String> {
         let Some(guard) = self.draft.guard.as_mut().filter(|g| !g.start_checked) else {
             return Ok(());
         };
-        if self.draft.client_dialect != Dialect::Anthropic {
+        if upstream != Dialect::Anthropic {
             // OpenAI-style usage arrives only at the end: nothing to check early.
             guard.start_checked = true;
             return Ok(());

@@ -7,10 +7,12 @@
 //!                 ├─ identify  gateway key; account / workload / tags: x-tollgate-* headers, else defaults
 //!                 ├─ idempotency  Idempotency-Key: replay the kept answer, wait for the
 //!                 │            first request with the key, 409 / 422, or claim it
-//!                 ├─ limit     rpm / tpm token buckets → 429
+//!                 ├─ limit     rpm / tpm token buckets → 429 (and the route's plan: 400 / 403)
 //!                 ├─ cache     exact cache: a hit is answered here; an identical
 //!                 │            request in flight is followed (coalescing)
 //!                 ├─ budget    reserve the worst case against every budget → 402, or clamp max_tokens
+//!                 ├─ route     an alias or x-tollgate-fallback: try the plan's targets in turn
+//!                 │            (translating for the other dialect), each through forward + meter
 //!                 ├─ forward   strip client credentials, inject the key, send (pooled, rustls)
 //!                 │            (after its open record is journaled: the one durability wait)
 //!                 └─ meter     relay the response chunk by chunk through the tap,
@@ -45,6 +47,7 @@ pub mod meter;
 pub mod receipt;
 pub mod recorder;
 pub mod respond;
+pub mod route;
 pub mod ship;
 pub mod state;
 pub mod sync;
@@ -184,6 +187,13 @@ impl Tollgate {
         } else {
             RouteKind::Sync
         };
+        // route: an alias or fallbacks make a plan of targets to try
+        let routed = or_fail!(
+            self,
+            session,
+            x,
+            route::plan(state, &route, session.req_header(), &identity, &request)
+        );
         // limit
         if let Some(admitted) = or_fail!(self, session, x, limit::admit(state, &identity, &request))
         {
@@ -224,7 +234,15 @@ impl Tollgate {
             self,
             session,
             x,
-            budget::reserve(state, &identity, &route, &method, &mut request).await
+            budget::reserve(
+                state,
+                &identity,
+                &route,
+                &method,
+                &mut request,
+                routed.as_ref().and_then(|r| r.worst.as_ref())
+            )
+            .await
         ) {
             if guard.bound_rewritten {
                 // The output bound is this request's budget's, not the
@@ -237,6 +255,14 @@ impl Tollgate {
             }
             x.draft.clamped_max_tokens = guard.clamped;
             x.draft.guard = Some(guard);
+        }
+        if let Some(routed) = routed {
+            if let Some((x, err)) =
+                route::run(state, session, &route, &request, &identity, x, routed).await
+            {
+                self.fail(session, x, err).await;
+            }
+            return;
         }
         // forward: the account's own key (BYOK) if the control endpoint
         // holds one, else the provider's configured key.
@@ -253,6 +279,7 @@ impl Tollgate {
                 request.body.len(),
                 state.fleet.keyring().enabled(),
                 byok.as_deref().or(route.provider.api_key.as_ref()),
+                None,
             )
         );
         // On record (durably, with outbox.sync) before the first byte
@@ -275,7 +302,17 @@ impl Tollgate {
             }
         );
         // meter
-        meter::relay(state, session, &route, &request, call, x, pre_upstream).await;
+        meter::relay(
+            state,
+            session,
+            &route,
+            &request,
+            call,
+            x,
+            pre_upstream,
+            None,
+        )
+        .await;
     }
 
     fn count_key_rejection(&self, err: &ProxyError) {
@@ -370,7 +407,8 @@ impl Tollgate {
         if client_gone {
             return;
         }
-        let (header, body) = err.response(dialect, &draft.event.event_id);
+        let (mut header, body) = err.response(dialect, &draft.event.event_id);
+        receipt::add_attempts(&mut header, draft.attempts.as_deref());
         send_whole(session, header, body).await;
     }
 }

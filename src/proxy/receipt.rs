@@ -30,6 +30,13 @@ pub fn add_headers(header: &mut ResponseHeader, event: &UsageEvent, cost: Option
     }
 }
 
+/// `x-tollgate-attempts` on a routed request's answer.
+pub fn add_attempts(header: &mut ResponseHeader, attempts: Option<&str>) {
+    if let Some(value) = attempts.and_then(|a| http::HeaderValue::from_str(a).ok()) {
+        let _ = header.insert_header(headers::ATTEMPTS, value);
+    }
+}
+
 #[derive(Serialize)]
 struct StreamReceipt<'a> {
     request_id: &'a str,
@@ -45,10 +52,13 @@ struct StreamReceipt<'a> {
     output_tokens: u64,
     cache_creation_input_tokens: u64,
     cache_read_input_tokens: u64,
+    /// A routed request's attempts (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempts: Option<&'a str>,
 }
 
 /// The `: tollgate {json}` comment line that ends a stream.
-pub fn stream_comment(event: &UsageEvent) -> Bytes {
+pub fn stream_comment(event: &UsageEvent, attempts: Option<&str>) -> Bytes {
     let receipt = StreamReceipt {
         request_id: &event.event_id,
         provider: &event.provider,
@@ -61,6 +71,7 @@ pub fn stream_comment(event: &UsageEvent) -> Bytes {
         output_tokens: event.usage.output_tokens,
         cache_creation_input_tokens: event.usage.cache_creation_input_tokens,
         cache_read_input_tokens: event.usage.cache_read_input_tokens,
+        attempts,
     };
     let json = serde_json::to_string(&receipt).unwrap_or_default();
     Bytes::from(format!(": tollgate {json}\n\n"))

@@ -37,6 +37,8 @@ pub struct State {
     pub cache: Arc<Cache>,
     /// Idempotency keys in flight and the answers kept for them.
     pub idempotency: Arc<crate::idempotency::Idempotency>,
+    /// Aliases, fallbacks and the targets' circuit breakers.
+    pub router: Arc<crate::route::Router>,
 }
 
 impl State {
@@ -82,6 +84,10 @@ impl State {
             budget_default_max_tokens: config.budget_default_max_tokens,
             cache,
             idempotency,
+            router: Arc::new(crate::route::Router::new(
+                config.routing.clone(),
+                config.providers.iter().map(|p| p.name.clone()).collect(),
+            )),
         }
     }
 }

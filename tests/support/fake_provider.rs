@@ -410,6 +410,22 @@ impl FakeProvider {
         self.shared.batches_json()
     }
 
+    /// Replaces the scenario of requests without `x-fake-scenario` (a
+    /// provider going down and coming back, for routing tests).
+    pub fn set_default_scenario(&self, scenario: Option<&str>) {
+        *self
+            .shared
+            .default_scenario
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = scenario.map(str::to_owned);
+    }
+
+    /// Makes every request without `x-fake-ttfb-ms` wait `ms` before its
+    /// headers (0: no wait): one provider slower than another.
+    pub fn set_default_ttfb_ms(&self, ms: u64) {
+        self.shared.default_ttfb_ms.store(ms, Ordering::SeqCst);
+    }
+
     /// Forgets every recorded request (in-flight ones stop being tracked).
     pub fn clear(&self) {
         self.shared.entries().clear();
@@ -442,7 +458,11 @@ impl Drop for FakeProvider {
 // Shared state and per-request tracking
 
 struct Shared {
-    default_scenario: Option<String>,
+    /// Changed at run time by [`FakeProvider::set_default_scenario`].
+    default_scenario: Mutex<Option<String>>,
+    /// `x-fake-ttfb-ms` of requests without it (0: none); see
+    /// [`FakeProvider::set_default_ttfb_ms`].
+    default_ttfb_ms: AtomicU64,
     /// Served over TLS: absolute URLs the fake hands out say `https`.
     tls: bool,
     /// Message Batches, OpenAI files and batches (see `fake_batches/`).
@@ -793,7 +813,8 @@ impl Reply {
 fn app(default_scenario: Option<String>, tls: bool) -> (Arc<Shared>, Router) {
     let (changes, _) = watch::channel(0_u64);
     let shared = Arc::new(Shared {
-        default_scenario,
+        default_scenario: Mutex::new(default_scenario),
+        default_ttfb_ms: AtomicU64::new(0),
         tls,
         batches: Mutex::new(batches::Store::default()),
         entries: Mutex::new(Vec::new()),
@@ -816,7 +837,13 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let body = to_bytes(body, REQUEST_BODY_LIMIT).await.unwrap_or_default();
     let scenario = header_str(&parts.headers, "x-fake-scenario")
         .map(str::to_owned)
-        .or_else(|| shared.default_scenario.clone())
+        .or_else(|| {
+            shared
+                .default_scenario
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        })
         .unwrap_or_else(|| "text".to_owned());
     let tracker = shared.record(Recorded {
         method: parts.method.to_string(),
@@ -952,7 +979,8 @@ async fn respond(
         call.message_id = format!("gen-{}-{}", call.created, &token()[12..]);
     }
 
-    if let Some(ttfb) = header_u64(&call.headers, "x-fake-ttfb-ms") {
+    let default_ttfb = Some(shared.default_ttfb_ms.load(Ordering::SeqCst)).filter(|&ms| ms > 0);
+    if let Some(ttfb) = header_u64(&call.headers, "x-fake-ttfb-ms").or(default_ttfb) {
         tokio::time::sleep(Duration::from_millis(ttfb)).await;
     }
     if scenario == Scenario::Hang {

@@ -14,6 +14,9 @@ pub const X_API_KEY: &str = "x-api-key";
 pub const VERSION: &str = "anthropic-version";
 /// Beta flags (any number of header lines, comma-separated).
 pub const BETA: &str = "anthropic-beta";
+/// The `anthropic-version` sent to an Anthropic upstream for a client that
+/// speaks the other dialect (the API requires one; this is the only version).
+pub const API_VERSION: &str = "2023-06-01";
 /// The provider's request id, for reconciliation.
 pub const REQUEST_ID: &str = "request-id";
 
