@@ -179,8 +179,8 @@ pub type AdminApp = Arc<Admin>;
 /// state, transitions and time to first byte.
 fn routes_json(router: &crate::route::Router) -> serde_json::Value {
     let routing = router.routing();
-    let aliases: serde_json::Map<String, serde_json::Value> = routing
-        .aliases
+    let aliases: serde_json::Map<String, serde_json::Value> = router
+        .aliases()
         .iter()
         .map(|(name, a)| {
             let targets: Vec<String> = a.targets.iter().map(|t| t.target.to_string()).collect();

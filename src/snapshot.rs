@@ -28,6 +28,30 @@ pub struct Snapshot {
     /// Budgets of the served accounts.
     #[serde(default)]
     pub budgets: Vec<SyncedBudget>,
+    /// Model aliases for every sidecar (they join the sidecar's own
+    /// `[aliases.*]`; a local alias of the same name wins).
+    #[serde(default)]
+    pub aliases: Vec<SyncedAlias>,
+}
+
+/// A model alias held by the control endpoint (see `crate::route`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedAlias {
+    pub name: String,
+    /// `ordered`, `cheapest` or `fastest`.
+    pub policy: String,
+    /// In order: `provider/model`, each with an optional output cap.
+    pub targets: Vec<SyncedAliasTarget>,
+}
+
+/// One target of a [`SyncedAlias`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncedAliasTarget {
+    /// `provider/model`.
+    pub target: String,
+    /// Caps the output bound sent to (and reserved for) this target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
 }
 
 /// A budget held by the control endpoint: one account's spend per period.
@@ -154,11 +178,29 @@ mod tests {
                 }],
             }],
             budgets: vec![],
+            aliases: vec![SyncedAlias {
+                name: "smart".into(),
+                policy: "ordered".into(),
+                targets: vec![SyncedAliasTarget {
+                    target: "anthropic/claude-sonnet-4-5".into(),
+                    max_tokens: Some(10),
+                }],
+            }],
         };
         let sealed = s.seal("tgs_one").unwrap();
         assert!(!sealed.windows(9).any(|w| w == b"PLAINTEXT"));
         assert_eq!(Snapshot::open(&sealed, "tgs_one").unwrap(), s);
         assert!(Snapshot::open(&sealed, "tgs_two").is_err());
         assert!(!format!("{s:?}").contains("PLAINTEXT"));
+    }
+
+    #[test]
+    fn a_snapshot_without_aliases_still_decodes() {
+        // What a control endpoint of before aliases sends.
+        let s: Snapshot = serde_json::from_str(
+            r#"{"version": 3, "gateway_keys_required": false, "accounts": [], "budgets": []}"#,
+        )
+        .unwrap();
+        assert!(s.aliases.is_empty());
     }
 }

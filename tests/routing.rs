@@ -11,6 +11,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::control::{Control, ADMIN_TOKEN};
 use support::fake_provider::FakeProvider;
 use support::sdk::{run_script, sdk_python};
 use support::tollgate::{Builder, Tollgate};
@@ -33,9 +34,13 @@ async fn rig(config: &str) -> Rig {
 }
 
 async fn rig_with(config: &str, cache: bool) -> Rig {
+    rig_full(config, cache, |b| b).await
+}
+
+async fn rig_full(config: &str, cache: bool, more: impl FnOnce(Builder) -> Builder) -> Rig {
     let a = FakeProvider::start().await;
     let b = FakeProvider::start().await;
-    let builder = Builder::new(&a.base_url());
+    let builder = more(Builder::new(&a.base_url()));
     let builder = if cache { builder } else { builder.no_cache() };
     let t = builder
         .env("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
@@ -646,4 +651,149 @@ async fn the_cache_keys_on_the_clients_request_whichever_target_answered() {
     assert!(!text(&live).is_empty());
     assert_eq!(text(&replayed), text(&live));
     assert_eq!(rig.b.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliases_synced_from_the_control_endpoint_route_requests() {
+    let control = Control::start("");
+    control.admin_json(&["accounts", "create", "acme", "--plan", "pro"]);
+    let cred = control.admin_secret(&["sidecars", "create", "s", "--account", "acme"]);
+    let put = |name: &'static str, body: Value| {
+        let control = &control;
+        async move {
+            control
+                .call(
+                    reqwest::Method::PUT,
+                    &format!("/api/v1/aliases/{name}"),
+                    Some(ADMIN_TOKEN),
+                    Some(body),
+                )
+                .await
+        }
+    };
+    let (status, v) = put(
+        "fleet",
+        json!({"targets": ["backup/gpt-5", {"target": "anthropic/claude-sonnet-4-5", "max_tokens": 50}]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["policy"], "ordered");
+    // Bad specs are refused with the field named.
+    let (status, v) = put("bad", json!({"targets": ["no-model"]})).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("targets[0]"), "{v}");
+    // A control alias named like a local one does not replace it (made
+    // with the CLI this time).
+    let out = control.admin(
+        ADMIN_TOKEN,
+        &[
+            "aliases",
+            "put",
+            "local",
+            "--target",
+            "backup/gpt-5-nano",
+            "--target",
+            "backup/gpt-5",
+            "--max-tokens",
+            "backup/gpt-5=70",
+            "--policy",
+            "cheapest",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("backup/gpt-5-nano,backup/gpt-5≤70"), "{text}");
+    assert!(text.contains("cheapest"), "{text}");
+    let control_url = control.url();
+    let rig = rig_full(
+        "[aliases.local]\ntargets = [\"anthropic/claude-haiku-4-5\"]\n",
+        false,
+        |b| {
+            b.top(&format!("control_url = \"{control_url}\""))
+                .env("TOLLGATE_CONTROL_CREDENTIAL", &cred)
+        },
+    )
+    .await;
+    let acme = [("x-tollgate-account", "acme")];
+    let r = post_messages(&rig.t, &messages("fleet", false), &acme).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-tollgate-attempts"), "backup/gpt-5=200");
+    let r = post_messages(&rig.t, &messages("local", false), &acme).await;
+    assert_eq!(
+        header(&r, "x-tollgate-attempts"),
+        "anthropic/claude-haiku-4-5=200"
+    );
+
+    // A change reaches the running sidecar through its long poll.
+    let (status, _) = put(
+        "fleet",
+        json!({"policy": "ordered", "targets": [{"target": "anthropic/claude-sonnet-4-5", "max_tokens": 50}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = post_messages(&rig.t, &messages("fleet", false), &acme).await;
+        if header(&r, "x-tollgate-attempts") == "anthropic/claude-sonnet-4-5=200" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new alias never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The alias's cap went upstream.
+    let last = rig.a.requests().pop().unwrap();
+    let sent: Value = serde_json::from_slice(&last.body).unwrap();
+    assert_eq!(sent["max_tokens"], 50);
+    assert_eq!(sent["model"], "claude-sonnet-4-5");
+    let routes: Value = reqwest::get(format!("{}/routes", rig.t.admin_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        routes["aliases"]["fleet"]["targets"],
+        json!(["anthropic/claude-sonnet-4-5"])
+    );
+    assert_eq!(
+        routes["aliases"]["local"]["targets"],
+        json!(["anthropic/claude-haiku-4-5"])
+    );
+
+    // Deleted: the model is sent as named again, unrouted.
+    let (status, _) = control
+        .call(
+            reqwest::Method::DELETE,
+            "/api/v1/aliases/fleet",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = post_messages(&rig.t, &messages("fleet", false), &acme).await;
+        if header(&r, "x-tollgate-attempts").is_empty() {
+            assert_eq!(header(&r, "x-tollgate-model"), "fleet");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the deletion never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, audit) = control
+        .call(
+            reqwest::Method::GET,
+            "/api/v1/audit",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    let text = audit.to_string();
+    for action in ["alias.create", "alias.update", "alias.delete"] {
+        assert!(text.contains(action), "{action} not audited: {text}");
+    }
 }

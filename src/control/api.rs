@@ -10,10 +10,11 @@ use axum::http::request::Parts;
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post, MethodRouter};
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::{Json, Router};
 
 use super::accounts::{AccountPatch, NewAccount};
+use super::aliases::{AliasSpec, AliasView};
 use super::audit::AuditQuery;
 use super::budgets::{BudgetPatch, BudgetView, NewBudget};
 use super::byok::{NewProviderKey, ProviderKeyView, Rotation};
@@ -158,6 +159,13 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             get(budget_status),
         ),
         (Method::POST, "/api/v1/leases", post(renew_leases)),
+        (Method::GET, "/api/v1/aliases", get(list_aliases)),
+        (Method::PUT, "/api/v1/aliases/{name}", put(put_alias)),
+        (
+            Method::DELETE,
+            "/api/v1/aliases/{name}",
+            delete(delete_alias),
+        ),
     ]
 }
 
@@ -525,6 +533,42 @@ async fn budget_status(
 ) -> Result<Json<super::leases::BudgetStatus>, ApiError> {
     Ok(Json(
         blocking(&c, move |c| c.budget_status(&p, &name)).await?,
+    ))
+}
+
+async fn list_aliases(
+    State(c): State<AppState>,
+    p: Principal,
+) -> Result<Json<Vec<AliasView>>, ApiError> {
+    p.admin()?;
+    Ok(Json(blocking(&c, |c| c.aliases()).await?))
+}
+
+async fn put_alias(
+    State(c): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+    b: Result<Json<AliasSpec>, JsonRejection>,
+) -> Result<(StatusCode, Json<AliasView>), ApiError> {
+    let actor = p.admin()?;
+    let spec = body(b)?;
+    let (view, created) = blocking(&c, move |c| c.put_alias(&actor, &name, spec)).await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)))
+}
+
+async fn delete_alias(
+    State(c): State<AppState>,
+    p: Principal,
+    Path(name): Path<String>,
+) -> Result<Json<AliasView>, ApiError> {
+    let actor = p.admin()?;
+    Ok(Json(
+        blocking(&c, move |c| c.delete_alias(&actor, &name)).await?,
     ))
 }
 

@@ -53,6 +53,35 @@ pub enum AdminCommand {
     /// Budgets held by the control endpoint and synced to sidecars.
     #[command(subcommand)]
     Budgets(BudgetsCommand),
+    /// Model aliases synced to every sidecar's routing.
+    #[command(subcommand)]
+    Aliases(AliasesCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AliasesCommand {
+    /// Every alias.
+    List,
+    /// Create or replace an alias.
+    ///
+    /// Example:
+    ///   tollgate admin aliases put smart --target anthropic/claude-sonnet-4-5 \
+    ///     --target openrouter/openai/gpt-5 --max-tokens openrouter/openai/gpt-5=2000
+    #[command(verbatim_doc_comment)]
+    Put {
+        name: String,
+        /// provider/model, in order (repeatable).
+        #[arg(long = "target", required = true)]
+        targets: Vec<String>,
+        /// ordered (default), cheapest or fastest.
+        #[arg(long)]
+        policy: Option<String>,
+        /// TARGET=N: caps that target's output bound (repeatable).
+        #[arg(long = "max-tokens")]
+        max_tokens: Vec<String>,
+    },
+    /// Remove an alias.
+    Delete { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -451,6 +480,31 @@ pub fn run(args: AdminArgs) -> anyhow::Result<()> {
                 BUDGET_COLUMNS,
             ),
         },
+        AdminCommand::Aliases(c) => {
+            let v = match c {
+                AliasesCommand::List => client.call("GET", "/api/v1/aliases", None)?,
+                AliasesCommand::Put {
+                    name,
+                    targets,
+                    policy,
+                    max_tokens,
+                } => client.call(
+                    "PUT",
+                    &format!("/api/v1/aliases/{}", encode_query(&name)),
+                    Some(alias_body(&targets, policy, &max_tokens)?),
+                )?,
+                AliasesCommand::Delete { name } => client.call(
+                    "DELETE",
+                    &format!("/api/v1/aliases/{}", encode_query(&name)),
+                    None,
+                )?,
+            };
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            (flatten_alias_targets(v), ALIAS_COLUMNS)
+        }
         AdminCommand::Audit(a) => {
             let mut q = Vec::new();
             for (k, v) in [
@@ -496,6 +550,61 @@ const BUDGET_COLUMNS: &[&str] = &[
     "on_insufficient",
     "created_at",
 ];
+const ALIAS_COLUMNS: &[&str] = &["name", "policy", "targets", "updated_at"];
+
+/// The `PUT /api/v1/aliases/{name}` body of `tollgate admin aliases put`.
+fn alias_body(
+    targets: &[String],
+    policy: Option<String>,
+    caps: &[String],
+) -> anyhow::Result<Value> {
+    let mut capped: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+    for c in caps {
+        let (t, n) = c
+            .rsplit_once('=')
+            .with_context(|| format!("--max-tokens {c:?}: expected TARGET=N"))?;
+        let n: u64 = n
+            .parse()
+            .with_context(|| format!("--max-tokens {c:?}: N is not a number"))?;
+        if !targets.iter().any(|x| x == t) {
+            bail!("--max-tokens {c:?}: {t} is not one of the --target values");
+        }
+        capped.insert(t, n);
+    }
+    let targets: Vec<Value> = targets
+        .iter()
+        .map(|t| match capped.get(t.as_str()) {
+            Some(n) => serde_json::json!({"target": t, "max_tokens": n}),
+            None => Value::String(t.clone()),
+        })
+        .collect();
+    let mut body = serde_json::json!({ "targets": targets });
+    if let Some(p) = policy {
+        body["policy"] = Value::String(p);
+    }
+    Ok(body)
+}
+
+/// Alias targets as `provider/model[≤N]` strings, for the table.
+fn flatten_alias_targets(mut v: Value) -> Value {
+    let flatten = |a: &mut Value| {
+        if let Some(targets) = a.get_mut("targets").and_then(Value::as_array_mut) {
+            for t in targets.iter_mut() {
+                let name = t["target"].as_str().unwrap_or_default().to_string();
+                *t = Value::String(match t["max_tokens"].as_u64() {
+                    Some(n) => format!("{name}≤{n}"),
+                    None => name,
+                });
+            }
+        }
+    };
+    match &mut v {
+        Value::Array(items) => items.iter_mut().for_each(flatten),
+        other => flatten(other),
+    }
+    v
+}
+
 const BYOK_COLUMNS: &[&str] = &["id", "last4", "master_key_id", "created_at", "last_used_at"];
 const ACCOUNT_COLUMNS: &[&str] = &["name", "plan", "gateway_keys", "created_at"];
 const KEY_COLUMNS: &[&str] = &[

@@ -9,6 +9,7 @@
 //! so a store write never stalls the async threads.
 
 pub mod accounts;
+pub mod aliases;
 pub mod api;
 pub mod audit;
 pub mod auth;

@@ -96,11 +96,14 @@ impl Control {
             .filter(|b| serves(&b.budget.account))
             .map(|b| b.budget)
             .collect();
+        // Aliases name no account: every sidecar gets them all.
+        let aliases = self.aliases()?.into_iter().map(|a| a.alias).collect();
         Ok(Snapshot {
             version,
             gateway_keys_required: !keys.is_empty(),
             accounts,
             budgets,
+            aliases,
         })
     }
 }

@@ -76,7 +76,7 @@ pub fn plan(
         })?),
         None => None,
     };
-    let aliased = routing.aliases.contains_key(&request.model)
+    let aliased = router.is_alias(&request.model)
         || (request.model == AUTO && routing.default_alias.is_some());
     if !aliased && fallback.is_none() {
         return Ok(None);

@@ -51,6 +51,10 @@ impl State {
         metrics: Metrics,
         in_flight: InFlight,
     ) -> State {
+        let router = Arc::new(crate::route::Router::new(
+            config.routing.clone(),
+            config.providers.iter().map(|p| p.name.clone()).collect(),
+        ));
         State {
             sidecar_id: config.sidecar_id.clone(),
             default_identity: crate::identity::Identity {
@@ -79,15 +83,13 @@ impl State {
                 config.gateway_keys.clone(),
                 config.rate_limits.clone(),
                 ledger.clone(),
+                router.clone(),
             )),
             ledger,
             budget_default_max_tokens: config.budget_default_max_tokens,
             cache,
             idempotency,
-            router: Arc::new(crate::route::Router::new(
-                config.routing.clone(),
-                config.providers.iter().map(|p| p.name.clone()).collect(),
-            )),
+            router,
         }
     }
 }

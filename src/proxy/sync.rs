@@ -12,7 +12,9 @@
 //! - the cache: an account whose plan has none is never served from it;
 //! - batches: an account whose plan has no batch access gets 403 from the
 //!   batch APIs;
-//! - rate limits: each account's plan rpm / tpm join the config's limits.
+//! - rate limits: each account's plan rpm / tpm join the config's limits;
+//! - model aliases: the control endpoint's join the config's `[aliases.*]`
+//!   (a local alias keeps its name).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -77,6 +79,8 @@ pub struct Fleet {
     local_rules: Vec<crate::limit::Rule>,
     /// Where synced budgets go.
     ledger: Arc<crate::budget::Ledger>,
+    /// Where synced aliases go.
+    router: Arc<crate::route::Router>,
 }
 
 impl Fleet {
@@ -85,9 +89,11 @@ impl Fleet {
         local_keys: KeyRing,
         local_rules: Vec<crate::limit::Rule>,
         ledger: Arc<crate::budget::Ledger>,
+        router: Arc<crate::route::Router>,
     ) -> Fleet {
         Fleet {
             ledger,
+            router,
             accept: local_keys.accept(),
             current: ArcSwap::from_pointee(Applied {
                 version: 0,
@@ -208,6 +214,12 @@ impl Fleet {
             });
         }
         self.ledger.sync_budgets(budgets);
+        let shadowed = self
+            .router
+            .set_synced_aliases(synced_aliases(&snap.aliases));
+        if !shadowed.is_empty() {
+            tracing::warn!(aliases = ?shadowed, "synced aliases with the name of a local one are not used (the config's wins)");
+        }
         let keys = if snap.gateway_keys_required {
             KeyRing::required(keys, self.accept)
         } else {
@@ -237,6 +249,41 @@ impl Fleet {
             limiter: Arc::new(self.current.load().limiter.succeed(rules)),
         }));
     }
+}
+
+/// The snapshot's aliases the router can use; one that does not parse
+/// (a newer control endpoint's policy, say) is skipped with a warning.
+fn synced_aliases(
+    synced: &[crate::snapshot::SyncedAlias],
+) -> std::collections::BTreeMap<String, crate::route::Alias> {
+    use crate::route::{Alias, AliasTarget, Policy, Target};
+    let mut out = std::collections::BTreeMap::new();
+    for a in synced {
+        let Some(policy) = Policy::parse(&a.policy) else {
+            tracing::warn!(alias = %a.name, policy = %a.policy, "a synced alias has an unknown policy; skipped");
+            continue;
+        };
+        let targets: Result<Vec<AliasTarget>, String> = a
+            .targets
+            .iter()
+            .map(|t| {
+                Ok(AliasTarget {
+                    target: Target::parse(&t.target)?,
+                    max_tokens: t.max_tokens,
+                })
+            })
+            .collect();
+        match targets {
+            Ok(targets) if !targets.is_empty() => {
+                out.insert(a.name.clone(), Alias { policy, targets });
+            }
+            Ok(_) => tracing::warn!(alias = %a.name, "a synced alias has no targets; skipped"),
+            Err(e) => {
+                tracing::warn!(alias = %a.name, error = %e, "a synced alias has a bad target; skipped")
+            }
+        }
+    }
+    out
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SyncError + '_ {

@@ -27,7 +27,10 @@
 //! by a breaker where it would have been sent before routing existed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use crate::budget::estimate::Estimate;
 use crate::meter::prices::PriceTable;
@@ -202,6 +205,9 @@ pub struct Router {
     routing: Routing,
     providers: Vec<String>,
     health: Health,
+    /// The config's aliases joined by a control endpoint's (swapped whole
+    /// when a snapshot lands; a config alias keeps its name).
+    aliases: ArcSwap<BTreeMap<String, Alias>>,
 }
 
 impl Router {
@@ -210,10 +216,39 @@ impl Router {
     pub fn new(routing: Routing, providers: Vec<String>) -> Router {
         let health = Health::new(routing.breaker);
         Router {
+            aliases: ArcSwap::from_pointee(routing.aliases.clone()),
             routing,
             providers,
             health,
         }
+    }
+
+    /// The aliases in force: the config's and the control endpoint's.
+    pub fn aliases(&self) -> Arc<BTreeMap<String, Alias>> {
+        self.aliases.load_full()
+    }
+
+    /// Whether `name` is an alias in force.
+    pub fn is_alias(&self, name: &str) -> bool {
+        self.aliases.load().contains_key(name)
+    }
+
+    /// Replaces the control endpoint's aliases by `synced`. A name the
+    /// config already defines keeps the config's alias; those names are
+    /// returned (for a warning).
+    pub fn set_synced_aliases(&self, synced: BTreeMap<String, Alias>) -> Vec<String> {
+        let mut all = self.routing.aliases.clone();
+        let mut shadowed = Vec::new();
+        for (name, alias) in synced {
+            match all.entry(name) {
+                std::collections::btree_map::Entry::Occupied(e) => shadowed.push(e.key().clone()),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(alias);
+                }
+            }
+        }
+        self.aliases.store(Arc::new(all));
+        shadowed
     }
 
     /// The settings.
@@ -236,7 +271,8 @@ impl Router {
             AUTO => self.routing.default_alias.as_deref().unwrap_or(AUTO),
             m => m,
         };
-        let (alias, mut candidates) = match self.routing.aliases.get(name) {
+        let aliases = self.aliases.load();
+        let (alias, mut candidates) = match aliases.get(name) {
             Some(a) => {
                 let mut c: Vec<Candidate> = a
                     .targets

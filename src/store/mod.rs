@@ -181,6 +181,8 @@ pub struct ControlRecords {
     pub provider_keys: std::sync::Arc<dyn KeyStore>,
     /// Budgets by name.
     pub budgets: std::sync::Arc<dyn KeyStore>,
+    /// Model aliases by name.
+    pub aliases: std::sync::Arc<dyn KeyStore>,
     /// Lease books (`crate::lease::Book`) by `<budget>/<period>`.
     pub leases: std::sync::Arc<dyn KeyStore>,
     /// The audit log.
@@ -197,6 +199,7 @@ impl ControlRecords {
         self.sidecars.flush()?;
         self.provider_keys.flush()?;
         self.budgets.flush()?;
+        self.aliases.flush()?;
         self.leases.flush()?;
         self.ledger.flush()?;
         self.audit.flush()

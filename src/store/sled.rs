@@ -504,6 +504,7 @@ pub fn control_records(db: &sled::Db) -> Result<ControlRecords, StoreError> {
         sidecars: table("sidecars")?,
         provider_keys: table("provider_keys")?,
         budgets: table("budgets")?,
+        aliases: table("aliases")?,
         leases: table("leases")?,
         audit: std::sync::Arc::new(LogTree::new(db.open_tree("audit")?)?),
         ledger: std::sync::Arc::new(LedgerTree::new(
