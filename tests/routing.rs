@@ -234,6 +234,52 @@ backoff_base = "10ms"
     assert_eq!(body["type"], "error");
     assert_eq!(body["error"]["type"], "rate_limit_error");
     assert_eq!(rig.a.requests().len(), 2);
+    // `x-should-retry: false`: that target is not tried again.
+    let r = post_messages(
+        &rig.t,
+        &messages("solo", false),
+        &[("x-fake-retry-after", "1"), ("x-fake-no-retry", "1")],
+    )
+    .await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        header(&r, "x-tollgate-attempts"),
+        "anthropic/claude-sonnet-4-5=429"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_error_goes_to_the_client_not_to_another_target() {
+    let rig = rig(TWO_TARGETS).await;
+    rig.a.set_default_scenario(Some("error-400"));
+    let r = post_messages(&rig.t, &messages("smart", false), &[]).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        header(&r, "x-tollgate-attempts"),
+        "anthropic/claude-sonnet-4-5=400"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(rig.b.requests().is_empty());
+    // An OpenAI client gets the Anthropic target's 400 in its own shape.
+    let r = client()
+        .post(format!("{}/v1/chat/completions", rig.t.url()))
+        .bearer_auth(CLIENT_KEY)
+        .json(&chat("smart", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert!(body.get("type").is_none(), "{body}");
+    // The failed answer is the request's event (nothing else was tried).
+    let ev = events(&rig.t, 2).await;
+    assert_eq!(ev.len(), 2, "{ev:#?}");
+    assert!(ev
+        .iter()
+        .all(|e| e["status"] == "provider_error" && e["http_status"] == 400));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
