@@ -191,6 +191,60 @@ pub fn retarget(
     encode(&value)
 }
 
+/// A body whose `stream` field disagrees with what its endpoint serves
+/// (the gateway surface's `/chat` answers JSON, `/chat/stream` SSE).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StreamField {
+    /// Not a JSON object.
+    #[error("{0}")]
+    BadJson(String),
+    /// `stream` is neither a boolean nor null.
+    #[error("\"stream\" must be a boolean")]
+    NotBoolean,
+    /// `stream` asks for the other kind of answer.
+    #[error("the body asks for \"stream\": {sent}, which this endpoint does not serve")]
+    Conflict {
+        /// What the body asked for.
+        sent: bool,
+    },
+}
+
+/// The body for an endpoint that always streams (`want`) or never does:
+/// unchanged when its `stream` field agrees (absent or null counts as
+/// `false`), with `"stream": true` added when a streaming endpoint got a
+/// body without it (one re-serialisation), refused when it disagrees.
+pub fn require_stream(body: Bytes, want: bool) -> Result<Bytes, StreamField> {
+    #[derive(Deserialize)]
+    struct StreamOnly {
+        #[serde(default)]
+        stream: Option<serde_json::Value>,
+    }
+    let bad = |e: serde_json::Error| StreamField::BadJson(e.to_string());
+    // A struct would also deserialise from a JSON array.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(StreamField::BadJson("the body is not a JSON object".into()));
+    }
+    // Only `stream` is materialised; the rest is checked to be JSON.
+    let head: StreamOnly = serde_json::from_slice(&body).map_err(bad)?;
+    let sent = match head.stream {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Bool(b)) => Some(b),
+        Some(_) => return Err(StreamField::NotBoolean),
+    };
+    match (sent, want) {
+        (Some(sent), want) if sent != want => Err(StreamField::Conflict { sent }),
+        (Some(_), _) | (None, false) => Ok(body),
+        (None, true) => {
+            let mut value: serde_json::Value = serde_json::from_slice(&body).map_err(bad)?;
+            let Some(obj) = value.as_object_mut() else {
+                return Err(StreamField::BadJson("the body is not a JSON object".into()));
+            };
+            obj.insert("stream".into(), serde_json::Value::Bool(true));
+            encode(&value).map_err(|e| StreamField::BadJson(e.to_string()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -218,6 +272,51 @@ mod tests {
                 "the body is not valid UTF-8 (at byte 27)".into()
             ))
         );
+    }
+
+    #[test]
+    fn require_stream_adds_keeps_or_refuses() {
+        let body = |s: &str| Bytes::from(s.to_string());
+        // A streaming endpoint: added when absent or null, kept when true.
+        let out = require_stream(body(r#"{"model":"m","messages":[]}"#), true).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["model"], "m");
+        let out = require_stream(body(r#"{"model":"m","stream":null}"#), true).unwrap();
+        assert!(parse_head(&out).unwrap().stream);
+        let sent = body(r#"{"model":"m",  "stream":true}"#);
+        assert_eq!(require_stream(sent.clone(), true).unwrap(), sent, "as sent");
+        // A non-streaming endpoint never rewrites.
+        let sent = body(r#"{"model":"m"}"#);
+        assert_eq!(require_stream(sent.clone(), false).unwrap(), sent);
+        let sent = body(r#"{"model":"m","stream":false}"#);
+        assert_eq!(require_stream(sent.clone(), false).unwrap(), sent);
+        // Disagreements and junk.
+        assert_eq!(
+            require_stream(body(r#"{"stream":true}"#), false),
+            Err(StreamField::Conflict { sent: true })
+        );
+        assert_eq!(
+            require_stream(body(r#"{"stream":false}"#), true),
+            Err(StreamField::Conflict { sent: false })
+        );
+        assert_eq!(
+            require_stream(body(r#"{"stream":"yes"}"#), true),
+            Err(StreamField::NotBoolean)
+        );
+        for junk in ["[1]", "[]", " 1", ""] {
+            assert!(
+                matches!(
+                    require_stream(body(junk), false),
+                    Err(StreamField::BadJson(_))
+                ),
+                "{junk}"
+            );
+        }
+        assert!(matches!(
+            require_stream(body("{"), false),
+            Err(StreamField::BadJson(_))
+        ));
     }
 
     #[test]

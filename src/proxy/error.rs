@@ -15,6 +15,14 @@ pub enum ProxyError {
     BadJson(String),
     #[error("bad identity header: {0}")]
     BadIdentity(String),
+    /// The control endpoint refused or failed a read made on the caller's
+    /// behalf (the gateway surface's usage); `status` is what the client gets.
+    #[error("the control endpoint answered: {message}")]
+    Control { status: u16, message: String },
+    /// A request the endpoint cannot take as sent (the gateway surface: a
+    /// `stream` field that contradicts the path).
+    #[error("{0}")]
+    InvalidRequest(String),
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
     #[error("no route for {method} {path}")]
@@ -129,8 +137,9 @@ impl ProxyError {
     /// The `x-tollgate-error` value and metrics label.
     pub fn kind(&self) -> &'static str {
         match self {
-            ProxyError::BadJson(_) => "bad_request",
+            ProxyError::BadJson(_) | ProxyError::InvalidRequest(_) => "bad_request",
             ProxyError::BadIdentity(_) => "bad_identity",
+            ProxyError::Control { .. } => "control_error",
             ProxyError::TooLarge { .. } => "body_too_large",
             ProxyError::UnknownRoute { .. } => "unknown_route",
             ProxyError::Misdirected { .. } => "misdirected",
@@ -162,8 +171,9 @@ impl ProxyError {
     /// The HTTP status of the response.
     pub fn status(&self) -> u16 {
         match self {
-            ProxyError::BadJson(_) => 400,
+            ProxyError::BadJson(_) | ProxyError::InvalidRequest(_) => 400,
             ProxyError::BadIdentity(_) => 400,
+            ProxyError::Control { status, .. } => *status,
             ProxyError::TooLarge { .. } => 413,
             ProxyError::UnknownRoute { .. } => 404,
             ProxyError::Misdirected { .. } => 421,
@@ -196,6 +206,7 @@ impl ProxyError {
     pub fn class(&self) -> ErrorClass {
         match self {
             ProxyError::BadJson(_)
+            | ProxyError::InvalidRequest(_)
             | ProxyError::BadIdentity(_)
             | ProxyError::Misdirected { .. }
             | ProxyError::BadPath { .. }
@@ -223,6 +234,10 @@ impl ProxyError {
             ProxyError::Forbidden(_) => ErrorClass::Permission,
             ProxyError::RateLimited(_) => ErrorClass::RateLimit,
             ProxyError::BudgetExceeded(_) => ErrorClass::Budget,
+            ProxyError::Control { status: 400, .. } => ErrorClass::InvalidRequest,
+            ProxyError::Control { status: 401, .. } => ErrorClass::Authentication,
+            ProxyError::Control { status: 403, .. } => ErrorClass::Permission,
+            ProxyError::Control { .. } => ErrorClass::Server,
             ProxyError::Shared { status: 504, .. } => ErrorClass::Timeout,
             ProxyError::Shared { .. } => ErrorClass::Server,
         }
@@ -241,6 +256,7 @@ impl ProxyError {
     pub fn level(&self) -> Level {
         match self {
             ProxyError::BadJson(_)
+            | ProxyError::InvalidRequest(_)
             | ProxyError::BadIdentity(_)
             | ProxyError::TooLarge { .. }
             | ProxyError::UnknownRoute { .. }
@@ -261,6 +277,8 @@ impl ProxyError {
             | ProxyError::Route(_)
             | ProxyError::NoTarget(_) => Level::Debug,
             ProxyError::AllTargetsOpen { .. } => Level::Warn,
+            ProxyError::Control { status, .. } if *status < 500 => Level::Debug,
+            ProxyError::Control { .. } => Level::Warn,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamTimeout { .. }
             | ProxyError::UpstreamProtocol { .. }

@@ -22,7 +22,7 @@ pub const WORKLOAD: &str = "x-tollgate-workload";
 pub const TAGS: &str = "x-tollgate-tags";
 
 /// The key a request presents: `x-api-key`, else `Authorization: Bearer`.
-fn presented_key(req: &RequestHeader) -> Option<&str> {
+pub fn presented_key(req: &RequestHeader) -> Option<&str> {
     if let Some(v) = req.headers.get(crate::dialect::anthropic::X_API_KEY) {
         return v.to_str().ok();
     }

@@ -123,6 +123,14 @@ impl Routes {
         }
     }
 
+    /// The default provider of `dialect` (what its unprefixed paths reach).
+    pub fn default_provider(&self, dialect: Dialect) -> Option<&Arc<Provider>> {
+        match dialect {
+            Dialect::Anthropic => self.default_anthropic.as_ref(),
+            Dialect::OpenAi => self.default_openai.as_ref(),
+        }
+    }
+
     /// The configured provider named `name`.
     pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
         self.providers.iter().find(|p| p.name == name)
@@ -327,6 +335,8 @@ pub fn guess_dialect(req: &RequestHeader) -> Dialect {
             .headers
             .contains_key(crate::dialect::anthropic::X_API_KEY)
         || req.uri.path().contains("/messages")
+        // The gateway surface speaks Anthropic Messages.
+        || req.uri.path().starts_with("/api/v1/llm/")
     {
         Dialect::Anthropic
     } else {

@@ -4,6 +4,9 @@
 //!
 //! ```text
 //! request_filter ─┬─ ingress   route, bounded body read, one parse → RequestModel
+//!                 │            (the gateway surface's chat paths map onto
+//!                 │            /v1/messages here: `gateway`; its usage read
+//!                 │            is answered before any stage)
 //!                 ├─ identify  gateway key; account / workload / tags: x-tollgate-* headers, else defaults
 //!                 ├─ idempotency  Idempotency-Key: replay the kept answer, wait for the
 //!                 │            first request with the key, 409 / 422, or claim it
@@ -35,6 +38,7 @@ pub mod cache;
 pub mod error;
 pub mod exchange;
 pub mod forward;
+pub mod gateway;
 pub mod headers;
 pub mod idempotency;
 pub mod identify;
@@ -105,7 +109,12 @@ impl Tollgate {
 impl Tollgate {
     /// Runs the stages; every way out answers the client (or finds it
     /// gone) and records the exchange.
-    async fn handle(&self, session: &mut Session, mut x: Exchange) {
+    async fn handle(
+        &self,
+        session: &mut Session,
+        mut x: Exchange,
+        surface: Option<gateway::Surface>,
+    ) {
         let state = &self.state;
         // ingress
         let tunnel = if self.intercepted {
@@ -126,7 +135,14 @@ impl Tollgate {
             self,
             session,
             x,
-            state.routes.resolve(session.req_header(), tunnel)
+            match surface {
+                // The gateway surface's chat: the default Anthropic
+                // provider's /v1/messages, through every stage below.
+                Some(s @ (gateway::Surface::Chat | gateway::Surface::ChatStream)) => {
+                    gateway::chat_route(&state.routes, s, session.req_header_mut())
+                }
+                _ => state.routes.resolve(session.req_header(), tunnel),
+            }
         );
         // Batch objects' results_url point back here (see dialect::anthropic::batch).
         x.results_base = ingress::batch_results_base(
@@ -174,6 +190,12 @@ impl Tollgate {
             x,
             ingress::read_body(session, state.max_body_bytes, state.request_body_timeout).await
         );
+        // The gateway's path decides streaming, before the idempotency
+        // fingerprint is taken of the body.
+        let body = match surface {
+            Some(s) => or_fail!(self, session, x, gateway::chat_body(s, body)),
+            None => body,
+        };
         // idempotency
         x = match idempotency::begin(state, session, x, &identity.account, &route, &body).await {
             idempotency::Begun::Run(x) => x,
@@ -431,9 +453,21 @@ impl ProxyHttp for Tollgate {
         // turned `POST` into `OST`).
         session.downstream_session.set_pipelining_enabled(true);
         ingress::head::head_read(session);
-        let dialect = ingress::guess_dialect(session.req_header());
-        let x = Exchange::new(&self.state, started, dialect);
-        self.handle(session, x).await;
+        // The gateway surface is base-URL mode's: in a tunnel every path
+        // is the provider host's own.
+        let surface = match self.intercepted {
+            false => gateway::Surface::of(session.req_header()),
+            true => None,
+        };
+        if surface == Some(gateway::Surface::Usage) {
+            // A read of the ledger, not a provider call: no exchange.
+            let _in_flight = self.state.in_flight.enter();
+            gateway::serve_usage(&self.state, session).await;
+        } else {
+            let dialect = ingress::guess_dialect(session.req_header());
+            let x = Exchange::new(&self.state, started, dialect);
+            self.handle(session, x, surface).await;
+        }
         if session.response_written().is_none() {
             // Nothing was answered (the client left while sending): the
             // connection must not carry another request, whose answer the

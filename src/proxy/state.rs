@@ -39,6 +39,8 @@ pub struct State {
     pub idempotency: Arc<crate::idempotency::Idempotency>,
     /// Aliases, fallbacks and the targets' circuit breakers.
     pub router: Arc<crate::route::Router>,
+    /// With `control_url`: where the gateway surface reads account usage.
+    pub control_usage: Option<super::gateway::ControlUsage>,
 }
 
 impl State {
@@ -90,6 +92,10 @@ impl State {
             cache,
             idempotency,
             router,
+            control_usage: config
+                .control
+                .as_ref()
+                .map(|c| super::gateway::ControlUsage::new(&c.url)),
         }
     }
 }
