@@ -106,6 +106,11 @@ fn shipped_example_config_is_valid() {
 }
 
 #[test]
+fn shipped_gateway_example_config_is_valid() {
+    example_is_valid("proxy", "gateway/tollgate.toml", &[]);
+}
+
+#[test]
 fn shipped_example_control_config_is_valid() {
     example_is_valid(
         "control",

@@ -696,6 +696,15 @@ async fn with_gateway_keys_usage_needs_a_key_and_reads_its_account() {
     let (status, headers, _) = curl(&[&format!("{}/api/v1/llm/usage", t.url())]);
     assert_eq!(status, 401);
     assert_eq!(curl_header(&headers, "x-tollgate-error"), "unauthorized");
+    // Refused usage reads count like refused chats.
+    let metrics = t.metrics().await;
+    for line in [
+        "tollgate_gateway_key_rejections_total{reason=\"missing\"} 2",
+        "tollgate_gateway_key_rejections_total{reason=\"invalid\"} 1",
+        "tollgate_gateway_key_rejections_total{reason=\"account\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line}:\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -858,4 +867,37 @@ async fn inside_an_https_proxy_tunnel_the_paths_are_the_providers() {
     assert!(!body.contains("\"source\""), "{body}");
     let paths: Vec<String> = fake.requests().into_iter().map(|r| r.path).collect();
     assert_eq!(paths, ["/api/v1/llm/chat", "/api/v1/llm/usage"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_curl_example_runs_against_the_sidecar() {
+    let fake = FakeProvider::start().await;
+    let dir = env!("CARGO_MANIFEST_DIR");
+    let config = std::fs::read_to_string(format!("{dir}/examples/gateway/tollgate.toml")).unwrap();
+    let t = started(&fake)
+        .env("OPENAI_API_KEY", "sk-openai-injected-GATEWAY")
+        .config(&config)
+        .start();
+    let out = Command::new("sh")
+        .arg(format!("{dir}/examples/gateway/curl.sh"))
+        .env("TOLLGATE", t.url())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "x-tollgate-provider: anthropic",
+        ": tollgate {",
+        "x-tollgate-idempotent-replay: true",
+        "x-tollgate-provider: openai",
+        "x-tollgate-attempts: openai/gpt-4o=200",
+        "\"source\":\"sidecar\"",
+        "\"account\":\"acme\"",
+    ] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
 }

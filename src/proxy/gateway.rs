@@ -317,6 +317,15 @@ impl ControlUsage {
 /// like every answer of the surface. Records no usage event.
 pub async fn serve_usage(state: &State, session: &mut Session) {
     let request_id = uuid::Uuid::now_v7().to_string();
+    let h = &session.req_header().headers;
+    if h.contains_key(http::header::TRANSFER_ENCODING)
+        || h.get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+    {
+        // A body nobody reads: what follows on the connection is not a
+        // next request.
+        super::respond::give_up_on_client(session);
+    }
     let (status, body) = match usage(state, session.req_header()).await {
         Ok(json) => (http::StatusCode::OK, json),
         Err(err) => {
@@ -336,7 +345,8 @@ pub async fn serve_usage(state: &State, session: &mut Session) {
 
 async fn usage(state: &State, req: &RequestHeader) -> Result<serde_json::Value, ProxyError> {
     Surface::Usage.check_method(req)?;
-    let identity = identify::identify(req, &state.default_identity, &state.fleet.keyring())?;
+    let identity = identify::identify(req, &state.default_identity, &state.fleet.keyring())
+        .inspect_err(|e| super::count_key_rejection(state, e))?;
     let q = parse_usage_query(req.uri.query())?;
     if let Some(asked) = q.account.as_deref().filter(|a| *a != identity.account) {
         return Err(ProxyError::Forbidden(format!(

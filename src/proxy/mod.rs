@@ -170,7 +170,7 @@ impl Tollgate {
                 &state.default_identity,
                 &state.fleet.keyring()
             )
-            .inspect_err(|e| self.count_key_rejection(e))
+            .inspect_err(|e| count_key_rejection(state, e))
         );
         let draft = &mut x.draft;
         draft.event.account.clone_from(&identity.account);
@@ -337,21 +337,6 @@ impl Tollgate {
         .await;
     }
 
-    fn count_key_rejection(&self, err: &ProxyError) {
-        let reason = match err {
-            ProxyError::Unauthorized(crate::keys::KeyError::Missing) => "missing",
-            ProxyError::Unauthorized(crate::keys::KeyError::Invalid) => "invalid",
-            ProxyError::Unauthorized(crate::keys::KeyError::WrongMode(_)) => "wrong_mode",
-            ProxyError::Forbidden(_) => "account",
-            _ => return,
-        };
-        self.state
-            .metrics
-            .key_rejections
-            .with_label_values(&[reason])
-            .inc();
-    }
-
     /// Ends a request tollgate could not or would not serve: logs it,
     /// records it, hands an upstream failure to its followers and answers
     /// in the client's dialect.
@@ -433,6 +418,22 @@ impl Tollgate {
         receipt::add_attempts(&mut header, draft.attempts.as_deref());
         send_whole(session, header, body).await;
     }
+}
+
+/// Counts a request refused for its gateway key (or its account).
+fn count_key_rejection(state: &State, err: &ProxyError) {
+    let reason = match err {
+        ProxyError::Unauthorized(crate::keys::KeyError::Missing) => "missing",
+        ProxyError::Unauthorized(crate::keys::KeyError::Invalid) => "invalid",
+        ProxyError::Unauthorized(crate::keys::KeyError::WrongMode(_)) => "wrong_mode",
+        ProxyError::Forbidden(_) => "account",
+        _ => return,
+    };
+    state
+        .metrics
+        .key_rejections
+        .with_label_values(&[reason])
+        .inc();
 }
 
 #[async_trait]
