@@ -108,6 +108,14 @@ fn state(controls: bool, keys: bool, dir: &std::path::Path) -> anyhow::Result<Ar
         config.idempotency_wait,
         metrics.idempotency.clone(),
     ));
+    let batches = Arc::new(tollgate::proxy::batch::Batches::new(
+        config.batches.clone(),
+        config.sidecar_id.clone(),
+        Arc::new(tollgate::store::sled::BatchTree::open(&db)?),
+        ledger.clone(),
+        recorder.clone(),
+        metrics.clone(),
+    ));
     Ok(Arc::new(State::new(
         &config,
         recorder,
@@ -116,6 +124,7 @@ fn state(controls: bool, keys: bool, dir: &std::path::Path) -> anyhow::Result<Ar
         idempotency,
         metrics,
         in_flight,
+        batches,
     )))
 }
 
@@ -164,6 +173,7 @@ fn event() -> UsageEvent {
         upstream_request_id: None,
         idempotency_key: None,
         charges: Vec::new(),
+        batch: None,
     }
 }
 

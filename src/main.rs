@@ -636,6 +636,25 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         config.idempotency_wait,
         metrics.idempotency.clone(),
     ));
+    // Batches submitted and not yet settled hold their reservations
+    // again before any traffic (see proxy::batch).
+    let batches = Arc::new(tollgate::proxy::batch::Batches::new(
+        config.batches.clone(),
+        config.sidecar_id.clone(),
+        Arc::new(tollgate::store::sled::BatchTree::open(&db).context("opening the batch store")?),
+        ledger.clone(),
+        recorder.clone(),
+        metrics.clone(),
+    ));
+    let tracked = batches
+        .resume()
+        .context("resuming the batches of an earlier run")?;
+    if tracked > 0 {
+        tracing::info!(
+            tracked,
+            "batches not yet settled hold their reservations again"
+        );
+    }
     let in_flight = InFlight::new(metrics.in_flight.clone());
     let state = Arc::new(State::new(
         &config,
@@ -645,6 +664,7 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         idempotency.clone(),
         metrics.clone(),
         in_flight.clone(),
+        batches,
     ));
     tollgate::metrics::RouteCollector::register(&metrics.registry, state.router.clone())
         .context("registering the routing metrics")?;
@@ -724,6 +744,12 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
         "idempotency sweep",
         tollgate::proxy::idempotency::Sweeper {
             keys: idempotency.clone(),
+        },
+    ));
+    server.add_service(pingora::services::background::background_service(
+        "batch settlement",
+        tollgate::proxy::batch::BatchService {
+            state: state.clone(),
         },
     ));
     server.add_service(pingora::services::background::background_service(

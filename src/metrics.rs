@@ -71,6 +71,14 @@ pub struct Metrics {
     pub idempotency: IntCounterVec,
     /// Attempts of routed requests, by provider and outcome.
     pub route_attempts: IntCounterVec,
+    /// Provider batches tollgate tracked, by outcome
+    /// (created|denied|refused|interrupted|settled).
+    pub batches: IntCounterVec,
+    /// Settled batch items, by result
+    /// (succeeded|errored|canceled|expired|missing).
+    pub batch_items: IntCounterVec,
+    /// What open batches hold against budgets, USD.
+    pub batch_reserved_usd: prometheus::Gauge,
     /// Shipping usage to the control endpoint.
     pub ship: ShipMetrics,
     /// The version of the control endpoint's snapshot in use (0: none).
@@ -254,6 +262,18 @@ impl Metrics {
             Opts::new("tollgate_idempotency_requests_total", "Requests with an Idempotency-Key, by outcome: first (ran), replay (the stored answer), wait (waited for the first), conflict (409: the first still running), mismatch (422: the key was used with another request)."),
             &["outcome"],
         )?;
+        let batches = IntCounterVec::new(
+            Opts::new("tollgate_batches_total", "Provider batches (Anthropic Message Batches) by outcome: created (accepted by the provider, reservation held), denied (a budget could not hold its worst case: 402, not sent), refused (the provider refused the create: released), interrupted (the create's outcome is unknown, a crash or a cut: charged its worst case), settled (results read, one event per item, reservation settled)."),
+            &["outcome"],
+        )?;
+        let batch_items = IntCounterVec::new(
+            Opts::new("tollgate_batch_items_total", "Settled batch items by result: succeeded (billed at the batch price), errored, canceled, expired (0), missing (not in the results file: 0)."),
+            &["result"],
+        )?;
+        let batch_reserved_usd = prometheus::Gauge::new(
+            "tollgate_batch_reserved_usd",
+            "What the batches still open at the provider hold against budgets (their items' worst cases at the batch price), USD.",
+        )?;
         let route_attempts = IntCounterVec::new(
             Opts::new("tollgate_route_attempts_total", "Attempts of routed requests (aliases, x-tollgate-fallback), by the target's provider and outcome: success, upstream_error, connect_failure, first_byte_timeout, skipped (not sent: untranslatable, or no key for the provider)."),
             &["provider", "outcome"],
@@ -398,6 +418,9 @@ impl Metrics {
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(key_rejections.clone()))?;
         registry.register(Box::new(idempotency.clone()))?;
+        registry.register(Box::new(batches.clone()))?;
+        registry.register(Box::new(batch_items.clone()))?;
+        registry.register(Box::new(batch_reserved_usd.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(route_attempts.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
@@ -435,6 +458,9 @@ impl Metrics {
             cache,
             idempotency,
             route_attempts,
+            batches,
+            batch_items,
+            batch_reserved_usd,
             ship,
             sync_version,
             sync_errors,

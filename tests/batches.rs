@@ -3,7 +3,7 @@
 //! listener and path prefix the client used), so the official SDK's
 //! `results()` comes through tollgate and reaches the provider with the
 //! injected key, never the client's credential or gateway key.
-//! (Reservation and settlement of batches are not built yet: issue 17.)
+//! (Reservation and settlement: `tests/batch_settlement.rs`.)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -57,11 +57,17 @@ fn all_keyed(seen: &[Recorded], client: &str) {
     }
 }
 
-/// The results GETs the fake saw for batch `id` (under any base path).
+/// The results GETs the fake saw for batch `id` (under any base path) on
+/// behalf of a client (tollgate's own read when it settles the batch is
+/// not one of them).
 fn results_gets<'a>(seen: &'a [Recorded], id: &str) -> Vec<&'a Recorded> {
     let tail = format!("/v1/messages/batches/{id}/results");
     seen.iter()
         .filter(|r| r.method == "GET" && r.path.ends_with(&tail))
+        .filter(|r| {
+            r.header("user-agent")
+                .is_none_or(|ua| !ua.contains("(batch settlement)"))
+        })
         .collect()
 }
 

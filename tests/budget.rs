@@ -542,7 +542,7 @@ async fn every_refusal_and_failure_leaves_the_budget_consistent() {
     );
     // An unmetered endpoint cannot spend under a budget; reads still pass.
     let r = client()
-        .post(format!("{}/v1/messages/batches", t.url()))
+        .post(format!("{}/v1/complete", t.url()))
         .header("anthropic-version", "2023-06-01")
         .body("{}")
         .send()
@@ -550,6 +550,18 @@ async fn every_refusal_and_failure_leaves_the_budget_consistent() {
         .unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(header(&r, "x-tollgate-error"), "forbidden");
+    // A batch create is reserved per item (tests/batch_settlement.rs); one
+    // without requests is refused before anything is reserved or sent.
+    let r = client()
+        .post(format!("{}/v1/messages/batches", t.url()))
+        .header("anthropic-version", "2023-06-01")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let s = &budgets(&t).await[0];
+    assert_eq!(s["reserved_nusd"].as_u64(), Some(0));
     let r = client()
         .get(format!("{}/v1/models", t.url()))
         .header("anthropic-version", "2023-06-01")

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, Layer)] = &[
     ("src/dialect/", Layer::Dialect),
     ("src/identity.rs", Layer::Domain),
+    ("src/batch.rs", Layer::Domain),
     ("src/plan.rs", Layer::Domain),
     ("src/lease.rs", Layer::Domain),
     ("src/envelope.rs", Layer::Domain),

@@ -557,7 +557,57 @@ impl Ledger {
         self.reserve_with(id, est, true)
     }
 
+    /// Reserves a batch: `total` (every item's worst case) against each
+    /// period budget, while a per-request ceiling applies to each item
+    /// (`largest` is the dearest item's worst case). All or nothing; a
+    /// clamp budget that is short refuses (a batch's items are not
+    /// rewritten). `may_wait` as in [`Ledger::reserve_or_wait`].
+    pub fn reserve_batch(
+        &self,
+        id: &Identity,
+        total: u64,
+        largest: u64,
+        may_wait: bool,
+    ) -> Decision {
+        let est = Estimate {
+            input_tokens: 0,
+            typical_tokens: 0,
+            max_tokens: 0,
+            choices: 1,
+            // No output to clamp: what does not fit is refused.
+            input_nusd: total,
+            output_rate: 0,
+            worst_nusd: total,
+        };
+        self.reserve_inner(id, &est, may_wait, largest)
+    }
+
+    /// Holds again what a reservation held before a restart (a batch still
+    /// open at the provider): `charges` name the budget periods and the
+    /// amount; nothing is checked (the money was reserved before). Budgets
+    /// no longer configured are skipped.
+    pub fn hold(&self, charges: &[Charge]) -> Reservation {
+        let mut res = Reservation::default();
+        self.with_periods(charges, "a held batch", |i, p, c| {
+            p.reserved = p.reserved.saturating_add(c.nusd);
+            res.parts.push((i, c.period.clone(), c.nusd));
+            res.amount = res.amount.max(c.nusd);
+        });
+        res
+    }
+
     fn reserve_with(&self, id: &Identity, est: &Estimate, may_wait: bool) -> Decision {
+        self.reserve_inner(id, est, may_wait, est.worst_nusd)
+    }
+
+    /// `per_request`: what a per-request ceiling is checked against.
+    fn reserve_inner(
+        &self,
+        id: &Identity,
+        est: &Estimate,
+        may_wait: bool,
+        per_request: u64,
+    ) -> Decision {
         let budgets = self.budgets.load();
         let applicable: Vec<usize> = (0..budgets.len())
             .filter(|&i| !budgets[i].retired && budgets[i].scope.instance(id).is_some())
@@ -613,10 +663,14 @@ impl Ledger {
         }
         let mut amount = est.worst_nusd;
         let mut clamped: Option<(u64, usize)> = None;
+        let need = |i: usize| match budgets[i].period {
+            Period::Request => per_request,
+            _ => est.worst_nusd,
+        };
         let short: Vec<(usize, u64)> = room
             .iter()
             .copied()
-            .filter(|&(_, available)| available < est.worst_nusd)
+            .filter(|&(i, available)| available < need(i))
             .collect();
         if !short.is_empty() {
             let deny = |(i, available): (usize, u64)| {
@@ -627,7 +681,7 @@ impl Ledger {
                     period: b.period,
                     limit_nusd: b.limit_nusd,
                     remaining_nusd: available,
-                    needed_nusd: est.worst_nusd,
+                    needed_nusd: need(i),
                     lease: b.lease.is_some(),
                 })
             };
@@ -822,11 +876,27 @@ impl Ledger {
     /// Adds spend found in the usage journal at start-up (no alerts fire:
     /// the money was spent before).
     pub fn charge(&self, charges: &[Charge]) {
+        self.with_periods(charges, "journaled spend", |_, p, c| {
+            p.stored.spent = p.stored.spent.saturating_add(c.nusd);
+            p.dirty = true;
+        });
+    }
+
+    /// Calls `f` with the budget index and period each of `charges` names
+    /// (an earlier period is loaded from the store; only the current
+    /// period's bounds are ever consulted). Per-request budgets and budgets
+    /// no longer configured are skipped (`what` names the charges in the log).
+    fn with_periods(
+        &self,
+        charges: &[Charge],
+        what: &str,
+        mut f: impl FnMut(usize, &mut PeriodState, &Charge),
+    ) {
         let budgets = self.budgets.load();
         let mut state = self.lock();
         for c in charges {
             let Some(i) = budgets.iter().position(|b| b.name == c.budget) else {
-                tracing::warn!(budget = %c.budget, "journaled spend for a budget no longer configured; ignored");
+                tracing::warn!(budget = %c.budget, "{what} for a budget no longer configured; ignored");
                 continue;
             };
             if budgets[i].period == Period::Request {
@@ -834,7 +904,6 @@ impl Ledger {
             }
             let st = &mut state[i];
             if period_mut(st, &c.period).is_none() {
-                // Only the current period's bounds are ever consulted.
                 st.older.push(PeriodState::new(
                     load(self.store.as_deref(), &c.budget, &c.period),
                     c.period.clone(),
@@ -843,8 +912,7 @@ impl Ledger {
                 ));
             }
             if let Some(p) = period_mut(st, &c.period) {
-                p.stored.spent = p.stored.spent.saturating_add(c.nusd);
-                p.dirty = true;
+                f(i, p, c);
             }
             self.update_gauges(&state[i], i);
         }
@@ -1181,6 +1249,50 @@ mod tests {
             AlertSink::default(),
             LedgerMetrics::default(),
         )
+    }
+
+    #[test]
+    fn a_batch_reserves_its_sum_per_period_and_each_item_per_request() {
+        let clock = Arc::new(FakeClock(AtomicI64::new(at("2026-11-23T12:00:00Z"))));
+        let l = ledger(
+            vec![
+                budget("day", Period::Day, 10_000, OnInsufficient::Deny),
+                budget("each", Period::Request, 3_000, OnInsufficient::Deny),
+                budget("clamp", Period::Month, 50_000, OnInsufficient::Clamp),
+            ],
+            None,
+            clock,
+        );
+        // One item over the per-request ceiling: refused, whatever the sum.
+        assert!(matches!(
+            l.reserve_batch(&acme(), 3_500, 3_500, false),
+            Decision::Deny(d) if d.budget == "each" && d.needed_nusd == 3_500
+        ));
+        // Four items of 2,500: each fits the per-request ceiling, the sum the day.
+        let held = match l.reserve_batch(&acme(), 10_000, 2_500, false) {
+            Decision::Admit(r) => r,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(l.status()[0].reserved_nusd, 10_000);
+        // A sum over what the day has left: refused.
+        assert!(matches!(
+            l.reserve_batch(&acme(), 1, 1, false),
+            Decision::Deny(d) if d.budget == "day"
+        ));
+        // Held again (a restart) from what it held per period.
+        let charges = l.charges(&held, None);
+        l.settle(held, 4_000);
+        assert_eq!(l.status()[0].spent_nusd, 4_000);
+        let again = l.hold(&charges);
+        assert_eq!(l.status()[0].reserved_nusd, 10_000);
+        assert_eq!(l.status()[2].reserved_nusd, 10_000);
+        l.settle(again, 0);
+        assert_eq!(l.status()[0].reserved_nusd, 0);
+        // A clamp budget that is short refuses a batch (its items are not rewritten).
+        assert!(matches!(
+            l.reserve_batch(&acme(), 60_000, 1, false),
+            Decision::Deny(_)
+        ));
     }
 
     #[test]

@@ -35,6 +35,7 @@ use crate::keys::KeyRing;
 use crate::limit::Rule;
 use crate::meter::prices::PriceTable;
 
+mod batches;
 mod budgets;
 mod cache;
 pub mod control;
@@ -56,6 +57,7 @@ mod sources;
 mod timeouts;
 mod values;
 
+pub use batches::BatchesConfig;
 pub use fleet::{ControlLink, Ship, DEFAULT_LEASE_WAIT};
 pub use listeners::{ForwardProxy, TunnelPolicy};
 pub use outbox::OutboxConfig;
@@ -72,6 +74,7 @@ static SECTIONS: &[&[Key]] = &[
     sidecar::KEYS,
     timeouts::KEYS,
     outbox::KEYS,
+    batches::KEYS,
     fleet::KEYS,
     providers::KEYS,
     prices::KEYS,
@@ -128,6 +131,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// Local usage-event outbox.
     pub outbox: OutboxConfig,
+    /// Provider batches: polling and the create body's bound.
+    pub batches: BatchesConfig,
     /// The control endpoint usage is shipped to; `None`: standalone.
     pub control: Option<ControlLink>,
     /// Enabled providers, sorted by name.
@@ -233,6 +238,7 @@ fn validate(
     let sidecar = sidecar::validate(take(&mut tree, sidecar::KEYS, problems), env, problems);
     let timeouts = timeouts::validate(take(&mut tree, timeouts::KEYS, problems), problems);
     let outbox = outbox::validate(take(&mut tree, outbox::KEYS, problems), problems);
+    let batches = batches::validate(take(&mut tree, batches::KEYS, problems), problems);
     let control = fleet::validate(take(&mut tree, fleet::KEYS, problems), env, problems);
     let providers = providers::validate(take(&mut tree, providers::KEYS, problems), env, problems);
     let prices = prices::validate(take(&mut tree, prices::KEYS, problems), problems);
@@ -269,6 +275,7 @@ fn validate(
         idempotency_wait: sidecar.idempotency_wait,
         timeouts: timeouts?,
         outbox: outbox?,
+        batches: batches?,
         control: control?,
         providers,
         prices,

@@ -440,6 +440,9 @@ request_body = "1s"
 [outbox]
 retention = "1s"
 sync = true
+[batches]
+poll_interval = "1s"
+max_body_bytes = "1MiB"
 [providers.p]
 dialect = "openai"
 base_url = "http://h"

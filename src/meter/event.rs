@@ -154,6 +154,18 @@ pub struct UsageEvent {
     /// charges to its leased budgets from these; empty when none applied).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub charges: Vec<Charge>,
+    /// The batch item this event settles (route `batch`), if it is one
+    /// (boxed: most events are not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Box<BatchRef>>,
+}
+
+/// Which batch item an event is: the provider's batch id and the item's
+/// `custom_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRef {
+    pub batch_id: String,
+    pub custom_id: String,
 }
 
 /// Which of an event's token figures are estimates: the provider billed
@@ -255,6 +267,7 @@ impl OpenRecord {
             upstream_request_id: None,
             idempotency_key: self.idempotency_key.clone(),
             charges: self.reserved.clone(),
+            batch: None,
         }
     }
 }

@@ -47,6 +47,11 @@ pub async fn reserve(
     if ledger.is_empty() {
         return Ok(None);
     }
+    if route.dialect() == crate::dialect::Dialect::Anthropic && route.is_batch() {
+        // Message Batches: a create reserves its items in the batch stage;
+        // the other calls (retrieve, list, cancel, results) spend nothing.
+        return Ok(None);
+    }
     if route.endpoint == Endpoint::Passthrough {
         // Unmetered endpoints (batches, embeddings, responses…) cannot be
         // reserved for: under a budget, only reads pass.

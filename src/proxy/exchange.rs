@@ -59,6 +59,8 @@ pub struct Exchange {
     /// pointed at this base (where the client reaches tollgate) before the
     /// client sees them, so the results come through tollgate too.
     pub results_base: Option<String>,
+    /// A batch create's reservation and record, concluded by its answer.
+    pub batch: Option<super::batch::Pending>,
     /// Counts it in flight (the SIGTERM drain waits for it) until dropped.
     _in_flight: InFlightGuard,
 }
@@ -72,6 +74,7 @@ impl Exchange {
             cache_write: None,
             idempotency: None,
             results_base: None,
+            batch: None,
             _in_flight: state.in_flight.enter(),
         }
     }
@@ -109,6 +112,7 @@ impl Draft {
                 upstream_request_id: None,
                 idempotency_key: None,
                 charges: Vec::new(),
+                batch: None,
             },
             started,
             client_dialect: dialect,

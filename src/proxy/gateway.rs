@@ -547,6 +547,7 @@ mod tests {
             upstream_request_id: None,
             idempotency_key: None,
             charges: Vec::new(),
+            batch: None,
         }
     }
 

@@ -152,6 +152,16 @@ impl Routes {
         }
     }
 
+    /// The route of a call tollgate itself makes to `provider`'s API at
+    /// `rest` (`/v1/messages/batches/{id}`: polling and settling batches).
+    pub fn api_route(provider: &Arc<Provider>, rest: &str) -> Route {
+        Route {
+            provider: provider.clone(),
+            endpoint: Endpoint::Passthrough,
+            upstream_path: upstream_path(&provider.upstream.base_path, rest, None),
+        }
+    }
+
     /// Resolves the route of a request, or `UnknownRoute`. `tunnel`: the
     /// request came through an intercepted HTTPS_PROXY tunnel to this host,
     /// which names the provider (a request naming another host is refused).

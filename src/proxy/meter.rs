@@ -149,6 +149,7 @@ pub async fn relay(
         body,
         idempotent: x.idempotency.map(Recording::new),
         results_base,
+        batch: x.batch,
         translation,
         translator,
     };
@@ -184,6 +185,8 @@ struct Relay<'a> {
     /// Batch objects in the answer: their `results_url` are pointed at this
     /// base (see `crate::dialect::anthropic::batch`).
     results_base: Option<String>,
+    /// A batch create: concluded with its answer (see `super::batch`).
+    batch: Option<super::batch::Pending>,
     /// The client speaks the other dialect than the upstream.
     translation: Option<Translation>,
     /// A translated stream: the translator, and a tap over its output in
@@ -578,6 +581,14 @@ impl Relay<'_> {
             {
                 body = Bytes::from(rewritten);
             }
+        }
+        if let (Some(pending), None) = (self.batch.take(), &failure) {
+            // Before the client sees the batch: its next retrieve finds it tracked.
+            pending.conclude(upstream.status.as_u16(), &body).await;
+        }
+        if failure.is_none() && upstream.status.is_success() && self.results_base.is_some() {
+            // A tracked batch shown ended is settled now.
+            self.state.batches.observe(&route.provider.name, &body);
         }
         let after_upstream = std::time::Instant::now();
         let ok = upstream.status.is_success();

@@ -14,6 +14,8 @@
 //!                 ├─ cache     exact cache: a hit is answered here; an identical
 //!                 │            request in flight is followed (coalescing)
 //!                 ├─ budget    reserve the worst case against every budget → 402, or clamp max_tokens
+//!                 ├─ batch     a batch create: every item's worst case at the batch price → 402;
+//!                 │            the batch recorded durably (settled per item later: `batch`)
 //!                 ├─ route     an alias or x-tollgate-fallback: try the plan's targets in turn
 //!                 │            (translating for the other dialect), each through forward + meter
 //!                 ├─ forward   strip client credentials, inject the key, send (pooled, rustls)
@@ -33,6 +35,7 @@
 //! the request is forwarded with pingora's pooled connector directly and the
 //! response streamed back from here (DESIGN.md, "Pingora notes").
 
+pub mod batch;
 pub mod budget;
 pub mod cache;
 pub mod error;
@@ -184,11 +187,17 @@ impl Tollgate {
             ));
             return self.fail(session, x, err).await;
         }
+        // A batch create may be as large as the batch API allows.
+        let batch_create = batch::is_create(&route, &session.req_header().method);
+        let limit = match batch_create {
+            true => state.batches.config.max_body_bytes,
+            false => state.max_body_bytes,
+        };
         let body = or_fail!(
             self,
             session,
             x,
-            ingress::read_body(session, state.max_body_bytes, state.request_body_timeout).await
+            ingress::read_body(session, limit, state.request_body_timeout).await
         );
         // The gateway's path decides streaming, before the idempotency
         // fingerprint is taken of the body.
@@ -204,7 +213,9 @@ impl Tollgate {
         };
         let mut request = or_fail!(self, session, x, ingress::parse(&route, body));
         x.draft.event.model.clone_from(&request.model);
-        x.draft.event.route = if request.stream {
+        x.draft.event.route = if route.is_batch() {
+            RouteKind::Batch
+        } else if request.stream {
             RouteKind::Stream
         } else {
             RouteKind::Sync
@@ -278,6 +289,17 @@ impl Tollgate {
             x.draft.clamped_max_tokens = guard.clamped;
             x.draft.guard = Some(guard);
         }
+        // batch: every item's worst case at the batch price, recorded
+        // durably before the create is sent
+        if batch_create {
+            let pending = or_fail!(
+                self,
+                session,
+                x,
+                batch::reserve(state, &identity, &route, &request.body).await
+            );
+            x.batch = Some(pending);
+        }
         if let Some(routed) = routed {
             if let Some((x, err)) =
                 route::run(state, session, &route, &request, &identity, x, routed).await
@@ -342,7 +364,10 @@ impl Tollgate {
     /// in the client's dialect.
     async fn fail(&self, session: &mut Session, x: Exchange, err: ProxyError) {
         let Exchange {
-            mut draft, leader, ..
+            mut draft,
+            leader,
+            batch,
+            ..
         } = x;
         let dialect = match &err {
             ProxyError::UnknownRoute { dialect, .. }
@@ -381,6 +406,13 @@ impl Tollgate {
         // header): the provider may still bill it.
         if draft.sent_upstream {
             draft.event.usage_incomplete = true;
+        }
+        if let Some(pending) = batch {
+            // Never sent: released. Sent and unanswered: the provider may
+            // have the batch (dropped: charged its worst case).
+            if !draft.sent_upstream {
+                pending.release().await;
+            }
         }
         let client_gone = matches!(err, ProxyError::ClientRead(_));
         if matches!(

@@ -94,6 +94,18 @@ impl Recorder {
         }
     }
 
+    /// Records final events (their spend settled before this call) and
+    /// returns once they are committed to the journal.
+    pub async fn record_committed(
+        &self,
+        finals: Vec<(UsageEvent, Vec<Charge>)>,
+    ) -> Result<(), OutboxError> {
+        for (event, _) in &finals {
+            self.count(event, None);
+        }
+        self.outbox.append_committed(finals).await
+    }
+
     /// Records an event that spent nothing (cache hits, refusals).
     pub fn record_detached(&self, event: UsageEvent) {
         self.record(event, Vec::new(), None);

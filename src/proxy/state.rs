@@ -41,9 +41,15 @@ pub struct State {
     pub router: Arc<crate::route::Router>,
     /// With `control_url`: where the gateway surface reads account usage.
     pub control_usage: Option<super::gateway::ControlUsage>,
+    /// Provider batches reserved at submit and settled per item.
+    pub batches: Arc<super::batch::Batches>,
 }
 
 impl State {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one shared engine per stage, each built in main from the store"
+    )]
     pub fn new(
         config: &Config,
         recorder: Arc<Recorder>,
@@ -52,6 +58,7 @@ impl State {
         idempotency: Arc<crate::idempotency::Idempotency>,
         metrics: Metrics,
         in_flight: InFlight,
+        batches: Arc<super::batch::Batches>,
     ) -> State {
         let router = Arc::new(crate::route::Router::new(
             config.routing.clone(),
@@ -96,6 +103,7 @@ impl State {
                 .control
                 .as_ref()
                 .map(|c| super::gateway::ControlUsage::new(&c.url)),
+            batches,
         }
     }
 }

@@ -358,6 +358,21 @@ impl Journal {
         })
     }
 
+    /// Appends a final record and resolves once it is committed like an
+    /// open record (a settlement that must know its events are on disk
+    /// before it marks itself done).
+    pub fn final_record_acked(
+        &self,
+        record: FinalRecord,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, JournalError> {
+        let (ack, done) = oneshot::channel();
+        self.send(Cmd {
+            record: Record::Final(record),
+            ack: Some(ack),
+        })?;
+        Ok(done)
+    }
+
     fn send(&self, cmd: Cmd) -> Result<(), JournalError> {
         self.queue.push(cmd)
     }

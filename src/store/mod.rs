@@ -88,6 +88,22 @@ pub trait IdempotencyRecords: Send + Sync {
     fn flush(&self) -> Result<(), StoreError>;
 }
 
+/// Batches tracked from submit to settlement (`crate::batch`): one opaque
+/// record per key (`provider/batch id`). Every write is durable when it
+/// returns (a batch's reservation and its settled marker live here).
+pub trait BatchRecords: Send + Sync {
+    /// The record under `key`.
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores `record` under `key` (replacing any) and, in the same atomic
+    /// step, removes the record under `replaces` (a batch renamed when the
+    /// provider names it); durable on return.
+    fn put(&self, key: &str, record: &[u8], replaces: Option<&str>) -> Result<(), StoreError>;
+    /// Removes the record under `key`; durable on return. Whether there was one.
+    fn remove(&self, key: &str) -> Result<bool, StoreError>;
+    /// Calls `f` with every record, in key order, until it returns false.
+    fn scan(&self, f: &mut dyn FnMut(&str, &[u8]) -> bool) -> Result<(), StoreError>;
+}
+
 /// Secrets kept for accounts: sealed provider keys (BYOK, an AEAD envelope
 /// made above this layer) and hashed credentials, each an opaque record
 /// under a namespaced id (`byok/acme/anthropic`, `sidecar/<hash>`). The

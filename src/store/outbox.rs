@@ -168,6 +168,38 @@ impl Outbox {
             .final_record(FinalRecord { event, charges })?)
     }
 
+    /// Journals final events with what they spent (already settled) and
+    /// returns once all are committed (like an open record: synced with
+    /// `outbox.sync`).
+    pub async fn append_committed(
+        &self,
+        finals: Vec<(UsageEvent, Vec<Charge>)>,
+    ) -> Result<(), OutboxError> {
+        let mut acks = Vec::with_capacity(finals.len());
+        for (event, charges) in finals {
+            acks.push(
+                self.inner
+                    .journal
+                    .final_record_acked(FinalRecord { event, charges })?,
+            );
+        }
+        for done in acks {
+            match done.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(OutboxError::Flush(e)),
+                Err(_) => return Err(OutboxError::Closed),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the ledger holds the event `event_id` at `ts` (every
+    /// journaled final is in it once recovery ran).
+    pub fn contains(&self, event_id: &str, ts: i64) -> Result<bool, OutboxError> {
+        let key = event_key_of(event_id, ts);
+        Ok(self.inner.events.contains(&key)?)
+    }
+
     /// False after a write or flush failed, until one succeeds again.
     pub fn healthy(&self) -> bool {
         self.inner.journal.healthy()
@@ -249,12 +281,16 @@ pub fn unfolded_events(
 }
 
 fn event_key(event: &UsageEvent) -> Vec<u8> {
-    match uuid::Uuid::parse_str(&event.event_id) {
+    event_key_of(&event.event_id, event.ts)
+}
+
+fn event_key_of(event_id: &str, ts: i64) -> Vec<u8> {
+    match uuid::Uuid::parse_str(event_id) {
         Ok(id) => id.as_bytes().to_vec(),
         // Not a UUID (never produced by tollgate itself): order by time, then id.
         Err(_) => {
-            let mut key = event.ts.to_be_bytes().to_vec();
-            key.extend_from_slice(event.event_id.as_bytes());
+            let mut key = ts.to_be_bytes().to_vec();
+            key.extend_from_slice(event_id.as_bytes());
             key
         }
     }
@@ -434,6 +470,7 @@ mod tests {
             ttfb_us: 1,
             upstream_request_id: None,
             idempotency_key: None,
+            batch: None,
             charges: Vec::new(),
         }
     }

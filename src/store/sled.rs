@@ -567,6 +567,59 @@ impl IdempotencyRecords for IdempotencyTree {
     }
 }
 
+const BATCH_TREE: &str = "batches";
+
+/// Tracked batches, in their own tree of the sidecar's store.
+pub struct BatchTree {
+    tree: sled::Tree,
+}
+
+impl BatchTree {
+    /// The records in `tree`.
+    pub fn new(tree: sled::Tree) -> BatchTree {
+        BatchTree { tree }
+    }
+
+    /// The batch tree of `db`.
+    pub fn open(db: &sled::Db) -> Result<BatchTree, StoreError> {
+        Ok(BatchTree::new(db.open_tree(BATCH_TREE)?))
+    }
+}
+
+impl crate::store::BatchRecords for BatchTree {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(key.as_bytes())?.map(|v| v.to_vec()))
+    }
+
+    fn put(&self, key: &str, record: &[u8], replaces: Option<&str>) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        if let Some(old) = replaces.filter(|old| *old != key) {
+            batch.remove(old.as_bytes());
+        }
+        batch.insert(key.as_bytes(), record);
+        self.tree.apply_batch(batch)?;
+        self.tree.flush()?;
+        Ok(())
+    }
+
+    fn remove(&self, key: &str) -> Result<bool, StoreError> {
+        let had = self.tree.remove(key.as_bytes())?.is_some();
+        self.tree.flush()?;
+        Ok(had)
+    }
+
+    fn scan(&self, f: &mut dyn FnMut(&str, &[u8]) -> bool) -> Result<(), StoreError> {
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            let key = String::from_utf8_lossy(&k);
+            if !f(&key, &v) {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -642,6 +695,18 @@ mod tests {
     #[test]
     fn cache_records_suite() {
         crate::store::suite::cache_records(cache_tree);
+    }
+
+    #[test]
+    fn batch_records_suite() {
+        crate::store::suite::batch_records(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let tree = sled::open(dir.path())
+                .unwrap()
+                .open_tree(BATCH_TREE)
+                .unwrap();
+            (dir, BatchTree::new(tree))
+        });
     }
 
     #[test]

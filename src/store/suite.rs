@@ -5,7 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::{
-    AppendLog, CacheKey, CacheRecords, EventRecords, IdempotencyRecords, KeyStore, LedgerRecords,
+    AppendLog, BatchRecords, CacheKey, CacheRecords, EventRecords, IdempotencyRecords, KeyStore,
+    LedgerRecords,
 };
 use crate::budget::SpendRecords;
 
@@ -275,4 +276,49 @@ pub(crate) fn idempotency_records<G, S: IdempotencyRecords>(fresh: impl Fn() -> 
     .unwrap();
     assert_eq!(count, 1);
     s.flush().unwrap();
+}
+
+/// [`BatchRecords`]: put replaces, a rename removes the old key in the
+/// same step, remove says whether there was one, the scan is in key order.
+pub(crate) fn batch_records<G, S: BatchRecords>(fresh: impl Fn() -> (G, S)) {
+    let (_g, s) = fresh();
+    assert!(s.get("anthropic/tgb_1").unwrap().is_none());
+    s.put("anthropic/tgb_1", b"submitting", None).unwrap();
+    assert_eq!(s.get("anthropic/tgb_1").unwrap().unwrap(), b"submitting");
+    // Accepted: renamed to the provider's id, atomically.
+    s.put("anthropic/msgbatch_1", b"open", Some("anthropic/tgb_1"))
+        .unwrap();
+    assert!(s.get("anthropic/tgb_1").unwrap().is_none());
+    assert_eq!(s.get("anthropic/msgbatch_1").unwrap().unwrap(), b"open");
+    s.put(
+        "anthropic/msgbatch_1",
+        b"settled",
+        Some("anthropic/msgbatch_1"),
+    )
+    .unwrap();
+    assert_eq!(s.get("anthropic/msgbatch_1").unwrap().unwrap(), b"settled");
+    s.put("anthropic/msgbatch_0", b"zero", None).unwrap();
+    let mut seen = Vec::new();
+    s.scan(&mut |k, v| {
+        seen.push((k.to_string(), v.to_vec()));
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![
+            ("anthropic/msgbatch_0".to_string(), b"zero".to_vec()),
+            ("anthropic/msgbatch_1".to_string(), b"settled".to_vec())
+        ]
+    );
+    let mut count = 0;
+    s.scan(&mut |_, _| {
+        count += 1;
+        false
+    })
+    .unwrap();
+    assert_eq!(count, 1);
+    assert!(s.remove("anthropic/msgbatch_0").unwrap());
+    assert!(!s.remove("anthropic/msgbatch_0").unwrap());
+    assert!(s.get("anthropic/msgbatch_0").unwrap().is_none());
 }

@@ -1,0 +1,520 @@
+//! Batch: the stage that makes a provider batch (Anthropic Message Batches)
+//! cost what it costs. At create, every item's worst case is reserved at
+//! the batch price against every budget that applies (all or nothing,
+//! before anything is sent) and the batch is recorded in the sidecar's
+//! store ([`crate::store::BatchRecords`]); once the provider says it has
+//! ended, its results are read once, line by line, and each item becomes
+//! one usage event (route `batch`) while the reservation settles to what
+//! the items really cost. The rules (record, settlement arithmetic, event
+//! ids) are in [`crate::batch`]; the wire format in
+//! [`crate::dialect::anthropic::batch`].
+//!
+//! # Durability and exactly-once
+//!
+//! - **Submit.** The record is stored (durably) in state `Submitting`
+//!   *before* the create is sent. The provider's answer renames it to its
+//!   batch id (`Open`) in one atomic store write, or removes it (a refusal:
+//!   the reservation is released). A crash or cut in between leaves a
+//!   `Submitting` record: the sidecar cannot know whether the provider took
+//!   the batch, so it is charged its whole worst case (one `interrupted`
+//!   event), as an interrupted request is. Spend is never under-counted.
+//! - **Restart.** Every record still `Submitting`, `Open` or `Settling`
+//!   holds its reservation again at start-up ([`Batches::resume`]), so an
+//!   open batch keeps counting against its budgets across restarts.
+//! - **Settle.** The results are read into the record (`Settling`, with
+//!   the settlement time) and stored; then the item events (ids derived
+//!   from provider, batch id and `custom_id`; time = settlement time) are
+//!   journaled and waited for; then the record is marked `Settled`. A
+//!   crash anywhere in between settles again from the stored record: events
+//!   already in the local ledger (every journaled event is, after recovery)
+//!   are skipped, so nothing is recorded or charged twice. The control
+//!   endpoint stores an event once per (account, time, id), and these are
+//!   the same on every attempt.
+//!
+//! Settlement runs on one task ([`BatchService`]): on its poll interval,
+//! and as soon as a client's retrieve (or list) shows a tracked batch
+//! ended.
+
+mod settle;
+
+pub use settle::{BatchService, SETTLEMENT_AGENT};
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::error::ProxyError;
+use super::ingress::{Endpoint, Route};
+use super::recorder::Recorder;
+use super::State;
+use crate::batch::{BatchItem, BatchRecord, BatchState};
+use crate::budget::estimate::estimate;
+use crate::budget::{Decision, Ledger, Reservation};
+use crate::config::BatchesConfig;
+use crate::dialect::anthropic::batch as wire;
+use crate::dialect::{request, Dialect};
+use crate::identity::Identity;
+use crate::metrics::Metrics;
+use crate::store::outbox::OutboxError;
+use crate::store::{BatchRecords, StoreError};
+
+/// What went wrong tracking or settling a batch (logged; the batch is
+/// tried again on the next poll).
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("decoding a batch record: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    #[error("encoding a batch record: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("the batch store task failed: {0}")]
+    Task(String),
+    #[error("calling the provider: {0}")]
+    Upstream(String),
+    #[error("the provider answered {status} to {what}")]
+    Status { status: u16, what: &'static str },
+    #[error("reading the results: {0}")]
+    Results(String),
+    #[error("no provider named {0:?} is configured")]
+    NoProvider(String),
+    #[error(transparent)]
+    Journal(#[from] OutboxError),
+}
+
+/// The batches this sidecar tracks, and their reservations.
+pub struct Batches {
+    store: Arc<dyn BatchRecords>,
+    ledger: Arc<Ledger>,
+    recorder: Arc<Recorder>,
+    /// Record key → what it holds (`None`: no budget applied), for every
+    /// batch accepted and not yet settled.
+    tracked: Mutex<HashMap<String, Option<Reservation>>>,
+    wake: mpsc::UnboundedSender<String>,
+    woken: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    pub config: BatchesConfig,
+    metrics: Metrics,
+    sidecar_id: String,
+}
+
+impl Batches {
+    /// The batches kept in `store`; call [`Batches::resume`] before traffic.
+    pub fn new(
+        config: BatchesConfig,
+        sidecar_id: String,
+        store: Arc<dyn BatchRecords>,
+        ledger: Arc<Ledger>,
+        recorder: Arc<Recorder>,
+        metrics: Metrics,
+    ) -> Batches {
+        let (wake, woken) = mpsc::unbounded_channel();
+        Batches {
+            store,
+            ledger,
+            recorder,
+            tracked: Mutex::new(HashMap::new()),
+            wake,
+            woken: Mutex::new(Some(woken)),
+            config,
+            metrics,
+            sidecar_id,
+        }
+    }
+
+    /// At start-up, before traffic: every batch not yet settled holds its
+    /// reservation again; those left mid-submit or mid-settlement are
+    /// queued for [`BatchService`]. Returns how many are tracked.
+    pub fn resume(&self) -> Result<usize, BatchError> {
+        let mut records = Vec::new();
+        self.store.scan(&mut |key, bytes| {
+            match rmp_serde::from_slice::<BatchRecord>(bytes) {
+                Ok(r) => records.push(r),
+                Err(e) => {
+                    tracing::error!(batch = %key, error = %e, "unreadable batch record; skipped")
+                }
+            }
+            true
+        })?;
+        let mut n = 0;
+        for r in records.into_iter().filter(|r| r.state.holds()) {
+            let held = (!r.reserved.is_empty()).then(|| self.ledger.hold(&r.reserved));
+            let key = r.key();
+            self.track(key.clone(), held);
+            if r.state != BatchState::Open {
+                self.wake(key);
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// An answer holding batch objects passed through (retrieve, list,
+    /// cancel): a tracked batch shown ended is settled now.
+    pub fn observe(&self, provider: &str, body: &[u8]) {
+        for status in wire::batch_statuses(body) {
+            let key = crate::batch::key(provider, &status.id);
+            if status.ended && self.lock().contains_key(&key) {
+                self.wake(key);
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Option<Reservation>>> {
+        self.tracked.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self, key: String) {
+        // Only fails once the service is gone (shutdown): the next start resumes.
+        let _ = self.wake.send(key);
+    }
+
+    fn track(&self, key: String, held: Option<Reservation>) {
+        self.lock().insert(key, held);
+        self.update_gauge();
+    }
+
+    fn untrack(&self, key: &str) -> Option<Reservation> {
+        let held = self.lock().remove(key).flatten();
+        self.update_gauge();
+        held
+    }
+
+    fn update_gauge(&self) {
+        let held: u64 = self
+            .lock()
+            .values()
+            .flatten()
+            .fold(0u64, |a, r| a.saturating_add(r.amount));
+        self.metrics.batch_reserved_usd.set(held as f64 / 1e9);
+    }
+
+    fn count(&self, outcome: &str) {
+        self.metrics.batches.with_label_values(&[outcome]).inc();
+    }
+
+    async fn put(&self, record: &BatchRecord, replaces: Option<String>) -> Result<(), BatchError> {
+        let bytes = rmp_serde::to_vec_named(record)?;
+        let store = self.store.clone();
+        let key = record.key();
+        tokio::task::spawn_blocking(move || store.put(&key, &bytes, replaces.as_deref()))
+            .await
+            .map_err(|e| BatchError::Task(e.to_string()))??;
+        Ok(())
+    }
+
+    async fn remove(&self, key: String) -> Result<(), BatchError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.remove(&key))
+            .await
+            .map_err(|e| BatchError::Task(e.to_string()))??;
+        Ok(())
+    }
+
+    async fn load(&self, key: &str) -> Result<Option<BatchRecord>, BatchError> {
+        let store = self.store.clone();
+        let key = key.to_string();
+        let bytes = tokio::task::spawn_blocking(move || store.get(&key))
+            .await
+            .map_err(|e| BatchError::Task(e.to_string()))??;
+        Ok(match bytes {
+            Some(b) => Some(rmp_serde::from_slice(&b)?),
+            None => None,
+        })
+    }
+
+    /// The keys of the tracked batches.
+    fn keys(&self) -> Vec<String> {
+        self.lock().keys().cloned().collect()
+    }
+
+    /// A submit whose outcome is unknown: its whole worst case is spent.
+    async fn interrupt(&self, mut record: BatchRecord) -> Result<(), BatchError> {
+        let key = record.key();
+        let event = record.interrupted_event(&self.sidecar_id);
+        let fresh = !self.recorder.outbox().contains(&event.event_id, event.ts)?;
+        let spent = if fresh { record.reserved_nusd } else { 0 };
+        match self.untrack(&key) {
+            Some(held) => self.ledger.settle(held, spent),
+            None if fresh => self.ledger.charge(&event.charges),
+            None => {}
+        }
+        if fresh {
+            tracing::warn!(batch = %record.local_id, provider = %record.provider, "a batch create's outcome is unknown (a crash or a cut while the provider had it): charged its worst case");
+            let charges = event.charges.clone();
+            self.recorder
+                .record_committed(vec![(event, charges)])
+                .await?;
+            self.count("interrupted");
+        }
+        record.state = BatchState::Settled;
+        record.settled_ts = Some(now_us());
+        self.put(&record, None).await
+    }
+
+    /// Records the events of a `Settling` record not yet in the ledger,
+    /// settles its reservation and marks it `Settled`.
+    async fn finish(&self, mut record: BatchRecord) -> Result<(), BatchError> {
+        let key = record.key();
+        let outbox = self.recorder.outbox();
+        let mut fresh = Vec::new();
+        let mut spent = 0u64;
+        for e in record.events(&self.sidecar_id) {
+            if outbox.contains(&e.event_id, e.ts)? {
+                continue;
+            }
+            spent = spent.saturating_add(e.cost_nusd);
+            let charges = e.charges.clone();
+            fresh.push((e, charges));
+        }
+        // Settled before the events are journaled (the journal's watermark
+        // counts on it, as for every request).
+        if let Some(held) = self.untrack(&key) {
+            self.ledger.settle(held, spent);
+        }
+        let recorded = fresh.len();
+        self.recorder.record_committed(fresh).await?;
+        for r in &record.results {
+            self.metrics
+                .batch_items
+                .with_label_values(&[r.outcome.as_str()])
+                .inc();
+        }
+        record.state = BatchState::Settled;
+        self.put(&record, None).await?;
+        self.count("settled");
+        tracing::info!(batch = %key, items = record.results.len(), recorded, cost_nusd = record.spent_nusd(), reserved_nusd = record.reserved_nusd, "batch settled");
+        Ok(())
+    }
+}
+
+/// Whether the request creates an Anthropic Message Batch
+/// (`POST …/v1/messages/batches`).
+pub fn is_create(route: &Route, method: &http::Method) -> bool {
+    let path = route
+        .upstream_path
+        .split_once('?')
+        .map_or(route.upstream_path.as_str(), |(p, _)| p);
+    *method == http::Method::POST
+        && route.dialect() == Dialect::Anthropic
+        && route.endpoint == Endpoint::Passthrough
+        && wire::is_collection(path)
+}
+
+/// The batch price of a worst case: `nusd` × the model's batch multiplier
+/// (parts per million), rounded up.
+fn at_batch_price(nusd: u64, ppm: u32) -> u64 {
+    let scaled = u128::from(nusd) * u128::from(ppm);
+    u64::try_from(scaled.div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// Reserves a batch create: parses every item once, prices its worst case
+/// at the batch price, reserves the sum against every budget that applies
+/// (402 naming the budget when it does not fit) and stores the record
+/// before anything is sent.
+pub async fn reserve(
+    state: &State,
+    id: &Identity,
+    route: &Route,
+    body: &Bytes,
+) -> Result<Pending, ProxyError> {
+    let items = wire::parse_create(body).map_err(|e| match e {
+        wire::BatchError::BadJson(m) => ProxyError::BadJson(m),
+        other => ProxyError::InvalidRequest(other.to_string()),
+    })?;
+    let prices = state.recorder.prices();
+    let mut reserved_items = Vec::with_capacity(items.len());
+    let (mut total, mut largest) = (0u64, 0u64);
+    for item in &items {
+        let head = request::parse_head(item.params).map_err(|e| match e {
+            request::RequestError::BadJson(m) => {
+                ProxyError::BadJson(format!("the params of {:?}: {m}", item.custom_id))
+            }
+            request::RequestError::Encode(m) => ProxyError::Internal(m),
+        })?;
+        let max_tokens = head.max_tokens.unwrap_or(state.budget_default_max_tokens);
+        let est = estimate(prices, &head.model, item.params, max_tokens, 1);
+        let (price, _) = prices.price_or_fallback(&head.model);
+        let worst = at_batch_price(est.worst_nusd, price.batch_multiplier_ppm);
+        total = total.saturating_add(worst);
+        largest = largest.max(worst);
+        reserved_items.push(BatchItem {
+            custom_id: item.custom_id.clone(),
+            model: head.model,
+            reserved_nusd: worst,
+        });
+    }
+    let held = decide(state, id, total, largest).await?;
+    let reserved = held
+        .as_ref()
+        .map(|r| state.ledger.charges(r, None))
+        .unwrap_or_default();
+    let record = BatchRecord {
+        local_id: format!("tgb_{}", uuid::Uuid::now_v7().simple()),
+        provider: route.provider.name.clone(),
+        batch_id: None,
+        account: id.account.clone(),
+        workload: id.workload.clone(),
+        tags: id.tags.clone(),
+        created_ts: now_us(),
+        items: reserved_items,
+        reserved_nusd: total,
+        reserved,
+        state: BatchState::Submitting,
+        settled_ts: None,
+        results: Vec::new(),
+    };
+    let batches = state.batches.clone();
+    // Durable before the first byte leaves: from here on a crash charges
+    // the batch its worst case at the next start.
+    if let Err(e) = batches.put(&record, None).await {
+        if let Some(held) = held {
+            state.ledger.settle(held, 0);
+        }
+        return Err(ProxyError::Internal(format!("recording the batch: {e}")));
+    }
+    Ok(Pending {
+        batches,
+        inner: Some((record, held)),
+    })
+}
+
+/// The ledger's answer for a batch; a short lease gets one renewal's wait.
+async fn decide(
+    state: &State,
+    id: &Identity,
+    total: u64,
+    largest: u64,
+) -> Result<Option<Reservation>, ProxyError> {
+    let ledger = &state.ledger;
+    if ledger.is_empty() {
+        return Ok(None);
+    }
+    let mut changed = state.leases.subscribe();
+    changed.borrow_and_update();
+    let mut decision = ledger.reserve_batch(id, total, largest, true);
+    if matches!(decision, Decision::AwaitLease) {
+        let _ = tokio::time::timeout(state.leases.wait, changed.changed()).await;
+        decision = ledger.reserve_batch(id, total, largest, false);
+    }
+    match decision {
+        Decision::Admit(r) => Ok((!r.is_empty()).then_some(r)),
+        Decision::Deny(denied) => {
+            state
+                .metrics
+                .budget_denials
+                .with_label_values(&[&denied.budget, "denied"])
+                .inc();
+            state.batches.count("denied");
+            Err(ProxyError::BudgetExceeded(denied))
+        }
+        // Neither is answered for a batch (no output to clamp; no waiting).
+        Decision::Clamp(r, _, _) => {
+            ledger.settle(r, 0);
+            Err(ProxyError::Internal("a batch cannot be clamped".into()))
+        }
+        Decision::AwaitLease => Err(ProxyError::Internal("lease wait".into())),
+    }
+}
+
+/// A batch create on its way to the provider: its record is stored and its
+/// reservation held until the answer says what became of it.
+pub struct Pending {
+    batches: Arc<Batches>,
+    /// `None` once concluded.
+    inner: Option<(BatchRecord, Option<Reservation>)>,
+}
+
+impl Pending {
+    /// The provider's answer to the create: an accepted batch is tracked
+    /// under its id (before the client sees the answer, so its next
+    /// retrieve finds it); a refusal releases everything.
+    pub async fn conclude(mut self, status: u16, body: &[u8]) {
+        let Some((mut record, held)) = self.inner.take() else {
+            return;
+        };
+        let b = &self.batches;
+        let ok = (200..300).contains(&status);
+        let accepted = match wire::batch_statuses(body).as_slice() {
+            [one] if ok => Some(one.id.clone()),
+            _ => None,
+        };
+        if let Some(id) = accepted {
+            let old = record.key();
+            record.batch_id = Some(id);
+            record.state = BatchState::Open;
+            let key = record.key();
+            if let Err(e) = b.put(&record, Some(old)).await {
+                // Still `Submitting` in the store: the next start charges
+                // its worst case. Until then it is settled as usual.
+                tracing::error!(batch = %key, error = %e, "batch accepted but its record could not be updated");
+            }
+            b.track(key, held);
+            b.count("created");
+            return;
+        }
+        let key = record.key();
+        if ok {
+            // Accepted, but not a batch tollgate can read: its outcome is unknown.
+            b.track(key.clone(), held);
+            b.wake(key);
+            return;
+        }
+        if let Some(held) = held {
+            b.ledger.settle(held, 0);
+        }
+        if let Err(e) = b.remove(key.clone()).await {
+            tracing::warn!(batch = %key, error = %e, "removing a refused batch's record failed; it is charged at the next start");
+        }
+        b.count("refused");
+    }
+
+    /// The create never reached the provider: release everything.
+    pub async fn release(mut self) {
+        let Some((record, held)) = self.inner.take() else {
+            return;
+        };
+        if let Some(held) = held {
+            self.batches.ledger.settle(held, 0);
+        }
+        let key = record.key();
+        if let Err(e) = self.batches.remove(key.clone()).await {
+            tracing::warn!(batch = %key, error = %e, "removing an unsent batch's record failed; it is charged at the next start");
+        }
+    }
+}
+
+impl Drop for Pending {
+    /// Dropped without an answer (a cut, a timeout, a shutdown): the
+    /// provider may have the batch. Its worst case is charged by the
+    /// settlement task.
+    fn drop(&mut self) {
+        if let Some((record, held)) = self.inner.take() {
+            let key = record.key();
+            self.batches.track(key.clone(), held);
+            self.batches.wake(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_batch_price_rounds_up() {
+        assert_eq!(at_batch_price(1_000, 500_000), 500);
+        assert_eq!(at_batch_price(1_001, 500_000), 501);
+        assert_eq!(at_batch_price(u64::MAX, 1_000_000), u64::MAX);
+        assert_eq!(at_batch_price(7, 0), 0);
+    }
+}
