@@ -630,3 +630,36 @@ async fn two_sidecars_retrieving_one_ended_batch_ship_one_event_per_custom_id() 
     assert!(b.events().await.iter().all(|e| e["batch"].is_null()));
     all_keyed(&fake.requests());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_over_the_body_limit_is_a_413_in_anthropics_shape() {
+    let fake = FakeProvider::start().await;
+    let t = Builder::new(&fake.base_url())
+        .env("ANTHROPIC_API_KEY", INJECTED)
+        .config(BUDGET)
+        .config("[batches]\nmax_body_bytes = \"2KiB\"\n")
+        .start();
+    let ids: Vec<String> = (0..40).map(|i| format!("item-{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (status, body) = call(
+        reqwest::Method::POST,
+        &format!("{}/v1/messages/batches", t.url()),
+        Some(batch_body(&ids, 10)),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(body["type"], "error");
+    assert_eq!(body["error"]["type"], "request_too_large", "{body}");
+    assert_eq!(creates(&fake.requests()), 0);
+    assert_eq!(budget(&t).await, (0, 0));
+    // A batch under the limit goes through.
+    let (status, _) = call(
+        reqwest::Method::POST,
+        &format!("{}/v1/messages/batches", t.url()),
+        Some(batch_body(&ids[..2], 10)),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+}

@@ -508,7 +508,141 @@ impl Drop for Pending {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::batch::{ItemOutcome, ItemResult};
+    use crate::budget::alerts::AlertSink;
+    use crate::budget::{Budget, OnInsufficient, Period, SystemClock};
+    use crate::dialect::Usage;
+    use crate::meter::prices::PriceTable;
+    use crate::store::outbox::{Outbox, OutboxOptions};
+
+    /// A sidecar's batch engine on the stores in `dir` (as after a start).
+    fn engine(dir: &std::path::Path) -> (Arc<Batches>, Arc<Ledger>, Outbox) {
+        let db = sled::open(dir.join("db")).unwrap();
+        let metrics = Metrics::new().unwrap();
+        let ledger = Arc::new(Ledger::new(
+            vec![Budget {
+                name: "month".into(),
+                scope: crate::scope::Scope::All,
+                period: Period::Month,
+                limit_nusd: 1_000_000_000,
+                soft_thresholds: vec![],
+                alert_webhook: None,
+                on_insufficient: OnInsufficient::Deny,
+                lease: None,
+                retired: false,
+            }],
+            Some(Arc::new(crate::store::sled::SpendTree::open(&db).unwrap())),
+            Arc::new(SystemClock),
+            AlertSink::default(),
+            Default::default(),
+        ));
+        let (outbox, _) = Outbox::open(
+            Arc::new(crate::store::sled::EventTree::open(&db).unwrap()),
+            &dir.join("journal"),
+            OutboxOptions {
+                retention: std::time::Duration::from_secs(3600),
+                sync: true,
+            },
+            metrics.outbox.clone(),
+            Some(ledger.clone()),
+        )
+        .unwrap();
+        let recorder = Arc::new(Recorder::new(
+            PriceTable::builtin(),
+            outbox.clone(),
+            metrics.clone(),
+        ));
+        let batches = Arc::new(Batches::new(
+            BatchesConfig::default(),
+            "sc".into(),
+            Arc::new(crate::store::sled::BatchTree::open(&db).unwrap()),
+            ledger.clone(),
+            recorder,
+            metrics,
+        ));
+        (batches, ledger, outbox)
+    }
+
+    fn settling(reserved: Vec<crate::meter::event::Charge>) -> BatchRecord {
+        let result = |id: &str, outcome, cost| ItemResult {
+            custom_id: id.into(),
+            model: "claude-haiku-4-5".into(),
+            outcome,
+            usage: Usage {
+                input_tokens: cost,
+                ..Usage::default()
+            },
+            cost_nusd: cost,
+            priced: true,
+            error: None,
+            message_id: None,
+        };
+        BatchRecord {
+            local_id: "tgb_1".into(),
+            provider: "anthropic".into(),
+            batch_id: Some("msgbatch_1".into()),
+            account: "acme".into(),
+            workload: String::new(),
+            tags: Vec::new(),
+            created_ts: now_us(),
+            items: Vec::new(),
+            reserved_nusd: 10_000,
+            reserved,
+            state: BatchState::Settling,
+            settled_ts: Some(now_us()),
+            results: vec![
+                result("a", ItemOutcome::Succeeded, 700),
+                result("b", ItemOutcome::Errored, 0),
+            ],
+        }
+    }
+
+    /// A crash after a settlement's events were journaled but before the
+    /// record was marked settled: the next start settles it again, and
+    /// neither an event nor its spend is counted twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn settling_again_after_a_crash_records_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = Identity {
+            account: "acme".into(),
+            ..Identity::default()
+        };
+        let record = {
+            let (b, ledger, outbox) = engine(dir.path());
+            let held = match ledger.reserve_batch(&id, 10_000, 10_000, false) {
+                Decision::Admit(r) => r,
+                other => panic!("{other:?}"),
+            };
+            let record = settling(ledger.charges(&held, None));
+            b.put(&record, None).await.unwrap();
+            b.track(record.key(), Some(held));
+            b.finish(record.clone()).await.unwrap();
+            assert_eq!(ledger.status()[0].spent_nusd, 700);
+            assert_eq!(ledger.status()[0].reserved_nusd, 0);
+            // The crash: the record is still `Settling` on disk.
+            b.put(&record, None).await.unwrap();
+            outbox.close();
+            record
+        };
+        let (b, ledger, outbox) = engine(dir.path());
+        assert_eq!(b.resume().unwrap(), 1);
+        // Held again until settled.
+        assert_eq!(ledger.status()[0].reserved_nusd, 10_000);
+        let again = b.load(&record.key()).await.unwrap().unwrap();
+        assert_eq!(again.state, BatchState::Settling);
+        b.finish(again).await.unwrap();
+        assert_eq!(ledger.status()[0].spent_nusd, 700, "spent once");
+        assert_eq!(ledger.status()[0].reserved_nusd, 0);
+        assert_eq!(
+            b.load(&record.key()).await.unwrap().unwrap().state,
+            BatchState::Settled
+        );
+        outbox.close();
+        let events = outbox.latest(100).unwrap();
+        assert_eq!(events.len(), 2, "one event per item: {events:?}");
+    }
 
     #[test]
     fn the_batch_price_rounds_up() {
