@@ -29,7 +29,11 @@
 //!   already in the local ledger (every journaled event is, after recovery)
 //!   are skipped, so nothing is recorded or charged twice. The control
 //!   endpoint stores an event once per (account, time, id), and these are
-//!   the same on every attempt.
+//!   the same on every attempt. (With a control endpoint, an event shipped
+//!   and deleted from the local outbox in the milliseconds between its
+//!   journal commit and the settled marker is recorded again after such a
+//!   crash: the control ledger still stores it once; the local budget
+//!   counts it twice, an over-count, never an under-count.)
 //!
 //! Settlement runs on one task ([`BatchService`]): on its poll interval,
 //! and as soon as a client's retrieve (or list) shows a tracked batch
