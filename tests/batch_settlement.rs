@@ -663,3 +663,33 @@ async fn a_batch_over_the_body_limit_is_a_413_in_anthropics_shape() {
     .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_the_provider_refuses_releases_its_reservation() {
+    let fake = FakeProvider::start().await;
+    let t = Builder::new(&fake.base_url())
+        .env("ANTHROPIC_API_KEY", INJECTED)
+        .config(BUDGET)
+        .start();
+    // The API allows [A-Za-z0-9_-] in a custom_id: the fake refuses it.
+    let (status, body) = call(
+        reqwest::Method::POST,
+        &format!("{}/v1/messages/batches", t.url()),
+        Some(batch_body(&["ok", "not ok"], 1000)),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        body["error"]["type"], "invalid_request_error",
+        "the provider's own answer"
+    );
+    assert_eq!(creates(&fake.requests()), 1);
+    assert_eq!(budget(&t).await, (0, 0), "released");
+    let metrics = t.metrics().await;
+    assert!(
+        metrics.contains("tollgate_batches_total{outcome=\"refused\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tollgate_batch_reserved_usd 0"));
+}
