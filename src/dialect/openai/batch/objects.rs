@@ -34,6 +34,15 @@ pub enum ObjectError {
 }
 
 impl ObjectError {
+    /// The `error.code` for it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ObjectError::BadJson(_) => "invalid_json",
+            ObjectError::Missing(_) => "missing_required_parameter",
+            ObjectError::UnsupportedEndpoint(_) => "invalid_value",
+        }
+    }
+
     /// OpenAI's `error.param` for it.
     pub fn param(&self) -> Option<&'static str> {
         match self {

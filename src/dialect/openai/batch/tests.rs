@@ -370,7 +370,7 @@ fn upload_errors() {
         matches!(e, UploadError::Input(InputError::BadJson { line: 2, .. })),
         "{e:?}"
     );
-    assert_eq!(e.param(), Some("file"));
+    assert_eq!((e.code(), e.param()), ("invalid_json_line", Some("file")));
     let only_file = multipart(BOUNDARY, &[("file", Some("x.jsonl"), &file)]);
     assert_eq!(
         parse_upload(&content_type(), only_file, InputLimits::default()),
@@ -435,7 +435,7 @@ fn a_create_body() {
         e,
         ObjectError::UnsupportedEndpoint("/v1/moderations".into())
     );
-    assert_eq!(e.param(), Some("endpoint"));
+    assert_eq!((e.code(), e.param()), ("invalid_value", Some("endpoint")));
     for junk in [&b"[]"[..], b"", b"{", b"{\"input_file_id\":5}"] {
         assert!(matches!(parse_create(junk), Err(ObjectError::BadJson(_))));
     }

@@ -62,6 +62,19 @@ pub enum UploadError {
 }
 
 impl UploadError {
+    /// The `error.code` for it (an input file's own code when the file is
+    /// the problem).
+    pub fn code(&self) -> &'static str {
+        match self {
+            UploadError::NotMultipart(_) | UploadError::Malformed(_) | UploadError::Stalled => {
+                "invalid_request"
+            }
+            UploadError::Missing(_) => "missing_required_parameter",
+            UploadError::BadPurpose => "invalid_value",
+            UploadError::Input(e) => e.code(),
+        }
+    }
+
     /// OpenAI's `error.param` for it.
     pub fn param(&self) -> Option<&'static str> {
         match self {
