@@ -2362,6 +2362,25 @@ fn openai_line(custom_id: &str, url: &str, body: Value) -> String {
     json!({"custom_id": custom_id, "method": "POST", "url": url, "body": body}).to_string()
 }
 
+/// Runs `tests/sdk/openai_batches.py` with `plan` against the fake.
+async fn run_openai_batches(
+    python: &std::path::Path,
+    fake: &FakeProvider,
+    plan: &Value,
+) -> support::sdk::SdkRun {
+    let base = fake.openai_base_url();
+    run_script(
+        python,
+        "openai_batches.py",
+        &[
+            ("OPENAI_BASE_URL", &base),
+            ("OPENAI_API_KEY", SDK_OPENAI_KEY),
+        ],
+        plan,
+    )
+    .await
+}
+
 #[tokio::test]
 async fn openai_sdk_drives_files_and_batches() {
     let python = sdk_python("openai").await;
@@ -2415,17 +2434,7 @@ async fn openai_sdk_drives_files_and_batches() {
         {"name": "F1-delete", "op": "delete_file", "file": "F1"},
         {"name": "F1-gone", "op": "file", "file": "F1"},
     ]);
-    let base = fake.openai_base_url();
-    let run = run_script(
-        &python,
-        "openai_batches.py",
-        &[
-            ("OPENAI_BASE_URL", &base),
-            ("OPENAI_API_KEY", SDK_OPENAI_KEY),
-        ],
-        &plan,
-    )
-    .await;
+    let run = run_openai_batches(&python, &fake, &plan).await;
 
     let f1 = run.ok("F1")["file"].clone();
     assert_eq!(
@@ -2541,6 +2550,175 @@ async fn openai_sdk_drives_files_and_batches() {
             r.path
         );
     }
+}
+
+/// The fake's OpenAI batch files, as the official SDK uploads them and as
+/// the fake writes the results, read by tollgate's own wire layer
+/// (`tollgate::dialect::openai::batch`): the items of the recorded
+/// multipart upload, and per `custom_id` the outcome and usage of the
+/// output and error files, equal to the fake's ground truth.
+#[tokio::test]
+async fn openai_batch_files_read_by_the_dialect_layer() {
+    use tollgate::dialect::openai::batch::{
+        parse_batch, parse_results, parse_upload, BatchEndpoint, BatchStatus, InputLimits,
+        ItemOutcome,
+    };
+
+    let python = sdk_python("openai").await;
+    let fake = FakeProvider::start().await;
+    let chat = |id: &str, extra: Value| {
+        let mut body =
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hi"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        openai_line(id, "/v1/chat/completions", body)
+    };
+    let plan = json!([
+        {"name": "F1", "op": "upload", "lines": [
+            chat("ok-1", json!({"user": "x-fake-usage:input=100,output=20,cache_read=30", "max_tokens": 50})),
+            chat("ok-2", json!({"max_completion_tokens": 7, "n": 2})),
+            chat("err-1", json!({})),
+        ]},
+        {"name": "B1", "op": "create", "file": "F1"},
+        {"name": "B1-done", "op": "wait", "batch": "B1"},
+        {"name": "F2", "op": "upload", "lines": [chat("ok-1", json!({})), chat("hold-1", json!({}))]},
+        {"name": "B2", "op": "create", "file": "F2",
+         "headers": {"x-fake-batch-ms": "20", "x-fake-batch-cancel-ms": "100"}},
+        {"name": "B2-cancel", "op": "cancel", "batch": "B2"},
+        {"name": "B2-done", "op": "wait", "batch": "B2"},
+        {"name": "F4", "op": "upload", "lines": [
+            openai_line("e-1", "/v1/embeddings", json!({"model": "text-embedding-3-small", "input": ["a", "b"], "user": "x-fake-usage:input=8"})),
+        ]},
+        {"name": "B4", "op": "create", "file": "F4", "endpoint": "/v1/embeddings"},
+        {"name": "B4-done", "op": "wait", "batch": "B4"},
+        {"name": "F5", "op": "upload", "lines": [
+            openai_line("r-1", "/v1/responses", json!({"model": "gpt-4o-mini", "input": "Hi", "max_output_tokens": 64, "user": "x-fake-usage:input=40,output=9,cache_read=4"})),
+        ]},
+        {"name": "B5", "op": "create", "file": "F5", "endpoint": "/v1/responses"},
+        {"name": "B5-done", "op": "wait", "batch": "B5"},
+    ]);
+    let run = run_openai_batches(&python, &fake, &plan).await;
+
+    // The uploads exactly as the SDK sent them.
+    let uploads: Vec<Recorded> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/files")
+        .collect();
+    assert_eq!(uploads.len(), 4);
+    let read = |r: &Recorded| {
+        parse_upload(
+            r.header("content-type").unwrap(),
+            Bytes::from(r.body.clone()),
+            InputLimits::default(),
+        )
+        .unwrap()
+    };
+    let f1 = read(&uploads[0]);
+    assert_eq!(f1.purpose, "batch");
+    let input = f1.input.unwrap();
+    assert_eq!(input.endpoint, BatchEndpoint::ChatCompletions);
+    let items: Vec<_> = input
+        .items
+        .iter()
+        .map(|i| {
+            (
+                i.custom_id.as_str(),
+                i.model.as_str(),
+                i.output_bound(4096),
+                i.choices,
+            )
+        })
+        .collect();
+    assert_eq!(
+        items,
+        [
+            ("ok-1", "gpt-4o-mini", 50, 1),
+            ("ok-2", "gpt-4o-mini", 7, 2),
+            ("err-1", "gpt-4o-mini", 4096, 1)
+        ]
+    );
+    let f5 = read(&uploads[3]).input.unwrap();
+    assert_eq!(
+        (f5.endpoint, f5.items[0].max_tokens),
+        (BatchEndpoint::Responses, Some(64))
+    );
+
+    // Each batch as the API answers it, and its files as the fake wrote them.
+    let base = fake.openai_base_url();
+    let client = client();
+    let get = |path: String| {
+        let request = client
+            .get(format!("{base}{path}"))
+            .bearer_auth(SDK_OPENAI_KEY);
+        async move {
+            let response = request.send().await.unwrap();
+            assert_eq!(response.status(), 200, "{path}");
+            response.bytes().await.unwrap()
+        }
+    };
+    let truth = fake.batches();
+    let mut settled = 0;
+    for (name, endpoint, want_status) in [
+        ("B1", BatchEndpoint::ChatCompletions, BatchStatus::Completed),
+        ("B2", BatchEndpoint::ChatCompletions, BatchStatus::Cancelled),
+        ("B4", BatchEndpoint::Embeddings, BatchStatus::Completed),
+        ("B5", BatchEndpoint::Responses, BatchStatus::Completed),
+    ] {
+        let id = run.ok(name)["batch"]["id"].as_str().unwrap().to_owned();
+        let batch = parse_batch(&get(format!("/batches/{id}")).await).unwrap();
+        assert_eq!(
+            (batch.status, batch.endpoint_kind()),
+            (want_status, Some(endpoint))
+        );
+        assert!(batch.status.is_terminal());
+        for file in [&batch.output_file_id, &batch.error_file_id]
+            .into_iter()
+            .flatten()
+        {
+            let data = get(format!("/files/{file}/content")).await;
+            for result in parse_results(endpoint, &data, 1 << 20) {
+                let result = result.unwrap();
+                let want = &truth["openai"][&id]["items"][&result.custom_id];
+                let outcome = match result.outcome {
+                    ItemOutcome::Succeeded => "succeeded",
+                    ItemOutcome::Errored => "errored",
+                    ItemOutcome::Cancelled => "canceled",
+                    ItemOutcome::Expired => "expired",
+                };
+                assert_eq!(outcome, want["outcome"], "{name} {}", result.custom_id);
+                // An item that did not run, or was refused, names no model:
+                // its reservation does.
+                if result.outcome == ItemOutcome::Succeeded {
+                    assert_eq!(result.model.as_deref(), want["model"].as_str());
+                }
+                match result.usage {
+                    Some(u) => assert_eq!(
+                        json!({
+                            "input_tokens": u.input_tokens,
+                            "output_tokens": u.output_tokens,
+                            "cache_creation_input_tokens": u.cache_creation_input_tokens,
+                            "cache_creation_1h_input_tokens": u.cache_creation_1h_input_tokens,
+                            "cache_read_input_tokens": u.cache_read_input_tokens,
+                        }),
+                        want["usage"],
+                        "{name} {}",
+                        result.custom_id
+                    ),
+                    None => assert!(want["usage"].is_null()),
+                }
+                settled += 1;
+            }
+        }
+    }
+    // B1: ok-1, ok-2, err-1; B2: ok-1, hold-1; B4: e-1; B5: r-1.
+    assert_eq!(settled, 7);
+    let b1 = run.ok("B1")["batch"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        truth["openai"][&b1]["items"]["ok-1"]["usage"]["cache_read_input_tokens"],
+        30
+    );
 }
 
 #[tokio::test]

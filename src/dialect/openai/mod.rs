@@ -1,8 +1,9 @@
 //! OpenAI-compatible chat completions (OpenAI, OpenRouter, local models):
 //! headers, usage, stream chunks, complete-message assembly and replay, and
-//! error shapes.
+//! error shapes; the Responses API; the Batch API's files and objects.
 
 pub mod assemble;
+pub mod batch;
 pub mod error;
 pub mod replay;
 pub mod request;

@@ -16,9 +16,9 @@ use super::usage::split_input;
 use crate::dialect::json::{lenient_u64, set_once_str, ErrorField};
 use crate::dialect::usage::{JsonSummary, StreamFacts, Usage};
 
-/// `usage` of a response.
+/// `usage` of a response (also the shape of a batch object's `usage`).
 #[derive(Deserialize)]
-struct WireUsage {
+pub(crate) struct WireUsage {
     #[serde(default, deserialize_with = "lenient_u64")]
     input_tokens: Option<u64>,
     input_tokens_details: Option<InputDetails>,
@@ -35,7 +35,7 @@ struct InputDetails {
 }
 
 impl WireUsage {
-    fn usage(&self) -> Usage {
+    pub(crate) fn usage(&self) -> Usage {
         let d = self.input_tokens_details.as_ref();
         split_input(
             self.input_tokens.unwrap_or(0),
