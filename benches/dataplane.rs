@@ -1111,7 +1111,10 @@ async fn check_target(
         // Anthropic events: the count differs a little, the end must not.
         Some(n) if target.kind == Kind::TollgateTranslated => {
             if p.events * 10 < n * 8 || !p.body.contains("event: message_stop") {
-                bail!("{what}: {} SSE events (expected about {n}) or no message_stop", p.events)
+                bail!(
+                    "{what}: {} SSE events (expected about {n}) or no message_stop",
+                    p.events
+                )
             }
         }
         Some(n) if p.events != n => bail!("{what}: {} SSE events, expected {n}", p.events),
