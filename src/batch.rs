@@ -23,6 +23,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::dialect::anthropic::batch::{Outcome, ResultLine};
+use crate::dialect::openai::batch::BatchResult as OpenAiResult;
 use crate::dialect::Usage;
 use crate::meter::event::{CacheOutcome, Charge, RouteKind, Status, UsageEvent};
 use crate::meter::prices::PriceTable;
@@ -130,6 +131,11 @@ pub struct BatchRecord {
     pub settled_ts: Option<i64>,
     /// Per item, once read (state `Settling` and after).
     pub results: Vec<ItemResult>,
+    /// The endpoint every item calls, for an OpenAI batch
+    /// (`/v1/chat/completions`, `/v1/responses`, `/v1/embeddings`); `None`
+    /// for an Anthropic Message Batch (always `/v1/messages`).
+    #[serde(default)]
+    pub endpoint: Option<String>,
 }
 
 impl BatchRecord {
@@ -237,6 +243,39 @@ impl BatchRecord {
     }
 }
 
+/// A batch input file uploaded through this sidecar (OpenAI's Files API,
+/// `purpose=batch`): its items priced when it was read, kept until a batch
+/// is created over it (which may reach another run of the sidecar).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadedInput {
+    /// The configured provider's name.
+    pub provider: String,
+    /// The provider's file id (`file-…`).
+    pub file_id: String,
+    /// The endpoint every line calls (`/v1/chat/completions`, …).
+    pub endpoint: String,
+    /// Who uploaded it (the batch is charged to whoever creates it).
+    pub account: String,
+    /// Upload time, microseconds since the epoch.
+    pub uploaded_ts: i64,
+    /// Each item's worst case at the batch price, in file order.
+    pub items: Vec<BatchItem>,
+}
+
+impl UploadedInput {
+    /// Its store key: `provider/file id`.
+    pub fn key(&self) -> String {
+        key(&self.provider, &self.file_id)
+    }
+
+    /// The sum of its items' worst cases, nano-USD.
+    pub fn reserved_nusd(&self) -> u64 {
+        self.items
+            .iter()
+            .fold(0u64, |a, i| a.saturating_add(i.reserved_nusd))
+    }
+}
+
 /// The store key of a batch: `provider/id`.
 pub fn key(provider: &str, id: &str) -> String {
     format!("{provider}/{id}")
@@ -309,16 +348,10 @@ impl<'a> Settlement<'a> {
     /// model's batch price (cache writes and reads included), any other
     /// outcome at 0.
     pub fn add(&mut self, line: ResultLine) {
-        let Some(&i) = self.index.get(line.custom_id.as_str()) else {
-            self.strays += 1;
+        let Some(i) = self.slot(&line.custom_id) else {
             return;
         };
-        if self.results[i].is_some() {
-            self.strays += 1;
-            return;
-        }
         let item = &self.record.items[i];
-        let at = self.record.created_ts / 1_000_000;
         let result = match line.outcome {
             Outcome::Succeeded {
                 model,
@@ -326,17 +359,7 @@ impl<'a> Settlement<'a> {
                 message_id,
             } => {
                 let model = model.unwrap_or_else(|| item.model.clone());
-                let cost = self.prices.cost_at(&model, &usage, true, at);
-                ItemResult {
-                    custom_id: line.custom_id,
-                    model,
-                    outcome: ItemOutcome::Succeeded,
-                    usage,
-                    cost_nusd: cost.nusd,
-                    priced: cost.priced,
-                    error: None,
-                    message_id,
-                }
+                self.succeeded(line.custom_id, model, usage, message_id)
             }
             other => {
                 let (outcome, error) = match other {
@@ -356,6 +379,76 @@ impl<'a> Settlement<'a> {
                     message_id: None,
                 }
             }
+        };
+        self.results[i] = Some(result);
+    }
+
+    /// A succeeded item: its tokens × `model`'s batch price at submit.
+    fn succeeded(
+        &self,
+        custom_id: String,
+        model: String,
+        usage: Usage,
+        message_id: Option<String>,
+    ) -> ItemResult {
+        let at = self.record.created_ts / 1_000_000;
+        let cost = self.prices.cost_at(&model, &usage, true, at);
+        ItemResult {
+            custom_id,
+            model,
+            outcome: ItemOutcome::Succeeded,
+            usage,
+            cost_nusd: cost.nusd,
+            priced: cost.priced,
+            error: None,
+            message_id,
+        }
+    }
+
+    /// The position of `custom_id`'s item, if it is one of the batch's and
+    /// not settled yet (else the line is counted as a stray).
+    fn slot(&mut self, custom_id: &str) -> Option<usize> {
+        match self.index.get(custom_id) {
+            Some(&i) if self.results[i].is_none() => Some(i),
+            _ => {
+                self.strays += 1;
+                None
+            }
+        }
+    }
+
+    /// Takes one line of an OpenAI batch's output or error file, as
+    /// [`Settlement::add`] does an Anthropic results line. A succeeded item
+    /// whose body reported no usage is charged nothing and flagged (its
+    /// event says `usage_incomplete`).
+    pub fn add_openai(&mut self, line: OpenAiResult) {
+        use crate::dialect::openai::batch::ItemOutcome as O;
+        let Some(i) = self.slot(&line.custom_id) else {
+            return;
+        };
+        let item = &self.record.items[i];
+        let model = line.model.unwrap_or_else(|| item.model.clone());
+        let result = match line.outcome {
+            O::Succeeded => self.succeeded(
+                line.custom_id,
+                model,
+                line.usage.unwrap_or_default(),
+                line.request_id,
+            ),
+            other => ItemResult {
+                custom_id: line.custom_id,
+                model,
+                outcome: match other {
+                    O::Errored | O::Succeeded => ItemOutcome::Errored,
+                    O::Cancelled => ItemOutcome::Canceled,
+                    O::Expired => ItemOutcome::Expired,
+                },
+                usage: Usage::default(),
+                cost_nusd: 0,
+                priced: true,
+                error: line.error.and_then(|e| e.code),
+                message_id: line.request_id,
+            },
         };
         self.results[i] = Some(result);
     }
@@ -414,6 +507,7 @@ mod tests {
             state: BatchState::Open,
             settled_ts: Some(1_780_000_100_000_000),
             results: Vec::new(),
+            endpoint: None,
         }
     }
 

@@ -638,14 +638,22 @@ fn run_proxy(config: Config) -> anyhow::Result<()> {
     ));
     // Batches submitted and not yet settled hold their reservations
     // again before any traffic (see proxy::batch).
-    let batches = Arc::new(tollgate::proxy::batch::Batches::new(
-        config.batches.clone(),
-        config.sidecar_id.clone(),
-        Arc::new(tollgate::store::sled::BatchTree::open(&db).context("opening the batch store")?),
-        ledger.clone(),
-        recorder.clone(),
-        metrics.clone(),
-    ));
+    let batches = Arc::new(
+        tollgate::proxy::batch::Batches::new(
+            config.batches.clone(),
+            config.sidecar_id.clone(),
+            Arc::new(
+                tollgate::store::sled::BatchTree::open(&db).context("opening the batch store")?,
+            ),
+            ledger.clone(),
+            recorder.clone(),
+            metrics.clone(),
+        )
+        .with_inputs(Arc::new(
+            tollgate::store::sled::BatchTree::open_inputs(&db)
+                .context("opening the batch input store")?,
+        )),
+    );
     let tracked = batches
         .resume()
         .context("resuming the batches of an earlier run")?;

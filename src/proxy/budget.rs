@@ -47,9 +47,10 @@ pub async fn reserve(
     if ledger.is_empty() {
         return Ok(None);
     }
-    if route.dialect() == crate::dialect::Dialect::Anthropic && route.is_batch() {
-        // Message Batches: a create reserves its items in the batch stage;
-        // the other calls (retrieve, list, cancel, results) spend nothing.
+    if route.is_batch() || super::batch::openai::is_files(route) {
+        // Batches (Anthropic and OpenAI): a create reserves its items in
+        // the batch stage; the other calls (retrieve, list, cancel,
+        // results, OpenAI's file uploads and downloads) spend nothing.
         return Ok(None);
     }
     if route.endpoint == Endpoint::Passthrough {

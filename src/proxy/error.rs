@@ -23,6 +23,15 @@ pub enum ProxyError {
     /// `stream` field that contradicts the path).
     #[error("{0}")]
     InvalidRequest(String),
+    /// An OpenAI batch input file or batch create tollgate cannot take:
+    /// OpenAI's own `error.code` and `error.param` for it (see
+    /// `dialect::openai::batch`).
+    #[error("{message}")]
+    BatchInput {
+        code: &'static str,
+        param: Option<&'static str>,
+        message: String,
+    },
     #[error("request body exceeds the limit of {limit} bytes")]
     TooLarge { limit: usize },
     #[error("no route for {method} {path}")]
@@ -138,6 +147,7 @@ impl ProxyError {
     pub fn kind(&self) -> &'static str {
         match self {
             ProxyError::BadJson(_) | ProxyError::InvalidRequest(_) => "bad_request",
+            ProxyError::BatchInput { .. } => "bad_batch_input",
             ProxyError::BadIdentity(_) => "bad_identity",
             ProxyError::Control { .. } => "control_error",
             ProxyError::TooLarge { .. } => "body_too_large",
@@ -172,6 +182,7 @@ impl ProxyError {
     pub fn status(&self) -> u16 {
         match self {
             ProxyError::BadJson(_) | ProxyError::InvalidRequest(_) => 400,
+            ProxyError::BatchInput { .. } => 400,
             ProxyError::BadIdentity(_) => 400,
             ProxyError::Control { status, .. } => *status,
             ProxyError::TooLarge { .. } => 413,
@@ -207,6 +218,7 @@ impl ProxyError {
         match self {
             ProxyError::BadJson(_)
             | ProxyError::InvalidRequest(_)
+            | ProxyError::BatchInput { .. }
             | ProxyError::BadIdentity(_)
             | ProxyError::Misdirected { .. }
             | ProxyError::BadPath { .. }
@@ -257,6 +269,7 @@ impl ProxyError {
         match self {
             ProxyError::BadJson(_)
             | ProxyError::InvalidRequest(_)
+            | ProxyError::BatchInput { .. }
             | ProxyError::BadIdentity(_)
             | ProxyError::TooLarge { .. }
             | ProxyError::UnknownRoute { .. }
@@ -294,14 +307,25 @@ impl ProxyError {
         let code = match self {
             ProxyError::Unauthorized(_) => "invalid_api_key",
             ProxyError::RateLimited(_) => "rate_limit_exceeded",
+            ProxyError::BatchInput { code, .. } => code,
             _ => self.kind(),
         };
-        let body = dialect.error_body(
-            self.error_type(dialect),
-            code,
-            &self.to_string(),
-            request_id,
-        );
+        let body = match (self, dialect) {
+            (ProxyError::BatchInput { param, .. }, Dialect::OpenAi) => {
+                crate::dialect::openai::error::body_with_param(
+                    self.error_type(dialect),
+                    code,
+                    *param,
+                    &self.to_string(),
+                )
+            }
+            _ => dialect.error_body(
+                self.error_type(dialect),
+                code,
+                &self.to_string(),
+                request_id,
+            ),
+        };
         let status = http::StatusCode::from_u16(self.status())
             .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
         let mut header = headers::response_header(status, 4);

@@ -61,6 +61,9 @@ pub struct Exchange {
     pub results_base: Option<String>,
     /// A batch create's reservation and record, concluded by its answer.
     pub batch: Option<super::batch::Pending>,
+    /// An OpenAI batch input file's priced items, kept once the provider
+    /// names the file.
+    pub upload: Option<super::batch::openai::PendingUpload>,
     /// Counts it in flight (the SIGTERM drain waits for it) until dropped.
     _in_flight: InFlightGuard,
 }
@@ -75,6 +78,7 @@ impl Exchange {
             idempotency: None,
             results_base: None,
             batch: None,
+            upload: None,
             _in_flight: state.in_flight.enter(),
         }
     }

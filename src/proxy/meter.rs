@@ -123,6 +123,11 @@ pub async fn relay(
     let write = x.cache_write;
     // Only a body the tap can read can be rewritten.
     let results_base = x.results_base.filter(|_| !is_sse && body.readable());
+    // Answers read whole for the batch objects in them (small, bounded).
+    let batch_objects = !is_sse
+        && body.readable()
+        && (results_base.is_some()
+            || super::batch::openai::answers_with_objects(route, &session.req_header().method));
     let max_entry = state.cache.config.max_entry_bytes as usize;
     let assembler =
         (is_sse && (write.is_some() || leader.is_some())).then(|| match route.endpoint {
@@ -149,12 +154,14 @@ pub async fn relay(
         body,
         idempotent: x.idempotency.map(Recording::new),
         results_base,
+        batch_objects,
         batch: x.batch,
+        upload: x.upload,
         translation,
         translator,
     };
     // Unmetered paths (model lists, batch results…) are piped, never buffered.
-    if relay.results_base.is_none() && (is_sse || route.endpoint == Endpoint::Passthrough) {
+    if !relay.batch_objects && (is_sse || route.endpoint == Endpoint::Passthrough) {
         relay.stream(route, request, upstream_header, is_sse).await;
     } else {
         relay.buffered(route, request, upstream_header).await;
@@ -185,8 +192,13 @@ struct Relay<'a> {
     /// Batch objects in the answer: their `results_url` are pointed at this
     /// base (see `crate::dialect::anthropic::batch`).
     results_base: Option<String>,
+    /// Batch (or batch input file) objects in the answer: read whole, up to
+    /// [`BATCH_OBJECT_CAP`], for `results_base`, `batch` and `upload`.
+    batch_objects: bool,
     /// A batch create: concluded with its answer (see `super::batch`).
     batch: Option<super::batch::Pending>,
+    /// An OpenAI batch upload: its items kept under the file's id.
+    upload: Option<super::batch::openai::PendingUpload>,
     /// The client speaks the other dialect than the upstream.
     translation: Option<Translation>,
     /// A translated stream: the translator, and a tap over its output in
@@ -550,9 +562,9 @@ impl Relay<'_> {
     async fn buffered(mut self, route: &Route, request: &RequestModel, upstream: ResponseHeader) {
         let mut body = BytesMut::new();
         let mut failure = None;
-        let cap = match self.results_base {
-            Some(_) => BATCH_OBJECT_CAP,
-            None => self.state.max_body_bytes,
+        let cap = match self.batch_objects {
+            true => BATCH_OBJECT_CAP,
+            false => self.state.max_body_bytes,
         };
         loop {
             match self.next_chunk().await {
@@ -586,9 +598,22 @@ impl Relay<'_> {
             // Before the client sees the batch: its next retrieve finds it tracked.
             pending.conclude(upstream.status.as_u16(), &body).await;
         }
+        if let (Some(upload), None) = (self.upload.take(), &failure) {
+            // Before the client sees the file: a create over it finds it.
+            upload.conclude(upstream.status.as_u16(), &body).await;
+        }
         if failure.is_none() && upstream.status.is_success() && self.results_base.is_some() {
             // A tracked batch shown ended is settled now.
             self.state.batches.observe(&route.provider.name, &body);
+        }
+        if failure.is_none()
+            && upstream.status.is_success()
+            && route.dialect() == crate::dialect::Dialect::OpenAi
+            && route.is_batch()
+        {
+            self.state
+                .batches
+                .observe_openai(&route.provider.name, &body);
         }
         let after_upstream = std::time::Instant::now();
         let ok = upstream.status.is_success();
@@ -725,7 +750,7 @@ impl Relay<'_> {
             leader.finish(Outcome::Abandoned);
         }
         self.write = None;
-        if self.results_base.is_none() {
+        if !self.batch_objects {
             tracing::warn!(request_id = %self.draft.event.event_id, limit = self.state.max_body_bytes, "non-streaming response too large to meter; piping it unmetered");
             self.draft.event.usage_incomplete = true;
             self.draft.cut(Cut::TooLargeToMeter);

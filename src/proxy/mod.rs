@@ -189,7 +189,8 @@ impl Tollgate {
         }
         // A batch create may be as large as the batch API allows.
         let batch_create = batch::is_create(&route, &session.req_header().method);
-        let limit = match batch_create {
+        let batch_upload = batch::openai::is_upload(&route, &session.req_header().method);
+        let limit = match batch_create || batch_upload {
             true => state.batches.config.max_body_bytes,
             false => state.max_body_bytes,
         };
@@ -299,6 +300,23 @@ impl Tollgate {
                 batch::reserve(state, &identity, &route, &request.body).await
             );
             x.batch = Some(pending);
+        }
+        // An OpenAI batch input file: read once, every line priced
+        if batch_upload {
+            let content_type = session
+                .req_header()
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            x.upload = or_fail!(
+                self,
+                session,
+                x,
+                batch::openai::read_upload(state, &identity, &route, &content_type, &request.body)
+                    .await
+            );
         }
         if let Some(routed) = routed {
             if let Some((x, err)) =

@@ -568,6 +568,9 @@ impl IdempotencyRecords for IdempotencyTree {
 }
 
 const BATCH_TREE: &str = "batches";
+/// Batch input files uploaded through the sidecar (OpenAI `purpose=batch`),
+/// priced per item, until a batch is created over them.
+const BATCH_INPUT_TREE: &str = "batch_inputs";
 
 /// Tracked batches, in their own tree of the sidecar's store.
 pub struct BatchTree {
@@ -583,6 +586,12 @@ impl BatchTree {
     /// The batch tree of `db`.
     pub fn open(db: &sled::Db) -> Result<BatchTree, StoreError> {
         Ok(BatchTree::new(db.open_tree(BATCH_TREE)?))
+    }
+
+    /// The tree of `db` that keeps uploaded batch input files
+    /// (`crate::batch::UploadedInput`), with the same guarantees.
+    pub fn open_inputs(db: &sled::Db) -> Result<BatchTree, StoreError> {
+        Ok(BatchTree::new(db.open_tree(BATCH_INPUT_TREE)?))
     }
 }
 

@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 //! Test support: the fake provider and a tollgate process builder.
 
+pub mod batches;
 pub mod control;
 pub mod fake_provider;
 pub mod inject;

@@ -371,3 +371,49 @@ impl Drop for Tollgate {
         }
     }
 }
+
+/// HTTPS_PROXY mode for a test: a fresh CA and a free port for the
+/// forward-proxy listener.
+pub struct ProxyMode {
+    pub port: u16,
+    pub ca: tempfile::TempDir,
+}
+
+impl ProxyMode {
+    pub fn new() -> ProxyMode {
+        let ca = tempfile::tempdir().expect("temp dir");
+        ca_init(ca.path());
+        ProxyMode {
+            port: free_port(),
+            ca,
+        }
+    }
+
+    /// `b` with the forward-proxy listener on and this CA.
+    pub fn on(&self, b: Builder) -> Builder {
+        b.top(&format!(
+            "forward_proxy_listen = \"127.0.0.1:{}\"\nca_dir = \"{}\"",
+            self.port,
+            self.ca.path().display()
+        ))
+    }
+
+    /// Waits until `t`'s forward-proxy listener accepts connections.
+    pub fn wait(&self, t: &Tollgate) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "{}", t.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `HTTPS_PROXY`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `SSL_CERT_FILE`.
+    pub fn ca_file(&self) -> String {
+        self.ca.path().join("ca.pem").display().to_string()
+    }
+}

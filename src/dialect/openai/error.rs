@@ -23,8 +23,13 @@ pub fn error_type(class: ErrorClass) -> &'static str {
 
 /// An error body.
 pub fn body(error_type: &str, code: &str, message: &str) -> Bytes {
+    body_with_param(error_type, code, None, message)
+}
+
+/// An error body naming the parameter at fault (`error.param`).
+pub fn body_with_param(error_type: &str, code: &str, param: Option<&str>, message: &str) -> Bytes {
     let value = serde_json::json!({
-        "error": {"message": message, "type": error_type, "param": null, "code": code},
+        "error": {"message": message, "type": error_type, "param": param, "code": code},
     });
     Bytes::from(serde_json::to_vec(&value).unwrap_or_default())
 }

@@ -39,6 +39,7 @@
 //! and as soon as a client's retrieve (or list) shows a tracked batch
 //! ended.
 
+pub mod openai;
 mod settle;
 
 pub use settle::{BatchService, SETTLEMENT_AGENT};
@@ -97,6 +98,9 @@ pub struct Batches {
     /// Record key → what it holds (`None`: no budget applied), for every
     /// batch accepted and not yet settled.
     tracked: Mutex<HashMap<String, Option<Reservation>>>,
+    /// Uploaded OpenAI batch input files, priced (`None`: not kept; a
+    /// create then reads the file from the provider).
+    inputs: Option<Arc<dyn BatchRecords>>,
     wake: mpsc::UnboundedSender<String>,
     woken: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     pub config: BatchesConfig,
@@ -120,12 +124,19 @@ impl Batches {
             ledger,
             recorder,
             tracked: Mutex::new(HashMap::new()),
+            inputs: None,
             wake,
             woken: Mutex::new(Some(woken)),
             config,
             metrics,
             sidecar_id,
         }
+    }
+
+    /// Keeps uploaded OpenAI batch input files in `store` (see [`openai`]).
+    pub fn with_inputs(mut self, store: Arc<dyn BatchRecords>) -> Batches {
+        self.inputs = Some(store);
+        self
     }
 
     /// At start-up, before traffic: every batch not yet settled holds its
@@ -200,13 +211,7 @@ impl Batches {
     }
 
     async fn put(&self, record: &BatchRecord, replaces: Option<String>) -> Result<(), BatchError> {
-        let bytes = rmp_serde::to_vec_named(record)?;
-        let store = self.store.clone();
-        let key = record.key();
-        tokio::task::spawn_blocking(move || store.put(&key, &bytes, replaces.as_deref()))
-            .await
-            .map_err(|e| BatchError::Task(e.to_string()))??;
-        Ok(())
+        put_in(self.store.clone(), record.key(), record, replaces).await
     }
 
     async fn remove(&self, key: String) -> Result<(), BatchError> {
@@ -218,15 +223,7 @@ impl Batches {
     }
 
     async fn load(&self, key: &str) -> Result<Option<BatchRecord>, BatchError> {
-        let store = self.store.clone();
-        let key = key.to_string();
-        let bytes = tokio::task::spawn_blocking(move || store.get(&key))
-            .await
-            .map_err(|e| BatchError::Task(e.to_string()))??;
-        Ok(match bytes {
-            Some(b) => Some(rmp_serde::from_slice(&b)?),
-            None => None,
-        })
+        load_from(self.store.clone(), key.to_string()).await
     }
 
     /// The keys of the tracked batches.
@@ -294,9 +291,41 @@ impl Batches {
     }
 }
 
-/// Whether the request creates an Anthropic Message Batch
-/// (`POST …/v1/messages/batches`).
+/// Stores `record` (MessagePack) under `key` in `store`, off the async
+/// threads; durable on return.
+async fn put_in<T: serde::Serialize>(
+    store: Arc<dyn BatchRecords>,
+    key: String,
+    record: &T,
+    replaces: Option<String>,
+) -> Result<(), BatchError> {
+    let bytes = rmp_serde::to_vec_named(record)?;
+    tokio::task::spawn_blocking(move || store.put(&key, &bytes, replaces.as_deref()))
+        .await
+        .map_err(|e| BatchError::Task(e.to_string()))??;
+    Ok(())
+}
+
+/// The record under `key` in `store`, read off the async threads.
+async fn load_from<T: serde::de::DeserializeOwned>(
+    store: Arc<dyn BatchRecords>,
+    key: String,
+) -> Result<Option<T>, BatchError> {
+    let bytes = tokio::task::spawn_blocking(move || store.get(&key))
+        .await
+        .map_err(|e| BatchError::Task(e.to_string()))??;
+    Ok(match bytes {
+        Some(b) => Some(rmp_serde::from_slice(&b)?),
+        None => None,
+    })
+}
+
+/// Whether the request creates a batch: an Anthropic Message Batch
+/// (`POST …/v1/messages/batches`) or an OpenAI batch (`POST …/v1/batches`).
 pub fn is_create(route: &Route, method: &http::Method) -> bool {
+    if route.dialect() == Dialect::OpenAi {
+        return openai::is_create(route, method);
+    }
     let path = route
         .upstream_path
         .split_once('?')
@@ -331,13 +360,15 @@ pub async fn reserve(
     route: &Route,
     body: &Bytes,
 ) -> Result<Pending, ProxyError> {
+    if route.dialect() == Dialect::OpenAi {
+        return openai::reserve(state, id, route, body).await;
+    }
     let items = wire::parse_create(body).map_err(|e| match e {
         wire::BatchError::BadJson(m) => ProxyError::BadJson(m),
         other => ProxyError::InvalidRequest(other.to_string()),
     })?;
     let prices = state.recorder.prices();
     let mut reserved_items = Vec::with_capacity(items.len());
-    let (mut total, mut largest) = (0u64, 0u64);
     for item in &items {
         let head = request::parse_head(item.params).map_err(|e| match e {
             request::RequestError::BadJson(m) => {
@@ -346,17 +377,51 @@ pub async fn reserve(
             request::RequestError::Encode(m) => ProxyError::Internal(m),
         })?;
         let max_tokens = head.max_tokens.unwrap_or(state.budget_default_max_tokens);
-        let est = estimate(prices, &head.model, item.params, max_tokens, 1);
-        let (price, _) = prices.price_or_fallback(&head.model);
-        let worst = at_batch_price(est.worst_nusd, price.batch_multiplier_ppm);
-        total = total.saturating_add(worst);
-        largest = largest.max(worst);
-        reserved_items.push(BatchItem {
-            custom_id: item.custom_id.clone(),
-            model: head.model,
-            reserved_nusd: worst,
-        });
+        reserved_items.push(price_item(
+            prices,
+            item.custom_id.clone(),
+            head.model,
+            item.params,
+            max_tokens,
+            1,
+        ));
     }
+    hold_and_record(state, id, route, reserved_items, None).await
+}
+
+/// One item's worst case at the model's batch price, as a direct call with
+/// the same body would be estimated.
+fn price_item(
+    prices: &crate::meter::prices::PriceTable,
+    custom_id: String,
+    model: String,
+    body: &[u8],
+    max_tokens: u64,
+    choices: u64,
+) -> BatchItem {
+    let est = estimate(prices, &model, body, max_tokens, choices);
+    let (price, _) = prices.price_or_fallback(&model);
+    BatchItem {
+        custom_id,
+        reserved_nusd: at_batch_price(est.worst_nusd, price.batch_multiplier_ppm),
+        model,
+    }
+}
+
+/// Reserves the sum of `items`' worst cases against every budget that
+/// applies (402 naming the budget when it does not fit) and stores the
+/// batch's record (`Submitting`) before anything is sent. `endpoint`: an
+/// OpenAI batch's endpoint (`None`: Anthropic).
+async fn hold_and_record(
+    state: &State,
+    id: &Identity,
+    route: &Route,
+    items: Vec<BatchItem>,
+    endpoint: Option<String>,
+) -> Result<Pending, ProxyError> {
+    let (total, largest) = items.iter().fold((0u64, 0u64), |(t, l), i| {
+        (t.saturating_add(i.reserved_nusd), l.max(i.reserved_nusd))
+    });
     let held = decide(state, id, total, largest).await?;
     let reserved = held
         .as_ref()
@@ -370,12 +435,13 @@ pub async fn reserve(
         workload: id.workload.clone(),
         tags: id.tags.clone(),
         created_ts: now_us(),
-        items: reserved_items,
+        items,
         reserved_nusd: total,
         reserved,
         state: BatchState::Submitting,
         settled_ts: None,
         results: Vec::new(),
+        endpoint,
     };
     let batches = state.batches.clone();
     // Durable before the first byte leaves: from here on a crash charges
@@ -448,9 +514,13 @@ impl Pending {
         };
         let b = &self.batches;
         let ok = (200..300).contains(&status);
-        let accepted = match wire::batch_statuses(body).as_slice() {
-            [one] if ok => Some(one.id.clone()),
-            _ => None,
+        let accepted = match &record.endpoint {
+            _ if !ok => None,
+            Some(_) => openai::created_id(body),
+            None => match wire::batch_statuses(body).as_slice() {
+                [one] => Some(one.id.clone()),
+                _ => None,
+            },
         };
         if let Some(id) = accepted {
             let old = record.key();
@@ -600,6 +670,7 @@ mod tests {
                 result("a", ItemOutcome::Succeeded, 700),
                 result("b", ItemOutcome::Errored, 0),
             ],
+            endpoint: None,
         }
     }
 

@@ -21,7 +21,7 @@ pub const SETTLEMENT_AGENT: &str = concat!(
 );
 
 /// The longest results line read (one item's answer).
-const MAX_RESULT_LINE: usize = 64 << 20;
+pub(super) const MAX_RESULT_LINE: usize = 64 << 20;
 
 /// Polls and settles the tracked batches: every `batches.poll_interval`,
 /// and as soon as one is woken (a client saw it ended, or it was left
@@ -75,10 +75,18 @@ async fn step(state: &State, key: &str, ended: bool) -> Result<(), BatchError> {
     match record.state {
         BatchState::Submitting => b.interrupt(record).await,
         BatchState::Open => {
-            if !ended && !has_ended(state, &record).await? {
-                return Ok(());
-            }
-            let results = read_results(state, &record).await?;
+            let results = if record.endpoint.is_some() {
+                // OpenAI: the batch object names the files to read.
+                match super::openai::results_if_ended(state, &record).await? {
+                    Some(results) => results,
+                    None => return Ok(()),
+                }
+            } else {
+                if !ended && !has_ended(state, &record).await? {
+                    return Ok(());
+                }
+                read_results(state, &record).await?
+            };
             record.results = results;
             record.settled_ts = Some(now_us());
             record.state = BatchState::Settling;
@@ -95,23 +103,39 @@ async fn step(state: &State, key: &str, ended: bool) -> Result<(), BatchError> {
 
 /// `GET {path}` at the batch's provider, with the key tollgate injects
 /// (the account's own, else the provider's); never a client's credential.
-async fn get(state: &State, record: &BatchRecord, path: &str) -> Result<UpstreamCall, BatchError> {
+pub(super) async fn get(
+    state: &State,
+    record: &BatchRecord,
+    path: &str,
+) -> Result<UpstreamCall, BatchError> {
+    get_for(state, &record.provider, &record.account, path).await
+}
+
+/// `GET {path}` at `provider` on `account`'s behalf, as [`get`].
+pub(super) async fn get_for(
+    state: &State,
+    provider: &str,
+    account: &str,
+    path: &str,
+) -> Result<UpstreamCall, BatchError> {
     let provider = state
         .routes
-        .provider(&record.provider)
-        .ok_or_else(|| BatchError::NoProvider(record.provider.clone()))?
+        .provider(provider)
+        .ok_or_else(|| BatchError::NoProvider(provider.to_string()))?
         .clone();
     let route = Routes::api_route(&provider, path);
     let upstream = |e: ProxyError| BatchError::Upstream(e.to_string());
     let mut client = RequestHeader::build("GET", route.upstream_path.as_bytes(), None)
         .map_err(|e| BatchError::Upstream(e.to_string()))?;
-    client
-        .insert_header(anthropic::VERSION, anthropic::API_VERSION)
-        .map_err(|e| BatchError::Upstream(e.to_string()))?;
+    if provider.dialect == crate::dialect::Dialect::Anthropic {
+        client
+            .insert_header(anthropic::VERSION, anthropic::API_VERSION)
+            .map_err(|e| BatchError::Upstream(e.to_string()))?;
+    }
     client
         .insert_header(http::header::USER_AGENT, SETTLEMENT_AGENT)
         .map_err(|e| BatchError::Upstream(e.to_string()))?;
-    let byok = state.fleet.provider_key(&record.account, &provider.name);
+    let byok = state.fleet.provider_key(account, &provider.name);
     let key = byok.as_deref().or(provider.api_key.as_ref());
     let req = forward::build_request(
         &route,
@@ -132,18 +156,44 @@ async fn get(state: &State, record: &BatchRecord, path: &str) -> Result<Upstream
     Ok(call)
 }
 
-fn status_of(call: &UpstreamCall) -> u16 {
-    call.session
-        .response_header()
-        .map_or(0, |h| h.status.as_u16())
+/// `GET {path}` of a file to stream (results): the call, once it answered 200.
+pub(super) async fn download(
+    state: &State,
+    record: &BatchRecord,
+    path: &str,
+    what: &'static str,
+) -> Result<UpstreamCall, BatchError> {
+    let mut call = get(state, record, path).await?;
+    let status = status_of(&call);
+    if status != 200 {
+        call.session.shutdown().await;
+        return Err(BatchError::Status { status, what });
+    }
+    Ok(call)
 }
 
-/// Whether the provider says the batch has ended.
-async fn has_ended(state: &State, record: &BatchRecord) -> Result<bool, BatchError> {
-    let Some(id) = &record.batch_id else {
-        return Ok(false);
-    };
-    let mut call = get(state, record, &format!("/v1/messages/batches/{id}")).await?;
+/// `GET {path}`: the batch object at the provider, read whole.
+pub(super) async fn retrieve(
+    state: &State,
+    record: &BatchRecord,
+    path: &str,
+) -> Result<BytesMut, BatchError> {
+    let call = get(state, record, path).await?;
+    let (status, body) = read_object(state, call).await?;
+    if status != 200 {
+        return Err(BatchError::Status {
+            status,
+            what: "a batch retrieve",
+        });
+    }
+    Ok(body)
+}
+
+/// Reads a small answer (a batch object) whole: its status and body.
+pub(super) async fn read_object(
+    state: &State,
+    mut call: UpstreamCall,
+) -> Result<(u16, BytesMut), BatchError> {
     let status = status_of(&call);
     let mut body = BytesMut::new();
     while let Some(chunk) = call
@@ -158,12 +208,21 @@ async fn has_ended(state: &State, record: &BatchRecord) -> Result<bool, BatchErr
         }
     }
     state.upstreams.release(call).await;
-    if status != 200 {
-        return Err(BatchError::Status {
-            status,
-            what: "a batch retrieve",
-        });
-    }
+    Ok((status, body))
+}
+
+pub(super) fn status_of(call: &UpstreamCall) -> u16 {
+    call.session
+        .response_header()
+        .map_or(0, |h| h.status.as_u16())
+}
+
+/// Whether the provider says the batch has ended.
+async fn has_ended(state: &State, record: &BatchRecord) -> Result<bool, BatchError> {
+    let Some(id) = &record.batch_id else {
+        return Ok(false);
+    };
+    let body = retrieve(state, record, &format!("/v1/messages/batches/{id}")).await?;
     Ok(wire::batch_statuses(&body)
         .iter()
         .any(|s| s.ended && s.id == *id))
@@ -178,15 +237,8 @@ async fn read_results(
     let Some(id) = &record.batch_id else {
         return Ok(Vec::new());
     };
-    let mut call = get(state, record, &format!("/v1/messages/batches/{id}/results")).await?;
-    let status = status_of(&call);
-    if status != 200 {
-        call.session.shutdown().await;
-        return Err(BatchError::Status {
-            status,
-            what: "a results download",
-        });
-    }
+    let path = format!("/v1/messages/batches/{id}/results");
+    let mut call = download(state, record, &path, "a results download").await?;
     let prices = state.recorder.prices();
     let mut settlement = Settlement::new(record, prices);
     let mut line = BytesMut::new();
@@ -197,13 +249,7 @@ async fn read_results(
             tracing::warn!(batch = %id, error = %e, "unreadable results line; skipped");
         }
     };
-    loop {
-        let chunk = call
-            .session
-            .read_response_body()
-            .await
-            .map_err(|e| BatchError::Results(e.to_string()))?;
-        let Some(chunk) = chunk else { break };
+    while let Some(chunk) = next_chunk(&mut call).await? {
         let mut rest = &chunk[..];
         while let Some(at) = memchr::memchr(b'\n', rest) {
             if line.is_empty() {
@@ -226,6 +272,14 @@ async fn read_results(
         tracing::warn!(batch = %id, strays = settlement.strays, unreadable = bad, "results lines that match no item of the batch");
     }
     Ok(settlement.finish())
+}
+
+/// The next chunk of a download (`None`: its end).
+pub(super) async fn next_chunk(call: &mut UpstreamCall) -> Result<Option<Bytes>, BatchError> {
+    call.session
+        .read_response_body()
+        .await
+        .map_err(|e| BatchError::Results(e.to_string()))
 }
 
 /// One line of a results file into the settlement (blank lines skipped).
