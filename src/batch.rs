@@ -559,6 +559,61 @@ mod tests {
     }
 
     #[test]
+    fn openai_result_lines_settle_as_anthropic_ones_do() {
+        use crate::dialect::openai::batch::{parse_results, BatchEndpoint};
+        let mut r = record();
+        r.provider = "openai".into();
+        r.endpoint = Some("/v1/chat/completions".into());
+        for item in &mut r.items {
+            item.model = "gpt-4o-mini".into();
+        }
+        let prices = PriceTable::builtin();
+        let mut s = Settlement::new(&r, &prices);
+        let lines = [
+            r#"{"custom_id":"ok","error":null,"id":"batch_req_1","response":{"status_code":200,"request_id":"req_1","body":{"model":"gpt-4o-mini","object":"chat.completion","choices":[],"usage":{"prompt_tokens":130,"completion_tokens":20,"prompt_tokens_details":{"cached_tokens":30}}}}}"#,
+            r#"{"custom_id":"err","error":null,"id":"batch_req_2","response":{"status_code":400,"request_id":"req_2","body":{"error":{"type":"invalid_request_error","code":null,"message":"x","param":null}}}}"#,
+            r#"{"custom_id":"can","error":{"code":"batch_cancelled","message":"x"},"id":"batch_req_3","response":null}"#,
+            r#"{"custom_id":"exp","error":{"code":"batch_expired","message":"x"},"id":"batch_req_4","response":null}"#,
+            r#"{"custom_id":"ok","error":{"code":"batch_expired","message":"x"},"id":"batch_req_5","response":null}"#,
+        ]
+        .join("\n");
+        for line in parse_results(BatchEndpoint::ChatCompletions, lines.as_bytes(), 1 << 20) {
+            s.add_openai(line.expect("line"));
+        }
+        assert_eq!(s.strays, 1, "a second line for one custom_id");
+        r.results = s.finish();
+        // gpt-4o-mini: $0.15 in, $0.075 cached, $0.60 out; ×0.5.
+        let u = Usage {
+            input_tokens: 100,
+            cache_read_input_tokens: 30,
+            output_tokens: 20,
+            ..Usage::default()
+        };
+        assert_eq!(r.results[0].usage, u);
+        assert_eq!(
+            r.results[0].cost_nusd,
+            prices.cost("gpt-4o-mini", &u, true).nusd
+        );
+        assert_eq!(r.results[0].message_id.as_deref(), Some("req_1"));
+        let outcomes: Vec<_> = r.results.iter().map(|x| x.outcome).collect();
+        assert_eq!(
+            outcomes,
+            [
+                ItemOutcome::Succeeded,
+                ItemOutcome::Errored,
+                ItemOutcome::Canceled,
+                ItemOutcome::Expired,
+                ItemOutcome::Missing
+            ]
+        );
+        assert_eq!(r.spent_nusd(), r.results[0].cost_nusd);
+        let events = r.events("sc");
+        assert_eq!(events[1].error.as_deref(), Some("invalid_request_error"));
+        assert_eq!(events[2].error.as_deref(), Some("canceled"));
+        assert!(events.iter().all(|e| e.provider == "openai"));
+    }
+
+    #[test]
     fn item_ids_are_deterministic_time_ordered_uuids() {
         let a = item_event_id("anthropic", "msgbatch_1", "x", 1_000_000_000);
         assert_eq!(

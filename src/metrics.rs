@@ -263,7 +263,7 @@ impl Metrics {
             &["outcome"],
         )?;
         let batches = IntCounterVec::new(
-            Opts::new("tollgate_batches_total", "Provider batches (Anthropic Message Batches) by outcome: created (accepted by the provider, reservation held), denied (a budget could not hold its worst case: 402, not sent), refused (the provider refused the create: released), interrupted (the create's outcome is unknown, a crash or a cut: charged its worst case), settled (results read, one event per item, reservation settled)."),
+            Opts::new("tollgate_batches_total", "Provider batches (Anthropic Message Batches, OpenAI batches) by outcome: created (accepted by the provider, reservation held), denied (a budget could not hold its worst case: 402, not sent), refused (the provider refused the create: released), interrupted (the create's outcome is unknown, a crash or a cut: charged its worst case), settled (results read, one event per item, reservation settled)."),
             &["outcome"],
         )?;
         let batch_items = IntCounterVec::new(

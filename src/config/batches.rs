@@ -1,4 +1,4 @@
-//! `[batches]`: provider batches (Anthropic Message Batches) reserved at
+//! `[batches]`: provider batches (Anthropic Message Batches, OpenAI batches) reserved at
 //! submit and settled per item (see `crate::proxy::batch`).
 
 use std::time::Duration;
@@ -18,7 +18,7 @@ pub(super) static KEYS: &[Key] = &[
     Key::new("batches.poll_interval", Type::Duration, DEFAULT_POLL_INTERVAL,
      "How often the batches this sidecar submitted and that are still open are retrieved from the provider; an ended one is settled (its results read once, one usage event per item). A client's retrieve that shows a batch ended settles it too, without waiting for the poll."),
     Key::new("batches.max_body_bytes", Type::Size, "256000000",
-     "Largest batch create body read (the API's own limit is 256 MB); a larger one is refused with a 413 before anything is sent."),
+     "Largest Anthropic batch create body, or OpenAI batch input file upload, read (the APIs' own limits are 256 MB and 200 MB); a larger one is refused with a 413 before anything is sent."),
 ];
 
 /// The section as written.
