@@ -12,9 +12,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::batches::{batch_events, budget, settled};
 use support::fake_provider::{FakeProvider, Recorded};
 use support::sdk::{run_script, sdk_python};
-use support::tollgate::{ca_init, free_port, Builder, Tollgate};
+use support::tollgate::{Builder, ProxyMode, Tollgate};
 use tollgate::dialect::Usage;
 use tollgate::meter::prices::PriceTable;
 
@@ -71,46 +72,6 @@ fn creates(seen: &[Recorded]) -> usize {
     seen.iter()
         .filter(|r| r.method == "POST" && r.path.ends_with("/v1/messages/batches"))
         .count()
-}
-
-/// The batch events (route `batch`), by `custom_id`.
-fn batch_events(events: &[Value]) -> BTreeMap<String, Vec<Value>> {
-    let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    for e in events.iter().filter(|e| !e["batch"].is_null()) {
-        assert_eq!(e["route"], "batch", "{e}");
-        let id = e["batch"]["custom_id"].as_str().unwrap().to_string();
-        out.entry(id).or_default().push(e.clone());
-    }
-    out
-}
-
-/// Waits until `n` batch events are recorded; returns them by `custom_id`.
-async fn settled(t: &Tollgate, n: usize) -> BTreeMap<String, Vec<Value>> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let events = batch_events(&t.events().await);
-        if events.values().map(Vec::len).sum::<usize>() >= n {
-            return events;
-        }
-        assert!(Instant::now() < deadline, "{events:?}\n{}", t.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The budget's (spent, reserved), nano-USD.
-async fn budget(t: &Tollgate) -> (u64, u64) {
-    let all = t.budgets().await;
-    let b = all
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["name"] == "monthly")
-        .unwrap()
-        .clone();
-    (
-        b["spent_nusd"].as_u64().unwrap(),
-        b["reserved_nusd"].as_u64().unwrap(),
-    )
 }
 
 /// A plan for `anthropic_batches.py`: one batch with an item of every
@@ -245,32 +206,22 @@ async fn sdk_batch_in_base_url_mode_is_reserved_and_settled_per_custom_id() {
 async fn sdk_batch_in_https_proxy_mode_is_reserved_and_settled_per_custom_id() {
     let python = sdk_python("anthropic-current").await;
     let fake = FakeProvider::start().await;
-    let ca = tempfile::tempdir().unwrap();
-    ca_init(ca.path());
-    let port = free_port();
-    let t = Builder::new(&fake.base_url())
-        .top(&format!(
-            "forward_proxy_listen = \"127.0.0.1:{port}\"\nca_dir = \"{}\"",
-            ca.path().display()
-        ))
+    let mode = ProxyMode::new();
+    let t = mode
+        .on(Builder::new(&fake.base_url()))
         .env("ANTHROPIC_API_KEY", INJECTED)
         .config(BUDGET)
         .config("[batches]\npoll_interval = \"200ms\"\n")
         .start();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{}", t.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let proxy = format!("http://127.0.0.1:{port}");
-    let ca_file = ca.path().join("ca.pem");
+    mode.wait(&t);
+    let (proxy, ca_file) = (mode.url(), mode.ca_file());
     let run = run_script(
         &python,
         "anthropic_batches.py",
         &[
             ("ANTHROPIC_API_KEY", CLIENT_KEY),
             ("HTTPS_PROXY", proxy.as_str()),
-            ("SSL_CERT_FILE", ca_file.to_str().unwrap()),
+            ("SSL_CERT_FILE", ca_file.as_str()),
         ],
         &every_outcome_plan(),
     )
