@@ -221,7 +221,7 @@ async fn chat_answers_a_message_with_receipts_and_an_exact_usage_event() {
     streaming["stream"] = json!(false);
     let r = post(&t, "/api/v1/llm/chat/stream", &streaming, &[]).await;
     assert_eq!(r.status(), 400);
-    // The wrong method, and a batch path (not served yet): Anthropic-shaped.
+    // The wrong method, and an empty batch: Anthropic-shaped.
     let r = client()
         .get(format!("{}/api/v1/llm/chat", t.url()))
         .send()
@@ -230,9 +230,9 @@ async fn chat_answers_a_message_with_receipts_and_an_exact_usage_event() {
     assert_eq!(r.status(), 405);
     assert_eq!(header(&r, "x-tollgate-error"), "method_not_allowed");
     let r = post(&t, "/api/v1/llm/batch", &json!({"requests": []}), &[]).await;
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 400);
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["error"]["type"], "not_found_error", "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
     assert_eq!(fake.requests().len(), 2, "refusals reach no provider");
 }
 
@@ -805,18 +805,27 @@ async fn the_openapi_document_describes_what_is_served() {
         }
         assert!(!node.is_null(), "dangling $ref {target}");
     }
-    // Each documented operation is answered by the sidecar (not a 404).
+    // Each documented operation is answered by the sidecar (not a 404);
+    // the batch submit first, whose id the status path takes.
     let fake = FakeProvider::start().await;
     let t = started(&fake).start();
+    let mut batch_id = String::new();
     for (path, ops) in paths {
         for method in ops.as_object().unwrap().keys() {
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let mut req = client().request(m, format!("{}{path}", t.url()));
-            if method == "post" {
+            let url = format!("{}{}", t.url(), path.replace("{id}", &batch_id));
+            let mut req = client().request(m, url);
+            if path == "/api/v1/llm/batch" {
+                req = req.json(&batch_request(&["doc-1"]));
+            } else if method == "post" {
                 req = req.json(&chat_body("claude-sonnet-4-5", "doc"));
             }
             let r = req.send().await.unwrap();
             assert_eq!(r.status(), 200, "{method} {path}");
+            if path == "/api/v1/llm/batch" {
+                let v: Value = r.json().await.unwrap();
+                batch_id = v["id"].as_str().unwrap().to_string();
+            }
             assert!(
                 ops[method]["responses"]["200"].is_object(),
                 "{method} {path}"
@@ -897,7 +906,379 @@ async fn the_curl_example_runs_against_the_sidecar() {
         "x-tollgate-attempts: openai/gpt-4o=200",
         "\"source\":\"sidecar\"",
         "\"account\":\"acme\"",
+        "\"object\":\"batch\"",
+        "\"status\":\"in_progress\"",
+        "\"status\":\"settled\"",
+        "\"custom_id\":\"q2\"",
+        "\"result\":\"succeeded\"",
     ] {
         assert!(text.contains(want), "{want} not in:\n{text}");
     }
+}
+
+// === batches ===
+
+/// The model of the batch tests, and its batch price (the built-in table).
+const BATCH_MODEL: &str = "claude-haiku-4-5-20251001";
+const MONTHLY: &str =
+    "[[budgets]]\nname = \"monthly\"\nscope = \"all\"\nperiod = \"month\"\nlimit_usd = \"10.00\"\n";
+
+/// A gateway batch body: one Messages request per id, each reporting the
+/// usage the fake is told in its `metadata.user_id` (the fake's control).
+fn batch_request(ids: &[&str]) -> Value {
+    let requests: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let usage = format!("x-fake-usage:input={},output={}", 100 + i * 10, 20 + i);
+            json!({"custom_id": id, "params": {
+                "model": BATCH_MODEL, "max_tokens": 200,
+                "metadata": {"user_id": usage},
+                "messages": [{"role": "user", "content": format!("item {id}")}]}})
+        })
+        .collect();
+    json!({ "requests": requests })
+}
+
+fn batch_creates(fake: &FakeProvider) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/v1/messages/batches")
+        .count()
+}
+
+/// GET the gateway's status of batch `id`: (status, JSON).
+async fn batch_status(t: &Tollgate, id: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = client().get(format!("{}/api/v1/llm/batch/{id}", t.url()));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// Reads the batch's status until it is settled.
+async fn until_settled(t: &Tollgate, id: &str, headers: &[(&str, &str)]) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (s, v) = batch_status(t, id, headers).await;
+        assert_eq!(s, 200, "{v}");
+        if v["status"] == "settled" {
+            return v;
+        }
+        assert!(
+            ["in_progress", "ended"].contains(&v["status"].as_str().unwrap()),
+            "{v}"
+        );
+        assert!(Instant::now() < deadline, "{v}\n{}", t.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The checks of a settled batch: every item's result is the fake's, its
+/// tokens the ones it reported, its cost those tokens at the batch price
+/// and exactly its usage event's (route `batch`, one per `custom_id`);
+/// the totals add up and equal the budget's spend.
+async fn check_settled(t: &Tollgate, fake: &FakeProvider, v: &Value, account: &str) {
+    let id = v["id"].as_str().unwrap();
+    let truth = &fake.batches()["anthropic"][id]["items"];
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), v["item_count"].as_u64().unwrap() as usize);
+    // Journaled before the record says settled; in the ledger just after.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events: Vec<Value> = t
+            .events()
+            .await
+            .into_iter()
+            .filter(|e| e["batch"]["batch_id"] == id)
+            .collect();
+        if events.len() >= items.len() || Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        events.len(),
+        items.len(),
+        "one event per custom_id: {events:?}"
+    );
+    let mut spent = 0;
+    for item in items {
+        let cid = item["custom_id"].as_str().unwrap();
+        let fake_item = &truth[cid];
+        assert_eq!(item["result"], fake_item["outcome"], "{cid}: {item}");
+        let e = events
+            .iter()
+            .find(|e| e["batch"]["custom_id"] == cid)
+            .unwrap();
+        assert_eq!(e["route"], "batch");
+        assert_eq!(e["account"], account);
+        for kind in [
+            "input_tokens",
+            "output_tokens",
+            "cache_creation_input_tokens",
+            "cache_read_input_tokens",
+        ] {
+            assert_eq!(item["usage"][kind], e[kind], "{cid} {kind}");
+            let reported = fake_item["reported_usage"][kind].as_u64().unwrap_or(0);
+            assert_eq!(item["usage"][kind], reported, "{cid} {kind}");
+        }
+        let usage = tollgate::dialect::Usage {
+            input_tokens: item["usage"]["input_tokens"].as_u64().unwrap(),
+            output_tokens: item["usage"]["output_tokens"].as_u64().unwrap(),
+            ..Default::default()
+        };
+        let cost = item["cost_nusd"].as_u64().unwrap();
+        assert_eq!(e["cost_nusd"], cost, "{cid}");
+        assert_eq!(nusd(item["cost_usd"].as_str().unwrap()), cost);
+        if item["result"] == "succeeded" {
+            let at_batch_price = tollgate::meter::prices::PriceTable::builtin()
+                .cost(BATCH_MODEL, &usage, true)
+                .nusd;
+            assert_eq!(cost, at_batch_price, "{cid}");
+            assert!(cost > 0);
+        } else {
+            assert_eq!(cost, 0, "{cid}");
+        }
+        spent += cost;
+    }
+    let reserved = v["reserved_nusd"].as_u64().unwrap();
+    assert_eq!(v["spent_nusd"], spent);
+    assert_eq!(v["released_nusd"], reserved - spent);
+    assert_eq!(nusd(v["spent_usd"].as_str().unwrap()), spent);
+    assert!(v["settled_at"].is_string(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_submitted_and_settled_per_item_at_the_batch_price() {
+    let fake = FakeProvider::start().await;
+    let (key_a, entry_a) = new_key("alpha");
+    let (key_b, entry_b) = new_key("beta");
+    let t = started(&fake)
+        .no_cache()
+        .config(&format!("{MONTHLY}{entry_a}\n{entry_b}"))
+        .start();
+    let alpha = [("x-api-key", key_a.as_str())];
+
+    // A plain HTTP client: succeeded, errored and expired items.
+    let r = post(
+        &t,
+        "/api/v1/llm/batch",
+        &batch_request(&["ok-1", "ok-2", "err-1", "exp-1"]),
+        &[("x-api-key", &key_a), ("x-fake-batch-ms", "300")],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-tollgate-provider"), "anthropic");
+    assert!(!header(&r, "x-tollgate-request-id").is_empty());
+    let created: Value = r.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("msgbatch_"), "{created}");
+    assert_eq!(created["object"], "batch");
+    assert_eq!(created["status"], "in_progress");
+    assert_eq!(created["provider"], "anthropic");
+    assert_eq!(created["account"], "alpha");
+    assert_eq!(created["item_count"], 4);
+    assert_eq!(created["models"], json!([BATCH_MODEL]));
+    assert!(created["created_at"].is_string());
+    assert!(created.get("items").is_none(), "{created}");
+    let reserved = created["reserved_nusd"].as_u64().unwrap();
+    assert_eq!(nusd(created["reserved_usd"].as_str().unwrap()), reserved);
+    // Each item's bound (200 output tokens) at the batch price, at least.
+    assert!(reserved > 4 * 200 * 2_500, "{created}");
+    assert_eq!(
+        support::batches::budget(&t).await,
+        (0, reserved),
+        "held while it runs"
+    );
+    // One create reached the provider, with the injected key only.
+    assert_eq!(batch_creates(&fake), 1);
+    for s in fake.requests() {
+        assert_eq!(s.header("x-api-key"), Some(ANTHROPIC_KEY), "{}", s.path);
+        assert_eq!(s.header("anthropic-version"), Some("2023-06-01"));
+        assert!(s.headers.iter().all(|(_, v)| !v.contains(&key_a)));
+    }
+
+    // Another account's key, an unknown id: the same 404.
+    let (s, v) = batch_status(&t, &id, &[("x-api-key", &key_b)]).await;
+    assert_eq!(s, 404, "{v}");
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "not_found_error");
+    let (s, unknown) = batch_status(&t, "msgbatch_nobody", &alpha).await;
+    assert_eq!(s, 404);
+    assert_eq!(
+        unknown["error"]["message"]
+            .as_str()
+            .unwrap()
+            .replace("msgbatch_nobody", &id),
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .replace("beta", "alpha"),
+        "nothing tells the two apart"
+    );
+    let (s, _) = batch_status(&t, &id, &[]).await;
+    assert_eq!(s, 401, "a key is required");
+
+    // Polled until settled: per item, the usage events' numbers.
+    let settled = until_settled(&t, &id, &alpha).await;
+    assert_eq!(settled["items"].as_array().unwrap().len(), 4);
+    let results: Vec<&str> = settled["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["succeeded", "succeeded", "errored", "expired"]);
+    check_settled(&t, &fake, &settled, "alpha").await;
+    let spent = settled["spent_nusd"].as_u64().unwrap();
+    assert_eq!(
+        support::batches::budget(&t).await,
+        (spent, 0),
+        "the budget spent their sum"
+    );
+    let (s, again) = batch_status(&t, &id, &alpha).await;
+    assert_eq!(
+        (s, &again),
+        (200, &settled),
+        "a settled batch reads the same"
+    );
+    // Still nobody else's.
+    let (s, _) = batch_status(&t, &id, &[("x-api-key", &key_b)]).await;
+    assert_eq!(s, 404);
+
+    // curl as a process: submit, then read until settled.
+    let body = batch_request(&["curl-ok", "err-curl"]).to_string();
+    let (status, headers, text) = curl(&[
+        &format!("{}/api/v1/llm/batch", t.url()),
+        "-H",
+        &format!("x-api-key: {key_b}"),
+        "-H",
+        "x-fake-batch-ms: 50",
+        "-d",
+        &body,
+    ]);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(curl_header(&headers, "x-tollgate-provider"), "anthropic");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let curl_id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (&v["account"], &v["item_count"]),
+        (&json!("beta"), &json!(2))
+    );
+    let url = format!("{}/api/v1/llm/batch/{curl_id}", t.url());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let v = loop {
+        let (status, headers, text) = curl(&[&url, "-H", &format!("x-api-key: {key_b}")]);
+        assert_eq!(status, 200, "{text}");
+        assert!(curl_header(&headers, "content-type").starts_with("application/json"));
+        let v: Value = serde_json::from_str(&text).unwrap();
+        if v["status"] == "settled" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    check_settled(&t, &fake, &v, "beta").await;
+    let (status, _, _) = curl(&[&url, "-H", &format!("x-api-key: {key_a}")]);
+    assert_eq!(status, 404);
+    let total = spent + v["spent_nusd"].as_u64().unwrap();
+    assert_eq!(support::batches::budget(&t).await, (total, 0));
+    assert_eq!(batch_creates(&fake), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_does_not_fit_the_budget_is_a_402_before_anything_is_sent() {
+    let fake = FakeProvider::start().await;
+    // $0.001: one item of 200 output tokens at Haiku's batch price
+    // ($2.50 / MTok) fits, four do not.
+    let t = started(&fake)
+        .no_cache()
+        .config(&MONTHLY.replace("10.00", "0.001"))
+        .start();
+    let r = post(
+        &t,
+        "/api/v1/llm/batch",
+        &batch_request(&["a", "b", "c", "d"]),
+        &[("x-tollgate-account", "acme")],
+    )
+    .await;
+    assert_eq!(r.status(), 402);
+    assert_eq!(header(&r, "x-tollgate-error"), "budget_exceeded");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "budget_exceeded");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("monthly"),
+        "{v}"
+    );
+    assert!(fake.requests().is_empty(), "nothing reached the provider");
+    assert_eq!(support::batches::budget(&t).await, (0, 0), "nothing held");
+    // curl sees the same refusal.
+    let (status, headers, body) = curl(&[
+        &format!("{}/api/v1/llm/batch", t.url()),
+        "-d",
+        &batch_request(&["a", "b", "c", "d"]).to_string(),
+    ]);
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(curl_header(&headers, "x-tollgate-error"), "budget_exceeded");
+    assert!(fake.requests().is_empty());
+    // One item fits, and is sent.
+    let r = post(&t, "/api/v1/llm/batch", &batch_request(&["a"]), &[]).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(batch_creates(&fake), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_submit_retried_with_its_idempotency_key_creates_one_batch() {
+    let fake = FakeProvider::start().await;
+    let t = started(&fake).no_cache().config(MONTHLY).start();
+    let body = batch_request(&["ok-1", "err-1"]);
+    let headers = [
+        ("x-tollgate-account", "acme"),
+        ("idempotency-key", "nightly-eval-42"),
+        ("x-fake-batch-ms", "100"),
+    ];
+    let first = post(&t, "/api/v1/llm/batch", &body, &headers).await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(header(&first, "x-tollgate-idempotent-replay"), "");
+    let first: Value = first.json().await.unwrap();
+    for _ in 0..2 {
+        let again = post(&t, "/api/v1/llm/batch", &body, &headers).await;
+        assert_eq!(again.status(), 200);
+        assert_eq!(header(&again, "x-tollgate-idempotent-replay"), "true");
+        let again: Value = again.json().await.unwrap();
+        assert_eq!(again, first, "the same record, replayed");
+    }
+    assert_eq!(batch_creates(&fake), 1, "one batch at the provider");
+    let reserved = first["reserved_nusd"].as_u64().unwrap();
+    assert_eq!(
+        support::batches::budget(&t).await.1,
+        reserved,
+        "reserved once"
+    );
+    // The same key with another body is a 422; on the provider's own path
+    // (another answer shape) too.
+    let other = post(&t, "/api/v1/llm/batch", &batch_request(&["x"]), &headers).await;
+    assert_eq!(other.status(), 422);
+    let native = client()
+        .post(format!("{}/v1/messages/batches", t.url()))
+        .header("anthropic-version", "2023-06-01")
+        .header("x-tollgate-account", "acme")
+        .header("idempotency-key", "nightly-eval-42")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(native.status(), 422);
+    assert_eq!(batch_creates(&fake), 1);
+    // It settles once.
+    let id = first["id"].as_str().unwrap();
+    let acme = [("x-tollgate-account", "acme")];
+    let settled = until_settled(&t, id, &acme).await;
+    check_settled(&t, &fake, &settled, "acme").await;
+    assert_eq!(
+        support::batches::budget(&t).await,
+        (settled["spent_nusd"].as_u64().unwrap(), 0)
+    );
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env sh
 # tollgate's gateway surface with curl: a chat, the same as a stream, an
-# idempotent retry, an alias routed to another provider, and the caller's
-# account's usage. No provider headers needed: the body is an Anthropic
+# idempotent retry, an alias routed to another provider, a batch submitted
+# and read until settled, and the caller's account's usage. No provider headers needed: the body is an Anthropic
 # Messages request, `anthropic-version` defaults to 2023-06-01.
 #
 #   cargo run --example fake_provider -- --port 9999 &
@@ -42,6 +42,23 @@ echo '# target, answered as an Anthropic message'
 curl -sS -D - "$TOLLGATE/api/v1/llm/chat" -H "x-tollgate-account: $ACCOUNT" \
   -d '{"model":"smart","max_tokens":64,"messages":[{"role":"user","content":"route me"}]}' |
   grep -i -E '^x-tollgate-(provider|model|attempts)|"type"' | tr -d '\r'
+echo
+
+echo '# POST /api/v1/llm/batch: a Message Batches create; the answer is tollgate'"'"'s record'
+echo '# (every item'"'"'s worst case reserved at the batch price)'
+BATCH='{"requests":[{"custom_id":"q1","params":{"model":"claude-haiku-4-5","max_tokens":64,"messages":[{"role":"user","content":"one"}]}},{"custom_id":"q2","params":{"model":"claude-haiku-4-5","max_tokens":64,"messages":[{"role":"user","content":"two"}]}}]}'
+RECORD=$(curl -sS "$TOLLGATE/api/v1/llm/batch" -H "x-tollgate-account: $ACCOUNT" -d "$BATCH")
+echo "$RECORD"
+ID=$(printf '%s' "$RECORD" | sed -n 's/.*"id":"\([^"]*\)".*/\1/p')
+echo
+echo "# GET /api/v1/llm/batch/$ID until settled: per item, its result, tokens and cost"
+echo '# (a real batch takes minutes to hours; this reads for 20 s at most)'
+for _ in $(seq 1 100); do
+  STATUS=$(curl -sS "$TOLLGATE/api/v1/llm/batch/$ID" -H "x-tollgate-account: $ACCOUNT")
+  case "$STATUS" in *'"status":"settled"'*) break ;; esac
+  sleep 0.2
+done
+echo "$STATUS"
 echo
 
 echo '# GET /api/v1/llm/usage: this account only (group_by= or by=)'

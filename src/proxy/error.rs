@@ -72,6 +72,10 @@ pub enum ProxyError {
     /// `CONNECT` on the base-URL listener.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// A resource of tollgate's own that the caller has none of (the
+    /// gateway surface's batches: another account's is not found either).
+    #[error("{0}")]
+    NotFound(String),
     /// The client took too long to send its request (`timeouts.request_*`).
     #[error("the client did not send {what} within {} s", limit.as_secs_f64())]
     ClientTimeout {
@@ -159,6 +163,7 @@ impl ProxyError {
             ProxyError::ClientTimeout { .. } => "request_timeout",
             ProxyError::MalformedRequest { .. } => "malformed_request",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::NotFound(_) => "not_found",
             ProxyError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ProxyError::UpstreamTimeout { .. } => "upstream_timeout",
             ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
@@ -194,6 +199,7 @@ impl ProxyError {
             ProxyError::ClientTimeout { .. } => 408,
             ProxyError::MalformedRequest { status, .. } => *status,
             ProxyError::MethodNotAllowed(_) => 405,
+            ProxyError::NotFound(_) => 404,
             ProxyError::UpstreamUnreachable { .. } => 502,
             ProxyError::UpstreamTimeout { .. } => 504,
             ProxyError::UpstreamProtocol { .. } => 502,
@@ -234,9 +240,9 @@ impl ProxyError {
             ProxyError::AllTargetsOpen { .. } => ErrorClass::Server,
             ProxyError::IdempotencyInProgress { .. } => ErrorClass::Conflict,
             ProxyError::TooLarge { .. } => ErrorClass::TooLarge,
-            ProxyError::UnknownRoute { .. } | ProxyError::UnsupportedEndpoint { .. } => {
-                ErrorClass::NotFound
-            }
+            ProxyError::UnknownRoute { .. }
+            | ProxyError::UnsupportedEndpoint { .. }
+            | ProxyError::NotFound(_) => ErrorClass::NotFound,
             ProxyError::UpstreamTimeout { .. } => ErrorClass::Timeout,
             ProxyError::UpstreamUnreachable { .. }
             | ProxyError::UpstreamProtocol { .. }
@@ -280,6 +286,7 @@ impl ProxyError {
             | ProxyError::ClientTimeout { .. }
             | ProxyError::MalformedRequest { .. }
             | ProxyError::MethodNotAllowed(_)
+            | ProxyError::NotFound(_)
             | ProxyError::Unauthorized(_)
             | ProxyError::Forbidden(_)
             | ProxyError::RateLimited(_)

@@ -64,6 +64,10 @@ pub struct Exchange {
     /// An OpenAI batch input file's priced items, kept once the provider
     /// names the file.
     pub upload: Option<super::batch::openai::PendingUpload>,
+    /// A gateway batch submit (`POST /api/v1/llm/batch`): an accepted
+    /// batch is answered with tollgate's record of it, not the provider's
+    /// batch object.
+    pub gateway_batch: bool,
     /// Counts it in flight (the SIGTERM drain waits for it) until dropped.
     _in_flight: InFlightGuard,
 }
@@ -79,6 +83,7 @@ impl Exchange {
             results_base: None,
             batch: None,
             upload: None,
+            gateway_batch: false,
             _in_flight: state.in_flight.enter(),
         }
     }

@@ -17,6 +17,10 @@
 //!   keys are configured, else `x-tollgate-account` or the default). Not a
 //!   provider call: it records no usage event.
 //!
+//! - `POST /api/v1/llm/batch`, `GET /api/v1/llm/batch/{id}`: a batch
+//!   submitted through the Message Batches pipeline, answered as tollgate's
+//!   record of it ([`batch`]).
+//!
 //! Only base-URL mode serves these: inside an HTTPS_PROXY tunnel a path is
 //! the provider host's own (OpenRouter's API lives under `/api/v1`).
 
@@ -36,6 +40,10 @@ use crate::dialect::Dialect;
 use crate::meter::event::UsageEvent;
 use crate::usage_report::{GroupBy, UsageReport};
 
+pub mod batch;
+
+pub use batch::{BATCH, BATCH_STATUS};
+
 /// `POST`: one Anthropic message, as JSON.
 pub const CHAT: &str = "/api/v1/llm/chat";
 /// `POST`: one Anthropic message, as SSE.
@@ -44,7 +52,7 @@ pub const CHAT_STREAM: &str = "/api/v1/llm/chat/stream";
 pub const USAGE: &str = "/api/v1/llm/usage";
 /// Every path of the surface (the OpenAPI document, `src/proxy/openapi.json`,
 /// describes exactly these).
-pub const PATHS: &[&str] = &[CHAT, CHAT_STREAM, USAGE];
+pub const PATHS: &[&str] = &[CHAT, CHAT_STREAM, USAGE, BATCH, BATCH_STATUS];
 /// The OpenAPI document of the surface.
 pub const OPENAPI: &str = include_str!("openapi.json");
 /// Grouping of a usage request that names none (as the control endpoint's).
@@ -59,6 +67,10 @@ pub enum Surface {
     ChatStream,
     /// `GET /api/v1/llm/usage`.
     Usage,
+    /// `POST /api/v1/llm/batch`.
+    Batch,
+    /// `GET /api/v1/llm/batch/{id}`.
+    BatchStatus,
 }
 
 impl Surface {
@@ -69,14 +81,16 @@ impl Surface {
             CHAT => Some(Surface::Chat),
             CHAT_STREAM => Some(Surface::ChatStream),
             USAGE => Some(Surface::Usage),
+            BATCH => Some(Surface::Batch),
+            p if batch::status_id(p).is_some() => Some(Surface::BatchStatus),
             _ => None,
         }
     }
 
     fn method(self) -> http::Method {
         match self {
-            Surface::Chat | Surface::ChatStream => http::Method::POST,
-            Surface::Usage => http::Method::GET,
+            Surface::Chat | Surface::ChatStream | Surface::Batch => http::Method::POST,
+            Surface::Usage | Surface::BatchStatus => http::Method::GET,
         }
     }
 
@@ -85,6 +99,8 @@ impl Surface {
             Surface::Chat => CHAT,
             Surface::ChatStream => CHAT_STREAM,
             Surface::Usage => USAGE,
+            Surface::Batch => BATCH,
+            Surface::BatchStatus => BATCH_STATUS,
         }
     }
 
@@ -113,22 +129,35 @@ pub fn chat_route(
     req: &mut RequestHeader,
 ) -> Result<Route, ProxyError> {
     surface.check_method(req)?;
-    let provider =
-        routes
-            .default_provider(Dialect::Anthropic)
-            .ok_or_else(|| ProxyError::UnknownRoute {
-                method: req.method.to_string(),
-                path: req.uri.path().to_string(),
-                dialect: Dialect::Anthropic,
-            })?;
-    let route = Routes::target_route(provider, req.uri.query());
+    let provider = default_anthropic(routes, req)?;
+    provider_defaults(req)?;
+    Ok(Routes::target_route(provider, req.uri.query()))
+}
+
+/// The provider every gateway path goes to: the default Anthropic one.
+fn default_anthropic<'r>(
+    routes: &'r Routes,
+    req: &RequestHeader,
+) -> Result<&'r std::sync::Arc<crate::config::Provider>, ProxyError> {
+    routes
+        .default_provider(Dialect::Anthropic)
+        .ok_or_else(|| ProxyError::UnknownRoute {
+            method: req.method.to_string(),
+            path: req.uri.path().to_string(),
+            dialect: Dialect::Anthropic,
+        })
+}
+
+/// What a gateway client need not send: `anthropic-version` (the
+/// client's own is kept) and a JSON content type (whatever `curl -d` says).
+fn provider_defaults(req: &mut RequestHeader) -> Result<(), ProxyError> {
     let internal = |e: Box<pingora::Error>| ProxyError::Internal(e.to_string());
     if !req.headers.contains_key(VERSION) {
         req.insert_header(VERSION, API_VERSION).map_err(internal)?;
     }
     req.insert_header(http::header::CONTENT_TYPE, "application/json")
         .map_err(internal)?;
-    Ok(route)
+    Ok(())
 }
 
 /// The body of a chat call with its `stream` field made the path's (see
@@ -316,27 +345,39 @@ impl ControlUsage {
 /// Answers `GET /api/v1/llm/usage`: refusals in the Anthropic error shape,
 /// like every answer of the surface. Records no usage event.
 pub async fn serve_usage(state: &State, session: &mut Session) {
-    let request_id = uuid::Uuid::now_v7().to_string();
+    ignore_body(session);
+    let result = usage(state, session.req_header()).await;
+    send_json(session, result).await;
+}
+
+/// A read takes no body: one sent is not read, and what follows on the
+/// connection is not a next request.
+fn ignore_body(session: &mut Session) {
     let h = &session.req_header().headers;
     if h.contains_key(http::header::TRANSFER_ENCODING)
         || h.get(http::header::CONTENT_LENGTH)
             .is_some_and(|v| v.as_bytes() != b"0")
     {
-        // A body nobody reads: what follows on the connection is not a
-        // next request.
         super::respond::give_up_on_client(session);
     }
-    let (status, body) = match usage(state, session.req_header()).await {
-        Ok(json) => (http::StatusCode::OK, json),
+}
+
+/// Answers a read of the surface's own (not a provider call): the JSON, or
+/// the refusal in the Anthropic error shape, with a request id.
+async fn send_json(session: &mut Session, result: Result<serde_json::Value, ProxyError>) {
+    let request_id = uuid::Uuid::now_v7().to_string();
+    let json = match result {
+        Ok(json) => json,
         Err(err) => {
-            tracing::debug!(request_id = %request_id, error = %err, "usage request refused");
+            let path = session.req_header().uri.path();
+            tracing::debug!(request_id = %request_id, path, error = %err, "gateway read refused");
             let (header, body) = err.response(Dialect::Anthropic, &request_id);
             send_whole(session, header, body).await;
             return;
         }
     };
-    let body = Bytes::from(body.to_string());
-    let mut header = headers::response_header(status, 4);
+    let body = Bytes::from(json.to_string());
+    let mut header = headers::response_header(http::StatusCode::OK, 4);
     let _ = header.insert_header(http::header::CONTENT_TYPE, "application/json");
     let _ = header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
     let _ = header.insert_header(headers::REQUEST_ID, request_id);
@@ -415,8 +456,17 @@ mod tests {
             Surface::of(&req("GET", "/api/v1/llm/usage?group_by=model")),
             Some(Surface::Usage)
         );
+        assert_eq!(
+            Surface::of(&req("POST", "/api/v1/llm/batch")),
+            Some(Surface::Batch)
+        );
+        assert_eq!(
+            Surface::of(&req("GET", "/api/v1/llm/batch/msgbatch_1?x=1")),
+            Some(Surface::BatchStatus)
+        );
         for other in [
-            "/api/v1/llm/batch",
+            "/api/v1/llm/batch/a/b",
+            "/api/v1/llm/batches",
             "/api/v1/llm/chatx",
             "/v1/messages",
             "/api/v1/chat/completions",

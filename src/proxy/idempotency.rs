@@ -74,13 +74,16 @@ fn no_wait(session: &Session) -> Result<bool, ProxyError> {
 
 /// Looks the request's `Idempotency-Key` up: claims it (the request runs
 /// and its answer will be kept), replays the kept answer, waits for the
-/// first request with it, or refuses.
+/// first request with it, or refuses. `path`: the path its fingerprint
+/// covers (the route's upstream path, or a gateway path whose answer has
+/// another shape).
 pub async fn begin(
     state: &State,
     session: &mut Session,
     mut x: Exchange,
     account: &str,
     route: &Route,
+    path: &str,
     body: &Bytes,
 ) -> Begun {
     let req = session.req_header();
@@ -95,12 +98,7 @@ pub async fn begin(
         Err(e) => return Begun::Refused(x, ProxyError::BadHeader(e.to_string())),
     };
     let slot = slot_key(account, key);
-    let fp = fingerprint(
-        req.method.as_str(),
-        &route.provider.name,
-        &route.upstream_path,
-        body,
-    );
+    let fp = fingerprint(req.method.as_str(), &route.provider.name, path, body);
     let no_wait = match no_wait(session) {
         Ok(n) => n,
         Err(e) => return Begun::Refused(x, e),

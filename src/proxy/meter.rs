@@ -127,6 +127,7 @@ pub async fn relay(
     let batch_objects = !is_sse
         && body.readable()
         && (results_base.is_some()
+            || x.gateway_batch
             || super::batch::openai::answers_with_objects(route, &session.req_header().method));
     let max_entry = state.cache.config.max_entry_bytes as usize;
     let assembler =
@@ -157,6 +158,7 @@ pub async fn relay(
         batch_objects,
         batch: x.batch,
         upload: x.upload,
+        gateway_batch: x.gateway_batch,
         translation,
         translator,
     };
@@ -193,12 +195,15 @@ struct Relay<'a> {
     /// base (see `crate::dialect::anthropic::batch`).
     results_base: Option<String>,
     /// Batch (or batch input file) objects in the answer: read whole, up to
-    /// [`BATCH_OBJECT_CAP`], for `results_base`, `batch` and `upload`.
+    /// [`BATCH_OBJECT_CAP`], for `results_base`, `batch`, `upload` and `gateway_batch`.
     batch_objects: bool,
     /// A batch create: concluded with its answer (see `super::batch`).
     batch: Option<super::batch::Pending>,
     /// An OpenAI batch upload: its items kept under the file's id.
     upload: Option<super::batch::openai::PendingUpload>,
+    /// A gateway batch submit: an accepted batch is answered with
+    /// tollgate's record of it (see `super::gateway::batch`).
+    gateway_batch: bool,
     /// The client speaks the other dialect than the upstream.
     translation: Option<Translation>,
     /// A translated stream: the translator, and a tap over its output in
@@ -614,6 +619,15 @@ impl Relay<'_> {
             self.state
                 .batches
                 .observe_openai(&route.provider.name, &body);
+        }
+        if self.gateway_batch && failure.is_none() && upstream.status.is_success() {
+            // Concluded above: the record is stored under the provider's id.
+            let provider = &route.provider.name;
+            if let Some(record) =
+                super::gateway::batch::submit_answer(self.state, provider, &body).await
+            {
+                body = record;
+            }
         }
         let after_upstream = std::time::Instant::now();
         let ok = upstream.status.is_success();

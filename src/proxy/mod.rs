@@ -5,8 +5,9 @@
 //! ```text
 //! request_filter ─┬─ ingress   route, bounded body read, one parse → RequestModel
 //!                 │            (the gateway surface's chat paths map onto
-//!                 │            /v1/messages here: `gateway`; its usage read
-//!                 │            is answered before any stage)
+//!                 │            /v1/messages here, its batch submit onto
+//!                 │            /v1/messages/batches: `gateway`; its usage and
+//!                 │            batch status reads are answered before any stage)
 //!                 ├─ identify  gateway key; account / workload / tags: x-tollgate-* headers, else defaults
 //!                 ├─ idempotency  Idempotency-Key: replay the kept answer, wait for the
 //!                 │            first request with the key, 409 / 422, or claim it
@@ -144,6 +145,12 @@ impl Tollgate {
                 Some(s @ (gateway::Surface::Chat | gateway::Surface::ChatStream)) => {
                     gateway::chat_route(&state.routes, s, session.req_header_mut())
                 }
+                // Its batch submit: a Message Batches create, answered
+                // with tollgate's record of the batch.
+                Some(gateway::Surface::Batch) => {
+                    x.gateway_batch = true;
+                    gateway::batch::submit_route(&state.routes, session.req_header_mut())
+                }
                 _ => state.routes.resolve(session.req_header(), tunnel),
             }
         );
@@ -203,11 +210,29 @@ impl Tollgate {
         // The gateway's path decides streaming, before the idempotency
         // fingerprint is taken of the body.
         let body = match surface {
-            Some(s) => or_fail!(self, session, x, gateway::chat_body(s, body)),
-            None => body,
+            Some(s @ (gateway::Surface::Chat | gateway::Surface::ChatStream)) => {
+                or_fail!(self, session, x, gateway::chat_body(s, body))
+            }
+            _ => body,
         };
-        // idempotency
-        x = match idempotency::begin(state, session, x, &identity.account, &route, &body).await {
+        // idempotency: a gateway batch submit is answered with another
+        // shape than a create on /v1/messages/batches, so a key used on
+        // both with one body is a 422, never the other's answer.
+        let keyed_path = match surface {
+            Some(gateway::Surface::Batch) => gateway::BATCH,
+            _ => route.upstream_path.as_str(),
+        };
+        x = match idempotency::begin(
+            state,
+            session,
+            x,
+            &identity.account,
+            &route,
+            keyed_path,
+            &body,
+        )
+        .await
+        {
             idempotency::Begun::Run(x) => x,
             idempotency::Begun::Answered => return,
             idempotency::Begun::Refused(x, err) => return self.fail(session, x, err).await,
@@ -514,6 +539,11 @@ impl ProxyHttp for Tollgate {
             // A read of the ledger, not a provider call: no exchange.
             let _in_flight = self.state.in_flight.enter();
             gateway::serve_usage(&self.state, session).await;
+        } else if surface == Some(gateway::Surface::BatchStatus) {
+            // A read of a batch record (and tollgate's own retrieve of it):
+            // no exchange.
+            let _in_flight = self.state.in_flight.enter();
+            gateway::batch::serve_status(&self.state, session).await;
         } else {
             let dialect = ingress::guess_dialect(session.req_header());
             let x = Exchange::new(&self.state, started, dialect);

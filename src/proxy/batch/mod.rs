@@ -42,14 +42,14 @@
 pub mod openai;
 mod settle;
 
-pub use settle::{BatchService, SETTLEMENT_AGENT};
+pub use settle::{refresh, BatchService, SETTLEMENT_AGENT};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::error::ProxyError;
 use super::ingress::{Endpoint, Route};
@@ -103,6 +103,9 @@ pub struct Batches {
     inputs: Option<Arc<dyn BatchRecords>>,
     wake: mpsc::UnboundedSender<String>,
     woken: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
+    /// Counts the batches settled since the start (readers waiting for one
+    /// to settle watch it: the gateway surface's status read).
+    settled: watch::Sender<u64>,
     pub config: BatchesConfig,
     metrics: Metrics,
     sidecar_id: String,
@@ -127,6 +130,7 @@ impl Batches {
             inputs: None,
             wake,
             woken: Mutex::new(Some(woken)),
+            settled: watch::channel(0).0,
             config,
             metrics,
             sidecar_id,
@@ -175,6 +179,21 @@ impl Batches {
                 self.wake(key);
             }
         }
+    }
+
+    /// The record of `provider`'s batch `id`, if this sidecar tracked it.
+    pub async fn record(
+        &self,
+        provider: &str,
+        id: &str,
+    ) -> Result<Option<BatchRecord>, BatchError> {
+        self.load(&crate::batch::key(provider, id)).await
+    }
+
+    /// Changes whenever a batch has been settled (its record marked
+    /// `Settled`).
+    pub fn settlements(&self) -> watch::Receiver<u64> {
+        self.settled.subscribe()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Option<Reservation>>> {
@@ -252,7 +271,9 @@ impl Batches {
         }
         record.state = BatchState::Settled;
         record.settled_ts = Some(now_us());
-        self.put(&record, None).await
+        self.put(&record, None).await?;
+        self.settled.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     /// Records the events of a `Settling` record not yet in the ledger,
@@ -285,6 +306,7 @@ impl Batches {
         }
         record.state = BatchState::Settled;
         self.put(&record, None).await?;
+        self.settled.send_modify(|n| *n += 1);
         self.count("settled");
         tracing::info!(batch = %key, items = record.results.len(), recorded, cost_nusd = record.spent_nusd(), reserved_nusd = record.reserved_nusd, "batch settled");
         Ok(())

@@ -217,6 +217,22 @@ pub(super) fn status_of(call: &UpstreamCall) -> u16 {
         .map_or(0, |h| h.status.as_u16())
 }
 
+/// Asks the provider about an open Anthropic batch now (a client's read
+/// of it): an ended one is queued for settlement at once, as when a
+/// client's own retrieve shows it ended. Returns whether it has ended
+/// (false for an OpenAI batch: the settlement task asks about those).
+pub async fn refresh(state: &State, record: &BatchRecord) -> Result<bool, BatchError> {
+    if record.state != BatchState::Open || record.endpoint.is_some() {
+        return Ok(false);
+    }
+    let ended = has_ended(state, record).await?;
+    let key = record.key();
+    if ended && state.batches.lock().contains_key(&key) {
+        state.batches.wake(key);
+    }
+    Ok(ended)
+}
+
 /// Whether the provider says the batch has ended.
 async fn has_ended(state: &State, record: &BatchRecord) -> Result<bool, BatchError> {
     let Some(id) = &record.batch_id else {
