@@ -8,6 +8,10 @@ use serde_json::Value;
 
 use super::tollgate::Tollgate;
 
+/// A `monthly` budget of $10 over all traffic, for [`budget`].
+pub const MONTHLY_BUDGET: &str =
+    "[[budgets]]\nname = \"monthly\"\nscope = \"all\"\nperiod = \"month\"\nlimit_usd = \"10.00\"\n";
+
 /// The batch events (route `batch`), by `custom_id`.
 pub fn batch_events(events: &[Value]) -> BTreeMap<String, Vec<Value>> {
     let mut out: BTreeMap<String, Vec<Value>> = BTreeMap::new();

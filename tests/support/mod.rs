@@ -5,6 +5,7 @@ pub mod batches;
 pub mod control;
 pub mod fake_provider;
 pub mod inject;
+pub mod node;
 pub mod raw;
 pub mod reply;
 pub mod sdk;

@@ -32,7 +32,7 @@ pub fn venv_root() -> PathBuf {
 }
 
 /// FNV-1a over some byte strings (a stable content hash, no extra crate).
-fn fnv1a(parts: &[&[u8]]) -> u64 {
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for part in parts {
         for byte in part.iter().chain([0xff_u8].iter()) {
@@ -44,7 +44,7 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 }
 
 /// Runs a set-up command, panicking with its output when it fails.
-fn run_setup(cmd: &mut Command, what: &str) {
+pub fn run_setup(cmd: &mut Command, what: &str) {
     let out = cmd
         .stdin(Stdio::null())
         .output()
@@ -172,9 +172,20 @@ pub async fn run_script(python: &Path, script: &str, env: &[(&str, &str)], plan:
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/sdk")
         .join(script);
+    run_program(python, &script, env, plan).await
+}
+
+/// Runs `program script` (an interpreter and the script's path), the plan
+/// on stdin, a clean environment plus `env`; returns what it printed.
+pub async fn run_program(
+    program: &Path,
+    script: &Path,
+    env: &[(&str, &str)],
+    plan: &Value,
+) -> SdkRun {
     let home = tempfile::tempdir().unwrap();
-    let mut cmd = tokio::process::Command::new(python);
-    cmd.arg(&script)
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg(script)
         // Nothing from the developer's environment (proxies, real keys, SDK profiles).
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
