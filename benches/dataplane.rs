@@ -14,6 +14,9 @@
 //! * `tollgate`: the real release binary, default config (durable usage
 //!   events: `outbox.sync = true`), key injection on, admin listener on,
 //!   log level `warn`;
+//! * `tollgate-before`: `tollgate`'s config run from another build
+//!   (`TOLLGATE_BENCH_BEFORE_BIN`), so a change's before/after comes from
+//!   one run with the rows interleaved (this VM's noise moves whole runs);
 //! * `tollgate-nosync`: the same with `outbox.sync = false`, which isolates
 //!   the cost of waiting for the group commit's fsync;
 //! * `tollgate-routed`: `tollgate` with the request's model an alias of one
@@ -171,6 +174,9 @@ enum Kind {
     Direct,
     Bare,
     Tollgate,
+    /// `tollgate`'s config on another build (`TOLLGATE_BENCH_BEFORE_BIN`):
+    /// a before/after pair measured in one run, rows interleaved.
+    TollgateBefore,
     TollgateNoSync,
     /// The exact cache on, every request different: the miss path.
     TollgateMiss,
@@ -192,6 +198,7 @@ impl Kind {
             "direct" => Kind::Direct,
             "bare" => Kind::Bare,
             "tollgate" => Kind::Tollgate,
+            "tollgate-before" => Kind::TollgateBefore,
             "tollgate-nosync" => Kind::TollgateNoSync,
             "tollgate-miss" => Kind::TollgateMiss,
             "tollgate-hit" => Kind::TollgateHit,
@@ -200,7 +207,7 @@ impl Kind {
             "tollgate-budget" => Kind::TollgateBudget,
             "tollgate-leased" => Kind::TollgateLeased,
             other => {
-                bail!("unknown target {other:?} (direct, bare, tollgate, tollgate-nosync, tollgate-miss, tollgate-hit, tollgate-routed, tollgate-translated, tollgate-budget, tollgate-leased)")
+                bail!("unknown target {other:?} (direct, bare, tollgate, tollgate-before, tollgate-nosync, tollgate-miss, tollgate-hit, tollgate-routed, tollgate-translated, tollgate-budget, tollgate-leased)")
             }
         })
     }
@@ -210,6 +217,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::Bare => "bare",
             Kind::Tollgate => "tollgate",
+            Kind::TollgateBefore => "tollgate-before",
             Kind::TollgateNoSync => "tollgate-nosync",
             Kind::TollgateMiss => "tollgate-miss",
             Kind::TollgateHit => "tollgate-hit",
@@ -249,7 +257,7 @@ struct Options {
 
 const USAGE: &str = "usage: cargo bench --bench dataplane -- [--warmup SECS] [--duration SECS] \
 [--threads 1,2] [--concurrency 1,64] [--workloads nonstream,stream50[,stream11]] \
-[--targets direct,bare,tollgate,tollgate-nosync,tollgate-miss,tollgate-hit] [--fake-threads N] \
+[--targets direct,bare,tollgate,tollgate-before,tollgate-nosync,tollgate-miss,tollgate-hit] [--fake-threads N] \
 [--wrk-threads N] [--fresh] [--upstream-delay-ms N] [--first-byte-requests N] [--first-byte-delays-ms 0,20]";
 
 impl Options {
@@ -615,6 +623,13 @@ fn tollgate_exe() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tollgate")))
 }
 
+/// The other build of a before/after pair (`tollgate-before`).
+fn before_exe() -> Result<PathBuf> {
+    std::env::var_os("TOLLGATE_BENCH_BEFORE_BIN")
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow!("the tollgate-before target needs TOLLGATE_BENCH_BEFORE_BIN (a release build of tollgate)"))
+}
+
 /// A free loopback port (bound, then released: a tiny race, fine here).
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -753,7 +768,10 @@ fn start_tollgate(
         .map(|(k, _)| k)
         .filter(|k| k.starts_with("TOLLGATE_") || k.ends_with("_API_KEY") || k == "RUST_LOG")
         .collect();
-    let exe = tollgate_exe();
+    let exe = match kind {
+        Kind::TollgateBefore => before_exe()?,
+        _ => tollgate_exe(),
+    };
     let args = [
         "proxy".to_owned(),
         "--config".to_owned(),
@@ -1822,6 +1840,7 @@ fn report(
         let vs_bare = match (c.kind, find(c.workload, c.conc, Kind::Bare, c.threads)) {
             (
                 Kind::Tollgate
+                | Kind::TollgateBefore
                 | Kind::TollgateNoSync
                 | Kind::TollgateMiss
                 | Kind::TollgateRouted
@@ -1837,7 +1856,7 @@ fn report(
         let goal = if c.conc == 1
             && matches!(
                 c.kind,
-                Kind::Tollgate | Kind::TollgateNoSync | Kind::TollgateMiss
+                Kind::Tollgate | Kind::TollgateBefore | Kind::TollgateNoSync | Kind::TollgateMiss
             ) {
             format!(
                 "p50 {} · p99 {}",
@@ -1872,7 +1891,7 @@ fn report(
     for c in cells.iter().filter(|c| {
         matches!(
             c.kind,
-            Kind::Tollgate | Kind::TollgateNoSync | Kind::TollgateMiss
+            Kind::Tollgate | Kind::TollgateBefore | Kind::TollgateNoSync | Kind::TollgateMiss
         )
     }) {
         let Some(bare) = find(c.workload, c.conc, Kind::Bare, c.threads) else {

@@ -72,6 +72,12 @@ fn no_wait(session: &Session) -> Result<bool, ProxyError> {
     }
 }
 
+/// Whether the request asks for idempotency (a POST with the header):
+/// only then does it go through [`begin`].
+pub fn requested(req: &pingora::http::RequestHeader) -> bool {
+    req.method == http::Method::POST && req.headers.contains_key(headers::IDEMPOTENCY_KEY)
+}
+
 /// Looks the request's `Idempotency-Key` up: claims it (the request runs
 /// and its answer will be kept), replays the kept answer, waits for the
 /// first request with it, or refuses. `path`: the path its fingerprint

@@ -576,8 +576,9 @@ impl Relay<'_> {
                 Ok(Some(chunk)) => {
                     body.extend_from_slice(&chunk);
                     if body.len() > cap {
-                        return self
-                            .oversized(route, request, upstream, body.freeze())
+                        // Boxed, as the other rare branches below: they
+                        // would size the common path's future.
+                        return Box::pin(self.oversized(route, request, upstream, body.freeze()))
                             .await;
                     }
                 }
@@ -601,11 +602,11 @@ impl Relay<'_> {
         }
         if let (Some(pending), None) = (self.batch.take(), &failure) {
             // Before the client sees the batch: its next retrieve finds it tracked.
-            pending.conclude(upstream.status.as_u16(), &body).await;
+            Box::pin(pending.conclude(upstream.status.as_u16(), &body)).await;
         }
         if let (Some(upload), None) = (self.upload.take(), &failure) {
             // Before the client sees the file: a create over it finds it.
-            upload.conclude(upstream.status.as_u16(), &body).await;
+            Box::pin(upload.conclude(upstream.status.as_u16(), &body)).await;
         }
         if failure.is_none() && upstream.status.is_success() && self.results_base.is_some() {
             // A tracked batch shown ended is settled now.
@@ -623,8 +624,10 @@ impl Relay<'_> {
         if self.gateway_batch && failure.is_none() && upstream.status.is_success() {
             // Concluded above: the record is stored under the provider's id.
             let provider = &route.provider.name;
-            if let Some(record) =
-                super::gateway::batch::submit_answer(self.state, provider, &body).await
+            if let Some(record) = Box::pin(super::gateway::batch::submit_answer(
+                self.state, provider, &body,
+            ))
+            .await
             {
                 body = record;
             }

@@ -79,7 +79,8 @@ macro_rules! or_fail {
     ($app:expr, $session:expr, $x:expr, $result:expr) => {
         match $result {
             Ok(v) => v,
-            Err(err) => return $app.fail($session, $x, err).await,
+            // Boxed: the error path's future stays out of every stage's.
+            Err(err) => return Box::pin($app.fail($session, $x, err)).await,
         }
     };
 }
@@ -192,7 +193,7 @@ impl Tollgate {
                 "account {:?} is on a plan without batch access; ask for a plan that includes batches",
                 identity.account
             ));
-            return self.fail(session, x, err).await;
+            return Box::pin(self.fail(session, x, err)).await;
         }
         // A batch create may be as large as the batch API allows.
         let batch_create = batch::is_create(&route, &session.req_header().method);
@@ -222,21 +223,28 @@ impl Tollgate {
             Some(gateway::Surface::Batch) => gateway::BATCH,
             _ => route.upstream_path.as_str(),
         };
-        x = match idempotency::begin(
-            state,
-            session,
-            x,
-            &identity.account,
-            &route,
-            keyed_path,
-            &body,
-        )
-        .await
-        {
-            idempotency::Begun::Run(x) => x,
-            idempotency::Begun::Answered => return,
-            idempotency::Begun::Refused(x, err) => return self.fail(session, x, err).await,
-        };
+        // The rarer stages' futures are boxed (here and below): the
+        // exchange's own future, allocated for every request, stays the
+        // size of the common path's.
+        if idempotency::requested(session.req_header()) {
+            x = match Box::pin(idempotency::begin(
+                state,
+                session,
+                x,
+                &identity.account,
+                &route,
+                keyed_path,
+                &body,
+            ))
+            .await
+            {
+                idempotency::Begun::Run(x) => x,
+                idempotency::Begun::Answered => return,
+                idempotency::Begun::Refused(x, err) => {
+                    return Box::pin(self.fail(session, x, err)).await
+                }
+            };
+        }
         let mut request = or_fail!(self, session, x, ingress::parse(&route, body));
         x.draft.event.model.clone_from(&request.model);
         x.draft.event.route = if route.is_batch() {
@@ -273,13 +281,13 @@ impl Tollgate {
                 request: &request,
             };
             if let Some(entry) = cache::lookup(state, &key, plan.ttl) {
-                x = match cache::serve_hit(r, session, x, &entry).await {
+                x = match Box::pin(cache::serve_hit(r, session, x, &entry)).await {
                     Ok(()) => return,
                     Err(x) => x,
                 };
             }
             if state.cache.config.coalesce {
-                x = match cache::coalesce(r, session, x, key, plan.ttl).await {
+                x = match Box::pin(cache::coalesce(r, session, x, key, plan.ttl)).await {
                     Some(x) => x,
                     None => return,
                 };
@@ -322,7 +330,7 @@ impl Tollgate {
                 self,
                 session,
                 x,
-                batch::reserve(state, &identity, &route, &request.body).await
+                Box::pin(batch::reserve(state, &identity, &route, &request.body)).await
             );
             x.batch = Some(pending);
         }
@@ -339,15 +347,23 @@ impl Tollgate {
                 self,
                 session,
                 x,
-                batch::openai::read_upload(state, &identity, &route, &content_type, &request.body)
-                    .await
+                Box::pin(batch::openai::read_upload(
+                    state,
+                    &identity,
+                    &route,
+                    &content_type,
+                    &request.body
+                ))
+                .await
             );
         }
         if let Some(routed) = routed {
-            if let Some((x, err)) =
-                route::run(state, session, &route, &request, &identity, x, routed).await
+            if let Some((x, err)) = Box::pin(route::run(
+                state, session, &route, &request, &identity, x, routed,
+            ))
+            .await
             {
-                self.fail(session, x, err).await;
+                Box::pin(self.fail(session, x, err)).await;
             }
             return;
         }
@@ -538,12 +554,12 @@ impl ProxyHttp for Tollgate {
         if surface == Some(gateway::Surface::Usage) {
             // A read of the ledger, not a provider call: no exchange.
             let _in_flight = self.state.in_flight.enter();
-            gateway::serve_usage(&self.state, session).await;
+            Box::pin(gateway::serve_usage(&self.state, session)).await;
         } else if surface == Some(gateway::Surface::BatchStatus) {
             // A read of a batch record (and tollgate's own retrieve of it):
             // no exchange.
             let _in_flight = self.state.in_flight.enter();
-            gateway::batch::serve_status(&self.state, session).await;
+            Box::pin(gateway::batch::serve_status(&self.state, session)).await;
         } else {
             let dialect = ingress::guess_dialect(session.req_header());
             let x = Exchange::new(&self.state, started, dialect);
