@@ -29,7 +29,7 @@ use tollgate::budget::alerts::AlertSink;
 use tollgate::budget::{Ledger, SystemClock};
 use tollgate::config::{self, Flags};
 use tollgate::dialect::Usage;
-use tollgate::meter::event::{CacheOutcome, RouteKind, Status, UsageEvent};
+use tollgate::meter::event::UsageEvent;
 use tollgate::metrics::Metrics;
 use tollgate::proxy::lifecycle::InFlight;
 use tollgate::proxy::recorder::Recorder;
@@ -144,12 +144,8 @@ fn event() -> UsageEvent {
         ts: 0,
         sidecar_id: String::new(),
         account: "acme".into(),
-        workload: String::new(),
-        tags: vec![],
         provider: "anthropic".into(),
         model: "claude-sonnet-4-5".into(),
-        route: RouteKind::Sync,
-        cache: CacheOutcome::Bypass,
         usage: Usage {
             input_tokens: 20,
             output_tokens: 30,
@@ -161,19 +157,9 @@ fn event() -> UsageEvent {
             us_only: false,
         },
         cost_nusd: 510_000,
-        saved_nusd: 0,
-        status: Status::Ok,
         http_status: 200,
-        error: None,
         priced: true,
-        usage_incomplete: false,
-        estimated: Default::default(),
-        latency_us: 0,
-        ttfb_us: 0,
-        upstream_request_id: None,
-        idempotency_key: None,
-        charges: Vec::new(),
-        batch: None,
+        ..UsageEvent::default()
     }
 }
 

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::dialect::anthropic::batch::{Outcome, ResultLine};
 use crate::dialect::openai::batch::BatchResult as OpenAiResult;
 use crate::dialect::Usage;
-use crate::meter::event::{CacheOutcome, Charge, RouteKind, Status, UsageEvent};
+use crate::meter::event::{Charge, RouteKind, Status, UsageEvent};
 use crate::meter::prices::PriceTable;
 
 /// Where a tracked batch is in its life.
@@ -221,24 +221,10 @@ impl BatchRecord {
             workload: self.workload.clone(),
             tags: self.tags.clone(),
             provider: self.provider.clone(),
-            model: String::new(),
             route: RouteKind::Batch,
-            cache: CacheOutcome::Bypass,
-            usage: Usage::default(),
-            cost_nusd: 0,
-            saved_nusd: 0,
-            status: Status::Ok,
             http_status: 200,
-            error: None,
             priced: true,
-            usage_incomplete: false,
-            estimated: Default::default(),
-            latency_us: 0,
-            ttfb_us: 0,
-            upstream_request_id: None,
-            idempotency_key: None,
-            charges: Vec::new(),
-            batch: None,
+            ..UsageEvent::default()
         }
     }
 }

@@ -2108,7 +2108,17 @@ async fn openai_batch_cancel_expiry_and_invalid_files() {
     assert_eq!(cancelling["status"], "cancelling");
     assert!(cancelling["cancelling_at"].is_u64());
     let (seen, cancelled) = poll_until(&fake, &path, OPENAI, "status", "cancelled").await;
-    assert_eq!(seen, ["cancelling", "cancelled"]);
+    // The cancel's own answer showed `cancelling`; a poll that came late
+    // (a loaded machine) may see only the end.
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("cancelled"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|s| s == "cancelling" || s == "cancelled"),
+        "{seen:?}"
+    );
     assert!(cancelled["cancelled_at"].is_u64());
     assert_eq!(
         cancelled["request_counts"],

@@ -5,10 +5,11 @@ use serde::{Deserialize, Serialize};
 use crate::dialect::Usage;
 
 /// How a request ended, as far as the ledger is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// The provider answered successfully and the whole answer reached the client.
+    #[default]
     Ok,
     /// The provider answered with an error status or a mid-stream `error` event.
     ProviderError,
@@ -43,10 +44,11 @@ impl Status {
 }
 
 /// How the request was served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RouteKind {
     /// A non-streaming call.
+    #[default]
     Sync,
     /// A streaming (SSE) call.
     Stream,
@@ -70,7 +72,7 @@ impl RouteKind {
 }
 
 /// What the exact cache did for this request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheOutcome {
     /// Answered from the cache.
@@ -78,6 +80,7 @@ pub enum CacheOutcome {
     /// Looked up, not found, forwarded.
     Miss,
     /// The cache was not consulted (opted out, not cacheable, or no cache stage).
+    #[default]
     Bypass,
     /// The read was skipped on request and the fresh answer written.
     Refresh,
@@ -100,8 +103,10 @@ impl CacheOutcome {
 
 /// One request's record in the ledger (schema in DESIGN.md "Usage event").
 /// Encoded with rmp-serde as a map (field names kept) so the schema can
-/// grow without breaking stored events.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// grow without breaking stored events. `Default` is an empty successful
+/// call (`Sync`, cache `Bypass`, not priced): the stages that make events
+/// set what they know on top of it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsageEvent {
     /// Unique, time-ordered (UUID v7); also the `x-tollgate-request-id` receipt.
     pub event_id: String,
@@ -253,21 +258,13 @@ impl OpenRecord {
             model: self.model.clone(),
             route: self.route,
             cache: self.cache,
-            usage: Usage::default(),
             cost_nusd: self.worst_nusd,
-            saved_nusd: 0,
             status: Status::Interrupted,
-            http_status: 0,
-            error: None,
             priced: true,
             usage_incomplete: true,
-            estimated: Estimated::default(),
-            latency_us: 0,
-            ttfb_us: 0,
-            upstream_request_id: None,
             idempotency_key: self.idempotency_key.clone(),
             charges: self.reserved.clone(),
-            batch: None,
+            ..UsageEvent::default()
         }
     }
 }

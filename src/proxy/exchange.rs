@@ -11,9 +11,9 @@ use super::lifecycle::{InFlight, InFlightGuard};
 use super::State;
 use crate::cache::flight::Leader;
 use crate::cache::CacheWrite;
-use crate::dialect::{Dialect, Usage};
+use crate::dialect::Dialect;
 use crate::limit::{Admission, Limiter};
-use crate::meter::event::{CacheOutcome, Charge, OpenRecord, RouteKind, Status, UsageEvent};
+use crate::meter::event::{CacheOutcome, Charge, OpenRecord, Status, UsageEvent};
 use crate::proxy::recorder::{Recorder, UpstreamTimes};
 
 /// Why tollgate cut a relay short; recorded as the event's `error` kind.
@@ -103,25 +103,8 @@ impl Draft {
                 account: state.default_identity.account.clone(),
                 workload: state.default_identity.workload.clone(),
                 tags: state.default_identity.tags.clone(),
-                provider: String::new(),
-                model: String::new(),
-                route: RouteKind::Sync,
-                cache: CacheOutcome::Bypass,
-                usage: Usage::default(),
-                cost_nusd: 0,
-                saved_nusd: 0,
-                status: Status::Ok,
-                http_status: 0,
-                error: None,
                 priced: true,
-                usage_incomplete: false,
-                estimated: Default::default(),
-                latency_us: 0,
-                ttfb_us: 0,
-                upstream_request_id: None,
-                idempotency_key: None,
-                charges: Vec::new(),
-                batch: None,
+                ..UsageEvent::default()
             },
             started,
             client_dialect: dialect,

@@ -435,7 +435,7 @@ async fn usage(state: &State, req: &RequestHeader) -> Result<serde_json::Value, 
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::meter::event::{CacheOutcome, RouteKind, Status};
+    use crate::meter::event::CacheOutcome;
     use crate::usage_report::Dim;
 
     fn req(method: &str, uri: &str) -> RequestHeader {
@@ -573,11 +573,9 @@ mod tests {
             ts: 1_795_000_000_000_000,
             sidecar_id: "s".into(),
             account: account.into(),
-            workload: String::new(),
             tags: vec![("team".into(), "search".into())],
             provider: "anthropic".into(),
             model: model.into(),
-            route: RouteKind::Sync,
             cache: CacheOutcome::Miss,
             usage: crate::dialect::Usage {
                 input_tokens: 10,
@@ -585,19 +583,9 @@ mod tests {
                 ..Default::default()
             },
             cost_nusd: cost,
-            saved_nusd: 0,
-            status: Status::Ok,
             http_status: 200,
-            error: None,
             priced: true,
-            usage_incomplete: false,
-            estimated: Default::default(),
-            latency_us: 0,
-            ttfb_us: 0,
-            upstream_request_id: None,
-            idempotency_key: None,
-            charges: Vec::new(),
-            batch: None,
+            ..UsageEvent::default()
         }
     }
 

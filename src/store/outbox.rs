@@ -409,7 +409,7 @@ mod tests {
     use crate::budget::alerts::AlertSink;
     use crate::budget::{Budget, Ledger, LedgerMetrics, OnInsufficient, Period, SystemClock};
     use crate::dialect::Usage;
-    use crate::meter::event::{CacheOutcome, RouteKind, Status};
+    use crate::meter::event::Status;
     use crate::scope::Scope;
     use crate::store::journal::{write_segment, Record};
 
@@ -442,12 +442,8 @@ mod tests {
             ts,
             sidecar_id: "s".into(),
             account: "acme".into(),
-            workload: String::new(),
-            tags: vec![],
             provider: "anthropic".into(),
             model: "claude-sonnet-4-5".into(),
-            route: RouteKind::Sync,
-            cache: CacheOutcome::Bypass,
             usage: Usage {
                 input_tokens: 1,
                 output_tokens: 2,
@@ -459,19 +455,11 @@ mod tests {
                 us_only: false,
             },
             cost_nusd: 3,
-            saved_nusd: 0,
-            status: Status::Ok,
             http_status: 200,
-            error: None,
             priced: true,
-            usage_incomplete: false,
-            estimated: Default::default(),
             latency_us: 1,
             ttfb_us: 1,
-            upstream_request_id: None,
-            idempotency_key: None,
-            batch: None,
-            charges: Vec::new(),
+            ..UsageEvent::default()
         }
     }
 
