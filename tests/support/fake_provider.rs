@@ -201,6 +201,21 @@ impl Recorded {
         first_header(&self.headers, name)
     }
 
+    /// Panics when a header value carries one of `secrets` (credentials
+    /// that must never reach the provider: the client's key, a gateway key).
+    pub fn assert_carries_none(&self, secrets: &[&str]) {
+        for (name, value) in &self.headers {
+            for secret in secrets {
+                assert!(
+                    !value.contains(secret),
+                    "{name}: {value} reached the provider ({} {})",
+                    self.method,
+                    self.path
+                );
+            }
+        }
+    }
+
     /// The request body parsed as JSON (`Value::Null` when it is not JSON).
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
