@@ -139,6 +139,17 @@ pub struct BatchRecord {
 }
 
 impl BatchRecord {
+    /// Whether the record can go at `now_us`: settled (its events are in
+    /// the ledger) more than `retention_us` ago.
+    pub fn expired(&self, now_us: i64, retention_us: i64) -> bool {
+        self.state == BatchState::Settled
+            && self
+                .settled_ts
+                .unwrap_or(self.created_ts)
+                .saturating_add(retention_us)
+                < now_us
+    }
+
     /// The store key of a record: `provider/batch id` once accepted,
     /// `provider/local id` before.
     pub fn key(&self) -> String {
@@ -230,8 +241,9 @@ impl BatchRecord {
 }
 
 /// A batch input file uploaded through this sidecar (OpenAI's Files API,
-/// `purpose=batch`): its items priced when it was read, kept until a batch
-/// is created over it (which may reach another run of the sidecar).
+/// `purpose=batch`): its items priced when it was read, kept (across runs
+/// of the sidecar) for `batches.retention` after the upload, for the
+/// batches created over it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadedInput {
     /// The configured provider's name.
@@ -249,6 +261,12 @@ pub struct UploadedInput {
 }
 
 impl UploadedInput {
+    /// Whether the priced copy can go at `now_us`: uploaded more than
+    /// `retention_us` ago (a create over the file reads it again).
+    pub fn expired(&self, now_us: i64, retention_us: i64) -> bool {
+        self.uploaded_ts.saturating_add(retention_us) < now_us
+    }
+
     /// Its store key: `provider/file id`.
     pub fn key(&self) -> String {
         key(&self.provider, &self.file_id)

@@ -1188,6 +1188,60 @@ async fn a_batch_is_submitted_and_settled_per_item_at_the_batch_price() {
     assert_eq!(batch_creates(&fake), 2);
 }
 
+/// `batches.retention`: a settled batch's record goes at a poll once it is
+/// older; its usage events and its spend stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_batch_record_goes_after_the_retention_and_its_events_stay() {
+    let fake = FakeProvider::start().await;
+    let (key, entry) = new_key("alpha");
+    let t = started(&fake)
+        .no_cache()
+        .config(&format!(
+            "{MONTHLY}{entry}\n[batches]\npoll_interval = \"200ms\"\nretention = \"2s\"\n"
+        ))
+        .start();
+    let alpha = [("x-api-key", key.as_str())];
+    let r = post(
+        &t,
+        "/api/v1/llm/batch",
+        &batch_request(&["ok-1", "ok-2"]),
+        &[("x-api-key", &key), ("x-fake-batch-ms", "50")],
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let created: Value = r.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let settled = until_settled(&t, &id, &alpha).await;
+    let spent = settled["spent_nusd"].as_u64().unwrap();
+    assert!(spent > 0, "{settled}");
+    let settled_at = Instant::now();
+    // Kept for the retention (a poll every 200 ms does not take it early).
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let (s, v) = batch_status(&t, &id, &alpha).await;
+    assert_eq!(s, 200, "{v}");
+    // Then gone, within a few polls past it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, v) = batch_status(&t, &id, &alpha).await;
+        if s == 404 {
+            assert_eq!(v["error"]["type"], "not_found_error", "{v}");
+            break;
+        }
+        assert_eq!(s, 200, "{v}");
+        assert!(Instant::now() < deadline, "never pruned: {v}\n{}", t.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        settled_at.elapsed() >= Duration::from_millis(1_500),
+        "pruned before the retention"
+    );
+    assert!(t.log().contains("pruned batch records"), "{}", t.log());
+    // The ledger and the budget keep what it spent.
+    let events = support::batches::batch_events(&t.events().await);
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(support::batches::budget(&t).await, (spent, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_that_does_not_fit_the_budget_is_a_402_before_anything_is_sent() {
     let fake = FakeProvider::start().await;

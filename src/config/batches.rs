@@ -10,6 +10,8 @@ use super::values::{duration, size, RawSize};
 use super::Problem;
 
 const DEFAULT_POLL_INTERVAL: &str = "60s";
+/// A day past the providers' own keeping of batch results (29 days at Anthropic).
+const DEFAULT_RETENTION: &str = "30d";
 /// The Message Batches API's own limit on a batch (256 MB).
 const DEFAULT_MAX_BODY_BYTES: u64 = 256_000_000;
 
@@ -19,6 +21,8 @@ pub(super) static KEYS: &[Key] = &[
      "How often the batches this sidecar submitted and that are still open are retrieved from the provider; an ended one is settled (its results read once, one usage event per item). A client's retrieve that shows a batch ended settles it too, without waiting for the poll."),
     Key::new("batches.max_body_bytes", Type::Size, "256000000",
      "Largest Anthropic batch create body, or OpenAI batch input file upload, read (the APIs' own limits are 256 MB and 200 MB); a larger one is refused with a 413 before anything is sent."),
+    Key::new("batches.retention", Type::Duration, DEFAULT_RETENTION,
+     "How long a settled batch's record (what the gateway's batch status answers; its usage events stay in the ledger) and the priced copy of an uploaded OpenAI batch input file are kept; older ones are deleted at the next poll (a batch created over a file whose copy is gone reads it from the provider again)."),
 ];
 
 /// The section as written.
@@ -34,6 +38,7 @@ pub struct RawSection {
 pub struct RawBatches {
     pub poll_interval: Option<String>,
     pub max_body_bytes: Option<RawSize>,
+    pub retention: Option<String>,
 }
 
 /// Provider batches: polling and the create body's bound.
@@ -43,6 +48,8 @@ pub struct BatchesConfig {
     pub poll_interval: Duration,
     /// Largest batch create body read.
     pub max_body_bytes: usize,
+    /// How long settled records and unused input files are kept.
+    pub retention: Duration,
 }
 
 impl Default for BatchesConfig {
@@ -50,6 +57,7 @@ impl Default for BatchesConfig {
         BatchesConfig {
             poll_interval: Duration::from_secs(60),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES as usize,
+            retention: Duration::from_secs(30 * 86_400),
         }
     }
 }
@@ -79,9 +87,17 @@ pub(super) fn validate(raw: RawSection, problems: &mut Vec<Problem>) -> Option<B
             None
         }
     });
+    let retention = duration(
+        "batches.retention",
+        b.retention.as_deref(),
+        DEFAULT_RETENTION,
+        true,
+        problems,
+    );
     Some(BatchesConfig {
         poll_interval: poll_interval?,
         max_body_bytes: max_body_bytes?,
+        retention: retention?,
     })
 }
 
@@ -96,16 +112,19 @@ mod tests {
         let c = ok("", &[]);
         assert_eq!(c.batches.poll_interval, Duration::from_secs(60));
         assert_eq!(c.batches.max_body_bytes, 256_000_000);
+        assert_eq!(c.batches.retention, Duration::from_secs(30 * 86_400));
         let c = ok(
-            "[batches]\npoll_interval = \"250ms\"\nmax_body_bytes = \"1MiB\"\n",
+            "[batches]\npoll_interval = \"250ms\"\nmax_body_bytes = \"1MiB\"\nretention = \"7d\"\n",
             &[],
         );
         assert_eq!(c.batches.poll_interval, Duration::from_millis(250));
         assert_eq!(c.batches.max_body_bytes, 1 << 20);
+        assert_eq!(c.batches.retention, Duration::from_secs(7 * 86_400));
         let p = problems(
-            "[batches]\npoll_interval = \"0s\"\nmax_body_bytes = 0\n",
+            "[batches]\npoll_interval = \"0s\"\nmax_body_bytes = 0\nretention = \"soon\"\n",
             &[],
         );
+        assert!(p.iter().any(|p| p.contains("batches.retention")), "{p:?}");
         assert!(
             p.iter().any(|p| p.contains("batches.poll_interval")),
             "{p:?}"

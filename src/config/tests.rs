@@ -443,6 +443,7 @@ sync = true
 [batches]
 poll_interval = "1s"
 max_body_bytes = "1MiB"
+retention = "30d"
 [providers.p]
 dialect = "openai"
 base_url = "http://h"

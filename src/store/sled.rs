@@ -569,7 +569,7 @@ impl IdempotencyRecords for IdempotencyTree {
 
 const BATCH_TREE: &str = "batches";
 /// Batch input files uploaded through the sidecar (OpenAI `purpose=batch`),
-/// priced per item, until a batch is created over them.
+/// priced per item, kept for `batches.retention` after their upload.
 const BATCH_INPUT_TREE: &str = "batch_inputs";
 
 /// Tracked batches, in their own tree of the sidecar's store.

@@ -245,6 +245,34 @@ impl Batches {
         load_from(self.store.clone(), key.to_string()).await
     }
 
+    /// Deletes the settled records and the priced input file copies older
+    /// than `batches.retention` at `now_us`; returns how many of each.
+    pub async fn prune(&self, now_us: i64) -> Result<(usize, usize), BatchError> {
+        let retention = i64::try_from(self.config.retention.as_micros()).unwrap_or(i64::MAX);
+        let records = prune_in(self.store.clone(), move |bytes| {
+            rmp_serde::from_slice::<BatchRecord>(bytes).is_ok_and(|r| r.expired(now_us, retention))
+        })
+        .await?;
+        let inputs = match self.inputs.clone() {
+            Some(store) => {
+                prune_in(store, move |bytes| {
+                    rmp_serde::from_slice::<crate::batch::UploadedInput>(bytes)
+                        .is_ok_and(|i| i.expired(now_us, retention))
+                })
+                .await?
+            }
+            None => 0,
+        };
+        if records + inputs > 0 {
+            tracing::info!(
+                records,
+                inputs,
+                "pruned batch records and input file copies past batches.retention"
+            );
+        }
+        Ok((records, inputs))
+    }
+
     /// The keys of the tracked batches.
     fn keys(&self) -> Vec<String> {
         self.lock().keys().cloned().collect()
@@ -313,6 +341,30 @@ impl Batches {
     }
 }
 
+/// Removes every record of `store` that `expired` says can go, off the
+/// async threads; returns how many.
+async fn prune_in(
+    store: Arc<dyn BatchRecords>,
+    expired: impl Fn(&[u8]) -> bool + Send + 'static,
+) -> Result<usize, BatchError> {
+    tokio::task::spawn_blocking(move || {
+        let mut doomed = Vec::new();
+        store.scan(&mut |key, bytes| {
+            if expired(bytes) {
+                doomed.push(key.to_string());
+            }
+            true
+        })?;
+        for key in &doomed {
+            store.remove(key)?;
+        }
+        Ok::<_, StoreError>(doomed.len())
+    })
+    .await
+    .map_err(|e| BatchError::Task(e.to_string()))?
+    .map_err(BatchError::from)
+}
+
 /// Stores `record` (MessagePack) under `key` in `store`, off the async
 /// threads; durable on return.
 async fn put_in<T: serde::Serialize>(
@@ -365,7 +417,7 @@ fn at_batch_price(nusd: u64, ppm: u32) -> u64 {
     u64::try_from(scaled.div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
-fn now_us() -> i64 {
+pub(super) fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -739,6 +791,58 @@ mod tests {
         outbox.close();
         let events = outbox.latest(100).unwrap();
         assert_eq!(events.len(), 2, "one event per item: {events:?}");
+    }
+
+    /// Settled records and input copies past `batches.retention` go at a
+    /// poll; open and settling records, and recent ones, stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prune_deletes_only_what_is_settled_or_uploaded_past_the_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, _ledger, outbox) = engine(dir.path());
+        let db = sled::open(dir.path().join("inputs")).unwrap();
+        let inputs = Arc::new(crate::store::sled::BatchTree::open_inputs(&db).unwrap());
+        let b = Arc::try_unwrap(b).ok().unwrap().with_inputs(inputs.clone());
+        let day = 86_400_000_000_i64;
+        let now = now_us();
+        let record = |id: &str, state, settled_days_ago: Option<i64>| BatchRecord {
+            batch_id: Some(id.into()),
+            state,
+            created_ts: now - 60 * day,
+            settled_ts: settled_days_ago.map(|d| now - d * day),
+            ..settling(Vec::new())
+        };
+        for r in [
+            record("old_settled", BatchState::Settled, Some(31)),
+            record("new_settled", BatchState::Settled, Some(29)),
+            record("old_open", BatchState::Open, None),
+            record("old_settling", BatchState::Settling, Some(31)),
+        ] {
+            b.put(&r, None).await.unwrap();
+        }
+        let input = |id: &str, days_ago: i64| crate::batch::UploadedInput {
+            provider: "openai".into(),
+            file_id: id.into(),
+            endpoint: "/v1/chat/completions".into(),
+            account: "acme".into(),
+            uploaded_ts: now - days_ago * day,
+            items: Vec::new(),
+        };
+        for i in [input("file-old", 31), input("file-new", 1)] {
+            let bytes = rmp_serde::to_vec_named(&i).unwrap();
+            inputs.put(&i.key(), &bytes, None).unwrap();
+        }
+
+        assert_eq!(b.prune(now).await.unwrap(), (1, 1));
+        let left = |id: &str| crate::batch::key("anthropic", id);
+        assert!(b.load(&left("old_settled")).await.unwrap().is_none());
+        for id in ["new_settled", "old_open", "old_settling"] {
+            assert!(b.load(&left(id)).await.unwrap().is_some(), "{id}");
+        }
+        assert!(inputs.get("openai/file-old").unwrap().is_none());
+        assert!(inputs.get("openai/file-new").unwrap().is_some());
+        // Nothing more to do.
+        assert_eq!(b.prune(now).await.unwrap(), (0, 0));
+        outbox.close();
     }
 
     #[test]

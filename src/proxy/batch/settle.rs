@@ -53,6 +53,9 @@ impl pingora::services::background::BackgroundService for BatchService {
                     for key in batches.keys() {
                         run(&self.state, &key, false).await;
                     }
+                    if let Err(e) = batches.prune(super::now_us()).await {
+                        tracing::warn!(error = %e, "pruning old batch records failed; retried at the next poll");
+                    }
                 }
             }
         }
