@@ -334,11 +334,33 @@ const FSYNC_PROBES: usize = 200;
 /// Bytes per append (about one usage-journal open record).
 const FSYNC_PROBE_BYTES: usize = 256;
 
+/// What the fdatasync probe measured.
+#[derive(Clone, Copy)]
+struct SyncProbe {
+    p50_us: f64,
+    p99_us: f64,
+    /// CPU (user + system) this thread spent per append + sync, µs: what a
+    /// commit costs the machine besides the wait (on a VM the device kicks
+    /// are exits, part of it system time).
+    cpu_us: f64,
+}
+
+/// This thread's time on a CPU so far (user + system), µs: the first field
+/// of `/proc/thread-self/schedstat` (ns; `getrusage` would need unsafe code
+/// and `/proc/…/stat` counts 10 ms ticks).
+fn thread_cpu_us() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |ns| ns / 1e3)
+}
+
 /// p50 and p99 (µs) of appending a small record to a file in `dir` and
-/// `sync_data`-ing it: the floor of a usage-journal group commit here.
-/// With `idle`, each sample follows that long asleep, as a request's commit
-/// does behind an upstream that takes that long (an idle vCPU wakes slower).
-fn fdatasync_latency(dir: &Path, idle: Duration) -> Result<(f64, f64)> {
+/// `sync_data`-ing it, and its CPU per sample: the floor of a usage-journal
+/// group commit here. With `idle`, each sample follows that long asleep, as
+/// a request's commit does behind an upstream that takes that long (an
+/// idle vCPU wakes slower).
+fn fdatasync_latency(dir: &Path, idle: Duration) -> Result<SyncProbe> {
     use std::io::Write as _;
     let path = dir.join("fdatasync-probe");
     let mut file = std::fs::OpenOptions::new()
@@ -347,20 +369,27 @@ fn fdatasync_latency(dir: &Path, idle: Duration) -> Result<(f64, f64)> {
         .open(&path)?;
     let record = [0x5a_u8; FSYNC_PROBE_BYTES];
     let mut samples = Vec::with_capacity(FSYNC_PROBES);
+    let mut cpu = 0.0;
     for _ in 0..FSYNC_PROBES {
         if !idle.is_zero() {
             std::thread::sleep(idle);
         }
+        let cpu_before = thread_cpu_us();
         let started = Instant::now();
         file.write_all(&record)?;
         file.sync_data()?;
         samples.push(started.elapsed().as_secs_f64() * 1e6);
+        cpu += thread_cpu_us() - cpu_before;
     }
     drop(file);
     std::fs::remove_file(&path)?;
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    Ok((at(0.5), at(0.99)))
+    Ok(SyncProbe {
+        p50_us: at(0.5),
+        p99_us: at(0.99),
+        cpu_us: cpu / FSYNC_PROBES as f64,
+    })
 }
 
 /// p50 (µs) of a round trip to another thread and back (a channel send it
@@ -1428,21 +1457,27 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
     // The data dirs live here: what a group commit costs on this disk.
     eprintln!("measuring fdatasync in {}…", dir.path().display());
     let fsync = fdatasync_latency(dir.path(), Duration::ZERO);
-    let fsync_p50 = fsync.as_ref().ok().map(|&(p50, _)| p50);
+    let fsync_p50 = fsync.as_ref().ok().map(|p| p.p50_us);
+    let fsync_cpu = fsync.as_ref().ok().map(|p| p.cpu_us);
     // Informative: the goal uses the back-to-back figure above.
     let idle = Duration::from_millis(20);
     let after_idle = match fdatasync_latency(dir.path(), idle) {
-        Ok((p50, p99)) => format!(
-            "; each after {} ms asleep: p50 {p50:.0} µs, p99 {p99:.0} µs",
-            idle.as_millis()
+        Ok(p) => format!(
+            "; each after {} ms asleep: p50 {:.0} µs, p99 {:.0} µs",
+            idle.as_millis(),
+            p.p50_us,
+            p.p99_us
         ),
         Err(e) => format!("; after sleeping: probe failed: {e}"),
     };
     let fdatasync = fsync
-        .map(|(p50, p99)| {
+        .map(|p| {
             format!(
-                "fdatasync of a {FSYNC_PROBE_BYTES} B append in {} ({FSYNC_PROBES} samples): p50 {p50:.0} µs, p99 {p99:.0} µs{after_idle}",
-                dir.path().display()
+                "fdatasync of a {FSYNC_PROBE_BYTES} B append in {} ({FSYNC_PROBES} samples): p50 {:.0} µs, p99 {:.0} µs, CPU {:.1} µs each{after_idle}",
+                dir.path().display(),
+                p.p50_us,
+                p.p99_us,
+                p.cpu_us
             )
         })
         .unwrap_or_else(|e| format!("fdatasync probe failed: {e}"));
@@ -1601,6 +1636,7 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
         .collect();
     let mut facts = Facts::gather(o, args, big_bytes, big_len);
     facts.disk = fdatasync;
+    facts.fsync_cpu_us = fsync_cpu;
     facts.machine.push_str(&format!(
         "\n           load average (1/5/15 min) at start {load_start}, at end {}",
         loadavg()
@@ -1639,6 +1675,8 @@ struct Facts {
     stream50: String,
     /// This disk's fdatasync latency (what a usage-journal group commit waits for).
     disk: String,
+    /// CPU per append + fdatasync on this disk, µs.
+    fsync_cpu_us: Option<f64>,
 }
 
 impl Facts {
@@ -1719,6 +1757,7 @@ impl Facts {
                 "not run".to_owned()
             },
             disk: String::new(),
+            fsync_cpu_us: None,
         }
     }
 }
@@ -1965,6 +2004,61 @@ fn report(
             c.wrk.rps(),
             bare.wrk.rps(),
             ratio * 100.0,
+            goal
+        );
+    }
+
+    let _ = writeln!(
+        w,
+        "\n-- proxy CPU per request vs the bare pingora floor; goal at c=1 and c=64: tollgate ≤ 2× bare --"
+    );
+    let _ = writeln!(
+        w,
+        "commit = tollgate − tollgate-nosync (what the durable mode's open-record commit costs, same run); \
+         fdatasync = the disk probe's CPU for one append + sync ({} µs): at c=1 no request shares a commit",
+        f.fsync_cpu_us
+            .map_or_else(|| "not measured".to_owned(), |c| format!("{c:.1}"))
+    );
+    let _ = writeln!(
+        w,
+        "{:<10} {:>4}  {:<20} {:>9} {:>9} {:>7} {:>9}  goal",
+        "workload", "c", "target", "proxyCPU", "bare", "ratio", "commit"
+    );
+    for c in cells.iter().filter(|c| {
+        matches!(
+            c.kind,
+            Kind::Tollgate | Kind::TollgateBefore | Kind::TollgateNoSync | Kind::TollgateMiss
+        )
+    }) {
+        let (Some(cpu), Some(bare)) = (
+            c.proxy_cpu_us,
+            find(c.workload, c.conc, Kind::Bare, c.threads).and_then(|b| b.proxy_cpu_us),
+        ) else {
+            continue;
+        };
+        let ratio = cpu / bare.max(1e-9);
+        let commit = match (
+            c.kind,
+            find(c.workload, c.conc, Kind::TollgateNoSync, c.threads).and_then(|n| n.proxy_cpu_us),
+        ) {
+            (Kind::Tollgate, Some(nosync)) => format!("{:.0}", cpu - nosync),
+            _ => "-".to_owned(),
+        };
+        let goal = if matches!(c.kind, Kind::Tollgate) && (c.conc == 1 || c.conc == 64) {
+            verdict(ratio <= 2.0)
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            w,
+            "{:<10} {:>4}  {:<20} {:>9.0} {:>9.0} {:>6.2}× {:>9}  {}",
+            c.workload.name(),
+            c.conc,
+            c.label,
+            cpu,
+            bare,
+            ratio,
+            commit,
             goal
         );
     }
