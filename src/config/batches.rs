@@ -22,7 +22,7 @@ pub(super) static KEYS: &[Key] = &[
     Key::new("batches.max_body_bytes", Type::Size, "256000000",
      "Largest Anthropic batch create body, or OpenAI batch input file upload, read (the APIs' own limits are 256 MB and 200 MB); a larger one is refused with a 413 before anything is sent."),
     Key::new("batches.retention", Type::Duration, DEFAULT_RETENTION,
-     "How long a settled batch's record (what the gateway's batch status answers; its usage events stay in the ledger) and the priced copy of an uploaded OpenAI batch input file are kept; older ones are deleted at the next poll (a batch created over a file whose copy is gone reads it from the provider again)."),
+     "How long a settled batch's record (what the gateway's batch status answers; its usage events stay in the ledger) and the priced copy of an uploaded OpenAI batch input file are kept; older ones are deleted at a poll within an hour, or a quarter of the retention when that is shorter (a batch created over a file whose copy is gone reads it from the provider again)."),
 ];
 
 /// The section as written.

@@ -93,10 +93,11 @@ pub async fn begin(
     body: &Bytes,
 ) -> Begun {
     let req = session.req_header();
-    if req.method != http::Method::POST {
-        return Begun::Run(x);
-    }
-    let Some(raw) = req.headers.get(headers::IDEMPOTENCY_KEY) else {
+    let Some(raw) = req
+        .headers
+        .get(headers::IDEMPOTENCY_KEY)
+        .filter(|_| requested(req))
+    else {
         return Begun::Run(x);
     };
     let key = match parse_key(raw.as_bytes()) {

@@ -23,6 +23,10 @@ pub const SETTLEMENT_AGENT: &str = concat!(
 /// The longest results line read (one item's answer).
 pub(super) const MAX_RESULT_LINE: usize = 64 << 20;
 
+/// Records past `batches.retention` are looked for at most this often
+/// (a quarter of the retention when that is shorter).
+const PRUNE_AT_MOST_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Polls and settles the tracked batches: every `batches.poll_interval`,
 /// and as soon as one is woken (a client saw it ended, or it was left
 /// mid-submit or mid-settlement by an earlier run). One task, so a batch is
@@ -45,6 +49,10 @@ impl pingora::services::background::BackgroundService for BatchService {
         };
         let mut every = tokio::time::interval(batches.config.poll_interval);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Pruning decodes every kept record: not at each poll, but often
+        // enough that nothing outlives the retention by much.
+        let prune_every = (batches.config.retention / 4).min(PRUNE_AT_MOST_EVERY);
+        let mut pruned: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -53,8 +61,11 @@ impl pingora::services::background::BackgroundService for BatchService {
                     for key in batches.keys() {
                         run(&self.state, &key, false).await;
                     }
-                    if let Err(e) = batches.prune(super::now_us()).await {
-                        tracing::warn!(error = %e, "pruning old batch records failed; retried at the next poll");
+                    if pruned.is_none_or(|at| at.elapsed() >= prune_every) {
+                        match batches.prune(super::now_us()).await {
+                            Ok(_) => pruned = Some(std::time::Instant::now()),
+                            Err(e) => tracing::warn!(error = %e, "pruning old batch records failed; retried at the next poll"),
+                        }
                     }
                 }
             }
