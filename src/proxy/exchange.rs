@@ -68,8 +68,9 @@ pub struct Exchange {
     /// batch is answered with tollgate's record of it, not the provider's
     /// batch object.
     pub gateway_batch: bool,
-    /// Counts it in flight (the SIGTERM drain waits for it) until dropped.
-    _in_flight: InFlightGuard,
+    /// Counts it in flight (the SIGTERM drain waits for it) until dropped;
+    /// a stage that takes the exchange apart keeps it to its end.
+    pub in_flight: InFlightGuard,
 }
 
 impl Exchange {
@@ -84,7 +85,7 @@ impl Exchange {
             batch: None,
             upload: None,
             gateway_batch: false,
-            _in_flight: state.in_flight.enter(),
+            in_flight: state.in_flight.enter(),
         }
     }
 }

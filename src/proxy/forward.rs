@@ -9,7 +9,7 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pingora::connectors::http::Connector;
+use pingora::connectors::http::{v1, v2};
 use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
@@ -32,10 +32,10 @@ const DEFAULT_POOL_SIZE: usize = 128;
 
 /// The upstream side shared by all requests: connection pool and resolver.
 pub struct Upstreams {
-    connector: Connector,
+    connector: Pool,
     /// Providers with their own CA bundle get their own connector (pingora
     /// loads a connector's roots once, when it is built).
-    private_ca: HashMap<String, Connector>,
+    private_ca: HashMap<String, Pool>,
     timeouts: Timeouts,
     peers: RwLock<HashMap<String, (HttpPeer, Instant)>>,
 }
@@ -60,11 +60,11 @@ impl Upstreams {
                 let ca = p.upstream.ca_file.as_ref()?;
                 let mut options = ConnectorOptions::new(DEFAULT_POOL_SIZE);
                 options.ca_file = Some(ca.to_string_lossy().into_owned());
-                Some((p.name.clone(), Connector::new(Some(options))))
+                Some((p.name.clone(), Pool::new(Some(options))))
             })
             .collect();
         Upstreams {
-            connector: Connector::new(None),
+            connector: Pool::new(None),
             private_ca,
             timeouts,
             peers: RwLock::new(HashMap::new()),
@@ -126,7 +126,7 @@ impl Upstreams {
         loop {
             attempt += 1;
             let (mut session, reused) = connector
-                .get_http_session(&peer)
+                .session(&peer)
                 .await
                 .map_err(|e| connect_error(provider, &e))?;
             let sent_at = Instant::now();
@@ -187,7 +187,7 @@ impl Upstreams {
         }
     }
 
-    fn connector_for(&self, provider: &str) -> &Connector {
+    fn connector_for(&self, provider: &str) -> &Pool {
         self.private_ca.get(provider).unwrap_or(&self.connector)
     }
 
@@ -200,8 +200,62 @@ impl Upstreams {
             ..
         } = call;
         self.connector_for(&provider)
-            .release_http_session(session, &peer, Some(POOL_IDLE))
+            .release(session, &peer, Some(POOL_IDLE))
             .await;
+    }
+}
+
+/// pingora's HTTP/1.1 and h2 connectors, chosen between as its combined
+/// `connectors::http::Connector` does for the ALPNs tollgate asks for (none
+/// in plain text; h2 then HTTP/1.1 over TLS): a free h2 stream, else a
+/// pooled HTTP/1.1 connection, else a new connection. The pooled paths
+/// are awaited inline and the connect is boxed: the connect's future (the
+/// TLS handshake's included) is ~8 KiB, and inline it would size every
+/// request's future, allocated and copied per request, where a warm pool
+/// almost never connects.
+struct Pool {
+    h1: v1::Connector,
+    h2: v2::Connector,
+}
+
+impl Pool {
+    fn new(options: Option<ConnectorOptions>) -> Pool {
+        Pool {
+            h1: v1::Connector::new(options.clone()),
+            h2: v2::Connector::new(options),
+        }
+    }
+
+    /// A session to `peer`, and whether its connection was pooled.
+    async fn session(&self, peer: &HttpPeer) -> pingora::Result<(HttpSession, bool)> {
+        let h1_only = peer.options.alpn.get_max_http_version() == 1;
+        if !h1_only {
+            if let Some(h2) = self.h2.reused_http_session(peer).await? {
+                return Ok((HttpSession::H2(h2), true));
+            }
+        }
+        // The server may speak only HTTP/1.1 whatever was offered.
+        if let Some(h1) = self.h1.reused_http_session(peer).await {
+            return Ok((HttpSession::H1(h1), true));
+        }
+        if h1_only {
+            let (h1, reused) = Box::pin(self.h1.get_http_session(peer)).await?;
+            Ok((HttpSession::H1(h1), reused))
+        } else {
+            // h2, or HTTP/1.1 when the server's ALPN picks it.
+            let session = Box::pin(self.h2.new_http_session::<_, ()>(peer)).await?;
+            Ok((session, false))
+        }
+    }
+
+    /// Returns a finished session's connection (or h2 stream) to its pool.
+    async fn release(&self, session: HttpSession, peer: &HttpPeer, idle: Option<Duration>) {
+        match session {
+            HttpSession::H1(h1) => self.h1.release_http_session(h1, peer, idle).await,
+            HttpSession::H2(h2) => self.h2.release_http_session(h2, peer, idle),
+            // Only made for a custom ALPN, which tollgate never asks for.
+            HttpSession::Custom(_) => {}
+        }
     }
 }
 

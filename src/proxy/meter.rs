@@ -78,26 +78,50 @@ pub struct Translation {
 /// Relays the response of `call` to the client and records the request.
 /// `route` and `request` are the upstream's (a routed attempt's target);
 /// `translation` when the client speaks the other dialect.
+///
+/// Not an `async fn`: the call and the exchange are taken apart into the
+/// boxed [`Relay`] before the future exists, so the future (allocated and
+/// copied for every request) holds neither of them.
 #[allow(clippy::too_many_arguments)]
-pub async fn relay(
-    state: &State,
-    session: &mut Session,
+pub fn relay<'a>(
+    state: &'a State,
+    session: &'a mut Session,
+    route: &'a Route,
+    request: &'a RequestModel,
+    call: UpstreamCall,
+    x: Exchange,
+    pre_upstream: Duration,
+    translation: Option<Translation>,
+) -> impl std::future::Future<Output = ()> + Send + 'a {
+    let start = start(state, session, route, call, x, pre_upstream, translation);
+    async move {
+        let Some((relay, upstream_header, stream, sse)) = start else {
+            return;
+        };
+        if stream {
+            relay.stream(route, request, upstream_header, sse).await;
+        } else {
+            relay.buffered(route, request, upstream_header).await;
+        }
+    }
+}
+
+/// The relay of an answered call, its response head, whether it is piped
+/// (else read whole) and whether it is SSE; `None` without a head.
+fn start<'a>(
+    state: &'a State,
+    session: &'a mut Session,
     route: &Route,
-    request: &RequestModel,
     mut call: UpstreamCall,
     x: Exchange,
     pre_upstream: Duration,
     translation: Option<Translation>,
-) {
-    // `x` stays in scope (it keeps the request counted in flight); its
-    // parts go to the relay.
+) -> Option<(Box<Relay<'a>>, ResponseHeader, bool, bool)> {
     let mut draft = x.draft;
     draft.event.ttfb_us = call.ttfb.as_micros() as u64;
     call.session
         .set_read_timeout(Some(state.upstreams.idle_timeout()));
-    let Some(mut upstream_header) = call.session.response_header().cloned() else {
-        return;
-    };
+    let mut upstream_header = call.session.response_header().cloned()?;
     let body = decode::Body::of(&mut upstream_header);
     let status = upstream_header.status.as_u16();
     draft.event.http_status = status;
@@ -142,7 +166,9 @@ pub async fn relay(
             StreamTap::new(t.client, false),
         )
     });
-    let relay = Relay {
+    // Boxed: the relay's futures take it by value, and each would
+    // otherwise hold its own copy of it (a few KiB each, copied per request).
+    let relay = Box::new(Relay {
         state,
         session,
         call,
@@ -161,13 +187,11 @@ pub async fn relay(
         gateway_batch: x.gateway_batch,
         translation,
         translator,
-    };
+        _in_flight: x.in_flight,
+    });
     // Unmetered paths (model lists, batch results…) are piped, never buffered.
-    if !relay.batch_objects && (is_sse || route.endpoint == Endpoint::Passthrough) {
-        relay.stream(route, request, upstream_header, is_sse).await;
-    } else {
-        relay.buffered(route, request, upstream_header).await;
-    }
+    let stream = !relay.batch_objects && (is_sse || route.endpoint == Endpoint::Passthrough);
+    Some((relay, upstream_header, stream, is_sse))
 }
 
 struct Relay<'a> {
@@ -209,6 +233,9 @@ struct Relay<'a> {
     /// A translated stream: the translator, and a tap over its output in
     /// the client's dialect (feeding the assembler, for the cache).
     translator: Option<(StreamTranslator, StreamTap)>,
+    /// The exchange's in-flight count: the request is in flight until the
+    /// relay ends.
+    _in_flight: super::lifecycle::InFlightGuard,
 }
 
 /// The provider's response headers minus framing and tollgate's own.
@@ -564,7 +591,12 @@ impl Relay<'_> {
         self.draft.record(Some(times));
     }
 
-    async fn buffered(mut self, route: &Route, request: &RequestModel, upstream: ResponseHeader) {
+    async fn buffered(
+        mut self: Box<Self>,
+        route: &Route,
+        request: &RequestModel,
+        upstream: ResponseHeader,
+    ) {
         let mut body = BytesMut::new();
         let mut failure = None;
         let cap = match self.batch_objects {
@@ -756,7 +788,7 @@ impl Relay<'_> {
     /// batch answer past [`BATCH_OBJECT_CAP`] is piped the same way, its
     /// `results_url` as they came.)
     async fn oversized(
-        mut self,
+        mut self: Box<Self>,
         route: &Route,
         request: &RequestModel,
         upstream: ResponseHeader,
@@ -827,7 +859,7 @@ impl Relay<'_> {
     /// Ends a piped (non-SSE) body: cleanly when complete; an upstream cut
     /// is passed on as a cut (closing the connection) since a truncated JSON
     /// body cannot carry an error event.
-    async fn end_piped(mut self) {
+    async fn end_piped(mut self: Box<Self>) {
         match self.draft.event.status {
             Status::ClientAborted => {
                 give_up_on_client(self.session);
@@ -875,7 +907,7 @@ impl Relay<'_> {
     }
 
     async fn stream(
-        mut self,
+        mut self: Box<Self>,
         route: &Route,
         request: &RequestModel,
         upstream: ResponseHeader,
@@ -1073,7 +1105,9 @@ impl Relay<'_> {
             if relayed_all {
                 self.keep_idempotent();
             }
-            return self.end_piped().await;
+            // Boxed: a piped non-SSE body is rare; its end would size
+            // every stream's future.
+            return Box::pin(self.end_piped()).await;
         }
         let status = self.draft.event.status;
         if status == Status::ClientAborted {

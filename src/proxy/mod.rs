@@ -114,13 +114,17 @@ impl Tollgate {
 impl Tollgate {
     /// Runs the stages; every way out answers the client (or finds it
     /// gone) and records the exchange.
+    /// Builds the [`Exchange`] itself: an argument would be kept twice in
+    /// this future (as the argument and as the local it is moved to).
     async fn handle(
         &self,
         session: &mut Session,
-        mut x: Exchange,
+        started: Instant,
         surface: Option<gateway::Surface>,
     ) {
         let state = &self.state;
+        let dialect = ingress::guess_dialect(session.req_header());
+        let mut x = Exchange::new(state, started, dialect);
         // ingress
         let tunnel = if self.intercepted {
             // Every intercepted connection carries its tunnel's host.
@@ -561,9 +565,7 @@ impl ProxyHttp for Tollgate {
             let _in_flight = self.state.in_flight.enter();
             Box::pin(gateway::batch::serve_status(&self.state, session)).await;
         } else {
-            let dialect = ingress::guess_dialect(session.req_header());
-            let x = Exchange::new(&self.state, started, dialect);
-            self.handle(session, x, surface).await;
+            self.handle(session, started, surface).await;
         }
         if session.response_written().is_none() {
             // Nothing was answered (the client left while sending): the
