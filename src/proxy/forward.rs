@@ -191,17 +191,33 @@ impl Upstreams {
         self.private_ca.get(provider).unwrap_or(&self.connector)
     }
 
-    /// Returns a finished session to the pool.
-    pub async fn release(&self, call: UpstreamCall) {
+    /// Returns a finished session to the pool. Not an `async fn`: the call
+    /// is taken apart first, so the future (inside every request's) holds
+    /// only what the HTTP/1.1 release awaits with.
+    pub fn release(&self, call: UpstreamCall) -> impl std::future::Future<Output = ()> + Send + '_ {
         let UpstreamCall {
             session,
             peer,
             provider,
             ..
         } = call;
-        self.connector_for(&provider)
-            .release(session, &peer, Some(POOL_IDLE))
-            .await;
+        let pool = self.connector_for(&provider);
+        let h1 = match session {
+            HttpSession::H1(h1) => Some(h1),
+            HttpSession::H2(h2) => {
+                pool.h2.release_http_session(h2, &peer, Some(POOL_IDLE));
+                None
+            }
+            // Only made for a custom ALPN, which tollgate never asks for.
+            HttpSession::Custom(_) => None,
+        };
+        async move {
+            if let Some(h1) = h1 {
+                pool.h1
+                    .release_http_session(h1, &peer, Some(POOL_IDLE))
+                    .await;
+            }
+        }
     }
 }
 
@@ -245,16 +261,6 @@ impl Pool {
             // h2, or HTTP/1.1 when the server's ALPN picks it.
             let session = Box::pin(self.h2.new_http_session::<_, ()>(peer)).await?;
             Ok((session, false))
-        }
-    }
-
-    /// Returns a finished session's connection (or h2 stream) to its pool.
-    async fn release(&self, session: HttpSession, peer: &HttpPeer, idle: Option<Duration>) {
-        match session {
-            HttpSession::H1(h1) => self.h1.release_http_session(h1, peer, idle).await,
-            HttpSession::H2(h2) => self.h2.release_http_session(h2, peer, idle),
-            // Only made for a custom ALPN, which tollgate never asks for.
-            HttpSession::Custom(_) => {}
         }
     }
 }
