@@ -16,6 +16,8 @@
 
 mod decode;
 
+use std::future::Future as _;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -251,6 +253,63 @@ fn provider_headers(upstream: &ResponseHeader) -> Vec<(http::HeaderName, http::H
         .collect()
 }
 
+/// A stream's output waiting to be written: what was ready together goes
+/// to the client in one write.
+#[derive(Default)]
+struct Gathered {
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl Gathered {
+    /// Written at once when this much has gathered, ready input or not.
+    const FULL: usize = 64 << 10;
+
+    fn push(&mut self, out: Bytes) {
+        if !out.is_empty() {
+            self.len += out.len();
+            self.parts.push(out);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn full(&self) -> bool {
+        self.len >= Self::FULL
+    }
+
+    /// All of it then `tail`, as one buffer.
+    fn take_with(&mut self, tail: BytesMut) -> Bytes {
+        if self.is_empty() {
+            return tail.freeze();
+        }
+        let mut all = BytesMut::with_capacity(self.len + tail.len());
+        for part in self.parts.drain(..) {
+            all.extend_from_slice(&part);
+        }
+        self.len = 0;
+        all.extend_from_slice(&tail);
+        all.freeze()
+    }
+
+    /// All of it as one buffer (copied only when there is more than one).
+    fn take(&mut self) -> Option<Bytes> {
+        let len = std::mem::take(&mut self.len);
+        match self.parts.len() {
+            0 | 1 => self.parts.pop(),
+            _ => {
+                let mut all = BytesMut::with_capacity(len);
+                for part in self.parts.drain(..) {
+                    all.extend_from_slice(&part);
+                }
+                Some(all.freeze())
+            }
+        }
+    }
+}
+
 impl Relay<'_> {
     /// The next upstream chunk (decoded), the idle timeout, or the client
     /// going away.
@@ -261,6 +320,18 @@ impl Relay<'_> {
                 let tail = self.body.finish();
                 Ok((!tail.is_empty()).then_some(tail))
             }
+        }
+    }
+
+    /// The next upstream chunk if it is already there (pingora holds it
+    /// or the socket has it), without waiting: `None` when it is not.
+    /// Dropping the read half-way loses nothing (it is raced the same way
+    /// in `next_raw_chunk`).
+    fn ready_chunk(&mut self) -> Option<Result<Option<Bytes>, ReadFailure>> {
+        let read = std::pin::pin!(self.next_chunk());
+        match read.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
         }
     }
 
@@ -331,6 +402,17 @@ impl Relay<'_> {
         {
             Ok(Ok(())) => true,
             Ok(Err(_)) | Err(_) => self.keep_for_followers(),
+        }
+    }
+
+    /// Writes what the stream gathered to the client as one chunk: the
+    /// chunks that were ready together go out in one write, as pingora's
+    /// own proxy does (a write per upstream chunk cost a syscall and a
+    /// wake of the client each).
+    async fn flush_client(&mut self, gathered: &mut Gathered) -> bool {
+        match gathered.take() {
+            Some(out) => self.write_client(out).await,
+            None => true,
         }
     }
 
@@ -954,8 +1036,28 @@ impl Relay<'_> {
         let mut usage_seen = false;
         // Chunks read so far (the head goes to followers with the first).
         let mut tap_fed = 0usize;
+        // Output not yet written: written once no more input is ready.
+        let mut gathered = Gathered::default();
         loop {
-            let chunk = match self.next_chunk().await {
+            if gathered.full() && !self.flush_client(&mut gathered).await {
+                failure = Some(ReadFailure::ClientGone);
+                break;
+            }
+            let next = if gathered.is_empty() {
+                self.next_chunk().await
+            } else {
+                match self.ready_chunk() {
+                    Some(next) => next,
+                    None => {
+                        if !self.flush_client(&mut gathered).await {
+                            failure = Some(ReadFailure::ClientGone);
+                            break;
+                        }
+                        continue;
+                    }
+                }
+            };
+            let chunk = match next {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => break,
                 Err(f) => {
@@ -1013,7 +1115,12 @@ impl Relay<'_> {
                 {
                     // The reservation grew to the real input: so does the
                     // worst case a crash would charge (rare: the estimate
-                    // bounds input by the body's bytes).
+                    // bounds input by the body's bytes). What came
+                    // before goes out first, not after the commit.
+                    if !self.flush_client(&mut gathered).await {
+                        failure = Some(ReadFailure::ClientGone);
+                        break;
+                    }
                     self.draft.open(0).await;
                 }
             }
@@ -1036,10 +1143,7 @@ impl Relay<'_> {
             if let Some(rec) = self.idempotent.as_mut() {
                 rec.body(&out);
             }
-            if !out.is_empty() && !self.write_client(out).await {
-                failure = Some(ReadFailure::ClientGone);
-                break;
-            }
+            gathered.push(out);
         }
         let upstream_done = failure.is_none();
         // How a translated stream ended (its translator closes the client's).
@@ -1063,15 +1167,16 @@ impl Relay<'_> {
             if let Some(rec) = self.idempotent.as_mut() {
                 rec.body(&rest);
             }
-            if !rest.is_empty()
-                && self
-                    .session
-                    .write_response_body(Some(rest), false)
-                    .await
-                    .is_err()
-            {
-                failure = Some(ReadFailure::ClientGone);
-            }
+            gathered.push(rest);
+        }
+        // What is gathered goes out before any error event: with the tail
+        // (one write fewer) once the event is recorded, else now, so that
+        // the event says whether the client got it.
+        if !recorded
+            && !matches!(failure, Some(ReadFailure::ClientGone))
+            && !self.flush_client(&mut gathered).await
+        {
+            failure = Some(ReadFailure::ClientGone);
         }
         // Relayed whole, to the provider's last byte.
         let relayed_all = failure.is_none();
@@ -1157,7 +1262,7 @@ impl Relay<'_> {
         }
         let _ = self
             .session
-            .write_response_body(Some(tail.freeze()), true)
+            .write_response_body(Some(gathered.take_with(tail)), true)
             .await;
         if matches!(status, Status::UpstreamAborted | Status::Shutdown) || budget_cut.is_some() {
             // Stops the upstream generation.
@@ -1206,5 +1311,52 @@ impl Relay<'_> {
         } else if !tap.complete() {
             self.draft.event.usage_incomplete = true;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gathered_chunks_leave_as_one_buffer_in_order() {
+        let mut g = Gathered::default();
+        assert!(g.is_empty());
+        assert_eq!(g.take(), None);
+        g.push(Bytes::from_static(b"event: a\n\n"));
+        g.push(Bytes::new());
+        assert_eq!(g.parts.len(), 1, "empty output is not kept");
+        g.push(Bytes::from_static(b"event: b\n\n"));
+        assert_eq!(g.take().as_deref(), Some(&b"event: a\n\nevent: b\n\n"[..]));
+        assert!(g.is_empty());
+        assert_eq!(g.len, 0);
+        // One part goes out as it is, without a copy.
+        let one = Bytes::from(vec![b'x'; 3]);
+        let ptr = one.as_ptr();
+        g.push(one);
+        assert_eq!(g.take().map(|b| b.as_ptr()), Some(ptr));
+    }
+
+    #[test]
+    fn the_tail_follows_what_was_gathered() {
+        let mut g = Gathered::default();
+        assert_eq!(&g.take_with(BytesMut::from(&b"tail"[..]))[..], b"tail");
+        g.push(Bytes::from_static(b"data: 1\n\n"));
+        g.push(Bytes::from_static(b"data: 2\n\n"));
+        let all = g.take_with(BytesMut::from(&b"event: error\n\n"[..]));
+        assert_eq!(&all[..], b"data: 1\n\ndata: 2\n\nevent: error\n\n");
+        assert!(g.is_empty());
+        assert_eq!(g.len, 0);
+    }
+
+    #[test]
+    fn gathering_stops_at_its_bound() {
+        let mut g = Gathered::default();
+        g.push(Bytes::from(vec![0u8; Gathered::FULL - 1]));
+        assert!(!g.full());
+        g.push(Bytes::from_static(b"x"));
+        assert!(g.full());
+        assert_eq!(g.take().map(|b| b.len()), Some(Gathered::FULL));
+        assert!(!g.full());
     }
 }
