@@ -62,17 +62,43 @@ impl Control {
                 .collect(),
             _dir: dir,
         };
-        c.spawn();
-        c
+        // A port found free can still be taken before the control binds it
+        // (by a process of another test binary): then it starts on another.
+        for _ in 0..5 {
+            match c.try_spawn() {
+                Ok(()) => return c,
+                Err(log) if log.contains("Address already in use") => {
+                    c.addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+                }
+                Err(log) => panic!("tollgate control exited early:\n{log}"),
+            }
+        }
+        panic!("tollgate control found no free port:\n{}", c.log());
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("tollgate control exited early:\n{log}");
+        }
+    }
+
+    /// Starts it and waits until it listens: its own listener, so the
+    /// child must be alive and have said so (a connect alone could reach
+    /// another process on the port). Err: it exited, with its log.
+    fn try_spawn(&mut self) -> Result<(), String> {
+        // The log is appended to across restarts: this start's line is new.
+        let said = |log: &str| log.matches("tollgate control listening").count();
+        let before = said(&self.log());
         let child = self.command().spawn().expect("spawn tollgate control");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(self.addr).is_err() {
+        loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("tollgate control exited early ({status}):\n{}", self.log());
+                self.child = None;
+                return Err(format!("({status}) {}", self.log()));
+            }
+            if said(&self.log()) > before && TcpStream::connect(self.addr).is_ok() {
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
