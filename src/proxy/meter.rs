@@ -285,28 +285,29 @@ impl Gathered {
         if self.is_empty() {
             return tail.freeze();
         }
-        let mut all = BytesMut::with_capacity(self.len + tail.len());
-        for part in self.parts.drain(..) {
-            all.extend_from_slice(&part);
-        }
-        self.len = 0;
+        let mut all = self.concat(tail.len());
         all.extend_from_slice(&tail);
         all.freeze()
     }
 
     /// All of it as one buffer (copied only when there is more than one).
     fn take(&mut self) -> Option<Bytes> {
-        let len = std::mem::take(&mut self.len);
         match self.parts.len() {
-            0 | 1 => self.parts.pop(),
-            _ => {
-                let mut all = BytesMut::with_capacity(len);
-                for part in self.parts.drain(..) {
-                    all.extend_from_slice(&part);
-                }
-                Some(all.freeze())
+            0 | 1 => {
+                self.len = 0;
+                self.parts.pop()
             }
+            _ => Some(self.concat(0).freeze()),
         }
+    }
+
+    /// Empties it into one buffer with room for `more` bytes after.
+    fn concat(&mut self, more: usize) -> BytesMut {
+        let mut all = BytesMut::with_capacity(std::mem::take(&mut self.len) + more);
+        for part in self.parts.drain(..) {
+            all.extend_from_slice(&part);
+        }
+        all
     }
 }
 

@@ -114,6 +114,7 @@ impl Tollgate {
 impl Tollgate {
     /// Runs the stages; every way out answers the client (or finds it
     /// gone) and records the exchange.
+    ///
     /// Builds the [`Exchange`] itself: an argument would be kept twice in
     /// this future (as the argument and as the local it is moved to).
     async fn handle(
