@@ -58,12 +58,11 @@ struct Seen {
     checkpoints: usize,
 }
 
-/// An in-memory fold; `stall` makes the first fold slow (a busy ledger).
+/// An in-memory fold.
 #[derive(Clone, Default)]
 struct MemFold {
     seen: Arc<Mutex<Seen>>,
     watermark: u64,
-    stall: Option<Duration>,
 }
 
 impl Fold for MemFold {
@@ -77,9 +76,6 @@ impl Fold for MemFold {
         Ok(())
     }
     fn fold(&mut self, finals: &[(u64, FinalRecord)], upto: u64) -> Result<(), FoldError> {
-        if let Some(d) = self.stall.take() {
-            std::thread::sleep(d);
-        }
         let mut s = self.seen.lock().unwrap();
         s.folded.extend_from_slice(finals);
         s.upto = upto;
@@ -180,34 +176,57 @@ fn a_torn_or_corrupt_tail_is_ignored() {
     assert_eq!(segments(&j).unwrap().len(), 1, "the old segment is gone");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_appends_share_group_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let fold = MemFold {
-        // The writer is busy folding the first commit while the others queue.
-        stall: Some(Duration::from_millis(100)),
-        ..MemFold::default()
-    };
-    let m = metrics();
-    let (journal, _) = Journal::open(
-        dir.path(),
+fn final_of(id: &str, cost: u64) -> FinalRecord {
+    match fin(id, cost) {
+        Record::Final(f) => f,
+        Record::Open(_) => unreachable!(),
+    }
+}
+
+/// Waits (on a plain thread) until `n` records are queued.
+fn wait_queued(journal: &Journal, n: usize) {
+    let started = Instant::now();
+    while journal.queued() < n {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{} of {n} queued",
+            journal.queued()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A journal in `dir` with the default options and an in-memory fold.
+fn open_with(dir: &Path, m: JournalMetrics) -> Arc<Journal> {
+    let (journal, _) =
+        Journal::open(dir, options(ROTATE_BYTES), m, Box::new(MemFold::default())).unwrap();
+    Arc::new(journal)
+}
+
+/// The requests a restart on `dir` finds interrupted.
+fn interrupted_at_restart(dir: &Path) -> Vec<UsageEvent> {
+    let (journal, recovery) = Journal::open(
+        dir,
         options(ROTATE_BYTES),
-        m.clone(),
-        Box::new(fold.clone()),
+        metrics(),
+        Box::new(MemFold::default()),
     )
     .unwrap();
-    let journal = Arc::new(journal);
-    journal
-        .final_record(match fin("first", 1) {
-            Record::Final(f) => f,
-            Record::Open(_) => unreachable!(),
-        })
-        .unwrap();
-    // All 100 are handed to the writer while it is still stalled folding
-    // the first commit, from this thread, so how many commits they take
-    // depends on the journal and not on how a loaded machine schedules 100
-    // tasks (spawned tasks arriving over more than the stall made this fail
-    // under CI load: 30 commits). They complete concurrently.
+    journal.close();
+    recovery.interrupted
+}
+
+#[tokio::test]
+async fn the_writer_commits_what_queued_during_a_commit_at_once() {
+    // A current-thread runtime cannot block: the writer thread commits.
+    let dir = tempfile::tempdir().unwrap();
+    let m = metrics();
+    let journal = open_with(dir.path(), m.clone());
+    // A commit is under way (it holds the segment) while 100 requests and
+    // a final queue: they share the next commit, however the machine
+    // schedules them.
+    let held = journal.hold();
+    journal.final_record(final_of("first", 1)).unwrap();
     let waits: Vec<_> = (0..100)
         .map(|i| {
             journal
@@ -215,31 +234,99 @@ async fn concurrent_appends_share_group_commits() {
                 .unwrap()
         })
         .collect();
-    let tasks: Vec<_> = waits
-        .into_iter()
-        .map(|done| tokio::spawn(async move { done.await.unwrap().unwrap() }))
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
+    assert_eq!(journal.queued(), 101);
+    drop(held);
+    for done in waits {
+        done.await.unwrap().unwrap();
     }
-    // Shared commits, not one each.
-    let commits = m.batch_records.get_sample_count();
-    assert!(commits <= 25, "100 appends took {commits} commits");
+    assert_eq!(m.batch_records.get_sample_count(), 1, "one shared commit");
     assert_eq!(m.batch_records.get_sample_sum() as u64, 101);
     journal.close();
     // All 100 are still open: they survive into the next start as interrupted.
-    let (journal, recovery) = Journal::open(
+    let interrupted = interrupted_at_restart(dir.path());
+    assert_eq!(interrupted.len(), 100);
+    assert!(interrupted
+        .iter()
+        .all(|e| e.status == Status::Interrupted && e.cost_nusd == 9_000 && e.usage_incomplete));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_commits_its_own_record_when_no_commit_is_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = metrics();
+    let journal = open_with(dir.path(), m.clone());
+    // Committed on this thread before `open_record` returns: no wait for
+    // the writer thread.
+    let j = journal.clone();
+    let answered = tokio::spawn(async move {
+        let mut done = j.open_record(OpenRecord::of_test("alone")).unwrap();
+        done.try_recv()
+    })
+    .await
+    .unwrap();
+    assert!(matches!(answered, Ok(Ok(()))), "{answered:?}");
+
+    // While one request's commit holds the segment, 100 others queue and
+    // take the lead from none: the leader's commit takes them all.
+    let held = journal.hold();
+    let tasks: Vec<_> = (0..100)
+        .map(|i| {
+            let j = journal.clone();
+            tokio::spawn(async move {
+                j.open_record(OpenRecord::of_test(&format!("r{i}")))
+                    .unwrap()
+                    .await
+                    .unwrap()
+                    .unwrap();
+            })
+        })
+        .collect();
+    // (Blocks this thread, not the runtime's workers the tasks run on.)
+    wait_queued(&journal, 100);
+    drop(held);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        m.batch_records.get_sample_count(),
+        2,
+        "the first, then one shared commit"
+    );
+    assert_eq!(m.batch_records.get_sample_sum() as u64, 101);
+    journal.close();
+    assert_eq!(interrupted_at_restart(dir.path()).len(), 101);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finals_a_request_committed_are_folded_without_waiting_for_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let fold = MemFold::default();
+    let (journal, _) = Journal::open(
         dir.path(),
         options(ROTATE_BYTES),
         metrics(),
-        Box::new(MemFold::default()),
+        Box::new(fold.clone()),
     )
     .unwrap();
-    assert_eq!(recovery.interrupted.len(), 100);
-    assert!(recovery
-        .interrupted
-        .iter()
-        .all(|e| e.status == Status::Interrupted && e.cost_nusd == 9_000 && e.usage_incomplete));
+    journal.final_record(final_of("a", 300)).unwrap();
+    // The next request's own commit takes the final along; the writer is
+    // told it has a fold to do.
+    journal
+        .open_record(OpenRecord::of_test("b"))
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if fold.seen.lock().unwrap().folded.len() == 1 {
+            break;
+        }
+        // FOLD_EVERY (50 ms), well before the writer's idle tick (1 s).
+        assert!(started.elapsed() < TICK / 2, "not folded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(fold.seen.lock().unwrap().folded[0].1.event.event_id, "a");
     journal.close();
 }
 
@@ -357,5 +444,59 @@ fn recovery_numbers_new_records_above_the_watermark() {
     assert_eq!(a.0, 41);
     assert_eq!(s.upto, 41);
     drop(s);
+    journal.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_lead_is_let_go_once_the_queue_is_quiet() {
+    // Requests committing inline, leads handed to the writer and finals
+    // gathered by it, all at once: afterwards nobody holds the lead, so the
+    // next request commits at once instead of waiting for a timed wake.
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        sync: false,
+        detached_window: Duration::from_millis(1),
+        ..options(ROTATE_BYTES)
+    };
+    let (journal, _) =
+        Journal::open(dir.path(), opts, metrics(), Box::new(MemFold::default())).unwrap();
+    let journal = Arc::new(journal);
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let j = journal.clone();
+            tokio::spawn(async move {
+                for i in 0..100 {
+                    let id = format!("t{t}-{i}");
+                    j.open_record(OpenRecord::of_test(&id))
+                        .unwrap()
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    j.final_record(final_of(&id, 1)).unwrap();
+                    if i % 7 == 0 {
+                        tokio::time::sleep(Duration::from_micros(1500)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let started = Instant::now();
+    loop {
+        let quiet = {
+            let st = journal.shared.queue.state();
+            st.cmds.is_empty() && !st.leading
+        };
+        if quiet {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the lead is stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     journal.close();
 }
