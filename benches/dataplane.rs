@@ -992,10 +992,54 @@ struct FirstByteRow {
     total: Vec<f64>,
 }
 
-/// The first-byte section: for each upstream delay, workload and target,
-/// `first_byte_requests` requests one after another on one kept-alive
-/// connection, timed to the response head, the first body chunk and the
-/// end of the body (wrk only times complete responses).
+/// Requests per target in a row of the first-byte section, before the
+/// next target's turn: targets take turns in blocks so that drift of the
+/// machine over the section (page cache, host load) falls on all of them
+/// alike, while within a block each target sees requests back to back as
+/// at c=1.
+const FIRST_BYTE_BLOCK: usize = 50;
+
+/// One timed request: (response head, first body chunk, end), µs.
+async fn first_byte_sample(
+    client: &reqwest::Client,
+    target: &Target,
+    url: &str,
+    body: &str,
+    headers: &[(&'static str, String)],
+) -> Result<(f64, f64, f64)> {
+    let mut request = client
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let started = Instant::now();
+    let mut response = request.send().await?;
+    let t_head = started.elapsed();
+    if !response.status().is_success() {
+        bail!(
+            "{}: first-byte probe answered {}",
+            target.label(),
+            response.status()
+        );
+    }
+    let mut t_first = None;
+    while let Some(chunk) = response.chunk().await? {
+        if t_first.is_none() && !chunk.is_empty() {
+            t_first = Some(started.elapsed());
+        }
+    }
+    let t_total = started.elapsed();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    Ok((us(t_head), us(t_first.unwrap_or(t_total)), us(t_total)))
+}
+
+/// The first-byte section: for each upstream delay and workload,
+/// `first_byte_requests` requests to each target one after another on one
+/// kept-alive connection per target (targets taking turns in blocks of
+/// [`FIRST_BYTE_BLOCK`]), timed to the response head, the first body chunk
+/// and the end of the body (wrk only times complete responses).
 async fn first_byte_rows(
     o: &Options,
     targets: &[&Target],
@@ -1005,52 +1049,49 @@ async fn first_byte_rows(
     let mut rows = Vec::new();
     for &delay_ms in &o.first_byte_delays_ms {
         for &workload in &o.workloads {
-            for target in targets {
-                let url = format!("http://{}/v1/messages", target.addr);
-                let body = workload.body();
-                let mut headers = workload.headers(big_bytes);
-                if delay_ms > 0 {
-                    headers.push(("x-fake-ttfb-ms", delay_ms.to_string()));
+            let body = workload.body();
+            let mut headers = workload.headers(big_bytes);
+            if delay_ms > 0 {
+                headers.push(("x-fake-ttfb-ms", delay_ms.to_string()));
+            }
+            let n = o.first_byte_requests;
+            let urls: Vec<String> = targets
+                .iter()
+                .map(|t| format!("http://{}/v1/messages", t.addr))
+                .collect();
+            // A few unmeasured requests open each connection and warm up.
+            for (target, url) in targets.iter().zip(&urls) {
+                for _ in 0..20 {
+                    first_byte_sample(&client, target, url, &body, &headers).await?;
                 }
-                let n = o.first_byte_requests;
-                let (mut head, mut first, mut total) = (
-                    Vec::with_capacity(n),
-                    Vec::with_capacity(n),
-                    Vec::with_capacity(n),
-                );
-                // A few unmeasured requests open the connection and warm up.
-                for i in 0..n + 20 {
-                    let mut request = client
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body.clone());
-                    for (name, value) in &headers {
-                        request = request.header(*name, value);
-                    }
-                    let started = Instant::now();
-                    let mut response = request.send().await?;
-                    let t_head = started.elapsed();
-                    if !response.status().is_success() {
-                        bail!(
-                            "{}: first-byte probe answered {}",
-                            target.label(),
-                            response.status()
-                        );
-                    }
-                    let mut t_first = None;
-                    while let Some(chunk) = response.chunk().await? {
-                        if t_first.is_none() && !chunk.is_empty() {
-                            t_first = Some(started.elapsed());
-                        }
-                    }
-                    let t_total = started.elapsed();
-                    if i >= 20 {
-                        let us = |d: Duration| d.as_secs_f64() * 1e6;
-                        head.push(us(t_head));
-                        first.push(us(t_first.unwrap_or(t_total)));
-                        total.push(us(t_total));
+            }
+            let mut samples: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = targets
+                .iter()
+                .map(|_| {
+                    (
+                        Vec::with_capacity(n),
+                        Vec::with_capacity(n),
+                        Vec::with_capacity(n),
+                    )
+                })
+                .collect();
+            let mut done = 0;
+            while done < n {
+                let block = FIRST_BYTE_BLOCK.min(n - done);
+                for ((target, url), (head, first, total)) in
+                    targets.iter().zip(&urls).zip(&mut samples)
+                {
+                    for _ in 0..block {
+                        let (h, f, t) =
+                            first_byte_sample(&client, target, url, &body, &headers).await?;
+                        head.push(h);
+                        first.push(f);
+                        total.push(t);
                     }
                 }
+                done += block;
+            }
+            for (target, (mut head, mut first, mut total)) in targets.iter().zip(samples) {
                 for v in [&mut head, &mut first, &mut total] {
                     v.sort_by(f64::total_cmp);
                 }
