@@ -3,9 +3,12 @@
 //!
 //! - [`key`]: what makes two requests the same (blake3 over canonical JSON).
 //! - [`store`]: entries in sled, LRU under a byte cap, TTL.
-//! - [`codec`]: a complete message assembled from a stream, and a stream
-//!   re-synthesised from a message (one entry answers both kinds of request).
+//! - [`writer`]: entries written off the request path.
 //! - [`flight`]: requests in flight that identical ones can wait on.
+//!
+//! One entry answers both kinds of request: a complete message assembled
+//! from a stream, and a stream re-synthesised from a message, are the
+//! dialects' work (`crate::dialect::assemble`, `crate::dialect::replay`).
 //!
 //! The request-path stage that uses them is `proxy::cache`.
 

@@ -19,7 +19,7 @@ use super::{anthropic, openai, Dialect};
 /// `include_usage`: OpenAI only — emit the usage-only chunk (and `"usage":null` on other
 /// chunks), as the API does when the client sent `stream_options.include_usage=true`.
 ///
-/// Feeding the result back through an [`Assembler`] yields `message` again.
+/// Feeding the result back through an [`Assembler`](crate::dialect::assemble::Assembler) yields `message` again.
 ///
 /// # Errors
 ///

@@ -8,9 +8,9 @@
 //!   incomplete trailing event when a usage chunk must be cut out.
 //! - Non-streaming JSON is read whole (it must be: its cost goes in a
 //!   header), then priced, recorded and sent with `content-length`.
-//! - An answer compressed anyway is decoded first ([`decode`]).
+//! - An answer compressed anyway is decoded first (`decode`).
 //! - Anthropic batch objects (create, retrieve, list, cancel) are read whole
-//!   too, up to [`BATCH_OBJECT_CAP`], to point their `results_url` back at
+//!   too, up to `BATCH_OBJECT_CAP`, to point their `results_url` back at
 //!   tollgate; the results themselves (JSONL) are piped like any unmetered
 //!   answer.
 
@@ -82,7 +82,7 @@ pub struct Translation {
 /// `translation` when the client speaks the other dialect.
 ///
 /// Not an `async fn`: the call and the exchange are taken apart into the
-/// boxed [`Relay`] before the future exists, so the future (allocated and
+/// boxed `Relay` before the future exists, so the future (allocated and
 /// copied for every request) holds neither of them.
 #[allow(clippy::too_many_arguments)]
 pub fn relay<'a>(

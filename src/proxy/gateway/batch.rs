@@ -45,7 +45,7 @@ const STATUS_PREFIX: &str = "/api/v1/llm/batch/";
 pub const SETTLE_WAIT: Duration = Duration::from_secs(5);
 
 /// The batch id of a status path (its normal form), if it is one: one
-/// non-empty segment after [`STATUS_PREFIX`].
+/// non-empty segment after `STATUS_PREFIX`.
 pub fn status_id(normal_path: &str) -> Option<&str> {
     normal_path
         .strip_prefix(STATUS_PREFIX)
