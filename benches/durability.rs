@@ -274,6 +274,7 @@ fn open_journal(dir: &Path, sync: bool) -> Result<Journal> {
         sync,
         rotate_bytes: journal::ROTATE_BYTES,
         detached_window: journal::DETACHED_WINDOW,
+        warm: journal::WARM,
     };
     let (journal, _) = Journal::open(dir, options, metrics, Box::new(NoFold))?;
     Ok(journal)

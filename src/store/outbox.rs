@@ -132,6 +132,7 @@ impl Outbox {
                 sync: options.sync,
                 rotate_bytes: journal::ROTATE_BYTES,
                 detached_window: journal::DETACHED_WINDOW,
+                warm: journal::WARM,
             },
             JournalMetrics {
                 commit_seconds: metrics.flush_seconds.clone(),

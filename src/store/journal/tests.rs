@@ -100,6 +100,9 @@ fn options(rotate_bytes: u64) -> Options {
         sync: true,
         rotate_bytes,
         detached_window: DETACHED_WINDOW,
+        // Requests commit on their own threads whenever they can (the
+        // tests that need the writer run on a current-thread runtime).
+        warm: Duration::from_secs(3600),
     }
 }
 
@@ -498,5 +501,27 @@ async fn the_lead_is_let_go_once_the_queue_is_quiet() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    journal.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_quiet_spell_the_writer_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        warm: Duration::ZERO,
+        ..options(ROTATE_BYTES)
+    };
+    let (journal, _) =
+        Journal::open(dir.path(), opts, metrics(), Box::new(MemFold::default())).unwrap();
+    // With a commit under way this returns at once (a request committing
+    // itself would wait here for the segment): the writer has it.
+    let held = journal.hold();
+    let mut done = journal.open_record(OpenRecord::of_test("cold")).unwrap();
+    assert!(matches!(
+        done.try_recv(),
+        Err(oneshot::error::TryRecvError::Empty)
+    ));
+    drop(held);
+    done.await.unwrap().unwrap();
     journal.close();
 }
