@@ -1119,7 +1119,11 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 
 /// The first-byte table, and the c=1 goal: tollgate's added p50
 /// (first byte and total) ≤ bare's + one fdatasync (p50) + 50 µs.
-fn first_byte_report(rows: &[FirstByteRow], fsync_p50: Option<f64>) -> String {
+fn first_byte_report(
+    rows: &[FirstByteRow],
+    fsync_p50: Option<f64>,
+    spaced_fsync: &[(u64, Duration, Result<SyncProbe>)],
+) -> String {
     let mut s = String::new();
     if rows.is_empty() {
         return s;
@@ -1135,6 +1139,18 @@ fn first_byte_report(rows: &[FirstByteRow], fsync_p50: Option<f64>) -> String {
             w,
             "goal: tollgate's added p50 (first byte and total) ≤ bare's added p50 + fdatasync p50 + 50 µs = bare + {a:.0} µs"
         );
+    }
+    for (delay_ms, gap, probe) in spaced_fsync {
+        let _ = match probe {
+            Ok(p) => writeln!(
+                w,
+                "      at {delay_ms} ms delay, one fdatasync spaced like a c=1 request's commits (after {:.0} µs asleep, bare's request time): p50 {:.0} µs, p99 {:.0} µs",
+                gap.as_secs_f64() * 1e6,
+                p.p50_us,
+                p.p99_us
+            ),
+            Err(e) => writeln!(w, "      at {delay_ms} ms delay, spaced fdatasync probe failed: {e}"),
+        };
     }
     let _ = writeln!(
         w,
@@ -1568,6 +1584,19 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
     } else {
         Vec::new()
     };
+    // What one fdatasync costs spaced as a c=1 request's commits are (an
+    // idle vCPU and disk answer slower): after bare's request time asleep.
+    let spaced_fsync: Vec<(u64, Duration, Result<SyncProbe>)> = o
+        .first_byte_delays_ms
+        .iter()
+        .filter_map(|&delay_ms| {
+            let bare = first_bytes
+                .iter()
+                .find(|r| r.kind == Kind::Bare && r.delay_ms == delay_ms)?;
+            let gap = Duration::from_secs_f64(quantile(&bare.total, 0.5) / 1e6);
+            Some((delay_ms, gap, fdatasync_latency(dir.path(), gap)))
+        })
+        .collect();
 
     let scripts: Vec<(Workload, PathBuf, PathBuf)> = o
         .workloads
@@ -1683,7 +1712,10 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
         loadavg()
     ));
     print!("{}", report(o, &facts, &cells, &framing, &memory, &settled));
-    print!("{}", first_byte_report(&first_bytes, fsync_p50));
+    print!(
+        "{}",
+        first_byte_report(&first_bytes, fsync_p50, &spaced_fsync)
+    );
     Ok(())
 }
 
