@@ -176,14 +176,12 @@ impl Outbox {
         &self,
         finals: Vec<(UsageEvent, Vec<Charge>)>,
     ) -> Result<(), OutboxError> {
-        let mut acks = Vec::with_capacity(finals.len());
-        for (event, charges) in finals {
-            acks.push(
-                self.inner
-                    .journal
-                    .final_record_acked(FinalRecord { event, charges })?,
-            );
-        }
+        let acks = self.inner.journal.finals_acked(
+            finals
+                .into_iter()
+                .map(|(event, charges)| FinalRecord { event, charges })
+                .collect(),
+        )?;
         for done in acks {
             match done.await {
                 Ok(Ok(())) => {}

@@ -58,11 +58,12 @@ struct Seen {
     checkpoints: usize,
 }
 
-/// An in-memory fold.
+/// An in-memory fold; `slow` makes every fold take that long (a busy ledger).
 #[derive(Clone, Default)]
 struct MemFold {
     seen: Arc<Mutex<Seen>>,
     watermark: u64,
+    slow: Option<Duration>,
 }
 
 impl Fold for MemFold {
@@ -76,6 +77,9 @@ impl Fold for MemFold {
         Ok(())
     }
     fn fold(&mut self, finals: &[(u64, FinalRecord)], upto: u64) -> Result<(), FoldError> {
+        if let Some(d) = self.slow {
+            std::thread::sleep(d);
+        }
         let mut s = self.seen.lock().unwrap();
         s.folded.extend_from_slice(finals);
         s.upto = upto;
@@ -461,8 +465,12 @@ async fn the_lead_is_let_go_once_the_queue_is_quiet() {
         detached_window: Duration::from_millis(1),
         ..options(ROTATE_BYTES)
     };
-    let (journal, _) =
-        Journal::open(dir.path(), opts, metrics(), Box::new(MemFold::default())).unwrap();
+    // Slow folds: leads handed to the writer are taken over by requests.
+    let fold = MemFold {
+        slow: Some(Duration::from_millis(3)),
+        ..MemFold::default()
+    };
+    let (journal, _) = Journal::open(dir.path(), opts, metrics(), Box::new(fold.clone())).unwrap();
     let journal = Arc::new(journal);
     let tasks: Vec<_> = (0..32)
         .map(|t| {
@@ -502,6 +510,11 @@ async fn the_lead_is_let_go_once_the_queue_is_quiet() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     journal.close();
+    assert_eq!(
+        fold.seen.lock().unwrap().folded.len(),
+        3200,
+        "every final folded once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,5 +536,19 @@ async fn after_a_quiet_spell_the_writer_commits() {
     ));
     drop(held);
     done.await.unwrap().unwrap();
+    journal.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_s_finals_share_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = metrics();
+    let journal = open_with(dir.path(), m.clone());
+    let finals = (0..20).map(|i| final_of(&format!("f{i}"), 5)).collect();
+    for done in journal.finals_acked(finals).unwrap() {
+        done.await.unwrap().unwrap();
+    }
+    assert_eq!(m.batch_records.get_sample_count(), 1);
+    assert_eq!(m.batch_records.get_sample_sum() as u64, 20);
     journal.close();
 }
