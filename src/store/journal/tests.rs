@@ -91,6 +91,16 @@ impl Fold for MemFold {
     }
 }
 
+/// Journals an open record for `id` and waits until it is committed.
+async fn opened(journal: &Journal, id: &str) {
+    journal
+        .open_record(OpenRecord::of_test(id))
+        .unwrap()
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 fn metrics() -> JournalMetrics {
     JournalMetrics {
         commit_seconds: Histogram::with_opts(prometheus::HistogramOpts::new("c", "c")).unwrap(),
@@ -127,12 +137,7 @@ async fn an_open_record_does_not_wait_out_the_detached_window() {
     journal.final_record(f).unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     let started = Instant::now();
-    journal
-        .open_record(OpenRecord::of_test("next"))
-        .unwrap()
-        .await
-        .unwrap()
-        .unwrap();
+    opened(&journal, "next").await;
     assert!(started.elapsed() < window / 3, "{:?}", started.elapsed());
     journal.close();
 }
@@ -280,11 +285,7 @@ async fn a_request_commits_its_own_record_when_no_commit_is_under_way() {
         .map(|i| {
             let j = journal.clone();
             tokio::spawn(async move {
-                j.open_record(OpenRecord::of_test(&format!("r{i}")))
-                    .unwrap()
-                    .await
-                    .unwrap()
-                    .unwrap();
+                opened(&j, &format!("r{i}")).await;
             })
         })
         .collect();
@@ -318,12 +319,7 @@ async fn finals_a_request_committed_are_folded_without_waiting_for_shutdown() {
     journal.final_record(final_of("a", 300)).unwrap();
     // The next request's own commit takes the final along; the writer is
     // told it has a fold to do.
-    journal
-        .open_record(OpenRecord::of_test("b"))
-        .unwrap()
-        .await
-        .unwrap()
-        .unwrap();
+    opened(&journal, "b").await;
     let started = Instant::now();
     loop {
         if fold.seen.lock().unwrap().folded.len() == 1 {
@@ -344,18 +340,8 @@ async fn rotation_keeps_open_records() {
     // Every commit passes the size: every commit rotates.
     let (journal, _) =
         Journal::open(dir.path(), options(1), metrics(), Box::new(fold.clone())).unwrap();
-    journal
-        .open_record(OpenRecord::of_test("a"))
-        .unwrap()
-        .await
-        .unwrap()
-        .unwrap();
-    journal
-        .open_record(OpenRecord::of_test("b"))
-        .unwrap()
-        .await
-        .unwrap()
-        .unwrap();
+    opened(&journal, "a").await;
+    opened(&journal, "b").await;
     let Record::Final(f) = fin("b", 300) else {
         unreachable!()
     };
@@ -478,11 +464,7 @@ async fn the_lead_is_let_go_once_the_queue_is_quiet() {
             tokio::spawn(async move {
                 for i in 0..100 {
                     let id = format!("t{t}-{i}");
-                    j.open_record(OpenRecord::of_test(&id))
-                        .unwrap()
-                        .await
-                        .unwrap()
-                        .unwrap();
+                    opened(&j, &id).await;
                     j.final_record(final_of(&id, 1)).unwrap();
                     if i % 7 == 0 {
                         tokio::time::sleep(Duration::from_micros(1500)).await;
