@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use tokio::sync::oneshot;
 use tollgate::meter::event::{CacheOutcome, Charge, OpenRecord, RouteKind, Status};
-use tollgate::store::journal::{self, FinalRecord, Fold, FoldError, Journal, JournalMetrics};
+use tollgate::store::journal::{self, FinalRecord, Fold, FoldError, Journal, JournalMetrics, Load};
 
 const RECORD_BYTES: usize = 256;
 
@@ -374,7 +374,7 @@ fn run(o: &Options) -> Result<String> {
             runtime.block_on(async move {
                 tokio::spawn(async move {
                     let started = Instant::now();
-                    let done = j.open_record(record.clone())?;
+                    let done = j.open_record(record.clone(), Load::Alone)?;
                     done.await?.map_err(|e| anyhow!(e))?;
                     let took = started.elapsed();
                     let mut event = record.interrupted();

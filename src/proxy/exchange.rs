@@ -15,6 +15,7 @@ use crate::dialect::Dialect;
 use crate::limit::{Admission, Limiter};
 use crate::meter::event::{CacheOutcome, Charge, OpenRecord, Status, UsageEvent};
 use crate::proxy::recorder::{Recorder, UpstreamTimes};
+use crate::store::journal::Load;
 
 /// Why tollgate cut a relay short; recorded as the event's `error` kind.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,7 +190,12 @@ impl Draft {
             .map(budget::Guard::reserved)
             .unwrap_or_default();
         let record = OpenRecord::of(&self.event, worst_nusd.max(reserved_nusd), reserved);
-        if let Err(e) = self.recorder.open(record).await {
+        let load = if self.in_flight.count() <= 1 {
+            Load::Alone
+        } else {
+            Load::Shared
+        };
+        if let Err(e) = self.recorder.open(record, load).await {
             // Like a full disk for events: the traffic goes on, the log and
             // `tollgate_outbox_errors_total` say what was not recorded.
             tracing::error!(request_id = %self.event.event_id, error = %e, "open usage record not durable");

@@ -10,6 +10,7 @@ use crate::dialect::Usage;
 use crate::meter::event::{Charge, OpenRecord, Status, UsageEvent};
 use crate::meter::prices::{Cost, PriceTable};
 use crate::metrics::Metrics;
+use crate::store::journal::Load;
 use crate::store::outbox::{Outbox, OutboxError};
 
 /// Prices, records and counts usage.
@@ -81,8 +82,8 @@ impl Recorder {
 
     /// Journals a request's open record before it is sent; returns once it
     /// is committed (the one durability wait on the request path).
-    pub async fn open(&self, record: OpenRecord) -> Result<(), OutboxError> {
-        self.outbox.begin(record).await
+    pub async fn open(&self, record: OpenRecord, load: Load) -> Result<(), OutboxError> {
+        self.outbox.begin(record, load).await
     }
 
     /// Records a request's final event and what it spent (settled before

@@ -14,18 +14,29 @@
 //!   `message_start` (its real input outgrew the estimate) the open record
 //!   is journaled again, waited on the same way; the later one counts.
 //!   Concurrent requests share one write and one `fdatasync` (group
-//!   commit). A request that finds no commit under way, while the journal
-//!   is warm (a commit ended within [`WARM`]), commits on its own thread
-//!   inside `tokio::task::block_in_place` (the worker's other tasks move
-//!   to another thread first, so no async worker blocks on the disk); the
-//!   records queued meanwhile go to the writer thread, which commits them
-//!   together, one group per round of its loop, while more arrive (see
-//!   `Queue`). After a quiet spell, or where blocking is not possible (a
-//!   current-thread runtime), the writer thread commits and the request
-//!   awaits a oneshot. While the writer folds, the next request takes a
-//!   lead handed to it over, so folds do not hold commits up. (Measured on
-//!   the dataplane bench at c=64: more throughput and less CPU per request
-//!   in most runs than handing every commit to the writer thread.)
+//!   commit). A request that finds no commit under way commits on its own
+//!   thread ([`Load`] and `Journal::inline` say how); the records queued
+//!   meanwhile go to the writer thread, which commits them together, one
+//!   group per round of its loop, while more arrive (see `Queue`):
+//!   - with `sync`, while other requests are in flight, inside
+//!     `tokio::task::block_in_place`, so the worker's other tasks move to
+//!     another thread first and no async worker blocks on the disk; only
+//!     while the journal is warm (a commit ended within [`WARM`]): after a
+//!     quiet spell the writer thread commits and the request awaits a
+//!     oneshot;
+//!   - with `sync`, when no other request is in flight and the runtime has
+//!     another worker, directly: there is nobody on this worker to move,
+//!     and moving it cost ~40 µs CPU per request at c=1 (a thread handoff
+//!     in `block_in_place`); a request that arrives meanwhile is taken by
+//!     the other worker and joins the next commit;
+//!   - without `sync`, directly: the commit is a `write(2)` to the page
+//!     cache, shorter than the handoff `block_in_place` would cost.
+//!
+//!   On a current-thread runtime with `sync` the writer thread commits.
+//!   While the writer folds, the next request takes a lead handed to it
+//!   over, so folds do not hold commits up. (Measured on the dataplane
+//!   bench at c=64: more throughput and less CPU per request in most runs
+//!   than handing every commit to the writer thread.)
 //! - A **final** record ([`FinalRecord`]: the [`UsageEvent`] and what it
 //!   spent per budget period) is appended when the answer completes,
 //!   without anyone waiting. Its budget spend is settled in memory *before*
@@ -338,6 +349,8 @@ impl Journal {
             healthy: AtomicBool::new(true),
             epoch: Instant::now(),
             last_commit_us: AtomicU64::new(0),
+            #[cfg(test)]
+            led: Mutex::new(Vec::new()),
             metrics,
             options,
         });
@@ -364,8 +377,9 @@ impl Journal {
     pub fn open_record(
         &self,
         record: OpenRecord,
+        load: Load,
     ) -> Result<oneshot::Receiver<Result<(), String>>, JournalError> {
-        self.committed(Record::Open(record))
+        self.committed(Record::Open(record), load)
     }
 
     /// Queues a final record; nobody waits for it.
@@ -400,8 +414,11 @@ impl Journal {
                 }
             })
             .collect();
-        let lead = self.shared.queue.push_all(cmds, self.can_lead())?;
-        self.lead_if(lead);
+        let lead = self
+            .shared
+            .queue
+            .push_all(cmds, self.can_lead(Load::Shared))?;
+        self.lead_if(lead, Load::Shared);
         Ok(done)
     }
 
@@ -415,27 +432,45 @@ impl Journal {
     fn committed(
         &self,
         record: Record,
+        load: Load,
     ) -> Result<oneshot::Receiver<Result<(), String>>, JournalError> {
         let (ack, done) = oneshot::channel();
         let cmd = Cmd {
             record,
             ack: Some(ack),
         };
-        let lead = self.shared.queue.push(cmd, self.can_lead())?;
-        self.lead_if(lead);
+        let lead = self.shared.queue.push(cmd, self.can_lead(load))?;
+        self.lead_if(lead, load);
         Ok(done)
     }
 
     /// Whether this caller may commit on its own thread: the journal is
     /// warm and the runtime can move the worker's tasks elsewhere.
-    fn can_lead(&self) -> bool {
-        self.shared.warm()
-            && tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+    fn can_lead(&self, load: Load) -> bool {
+        self.inline(load).is_some()
+    }
+
+    /// How this caller would commit on its own thread, if it may (see the
+    /// module docs).
+    fn inline(&self, load: Load) -> Option<Inline> {
+        if !self.shared.options.sync {
+            return Some(Inline::Direct);
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return None;
+        }
+        if load == Load::Alone && runtime.metrics().num_workers() >= 2 {
+            Some(Inline::Direct)
+        } else if self.shared.warm() {
+            Some(Inline::Moved)
+        } else {
+            None
+        }
     }
 
     /// Commits as the lead when `lead` (the queue gave it to this caller).
-    fn lead_if(&self, lead: bool) {
+    fn lead_if(&self, lead: bool, load: Load) {
         if !lead {
             return;
         }
@@ -452,7 +487,19 @@ impl Journal {
         }
         let mut unwind = Unwind(&self.shared.queue, true);
         let shared = &self.shared;
-        tokio::task::block_in_place(|| shared.lead());
+        // The queue gave the lead because `inline` said yes; should the
+        // runtime have changed since, moving the worker is always safe.
+        let how = self.inline(load).unwrap_or(Inline::Moved);
+        match how {
+            Inline::Direct => shared.lead(),
+            Inline::Moved => tokio::task::block_in_place(|| shared.lead()),
+        }
+        #[cfg(test)]
+        shared
+            .led
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(how);
         unwind.1 = false;
     }
 
@@ -483,6 +530,36 @@ impl Journal {
     fn queued(&self) -> usize {
         self.shared.queue.state().cmds.len()
     }
+
+    /// How the leads requests took so far committed (tests).
+    #[cfg(test)]
+    fn led(&self) -> Vec<Inline> {
+        self.shared
+            .led
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// What else the caller's process is doing, which decides how a request
+/// that leads commits on its own thread (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// No other request is in flight: with another runtime worker free,
+    /// blocking this one for a commit holds nobody up.
+    Alone,
+    /// Other requests may be in flight (or the caller cannot tell).
+    Shared,
+}
+
+/// How a leading caller commits on its own thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Inline {
+    /// On the thread as it is.
+    Direct,
+    /// Inside `block_in_place`: the worker's other tasks move away first.
+    Moved,
 }
 
 /// Every record of the journal in `dir`, segment by segment (for reading a
@@ -642,6 +719,9 @@ struct Shared {
     /// When the last commit ended, µs after `epoch`.
     epoch: Instant,
     last_commit_us: AtomicU64,
+    /// How each lead taken by a request committed (tests).
+    #[cfg(test)]
+    led: Mutex<Vec<Inline>>,
 }
 
 impl Shared {

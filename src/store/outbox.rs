@@ -21,7 +21,7 @@ use prometheus::{Histogram, IntCounter, IntGauge};
 
 use crate::meter::event::{Charge, OpenRecord, UsageEvent};
 use crate::store::journal::{
-    self, FinalRecord, Fold, FoldError, Journal, JournalError, JournalMetrics, Recovery,
+    self, FinalRecord, Fold, FoldError, Journal, JournalError, JournalMetrics, Load, Recovery,
 };
 use crate::store::{EventRecords, StoreError};
 
@@ -151,8 +151,8 @@ impl Outbox {
 
     /// Journals a request's open record; returns once it is committed
     /// (fdatasync'd with `outbox.sync`, written to the kernel otherwise).
-    pub async fn begin(&self, record: OpenRecord) -> Result<(), OutboxError> {
-        let done = self.inner.journal.open_record(record)?;
+    pub async fn begin(&self, record: OpenRecord, load: Load) -> Result<(), OutboxError> {
+        let done = self.inner.journal.open_record(record, load)?;
         match done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(OutboxError::Flush(e)),
@@ -531,7 +531,7 @@ mod tests {
                 let o = outbox.clone();
                 tasks.push(tokio::spawn(async move {
                     let e = event(now);
-                    o.begin(open_record(&e, 10)).await.unwrap();
+                    o.begin(open_record(&e, 10), Load::Shared).await.unwrap();
                     o.append(e, Vec::new()).unwrap();
                 }));
             }
@@ -656,7 +656,10 @@ mod tests {
         let (outbox, _) =
             Outbox::open(event_tree(&db), &j, options(), metrics(), Some(l.clone())).unwrap();
         let e = event(now_us());
-        outbox.begin(open_record(&e, 900)).await.unwrap();
+        outbox
+            .begin(open_record(&e, 900), Load::Alone)
+            .await
+            .unwrap();
         // Settled (as a request does) before the final is queued.
         l.charge(&charge(250));
         outbox.append(e, charge(250)).unwrap();

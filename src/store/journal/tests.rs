@@ -94,7 +94,7 @@ impl Fold for MemFold {
 /// Journals an open record for `id` and waits until it is committed.
 async fn opened(journal: &Journal, id: &str) {
     journal
-        .open_record(OpenRecord::of_test(id))
+        .open_record(OpenRecord::of_test(id), Load::Shared)
         .unwrap()
         .await
         .unwrap()
@@ -242,7 +242,7 @@ async fn the_writer_commits_what_queued_during_a_commit_at_once() {
     let waits: Vec<_> = (0..100)
         .map(|i| {
             journal
-                .open_record(OpenRecord::of_test(&format!("r{i}")))
+                .open_record(OpenRecord::of_test(&format!("r{i}")), Load::Shared)
                 .unwrap()
         })
         .collect();
@@ -271,7 +271,9 @@ async fn a_request_commits_its_own_record_when_no_commit_is_under_way() {
     // the writer thread.
     let j = journal.clone();
     let answered = tokio::spawn(async move {
-        let mut done = j.open_record(OpenRecord::of_test("alone")).unwrap();
+        let mut done = j
+            .open_record(OpenRecord::of_test("alone"), Load::Shared)
+            .unwrap();
         done.try_recv()
     })
     .await
@@ -511,7 +513,9 @@ async fn after_a_quiet_spell_the_writer_commits() {
     // With a commit under way this returns at once (a request committing
     // itself would wait here for the segment): the writer has it.
     let held = journal.hold();
-    let mut done = journal.open_record(OpenRecord::of_test("cold")).unwrap();
+    let mut done = journal
+        .open_record(OpenRecord::of_test("cold"), Load::Shared)
+        .unwrap();
     assert!(matches!(
         done.try_recv(),
         Err(oneshot::error::TryRecvError::Empty)
@@ -533,4 +537,84 @@ async fn a_settlement_s_finals_share_one_commit() {
     assert_eq!(m.batch_records.get_sample_count(), 1);
     assert_eq!(m.batch_records.get_sample_sum() as u64, 20);
     journal.close();
+}
+
+/// Journals an open record under `load` on a runtime with `workers`
+/// workers; returns whether it was committed before `open_record`
+/// returned, and how the request's lead committed.
+fn lead_on(workers: usize, sync: bool, warm: Duration, load: Load) -> (bool, Vec<Inline>) {
+    let runtime = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .build()
+    }
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options {
+        sync,
+        warm,
+        ..options(ROTATE_BYTES)
+    };
+    let (journal, _) =
+        Journal::open(dir.path(), opts, metrics(), Box::new(MemFold::default())).unwrap();
+    let journal = Arc::new(journal);
+    let j = journal.clone();
+    let answered = runtime.block_on(async move {
+        tokio::spawn(async move {
+            let mut done = j.open_record(OpenRecord::of_test("r"), load).unwrap();
+            let at_once = done.try_recv().is_ok();
+            if !at_once {
+                done.await.unwrap().unwrap();
+            }
+            at_once
+        })
+        .await
+        .unwrap()
+    });
+    let led = journal.led();
+    journal.close();
+    (answered, led)
+}
+
+#[test]
+fn a_request_alone_commits_on_its_worker_as_it_is() {
+    let warm = Duration::from_secs(3600);
+    // Nobody else is in flight and another worker is free: no handoff,
+    // even after a quiet spell.
+    assert_eq!(
+        lead_on(2, true, warm, Load::Alone),
+        (true, vec![Inline::Direct])
+    );
+    assert_eq!(
+        lead_on(2, true, Duration::ZERO, Load::Alone),
+        (true, vec![Inline::Direct])
+    );
+    // Others in flight: the worker's tasks move to another thread first.
+    assert_eq!(
+        lead_on(2, true, warm, Load::Shared),
+        (true, vec![Inline::Moved])
+    );
+    // A lone worker would stop the whole runtime: it moves too.
+    assert_eq!(
+        lead_on(1, true, warm, Load::Alone),
+        (true, vec![Inline::Moved])
+    );
+    // A current-thread runtime cannot move its tasks: the writer commits.
+    assert_eq!(lead_on(0, true, warm, Load::Alone), (false, vec![]));
+}
+
+#[test]
+fn without_sync_a_request_writes_its_record_itself() {
+    // A write to the page cache: direct on any runtime, warm or cold.
+    for workers in [0, 1, 2] {
+        for load in [Load::Alone, Load::Shared] {
+            assert_eq!(
+                lead_on(workers, false, Duration::ZERO, load),
+                (true, vec![Inline::Direct]),
+                "{workers} workers, {load:?}"
+            );
+        }
+    }
 }
