@@ -26,9 +26,12 @@
 //!     oneshot;
 //!   - with `sync`, when no other request is in flight and the runtime has
 //!     another worker, directly: there is nobody on this worker to move,
-//!     and moving it cost ~40 µs CPU per request at c=1 (a thread handoff
-//!     in `block_in_place`); a request that arrives meanwhile is taken by
-//!     the other worker and joins the next commit;
+//!     and moving it cost ~40 µs CPU per request at c=1 (`block_in_place`
+//!     hands the worker to another thread every time). The price: a
+//!     request that arrives during that commit is read once it ends. Its
+//!     own commit could not have started earlier (commits take turns), so
+//!     it loses only the time it would have spent getting its record ready
+//!     (tens of µs); a cache hit arriving then waits up to one commit;
 //!   - without `sync`, directly: the commit is a `write(2)` to the page
 //!     cache, shorter than the handoff `block_in_place` would cost.
 //!
@@ -546,8 +549,9 @@ impl Journal {
 /// that leads commits on its own thread (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Load {
-    /// No other request is in flight: with another runtime worker free,
-    /// blocking this one for a commit holds nobody up.
+    /// No other request is in flight: with another runtime worker, a
+    /// commit may block this one (see the module docs for what that costs
+    /// a request arriving meanwhile).
     Alone,
     /// Other requests may be in flight (or the caller cannot tell).
     Shared,
