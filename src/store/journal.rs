@@ -105,7 +105,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -492,17 +492,30 @@ impl Journal {
         let shared = &self.shared;
         // The queue gave the lead because `inline` said yes; should the
         // runtime have changed since, moving the worker is always safe.
-        let how = self.inline(load).unwrap_or(Inline::Moved);
-        match how {
-            Inline::Direct => shared.lead(),
-            Inline::Moved => tokio::task::block_in_place(|| shared.lead()),
-        }
+        let held = match self.inline(load) {
+            // A rotation (tens of ms) holds the segment: wait for it with
+            // the worker moved, so what arrives meanwhile is served.
+            Some(Inline::Direct) => match shared.segment.try_lock() {
+                Ok(seg) => Some(seg),
+                Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            },
+            _ => None,
+        };
+        // (Without `sync` on a current-thread runtime there is nowhere to
+        // move to: the write waits for the segment where it is.)
+        let moved = held.is_none() && multi_thread();
         #[cfg(test)]
         shared
             .led
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(how);
+            .push(if moved { Inline::Moved } else { Inline::Direct });
+        if moved {
+            tokio::task::block_in_place(|| shared.lead(None));
+        } else {
+            shared.lead(held);
+        }
         unwind.1 = false;
     }
 
@@ -543,6 +556,13 @@ impl Journal {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// Whether the caller runs on a multi-thread runtime (where
+/// `block_in_place` can move its worker's tasks away).
+fn multi_thread() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// What else the caller's process is doing, which decides how a request
@@ -738,11 +758,11 @@ impl Shared {
     /// Commits what is queued as a request that holds the lead, then
     /// hands the lead on (see [`Queue::finish`]); commits again while
     /// records wait and the writer is busy folding.
-    fn lead(&self) {
+    fn lead(&self, mut held: Option<MutexGuard<'_, Segment>>) {
         let mut batch = Vec::new();
         loop {
             let notice = {
-                let mut seg = self.segment();
+                let mut seg = held.take().unwrap_or_else(|| self.segment());
                 self.queue.drain(&mut batch, false);
                 seg.commit(&mut batch, self);
                 std::mem::take(&mut seg.notice)

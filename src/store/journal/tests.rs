@@ -93,8 +93,12 @@ impl Fold for MemFold {
 
 /// Journals an open record for `id` and waits until it is committed.
 async fn opened(journal: &Journal, id: &str) {
+    opened_as(journal, id, Load::Shared).await;
+}
+
+async fn opened_as(journal: &Journal, id: &str, load: Load) {
     journal
-        .open_record(OpenRecord::of_test(id), Load::Shared)
+        .open_record(OpenRecord::of_test(id), load)
         .unwrap()
         .await
         .unwrap()
@@ -617,4 +621,34 @@ fn without_sync_a_request_writes_its_record_itself() {
             );
         }
     }
+}
+
+#[test]
+fn a_request_alone_moves_its_worker_while_the_segment_is_held() {
+    // A rotation holds the segment for tens of ms: a request alone waits
+    // for it with its worker moved, so what arrives meanwhile is served.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_with(dir.path(), metrics());
+    let held = journal.hold();
+    let j = journal.clone();
+    let task = runtime.spawn(async move { opened_as(&j, "r", Load::Alone).await });
+    let started = Instant::now();
+    while journal.led().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(10), "never led");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(journal.led(), vec![Inline::Moved]);
+    drop(held);
+    runtime.block_on(task).unwrap();
+    // Free again: the next one commits as it is.
+    let j = journal.clone();
+    runtime
+        .block_on(runtime.spawn(async move { opened_as(&j, "s", Load::Alone).await }))
+        .unwrap();
+    assert_eq!(journal.led(), vec![Inline::Moved, Inline::Direct]);
+    journal.close();
 }
