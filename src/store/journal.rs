@@ -35,7 +35,11 @@
 //!   - without `sync`, directly: the commit is a `write(2)` to the page
 //!     cache, shorter than the handoff `block_in_place` would cost.
 //!
-//!   On a current-thread runtime with `sync` the writer thread commits.
+//!   A direct commit that finds the segment held (a rotation holds it for
+//!   tens of ms, a background sync for one `fdatasync`) waits with its
+//!   worker moved, and so does one that would commit again for records
+//!   queued meanwhile. On a current-thread runtime the writer thread
+//!   commits.
 //!   While the writer folds, the next request takes a lead handed to it
 //!   over, so folds do not hold commits up. (Measured on the dataplane
 //!   bench at c=64: more throughput and less CPU per request in most runs
@@ -139,8 +143,9 @@ const PREALLOC_SLACK: u64 = 256 << 10;
 const FOLD_EVERY: Duration = Duration::from_millis(50);
 /// ...or once this many are waiting.
 const FOLD_BATCH: usize = 1024;
-/// A request commits its record on its own thread only if the last commit
-/// ended less than this long ago. Measured on the dataplane bench (c=1,
+/// A request among others ([`Load::Shared`], with `sync`) commits its
+/// record on its own thread only if the last commit ended less than this
+/// long ago. Measured on the dataplane bench (c=1,
 /// this VM): back to back, committing on the request's thread saved
 /// 24-40 µs per request against handing off to the writer; after 20 ms of
 /// quiet (a slow upstream) it cost 60-135 µs more, waking the idle vCPUs
@@ -229,8 +234,8 @@ pub struct Options {
     pub rotate_bytes: u64,
     /// How long records nobody waits on are gathered ([`DETACHED_WINDOW`]).
     pub detached_window: Duration,
-    /// How soon after the last commit a request still commits on its own
-    /// thread ([`WARM`]).
+    /// How soon after the last commit a request among others still
+    /// commits on its own thread ([`WARM`]).
     pub warm: Duration,
 }
 
@@ -425,13 +430,11 @@ impl Journal {
         Ok(done)
     }
 
-    /// Queues a record someone waits on. When no commit is under way and
-    /// the journal is warm (see [`Options::warm`]) the caller commits it (and
-    /// whatever else is queued) on its own thread: that saves a wake of the
-    /// writer thread and a wake back. The async worker is not blocked:
-    /// `block_in_place` first hands its other tasks to another thread.
-    /// Otherwise (a quiet spell, a current-thread runtime) the writer
-    /// thread commits it.
+    /// Queues a record someone waits on. When no commit is under way the
+    /// caller may commit it (and whatever else is queued) on its own
+    /// thread, which saves a wake of the writer thread and a wake back:
+    /// see `inline` and the module docs for when, and whether its worker
+    /// moves first. Otherwise the writer thread commits it.
     fn committed(
         &self,
         record: Record,
@@ -447,8 +450,7 @@ impl Journal {
         Ok(done)
     }
 
-    /// Whether this caller may commit on its own thread: the journal is
-    /// warm and the runtime can move the worker's tasks elsewhere.
+    /// Whether this caller may commit on its own thread.
     fn can_lead(&self, load: Load) -> bool {
         self.inline(load).is_some()
     }
@@ -456,12 +458,14 @@ impl Journal {
     /// How this caller would commit on its own thread, if it may (see the
     /// module docs).
     fn inline(&self, load: Load) -> Option<Inline> {
-        if !self.shared.options.sync {
-            return Some(Inline::Direct);
-        }
+        // Elsewhere a busy segment (a rotation, a background sync) would
+        // stop the only thread: the writer commits.
         let runtime = tokio::runtime::Handle::try_current().ok()?;
         if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
             return None;
+        }
+        if !self.shared.options.sync {
+            return Some(Inline::Direct);
         }
         if load == Load::Alone && runtime.metrics().num_workers() >= 2 {
             Some(Inline::Direct)
@@ -502,19 +506,24 @@ impl Journal {
             },
             _ => None,
         };
-        // (Without `sync` on a current-thread runtime there is nowhere to
-        // move to: the write waits for the segment where it is.)
-        let moved = held.is_none() && multi_thread();
         #[cfg(test)]
         shared
             .led
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(if moved { Inline::Moved } else { Inline::Direct });
-        if moved {
-            tokio::task::block_in_place(|| shared.lead(None));
-        } else {
-            shared.lead(held);
+            .push(match held {
+                Some(_) => Inline::Direct,
+                None => Inline::Moved,
+            });
+        match held {
+            Some(seg) => {
+                if shared.lead_round(Some(seg)) == Then::Again {
+                    // Others queued meanwhile: this worker moves before
+                    // it commits for them.
+                    tokio::task::block_in_place(|| shared.lead());
+                }
+            }
+            None => tokio::task::block_in_place(|| shared.lead()),
         }
         unwind.1 = false;
     }
@@ -556,13 +565,6 @@ impl Journal {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
-}
-
-/// Whether the caller runs on a multi-thread runtime (where
-/// `block_in_place` can move its worker's tasks away).
-fn multi_thread() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// What else the caller's process is doing, which decides how a request
@@ -758,19 +760,21 @@ impl Shared {
     /// Commits what is queued as a request that holds the lead, then
     /// hands the lead on (see [`Queue::finish`]); commits again while
     /// records wait and the writer is busy folding.
-    fn lead(&self, mut held: Option<MutexGuard<'_, Segment>>) {
-        let mut batch = Vec::new();
-        loop {
-            let notice = {
-                let mut seg = held.take().unwrap_or_else(|| self.segment());
-                self.queue.drain(&mut batch, false);
-                seg.commit(&mut batch, self);
-                std::mem::take(&mut seg.notice)
-            };
-            if self.queue.finish(notice, Committer::Request) != Then::Again {
-                return;
-            }
-        }
+    fn lead(&self) {
+        while self.lead_round(None) == Then::Again {}
+    }
+
+    /// One commit as the leading request (on `held`, the segment already
+    /// locked, if given); then what [`Queue::finish`] says.
+    fn lead_round(&self, held: Option<MutexGuard<'_, Segment>>) -> Then {
+        let notice = {
+            let mut seg = held.unwrap_or_else(|| self.segment());
+            let mut batch = Vec::new();
+            self.queue.drain(&mut batch, false);
+            seg.commit(&mut batch, self);
+            std::mem::take(&mut seg.notice)
+        };
+        self.queue.finish(notice, Committer::Request)
     }
 
     fn committed_now(&self) {
