@@ -481,14 +481,14 @@ impl Journal {
         if !lead {
             return;
         }
-        /// Lets go of the lead if the commit panics, or `block_in_place`
-        /// refuses to run: a lead never let go would leave every later
-        /// record queued with nobody to commit it.
+        /// Hands the lead to the writer if the commit panics, or
+        /// `block_in_place` refuses to run: a lead never let go would leave
+        /// every later record queued with nobody to commit it.
         struct Unwind<'a>(&'a Queue, bool);
         impl Drop for Unwind<'_> {
             fn drop(&mut self) {
                 if self.1 {
-                    self.0.finish(false, Committer::Request);
+                    self.0.give_up();
                 }
             }
         }
@@ -1305,6 +1305,15 @@ impl Queue {
             self.wake.notify_one();
         }
         Then::Released
+    }
+
+    /// A lead given up mid-commit (a panic): the writer takes it over and
+    /// commits whatever waits, as when a commit hands it on. (Letting go
+    /// through `finish` could leave it taken: `Again` asks the caller to
+    /// commit once more.)
+    fn give_up(&self) {
+        self.state().poked = true;
+        self.wake.notify_one();
     }
 
     /// Stops taking records; the writer drains what is queued and ends.

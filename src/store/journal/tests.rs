@@ -679,3 +679,40 @@ fn a_request_alone_moves_its_worker_while_the_segment_is_held() {
     assert_eq!(journal.led(), vec![Inline::Moved, Inline::Direct]);
     journal.close();
 }
+
+#[tokio::test]
+async fn a_lead_given_up_mid_commit_goes_to_the_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = open_with(dir.path(), metrics());
+    // Asleep until its idle tick: only a handover wakes it sooner.
+    wait_writer_idle(&journal);
+    let (ack, done) = oneshot::channel();
+    let cmd = Cmd {
+        record: Record::Open(OpenRecord::of_test("r")),
+        ack: Some(ack),
+    };
+    assert!(
+        journal.shared.queue.push(cmd, true).unwrap(),
+        "took the lead"
+    );
+    // What the unwind guard does when a request's commit panics, while the
+    // writer folds (a request finishing then would be asked to go again).
+    journal.shared.queue.busy(true);
+    journal.shared.queue.give_up();
+    tokio::time::timeout(TICK / 2, done)
+        .await
+        .expect("nobody committed the record")
+        .unwrap()
+        .unwrap();
+    journal.shared.queue.busy(false);
+    let started = Instant::now();
+    while journal.shared.queue.state().leading {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the lead is stuck"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    journal.close();
+    assert_eq!(interrupted_at_restart(dir.path()).len(), 1);
+}
