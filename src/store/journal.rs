@@ -422,11 +422,9 @@ impl Journal {
                 }
             })
             .collect();
-        let lead = self
-            .shared
-            .queue
-            .push_all(cmds, self.can_lead(Load::Shared))?;
-        self.lead_if(lead, Load::Shared);
+        let how = self.inline(Load::Shared);
+        let lead = self.shared.queue.push_all(cmds, how.is_some())?;
+        self.lead_if(how.filter(|_| lead));
         Ok(done)
     }
 
@@ -445,14 +443,10 @@ impl Journal {
             record,
             ack: Some(ack),
         };
-        let lead = self.shared.queue.push(cmd, self.can_lead(load))?;
-        self.lead_if(lead, load);
+        let how = self.inline(load);
+        let lead = self.shared.queue.push(cmd, how.is_some())?;
+        self.lead_if(how.filter(|_| lead));
         Ok(done)
-    }
-
-    /// Whether this caller may commit on its own thread.
-    fn can_lead(&self, load: Load) -> bool {
-        self.inline(load).is_some()
     }
 
     /// How this caller would commit on its own thread, if it may (see the
@@ -476,11 +470,12 @@ impl Journal {
         }
     }
 
-    /// Commits as the lead when `lead` (the queue gave it to this caller).
-    fn lead_if(&self, lead: bool, load: Load) {
-        if !lead {
+    /// Commits as the lead, `how` `inline` said, when the queue gave the
+    /// lead to this caller (`Some`).
+    fn lead_if(&self, how: Option<Inline>) {
+        let Some(how) = how else {
             return;
-        }
+        };
         /// Hands the lead to the writer if the commit panics, or
         /// `block_in_place` refuses to run: a lead never let go would leave
         /// every later record queued with nobody to commit it.
@@ -494,17 +489,15 @@ impl Journal {
         }
         let mut unwind = Unwind(&self.shared.queue, true);
         let shared = &self.shared;
-        // The queue gave the lead because `inline` said yes; should the
-        // runtime have changed since, moving the worker is always safe.
-        let held = match self.inline(load) {
+        let held = match how {
             // A rotation (tens of ms) holds the segment: wait for it with
             // the worker moved, so what arrives meanwhile is served.
-            Some(Inline::Direct) => match shared.segment.try_lock() {
+            Inline::Direct => match shared.segment.try_lock() {
                 Ok(seg) => Some(seg),
                 Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
                 Err(TryLockError::WouldBlock) => None,
             },
-            _ => None,
+            Inline::Moved => None,
         };
         #[cfg(test)]
         shared
@@ -777,6 +770,15 @@ impl Shared {
         self.queue.finish(notice, Committer::Request)
     }
 
+    /// Commits what is queued as the writer thread (`lead`: the lead was
+    /// handed to it). Its own upkeep follows: nothing to be noticed.
+    fn writer_commit(&self, batch: &mut Vec<Cmd>, lead: bool) {
+        let mut seg = self.segment();
+        self.queue.drain(batch, lead);
+        seg.commit(batch, self);
+        seg.notice = false;
+    }
+
     fn committed_now(&self) {
         let us = self.epoch.elapsed().as_micros() as u64;
         self.last_commit_us.store(us, Ordering::Relaxed);
@@ -992,20 +994,12 @@ impl Writer {
                 // The lead was handed here: commit. Records queued
                 // meanwhile keep it here (`finish` pokes again), after
                 // this round's upkeep.
-                {
-                    let mut seg = shared.segment();
-                    shared.queue.drain(&mut batch, true);
-                    seg.commit(&mut batch, &shared);
-                    seg.notice = false;
-                }
+                shared.writer_commit(&mut batch, true);
                 shared.queue.finish(false, Committer::Writer);
                 gather_until = None;
             } else if gather_until.is_some_and(|g| Instant::now() >= g) {
                 // Nobody took them along: write them now.
-                let mut seg = shared.segment();
-                shared.queue.drain(&mut batch, false);
-                seg.commit(&mut batch, &shared);
-                seg.notice = false;
+                shared.writer_commit(&mut batch, false);
                 gather_until = None;
             } else if wake.queued && gather_until.is_none() {
                 gather_until = Some(Instant::now() + shared.options.detached_window);
