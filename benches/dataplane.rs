@@ -593,6 +593,14 @@ impl Proc {
 
     /// (VmRSS, VmHWM) in KiB.
     fn rss_kib(&self) -> (u64, u64) {
+        let (rss, hwm, _) = self.memory_kib();
+        (rss, hwm)
+    }
+
+    /// (VmRSS, VmHWM, RssAnon) in KiB. The anonymous part is what the
+    /// process allocated; the rest is mapped code, whose size varies with
+    /// the kernel's page cache.
+    fn memory_kib(&self) -> (u64, u64, u64) {
         let status =
             std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         let field = |name: &str| {
@@ -602,7 +610,7 @@ impl Proc {
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
                 .unwrap_or(0)
         };
-        (field("VmRSS:"), field("VmHWM:"))
+        (field("VmRSS:"), field("VmHWM:"), field("RssAnon:"))
     }
 
     /// User + system CPU time of the whole process so far.
@@ -1700,9 +1708,12 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
     // Memory freed after the load goes back to the kernel within about a
     // second with tollgate's allocator settings: read it again once idle.
     std::thread::sleep(Duration::from_secs(2));
-    let settled: Vec<(String, u64)> = std::iter::once(&fake)
+    let settled: Vec<(String, u64, u64)> = std::iter::once(&fake)
         .chain(&proxies)
-        .map(|t| (t.label(), t.proc.rss_kib().0))
+        .map(|t| {
+            let (rss, _, anon) = t.proc.memory_kib();
+            (t.label(), rss, anon)
+        })
         .collect();
     let mut facts = Facts::gather(o, args, big_bytes, big_len);
     facts.disk = fdatasync;
@@ -1873,7 +1884,7 @@ fn report(
     cells: &[Cell],
     framing: &[(String, Workload, &'static str)],
     memory: &[Memory],
-    settled: &[(String, u64)],
+    settled: &[(String, u64, u64)],
 ) -> String {
     let mut s = String::new();
     let w = &mut s;
@@ -2235,7 +2246,7 @@ fn report(
     };
     let _ = writeln!(
         w,
-        "\n-- memory after the last row (VmRSS), after 2 s idle, and peak (VmHWM){restarted} --"
+        "\n-- memory after the last row (VmRSS), after 2 s idle (of it anonymous: RssAnon), and peak (VmHWM){restarted} --"
     );
     let mut labels: Vec<&str> = Vec::new();
     for (label, _, _) in memory {
@@ -2247,17 +2258,18 @@ fn report(
         let rows = memory.iter().filter(|m| m.0 == label);
         let last = rows.clone().next_back().map_or(0, |m| m.1);
         let peak = rows.map(|m| m.2).max().unwrap_or(0);
-        let idle = settled
+        let (idle, anon) = settled
             .iter()
             .rev()
-            .find(|(l, _)| l == label)
-            .map_or(0, |(_, r)| *r);
+            .find(|(l, _, _)| l == label)
+            .map_or((0, 0), |(_, r, a)| (*r, *a));
         let _ = writeln!(
             w,
-            "{:<20} {:>8.1} MiB  (after 2 s idle {:.1} MiB, peak {:.1} MiB)",
+            "{:<20} {:>8.1} MiB  (after 2 s idle {:.1} MiB, {:.1} MiB anonymous; peak {:.1} MiB)",
             label,
             last as f64 / 1024.0,
             idle as f64 / 1024.0,
+            anon as f64 / 1024.0,
             peak as f64 / 1024.0
         );
     }
