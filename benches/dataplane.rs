@@ -2099,14 +2099,16 @@ fn report(
     let _ = writeln!(
         w,
         "commit = tollgate − tollgate-nosync (what the durable mode's open-record commit costs, same run); \
-         fdatasync = the disk probe's CPU for one append + sync ({} µs): at c=1 no request shares a commit",
+         fdatasync = the disk probe's CPU for one append + sync ({} µs): at c=1 no request shares a commit;\n\
+         ÷fake = proxyCPU ÷ the fake's CPU per request in the same row: the fake runs the same code for every \
+         target, so this compares builds across rows when the machine's speed drifts between them",
         f.fsync_cpu_us
             .map_or_else(|| "not measured".to_owned(), |c| format!("{c:.1}"))
     );
     let _ = writeln!(
         w,
-        "{:<10} {:>4}  {:<20} {:>9} {:>9} {:>7} {:>9}  goal",
-        "workload", "c", "target", "proxyCPU", "bare", "ratio", "commit"
+        "{:<10} {:>4}  {:<20} {:>9} {:>9} {:>7} {:>9} {:>6}  goal",
+        "workload", "c", "target", "proxyCPU", "bare", "ratio", "commit", "÷fake"
     );
     for c in cells.iter().filter(|c| {
         matches!(
@@ -2133,9 +2135,10 @@ fn report(
         } else {
             ""
         };
+        let per_fake = cpu / c.fake_cpu_us.max(1e-9);
         let _ = writeln!(
             w,
-            "{:<10} {:>4}  {:<20} {:>9.0} {:>9.0} {:>6.2}× {:>9}  {}",
+            "{:<10} {:>4}  {:<20} {:>9.0} {:>9.0} {:>6.2}× {:>9} {:>6.2}  {}",
             c.workload.name(),
             c.conc,
             c.label,
@@ -2143,6 +2146,7 @@ fn report(
             bare,
             ratio,
             commit,
+            per_fake,
             goal
         );
     }
