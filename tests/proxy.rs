@@ -641,6 +641,44 @@ async fn a_100_mb_stream_is_not_buffered() {
     assert_eq!(e["status"], "ok");
 }
 
+/// A stream's first chunk goes to the client on its own and at once, even
+/// when the rest of the stream is already waiting: it is not held back
+/// while the rest is read and tapped (the client's time to first token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_first_chunk_is_not_held_back_for_the_rest() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
+    let body = serde_json::to_vec(&messages_body(true)).unwrap();
+    let raw = support::raw::send_raw(
+        &t.addr.to_string(),
+        &[
+            "POST /v1/messages HTTP/1.1",
+            "content-type: application/json",
+            "anthropic-version: 2023-06-01",
+            "x-fake-scenario: big",
+            "x-fake-big-bytes: 300000",
+            // The whole stream is written right after the head.
+            "x-fake-ttfb-ms: 50",
+        ],
+        &body,
+        Duration::from_secs(10),
+    )
+    .await;
+    let chunks = support::raw::chunks(&raw);
+    let total: usize = chunks.iter().map(Vec::len).sum();
+    assert!(total >= 290_000, "{total} bytes");
+    let first = String::from_utf8_lossy(&chunks[0]);
+    assert!(first.starts_with("event: message_start"), "{first}");
+    // It came with the provider's head (pingora reads that in 4 KiB).
+    assert!(
+        chunks[0].len() < 16 << 10,
+        "the first chunk waited for more: {} of {total} bytes in {} chunks",
+        chunks[0].len(),
+        chunks.len()
+    );
+    assert!(String::from_utf8_lossy(chunks.last().unwrap()).contains("message_stop"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_survive_a_restart_and_sigterm_drains() {
     let fake = FakeProvider::start().await;

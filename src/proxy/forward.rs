@@ -1,7 +1,8 @@
 //! Forward: build the upstream request (client credentials and `x-tollgate-*`
 //! stripped, the provider key injected), connect through pingora's pooled
-//! connector (rustls, h2 or HTTP/1.1), send the body and wait for the
-//! response header within the first-byte timeout.
+//! connector (rustls, h2 or HTTP/1.1), send the head and body (over
+//! HTTP/1.1 in one write) and wait for the response header within the
+//! first-byte timeout.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -13,6 +14,7 @@ use pingora::connectors::http::{v1, v2};
 use pingora::connectors::ConnectorOptions;
 use pingora::http::RequestHeader;
 use pingora::protocols::http::client::HttpSession;
+use pingora::protocols::http::v1::client as h1;
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
@@ -125,12 +127,13 @@ impl Upstreams {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (mut session, reused) = connector
+            let (session, reused) = connector
                 .session(&peer)
                 .await
                 .map_err(|e| connect_error(provider, &e))?;
             let sent_at = Instant::now();
-            match self.exchange(&mut session, &request, body).await {
+            let (mut session, sent) = self.exchange(session, &peer, &request, body).await;
+            match sent {
                 Ok(()) => {
                     return Ok(UpstreamCall {
                         session,
@@ -164,27 +167,45 @@ impl Upstreams {
         }
     }
 
+    /// Sends the request on `session` and reads the response header. An
+    /// HTTP/1.1 request goes out in one write, head and body together
+    /// (pingora's session writes and flushes its head first: a second
+    /// syscall and, in plain text, a second segment the provider reads
+    /// separately); the session then reads the answer as pingora's would.
     async fn exchange(
         &self,
-        session: &mut HttpSession,
+        session: HttpSession,
+        peer: &HttpPeer,
         request: &RequestHeader,
         body: &Bytes,
-    ) -> Result<(), Failure> {
-        session
-            .write_request_header(Box::new(request.clone()))
-            .await
-            .map_err(Failure::Io)?;
-        if !body.is_empty() {
-            session
-                .write_request_body(body.clone(), true)
+    ) -> (HttpSession, Result<(), Failure>) {
+        let mut session = match session {
+            // A HEAD's answer has no body whatever its length says: only
+            // a session that wrote the head itself knows it sent one.
+            HttpSession::H1(h1) if request.method != http::Method::HEAD => {
+                let mut stream = h1.into_inner();
+                let sent = write_head_and_body(&mut stream, request, body).await;
+                let session = HttpSession::H1(h1::HttpSession::new_with_options(stream, peer));
+                if let Err(e) = sent {
+                    return (session, Err(Failure::Io(e)));
+                }
+                session
+            }
+            mut session => {
+                if let Err(e) = write_request(&mut session, request, body).await {
+                    return (session, Err(Failure::Io(e)));
+                }
+                session
+            }
+        };
+        let read =
+            match tokio::time::timeout(self.timeouts.first_byte, session.read_response_header())
                 .await
-                .map_err(Failure::Io)?;
-        }
-        session.finish_request_body().await.map_err(Failure::Io)?;
-        match tokio::time::timeout(self.timeouts.first_byte, session.read_response_header()).await {
-            Ok(result) => result.map_err(Failure::Io),
-            Err(_) => Err(Failure::Timeout),
-        }
+            {
+                Ok(result) => result.map_err(Failure::Io),
+                Err(_) => Err(Failure::Timeout),
+            };
+        (session, read)
     }
 
     fn connector_for(&self, provider: &str) -> &Pool {
@@ -263,6 +284,45 @@ impl Pool {
             Ok((session, false))
         }
     }
+}
+
+/// The request through pingora's session: head, then body (h2).
+async fn write_request(
+    session: &mut HttpSession,
+    request: &RequestHeader,
+    body: &Bytes,
+) -> pingora::Result<()> {
+    session
+        .write_request_header(Box::new(request.clone()))
+        .await?;
+    if !body.is_empty() {
+        session.write_request_body(body.clone(), true).await?;
+    }
+    session.finish_request_body().await
+}
+
+/// An HTTP/1.1 request's head and its whole (`Content-Length`) body in
+/// one vectored write.
+async fn write_head_and_body<W: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut W,
+    request: &RequestHeader,
+    body: &Bytes,
+) -> pingora::Result<()> {
+    use bytes::Buf;
+    use tokio::io::AsyncWriteExt;
+    let head = h1::http_req_header_to_wire(request).ok_or_else(|| {
+        pingora::Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "request-line contains forbidden delimiter bytes",
+        )
+    })?;
+    let mut wire = head.chain(body.as_ref());
+    stream.write_all_buf(&mut wire).await.map_err(|e| {
+        pingora::Error::because(ErrorType::WriteError, "while writing the request", e)
+    })?;
+    stream.flush().await.map_err(|e| {
+        pingora::Error::because(ErrorType::WriteError, "while flushing the request", e)
+    })
 }
 
 enum Failure {
@@ -378,7 +438,66 @@ pub fn build_request(
 
 #[cfg(test)]
 mod tests {
-    use super::is_gateway_key;
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::{is_gateway_key, write_head_and_body};
+
+    /// Records each write call; takes everything offered.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl tokio::io::AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let all = bufs
+                .iter()
+                .flat_map(|b| b.iter().copied())
+                .collect::<Vec<u8>>();
+            let n = all.len();
+            self.0.push(all);
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_http1_request_goes_out_in_one_write() {
+        let mut req =
+            pingora::http::RequestHeader::build_no_case("POST", b"/v1/messages", None).unwrap();
+        req.insert_header("content-length", "13").unwrap();
+        let body = bytes::Bytes::from_static(b"{\"model\":\"m\"}");
+        let mut w = Writes::default();
+        write_head_and_body(&mut w, &req, &body).await.unwrap();
+        assert_eq!(w.0.len(), 1, "head and body in one write: {:?}", w.0);
+        let wire = String::from_utf8(w.0.remove(0)).unwrap();
+        assert!(wire.starts_with("POST /v1/messages HTTP/1.1\r\n"), "{wire}");
+        assert!(wire.ends_with("\r\n\r\n{\"model\":\"m\"}"), "{wire}");
+    }
 
     #[test]
     fn gateway_keys_are_recognised_in_both_credential_forms() {

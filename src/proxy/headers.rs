@@ -1,25 +1,28 @@
-//! Header names tollgate reads or writes, in one place.
+//! Header names tollgate reads or writes, in one place. The ones it
+//! writes on every answer are parsed once, here, not per response.
+
+use http::HeaderName;
 
 /// Receipt: tollgate's id for the request (also the usage event id).
-pub const REQUEST_ID: &str = "x-tollgate-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-tollgate-request-id");
 /// Receipt: the configured provider that served the request.
-pub const PROVIDER: &str = "x-tollgate-provider";
+pub const PROVIDER: HeaderName = HeaderName::from_static("x-tollgate-provider");
 /// Receipt: the model that answered.
-pub const MODEL: &str = "x-tollgate-model";
+pub const MODEL: HeaderName = HeaderName::from_static("x-tollgate-model");
 /// Receipt: the metered cost in USD (non-streaming responses only).
-pub const COST_USD: &str = "x-tollgate-cost-usd";
+pub const COST_USD: HeaderName = HeaderName::from_static("x-tollgate-cost-usd");
 /// Receipt: what a cache hit or coalesced request did not spend, in USD.
-pub const SAVED_USD: &str = "x-tollgate-saved-usd";
+pub const SAVED_USD: HeaderName = HeaderName::from_static("x-tollgate-saved-usd");
 /// Receipt: what the cache did (`hit|miss|bypass|refresh|coalesced`).
-pub const CACHE: &str = "x-tollgate-cache";
+pub const CACHE: HeaderName = HeaderName::from_static("x-tollgate-cache");
 /// Receipt: the `max_tokens` a budget lowered the request to (`clamp`).
-pub const CLAMPED_MAX_TOKENS: &str = "x-tollgate-clamped-max-tokens";
+pub const CLAMPED_MAX_TOKENS: HeaderName = HeaderName::from_static("x-tollgate-clamped-max-tokens");
 /// Request: `bypass` (neither read nor write the cache) or `refresh` (skip the read, write the fresh answer).
 pub const CACHE_REQUEST: &str = "x-tollgate-cache";
 /// Marks a response tollgate made itself; the value is the error kind.
-pub const ERROR: &str = "x-tollgate-error";
+pub const ERROR: HeaderName = HeaderName::from_static("x-tollgate-error");
 /// A routed request's attempts: `provider/model=outcome, …` in order.
-pub const ATTEMPTS: &str = "x-tollgate-attempts";
+pub const ATTEMPTS: HeaderName = HeaderName::from_static("x-tollgate-attempts");
 /// Fallback targets for one request: `provider/model,provider/model`.
 pub const FALLBACK: &str = "x-tollgate-fallback";
 /// Every client-sent header with this prefix is dropped at ingress.
@@ -34,7 +37,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// first request with the same key is still running.
 pub const IDEMPOTENCY_WAIT: &str = "idempotency-wait";
 /// Receipt: `true` on an answer replayed for an `Idempotency-Key` retry.
-pub const IDEMPOTENT_REPLAY: &str = "x-tollgate-idempotent-replay";
+pub const IDEMPOTENT_REPLAY: HeaderName = HeaderName::from_static("x-tollgate-idempotent-replay");
 
 /// Hop-by-hop and framing headers never copied between the two sides.
 pub const HOP_BY_HOP: &[&str] = &[

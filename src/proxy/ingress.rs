@@ -84,10 +84,16 @@ impl Route {
             .upstream_path
             .split_once('?')
             .map_or(self.upstream_path.as_str(), |(p, _)| p);
-        ["/v1/messages/batches", "/v1/batches"].iter().any(|b| {
-            path.match_indices(b)
-                .any(|(i, _)| matches!(path.as_bytes().get(i + b.len()), None | Some(b'/')))
-        })
+        // A byte scan: `match_indices` builds a substring searcher per
+        // pattern, on every request, for paths of a few dozen bytes.
+        let path = path.as_bytes();
+        [&b"/v1/messages/batches"[..], b"/v1/batches"]
+            .iter()
+            .any(|b| {
+                path.windows(b.len())
+                    .enumerate()
+                    .any(|(i, w)| w == *b && matches!(path.get(i + b.len()), None | Some(b'/')))
+            })
     }
 }
 

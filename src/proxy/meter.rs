@@ -1145,6 +1145,14 @@ impl Relay<'_> {
                 rec.body(&out);
             }
             gathered.push(out);
+            // The first chunk goes out at once, not with what else is
+            // ready (the time to first token would wait on tapping the
+            // rest); unless it holds the whole stream, which goes out
+            // with its tail.
+            if first && !recorded && !self.flush_client(&mut gathered).await {
+                failure = Some(ReadFailure::ClientGone);
+                break;
+            }
         }
         let upstream_done = failure.is_none();
         // How a translated stream ended (its translator closes the client's).

@@ -29,6 +29,11 @@ impl Response {
 /// `body` with `content-length` and `connection: close`, reads the whole
 /// answer (at most `timeout`).
 pub async fn send(addr: &str, head: &[&str], body: &[u8], timeout: Duration) -> Response {
+    parse(&send_raw(addr, head, body, timeout).await)
+}
+
+/// [`send`], the answer as it came on the wire.
+pub async fn send_raw(addr: &str, head: &[&str], body: &[u8], timeout: Duration) -> Vec<u8> {
     let mut conn = TcpStream::connect(addr).await.expect("connect");
     let mut req = head.join("\r\n");
     req.push_str(&format!(
@@ -38,17 +43,21 @@ pub async fn send(addr: &str, head: &[&str], body: &[u8], timeout: Duration) -> 
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
     conn.write_all(&bytes).await.expect("write");
-    read_response(&mut conn, timeout).await
+    read_raw(&mut conn, timeout).await
 }
 
 /// Reads a response until the connection closes (at most `timeout`).
 pub async fn read_response(conn: &mut TcpStream, timeout: Duration) -> Response {
+    parse(&read_raw(conn, timeout).await)
+}
+
+async fn read_raw(conn: &mut TcpStream, timeout: Duration) -> Vec<u8> {
     let mut raw = Vec::new();
     tokio::time::timeout(timeout, conn.read_to_end(&mut raw))
         .await
         .expect("the answer within the timeout")
         .expect("read");
-    parse(&raw)
+    raw
 }
 
 /// Parses one response (its body as given by `content-length`, else all that follows).
@@ -93,7 +102,20 @@ pub fn parse(raw: &[u8]) -> Response {
 }
 
 /// The payload of a chunked body (as much of it as is there).
-fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+fn dechunk(rest: &[u8]) -> Vec<u8> {
+    chunks_of(rest).concat()
+}
+
+/// Each chunk of a raw chunked response (head included), as it was framed.
+pub fn chunks(raw: &[u8]) -> Vec<Vec<u8>> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    chunks_of(&raw[end + 4..])
+}
+
+fn chunks_of(mut rest: &[u8]) -> Vec<Vec<u8>> {
     let mut body = Vec::new();
     while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
         let size = std::str::from_utf8(&rest[..eol])
@@ -104,7 +126,7 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
         };
         let start = eol + 2;
         let end = (start + size).min(rest.len());
-        body.extend_from_slice(&rest[start..end]);
+        body.push(rest[start..end].to_vec());
         rest = rest.get(end + 2..).unwrap_or(&[]);
     }
     body
