@@ -48,10 +48,13 @@
 //!   spent per budget period) is appended when the answer completes,
 //!   without anyone waiting. Its budget spend is settled in memory *before*
 //!   it is queued. Cache hits and coalesced followers spend nothing and
-//!   have only a final record. A final wakes only an idle writer thread,
-//!   and is written with the next open record's commit or at the end of
-//!   the window the writer then gathers for ([`DETACHED_WINDOW`], 5 ms),
-//!   whichever comes first. A crash loses the finals queued in
+//!   have only a final record. While the journal is active (a commit
+//!   within `NAPPING`, 1 s) the writer naps [`DETACHED_WINDOW`] (5 ms) at
+//!   a time and, at each nap's end, writes the finals no commit took
+//!   along: nothing on the request path wakes it. After a quiet second it
+//!   sleeps until woken: a final then wakes it and is written with the
+//!   next open record's commit or at the end of the window the writer
+//!   then gathers for, whichever comes first. A crash loses the finals queued in
 //!   that last window that had not reached the kernel yet: for a request
 //!   with an open record that means it comes back as `interrupted`, never
 //!   that it vanishes; a cache hit or follower in that window is lost.
@@ -153,6 +156,12 @@ const FOLD_BATCH: usize = 1024;
 pub const WARM: Duration = Duration::from_millis(2);
 /// The fold's periodic work (pruning) runs at least this often when idle.
 const TICK: Duration = Duration::from_secs(1);
+/// While a commit happened within this long, the writer naps one
+/// `detached_window` at a time and looks at the queue itself: requests then
+/// never wake it (a wake is a futex call on the request's thread, and a
+/// contended queue lock when the writer gets up; at 20 ms between requests
+/// that was two per request). After a quiet spell it sleeps until woken.
+const NAPPING: Duration = Duration::from_secs(1);
 /// Default segment size that triggers a rotation.
 pub const ROTATE_BYTES: u64 = 4 << 20;
 
@@ -784,6 +793,13 @@ impl Shared {
         self.last_commit_us.store(us, Ordering::Relaxed);
     }
 
+    /// Whether the journal committed within [`NAPPING`]: the writer naps.
+    fn active(&self) -> bool {
+        let now = self.epoch.elapsed().as_micros() as u64;
+        let last = self.last_commit_us.load(Ordering::Relaxed);
+        now.saturating_sub(last) < NAPPING.as_micros() as u64
+    }
+
     /// Whether the journal committed within [`Options::warm`]: then a request
     /// commits on its own thread; after a quiet spell the writer does.
     fn warm(&self) -> bool {
@@ -986,7 +1002,13 @@ impl Writer {
             if let Some(d) = shared.segment().due() {
                 until = until.min(d);
             }
-            let wake = shared.queue.wait(until, gather_until.is_none());
+            let nap = gather_until.is_none() && shared.active();
+            if nap {
+                until = until.min(Instant::now() + shared.options.detached_window);
+            }
+            let wake = shared
+                .queue
+                .wait(until, gather_until.is_none() && !nap, nap);
             if wake.closed {
                 break;
             }
@@ -1001,6 +1023,10 @@ impl Writer {
                 // Nobody took them along: write them now.
                 shared.writer_commit(&mut batch, false);
                 gather_until = None;
+            } else if nap && wake.queued {
+                // Queued during the nap (at most a window ago) and not
+                // taken along by a commit: written now.
+                shared.writer_commit(&mut batch, false);
             } else if wake.queued && gather_until.is_none() {
                 gather_until = Some(Instant::now() + shared.options.detached_window);
             }
@@ -1164,6 +1190,10 @@ struct QueueState {
     closed: bool,
     /// The writer sleeps with nothing to gather: any record wakes it.
     idle: bool,
+    /// The writer sleeps, not napping (see [`NAPPING`]): a commit's
+    /// notice wakes it. (Awake, it sees the notice before it next waits;
+    /// napping, when it gets up, within a window.)
+    asleep: bool,
     /// A committer holds the lead.
     leading: bool,
     /// The lead is the writer's: commit what is queued now.
@@ -1172,6 +1202,9 @@ struct QueueState {
     recheck: bool,
     /// The writer is folding: a request takes a lead handed to it over.
     writer_busy: bool,
+    /// How often a request woke the writer (tests).
+    #[cfg(test)]
+    request_wakes: usize,
 }
 
 /// Who finished a commit as the lead.
@@ -1220,6 +1253,10 @@ impl Queue {
         }
         if !st.leading && st.idle {
             st.idle = false;
+            #[cfg(test)]
+            {
+                st.request_wakes += 1;
+            }
             self.wake.notify_one();
         }
         Ok(false)
@@ -1294,8 +1331,12 @@ impl Queue {
             return Then::Writer;
         }
         st.leading = false;
-        let wake = notice || (st.idle && !st.cmds.is_empty());
+        let wake = (notice && st.asleep) || (st.idle && !st.cmds.is_empty());
         if by == Committer::Request && wake {
+            #[cfg(test)]
+            {
+                st.request_wakes += 1;
+            }
             self.wake.notify_one();
         }
         Then::Released
@@ -1317,12 +1358,15 @@ impl Queue {
     }
 
     /// The writer waits until `until`, the lead is handed to it, the
-    /// journal closes, a commit gave it work or (`idle`) anything is queued.
-    fn wait(&self, until: Instant, idle: bool) -> Wake {
+    /// journal closes, a commit gave it work (unless it `nap`s) or
+    /// (`idle`) anything is queued.
+    fn wait(&self, until: Instant, idle: bool, nap: bool) -> Wake {
         let mut st = self.state();
         st.idle = idle;
+        st.asleep = !nap;
         loop {
-            let ready = st.closed || st.poked || st.recheck || (idle && !st.cmds.is_empty());
+            let ready =
+                st.closed || st.poked || (st.recheck && !nap) || (idle && !st.cmds.is_empty());
             let left = until.saturating_duration_since(Instant::now());
             if ready || left.is_zero() {
                 break;
@@ -1333,6 +1377,7 @@ impl Queue {
             };
         }
         st.idle = false;
+        st.asleep = false;
         st.recheck = false;
         Wake {
             closed: st.closed,

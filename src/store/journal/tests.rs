@@ -339,6 +339,40 @@ async fn finals_a_request_committed_are_folded_without_waiting_for_shutdown() {
     journal.close();
 }
 
+/// Requests spaced wider than the detached window (a slow upstream) never
+/// wake an active writer, neither for their finals nor for the work their
+/// commits leave it; the finals are still written and folded on time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_active_writer_naps_and_requests_never_wake_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let fold = MemFold::default();
+    let options = Options {
+        sync: false,
+        ..options(ROTATE_BYTES)
+    };
+    let (journal, _) =
+        Journal::open(dir.path(), options, metrics(), Box::new(fold.clone())).unwrap();
+    opened_as(&journal, "first", Load::Alone).await;
+    journal.final_record(final_of("first", 10)).unwrap();
+    tokio::time::sleep(DETACHED_WINDOW * 2).await;
+    let before = journal.shared.queue.state().request_wakes;
+    for i in 0..5 {
+        let id = format!("r{i}");
+        opened_as(&journal, &id, Load::Alone).await;
+        journal.final_record(final_of(&id, 10)).unwrap();
+        tokio::time::sleep(DETACHED_WINDOW * 4).await;
+    }
+    assert_eq!(journal.shared.queue.state().request_wakes, before);
+    let started = Instant::now();
+    while fold.seen.lock().unwrap().folded.len() < 6 {
+        // Written within a nap, folded FOLD_EVERY later: well before the
+        // idle tick.
+        assert!(started.elapsed() < TICK / 2, "not folded");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    journal.close();
+}
+
 #[tokio::test]
 async fn rotation_keeps_open_records() {
     let dir = tempfile::tempdir().unwrap();
