@@ -49,9 +49,9 @@
 //!   without anyone waiting. Its budget spend is settled in memory *before*
 //!   it is queued. Cache hits and coalesced followers spend nothing and
 //!   have only a final record. While the journal is active (a commit
-//!   within `NAPPING`, 1 s) the writer naps [`DETACHED_WINDOW`] (5 ms) at
+//!   within `NAPPING`, 50 ms) the writer naps [`DETACHED_WINDOW`] (5 ms) at
 //!   a time and, at each nap's end, writes the finals no commit took
-//!   along: nothing on the request path wakes it. After a quiet second it
+//!   along: nothing on the request path wakes it. After a quiet spell it
 //!   sleeps until woken: a final then wakes it and is written with the
 //!   next open record's commit or at the end of the window the writer
 //!   then gathers for, whichever comes first. A crash loses the finals queued in
@@ -160,8 +160,9 @@ const TICK: Duration = Duration::from_secs(1);
 /// `detached_window` at a time and looks at the queue itself: requests then
 /// never wake it (a wake is a futex call on the request's thread, and a
 /// contended queue lock when the writer gets up; at 20 ms between requests
-/// that was two per request). After a quiet spell it sleeps until woken.
-const NAPPING: Duration = Duration::from_secs(1);
+/// that was two per request). After a quiet spell it sleeps until woken:
+/// short, so a trickle of requests costs a few naps each, not 200 a second.
+const NAPPING: Duration = Duration::from_millis(50);
 /// Default segment size that triggers a rotation.
 pub const ROTATE_BYTES: u64 = 4 << 20;
 
