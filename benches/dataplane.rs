@@ -1188,12 +1188,12 @@ fn first_byte_report(
         let end = added(r, |x| &x.total);
         let goal = match (r.kind.is_tollgate(), bare, allowance) {
             (true, Some(b), Some(a)) => {
-                let ok = |mine: Option<f64>, floor: Option<f64>| match (mine, floor) {
+                let ok = |mine: Option<f64>, floor: Option<f64>, a: f64| match (mine, floor) {
                     (Some(m), Some(f)) => m <= f + a,
                     _ => false,
                 };
-                let first_ok = ok(first, added(b, |x| &x.first));
-                let end_ok = ok(end, added(b, |x| &x.total));
+                let first_ok = ok(first, added(b, |x| &x.first), a);
+                let end_ok = ok(end, added(b, |x| &x.total), a);
                 let mut g = format!("1st {} · end {}", verdict(first_ok), verdict(end_ok));
                 // The same goal with the fdatasync measured at this row's
                 // spacing: a c=1 request's commit finds the disk as idle
@@ -1203,15 +1203,12 @@ fn first_byte_report(
                     .find(|(d, _, _)| *d == r.delay_ms)
                     .and_then(|(_, _, p)| p.as_ref().ok());
                 if let Some(p) = spaced {
-                    let within = |mine: Option<f64>, floor: Option<f64>| match (mine, floor) {
-                        (Some(m), Some(f)) => m <= f + p.p50_us + 50.0,
-                        _ => false,
-                    };
+                    let a = p.p50_us + 50.0;
                     let _ = write!(
                         g,
                         "  (spaced: 1st {} · end {})",
-                        verdict(within(first, added(b, |x| &x.first))),
-                        verdict(within(end, added(b, |x| &x.total)))
+                        verdict(ok(first, added(b, |x| &x.first), a)),
+                        verdict(ok(end, added(b, |x| &x.total), a))
                     );
                 }
                 g

@@ -190,7 +190,7 @@ impl Draft {
             .map(budget::Guard::reserved)
             .unwrap_or_default();
         let record = OpenRecord::of(&self.event, worst_nusd.max(reserved_nusd), reserved);
-        let load = if self.in_flight.count() <= 1 {
+        let load = if self.in_flight.alone() {
             Load::Alone
         } else {
             Load::Shared

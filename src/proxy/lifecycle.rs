@@ -67,6 +67,12 @@ impl InFlight {
         self.inner.count.load(Ordering::SeqCst)
     }
 
+    /// Whether the asking request is the only one in flight (it counts
+    /// itself).
+    pub fn alone(&self) -> bool {
+        self.count() <= 1
+    }
+
     pub fn draining(&self) -> bool {
         self.inner.draining.load(Ordering::SeqCst)
     }

@@ -1154,7 +1154,7 @@ impl Relay<'_> {
             // stream goes out with its tail either way.
             if first
                 && !recorded
-                && self.state.in_flight.count() <= 1
+                && self.state.in_flight.alone()
                 && !self.flush_client(&mut gathered).await
             {
                 failure = Some(ReadFailure::ClientGone);

@@ -794,19 +794,22 @@ impl Shared {
         self.last_commit_us.store(us, Ordering::Relaxed);
     }
 
-    /// Whether the journal committed within [`NAPPING`]: the writer naps.
-    fn active(&self) -> bool {
+    /// Whether the last commit ended less than `d` ago.
+    fn committed_within(&self, d: Duration) -> bool {
         let now = self.epoch.elapsed().as_micros() as u64;
         let last = self.last_commit_us.load(Ordering::Relaxed);
-        now.saturating_sub(last) < NAPPING.as_micros() as u64
+        now.saturating_sub(last) < d.as_micros() as u64
+    }
+
+    /// Whether the journal committed within [`NAPPING`]: the writer naps.
+    fn active(&self) -> bool {
+        self.committed_within(NAPPING)
     }
 
     /// Whether the journal committed within [`Options::warm`]: then a request
     /// commits on its own thread; after a quiet spell the writer does.
     fn warm(&self) -> bool {
-        let now = self.epoch.elapsed().as_micros() as u64;
-        let last = self.last_commit_us.load(Ordering::Relaxed);
-        now.saturating_sub(last) < self.options.warm.as_micros() as u64
+        self.committed_within(self.options.warm)
     }
 
     fn failed(&self, what: &str, error: &str) {
@@ -1254,11 +1257,7 @@ impl Queue {
         }
         if !st.leading && st.idle {
             st.idle = false;
-            #[cfg(test)]
-            {
-                st.request_wakes += 1;
-            }
-            self.wake.notify_one();
+            self.wake_from_request(&mut st);
         }
         Ok(false)
     }
@@ -1299,6 +1298,17 @@ impl Queue {
         self.state().writer_busy = busy;
     }
 
+    /// A request wakes the writer (counted for the tests).
+    fn wake_from_request(&self, st: &mut QueueState) {
+        #[cfg(test)]
+        {
+            st.request_wakes += 1;
+        }
+        #[cfg(not(test))]
+        let _ = st;
+        self.wake.notify_one();
+    }
+
     /// Moves what is queued into `batch` (at most [`MAX_BATCH`]). `lead`:
     /// the writer drains as the lead handed to it. (Only that clears the
     /// hand-over: a drain of the writer's own gathered finals must leave
@@ -1334,11 +1344,7 @@ impl Queue {
         st.leading = false;
         let wake = (notice && st.asleep) || (st.idle && !st.cmds.is_empty());
         if by == Committer::Request && wake {
-            #[cfg(test)]
-            {
-                st.request_wakes += 1;
-            }
-            self.wake.notify_one();
+            self.wake_from_request(&mut st);
         }
         Then::Released
     }
