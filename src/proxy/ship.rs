@@ -136,8 +136,8 @@ impl Shipper {
                 doomed.push(k.to_vec());
                 doomed.len() < excess
             })?;
-            for k in &doomed {
-                events.remove(k)?;
+            for part in doomed.chunks(crate::store::outbox::REMOVE_BATCH) {
+                events.remove_all(part)?;
             }
             Ok(doomed)
         })
@@ -202,10 +202,7 @@ impl Shipper {
         let events = self.events.clone();
         let keys = batch.keys;
         tokio::task::spawn_blocking(move || -> Result<(), ShipError> {
-            for k in &keys {
-                events.remove(k)?;
-            }
-            Ok(())
+            Ok(events.remove_all(&keys)?)
         })
         .await??;
         self.depth.sub(n as i64);

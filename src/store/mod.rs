@@ -35,6 +35,10 @@ pub trait EventRecords: Send + Sync {
     fn scan(&self, f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), StoreError>;
     /// Removes the event under `key`.
     fn remove(&self, key: &[u8]) -> Result<(), StoreError>;
+    /// Removes the events under `keys` (at once where the backend can).
+    fn remove_all(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        keys.iter().try_for_each(|k| self.remove(k))
+    }
     /// How many events are stored (may walk them all).
     fn len(&self) -> Result<usize, StoreError>;
     /// Whether no event is stored.

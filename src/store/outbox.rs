@@ -27,6 +27,8 @@ use crate::store::{EventRecords, StoreError};
 
 /// How often events older than the retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Events removed per store batch.
+pub const REMOVE_BATCH: usize = 1024;
 
 /// Failures of the outbox.
 #[derive(Debug, thiserror::Error)]
@@ -389,10 +391,16 @@ impl LedgerFold {
         if let Err(e) = scanned {
             tracing::warn!(error = %e, "reading the outbox to prune it failed");
         }
+        // In bounded batches: one batch per event cost a sled write each; one
+        // for a day of events would hold them all in memory at once.
         let mut removed = 0u64;
-        for key in &doomed {
-            if self.events.remove(key).is_ok() {
-                removed += 1;
+        for part in doomed.chunks(REMOVE_BATCH) {
+            match self.events.remove_all(part) {
+                Ok(()) => removed += part.len() as u64,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pruning the outbox failed");
+                    break;
+                }
             }
         }
         if removed > 0 {

@@ -313,6 +313,14 @@ impl EventRecords for EventTree {
         Ok(())
     }
 
+    fn remove_all(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for k in keys {
+            batch.remove(k.as_slice());
+        }
+        Ok(self.tree.apply_batch(batch)?)
+    }
+
     fn len(&self) -> Result<usize, StoreError> {
         Ok(self.tree.len())
     }
