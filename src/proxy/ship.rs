@@ -136,9 +136,7 @@ impl Shipper {
                 doomed.push(k.to_vec());
                 doomed.len() < excess
             })?;
-            for part in doomed.chunks(crate::store::outbox::REMOVE_BATCH) {
-                events.remove_all(part)?;
-            }
+            events.remove_all(&doomed)?;
             Ok(doomed)
         })
         .await??;

@@ -27,8 +27,6 @@ use crate::store::{EventRecords, StoreError};
 
 /// How often events older than the retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
-/// Events removed per store batch.
-pub const REMOVE_BATCH: usize = 1024;
 
 /// Failures of the outbox.
 #[derive(Debug, thiserror::Error)]
@@ -391,18 +389,13 @@ impl LedgerFold {
         if let Err(e) = scanned {
             tracing::warn!(error = %e, "reading the outbox to prune it failed");
         }
-        // In bounded batches: one batch per event cost a sled write each; one
-        // for a day of events would hold them all in memory at once.
-        let mut removed = 0u64;
-        for part in doomed.chunks(REMOVE_BATCH) {
-            match self.events.remove_all(part) {
-                Ok(()) => removed += part.len() as u64,
-                Err(e) => {
-                    tracing::warn!(error = %e, "pruning the outbox failed");
-                    break;
-                }
+        let removed = match self.events.remove_all(&doomed) {
+            Ok(()) => doomed.len() as u64,
+            Err(e) => {
+                tracing::warn!(error = %e, "pruning the outbox failed");
+                0
             }
-        }
+        };
         if removed > 0 {
             tracing::info!(removed, "pruned usage events past the outbox retention");
             self.depth.sub(removed as i64);

@@ -256,6 +256,9 @@ impl SpendRecords for SpendTree {
 /// The outbox tree's name in the sidecar's database.
 pub const EVENT_TREE: &str = "outbox";
 
+/// Events removed per sled batch.
+const REMOVE_BATCH: usize = 1024;
+
 /// The usage events in one sled tree (`outbox`).
 pub struct EventTree {
     tree: sled::Tree,
@@ -314,11 +317,16 @@ impl EventRecords for EventTree {
     }
 
     fn remove_all(&self, keys: &[Vec<u8>]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for k in keys {
-            batch.remove(k.as_slice());
+        // Bounded batches: a day of pruned events in one would be copied
+        // into one write at once.
+        for part in keys.chunks(REMOVE_BATCH) {
+            let mut batch = sled::Batch::default();
+            for k in part {
+                batch.remove(k.as_slice());
+            }
+            self.tree.apply_batch(batch)?;
         }
-        Ok(self.tree.apply_batch(batch)?)
+        Ok(())
     }
 
     fn len(&self) -> Result<usize, StoreError> {

@@ -152,66 +152,84 @@ pub(crate) fn event_records<G, S: EventRecords>(fresh: impl Fn() -> (G, S)) {
     many_events(&fresh().1);
 }
 
-/// Hundreds of events, one and several at a time, out of order, some before
-/// everything stored, some replaced, some removed in runs and singly: what
-/// is read back is always the sorted set (for backends that pack events).
-fn many_events<S: EventRecords>(s: &S) {
-    let key = |n: u32| n.to_be_bytes().to_vec();
-    let mut model = std::collections::BTreeMap::new();
-    let mut put = |s: &S, batch: Vec<u32>, tag: &str| {
-        let events: Vec<_> = batch
-            .iter()
-            .map(|n| (key(*n), format!("{tag}{n}").into_bytes()))
-            .collect();
-        for (k, v) in &events {
-            model.insert(k.clone(), v.clone());
-        }
-        s.insert(events).unwrap();
-        model.clone()
-    };
-    // Ascending one at a time, from the middle of the key space.
-    for n in 1000..1100 {
-        put(s, vec![n], "a");
+/// The model [`many_events`] checks a store against.
+type Model = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
+
+fn event_key(n: u32) -> Vec<u8> {
+    n.to_be_bytes().to_vec()
+}
+
+/// Events under `keys`, their values tagged.
+fn tagged(keys: impl IntoIterator<Item = u32>, tag: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
+    keys.into_iter()
+        .map(|n| (event_key(n), format!("{tag}{n}").into_bytes()))
+        .collect()
+}
+
+/// Inserts into the store and the model alike.
+fn put<S: EventRecords>(s: &S, model: &mut Model, events: Vec<(Vec<u8>, Vec<u8>)>) {
+    for (k, v) in &events {
+        model.insert(k.clone(), v.clone());
     }
-    // Late ones inside stored ranges, ones before everything, a batch
-    // spanning many chunks with a key given twice (the later one stays).
-    put(s, (0..40).map(|n| 1000 + n * 2).collect(), "b");
-    put(s, (0..70).rev().collect(), "c");
-    put(s, vec![5], "d");
-    s.insert(vec![(key(2000), b"x".to_vec()), (key(2000), b"y".to_vec())])
-        .unwrap();
-    let mut model = put(s, (500..600).chain(1050..1150).collect(), "e");
-    model.insert(key(2000), b"y".to_vec());
-    let check = |s: &S, model: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>| {
-        let mut seen = Vec::new();
-        s.scan(&mut |k, v| {
-            seen.push((k.to_vec(), v.to_vec()));
-            true
-        })
-        .unwrap();
-        let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        assert_eq!(seen, want);
-        assert_eq!(s.len().unwrap(), model.len());
-        let tail: Vec<_> = model.values().rev().take(45).rev().cloned().collect();
-        assert_eq!(s.latest(45).unwrap(), tail);
-        for n in [0, 5, 69, 70, 499, 500, 999, 1000, 1149, 1150, 2000, 2001] {
-            assert_eq!(
-                s.contains(&key(n)).unwrap(),
-                model.contains_key(&key(n)),
-                "key {n}"
-            );
-        }
-    };
-    check(s, &model);
-    // A run of the oldest (as pruning removes), then scattered ones.
-    let doomed: Vec<_> = (0..60).map(key).collect();
-    s.remove_all(&doomed).unwrap();
-    for k in &doomed {
+    s.insert(events).unwrap();
+}
+
+/// Removes from the store and the model alike.
+fn drop_keys<S: EventRecords>(s: &S, model: &mut Model, keys: &[Vec<u8>]) {
+    s.remove_all(keys).unwrap();
+    for k in keys {
         model.remove(k);
     }
+}
+
+/// The store reads back exactly the model: in order, by count, the newest,
+/// and key by key.
+fn check<S: EventRecords>(s: &S, model: &Model) {
+    let mut seen = Vec::new();
+    s.scan(&mut |k, v| {
+        seen.push((k.to_vec(), v.to_vec()));
+        true
+    })
+    .unwrap();
+    let want: Vec<_> = model.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    assert_eq!(seen, want);
+    assert_eq!(s.len().unwrap(), model.len());
+    let tail: Vec<_> = model.values().rev().take(45).rev().cloned().collect();
+    assert_eq!(s.latest(45).unwrap(), tail);
+    for n in [0, 5, 69, 70, 499, 500, 999, 1000, 1149, 1150, 2000, 2001] {
+        let k = event_key(n);
+        assert_eq!(s.contains(&k).unwrap(), model.contains_key(&k), "key {n}");
+    }
+}
+
+/// Hundreds of events, one and several at a time, out of order, some before
+/// everything stored, some replaced, some removed in runs and singly: what
+/// is read back is always the sorted set (for backends that page or pack
+/// events).
+fn many_events<S: EventRecords>(s: &S) {
+    let mut model = Model::new();
+    // Ascending one at a time, from the middle of the key space.
+    for n in 1000..1100 {
+        put(s, &mut model, tagged([n], "a"));
+    }
+    // Late ones inside stored ranges, ones before everything, a batch
+    // spanning the whole range, a key given twice (the later one stays).
+    put(s, &mut model, tagged((0..40).map(|n| 1000 + n * 2), "b"));
+    put(s, &mut model, tagged((0..70).rev(), "c"));
+    put(s, &mut model, tagged([5], "d"));
+    put(
+        s,
+        &mut model,
+        [tagged([2000], "x"), tagged([2000], "y")].concat(),
+    );
+    put(s, &mut model, tagged((500..600).chain(1050..1150), "e"));
+    check(s, &model);
+    // A run of the oldest (as pruning removes), then scattered ones.
+    let oldest: Vec<_> = (0..60).map(event_key).collect();
+    drop_keys(s, &mut model, &oldest);
     for n in [1000, 1001, 1149, 2000, 3000] {
-        s.remove(&key(n)).unwrap();
-        model.remove(&key(n));
+        s.remove(&event_key(n)).unwrap();
+        model.remove(&event_key(n));
     }
     check(s, &model);
     // Random batches of inserts and removals against the same model.
@@ -226,20 +244,10 @@ fn many_events<S: EventRecords>(s: &S) {
         let size = 1 + next(80) as usize;
         let keys: Vec<u32> = (0..size).map(|_| next(3000) as u32).collect();
         if next(4) == 0 {
-            let doomed: Vec<_> = keys.iter().map(|n| key(*n)).collect();
-            s.remove_all(&doomed).unwrap();
-            for k in &doomed {
-                model.remove(k);
-            }
+            let doomed: Vec<_> = keys.into_iter().map(event_key).collect();
+            drop_keys(s, &mut model, &doomed);
         } else {
-            let events: Vec<_> = keys
-                .iter()
-                .map(|n| (key(*n), format!("r{round}-{n}").into_bytes()))
-                .collect();
-            for (k, v) in &events {
-                model.insert(k.clone(), v.clone());
-            }
-            s.insert(events).unwrap();
+            put(s, &mut model, tagged(keys, &format!("r{round}-")));
         }
         if round % 20 == 19 {
             check(s, &model);
@@ -250,7 +258,7 @@ fn many_events<S: EventRecords>(s: &S) {
     s.remove_all(&all).unwrap();
     assert_eq!(s.len().unwrap(), 0);
     assert!(s.latest(5).unwrap().is_empty());
-    s.insert(vec![(key(7), b"again".to_vec())]).unwrap();
+    s.insert(vec![(event_key(7), b"again".to_vec())]).unwrap();
     assert_eq!(s.latest(5).unwrap(), vec![b"again".to_vec()]);
 }
 
