@@ -363,12 +363,15 @@ impl Status {
 
 /// Where spend per budget and period is kept (sled's `SpendTree` in the
 /// sidecar). Records are opaque here; the watermark is the usage journal's
-/// (see `crate::store::journal`), written in the same batch as the spend.
+/// (see `crate::store::journal`), written after the spend.
 pub trait SpendRecords: Send + Sync {
     /// The record of `budget` in `period`.
     fn get(&self, budget: &str, period: &str) -> Result<Option<Vec<u8>>, SpendError>;
-    /// Writes records `(budget, period, record)` and, when given, the
-    /// watermark, atomically.
+    /// Writes records `(budget, period, record)` and then, when given, the
+    /// watermark. After a crash the store holds a prefix of its writes: a
+    /// stored watermark implies the records written with it; newer records
+    /// under an older watermark are fine (recovery charges the finals past
+    /// the watermark again: over, never under).
     fn put(
         &self,
         records: &[(&str, &str, Vec<u8>)],
@@ -923,8 +926,8 @@ impl Ledger {
         self.persist_with(None)
     }
 
-    /// [`Ledger::persist`], with the journal's watermark in the same batch:
-    /// the spend written includes every journaled final up to `watermark`.
+    /// [`Ledger::persist`], then the journal's watermark: the spend written
+    /// includes every journaled final up to `watermark`.
     pub fn persist_upto(&self, watermark: u64) -> Result<(), SpendError> {
         self.persist_with(Some(watermark))
     }

@@ -79,8 +79,9 @@
 //! after every group commit cost more CPU per request than the rest of the
 //! request.) The usage report and the admin `/events` read the ledger, so
 //! they see an event up to that long after its answer. The fold persists
-//! budget spend together with, in the same sled batch, the watermark `W` =
-//! the last sequence number written. Finals are settled
+//! budget spend, then the watermark `W` = the last sequence number written
+//! (the store keeps a prefix of its writes, so a stored `W` implies the
+//! spend written before it). Finals are settled
 //! before they are journaled, so at that moment the spend includes every
 //! final with `seq <= W`. Once the segment passes [`Options::rotate_bytes`]
 //! the writer checkpoints the fold (a sled flush), starts a new segment,

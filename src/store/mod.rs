@@ -27,7 +27,9 @@ pub struct StoreError(pub String);
 pub trait EventRecords: Send + Sync {
     /// Whether an event is stored under `key`.
     fn contains(&self, key: &[u8]) -> Result<bool, StoreError>;
-    /// Stores `(key, event)` pairs, atomically (a key already there is replaced).
+    /// Stores `(key, event)` pairs in order (a key already there is
+    /// replaced). Not atomic: after a crash a prefix of them may be stored;
+    /// the journal's recovery inserts the rest.
     fn insert(&self, events: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError>;
     /// The `limit` newest events, oldest first.
     fn latest(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError>;

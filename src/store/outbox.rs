@@ -65,7 +65,7 @@ pub trait SpendStore: Send + Sync {
     fn watermark(&self) -> u64;
     /// Adds spend found at recovery.
     fn charge(&self, charges: &[Charge]);
-    /// Persists changed spend and the watermark in one batch.
+    /// Persists changed spend, then the watermark.
     fn persist_upto(&self, watermark: u64) -> Result<(), crate::budget::SpendError>;
 }
 

@@ -231,14 +231,21 @@ impl SpendRecords for SpendTree {
         records: &[(&str, &str, Vec<u8>)],
         watermark: Option<u64>,
     ) -> Result<(), SpendError> {
-        let mut batch = sled::Batch::default();
-        if let Some(w) = watermark {
-            batch.insert(WATERMARK_KEY, &w.to_be_bytes()[..]);
-        }
+        // One insert each, the watermark last, not one batch: sled writes
+        // out its log buffer for every batch, waking all of its I/O
+        // threads, several times a second at a trickle of requests. sled
+        // recovers a prefix of its writes, so a stored watermark still
+        // implies the spend before it; a crash between them leaves newer
+        // spend under an older watermark, and recovery then charges the
+        // finals past it again: over, never under.
         for (budget, period, record) in records {
-            batch.insert(spend_key(budget, period), record.as_slice());
+            self.tree
+                .insert(spend_key(budget, period), record.as_slice())?;
         }
-        Ok(self.tree.apply_batch(batch)?)
+        if let Some(w) = watermark {
+            self.tree.insert(WATERMARK_KEY, &w.to_be_bytes()[..])?;
+        }
+        Ok(())
     }
 
     fn watermark(&self) -> Result<u64, SpendError> {
@@ -282,11 +289,13 @@ impl EventRecords for EventTree {
     }
 
     fn insert(&self, events: Vec<(Vec<u8>, Vec<u8>)>) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
+        // One insert each: a sled batch writes out the log buffer (see
+        // `SpendTree::put`), and nothing needs a fold's events atomic
+        // (recovery re-inserts what is missing).
         for (k, v) in events {
-            batch.insert(k, v);
+            self.tree.insert(k, v)?;
         }
-        Ok(self.tree.apply_batch(batch)?)
+        Ok(())
     }
 
     fn latest(&self, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
