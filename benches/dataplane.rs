@@ -361,28 +361,15 @@ fn thread_cpu_us() -> f64 {
 /// a request's commit does behind an upstream that takes that long (an
 /// idle vCPU wakes slower).
 fn fdatasync_latency(dir: &Path, idle: Duration) -> Result<SyncProbe> {
-    use std::io::Write as _;
-    let path = dir.join("fdatasync-probe");
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)?;
-    let record = [0x5a_u8; FSYNC_PROBE_BYTES];
+    let mut prober = SyncProber::create(dir)?;
     let mut samples = Vec::with_capacity(FSYNC_PROBES);
     let mut cpu = 0.0;
     for _ in 0..FSYNC_PROBES {
-        if !idle.is_zero() {
-            std::thread::sleep(idle);
-        }
-        let cpu_before = thread_cpu_us();
-        let started = Instant::now();
-        file.write_all(&record)?;
-        file.sync_data()?;
-        samples.push(started.elapsed().as_secs_f64() * 1e6);
-        cpu += thread_cpu_us() - cpu_before;
+        let (us, cpu_us) = prober.probe(idle)?;
+        samples.push(us);
+        cpu += cpu_us;
     }
-    drop(file);
-    std::fs::remove_file(&path)?;
+    prober.remove()?;
     samples.sort_by(f64::total_cmp);
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     Ok(SyncProbe {
@@ -390,6 +377,45 @@ fn fdatasync_latency(dir: &Path, idle: Duration) -> Result<SyncProbe> {
         p99_us: at(0.99),
         cpu_us: cpu / FSYNC_PROBES as f64,
     })
+}
+
+/// One append-and-`sync_data` at a time to a probe file in the bench's
+/// directory (see [`fdatasync_latency`]).
+struct SyncProber {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl SyncProber {
+    fn create(dir: &Path) -> Result<SyncProber> {
+        let path = dir.join("fdatasync-probe");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        Ok(SyncProber { path, file })
+    }
+
+    /// After `idle` asleep, one append + sync: (its latency, this thread's
+    /// CPU for it), µs.
+    fn probe(&mut self, idle: Duration) -> Result<(f64, f64)> {
+        use std::io::Write as _;
+        if !idle.is_zero() {
+            std::thread::sleep(idle);
+        }
+        let cpu_before = thread_cpu_us();
+        let started = Instant::now();
+        self.file.write_all(&[0x5a_u8; FSYNC_PROBE_BYTES])?;
+        self.file.sync_data()?;
+        let us = started.elapsed().as_secs_f64() * 1e6;
+        Ok((us, thread_cpu_us() - cpu_before))
+    }
+
+    fn remove(self) -> Result<()> {
+        drop(self.file);
+        std::fs::remove_file(&self.path)?;
+        Ok(())
+    }
 }
 
 /// p50 (µs) of a round trip to another thread and back (a channel send it
@@ -1000,6 +1026,20 @@ struct FirstByteRow {
     total: Vec<f64>,
 }
 
+/// fdatasyncs spaced like a c=1 request's commits in one first-byte row
+/// (workload and delay), taken in turns with the targets' blocks: the
+/// disk's drift over the section (a VM's host) falls on them and on the
+/// requests alike, unlike a probe run before or after.
+struct SpacedSync {
+    workload: Workload,
+    delay_ms: u64,
+    /// Mean sleep before each probe, µs: bare's median request time so
+    /// far in the row (the quiet a c=1 request's commit follows).
+    gap_us: f64,
+    /// Latencies, µs, sorted.
+    samples: Vec<f64>,
+}
+
 /// Requests per target in a row of the first-byte section, before the
 /// next target's turn: targets take turns in blocks so that drift of the
 /// machine over the section (page cache, host load) falls on all of them
@@ -1052,9 +1092,17 @@ async fn first_byte_rows(
     o: &Options,
     targets: &[&Target],
     big_bytes: u64,
-) -> Result<Vec<FirstByteRow>> {
+    dir: &Path,
+) -> Result<(Vec<FirstByteRow>, Vec<SpacedSync>)> {
     let client = reqwest::Client::builder().no_proxy().build()?;
     let mut rows = Vec::new();
+    let mut syncs = Vec::new();
+    let mut prober = SyncProber::create(dir)?;
+    // Whose request time the probes sleep: bare's, else the fake's.
+    let floor = targets
+        .iter()
+        .position(|t| t.kind == Kind::Bare)
+        .or_else(|| targets.iter().position(|t| t.kind == Kind::Direct));
     for &delay_ms in &o.first_byte_delays_ms {
         for &workload in &o.workloads {
             let body = workload.body();
@@ -1083,6 +1131,8 @@ async fn first_byte_rows(
                     )
                 })
                 .collect();
+            let mut spaced = Vec::with_capacity(n);
+            let mut gaps = 0.0;
             let mut done = 0;
             while done < n {
                 let block = FIRST_BYTE_BLOCK.min(n - done);
@@ -1097,7 +1147,28 @@ async fn first_byte_rows(
                         total.push(t);
                     }
                 }
+                if let Some(i) = floor {
+                    // Blocking the (current-thread) runtime: nothing else
+                    // runs meanwhile, the kept-alive connections just wait.
+                    let mut so_far = samples[i].2.clone();
+                    so_far.sort_by(f64::total_cmp);
+                    let gap = Duration::from_secs_f64(quantile(&so_far, 0.5) / 1e6);
+                    for _ in 0..block {
+                        spaced.push(prober.probe(gap)?.0);
+                        gaps += gap.as_secs_f64() * 1e6;
+                    }
+                }
                 done += block;
+            }
+            if !spaced.is_empty() {
+                let gap_us = gaps / spaced.len() as f64;
+                spaced.sort_by(f64::total_cmp);
+                syncs.push(SpacedSync {
+                    workload,
+                    delay_ms,
+                    gap_us,
+                    samples: spaced,
+                });
             }
             for (target, (mut head, mut first, mut total)) in targets.iter().zip(samples) {
                 for v in [&mut head, &mut first, &mut total] {
@@ -1115,7 +1186,8 @@ async fn first_byte_rows(
             }
         }
     }
-    Ok(rows)
+    prober.remove()?;
+    Ok((rows, syncs))
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -1130,7 +1202,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 fn first_byte_report(
     rows: &[FirstByteRow],
     fsync_p50: Option<f64>,
-    spaced_fsync: &[(u64, Duration, Result<SyncProbe>)],
+    spaced_fsync: &[SpacedSync],
 ) -> String {
     let mut s = String::new();
     if rows.is_empty() {
@@ -1148,17 +1220,16 @@ fn first_byte_report(
             "goal: tollgate's added p50 (first byte and total) ≤ bare's added p50 + fdatasync p50 + 50 µs = bare + {a:.0} µs\n      (spaced: the same with the fdatasync p50 of the row's delay below)"
         );
     }
-    for (delay_ms, gap, probe) in spaced_fsync {
-        let _ = match probe {
-            Ok(p) => writeln!(
-                w,
-                "      at {delay_ms} ms delay, one fdatasync spaced like a c=1 request's commits (after {:.0} µs asleep, bare's request time): p50 {:.0} µs, p99 {:.0} µs",
-                gap.as_secs_f64() * 1e6,
-                p.p50_us,
-                p.p99_us
-            ),
-            Err(e) => writeln!(w, "      at {delay_ms} ms delay, spaced fdatasync probe failed: {e}"),
-        };
+    for p in spaced_fsync {
+        let _ = writeln!(
+            w,
+            "      {} at {} ms delay: one fdatasync spaced like a c=1 request's commits (after {:.0} µs asleep, bare's request time), taken in turns with the targets' requests: p50 {:.0} µs, p99 {:.0} µs",
+            p.workload.name(),
+            p.delay_ms,
+            p.gap_us,
+            quantile(&p.samples, 0.5),
+            quantile(&p.samples, 0.99)
+        );
     }
     let _ = writeln!(
         w,
@@ -1200,10 +1271,9 @@ fn first_byte_report(
                 // as that probe did, not as busy as back-to-back syncs.
                 let spaced = spaced_fsync
                     .iter()
-                    .find(|(d, _, _)| *d == r.delay_ms)
-                    .and_then(|(_, _, p)| p.as_ref().ok());
+                    .find(|p| p.delay_ms == r.delay_ms && p.workload == r.workload);
                 if let Some(p) = spaced {
-                    let a = p.p50_us + 50.0;
+                    let a = quantile(&p.samples, 0.5) + 50.0;
                     let _ = write!(
                         g,
                         "  (spaced: 1st {} · end {})",
@@ -1599,29 +1669,16 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
         }
     }
 
-    let first_bytes = if o.first_byte_requests > 0 {
+    let (first_bytes, spaced_fsync) = if o.first_byte_requests > 0 {
         eprintln!(
             "first byte: {} sequential requests per target, workload and upstream delay {:?} ms…",
             o.first_byte_requests, o.first_byte_delays_ms
         );
         let targets: Vec<&Target> = std::iter::once(&fake).chain(&proxies).collect();
-        runtime.block_on(first_byte_rows(o, &targets, big_bytes))?
+        runtime.block_on(first_byte_rows(o, &targets, big_bytes, dir.path()))?
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
-    // What one fdatasync costs spaced as a c=1 request's commits are (an
-    // idle vCPU and disk answer slower): after bare's request time asleep.
-    let spaced_fsync: Vec<(u64, Duration, Result<SyncProbe>)> = o
-        .first_byte_delays_ms
-        .iter()
-        .filter_map(|&delay_ms| {
-            let bare = first_bytes
-                .iter()
-                .find(|r| r.kind == Kind::Bare && r.delay_ms == delay_ms)?;
-            let gap = Duration::from_secs_f64(quantile(&bare.total, 0.5) / 1e6);
-            Some((delay_ms, gap, fdatasync_latency(dir.path(), gap)))
-        })
-        .collect();
 
     let scripts: Vec<(Workload, PathBuf, PathBuf)> = o
         .workloads
