@@ -679,6 +679,54 @@ async fn a_streams_first_chunk_is_not_held_back_for_the_rest() {
     assert!(String::from_utf8_lossy(chunks.last().unwrap()).contains("message_stop"));
 }
 
+/// A stream's head waits for its first event when that is already there,
+/// and its last events for the chunked terminator: each pair reaches the
+/// client in one write, so the client is not woken for a head without an
+/// event, or for events without the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_head_comes_with_its_first_event_and_its_end_with_the_last() {
+    let fake = FakeProvider::start().await;
+    let t = with_keys(Builder::new(&fake.base_url()).no_cache()).start();
+    let body = serde_json::to_vec(&messages_body(true)).unwrap();
+    for bytes in ["2000", "300000"] {
+        let reads = support::raw::send_reads(
+            &t.addr.to_string(),
+            &[
+                "POST /v1/messages HTTP/1.1",
+                "content-type: application/json",
+                "anthropic-version: 2023-06-01",
+                "x-fake-scenario: big",
+                &format!("x-fake-big-bytes: {bytes}"),
+                // The client is waiting in `read` when the answer starts.
+                "x-fake-ttfb-ms: 50",
+            ],
+            &body,
+            Duration::from_secs(10),
+        )
+        .await;
+        let first = String::from_utf8_lossy(&reads[0]);
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        assert!(
+            first.contains("\r\n\r\n") && first.contains("event: message_start"),
+            "the head came alone ({bytes} bytes): {first}"
+        );
+        let last = String::from_utf8_lossy(reads.last().unwrap());
+        assert!(last.ends_with("\r\n0\r\n\r\n"), "{last}");
+        assert!(
+            last.contains("event: message_stop"),
+            "the terminator came alone ({bytes} bytes, {} reads): {last:?}",
+            reads.len()
+        );
+        let raw = reads.concat();
+        let chunks = support::raw::chunks(&raw);
+        let text = String::from_utf8_lossy(&chunks.concat()).into_owned();
+        assert_eq!(text.matches("event: message_start").count(), 1);
+        assert_eq!(text.matches("event: message_stop").count(), 1);
+    }
+    let events = t.wait_events(2).await;
+    assert!(events.iter().all(|e| e["status"] == "ok"), "{events:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_survive_a_restart_and_sigterm_drains() {
     let fake = FakeProvider::start().await;

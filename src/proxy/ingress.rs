@@ -12,6 +12,7 @@
 //! billed, and tollgate meters each provider in its own dialect only.
 
 pub mod head;
+pub mod held;
 pub mod path;
 
 use std::sync::Arc;

@@ -1016,6 +1016,12 @@ impl Relay<'_> {
         if let Some(rec) = self.idempotent.as_mut() {
             rec.head(&header);
         }
+        // A first chunk already here: the head waits for it (tapped, checked)
+        // and both reach the client in one write (see `ingress::held`).
+        let mut first_read = if sse { self.ready_chunk() } else { None };
+        if matches!(first_read, Some(Ok(Some(_)))) {
+            super::ingress::head::hold_next_write(self.session);
+        }
         if self
             .session
             .write_response_header(Box::new(header), false)
@@ -1044,7 +1050,9 @@ impl Relay<'_> {
                 failure = Some(ReadFailure::ClientGone);
                 break;
             }
-            let next = if gathered.is_empty() {
+            let next = if let Some(first) = first_read.take() {
+                first
+            } else if gathered.is_empty() {
                 self.next_chunk().await
             } else {
                 match self.ready_chunk() {
@@ -1276,10 +1284,12 @@ impl Relay<'_> {
             }
             self.keep_idempotent();
         }
-        let _ = self
-            .session
-            .write_response_body(Some(gathered.take_with(tail)), true)
-            .await;
+        let last = gathered.take_with(tail);
+        if !last.is_empty() {
+            // The last events and the chunked terminator in one write.
+            super::ingress::head::hold_next_write(self.session);
+        }
+        let _ = self.session.write_response_body(Some(last), true).await;
         if matches!(status, Status::UpstreamAborted | Status::Shutdown) || budget_cut.is_some() {
             // Stops the upstream generation.
             self.call.session.shutdown().await;

@@ -34,6 +34,12 @@ pub async fn send(addr: &str, head: &[&str], body: &[u8], timeout: Duration) -> 
 
 /// [`send`], the answer as it came on the wire.
 pub async fn send_raw(addr: &str, head: &[&str], body: &[u8], timeout: Duration) -> Vec<u8> {
+    let mut conn = request(addr, head, body).await;
+    read_raw(&mut conn, timeout).await
+}
+
+/// A new connection with the request of [`send`] written on it.
+async fn request(addr: &str, head: &[&str], body: &[u8]) -> TcpStream {
     let mut conn = TcpStream::connect(addr).await.expect("connect");
     let mut req = head.join("\r\n");
     req.push_str(&format!(
@@ -43,7 +49,28 @@ pub async fn send_raw(addr: &str, head: &[&str], body: &[u8], timeout: Duration)
     let mut bytes = req.into_bytes();
     bytes.extend_from_slice(body);
     conn.write_all(&bytes).await.expect("write");
-    read_raw(&mut conn, timeout).await
+    conn
+}
+
+/// [`send_raw`], the answer as each read returned it (into a buffer far
+/// larger than any one write of the sender, so a read ends where what had
+/// arrived ends, never mid-write).
+pub async fn send_reads(addr: &str, head: &[&str], body: &[u8], timeout: Duration) -> Vec<Vec<u8>> {
+    let mut conn = request(addr, head, body).await;
+    let mut reads = Vec::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let all = async {
+        loop {
+            match conn.read(&mut buf).await.expect("read") {
+                0 => break,
+                n => reads.push(buf[..n].to_vec()),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, all)
+        .await
+        .expect("the answer within the timeout");
+    reads
 }
 
 /// Reads a response until the connection closes (at most `timeout`).

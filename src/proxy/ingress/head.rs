@@ -30,6 +30,9 @@
 //! `request_filter` has the head is such an answer, so `Clocked` writes
 //! tollgate's own instead: the same status, `x-tollgate-error`, the error
 //! shape of the dialect the bytes so far speak.
+//!
+//! `Clocked` also carries the connection's held write ([`super::held`]):
+//! the relay holds a streamed response's head back for its first event.
 
 use std::future::Future;
 use std::io;
@@ -54,6 +57,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::super::error::ProxyError;
 use super::super::Tollgate;
+use super::held::HeldWrite;
 use crate::dialect::Dialect;
 
 /// How much of a head is kept to tell its dialect.
@@ -100,6 +104,23 @@ pub fn head_read(session: &Session) {
 pub fn exchange_done(session: &Session) {
     if let Some(c) = clock_of(session) {
         *c.phase() = Phase::Idle;
+        // An arm no write used (the write failed first) ends here.
+        c.held.disarm();
+    }
+}
+
+/// Holds the response's next write back until the write after it, so that
+/// both reach the client in one system call (see [`super::held`]); the
+/// caller's next write must follow without waiting. False when the
+/// connection cannot: HTTP/2 (its frames are written by pingora's h2
+/// server), or a stream that is not wrapped.
+pub fn hold_next_write(session: &Session) -> bool {
+    match clock_of(session) {
+        Some(c) if !c.h2 => {
+            c.held.arm();
+            true
+        }
+        _ => false,
     }
 }
 
@@ -139,6 +160,8 @@ pub struct Clocked {
     peeked: Vec<u8>,
     /// The connection speaks HTTP/2: no head clock.
     h2: bool,
+    /// A response write held back for the next ([`hold_next_write`]).
+    held: HeldWrite,
 }
 
 impl Clocked {
@@ -154,6 +177,7 @@ impl Clocked {
             hung_up: false,
             peeked: Vec::new(),
             h2: false,
+            held: HeldWrite::default(),
         }
     }
 
@@ -398,15 +422,28 @@ impl AsyncWrite for Clocked {
         if let Some(replaced) = self.poll_replace(cx, buf, buf.len()) {
             return replaced;
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.held.active() {
+            return this
+                .held
+                .poll_write(&mut this.inner, cx, &[io::IoSlice::new(buf)]);
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        if this.held.skips_flush() {
+            return Poll::Ready(Ok(()));
+        }
+        std::task::ready!(this.held.poll_release(&mut this.inner, cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        std::task::ready!(this.held.poll_release(&mut this.inner, cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -422,7 +459,11 @@ impl AsyncWrite for Clocked {
         if let Some(replaced) = self.poll_replace(cx, first, len) {
             return replaced;
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        if this.held.active() {
+            return this.held.poll_write(&mut this.inner, cx, bufs);
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -433,6 +474,9 @@ impl AsyncWrite for Clocked {
 #[async_trait]
 impl Shutdown for Clocked {
     async fn shutdown(&mut self) {
+        // What is held goes out before the connection ends.
+        let (held, inner) = (&mut self.held, &mut self.inner);
+        let _ = std::future::poll_fn(|cx| held.poll_release(inner, cx)).await;
         self.inner.shutdown().await;
     }
 }
