@@ -24,6 +24,9 @@
 //! once, into buffers that are reused from event to event; comments and
 //! ignored fields are never copied. An event whose lines span more than
 //! `max_event_bytes` is dropped (and counted) instead of being buffered.
+//! With a data filter ([`SseParser::with_data_filter`]), the data of an
+//! event whose name it refuses is not copied (nor checked as UTF-8) either:
+//! the meter reads a stream's usage events, not its text deltas.
 
 use memchr::memchr2;
 
@@ -100,6 +103,8 @@ pub struct SseParser {
     /// where the chunks were split.
     deferred: bool,
     dropped: u64,
+    /// Whether to keep the data of an event with this (non-empty) name.
+    keeps_data_of: fn(&[u8]) -> bool,
 }
 
 impl Default for SseParser {
@@ -135,7 +140,24 @@ impl SseParser {
             skip_lf: false,
             deferred: false,
             dropped: 0,
+            keeps_data_of: |_| true,
         }
+    }
+
+    /// Dispatches an event whose `event:` name `keeps` refuses with empty
+    /// `data`: its `data:` lines are skipped, not copied. The name must come
+    /// before the data, as every provider sends it: a data line read while
+    /// the event has no name yet is always kept, and a name that arrives
+    /// after skipped data (or changes to an accepted one) does not bring
+    /// it back.
+    pub fn with_data_filter(mut self, keeps: fn(&[u8]) -> bool) -> Self {
+        self.keeps_data_of = keeps;
+        self
+    }
+
+    /// From now on every event's data is kept (the filter is dropped).
+    pub fn keep_all_data(&mut self) {
+        self.keeps_data_of = |_| true;
     }
 
     /// Bytes fed so far.
@@ -258,6 +280,12 @@ impl SseParser {
         head[have..have + take].copy_from_slice(&part[..take]);
         let head = &head[..have + take];
         if head.starts_with(DATA) {
+            if !self.name.is_empty() && !(self.keeps_data_of)(&self.name) {
+                // Dispatched by name, with empty data.
+                self.has_data = true;
+                self.line = Line::Skip;
+                return;
+            }
             self.begin_data_line();
             self.line = Line::Data { fresh: true };
             self.value_part(part.get(DATA.len() - have..).unwrap_or_default());
@@ -513,6 +541,50 @@ pub(crate) mod tests {
 
     fn parse(input: &[u8]) -> Vec<Ev> {
         parse_pieces(&[input])
+    }
+
+    /// A data filter: events it refuses come by name with empty data, at
+    /// every split point; the rest are exactly as without it, and so are
+    /// all offsets. Data before the event's name is kept.
+    #[test]
+    fn filtered_events_come_by_name_without_their_data() {
+        fn keeps(name: &[u8]) -> bool {
+            name != b"content_block_delta"
+        }
+        let input = ANTHROPIC_BASIC.as_bytes();
+        let whole = parse(input);
+        let expected: Vec<Ev> = whole
+            .iter()
+            .cloned()
+            .map(|mut e| {
+                if e.name == "content_block_delta" {
+                    e.data.clear();
+                }
+                e
+            })
+            .collect();
+        assert!(expected.iter().any(|e| e.name == "content_block_delta"));
+        for k in 0..=input.len() {
+            let (a, b) = input.split_at(k);
+            let mut parser = SseParser::new().with_data_filter(keeps);
+            let mut out = Vec::new();
+            feed_into(&mut parser, a, &mut out);
+            feed_into(&mut parser, b, &mut out);
+            assert_eq!(out, expected, "split at {k}");
+        }
+        // Data first, then the name: kept.
+        let late = b"data: {\"a\":1}\nevent: content_block_delta\n\n";
+        let mut parser = SseParser::new().with_data_filter(keeps);
+        let mut out = Vec::new();
+        feed_into(&mut parser, late, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].data, "{\"a\":1}");
+        // Dropped filter: everything again.
+        let mut parser = SseParser::new().with_data_filter(keeps);
+        parser.keep_all_data();
+        let mut out = Vec::new();
+        feed_into(&mut parser, input, &mut out);
+        assert_eq!(out, whole);
     }
 
     /// Every single split point, byte by byte, and pseudo-random multi-way

@@ -94,8 +94,15 @@ impl StreamTap {
     /// (`"choices":[]` with a non-null `usage`) is collected but removed from
     /// what the client receives; every other byte passes through unchanged.
     pub fn new(dialect: Dialect, strip_usage_chunk: bool) -> Self {
+        let parser = match dialect {
+            Dialect::Anthropic => {
+                SseParser::new().with_data_filter(anthropic::stream::reads_data_of)
+            }
+            // Data-only events: the meter searches each one.
+            Dialect::OpenAi => SseParser::new(),
+        };
         Self {
-            parser: SseParser::new(),
+            parser,
             meter: Meter::new(dialect),
             facts: StreamFacts::default(),
             strip: strip_usage_chunk && dialect == Dialect::OpenAi,
@@ -108,7 +115,7 @@ impl StreamTap {
     /// Taps a Responses API stream (OpenAI dialect; nothing is stripped).
     pub fn responses() -> Self {
         Self {
-            parser: SseParser::new(),
+            parser: SseParser::new().with_data_filter(openai::responses::Meter::reads_data_of),
             meter: Meter::Responses(openai::responses::Meter::default()),
             facts: StreamFacts::default(),
             strip: false,
@@ -124,12 +131,19 @@ impl StreamTap {
     /// its first field line on) is held back, and the usage-only chunk's own
     /// lines and blank line are cut out exactly (comments before it stay).
     pub fn feed(&mut self, chunk: Bytes) -> Bytes {
-        self.feed_with(chunk, |_, _| {})
+        self.feed_inner(chunk, |_, _| {})
     }
 
     /// [`StreamTap::feed`], also handing every event (name, data) to
-    /// `observe` (the cache assembles the complete message from them).
-    pub fn feed_with(&mut self, chunk: Bytes, mut observe: impl FnMut(&str, &str)) -> Bytes {
+    /// `observe` (the cache assembles the complete message from them). Used
+    /// from the first chunk on: until then the data of events the meter
+    /// does not read (text deltas) is not kept.
+    pub fn feed_with(&mut self, chunk: Bytes, observe: impl FnMut(&str, &str)) -> Bytes {
+        self.parser.keep_all_data();
+        self.feed_inner(chunk, observe)
+    }
+
+    fn feed_inner(&mut self, chunk: Bytes, mut observe: impl FnMut(&str, &str)) -> Bytes {
         let chunk_start = self.parser.offset();
         let meter = &mut self.meter;
         let facts = &mut self.facts;

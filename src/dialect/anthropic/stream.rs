@@ -8,6 +8,12 @@ use super::usage::{MessageDelta, MessageStart, UsageAcc};
 use crate::dialect::json::{set_once_str, ErrorEvent, ErrorField};
 use crate::dialect::usage::{StreamFacts, Usage};
 
+/// Whether [`Meter::on_event`] reads the data of an event with this name
+/// (the rest it counts or ignores by name alone).
+pub(crate) fn reads_data_of(name: &[u8]) -> bool {
+    matches!(name, b"message_start" | b"message_delta" | b"error")
+}
+
 /// Reads one Anthropic stream's events.
 #[derive(Debug, Default)]
 pub(crate) struct Meter {
