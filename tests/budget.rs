@@ -187,35 +187,41 @@ async fn clamp_lowers_max_tokens_and_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cut_at_message_start_ends_with_an_error_event() {
-    let fake = FakeProvider::start().await;
-    let t = keyed(Builder::new(&fake.base_url()).no_cache())
-        .config("[[budgets]]\nname = \"tiny\"\nscope = \"all\"\nperiod = \"day\"\nlimit_usd = \"0.05\"\n")
-        .start();
-    let r = post(
-        &t,
-        &body(true, 256),
-        &[("x-fake-usage", "input=100000,output=5")],
-    )
-    .await;
-    assert_eq!(r.status(), 200);
-    let text = r.text().await.unwrap();
-    assert!(text.starts_with("event: error\n"), "{text}");
-    assert!(text.contains("\"type\":\"budget_exceeded\""), "{text}");
-    assert!(
-        !text.contains("event: message_start") && !text.contains("message_stop"),
-        "{text}"
-    );
-    assert!(
-        text.contains("has $0.05 remaining"),
-        "what the budget could hold: {text}"
-    );
-    let e = &t.wait_events(1).await[0];
-    assert_eq!(e["error"], "budget_exceeded");
-    assert_eq!(e["input_tokens"], 100000);
-    // The provider billed the input it read: the spend says so.
-    let s = &budgets(&t).await[0];
-    assert!(s["spent_nusd"].as_u64().unwrap() >= 100_000 * 3000, "{s}");
-    assert_eq!(s["reserved_nusd"], 0);
+    // Events one by one; then the whole stream at once, so the head is
+    // held for `message_start` (ingress::held) and goes out with the
+    // error event instead.
+    let all_at_once = [("x-fake-scenario", "big"), ("x-fake-big-bytes", "2000")];
+    for extra in [&[][..], &all_at_once[..]] {
+        let fake = FakeProvider::start().await;
+        let t = keyed(Builder::new(&fake.base_url()).no_cache())
+            .config("[[budgets]]\nname = \"tiny\"\nscope = \"all\"\nperiod = \"day\"\nlimit_usd = \"0.05\"\n")
+            .start();
+        let mut headers = vec![("x-fake-usage", "input=100000,output=5")];
+        headers.extend_from_slice(extra);
+        let r = post(&t, &body(true, 256), &headers).await;
+        assert_eq!(r.status(), 200);
+        let text = tokio::time::timeout(Duration::from_secs(10), r.text())
+            .await
+            .expect("the cut stream ends")
+            .unwrap();
+        assert!(text.starts_with("event: error\n"), "{text}");
+        assert!(text.contains("\"type\":\"budget_exceeded\""), "{text}");
+        assert!(
+            !text.contains("event: message_start") && !text.contains("message_stop"),
+            "{text}"
+        );
+        assert!(
+            text.contains("has $0.05 remaining"),
+            "what the budget could hold: {text}"
+        );
+        let e = &t.wait_events(1).await[0];
+        assert_eq!(e["error"], "budget_exceeded");
+        assert_eq!(e["input_tokens"], 100000);
+        // The provider billed the input it read: the spend says so.
+        let s = &budgets(&t).await[0];
+        assert!(s["spent_nusd"].as_u64().unwrap() >= 100_000 * 3000, "{s}");
+        assert_eq!(s["reserved_nusd"], 0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

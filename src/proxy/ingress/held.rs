@@ -61,13 +61,14 @@ impl HeldWrite {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.held.is_empty() && self.armed.swap(false, Ordering::Relaxed) {
+        if self.armed.swap(false, Ordering::Relaxed) {
+            // Armed again while a write is held (a head whose first event
+            // was withheld, then the last write): both wait for the next.
             let n = bufs.iter().map(|b| b.len()).sum();
             self.held.reserve_exact(n);
             for b in bufs {
                 self.held.extend_from_slice(b);
             }
-            self.sent = 0;
             self.skip_flush = true;
             return Poll::Ready(Ok(n));
         }
@@ -254,6 +255,25 @@ mod tests {
         assert!(held.skips_flush());
         release(&mut held, &mut sock);
         assert_eq!(sock.calls.concat(), b"last events");
+        assert!(!held.active());
+        assert!(!held.skips_flush());
+    }
+
+    /// A head held, its first event withheld (a budget cut), then the
+    /// last write armed: head, last events and terminator leave together,
+    /// and nothing is left held for the connection's next response.
+    #[test]
+    fn armed_again_while_holding_keeps_both_for_the_next_write() {
+        let (mut held, mut sock) = (HeldWrite::default(), socket(usize::MAX));
+        held.arm();
+        write_all(&mut held, &mut sock, b"HEAD ");
+        assert!(held.skips_flush());
+        held.arm();
+        write_all(&mut held, &mut sock, b"error event ");
+        assert!(held.skips_flush());
+        assert!(sock.calls.is_empty());
+        write_all(&mut held, &mut sock, b"0");
+        assert_eq!(sock.calls, vec![b"HEAD error event 0".to_vec()]);
         assert!(!held.active());
         assert!(!held.skips_flush());
     }
