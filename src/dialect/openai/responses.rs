@@ -89,13 +89,13 @@ impl Meter {
         self.usage.unwrap_or_default()
     }
 
-    /// Handles one event (by its `event:` name, which matches its `type`).
     /// Whether [`Meter::on_event`] reads the data of an event with this
     /// name: not the deltas, which it counts by name alone.
     pub(crate) fn reads_data_of(name: &[u8]) -> bool {
         !name.ends_with(b".delta")
     }
 
+    /// Handles one event (by its `event:` name, which matches its `type`).
     pub(crate) fn on_event(&mut self, name: &str, data: &str, facts: &mut StreamFacts) {
         match name {
             "response.output_text.delta"

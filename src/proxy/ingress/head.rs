@@ -111,16 +111,12 @@ pub fn exchange_done(session: &Session) {
 
 /// Holds the response's next write back until the write after it, so that
 /// both reach the client in one system call (see [`super::held`]); the
-/// caller's next write must follow without waiting. False when the
-/// connection cannot: HTTP/2 (its frames are written by pingora's h2
-/// server), or a stream that is not wrapped.
-pub fn hold_next_write(session: &Session) -> bool {
-    match clock_of(session) {
-        Some(c) if !c.h2 => {
-            c.held.arm();
-            true
-        }
-        _ => false,
+/// caller's next write must follow without waiting. Nothing is held on
+/// HTTP/2 (its frames are written by pingora's h2 server) or on a stream
+/// that is not wrapped.
+pub fn hold_next_write(session: &Session) {
+    if let Some(c) = clock_of(session).filter(|c| !c.h2) {
+        c.held.arm();
     }
 }
 

@@ -62,8 +62,8 @@ impl HeldWrite {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         if self.armed.swap(false, Ordering::Relaxed) {
-            // Armed again while a write is held (a head whose first event
-            // was withheld, then the last write): both wait for the next.
+            // Kept, after anything already held (a head whose first event
+            // was withheld, then the last write): all wait for the next.
             let n = bufs.iter().map(|b| b.len()).sum();
             self.held.reserve_exact(n);
             for b in bufs {
