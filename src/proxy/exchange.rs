@@ -112,6 +112,7 @@ impl Draft {
             client_dialect: dialect,
             recorder: state.recorder.clone(),
             recorded: false,
+            unqueued: None,
             in_flight: state.in_flight.clone(),
             guard: None,
             admission: None,
@@ -134,6 +135,8 @@ pub struct Draft {
     pub client_dialect: Dialect,
     recorder: Arc<Recorder>,
     recorded: bool,
+    /// What the recorded event spent, until the event is queued.
+    unqueued: Option<Vec<Charge>>,
     /// Tells a request dropped by the shutdown from one its client left.
     in_flight: InFlight,
     /// The budget reservation, settled when the event is recorded.
@@ -164,9 +167,12 @@ impl Draft {
         self.record(None);
     }
 
-    /// Records the event without waiting: the budget is settled first, then
-    /// the event is queued for the usage journal's next group commit (the
-    /// request was made durable by its open record before it was sent).
+    /// Records the event: the budget is settled and the metrics count it
+    /// now (the next request and a scrape see both), and the event is
+    /// queued for the usage journal's next group commit by [`Draft::queue`]
+    /// once the client has its answer, or when the draft is dropped. The
+    /// request was made durable by its open record before it was sent, so
+    /// a crash in between leaves it `interrupted`, never lost.
     pub fn record(&mut self, times: Option<UpstreamTimes>) {
         self.event.latency_us = self.started.elapsed().as_micros() as u64;
         self.recorded = true;
@@ -176,7 +182,18 @@ impl Draft {
         if !charges.is_empty() {
             self.event.charges = charges.clone();
         }
-        self.recorder.record(self.event.clone(), charges, times);
+        self.recorder.count(&self.event, times);
+        self.unqueued = Some(charges);
+    }
+
+    /// Queues the recorded event for the journal (no wait), off the path
+    /// to the client's last byte: call it after the last write. Once only;
+    /// a no-op before [`Draft::record`].
+    pub fn queue(&mut self) {
+        if let Some(charges) = self.unqueued.take() {
+            self.recorder
+                .queue(std::mem::take(&mut self.event), charges);
+        }
     }
 
     /// Journals the open record (what the request may cost and what it
@@ -206,6 +223,7 @@ impl Draft {
 impl Drop for Draft {
     fn drop(&mut self) {
         if self.recorded {
+            self.queue();
             return;
         }
         if self.event.status == Status::Ok {
@@ -218,6 +236,7 @@ impl Drop for Draft {
             self.event.usage_incomplete = true;
         }
         self.record(None);
+        self.queue();
     }
 }
 

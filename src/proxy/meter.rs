@@ -860,6 +860,7 @@ impl Relay<'_> {
         if !written {
             tracing::debug!(request_id = %self.draft.event.event_id, "client went away before the response was written");
         }
+        self.draft.queue();
         if self.call.session.response_done() {
             self.state.upstreams.release(self.call).await;
         }
@@ -1290,6 +1291,7 @@ impl Relay<'_> {
             super::ingress::head::hold_next_write(self.session);
         }
         let _ = self.session.write_response_body(Some(last), true).await;
+        self.draft.queue();
         if matches!(status, Status::UpstreamAborted | Status::Shutdown) || budget_cut.is_some() {
             // Stops the upstream generation.
             self.call.session.shutdown().await;

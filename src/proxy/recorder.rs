@@ -90,6 +90,12 @@ impl Recorder {
     /// this call) without waiting: the journal's next group commit takes it.
     pub fn record(&self, event: UsageEvent, charges: Vec<Charge>, times: Option<UpstreamTimes>) {
         self.count(&event, times);
+        self.queue(event, charges);
+    }
+
+    /// Queues a final event (counted and settled before this call) for the
+    /// journal's next group commit.
+    pub fn queue(&self, event: UsageEvent, charges: Vec<Charge>) {
         if let Err(e) = self.outbox.append(event, charges) {
             tracing::error!(error = %e, "usage event lost: the outbox is closed");
         }
@@ -119,7 +125,8 @@ impl Recorder {
         }
     }
 
-    fn count(&self, e: &UsageEvent, times: Option<UpstreamTimes>) {
+    /// Counts a final event in the metrics.
+    pub fn count(&self, e: &UsageEvent, times: Option<UpstreamTimes>) {
         let m = &self.metrics;
         let provider = e.provider.as_str();
         m.requests
