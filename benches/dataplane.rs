@@ -31,6 +31,12 @@
 //!   the lease warm, no request waits on the control endpoint, so this row
 //!   should match `tollgate-budget`.
 //!
+//! Each row runs in two passes of half `--duration` (each after its own
+//! warm-up): every target in order, then every target in reverse order, and
+//! a target's figures add both up. On this VM the target that ran first in
+//! a row was 35-40% slower at c=64, whichever of two binaries it was; two
+//! passes give every target the same average position.
+//!
 //! Every server is its own process so that the driver's CPU is not mixed in:
 //! the fake and the bare passthrough are this binary re-executed with the
 //! hidden `--serve-fake PORT THREADS` / `--serve-bare PORT UPSTREAM THREADS`
@@ -1480,6 +1486,36 @@ struct WrkResult {
 }
 
 impl WrkResult {
+    /// Two runs as one: counts add up; the latency percentiles and mean
+    /// are the runs' own, weighted by their requests (an approximation:
+    /// wrk reports percentiles, not its histogram); the max is the larger.
+    fn then(self, later: WrkResult) -> WrkResult {
+        let (a, b) = (self.requests as f64, later.requests as f64);
+        let w = |x: f64, y: f64| {
+            if a + b > 0.0 {
+                (x * a + y * b) / (a + b)
+            } else {
+                x
+            }
+        };
+        let mut errors = self.errors;
+        for (k, v) in later.errors {
+            *errors.entry(k).or_insert(0) += v;
+        }
+        WrkResult {
+            requests: self.requests + later.requests,
+            duration_us: self.duration_us + later.duration_us,
+            bytes: self.bytes + later.bytes,
+            errors,
+            p50: w(self.p50, later.p50),
+            p90: w(self.p90, later.p90),
+            p99: w(self.p99, later.p99),
+            p999: w(self.p999, later.p999),
+            max: self.max.max(later.max),
+            mean: w(self.mean, later.mean),
+        }
+    }
+
     fn rps(&self) -> f64 {
         self.requests as f64 * 1e6 / self.duration_us.max(1) as f64
     }
@@ -1570,6 +1606,33 @@ struct Cell {
     /// core (other users' builds and tests disturb the numbers).
     other_cpu_pct: f64,
     tollgate: Option<TollgateView>,
+}
+
+/// One target's measured wrk run in a row, or both passes of it added up.
+struct RowRun {
+    wall: Duration,
+    busy: Duration,
+    driver_cpu: Duration,
+    proxy_cpu: Duration,
+    fake_cpu: Duration,
+    wrk: WrkResult,
+    /// The target's metrics before its first pass.
+    before_metrics: Option<BTreeMap<String, f64>>,
+}
+
+impl RowRun {
+    /// This pass and a later one as one run.
+    fn then(self, later: RowRun) -> RowRun {
+        RowRun {
+            wall: self.wall + later.wall,
+            busy: self.busy + later.busy,
+            driver_cpu: self.driver_cpu + later.driver_cpu,
+            proxy_cpu: self.proxy_cpu + later.proxy_cpu,
+            fake_cpu: self.fake_cpu + later.fake_cpu,
+            wrk: self.wrk.then(later.wrk),
+            before_metrics: self.before_metrics,
+        }
+    }
 }
 
 /// Memory of one process after a row: (label, VmRSS KiB, VmHWM KiB).
@@ -1693,7 +1756,8 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
         .collect::<std::io::Result<_>>()?;
 
     let rows = o.workloads.len() * o.concurrency.len() * (1 + proxies.len());
-    let eta = rows as u64 * (secs(o.warmup) + secs(o.duration) + 1);
+    // Two passes per row, each with its warm-up (see below).
+    let eta = rows as u64 * (2 * secs(o.warmup) + secs(o.duration) + 2);
     eprintln!(
         "{rows} runs of {} s + {} s warm-up: about {} min",
         secs(o.duration),
@@ -1703,70 +1767,102 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
     let mut cells = Vec::new();
     let mut memory: Vec<Memory> = Vec::new();
     let mut generation = 0;
+    // Each row runs in two passes of half the duration, the second in the
+    // reverse order of targets: on this VM, with two tollgate binaries
+    // swapped between two positions, whichever ran first was 35-40% slower
+    // at c=64, so a single order decided verdicts by position.
+    let half = Duration::from_secs_f64(o.duration.as_secs_f64() / 2.0);
     for (workload, same_script, unique_script) in &scripts {
         for &conc in &o.concurrency {
             let threads = wrk_threads(conc, o.wrk_threads);
-            for index in 0..=proxies.len() {
-                if let Some(p) = index.checked_sub(1).and_then(|i| proxies.get_mut(i)) {
-                    if o.fresh && p.kind.is_tollgate() {
-                        generation += 1;
-                        let (kind, t) = (p.kind, p.threads.unwrap_or(1));
-                        *p = start_tollgate(dir.path(), fake.addr, t, kind, generation)?;
-                    }
+            if o.fresh {
+                for p in proxies.iter_mut().filter(|p| p.kind.is_tollgate()) {
+                    generation += 1;
+                    let (kind, t) = (p.kind, p.threads.unwrap_or(1));
+                    *p = start_tollgate(dir.path(), fake.addr, t, kind, generation)?;
                 }
+            }
+            let order: Vec<usize> = (0..=proxies.len()).collect();
+            let mut runs: Vec<Option<RowRun>> = (0..=proxies.len()).map(|_| None).collect();
+            for pass in [order.clone(), order.into_iter().rev().collect()] {
+                for index in pass {
+                    let target = if index == 0 {
+                        &fake
+                    } else {
+                        &proxies[index - 1]
+                    };
+                    eprintln!("  {:<10} c={conc:<3} {}", workload.name(), target.label());
+                    let script = if target.kind == Kind::TollgateMiss {
+                        unique_script
+                    } else {
+                        same_script
+                    };
+                    run_wrk(target.addr, script, conc, threads, secs(o.warmup))?;
+                    let before_metrics = match target.admin {
+                        Some(admin) => Some(runtime.block_on(scrape(&client, admin))?),
+                        None => None,
+                    };
+                    let proxy_cpu0 = target.proc.cpu(ticks);
+                    let fake_cpu0 = fake.proc.cpu(ticks);
+                    let driver_cpu0 = stat_cpu("/proc/self/stat", true, ticks);
+                    let busy0 = system_busy(ticks);
+                    let started = Instant::now();
+                    let wrk = run_wrk(target.addr, script, conc, threads, secs(half))?;
+                    let part = RowRun {
+                        wall: started.elapsed(),
+                        busy: system_busy(ticks).saturating_sub(busy0),
+                        // wrk is a waited-for child: its CPU is in the driver's cutime/cstime.
+                        driver_cpu: stat_cpu("/proc/self/stat", true, ticks)
+                            .saturating_sub(driver_cpu0),
+                        proxy_cpu: target.proc.cpu(ticks).saturating_sub(proxy_cpu0),
+                        fake_cpu: fake.proc.cpu(ticks).saturating_sub(fake_cpu0),
+                        wrk,
+                        before_metrics,
+                    };
+                    runs[index] = Some(match runs[index].take() {
+                        Some(first) => first.then(part),
+                        None => part,
+                    });
+                }
+            }
+            for (index, run) in runs.into_iter().enumerate() {
+                let Some(run) = run else { continue };
                 let target = if index == 0 {
                     &fake
                 } else {
                     &proxies[index - 1]
                 };
-                eprintln!("  {:<10} c={conc:<3} {}", workload.name(), target.label());
-                let script = if target.kind == Kind::TollgateMiss {
-                    unique_script
-                } else {
-                    same_script
-                };
-                run_wrk(target.addr, script, conc, threads, secs(o.warmup))?;
-                let before_metrics = match target.admin {
-                    Some(admin) => Some(runtime.block_on(scrape(&client, admin))?),
-                    None => None,
-                };
-                let proxy_cpu0 = target.proc.cpu(ticks);
-                let fake_cpu0 = fake.proc.cpu(ticks);
-                let driver_cpu0 = stat_cpu("/proc/self/stat", true, ticks);
-                let busy0 = system_busy(ticks);
-                let started = Instant::now();
-                let wrk = run_wrk(target.addr, script, conc, threads, secs(o.duration))?;
-                let wall = started.elapsed();
-                let busy = system_busy(ticks).saturating_sub(busy0);
-                // wrk is a waited-for child: its CPU is in the driver's cutime/cstime.
-                let driver_cpu =
-                    stat_cpu("/proc/self/stat", true, ticks).saturating_sub(driver_cpu0);
-                let proxy_cpu = target.proc.cpu(ticks).saturating_sub(proxy_cpu0);
-                let fake_cpu = fake.proc.cpu(ticks).saturating_sub(fake_cpu0);
-                let ours =
-                    driver_cpu + fake_cpu + if index > 0 { proxy_cpu } else { Duration::ZERO };
-                let other_cpu_pct =
-                    busy.saturating_sub(ours).as_secs_f64() * 100.0 / wall.as_secs_f64().max(1e-9);
-                let wrk_cpu_pct = driver_cpu.as_secs_f64() * 100.0 / wall.as_secs_f64().max(1e-9);
-                let tollgate = match (target.admin, before_metrics) {
+                let ours = run.driver_cpu
+                    + run.fake_cpu
+                    + if index > 0 {
+                        run.proxy_cpu
+                    } else {
+                        Duration::ZERO
+                    };
+                let wall = run.wall.as_secs_f64().max(1e-9);
+                let other_cpu_pct = run.busy.saturating_sub(ours).as_secs_f64() * 100.0 / wall;
+                let wrk_cpu_pct = run.driver_cpu.as_secs_f64() * 100.0 / wall;
+                // Between the passes the target was idle: the metrics'
+                // deltas over both are its own traffic.
+                let tollgate = match (target.admin, &run.before_metrics) {
                     (Some(admin), Some(before)) => {
                         let after = runtime.block_on(scrape(&client, admin))?;
-                        Some(TollgateView::between(&before, &after))
+                        Some(TollgateView::between(before, &after))
                     }
                     _ => None,
                 };
-                let per_req = |d: Duration| d.as_secs_f64() * 1e6 / wrk.requests.max(1) as f64;
+                let per_req = |d: Duration| d.as_secs_f64() * 1e6 / run.wrk.requests.max(1) as f64;
                 cells.push(Cell {
                     workload: *workload,
                     conc,
                     kind: target.kind,
                     threads: target.threads,
                     label: target.label(),
-                    proxy_cpu_us: (index > 0).then(|| per_req(proxy_cpu)),
-                    fake_cpu_us: per_req(fake_cpu),
+                    proxy_cpu_us: (index > 0).then(|| per_req(run.proxy_cpu)),
+                    fake_cpu_us: per_req(run.fake_cpu),
                     wrk_cpu_pct,
                     other_cpu_pct,
-                    wrk,
+                    wrk: run.wrk,
                     tollgate,
                 });
                 let (rss, hwm) = target.proc.rss_kib();
