@@ -1616,8 +1616,9 @@ struct RowRun {
     proxy_cpu: Duration,
     fake_cpu: Duration,
     wrk: WrkResult,
-    /// The target's metrics before its first pass.
-    before_metrics: Option<BTreeMap<String, f64>>,
+    /// How the target's metrics moved over the measured run (not its
+    /// warm-ups); gauges as they were at its end.
+    metrics: Option<BTreeMap<String, f64>>,
 }
 
 impl RowRun {
@@ -1630,9 +1631,38 @@ impl RowRun {
             proxy_cpu: self.proxy_cpu + later.proxy_cpu,
             fake_cpu: self.fake_cpu + later.fake_cpu,
             wrk: self.wrk.then(later.wrk),
-            before_metrics: self.before_metrics,
+            metrics: match (self.metrics, later.metrics) {
+                (Some(mut sum), Some(later)) => {
+                    for (k, v) in later {
+                        let e = sum.entry(k.clone()).or_insert(0.0);
+                        *e = if GAUGES.contains(&k.as_str()) {
+                            v
+                        } else {
+                            *e + v
+                        };
+                    }
+                    Some(sum)
+                }
+                (a, b) => a.or(b),
+            },
         }
     }
+}
+
+/// The metrics [`TollgateView`] reads as they are, not as deltas.
+const GAUGES: &[&str] = &["tollgate_outbox_depth"];
+
+/// How the metrics moved from `a` to `b` (gauges: as in `b`).
+fn metrics_delta(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    b.iter()
+        .map(|(k, v)| {
+            let moved = match GAUGES.contains(&k.as_str()) {
+                true => *v,
+                false => v - a.get(k).copied().unwrap_or(0.0),
+            };
+            (k.clone(), moved)
+        })
+        .collect()
 }
 
 /// Memory of one process after a row: (label, VmRSS KiB, VmHWM KiB).
@@ -1808,6 +1838,13 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
                     let busy0 = system_busy(ticks);
                     let started = Instant::now();
                     let wrk = run_wrk(target.addr, script, conc, threads, secs(half))?;
+                    let metrics = match (target.admin, &before_metrics) {
+                        (Some(admin), Some(before)) => {
+                            let after = runtime.block_on(scrape(&client, admin))?;
+                            Some(metrics_delta(before, &after))
+                        }
+                        _ => None,
+                    };
                     let part = RowRun {
                         wall: started.elapsed(),
                         busy: system_busy(ticks).saturating_sub(busy0),
@@ -1817,7 +1854,7 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
                         proxy_cpu: target.proc.cpu(ticks).saturating_sub(proxy_cpu0),
                         fake_cpu: fake.proc.cpu(ticks).saturating_sub(fake_cpu0),
                         wrk,
-                        before_metrics,
+                        metrics,
                     };
                     runs[index] = Some(match runs[index].take() {
                         Some(first) => first.then(part),
@@ -1842,15 +1879,10 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
                 let wall = run.wall.as_secs_f64().max(1e-9);
                 let other_cpu_pct = run.busy.saturating_sub(ours).as_secs_f64() * 100.0 / wall;
                 let wrk_cpu_pct = run.driver_cpu.as_secs_f64() * 100.0 / wall;
-                // Between the passes the target was idle: the metrics'
-                // deltas over both are its own traffic.
-                let tollgate = match (target.admin, &run.before_metrics) {
-                    (Some(admin), Some(before)) => {
-                        let after = runtime.block_on(scrape(&client, admin))?;
-                        Some(TollgateView::between(before, &after))
-                    }
-                    _ => None,
-                };
+                let tollgate = run
+                    .metrics
+                    .as_ref()
+                    .map(|moved| TollgateView::between(&BTreeMap::new(), moved));
                 let per_req = |d: Duration| d.as_secs_f64() * 1e6 / run.wrk.requests.max(1) as f64;
                 cells.push(Cell {
                     workload: *workload,
