@@ -1634,12 +1634,9 @@ impl RowRun {
             metrics: match (self.metrics, later.metrics) {
                 (Some(mut sum), Some(later)) => {
                     for (k, v) in later {
-                        let e = sum.entry(k.clone()).or_insert(0.0);
-                        *e = if GAUGES.contains(&k.as_str()) {
-                            v
-                        } else {
-                            *e + v
-                        };
+                        let gauge = GAUGES.contains(&k.as_str());
+                        let e = sum.entry(k).or_insert(0.0);
+                        *e = if gauge { v } else { *e + v };
                     }
                     Some(sum)
                 }

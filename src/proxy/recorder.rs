@@ -86,13 +86,6 @@ impl Recorder {
         self.outbox.begin(record, load).await
     }
 
-    /// Records a request's final event and what it spent (settled before
-    /// this call) without waiting: the journal's next group commit takes it.
-    pub fn record(&self, event: UsageEvent, charges: Vec<Charge>, times: Option<UpstreamTimes>) {
-        self.count(&event, times);
-        self.queue(event, charges);
-    }
-
     /// Queues a final event (counted and settled before this call) for the
     /// journal's next group commit.
     pub fn queue(&self, event: UsageEvent, charges: Vec<Charge>) {
@@ -115,7 +108,8 @@ impl Recorder {
 
     /// Records an event that spent nothing (cache hits, refusals).
     pub fn record_detached(&self, event: UsageEvent) {
-        self.record(event, Vec::new(), None);
+        self.count(&event, None);
+        self.queue(event, Vec::new());
     }
 
     /// Counts the events recovered at start-up as interrupted.
