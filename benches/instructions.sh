@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Instructions per request: tollgate against bare pingora, counted by
+# valgrind's callgrind. Exact and repeatable where the dataplane bench's
+# latency rows, on a small VM, move by ±100 µs between processes of one
+# binary: a change to the request path shows here as a count. See
+# benches/README.md.
+#
+#   benches/instructions.sh                  # 500 requests per workload
+#   N=2000 WORKLOADS=nonstream benches/instructions.sh
+#
+# Needs valgrind (Debian: apt-get install valgrind) and python3. Not run by CI.
+set -euo pipefail
+
+N=${N:-500}
+WORKLOADS=${WORKLOADS:-nonstream stream50}
+TARGETS=${TARGETS:-bare tollgate tollgate-nosync}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/bench}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+for tool in valgrind callgrind_control python3; do
+    command -v "$tool" >/dev/null || { echo "instructions.sh: needs $tool on PATH" >&2; exit 2; }
+done
+
+# The dataplane bench's binary serves the fake provider and bare pingora.
+bench=$(cargo bench --bench dataplane --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import sys, json
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "dataplane" and m.get("executable"):
+        print(m["executable"])')
+tollgate=${TOLLGATE_BENCH_BIN:-$CARGO_TARGET_DIR/release/tollgate}
+[ -x "$bench" ] && [ -x "$tollgate" ] || { echo "instructions.sh: build failed" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/tollgate-instructions.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    # The sleepers holding the children's stdin open.
+    pkill -P $$ 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {
+    for _ in $(seq 600); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "instructions.sh: nothing listens on $1 (logs in $work)" >&2
+    exit 1
+}
+
+# The children exit when their stdin closes: hold it open with a sleeper.
+fake_port=$(free_port)
+sleep infinity | "$bench" --serve-fake "$fake_port" 1 >"$work/fake.log" 2>&1 &
+pids+=($!)
+wait_port "$fake_port"
+
+# Starts TARGET under callgrind, instrumentation off: sets PID and PORT
+# (valgrind runs the tool in its own process: `$!` is it).
+start() {
+    local target=$1 port out
+    out="$work/$target.callgrind"
+    port=$(free_port)
+    local vg=(valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes
+        "--callgrind-out-file=$out")
+    case $target in
+    bare)
+        sleep infinity | "${vg[@]}" "$bench" --serve-bare "$port" "127.0.0.1:$fake_port" 2 \
+            >"$work/$target.log" 2>&1 &
+        ;;
+    tollgate | tollgate-nosync)
+        local sync=true
+        [ "$target" = tollgate-nosync ] && sync=false
+        cat >"$work/$target.toml" <<EOF
+listen = "127.0.0.1:$port"
+admin_listen = "127.0.0.1:$(free_port)"
+data_dir = "$work/$target-data"
+threads = 2
+default_account = "bench"
+
+[outbox]
+sync = $sync
+
+[cache]
+mode = "off"
+
+[providers.anthropic]
+base_url = "http://127.0.0.1:$fake_port"
+EOF
+        env -u RUST_LOG $(env | sed -n 's/^\(TOLLGATE_[A-Z_]*\)=.*/-u \1/p') \
+            ANTHROPIC_API_KEY=sk-ant-bench-injected-0000 TOLLGATE_LOG=warn \
+            "${vg[@]}" "$tollgate" proxy --config "$work/$target.toml" \
+            >"$work/$target.log" 2>&1 &
+        ;;
+    *)
+        echo "instructions.sh: unknown target $target (bare, tollgate, tollgate-nosync)" >&2
+        exit 2
+        ;;
+    esac
+    PID=$!
+    PORT=$port
+    pids+=("$PID")
+    wait_port "$port"
+}
+
+# Sequential requests on one kept-alive connection.
+drive() {
+    python3 - "$1" "$2" "$3" <<'EOF'
+import http.client, sys
+port, n, workload = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+stream = workload != "nonstream"
+body = ('{"model":"claude-sonnet-4-5-20250929","max_tokens":256,%s"messages":'
+        '[{"role":"user","content":"Say hello in one short sentence."}]}'
+        % ('"stream":true,' if stream else '')).encode()
+headers = {"content-type": "application/json", "anthropic-version": "2023-06-01",
+           "x-api-key": "sk-ant-bench-client-0000"}
+if stream:
+    headers.update({"x-fake-scenario": "big", "x-fake-big-bytes": "52000"})
+c = http.client.HTTPConnection("127.0.0.1", port)
+for _ in range(n):
+    c.request("POST", "/v1/messages", body, headers)
+    r = c.getresponse()
+    r.read()
+    if r.status != 200:
+        sys.exit(f"answered {r.status}")
+EOF
+}
+
+# Instructions per request, in thousands: total, then per thread (largest
+# first; the request path is the pingora worker threads', the rest is
+# background work such as the usage journal's fold).
+count() {
+    python3 - "$1" "$2" <<'EOF'
+import glob, sys
+out, n = sys.argv[1], int(sys.argv[2])
+per = []
+for f in glob.glob(out + "*"):
+    # "summary:" and "totals:" (an older callgrind writes only one).
+    per.append(max((int(line.split()[1]) for line in open(f, errors="replace")
+                    if line.startswith(("totals:", "summary:"))), default=0))
+per = sorted((p for p in per if p), reverse=True)
+print(f"{sum(per) / n / 1000:8.1f}k   threads: " + " ".join(f"{p / n / 1000:.1f}k" for p in per))
+EOF
+}
+
+printf '%s\n' "instructions per request (callgrind, user space), $N sequential requests per row"
+printf '%s\n' "tollgate: $tollgate"
+printf '%-10s %-16s %9s\n' workload target total
+for target in $TARGETS; do
+    start "$target"
+    pid=$PID port=$PORT
+    for workload in $WORKLOADS; do
+        drive "$port" 50 "$workload"
+        rm -f "$work/$target.callgrind"*
+        callgrind_control -z "$pid" >/dev/null 2>&1
+        callgrind_control -i on "$pid" >/dev/null 2>&1
+        drive "$port" "$N" "$workload"
+        callgrind_control -i off "$pid" >/dev/null 2>&1
+        callgrind_control -d "$pid" >/dev/null 2>&1
+        sleep 1
+        printf '%-10s %-16s %s\n' "$workload" "$target" "$(count "$work/$target.callgrind" "$N")"
+    done
+    kill "$pid" 2>/dev/null || true
+done
