@@ -23,7 +23,8 @@ for tool in valgrind callgrind_control python3; do
 done
 
 # The dataplane bench's binary serves the fake provider and bare pingora.
-bench=$(cargo bench --bench dataplane --no-run --message-format=json 2>/dev/null |
+# (cargo's progress and any compile error go to stderr as usual.)
+bench=$(cargo bench --bench dataplane --no-run --message-format=json-render-diagnostics |
     python3 -c 'import sys, json
 for line in sys.stdin:
     m = json.loads(line)
