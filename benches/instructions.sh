@@ -49,7 +49,8 @@ wait_port() {
         (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
         sleep 0.1
     done
-    echo "instructions.sh: nothing listens on $1 (logs in $work)" >&2
+    echo "instructions.sh: nothing listens on $1; the logs:" >&2
+    tail -n 20 "$work"/*.log >&2
     exit 1
 }
 
@@ -143,6 +144,8 @@ for f in glob.glob(out + "*"):
     per.append(max((int(line.split()[1]) for line in open(f, errors="replace")
                     if line.startswith(("totals:", "summary:"))), default=0))
 per = sorted((p for p in per if p), reverse=True)
+if not per:
+    sys.exit(f"instructions.sh: no callgrind dump at {out}*")
 print(f"{sum(per) / n / 1000:8.1f}k   threads: " + " ".join(f"{p / n / 1000:.1f}k" for p in per))
 EOF
 }
@@ -161,7 +164,12 @@ for target in $TARGETS; do
         drive "$port" "$N" "$workload"
         callgrind_control -i off "$pid" >/dev/null 2>&1
         callgrind_control -d "$pid" >/dev/null 2>&1
-        sleep 1
+        # The dump is written when the process next runs: wait for it.
+        for _ in $(seq 300); do
+            compgen -G "$work/$target.callgrind.*" >/dev/null && break
+            sleep 0.1
+        done
+        sleep 0.5
         printf '%-10s %-16s %s\n' "$workload" "$target" "$(count "$work/$target.callgrind" "$N")"
     done
     kill "$pid" 2>/dev/null || true
