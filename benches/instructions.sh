@@ -7,6 +7,7 @@
 #
 #   benches/instructions.sh                  # 500 requests per workload
 #   N=2000 WORKLOADS=nonstream benches/instructions.sh
+#   CACHE=1 benches/instructions.sh          # also cache lines touched
 #
 # Needs valgrind (Debian: apt-get install valgrind) and python3. Not run by CI.
 set -euo pipefail
@@ -14,6 +15,7 @@ set -euo pipefail
 N=${N:-500}
 WORKLOADS=${WORKLOADS:-nonstream stream50}
 TARGETS=${TARGETS:-bare tollgate tollgate-nosync}
+CACHE=${CACHE:-0}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/bench}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -68,6 +70,11 @@ start() {
     port=$(free_port)
     local vg=(valgrind --tool=callgrind --instr-atstart=no --separate-threads=yes
         "--callgrind-out-file=$out")
+    # A last-level cache far smaller than one request's footprint: what a
+    # request touches misses there each time, as it does after 20 ms idle.
+    if [ "$CACHE" = 1 ]; then
+        vg+=(--cache-sim=yes --I1=32768,8,64 --D1=32768,8,64 --LL=65536,8,64)
+    fi
     case $target in
     bare)
         sleep infinity | "${vg[@]}" "$bench" --serve-bare "$port" "127.0.0.1:$fake_port" 2 \
@@ -133,20 +140,38 @@ EOF
 
 # Instructions per request, in thousands: total, then per thread (largest
 # first; the request path is the pingora worker threads', the rest is
-# background work such as the usage journal's fold).
+# background work such as the usage journal's fold). With CACHE=1, then the
+# 64-byte lines the threads other than the journal writer's miss in the
+# small simulated last-level cache (code and data), per request: the
+# request path's footprint.
 count() {
     python3 - "$1" "$2" <<'EOF'
 import glob, sys
 out, n = sys.argv[1], int(sys.argv[2])
-per = []
+per, lines = [], 0
 for f in glob.glob(out + "*"):
-    # "summary:" and "totals:" (an older callgrind writes only one).
-    per.append(max((int(line.split()[1]) for line in open(f, errors="replace")
-                    if line.startswith(("totals:", "summary:"))), default=0))
+    events, total, miss, fold = None, 0, 0, False
+    for line in open(f, errors="replace"):
+        if line.startswith("events:"):
+            events = line.split()[1:]
+        # "summary:" and "totals:" (an older callgrind writes only one).
+        elif line.startswith(("totals:", "summary:")):
+            vals = [int(v) for v in line.split()[1:]]
+            total = max(total, vals[0] if vals else 0)
+            if events and "ILmr" in events:
+                at = [events.index(e) for e in ("ILmr", "DLmr", "DLmw")]
+                miss = max(miss, sum(vals[i] for i in at if i < len(vals)))
+        elif "journal::Writer::fold" in line:
+            fold = True
+    per.append(total)
+    if not fold:
+        lines += miss
 per = sorted((p for p in per if p), reverse=True)
 if not per:
     sys.exit(f"instructions.sh: no callgrind dump at {out}*")
-print(f"{sum(per) / n / 1000:8.1f}k   threads: " + " ".join(f"{p / n / 1000:.1f}k" for p in per))
+cached = f"   lines: {lines / n:.0f}" if lines else ""
+print(f"{sum(per) / n / 1000:8.1f}k   threads: "
+      + " ".join(f"{p / n / 1000:.1f}k" for p in per) + cached)
 EOF
 }
 
