@@ -399,6 +399,16 @@ impl Tollgate {
                 None,
             )
         );
+        // The connection first: nothing leaves yet.
+        let taken = or_fail!(
+            self,
+            session,
+            x,
+            tokio::select! {
+                r = state.upstreams.take(&route.provider, &upstream_req) => r,
+                () = state.in_flight.cut() => Err(ProxyError::ShuttingDown),
+            }
+        );
         // On record (durably, with outbox.sync) before the first byte
         // leaves: a crash from here on still leaves its worst case.
         let worst = match &x.draft.guard {
@@ -413,7 +423,7 @@ impl Tollgate {
             session,
             x,
             tokio::select! {
-                r = state.upstreams.send(&route.provider, upstream_req, &request.body) => r,
+                r = state.upstreams.send_on(&route.provider, taken, upstream_req, &request.body) => r,
                 // Still waiting for the answer's head when the grace is over.
                 () = state.in_flight.cut() => Err(ProxyError::ShuttingDown),
             }
