@@ -1047,11 +1047,35 @@ struct SpacedSync {
 }
 
 /// Requests per target in a row of the first-byte section, before the
-/// next target's turn: targets take turns in blocks (each round starting
-/// one target later) so that drift of the machine over the section (page
-/// cache, host load) and whom a target follows fall on all of them alike,
-/// while within a block each target sees requests back to back as at c=1.
+/// next target's turn: targets take turns in blocks (in the orders of
+/// [`balanced_orders`]) so that drift of the machine over the section
+/// (page cache, host load) and whom a target follows fall on all of them
+/// alike, while within a block each target sees requests back to back as
+/// at c=1.
 const FIRST_BYTE_BLOCK: usize = 50;
+
+/// Orders of `n` targets, one per round, in which every target follows
+/// every other equally often over a full cycle (a Williams design: `n`
+/// rows for an even `n`, those and their mirrors for an odd one).
+/// Starting each round one target later keeps whom each target follows:
+/// with three targets, the third always followed the second.
+fn balanced_orders(n: usize) -> Vec<Vec<usize>> {
+    // 0, 1, n-1, 2, n-2, ...: consecutive differences all distinct mod n.
+    let first: Vec<usize> = (0..n)
+        .map(|k| if k % 2 == 1 { k.div_ceil(2) } else { (n - k / 2) % n })
+        .collect();
+    let mut orders: Vec<Vec<usize>> = (0..n)
+        .map(|r| first.iter().map(|x| (x + r) % n).collect())
+        .collect();
+    if n % 2 == 1 {
+        let mirrors: Vec<Vec<usize>> = orders
+            .iter()
+            .map(|o| o.iter().rev().copied().collect())
+            .collect();
+        orders.extend(mirrors);
+    }
+    orders
+}
 
 /// One timed request: (response head, first body chunk, end), µs.
 async fn first_byte_sample(
@@ -1141,13 +1165,13 @@ async fn first_byte_rows(
             let mut gaps = 0.0;
             let mut done = 0;
             let mut round = 0;
+            let orders = balanced_orders(targets.len());
             while done < n {
                 let block = FIRST_BYTE_BLOCK.min(n - done);
-                // Each round starts one target later: every target follows
-                // every other equally often (in a fixed order, the same
-                // build run in two slots measured 14–18 µs apart at 20 ms).
-                for j in 0..targets.len() {
-                    let i = (j + round) % targets.len();
+                // Every target follows every other equally often (in a
+                // fixed order, the same build run in two slots measured
+                // 14–18 µs apart at 20 ms).
+                for &i in &orders[round % orders.len()] {
                     let (head, first, total) = &mut samples[i];
                     for _ in 0..block {
                         let (h, f, t) =

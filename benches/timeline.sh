@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Where a c=1 request's added time goes, from the system calls: bare
-# pingora and tollgate (outbox.sync = true) side by side, each request cut
-# into the stretches between its system calls, p50 of each. The dataplane
-# bench's rows say how much time a proxy adds; this says where, to a few
-# µs, where those rows move by ±40 µs between two processes of one binary.
-# See benches/README.md.
+# pingora and tollgate (outbox.sync = true), and another tollgate build
+# with TOLLGATE_BENCH_BEFORE_BIN, run at once and taken in turns, each
+# request cut into the stretches between its system calls, p50 of each.
+# The dataplane bench's rows say how much time a proxy adds; this says
+# where. See benches/README.md.
 #
-#   benches/timeline.sh                        # 300 requests, fake 20 ms away
+#   benches/timeline.sh                        # 300 requests each, fake 20 ms away
 #   N=500 DELAY_MS=0 WORKLOAD=stream50 benches/timeline.sh
+#   TOLLGATE_BENCH_BEFORE_BIN=../before/target/release/tollgate benches/timeline.sh
 #
 # Needs perf (Debian: apt-get install linux-perf) with the raw_syscalls
 # tracepoints, root or perf_event_paranoid ≤ 1, python3, x86-64 (system
@@ -70,11 +71,14 @@ bare_pid=$!
 pids+=("$bare_pid")
 wait_port "$bare_port"
 
-tg_port=$(free_port)
-cat >"$work/tollgate.toml" <<EOF
-listen = "127.0.0.1:$tg_port"
+# Starts a tollgate binary as NAME: sets PID and PORT.
+start_tollgate() {
+    local name=$1 bin=$2 port
+    port=$(free_port)
+    cat >"$work/$name.toml" <<EOF
+listen = "127.0.0.1:$port"
 admin_listen = "127.0.0.1:$(free_port)"
-data_dir = "$work/tollgate-data"
+data_dir = "$work/$name-data"
 threads = 2
 default_account = "bench"
 
@@ -87,19 +91,33 @@ mode = "off"
 [providers.anthropic]
 base_url = "http://127.0.0.1:$fake_port"
 EOF
-env -u RUST_LOG $(env | sed -n 's/^\(TOLLGATE_[A-Z_]*\)=.*/-u \1/p') \
-    ANTHROPIC_API_KEY=sk-ant-bench-injected-0000 TOLLGATE_LOG=warn \
-    "$tollgate" proxy --config "$work/tollgate.toml" >"$work/tollgate.log" 2>&1 &
-tg_pid=$!
-pids+=("$tg_pid")
-wait_port "$tg_port"
+    env -u RUST_LOG $(env | sed -n 's/^\(TOLLGATE_[A-Z_]*\)=.*/-u \1/p') \
+        ANTHROPIC_API_KEY=sk-ant-bench-injected-0000 TOLLGATE_LOG=warn \
+        "$bin" proxy --config "$work/$name.toml" >"$work/$name.log" 2>&1 &
+    PID=$!
+    PORT=$port
+    pids+=("$PID")
+    wait_port "$port"
+}
 
-# Sequential requests on one kept-alive connection, the fake answering
-# after DELAY_MS.
+names=(bare) tpids=("$bare_pid") ports=("$bare_port")
+start_tollgate tollgate "$tollgate"
+names+=(tollgate) tpids+=("$PID") ports+=("$PORT")
+if [ -n "${TOLLGATE_BENCH_BEFORE_BIN:-}" ]; then
+    start_tollgate tollgate-before "$TOLLGATE_BENCH_BEFORE_BIN"
+    names+=(tollgate-before) tpids+=("$PID") ports+=("$PORT")
+fi
+
+# N requests to each port (comma-separated), each on its own kept-alive
+# connection, in blocks of 25 per target as the dataplane bench's
+# first-byte section takes them (a request then follows its target's
+# previous one, not the other targets'), the blocks in the bench's
+# balanced orders (every target follows every other equally often). The
+# fake answers after DELAY_MS.
 drive() {
     python3 - "$1" "$2" "$WORKLOAD" "$DELAY_MS" <<'EOF'
 import http.client, sys
-port, n, workload, delay = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+ports, n, workload, delay = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 stream = workload != "nonstream"
 body = ('{"model":"claude-sonnet-4-5-20250929","max_tokens":256,%s"messages":'
         '[{"role":"user","content":"Say hello in one short sentence."}]}'
@@ -108,13 +126,21 @@ headers = {"content-type": "application/json", "anthropic-version": "2023-06-01"
            "x-api-key": "sk-ant-bench-client-0000", "x-fake-ttfb-ms": delay}
 if stream:
     headers.update({"x-fake-scenario": "big", "x-fake-big-bytes": "52000"})
-c = http.client.HTTPConnection("127.0.0.1", port)
-for _ in range(n):
-    c.request("POST", "/v1/messages", body, headers)
-    r = c.getresponse()
-    r.read()
-    if r.status != 200:
-        sys.exit(f"answered {r.status}")
+conns = [http.client.HTTPConnection("127.0.0.1", int(p)) for p in ports]
+block, t = 25, len(conns)
+first = [(k + 1) // 2 if k % 2 else (t - k // 2) % t for k in range(t)]
+orders = [[(x + r) % t for x in first] for r in range(t)]
+if t % 2:
+    orders += [o[::-1] for o in orders]
+for i in range((n + block - 1) // block):
+    for k in orders[i % len(orders)]:
+        c = conns[k]
+        for _ in range(min(block, n - i * block)):
+            c.request("POST", "/v1/messages", body, headers)
+            r = c.getresponse()
+            r.read()
+            if r.status != 200:
+                sys.exit(f"answered {r.status}")
 EOF
 }
 
@@ -126,18 +152,18 @@ EOF
 # thread: what follows it is the proxy's own work after the provider
 # answered, on a cold CPU when the provider took its time.
 analyse() {
-    python3 - "$1" "$2" <<'EOF'
+    python3 - "$1" "$2" "$3" <<'EOF'
 import re, statistics, sys
-path, name = sys.argv[1], sys.argv[2]
+path, name, pid = sys.argv[1], sys.argv[2], sys.argv[3]
 RECV, SEND, WRITEV, PWRITE, FDATASYNC, EPOLL = 45, 44, 20, 18, 75, 232
 # Sockets are written with sendto and writev (write(2) is eventfd wakes).
 SENDS = (SEND, WRITEV)
-line_re = re.compile(r"^\s*(\d+)\s+([\d.]+):\s+raw_syscalls:sys_(enter|exit):\s+NR (\d+) (.*)$")
+line_re = re.compile(r"^\s*(\d+)/(\d+)\s+([\d.]+):\s+raw_syscalls:sys_(enter|exit):\s+NR (\d+) (.*)$")
 events = []
 for line in open(path, errors="replace"):
     m = line_re.match(line)
-    if m:
-        tid, t, kind, nr, rest = m.groups()
+    if m and m.group(1) == pid:
+        _, tid, t, kind, nr, rest = m.groups()
         events.append((float(t) * 1e6, int(tid), kind, int(nr), rest))
 events.sort(key=lambda e: e[0])
 entered = {}  # tid -> (nr, fd, t)
@@ -192,7 +218,7 @@ def p50(f):
     return f"{statistics.median(v):7.0f}" if v else "      -"
 def span(a, b):
     return lambda r: r[b] - r[a] if a in r and b in r else None
-print(f"{name:9s} {len(rows):5d} "
+print(f"{name:15s} {len(rows):5d} "
       f"{p50(span('req', 'pw'))} {p50(span('pw', 'fs'))} {p50(span('fs', 'up'))} "
       f"{p50(lambda r: r['up'] - r['req'] if 'pw' not in r else None)} "
       f"{p50(span('wake', 'uread'))} {p50(span('uread', 'first'))} {p50(span('first', 'end'))}")
@@ -200,23 +226,21 @@ EOF
 }
 
 EV=raw_syscalls:sys_enter,raw_syscalls:sys_exit
-echo "system-call timeline, c=1, $WORKLOAD, the fake $DELAY_MS ms away; p50 µs of $N requests (the first tenth left out)"
-echo "tollgate: $tollgate (outbox.sync = true)"
+echo "system-call timeline, c=1, $WORKLOAD, the fake $DELAY_MS ms away; p50 µs of $N requests each, taken in turns (the first tenth left out)"
+echo "tollgate: $tollgate (outbox.sync = true)${TOLLGATE_BENCH_BEFORE_BIN:+; tollgate-before: $TOLLGATE_BENCH_BEFORE_BIN}"
 echo "columns: request read → journal write; journal write + fdatasync; fdatasync → upstream send;"
 echo "         request read → upstream send (no journal); wake → upstream read returns; → client's first write; → last write"
-printf '%-9s %5s %7s %7s %7s %7s %7s %7s %7s\n' target n 'req→pw' commit 'fs→up' 'req→up' 'wake→rd' 'rd→1st' '1st→end'
-for target in bare tollgate; do
-    case $target in
-    bare) pid=$bare_pid port=$bare_port ;;
-    tollgate) pid=$tg_pid port=$tg_port ;;
-    esac
-    drive "$port" 30
-    perf record -q -e "$EV" -p "$pid" -o "$work/$target.data" >"$work/perf.log" 2>&1 &
-    perf_pid=$!
-    sleep 1
-    drive "$port" "$N"
-    kill -INT "$perf_pid"
-    wait "$perf_pid" || true
-    perf script -i "$work/$target.data" -F tid,time,event,trace 2>/dev/null >"$work/$target.txt"
-    analyse "$work/$target.txt" "$target"
+all_ports=$(IFS=,; echo "${ports[*]}")
+all_pids=$(IFS=,; echo "${tpids[*]}")
+drive "$all_ports" 30
+perf record -q -e "$EV" -p "$all_pids" -o "$work/trace.data" >"$work/perf.log" 2>&1 &
+perf_pid=$!
+sleep 1
+drive "$all_ports" "$N"
+kill -INT "$perf_pid"
+wait "$perf_pid" || true
+perf script -i "$work/trace.data" -F pid,tid,time,event,trace 2>/dev/null >"$work/trace.txt"
+printf '%-15s %5s %7s %7s %7s %7s %7s %7s %7s\n' target n 'req→pw' commit 'fs→up' 'req→up' 'wake→rd' 'rd→1st' '1st→end'
+for i in "${!names[@]}"; do
+    analyse "$work/trace.txt" "${names[$i]}" "${tpids[$i]}"
 done

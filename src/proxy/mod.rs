@@ -428,8 +428,10 @@ impl Tollgate {
                 () = state.in_flight.cut() => Err(ProxyError::ShuttingDown),
             }
         );
-        // meter
-        meter::relay(
+        // meter (boxed: inline, the relay's future, the largest of this
+        // one's states, would size the whole request's, which pingora's
+        // `async_trait` copies into a box of its own per request)
+        Box::pin(meter::relay(
             state,
             session,
             &route,
@@ -438,7 +440,7 @@ impl Tollgate {
             x,
             pre_upstream,
             None,
-        )
+        ))
         .await;
     }
 
