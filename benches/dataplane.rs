@@ -1062,7 +1062,13 @@ const FIRST_BYTE_BLOCK: usize = 50;
 fn balanced_orders(n: usize) -> Vec<Vec<usize>> {
     // 0, 1, n-1, 2, n-2, ...: consecutive differences all distinct mod n.
     let first: Vec<usize> = (0..n)
-        .map(|k| if k % 2 == 1 { k.div_ceil(2) } else { (n - k / 2) % n })
+        .map(|k| {
+            if k % 2 == 1 {
+                k.div_ceil(2)
+            } else {
+                (n - k / 2) % n
+            }
+        })
         .collect();
     let mut orders: Vec<Vec<usize>> = (0..n)
         .map(|r| first.iter().map(|x| (x + r) % n).collect())
