@@ -18,52 +18,15 @@ set -euo pipefail
 N=${N:-300}
 DELAY_MS=${DELAY_MS:-20}
 WORKLOAD=${WORKLOAD:-nonstream}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target/bench}
-root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
-
-for tool in perf python3; do
-    command -v "$tool" >/dev/null || { echo "timeline.sh: needs $tool on PATH" >&2; exit 2; }
-done
 case $WORKLOAD in nonstream | stream50) ;; *)
     echo "timeline.sh: WORKLOAD is nonstream or stream50" >&2
     exit 2
     ;;
 esac
 
-bench=$(cargo bench --bench dataplane --no-run --message-format=json-render-diagnostics |
-    python3 -c 'import sys, json
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "dataplane" and m.get("executable"):
-        print(m["executable"])')
-tollgate=${TOLLGATE_BENCH_BIN:-$CARGO_TARGET_DIR/release/tollgate}
-[ -x "$bench" ] && [ -x "$tollgate" ] || { echo "timeline.sh: build failed" >&2; exit 1; }
-
-work=$(mktemp -d /tmp/tollgate-timeline.XXXXXX)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    pkill -P $$ 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-    for _ in $(seq 600); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "timeline.sh: nothing listens on $1; the logs:" >&2
-    tail -n 20 "$work"/*.log >&2
-    exit 1
-}
-
-fake_port=$(free_port)
-sleep infinity | "$bench" --serve-fake "$fake_port" 1 >"$work/fake.log" 2>&1 &
-pids+=($!)
-wait_port "$fake_port"
+NAME=timeline.sh TOOLS="perf"
+# shellcheck source=benches/common.sh
+source "$(dirname "$0")/common.sh"
 
 bare_port=$(free_port)
 sleep infinity | "$bench" --serve-bare "$bare_port" "127.0.0.1:$fake_port" 2 >"$work/bare.log" 2>&1 &
