@@ -374,7 +374,7 @@ fn run(o: &Options) -> Result<String> {
             runtime.block_on(async move {
                 tokio::spawn(async move {
                     let started = Instant::now();
-                    let done = j.open_record(record.clone(), Load::Alone)?;
+                    let done = j.open_record(record.as_ref(), Load::Alone)?;
                     done.await?.map_err(|e| anyhow!(e))?;
                     let took = started.elapsed();
                     let mut event = record.interrupted();

@@ -207,3 +207,5 @@ printf '%-15s %5s %7s %7s %7s %7s %7s %7s %7s\n' target n 'reqâ†’pw' commit 'fsâ
 for i in "${!names[@]}"; do
     analyse "$work/trace.txt" "${names[$i]}" "${tpids[$i]}"
 done
+# KEEP=path keeps the decoded trace (perf script output) for a closer look.
+if [ -n "${KEEP:-}" ]; then cp "$work/trace.txt" "$KEEP"; fi

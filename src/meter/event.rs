@@ -222,7 +222,68 @@ pub struct OpenRecord {
     pub idempotency_key: Option<String>,
 }
 
+/// An [`OpenRecord`] borrowed from its request's draft event: encodes to
+/// the same bytes (the journal encodes it when it is queued; a copy of its
+/// strings per request would be made only to be encoded and dropped).
+#[derive(Clone, Copy, Debug, Serialize)]
+#[serde(rename = "OpenRecord")]
+pub struct OpenRecordRef<'a> {
+    pub event_id: &'a str,
+    pub ts: i64,
+    pub sidecar_id: &'a str,
+    pub account: &'a str,
+    pub workload: &'a str,
+    pub tags: &'a [(String, String)],
+    pub provider: &'a str,
+    pub model: &'a str,
+    pub route: RouteKind,
+    pub cache: CacheOutcome,
+    pub worst_nusd: u64,
+    pub reserved: &'a [Charge],
+    pub idempotency_key: Option<&'a str>,
+}
+
+impl<'a> OpenRecordRef<'a> {
+    /// The open record of the request `event` is the draft of.
+    pub fn of(event: &'a UsageEvent, worst_nusd: u64, reserved: &'a [Charge]) -> Self {
+        OpenRecordRef {
+            event_id: &event.event_id,
+            ts: event.ts,
+            sidecar_id: &event.sidecar_id,
+            account: &event.account,
+            workload: &event.workload,
+            tags: &event.tags,
+            provider: &event.provider,
+            model: &event.model,
+            route: event.route,
+            cache: event.cache,
+            worst_nusd,
+            reserved,
+            idempotency_key: event.idempotency_key.as_deref(),
+        }
+    }
+}
+
 impl OpenRecord {
+    /// This record by reference.
+    pub fn as_ref(&self) -> OpenRecordRef<'_> {
+        OpenRecordRef {
+            event_id: &self.event_id,
+            ts: self.ts,
+            sidecar_id: &self.sidecar_id,
+            account: &self.account,
+            workload: &self.workload,
+            tags: &self.tags,
+            provider: &self.provider,
+            model: &self.model,
+            route: self.route,
+            cache: self.cache,
+            worst_nusd: self.worst_nusd,
+            reserved: &self.reserved,
+            idempotency_key: self.idempotency_key.as_deref(),
+        }
+    }
+
     /// The open record of the request `event` is the draft of.
     pub fn of(event: &UsageEvent, worst_nusd: u64, reserved: Vec<Charge>) -> OpenRecord {
         OpenRecord {

@@ -13,7 +13,7 @@ use crate::cache::flight::Leader;
 use crate::cache::CacheWrite;
 use crate::dialect::Dialect;
 use crate::limit::{Admission, Limiter};
-use crate::meter::event::{CacheOutcome, Charge, OpenRecord, Status, UsageEvent};
+use crate::meter::event::{CacheOutcome, Charge, OpenRecordRef, Status, UsageEvent};
 use crate::proxy::recorder::{Recorder, UpstreamTimes};
 use crate::store::journal::Load;
 
@@ -61,10 +61,12 @@ pub struct Exchange {
     /// client sees them, so the results come through tollgate too.
     pub results_base: Option<String>,
     /// A batch create's reservation and record, concluded by its answer.
-    pub batch: Option<super::batch::Pending>,
+    /// (Boxed, like `upload`: rare, and inline they would be copied with
+    /// every exchange's every move.)
+    pub batch: Option<Box<super::batch::Pending>>,
     /// An OpenAI batch input file's priced items, kept once the provider
     /// names the file.
-    pub upload: Option<super::batch::openai::PendingUpload>,
+    pub upload: Option<Box<super::batch::openai::PendingUpload>>,
     /// A gateway batch submit (`POST /api/v1/llm/batch`): an accepted
     /// batch is answered with tollgate's record of it, not the provider's
     /// batch object.
@@ -206,7 +208,7 @@ impl Draft {
             .as_ref()
             .map(budget::Guard::reserved)
             .unwrap_or_default();
-        let record = OpenRecord::of(&self.event, worst_nusd.max(reserved_nusd), reserved);
+        let record = OpenRecordRef::of(&self.event, worst_nusd.max(reserved_nusd), &reserved);
         let load = if self.in_flight.alone() {
             Load::Alone
         } else {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -40,12 +40,14 @@ pub struct Upstreams {
     /// loads a connector's roots once, when it is built).
     private_ca: HashMap<String, Pool>,
     timeouts: Timeouts,
-    peers: RwLock<HashMap<String, (HttpPeer, Instant)>>,
+    /// Shared, not cloned per request: a peer is ~700 bytes with heap
+    /// fields of its own.
+    peers: RwLock<HashMap<String, (Arc<HttpPeer>, Instant)>>,
 }
 
 /// A connection taken for a request not sent yet ([`Upstreams::take`]).
 pub struct Taken {
-    peer: HttpPeer,
+    peer: Arc<HttpPeer>,
     session: HttpSession,
     /// Whether the connection was pooled (a dead one is retried once).
     reused: bool,
@@ -56,7 +58,7 @@ pub struct Taken {
 /// An upstream call whose response header has arrived.
 pub struct UpstreamCall {
     pub session: HttpSession,
-    pub peer: HttpPeer,
+    pub peer: Arc<HttpPeer>,
     /// The provider's name (which pool the session returns to).
     pub provider: String,
     /// When the request was sent.
@@ -91,7 +93,7 @@ impl Upstreams {
 
     /// A peer for the provider, resolving its host asynchronously
     /// (`HttpPeer::new("host:port")` would block on DNS) and caching it briefly.
-    async fn peer(&self, provider: &Provider) -> Result<HttpPeer, ProxyError> {
+    async fn peer(&self, provider: &Provider) -> Result<Arc<HttpPeer>, ProxyError> {
         if let Ok(peers) = self.peers.read() {
             if let Some((peer, at)) = peers.get(&provider.name) {
                 if at.elapsed() < DNS_TTL {
@@ -119,6 +121,7 @@ impl Upstreams {
         if up.tls {
             peer.options.alpn = ALPN::H2H1;
         }
+        let peer = Arc::new(peer);
         if let Ok(mut peers) = self.peers.write() {
             peers.insert(provider.name.clone(), (peer.clone(), Instant::now()));
         }
@@ -262,13 +265,18 @@ impl Upstreams {
                 session
             }
         };
-        let read =
-            match tokio::time::timeout(self.timeouts.first_byte, session.read_response_header())
-                .await
-            {
-                Ok(result) => result.map_err(Failure::Io),
-                Err(_) => Err(Failure::Timeout),
-            };
+        // pingora's timer (10 ms buckets shared by every request, and the
+        // timeout pingora's own reads use), not a tokio timer registered and
+        // removed per request.
+        let read = match pingora::time::fast_timeout::fast_timeout(
+            self.timeouts.first_byte,
+            session.read_response_header(),
+        )
+        .await
+        {
+            Ok(result) => result.map_err(Failure::Io),
+            Err(_) => Err(Failure::Timeout),
+        };
         (session, read)
     }
 
@@ -290,7 +298,7 @@ impl Upstreams {
         let h1 = match session {
             HttpSession::H1(h1) => Some(h1),
             HttpSession::H2(h2) => {
-                pool.h2.release_http_session(h2, &peer, Some(POOL_IDLE));
+                pool.h2.release_http_session(h2, &*peer, Some(POOL_IDLE));
                 None
             }
             // Only made for a custom ALPN, which tollgate never asks for.
@@ -299,7 +307,7 @@ impl Upstreams {
         async move {
             if let Some(h1) = h1 {
                 pool.h1
-                    .release_http_session(h1, &peer, Some(POOL_IDLE))
+                    .release_http_session(h1, &*peer, Some(POOL_IDLE))
                     .await;
             }
         }

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use prometheus::IntGauge;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 /// How long the relays cut at the end of the grace get to end their
 /// answers and record them.
@@ -34,7 +34,11 @@ struct InFlightInner {
     draining: AtomicBool,
     gauge: IntGauge,
     /// Turns true when the grace is over: relays still running cut short.
-    cut: watch::Sender<bool>,
+    cut: AtomicBool,
+    /// Wakes the requests waiting in [`InFlight::cut`] when `cut` turns.
+    /// (A watch channel cost each waiter a subscription besides the
+    /// registration; every request waits here once or twice.)
+    cut_wake: Notify,
 }
 
 /// Held by a request while it is in flight.
@@ -49,7 +53,8 @@ impl InFlight {
                 count: AtomicUsize::new(0),
                 draining: AtomicBool::new(false),
                 gauge,
-                cut: watch::channel(false).0,
+                cut: AtomicBool::new(false),
+                cut_wake: Notify::new(),
             }),
         }
     }
@@ -82,21 +87,26 @@ impl InFlight {
     }
 
     /// Resolves when the requests still in flight must end (the grace is over).
+    /// Raced with a request's waits in `select!`s that poll it second
+    /// (`biased`): only a wait that does not end at once registers here.
     pub async fn cut(&self) {
-        let mut rx = self.inner.cut.subscribe();
-        // Err: the sender is gone with the process; never resolves then.
-        if rx.wait_for(|cut| *cut).await.is_err() {
-            std::future::pending::<()>().await;
+        let woken = self.inner.cut_wake.notified();
+        let mut woken = std::pin::pin!(woken);
+        // Registered before the flag is read: a cut in between still wakes it.
+        woken.as_mut().enable();
+        if !self.cutting() {
+            woken.await;
         }
     }
 
     /// Whether the grace is over (requests still in flight are being cut).
     pub fn cutting(&self) -> bool {
-        *self.inner.cut.borrow()
+        self.inner.cut.load(Ordering::SeqCst)
     }
 
     fn cut_all(&self) {
-        self.inner.cut.send_replace(true);
+        self.inner.cut.store(true, Ordering::SeqCst);
+        self.inner.cut_wake.notify_waiters();
     }
 }
 

@@ -163,10 +163,10 @@ fn start<'a>(
             _ => Assembler::new(draft.client_dialect, max_entry),
         });
     let translator = translation.as_ref().map(|t| {
-        (
+        Box::new((
             StreamTranslator::new(t.client, t.include_usage, t.created),
             StreamTap::new(t.client, false),
-        )
+        ))
     });
     // Boxed: the relay's futures take it by value, and each would
     // otherwise hold its own copy of it (a few KiB each, copied per request).
@@ -224,9 +224,9 @@ struct Relay<'a> {
     /// [`BATCH_OBJECT_CAP`], for `results_base`, `batch`, `upload` and `gateway_batch`.
     batch_objects: bool,
     /// A batch create: concluded with its answer (see `super::batch`).
-    batch: Option<super::batch::Pending>,
+    batch: Option<Box<super::batch::Pending>>,
     /// An OpenAI batch upload: its items kept under the file's id.
-    upload: Option<super::batch::openai::PendingUpload>,
+    upload: Option<Box<super::batch::openai::PendingUpload>>,
     /// A gateway batch submit: an accepted batch is answered with
     /// tollgate's record of it (see `super::gateway::batch`).
     gateway_batch: bool,
@@ -234,7 +234,8 @@ struct Relay<'a> {
     translation: Option<Translation>,
     /// A translated stream: the translator, and a tap over its output in
     /// the client's dialect (feeding the assembler, for the cache).
-    translator: Option<(StreamTranslator, StreamTap)>,
+    /// (Boxed: rare, and ~700 bytes inline.)
+    translator: Option<Box<(StreamTranslator, StreamTap)>>,
     /// The exchange's in-flight count: the request is in flight until the
     /// relay ends.
     _in_flight: super::lifecycle::InFlightGuard,
@@ -343,10 +344,17 @@ impl Relay<'_> {
             return Err(ReadFailure::ClientGone);
         }
         let in_flight = &self.state.in_flight;
+        // The selects below poll the upstream first (`biased`: the cut
+        // registers only when a read waits), so an answer whose chunks
+        // are always there is cut here.
+        if in_flight.cutting() {
+            return Err(ReadFailure::Shutdown);
+        }
         if self.client_open {
             // The client's next request arriving early is kept by pingora
             // (pipelining); after that its leaving shows only as a failed write.
             tokio::select! {
+                biased;
                 r = self.call.session.read_response_body() => return classify(r),
                 r = self.session.read_body_or_idle(true) => match r {
                     Err(_) if self.keep_for_followers() => {}
@@ -358,6 +366,7 @@ impl Relay<'_> {
             }
         }
         tokio::select! {
+            biased;
             r = self.call.session.read_response_body() => classify(r),
             () = in_flight.cut() => Err(ReadFailure::Shutdown),
         }
@@ -1078,7 +1087,11 @@ impl Relay<'_> {
             let raw = self.leader.is_some().then(|| chunk.clone());
             let first = tap_fed == 0;
             tap_fed += 1;
-            let out = match (metered, self.assembler.as_mut(), self.translator.as_mut()) {
+            let out = match (
+                metered,
+                self.assembler.as_mut(),
+                self.translator.as_deref_mut(),
+            ) {
                 (true, asm, Some((tr, client_tap))) => {
                     let mut buf = BytesMut::new();
                     tap.feed_with(chunk, |name, data| tr.on_event(name, data, &mut buf));
@@ -1174,7 +1187,7 @@ impl Relay<'_> {
         // How a translated stream ended (its translator closes the client's).
         let mut translated_end = None;
         if upstream_done && metered {
-            let rest = match (self.assembler.as_mut(), self.translator.as_mut()) {
+            let rest = match (self.assembler.as_mut(), self.translator.as_deref_mut()) {
                 (asm, Some((tr, client_tap))) => {
                     let mut buf = BytesMut::new();
                     tap.finish_with(|name, data| tr.on_event(name, data, &mut buf));

@@ -346,7 +346,7 @@ impl Tollgate {
                 x,
                 Box::pin(batch::reserve(state, &identity, &route, &request.body)).await
             );
-            x.batch = Some(pending);
+            x.batch = Some(Box::new(pending));
         }
         // An OpenAI batch input file: read once, every line priced
         if batch_upload {
@@ -369,7 +369,8 @@ impl Tollgate {
                     &request.body
                 ))
                 .await
-            );
+            )
+            .map(Box::new);
         }
         if let Some(routed) = routed {
             if let Some((x, err)) = Box::pin(route::run(
@@ -405,6 +406,8 @@ impl Tollgate {
             session,
             x,
             tokio::select! {
+                // The cut polled second: a pooled connection never registers for it.
+                biased;
                 r = state.upstreams.take(&route.provider, &upstream_req) => r,
                 () = state.in_flight.cut() => Err(ProxyError::ShuttingDown),
             }
@@ -423,6 +426,7 @@ impl Tollgate {
             session,
             x,
             tokio::select! {
+                biased;
                 r = state.upstreams.send_on(&route.provider, taken, upstream_req, &request.body) => r,
                 // Still waiting for the answer's head when the grace is over.
                 () = state.in_flight.cut() => Err(ProxyError::ShuttingDown),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use prometheus::{Counter, Histogram, IntCounter};
 
 use crate::dialect::Usage;
-use crate::meter::event::{Charge, OpenRecord, Status, UsageEvent};
+use crate::meter::event::{Charge, OpenRecordRef, Status, UsageEvent};
 use crate::meter::prices::{Cost, PriceTable};
 use crate::metrics::Metrics;
 use crate::store::journal::Load;
@@ -137,7 +137,7 @@ impl Recorder {
 
     /// Journals a request's open record before it is sent; returns once it
     /// is committed (the one durability wait on the request path).
-    pub async fn open(&self, record: OpenRecord, load: Load) -> Result<(), OutboxError> {
+    pub async fn open(&self, record: OpenRecordRef<'_>, load: Load) -> Result<(), OutboxError> {
         self.outbox.begin(record, load).await
     }
 

@@ -200,6 +200,7 @@ pub async fn run(
         let pre_upstream = x.draft.started.elapsed();
         let provider = prepared.route.provider.clone();
         let sent = tokio::select! {
+            biased;
             r = state.upstreams.send(&provider, prepared.header, &prepared.request.body) => r,
             () = state.in_flight.cut() => Err(ProxyError::ShuttingDown),
         };

@@ -121,7 +121,7 @@ use prometheus::{Histogram, IntCounter};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::meter::event::{Charge, OpenRecord, UsageEvent};
+use crate::meter::event::{Charge, OpenRecord, OpenRecordRef, UsageEvent};
 
 /// The journal's directory under the data dir.
 pub const DIR: &str = "journal";
@@ -172,15 +172,6 @@ pub const ROTATE_BYTES: u64 = 4 << 20;
 pub enum Record {
     Open(OpenRecord),
     Final(FinalRecord),
-}
-
-impl Record {
-    fn event_id(&self) -> &str {
-        match self {
-            Record::Open(o) => &o.event_id,
-            Record::Final(f) => &f.event.event_id,
-        }
-    }
 }
 
 /// A request's usage event and what it spent per budget period.
@@ -275,8 +266,55 @@ pub struct Recovery {
 type Ack = oneshot::Sender<Result<(), String>>;
 
 struct Cmd {
-    record: Record,
+    entry: Entry,
     ack: Option<Ack>,
+}
+
+/// A queued record, encoded by whoever queued it: a commit only frames
+/// it. (A request's open commit takes along the finals queued since the
+/// last commit, and encoding those there put them before its send.)
+// Finals are most of what is queued: boxing them would cost an allocation
+// each to save space for the opens.
+#[allow(clippy::large_enum_variant)]
+enum Entry {
+    Open {
+        event_id: String,
+        /// The [`Record`]'s MessagePack, as [`encode`] writes it.
+        payload: Vec<u8>,
+    },
+    Final {
+        record: FinalRecord,
+        payload: Vec<u8>,
+    },
+}
+
+impl Entry {
+    fn open(record: OpenRecordRef<'_>) -> Result<Entry, JournalError> {
+        Ok(Entry::Open {
+            event_id: record.event_id.to_string(),
+            payload: payload(&RecordRef::Open(record))?,
+        })
+    }
+
+    fn final_record(record: FinalRecord) -> Result<Entry, JournalError> {
+        let payload = payload(&RecordRef::Final(&record))?;
+        Ok(Entry::Final { record, payload })
+    }
+
+    fn event_id(&self) -> &str {
+        match self {
+            Entry::Open { event_id, .. } => event_id,
+            Entry::Final { record, .. } => &record.event.event_id,
+        }
+    }
+}
+
+/// [`Record`] by reference: the same encoding without a copy of it.
+#[derive(Serialize)]
+#[serde(rename = "Record")]
+enum RecordRef<'a> {
+    Open(OpenRecordRef<'a>),
+    Final(&'a FinalRecord),
 }
 
 /// Handle to the journal; shared by reference (wrap in an `Arc`).
@@ -362,7 +400,7 @@ impl Journal {
                 last_sync: Instant::now(),
                 written: Vec::new(),
                 written_since: None,
-                notice: false,
+                notice: None,
                 buf: Vec::with_capacity(64 << 10),
             }),
             healthy: AtomicBool::new(true),
@@ -395,17 +433,17 @@ impl Journal {
     /// `sync`, written to the kernel otherwise).
     pub fn open_record(
         &self,
-        record: OpenRecord,
+        record: OpenRecordRef<'_>,
         load: Load,
     ) -> Result<oneshot::Receiver<Result<(), String>>, JournalError> {
-        self.committed(Record::Open(record), load)
+        self.committed(Entry::open(record)?, load)
     }
 
     /// Queues a final record; nobody waits for it.
     pub fn final_record(&self, record: FinalRecord) -> Result<(), JournalError> {
         self.shared.queue.push(
             Cmd {
-                record: Record::Final(record),
+                entry: Entry::final_record(record)?,
                 ack: None,
             },
             false,
@@ -422,17 +460,18 @@ impl Journal {
         records: Vec<FinalRecord>,
     ) -> Result<Vec<oneshot::Receiver<Result<(), String>>>, JournalError> {
         let mut done = Vec::with_capacity(records.len());
-        let cmds: Vec<Cmd> = records
+        let cmds = records
             .into_iter()
             .map(|f| {
+                let entry = Entry::final_record(f)?;
                 let (ack, rx) = oneshot::channel();
                 done.push(rx);
-                Cmd {
-                    record: Record::Final(f),
+                Ok(Cmd {
+                    entry,
                     ack: Some(ack),
-                }
+                })
             })
-            .collect();
+            .collect::<Result<Vec<Cmd>, JournalError>>()?;
         let how = self.inline(Load::Shared);
         let lead = self.shared.queue.push_all(cmds, how.is_some())?;
         self.lead_if(how.filter(|_| lead));
@@ -446,12 +485,12 @@ impl Journal {
     /// moves first. Otherwise the writer thread commits it.
     fn committed(
         &self,
-        record: Record,
+        entry: Entry,
         load: Load,
     ) -> Result<oneshot::Receiver<Result<(), String>>, JournalError> {
         let (ack, done) = oneshot::channel();
         let cmd = Cmd {
-            record,
+            entry,
             ack: Some(ack),
         };
         let how = self.inline(load);
@@ -692,18 +731,27 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
 
 /// Appends one frame to `buf`.
 fn encode(buf: &mut Vec<u8>, seq: u64, record: &Record) -> Result<(), JournalError> {
+    frame(buf, seq, &payload(record)?)
+}
+
+/// A record's MessagePack (named fields), a frame's payload after its
+/// sequence number.
+fn payload<R: Serialize + ?Sized>(record: &R) -> Result<Vec<u8>, JournalError> {
+    let mut out = Vec::with_capacity(256);
+    rmp_serde::encode::write_named(&mut out, record)?;
+    Ok(out)
+}
+
+/// Appends one frame of an encoded record (see [`payload`]) to `buf`.
+fn frame(buf: &mut Vec<u8>, seq: u64, record: &[u8]) -> Result<(), JournalError> {
+    let Ok(len) = u32::try_from(8 + record.len()) else {
+        return Err(JournalError::Commit("record too large".into()));
+    };
     let start = buf.len();
     buf.extend_from_slice(&[0; FRAME_HEADER]);
     buf.extend_from_slice(&seq.to_le_bytes());
-    if let Err(e) = rmp_serde::encode::write_named(buf, record) {
-        buf.truncate(start);
-        return Err(e.into());
-    }
-    let payload = &buf[start + FRAME_HEADER..];
-    let (Ok(len), crc) = (u32::try_from(payload.len()), crc32fast::hash(payload)) else {
-        buf.truncate(start);
-        return Err(JournalError::Commit("record too large".into()));
-    };
+    buf.extend_from_slice(record);
+    let crc = crc32fast::hash(&buf[start + FRAME_HEADER..]);
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     Ok(())
@@ -787,7 +835,7 @@ impl Shared {
         let mut seg = self.segment();
         self.queue.drain(batch, lead);
         seg.commit(batch, self);
-        seg.notice = false;
+        seg.notice = None;
     }
 
     fn committed_now(&self) {
@@ -832,17 +880,19 @@ struct Segment {
     /// Of those, the open records carried over at its start.
     carried: u64,
     next_seq: u64,
-    /// Open records without a final yet, carried into each new segment.
-    open: HashMap<String, (u64, OpenRecord)>,
+    /// Open records without a final yet (encoded), carried into each new
+    /// segment.
+    open: HashMap<String, (u64, Vec<u8>)>,
     /// Written but not yet synced.
     unsynced: bool,
     last_sync: Instant,
     /// Journaled finals not yet folded, and when the first of them was.
     written: Vec<(u64, FinalRecord)>,
     written_since: Option<Instant>,
-    /// A commit gave the writer thread something to do later (a fold, a
-    /// background sync, a rotation) that it may not know of yet.
-    notice: bool,
+    /// A commit gave the writer thread something to do (a fold, a
+    /// background sync, a rotation) that it may not know of yet: by when
+    /// (the earliest, if several).
+    notice: Option<Instant>,
     buf: Vec<u8>,
 }
 
@@ -859,14 +909,17 @@ impl Segment {
         let mut acks = Vec::new();
         let mut written = Vec::with_capacity(batch.len());
         let mut result: Result<(), String> = Ok(());
-        for Cmd { record, ack } in batch.drain(..) {
-            match encode(&mut self.buf, self.next_seq, &record) {
+        for Cmd { entry, ack } in batch.drain(..) {
+            let payload = match &entry {
+                Entry::Open { payload, .. } | Entry::Final { payload, .. } => payload,
+            };
+            match frame(&mut self.buf, self.next_seq, payload) {
                 Ok(()) => {
-                    written.push((self.next_seq, record));
+                    written.push((self.next_seq, entry));
                     self.next_seq += 1;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, request_id = record.event_id(), "usage record not journaled");
+                    tracing::error!(error = %e, request_id = entry.event_id(), "usage record not journaled");
                     result = Err(e.to_string());
                 }
             }
@@ -884,7 +937,9 @@ impl Segment {
             Ok(()) => {
                 let was_over = self.bytes >= options.rotate_bytes;
                 self.bytes += self.buf.len() as u64;
-                self.notice |= !was_over && self.bytes >= options.rotate_bytes;
+                if !was_over && self.bytes >= options.rotate_bytes {
+                    self.notice_by(Instant::now());
+                }
                 if sync {
                     self.unsynced = false;
                     self.last_sync = Instant::now();
@@ -892,7 +947,7 @@ impl Segment {
                     // The background sync is due this long after the first unsynced write.
                     self.last_sync = Instant::now();
                     self.unsynced = true;
-                    self.notice = true;
+                    self.notice_by(self.last_sync + BACKGROUND_SYNC);
                 }
             }
             Err(e) => {
@@ -915,12 +970,12 @@ impl Segment {
             // A waiter that went away (request dropped) no longer needs the answer.
             let _ = ack.send(result.clone());
         }
-        for (seq, record) in written {
-            match record {
-                Record::Open(o) => {
-                    self.open.insert(o.event_id.clone(), (seq, o));
+        for (seq, entry) in written {
+            match entry {
+                Entry::Open { event_id, payload } => {
+                    self.open.insert(event_id, (seq, payload));
                 }
-                Record::Final(f) => {
+                Entry::Final { record: f, .. } => {
                     self.open.remove(&f.event.event_id);
                     if result.is_err() {
                         // Not in the journal (a full disk): the log keeps
@@ -928,14 +983,21 @@ impl Segment {
                         // be rebuilt; the fold still tries.
                         log_unwritten(&f);
                     }
-                    if self.written.is_empty() || self.written.len() + 1 == FOLD_BATCH {
-                        self.notice = true;
+                    let since = *self.written_since.get_or_insert_with(Instant::now);
+                    if self.written.is_empty() {
+                        self.notice_by(since + FOLD_EVERY);
+                    } else if self.written.len() + 1 == FOLD_BATCH {
+                        self.notice_by(Instant::now());
                     }
-                    self.written_since.get_or_insert_with(Instant::now);
                     self.written.push((seq, f));
                 }
             }
         }
+    }
+
+    /// Notes work for the writer thread due by `at`.
+    fn notice_by(&mut self, at: Instant) {
+        self.notice = Some(self.notice.map_or(at, |n| n.min(at)));
     }
 
     /// When the writer thread next has work here: a fold or a background
@@ -1022,7 +1084,7 @@ impl Writer {
                 // meanwhile keep it here (`finish` pokes again), after
                 // this round's upkeep.
                 shared.writer_commit(&mut batch, true);
-                shared.queue.finish(false, Committer::Writer);
+                shared.queue.finish(None, Committer::Writer);
                 gather_until = None;
             } else if gather_until.is_some_and(|g| Instant::now() >= g) {
                 // Nobody took them along: write them now.
@@ -1127,11 +1189,11 @@ impl Writer {
             return;
         }
         let path = segment_path(&seg.dir, seg.next_seq);
-        let mut open: Vec<&(u64, OpenRecord)> = seg.open.values().collect();
+        let mut open: Vec<&(u64, Vec<u8>)> = seg.open.values().collect();
         open.sort_by_key(|(seq, _)| *seq);
         let mut buf = Vec::new();
         for (seq, o) in open {
-            if let Err(e) = encode(&mut buf, *seq, &Record::Open(o.clone())) {
+            if let Err(e) = frame(&mut buf, *seq, o) {
                 shared.failed("re-encoding an open record", &e.to_string());
                 return;
             }
@@ -1196,9 +1258,12 @@ struct QueueState {
     /// The writer sleeps with nothing to gather: any record wakes it.
     idle: bool,
     /// The writer sleeps, not napping (see [`NAPPING`]): a commit's
-    /// notice wakes it. (Awake, it sees the notice before it next waits;
-    /// napping, when it gets up, within a window.)
+    /// notice wakes it if the work is due before `until`. (Awake, it sees
+    /// the notice before it next waits; napping, when it gets up, within a
+    /// window.)
     asleep: bool,
+    /// When the writer's wait ends by itself.
+    until: Option<Instant>,
     /// A committer holds the lead.
     leading: bool,
     /// The lead is the writer's: commit what is queued now.
@@ -1329,9 +1394,9 @@ impl Queue {
     /// the writer is busy folding, else hands it to the writer. Otherwise
     /// it is let go, waking the writer if the commit gave it work
     /// (`notice`) or finals are left for an idle writer.
-    fn finish(&self, notice: bool, by: Committer) -> Then {
+    fn finish(&self, notice: Option<Instant>, by: Committer) -> Then {
         let mut st = self.state();
-        st.recheck |= notice;
+        st.recheck |= notice.is_some();
         if st.cmds.iter().any(|c| c.ack.is_some()) {
             if by == Committer::Request && st.writer_busy {
                 return Then::Again;
@@ -1343,7 +1408,11 @@ impl Queue {
             return Then::Writer;
         }
         st.leading = false;
-        let wake = (notice && st.asleep) || (st.idle && !st.cmds.is_empty());
+        // A writer asleep until before the work is due sees it then: the
+        // request is spared the wake (a futex call, before its send when
+        // its own commit took gathered finals along and made a fold due).
+        let due_first = notice.is_some_and(|due| st.until.is_none_or(|until| due < until));
+        let wake = (st.asleep && due_first) || (st.idle && !st.cmds.is_empty());
         if by == Committer::Request && wake {
             self.wake_from_request(&mut st);
         }
@@ -1372,6 +1441,7 @@ impl Queue {
         let mut st = self.state();
         st.idle = idle;
         st.asleep = !nap;
+        st.until = Some(until);
         loop {
             let ready =
                 st.closed || st.poked || (st.recheck && !nap) || (idle && !st.cmds.is_empty());
@@ -1386,6 +1456,7 @@ impl Queue {
         }
         st.idle = false;
         st.asleep = false;
+        st.until = None;
         st.recheck = false;
         Wake {
             closed: st.closed,

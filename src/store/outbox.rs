@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::{Histogram, IntCounter, IntGauge};
 
-use crate::meter::event::{Charge, OpenRecord, UsageEvent};
+use crate::meter::event::{Charge, OpenRecordRef, UsageEvent};
 use crate::store::journal::{
     self, FinalRecord, Fold, FoldError, Journal, JournalError, JournalMetrics, Load, Recovery,
 };
@@ -151,7 +151,7 @@ impl Outbox {
 
     /// Journals a request's open record; returns once it is committed
     /// (fdatasync'd with `outbox.sync`, written to the kernel otherwise).
-    pub async fn begin(&self, record: OpenRecord, load: Load) -> Result<(), OutboxError> {
+    pub async fn begin(&self, record: OpenRecordRef<'_>, load: Load) -> Result<(), OutboxError> {
         let done = self.inner.journal.open_record(record, load)?;
         match done.await {
             Ok(Ok(())) => Ok(()),
@@ -409,7 +409,7 @@ mod tests {
     use crate::budget::alerts::AlertSink;
     use crate::budget::{Budget, Ledger, LedgerMetrics, OnInsufficient, Period, SystemClock};
     use crate::dialect::Usage;
-    use crate::meter::event::Status;
+    use crate::meter::event::{OpenRecord, Status};
     use crate::scope::Scope;
     use crate::store::journal::{write_segment, Record};
 
@@ -532,7 +532,9 @@ mod tests {
                 let o = outbox.clone();
                 tasks.push(tokio::spawn(async move {
                     let e = event(now);
-                    o.begin(open_record(&e, 10), Load::Shared).await.unwrap();
+                    o.begin(open_record(&e, 10).as_ref(), Load::Shared)
+                        .await
+                        .unwrap();
                     o.append(e, Vec::new()).unwrap();
                 }));
             }
@@ -658,7 +660,7 @@ mod tests {
             Outbox::open(event_tree(&db), &j, options(), metrics(), Some(l.clone())).unwrap();
         let e = event(now_us());
         outbox
-            .begin(open_record(&e, 900), Load::Alone)
+            .begin(open_record(&e, 900).as_ref(), Load::Alone)
             .await
             .unwrap();
         // Settled (as a request does) before the final is queued.

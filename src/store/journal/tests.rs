@@ -98,7 +98,7 @@ async fn opened(journal: &Journal, id: &str) {
 
 async fn opened_as(journal: &Journal, id: &str, load: Load) {
     journal
-        .open_record(OpenRecord::of_test(id), load)
+        .open_record(OpenRecord::of_test(id).as_ref(), load)
         .unwrap()
         .await
         .unwrap()
@@ -159,6 +159,36 @@ fn frames_round_trip() {
     // Zeros (a preallocated or empty tail) end the log quietly.
     buf.extend_from_slice(&[0; 64]);
     assert_eq!(decode(&buf).0.len(), 3);
+}
+
+/// Queued records are encoded by reference: byte for byte what the
+/// stored [`Record`] encodes to, so earlier segments and later reads agree.
+#[test]
+fn queued_entries_encode_as_records_do() {
+    let mut no_key = OpenRecord::of_test("b");
+    no_key.idempotency_key = None;
+    no_key.tags.clear();
+    for o in [OpenRecord::of_test("a"), no_key] {
+        let Entry::Open { payload, event_id } = Entry::open(o.as_ref()).unwrap() else {
+            panic!("an open entry");
+        };
+        assert_eq!(event_id, o.event_id);
+        assert_eq!(payload, payload_of(&Record::Open(o)));
+    }
+    let Record::Final(f) = fin("a", 300) else {
+        panic!("a final");
+    };
+    let Entry::Final { payload, record } = Entry::final_record(f.clone()).unwrap() else {
+        panic!("a final entry");
+    };
+    assert_eq!(record, f);
+    assert_eq!(payload, payload_of(&Record::Final(f)));
+}
+
+fn payload_of(record: &Record) -> Vec<u8> {
+    let mut out = Vec::new();
+    rmp_serde::encode::write_named(&mut out, record).unwrap();
+    out
 }
 
 #[test]
@@ -246,7 +276,7 @@ async fn the_writer_commits_what_queued_during_a_commit_at_once() {
     let waits: Vec<_> = (0..100)
         .map(|i| {
             journal
-                .open_record(OpenRecord::of_test(&format!("r{i}")), Load::Shared)
+                .open_record(OpenRecord::of_test(&format!("r{i}")).as_ref(), Load::Shared)
                 .unwrap()
         })
         .collect();
@@ -276,7 +306,7 @@ async fn a_request_commits_its_own_record_when_no_commit_is_under_way() {
     let j = journal.clone();
     let answered = tokio::spawn(async move {
         let mut done = j
-            .open_record(OpenRecord::of_test("alone"), Load::Shared)
+            .open_record(OpenRecord::of_test("alone").as_ref(), Load::Shared)
             .unwrap();
         done.try_recv()
     })
@@ -564,7 +594,7 @@ async fn after_a_quiet_spell_the_writer_commits() {
     // itself would wait here for the segment): the writer has it.
     let held = journal.hold();
     let mut done = journal
-        .open_record(OpenRecord::of_test("cold"), Load::Shared)
+        .open_record(OpenRecord::of_test("cold").as_ref(), Load::Shared)
         .unwrap();
     assert!(matches!(
         done.try_recv(),
@@ -616,7 +646,9 @@ fn lead_on(workers: usize, sync: bool, warm: Duration, load: Load) -> (bool, Vec
     let j = journal.clone();
     let answered = runtime.block_on(async move {
         tokio::spawn(async move {
-            let mut done = j.open_record(OpenRecord::of_test("r"), load).unwrap();
+            let mut done = j
+                .open_record(OpenRecord::of_test("r").as_ref(), load)
+                .unwrap();
             let at_once = done.try_recv().is_ok();
             if !at_once {
                 done.await.unwrap().unwrap();
@@ -722,7 +754,7 @@ async fn a_lead_given_up_mid_commit_goes_to_the_writer() {
     wait_writer_idle(&journal);
     let (ack, done) = oneshot::channel();
     let cmd = Cmd {
-        record: Record::Open(OpenRecord::of_test("r")),
+        entry: Entry::open(OpenRecord::of_test("r").as_ref()).unwrap(),
         ack: Some(ack),
     };
     assert!(
