@@ -8,8 +8,35 @@
 //! `max_tokens`; a request without one gets the configured default, which
 //! is also sent upstream so the bound holds.
 
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
 use crate::dialect::Usage;
 use crate::meter::prices::PriceTable;
+
+/// The keys and values [`estimate`] looks for in a body, each searcher
+/// built once: building one (`memmem::find` does, per call) cost more
+/// than searching a typical request with it.
+struct Needles {
+    tools: Finder<'static>,
+    cache_control: Finder<'static>,
+    one_hour: Finder<'static>,
+    speed: Finder<'static>,
+    fast: Finder<'static>,
+    inference_geo: Finder<'static>,
+    us: Finder<'static>,
+}
+
+static NEEDLES: LazyLock<Needles> = LazyLock::new(|| Needles {
+    tools: Finder::new(b"\"tools\""),
+    cache_control: Finder::new(b"\"cache_control\""),
+    one_hour: Finder::new(b"\"1h\""),
+    speed: Finder::new(b"\"speed\""),
+    fast: Finder::new(b"\"fast\""),
+    inference_geo: Finder::new(b"\"inference_geo\""),
+    us: Finder::new(b"\"us\""),
+});
 
 /// Tokens the provider adds when a request defines tools (Anthropic
 /// documents 313–346 for its tool-use system prompt; rounded up).
@@ -86,17 +113,18 @@ pub fn estimate(
 ) -> Estimate {
     let choices = choices.max(1);
     let mut input = body.len() as u64;
-    let has = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
-    if has(b"\"tools\"") {
+    let n = &*NEEDLES;
+    let has = |needle: &Finder<'_>| needle.find(body).is_some();
+    if has(&n.tools) {
         input += TOOL_PROMPT_ALLOWANCE;
     }
     // Input the request asks to cache may bill as cache writes, which cost
     // more than plain input: price it at the dearest rate it can reach.
-    let caching = has(b"\"cache_control\"");
-    let one_hour = caching && has(b"\"1h\"");
+    let caching = has(&n.cache_control);
+    let one_hour = caching && has(&n.one_hour);
     // Fast mode and US-only inference bill every token at a premium.
-    let fast = has(b"\"speed\"") && has(b"\"fast\"");
-    let us_only = has(b"\"inference_geo\"") && has(b"\"us\"");
+    let fast = has(&n.speed) && has(&n.fast);
+    let us_only = has(&n.inference_geo) && has(&n.us);
     let (price, _) = prices.price_or_fallback(model);
     let plain = Usage {
         input_tokens: input,

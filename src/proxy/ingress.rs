@@ -391,7 +391,9 @@ pub async fn read_body(
     limit: usize,
     timeout: Duration,
 ) -> Result<Bytes, ProxyError> {
-    tokio::time::timeout(timeout, read_body_untimed(session, limit))
+    // pingora's timer: nothing to build or register when the body came
+    // with the head (a tokio timer is set up per call).
+    pingora::time::fast_timeout::fast_timeout(timeout, read_body_untimed(session, limit))
         .await
         .unwrap_or(Err(ProxyError::ClientTimeout {
             what: "the request body",

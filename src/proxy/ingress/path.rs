@@ -30,12 +30,15 @@ pub fn normalise(path: &str) -> Result<Cow<'_, str>, PathError> {
         // `*` (OPTIONS) and the like: nothing to route on, nothing to fix.
         return Ok(Cow::Borrowed(path));
     }
-    let odd = path.contains('%')
-        || path.contains('\\')
-        || path.contains("//")
-        || path.contains("/.")
-        || (path.len() > 1 && path.ends_with('/'))
-        || path.bytes().any(|b| b.is_ascii_control());
+    // One pass (six `contains` scans were measurable per request): an
+    // escape, a backslash, `//`, `/.`, a control or a trailing slash.
+    let bytes = path.as_bytes();
+    let odd = (bytes.len() > 1 && bytes.ends_with(b"/"))
+        || bytes.iter().enumerate().any(|(i, &b)| match b {
+            b'%' | b'\\' => true,
+            b'/' => matches!(bytes.get(i + 1), Some(b'/' | b'.')),
+            _ => b.is_ascii_control(),
+        });
     if !odd {
         return Ok(Cow::Borrowed(path));
     }
