@@ -278,11 +278,13 @@ impl Metrics {
             Opts::new("tollgate_route_attempts_total", "Attempts of routed requests (aliases, x-tollgate-fallback), by the target's provider and outcome: success, upstream_error, connect_failure, first_byte_timeout, skipped (not sent: untranslatable, or no key for the provider)."),
             &["provider", "outcome"],
         )?;
+        let cache_requests = IntCounterVec::new(
+            Opts::new("tollgate_cache_requests_total", "Metered requests by what the exact cache did: hit, miss, bypass, refresh or coalesced."),
+            &["result"],
+        )?;
         let cache = CacheMetrics {
-            requests: IntCounterVec::new(
-                Opts::new("tollgate_cache_requests_total", "Metered requests by what the exact cache did: hit, miss, bypass, refresh or coalesced."),
-                &["result"],
-            )?,
+            by_result: CacheMetrics::result_series(&cache_requests),
+            requests: cache_requests,
             saved_usd: prometheus::Counter::new(
                 "tollgate_cache_saved_usd_total",
                 "USD not spent thanks to cache hits and coalesced requests (what those calls would have cost).",

@@ -26,6 +26,8 @@ use std::sync::Arc;
 use prometheus::{IntCounter, IntCounterVec, IntGauge};
 use serde::{Deserialize, Serialize};
 
+use crate::meter::event::CacheOutcome;
+
 pub use key::Key;
 pub use store::{Entry, EntryMeta, Put, Store};
 
@@ -34,6 +36,10 @@ pub use store::{Entry, EntryMeta, Put, Store};
 pub struct CacheMetrics {
     /// Requests by cache result (hit, miss, bypass, refresh, coalesced).
     pub requests: IntCounterVec,
+    /// `requests`' series, one per [`CacheOutcome`] (by its position in
+    /// [`CacheOutcome::ALL`]), resolved once: a label lookup per request
+    /// (hashing, a lock) was the last one on the request path.
+    pub by_result: [IntCounter; 5],
     /// USD that hits and coalesced requests did not spend.
     pub saved_usd: prometheus::Counter,
     /// Entries stored.
@@ -46,6 +52,18 @@ pub struct CacheMetrics {
     pub expirations: IntCounter,
     /// Store reads or writes that failed (the request went on uncached).
     pub errors: IntCounter,
+}
+
+impl CacheMetrics {
+    /// The series of `requests` for each outcome, for [`CacheMetrics::by_result`].
+    pub fn result_series(requests: &IntCounterVec) -> [IntCounter; 5] {
+        CacheOutcome::ALL.map(|o| requests.with_label_values(&[o.as_str()]))
+    }
+
+    /// Counts a request by what the cache did.
+    pub fn count(&self, outcome: CacheOutcome) {
+        self.by_result[outcome as usize].inc();
+    }
 }
 
 /// Whether a request may use the cache at all.

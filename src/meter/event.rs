@@ -89,6 +89,15 @@ pub enum CacheOutcome {
 }
 
 impl CacheOutcome {
+    /// Every outcome, in declaration order (`outcome as usize` indexes it).
+    pub const ALL: [CacheOutcome; 5] = [
+        CacheOutcome::Hit,
+        CacheOutcome::Miss,
+        CacheOutcome::Bypass,
+        CacheOutcome::Refresh,
+        CacheOutcome::Coalesced,
+    ];
+
     /// The value of the `x-tollgate-cache` receipt header and the metrics label.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -243,9 +243,7 @@ fn zero_cost(state: &State, draft: &mut Draft, meta: &EntryMeta, outcome: CacheO
 /// Counts the request's cache result (and what it saved).
 pub fn count(state: &State, draft: &Draft) {
     let m = &state.cache.metrics;
-    m.requests
-        .with_label_values(&[draft.event.cache.as_str()])
-        .inc();
+    m.count(draft.event.cache);
     if draft.event.saved_nusd > 0 {
         m.saved_usd.inc_by(draft.event.saved_nusd as f64 / 1e9);
     }
