@@ -427,7 +427,10 @@ impl Tollgate {
             x,
             tokio::select! {
                 biased;
-                r = state.upstreams.send_on(&route.provider, taken, upstream_req, &request.body) => r,
+                // Boxed: inline, this wait (~4 KB) would size the request's
+                // whole future, which `async_trait` copies into its box per
+                // request; it is built and moved once either way.
+                r = Box::pin(state.upstreams.send_on(&route.provider, taken, upstream_req, &request.body)) => r,
                 // Still waiting for the answer's head when the grace is over.
                 () = state.in_flight.cut() => Err(ProxyError::ShuttingDown),
             }
