@@ -39,7 +39,7 @@ pub struct CacheMetrics {
     /// `requests`' series, one per [`CacheOutcome`] (by its position in
     /// [`CacheOutcome::ALL`]), resolved once: a label lookup per request
     /// (hashing, a lock) was the last one on the request path.
-    pub by_result: [IntCounter; 5],
+    pub by_result: [IntCounter; CacheOutcome::ALL.len()],
     /// USD that hits and coalesced requests did not spend.
     pub saved_usd: prometheus::Counter,
     /// Entries stored.
@@ -56,7 +56,7 @@ pub struct CacheMetrics {
 
 impl CacheMetrics {
     /// The series of `requests` for each outcome, for [`CacheMetrics::by_result`].
-    pub fn result_series(requests: &IntCounterVec) -> [IntCounter; 5] {
+    pub fn result_series(requests: &IntCounterVec) -> [IntCounter; CacheOutcome::ALL.len()] {
         CacheOutcome::ALL.map(|o| requests.with_label_values(&[o.as_str()]))
     }
 
@@ -229,11 +229,8 @@ impl Cache {
     pub fn stats(&self) -> Stats {
         let s = self.store.stats();
         let mut requests = BTreeMap::new();
-        for result in ["hit", "miss", "bypass", "refresh", "coalesced"] {
-            requests.insert(
-                result.to_string(),
-                self.metrics.requests.with_label_values(&[result]).get(),
-            );
+        for (outcome, series) in CacheOutcome::ALL.iter().zip(&self.metrics.by_result) {
+            requests.insert(outcome.as_str().to_string(), series.get());
         }
         Stats {
             entries: s.entries,

@@ -293,7 +293,9 @@ impl OpenRecord {
         }
     }
 
-    /// The open record of the request `event` is the draft of.
+    /// The open record of the request `event` is the draft of (requests
+    /// journal [`OpenRecordRef::of`] instead: no copy).
+    #[cfg(test)]
     pub fn of(event: &UsageEvent, worst_nusd: u64, reserved: Vec<Charge>) -> OpenRecord {
         OpenRecord {
             event_id: event.event_id.clone(),

@@ -307,6 +307,12 @@ impl Entry {
             Entry::Final { record, .. } => &record.event.event_id,
         }
     }
+
+    fn payload(&self) -> &[u8] {
+        match self {
+            Entry::Open { payload, .. } | Entry::Final { payload, .. } => payload,
+        }
+    }
 }
 
 /// [`Record`] by reference: the same encoding without a copy of it.
@@ -910,10 +916,7 @@ impl Segment {
         let mut written = Vec::with_capacity(batch.len());
         let mut result: Result<(), String> = Ok(());
         for Cmd { entry, ack } in batch.drain(..) {
-            let payload = match &entry {
-                Entry::Open { payload, .. } | Entry::Final { payload, .. } => payload,
-            };
-            match frame(&mut self.buf, self.next_seq, payload) {
+            match frame(&mut self.buf, self.next_seq, entry.payload()) {
                 Ok(()) => {
                     written.push((self.next_seq, entry));
                     self.next_seq += 1;
