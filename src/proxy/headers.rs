@@ -1,7 +1,8 @@
 //! Header names tollgate reads or writes, in one place. The ones it
 //! writes on every answer are parsed once, here, not per response.
 
-use http::HeaderName;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use pingora::http::ResponseHeader;
 
 /// Receipt: tollgate's id for the request (also the usage event id).
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-tollgate-request-id");
@@ -54,14 +55,67 @@ pub const HOP_BY_HOP: &[&str] = &[
     "host",
 ];
 
+/// Whether a provider's response header stays on the provider's side:
+/// hop-by-hop and framing headers, and any posing as tollgate's own.
+pub fn not_forwarded(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    HOP_BY_HOP.contains(&n) || n.starts_with(TOLLGATE_PREFIX)
+}
+
+/// Where a response header is set: a pingora header, or the map of one
+/// being built. (pingora's own setters titles and re-parses every name;
+/// the map takes it as it is.)
+pub trait SetHeader {
+    /// Sets `name` to `value`, replacing what it had.
+    fn set(&mut self, name: HeaderName, value: HeaderValue);
+}
+
+impl SetHeader for ResponseHeader {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = self.insert_header(name, value);
+    }
+}
+
+impl SetHeader for HeaderMap {
+    fn set(&mut self, name: HeaderName, value: HeaderValue) {
+        self.insert(name, value);
+    }
+}
+
 /// `content-length` when the length is known, else chunked: without it
 /// pingora's HTTP/1.1 writer falls back to close-delimited bodies, costing
 /// the client its keep-alive connection (h2 drops it).
-pub fn set_framing(header: &mut pingora::http::ResponseHeader, len: Option<usize>) {
-    let _ = match len {
-        Some(len) => header.insert_header(http::header::CONTENT_LENGTH, len.to_string()),
-        None => header.insert_header(http::header::TRANSFER_ENCODING, "chunked"),
-    };
+pub fn set_framing(header: &mut impl SetHeader, len: Option<usize>) {
+    match len {
+        Some(len) => header.set(http::header::CONTENT_LENGTH, HeaderValue::from(len)),
+        None => header.set(
+            http::header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        ),
+    }
+}
+
+/// The client's response header made of the provider's: its status and
+/// headers but those [`not_forwarded`], then what `add` sets (framing,
+/// receipts). Edited in place, so no header is copied or parsed again
+/// (re-appending each through pingora cost ~1 in 10 of the time between
+/// the provider's answer and the client's, dataplane bench, c=1).
+pub fn from_provider(upstream: ResponseHeader, add: impl FnOnce(&mut HeaderMap)) -> ResponseHeader {
+    let mut parts = http::response::Parts::from(upstream);
+    let dropped: Vec<HeaderName> = parts
+        .headers
+        .keys()
+        .filter(|name| not_forwarded(name))
+        .cloned()
+        .collect();
+    for name in &dropped {
+        parts.headers.remove(name);
+    }
+    // As a header built afresh: tollgate's HTTP/1.1, nothing attached.
+    parts.version = http::Version::default();
+    parts.extensions.clear();
+    add(&mut parts.headers);
+    ResponseHeader::from(parts)
 }
 
 /// A response header with this status (500 if the status is not valid).

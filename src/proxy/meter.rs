@@ -246,10 +246,7 @@ fn provider_headers(upstream: &ResponseHeader) -> Vec<(http::HeaderName, http::H
     upstream
         .headers
         .iter()
-        .filter(|(name, _)| {
-            let n = name.as_str();
-            !headers::HOP_BY_HOP.contains(&n) && !n.starts_with(headers::TOLLGATE_PREFIX)
-        })
+        .filter(|(name, _)| !headers::not_forwarded(name))
         .map(|(n, v)| (n.clone(), v.clone()))
         .collect()
 }
@@ -531,25 +528,18 @@ impl Relay<'_> {
     /// The client's response header: the provider's, minus framing, plus receipts.
     fn client_header(
         &self,
-        upstream: &ResponseHeader,
+        upstream: ResponseHeader,
         cost: Option<u64>,
         len: Option<usize>,
     ) -> ResponseHeader {
-        let mut header = headers::response_header(upstream.status, upstream.headers.len() + 6);
-        for (name, value) in upstream.headers.iter() {
-            let n = name.as_str();
-            if headers::HOP_BY_HOP.contains(&n) || n.starts_with(headers::TOLLGATE_PREFIX) {
-                continue;
+        headers::from_provider(upstream, |map| {
+            headers::set_framing(map, len);
+            receipt::add_headers(map, &self.draft.event, cost);
+            if let Some(n) = self.draft.clamped_max_tokens {
+                map.insert(headers::CLAMPED_MAX_TOKENS, http::HeaderValue::from(n));
             }
-            let _ = header.append_header(name.clone(), value.clone());
-        }
-        headers::set_framing(&mut header, len);
-        receipt::add_headers(&mut header, &self.draft.event, cost);
-        if let Some(n) = self.draft.clamped_max_tokens {
-            let _ = header.insert_header(headers::CLAMPED_MAX_TOKENS, n.to_string());
-        }
-        receipt::add_attempts(&mut header, self.draft.attempts.as_deref());
-        header
+            receipt::add_attempts(map, self.draft.attempts.as_deref());
+        })
     }
 
     /// Applies usage and prices it into the draft.
@@ -853,7 +843,7 @@ impl Relay<'_> {
             return;
         }
         let cost = (route.endpoint != Endpoint::Passthrough).then_some(self.draft.event.cost_nusd);
-        let header = self.client_header(&upstream, cost, Some(body.len()));
+        let header = self.client_header(upstream, cost, Some(body.len()));
         if failure_free {
             if let Some(rec) = self.idempotent.as_mut() {
                 rec.head(&header);
@@ -903,7 +893,7 @@ impl Relay<'_> {
         if !upstream.status.is_success() {
             self.draft.event.status = Status::ProviderError;
         }
-        let header = self.client_header(&upstream, None, None);
+        let header = self.client_header(upstream, None, None);
         let mut failure = None;
         if self
             .session
@@ -1022,7 +1012,11 @@ impl Relay<'_> {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<usize>().ok())
         };
-        let header = self.client_header(&upstream, None, length);
+        let status = upstream.status;
+        // What followers get with the first chunk (before the head is
+        // made the client's).
+        let mut leader_headers = self.leader.as_ref().map(|_| provider_headers(&upstream));
+        let header = self.client_header(upstream, None, length);
         if let Some(rec) = self.idempotent.as_mut() {
             rec.head(&header);
         }
@@ -1156,8 +1150,8 @@ impl Relay<'_> {
             if let (Some(leader), Some(raw)) = (&self.leader, raw) {
                 if first {
                     leader.head(Head {
-                        status: upstream.status.as_u16(),
-                        headers: provider_headers(&upstream),
+                        status: status.as_u16(),
+                        headers: leader_headers.take().unwrap_or_default(),
                         sse,
                     });
                 }
@@ -1222,7 +1216,7 @@ impl Relay<'_> {
             if metered {
                 self.finish_stream(&tap);
             }
-            if !upstream.status.is_success() {
+            if !status.is_success() {
                 self.draft.event.status = Status::ProviderError;
             }
             if let Some(f) = failure {

@@ -3,37 +3,48 @@
 //! SSE comment line after the provider's last event, which SDKs ignore.
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
+use http::HeaderValue;
 use serde::Serialize;
 
-use super::headers;
+use super::headers::{self, SetHeader};
 use crate::meter::event::UsageEvent;
 use crate::meter::money::format_usd;
 
 /// Adds the receipt headers; `cost` only when it is known (non-streaming).
-pub fn add_headers(header: &mut ResponseHeader, event: &UsageEvent, cost: Option<u64>) {
-    let _ = header.insert_header(headers::REQUEST_ID, event.event_id.as_str());
-    if !event.provider.is_empty() {
-        let _ = header.insert_header(headers::PROVIDER, event.provider.as_str());
+pub fn add_headers(header: &mut impl SetHeader, event: &UsageEvent, cost: Option<u64>) {
+    if let Ok(value) = HeaderValue::from_str(&event.event_id) {
+        header.set(headers::REQUEST_ID, value);
     }
-    if !event.model.is_empty() {
-        if let Ok(value) = http::HeaderValue::from_str(&event.model) {
-            let _ = header.insert_header(headers::MODEL, value);
+    if !event.provider.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&event.provider) {
+            header.set(headers::PROVIDER, value);
         }
     }
-    let _ = header.insert_header(headers::CACHE, event.cache.as_str());
+    if !event.model.is_empty() {
+        if let Ok(value) = HeaderValue::from_str(&event.model) {
+            header.set(headers::MODEL, value);
+        }
+    }
+    header.set(
+        headers::CACHE,
+        HeaderValue::from_static(event.cache.as_str()),
+    );
     if let Some(nusd) = cost {
-        let _ = header.insert_header(headers::COST_USD, format_usd(nusd));
+        if let Ok(value) = HeaderValue::try_from(format_usd(nusd)) {
+            header.set(headers::COST_USD, value);
+        }
     }
     if event.saved_nusd > 0 {
-        let _ = header.insert_header(headers::SAVED_USD, format_usd(event.saved_nusd));
+        if let Ok(value) = HeaderValue::try_from(format_usd(event.saved_nusd)) {
+            header.set(headers::SAVED_USD, value);
+        }
     }
 }
 
 /// `x-tollgate-attempts` on a routed request's answer.
-pub fn add_attempts(header: &mut ResponseHeader, attempts: Option<&str>) {
-    if let Some(value) = attempts.and_then(|a| http::HeaderValue::from_str(a).ok()) {
-        let _ = header.insert_header(headers::ATTEMPTS, value);
+pub fn add_attempts(header: &mut impl SetHeader, attempts: Option<&str>) {
+    if let Some(value) = attempts.and_then(|a| HeaderValue::from_str(a).ok()) {
+        header.set(headers::ATTEMPTS, value);
     }
 }
 
