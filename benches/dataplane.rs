@@ -259,12 +259,16 @@ struct Options {
     first_byte_requests: usize,
     /// The fake's time to first byte in each pass of the first-byte section.
     first_byte_delays_ms: Vec<u64>,
+    /// Rounds of the first-byte section, each on freshly started proxies,
+    /// their samples pooled (see [`first_byte_rounds`]).
+    first_byte_rounds: usize,
 }
 
 const USAGE: &str = "usage: cargo bench --bench dataplane -- [--warmup SECS] [--duration SECS] \
 [--threads 1,2] [--concurrency 1,64] [--workloads nonstream,stream50[,stream11]] \
 [--targets direct,bare,tollgate,tollgate-before,tollgate-nosync,tollgate-miss,tollgate-hit] [--fake-threads N] \
-[--wrk-threads N] [--fresh] [--upstream-delay-ms N] [--first-byte-requests N] [--first-byte-delays-ms 0,20]";
+[--wrk-threads N] [--fresh] [--upstream-delay-ms N] [--first-byte-requests N] [--first-byte-delays-ms 0,20] \
+[--first-byte-rounds N]";
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options> {
@@ -286,6 +290,7 @@ impl Options {
             upstream_delay_ms: 0,
             first_byte_requests: 300,
             first_byte_delays_ms: vec![0, 20],
+            first_byte_rounds: 1,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -311,6 +316,7 @@ impl Options {
                 "--first-byte-delays-ms" => {
                     o.first_byte_delays_ms = list(&value()?, |s| Ok(s.parse()?))?;
                 }
+                "--first-byte-rounds" => o.first_byte_rounds = value()?.parse::<usize>()?.max(1),
                 "-h" | "--help" => bail!("{USAGE}"),
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
             }
@@ -1232,6 +1238,73 @@ async fn first_byte_rows(
     Ok((rows, syncs))
 }
 
+/// The first-byte section `o.first_byte_rounds` times, the proxies (bare
+/// and tollgate) started afresh before every round after the first, the
+/// rows' samples pooled. One process's p50 here depends on where it
+/// landed (its threads' CPUs, its memory's cache sets): two processes of
+/// one build differed by ~40 µs at 20 ms, as much as the margins judged.
+fn first_byte_rounds(
+    o: &Options,
+    runtime: &tokio::runtime::Runtime,
+    fake: &Target,
+    proxies: &mut [Target],
+    generation: &mut usize,
+    big_bytes: u64,
+    dir: &Path,
+) -> Result<(Vec<FirstByteRow>, Vec<SpacedSync>)> {
+    let mut rows: Vec<FirstByteRow> = Vec::new();
+    let mut syncs: Vec<SpacedSync> = Vec::new();
+    for round in 0..o.first_byte_rounds {
+        if round > 0 {
+            for p in proxies.iter_mut() {
+                let t = p.threads.unwrap_or(1);
+                *p = match p.kind {
+                    Kind::Bare => start_bare(dir, fake.addr, t)?,
+                    kind => {
+                        *generation += 1;
+                        start_tollgate(dir, fake.addr, t, kind, *generation)?
+                    }
+                };
+            }
+        }
+        let targets: Vec<&Target> = std::iter::once(fake).chain(proxies.iter()).collect();
+        let (more_rows, more_syncs) =
+            runtime.block_on(first_byte_rows(o, &targets, big_bytes, dir))?;
+        for row in more_rows {
+            match rows.iter_mut().find(|r| {
+                r.workload == row.workload && r.delay_ms == row.delay_ms && r.label == row.label
+            }) {
+                Some(r) => {
+                    for (all, more) in [
+                        (&mut r.head, row.head),
+                        (&mut r.first, row.first),
+                        (&mut r.total, row.total),
+                    ] {
+                        all.extend(more);
+                        all.sort_by(f64::total_cmp);
+                    }
+                }
+                None => rows.push(row),
+            }
+        }
+        for sync in more_syncs {
+            match syncs
+                .iter_mut()
+                .find(|p| p.workload == sync.workload && p.delay_ms == sync.delay_ms)
+            {
+                Some(p) => {
+                    let (a, b) = (p.samples.len() as f64, sync.samples.len() as f64);
+                    p.gap_us = (p.gap_us * a + sync.gap_us * b) / (a + b).max(1.0);
+                    p.samples.extend(sync.samples);
+                    p.samples.sort_by(f64::total_cmp);
+                }
+                None => syncs.push(sync),
+            }
+        }
+    }
+    Ok((rows, syncs))
+}
+
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -1243,6 +1316,7 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 /// (first byte and total) ≤ bare's + one fdatasync (p50) + 50 µs.
 fn first_byte_report(
     rows: &[FirstByteRow],
+    rounds: usize,
     fsync_p50: Option<f64>,
     spaced_fsync: &[SpacedSync],
 ) -> String {
@@ -1255,6 +1329,12 @@ fn first_byte_report(
         w,
         "\n-- c=1, sequential requests on one kept-alive connection (reqwest): time to the response head, the first body byte and the end; added = target − direct --"
     );
+    if rounds > 1 {
+        let _ = writeln!(
+            w,
+            "{rounds} rounds, the proxies started afresh before each after the first; every row pools its rounds' samples"
+        );
+    }
     let allowance = fsync_p50.map(|f| f + 50.0);
     if let Some(a) = allowance {
         let _ = writeln!(
@@ -1795,13 +1875,21 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
         }
     }
 
+    let mut generation = 0;
     let (first_bytes, spaced_fsync) = if o.first_byte_requests > 0 {
         eprintln!(
-            "first byte: {} sequential requests per target, workload and upstream delay {:?} ms…",
-            o.first_byte_requests, o.first_byte_delays_ms
+            "first byte: {} sequential requests per target, workload and upstream delay {:?} ms, {} round(s)…",
+            o.first_byte_requests, o.first_byte_delays_ms, o.first_byte_rounds
         );
-        let targets: Vec<&Target> = std::iter::once(&fake).chain(&proxies).collect();
-        runtime.block_on(first_byte_rows(o, &targets, big_bytes, dir.path()))?
+        first_byte_rounds(
+            o,
+            &runtime,
+            &fake,
+            &mut proxies,
+            &mut generation,
+            big_bytes,
+            dir.path(),
+        )?
     } else {
         (Vec::new(), Vec::new())
     };
@@ -1829,7 +1917,6 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
     );
     let mut cells = Vec::new();
     let mut memory: Vec<Memory> = Vec::new();
-    let mut generation = 0;
     // Each row runs in two passes of half the duration, the second in the
     // reverse order of targets: on this VM, with two tollgate binaries
     // swapped between two positions, whichever ran first was 35-40% slower
@@ -1960,7 +2047,7 @@ fn run(o: &Options, args: &[String]) -> Result<()> {
     print!("{}", report(o, &facts, &cells, &framing, &memory, &settled));
     print!(
         "{}",
-        first_byte_report(&first_bytes, fsync_p50, &spaced_fsync)
+        first_byte_report(&first_bytes, o.first_byte_rounds, fsync_p50, &spaced_fsync)
     );
     Ok(())
 }
