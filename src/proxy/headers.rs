@@ -63,7 +63,7 @@ pub fn not_forwarded(name: &HeaderName) -> bool {
 }
 
 /// Where a response header is set: a pingora header, or the map of one
-/// being built. (pingora's own setters titles and re-parses every name;
+/// being built. (pingora's own setters title and re-parse every name;
 /// the map takes it as it is.)
 pub trait SetHeader {
     /// Sets `name` to `value`, replacing what it had.
@@ -98,18 +98,12 @@ pub fn set_framing(header: &mut impl SetHeader, len: Option<usize>) {
 /// The client's response header made of the provider's: its status and
 /// headers but those [`not_forwarded`], then what `add` sets (framing,
 /// receipts). Edited in place, so no header is copied or parsed again
-/// (re-appending each through pingora cost ~1 in 10 of the time between
-/// the provider's answer and the client's, dataplane bench, c=1).
+/// (re-appending each through pingora: ~2k more instructions per answer).
 pub fn from_provider(upstream: ResponseHeader, add: impl FnOnce(&mut HeaderMap)) -> ResponseHeader {
     let mut parts = http::response::Parts::from(upstream);
-    let dropped: Vec<HeaderName> = parts
-        .headers
-        .keys()
-        .filter(|name| not_forwarded(name))
-        .cloned()
-        .collect();
-    for name in &dropped {
-        parts.headers.remove(name);
+    // One or two names at most (the framing): found one at a time, no list.
+    while let Some(name) = parts.headers.keys().find(|n| not_forwarded(n)).cloned() {
+        parts.headers.remove(&name);
     }
     // As a header built afresh: tollgate's HTTP/1.1, nothing attached.
     parts.version = http::Version::default();
