@@ -10,7 +10,12 @@ RUN apt-get update && apt-get install -y --no-install-recommends cmake
 WORKDIR /src
 COPY . .
 ARG OUT=/out
-RUN cargo build --release --locked --bin tollgate && install -D -m 0755 target/release/tollgate "$OUT/tollgate" && "$OUT/tollgate" --version
+# PGO=1 (the default): profile-guided build, trained on the dataplane
+# bench's fake provider (deploy/build-release, ~30 min; README, "Release
+# build"). PGO=0: a plain release build. (.ci/image-build-stage runs this
+# line with PGO unset: the plain build, to keep CI short.)
+ARG PGO=1
+RUN if [ "${PGO:-0}" = 1 ]; then apt-get install -y --no-install-recommends wrk python3 curl && rustup component add llvm-tools && bin=$(deploy/build-release | tail -n 1); else cargo build --release --locked --bin tollgate && bin=target/release/tollgate; fi && install -D -m 0755 "$bin" "$OUT/tollgate" && "$OUT/tollgate" --version
 
 # glibc and libgcc, nothing else: no shell, no package manager.
 FROM gcr.io/distroless/cc-debian12:nonroot
